@@ -1,0 +1,77 @@
+package cli
+
+import (
+	"fmt"
+	"net/url"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgshield/pgshield/internal/api"
+)
+
+func newParameter(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "parameter", Short: "List, show and set server parameters"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "List pgshield's and PostgreSQL's parameters",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var ps []api.ParameterValue
+			if err := g.client().Do(cmd.Context(), "GET", "/v1/parameters", nil, &ps); err != nil {
+				return err
+			}
+			return emit(cmd.OutOrStdout(), g, ps, func(tw *tabwriter.Writer) {
+				fmt.Fprintln(tw, "NAME\tVALUE\tUNIT\tSOURCE\tCONTEXT\tPENDING RESTART")
+				for _, p := range ps {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", p.Name, p.Value, p.Unit, p.Source, p.Context, p.PendingRestart)
+				}
+			})
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "show NAME",
+		Short: "Show one parameter",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var p api.ParameterValue
+			if err := g.client().Do(cmd.Context(), "GET", "/v1/parameters/"+url.PathEscape(args[0]), nil, &p); err != nil {
+				return err
+			}
+			return emitParam(cmd, g, p)
+		},
+	})
+	cmd.AddCommand(&cobra.Command{
+		Use:   "set NAME VALUE",
+		Short: "Set a parameter; it persists and applies to new connections",
+		Args:  cobra.ExactArgs(2),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			var p api.ParameterValue
+			if err := g.client().Do(cmd.Context(), "PUT", "/v1/parameters/"+url.PathEscape(args[0]),
+				api.SetParameterRequest{Value: args[1]}, &p); err != nil {
+				return err
+			}
+			return emitParam(cmd, g, p)
+		},
+	})
+	return cmd
+}
+
+func emitParam(cmd *cobra.Command, g *globals, p api.ParameterValue) error {
+	return emit(cmd.OutOrStdout(), g, p, func(tw *tabwriter.Writer) {
+		fmt.Fprintf(tw, "name\t%s\n", p.Name)
+		fmt.Fprintf(tw, "value\t%s\n", p.Value)
+		if p.Unit != "" {
+			fmt.Fprintf(tw, "unit\t%s\n", p.Unit)
+		}
+		fmt.Fprintf(tw, "source\t%s\n", p.Source)
+		fmt.Fprintf(tw, "context\t%s\n", p.Context)
+		fmt.Fprintf(tw, "pending restart\t%v\n", p.PendingRestart)
+		if p.Description != "" {
+			fmt.Fprintf(tw, "description\t%s\n", p.Description)
+		}
+	})
+}

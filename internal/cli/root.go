@@ -1,0 +1,112 @@
+// Package cli implements pgshield's command line: the daemon's `up` and the
+// commands that talk to it over the management API.
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/config"
+)
+
+type globals struct {
+	dataDir string
+	output  string
+}
+
+func (g *globals) layout() config.Layout {
+	return config.Layout{Root: config.DataDirFromEnv(g.dataDir)}
+}
+
+func (g *globals) client() *api.Client { return api.NewClient(g.layout().APISocket()) }
+
+// Execute runs the command line and returns the process exit code.
+func Execute(args []string) int {
+	root := newRoot()
+	root.SetArgs(args)
+	err := root.ExecuteContext(context.Background())
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "pgshield: "+err.Error())
+	}
+	return exitCode(err)
+}
+
+func newRoot() *cobra.Command {
+	g := &globals{}
+	root := &cobra.Command{
+		Use:           "pgshield",
+		Short:         "A self-hosted PostgreSQL with a managed database's security model",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
+			if g.output != "table" && g.output != "json" {
+				return usageError{fmt.Errorf("invalid output format %q: use json or table", g.output)}
+			}
+			return nil
+		},
+	}
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
+	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "", "data directory (env PGSHIELD_DATA_DIR, default "+config.DefaultDataDir+")")
+	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: json or table")
+	root.AddCommand(newInit(g), newUp(g), newDown(g), newStatus(g), newConnectionString(g), newParameter(g))
+	for _, c := range root.Commands() {
+		wrapArgs(c)
+	}
+	return root
+}
+
+// wrapArgs marks argument-count errors as usage errors, recursively.
+func wrapArgs(c *cobra.Command) {
+	if c.Args != nil {
+		inner := c.Args
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if err := inner(cmd, args); err != nil {
+				return usageError{err}
+			}
+			return nil
+		}
+	}
+	for _, sub := range c.Commands() {
+		wrapArgs(sub)
+	}
+}
+
+func requireRoot() error {
+	if os.Geteuid() != 0 {
+		return errNotRoot
+	}
+	return nil
+}
+
+// emit prints v as JSON, or calls table to print it for people.
+func emit(w io.Writer, g *globals, v any, table func(tw *tabwriter.Writer)) error {
+	if g.output == "json" {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
+}
+
+func readSecretFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("reading password file: %w", err)
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", errors.New("password file is empty")
+	}
+	return s, nil
+}

@@ -1,0 +1,145 @@
+package config
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+)
+
+// ErrNotInitialized means the data directory holds no pgshield server yet.
+var ErrNotInitialized = errors.New("no pgshield server in this data directory (run 'pgshield init')")
+
+// Config is what `init` decides and later commands read. Parameters holds
+// only values set explicitly; defaults come from the parameter table.
+type Config struct {
+	Version     int               `json:"version"`
+	Listen      string            `json:"listen"`
+	AdminUser   string            `json:"admin_user"`
+	ServiceRole string            `json:"service_role"`
+	PGBinDir    string            `json:"pg_bin_dir"`
+	PGPort      int               `json:"pg_port"`
+	PGOSUser    string            `json:"pg_os_user"`
+	TLSCertFile string            `json:"tls_cert_file"`
+	TLSKeyFile  string            `json:"tls_key_file"`
+	CAFile      string            `json:"ca_file,omitempty"`
+	Parameters  map[string]string `json:"parameters,omitempty"`
+}
+
+// Reserved PostgreSQL roles that never log in through the gateway.
+const (
+	SuperuserRole      = "postgres"
+	DefaultServiceRole = "pgshield_service"
+	DefaultAdminUser   = "pgadmin"
+)
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Version == 0 {
+		c.Version = 1
+	}
+	if c.Version != 1 {
+		return fmt.Errorf("config version %d is not supported", c.Version)
+	}
+	if c.Listen == "" {
+		c.Listen = "127.0.0.1:5432"
+	}
+	if c.AdminUser == "" {
+		c.AdminUser = DefaultAdminUser
+	}
+	if c.ServiceRole == "" {
+		c.ServiceRole = DefaultServiceRole
+	}
+	if c.PGBinDir == "" {
+		c.PGBinDir = "/usr/lib/postgresql/15/bin"
+	}
+	if c.PGPort == 0 {
+		c.PGPort = 5432
+	}
+	if c.PGOSUser == "" {
+		c.PGOSUser = "postgres"
+	}
+	if c.TLSCertFile == "" || c.TLSKeyFile == "" {
+		return errors.New("config: tls_cert_file and tls_key_file are required")
+	}
+	if c.Parameters == nil {
+		c.Parameters = map[string]string{}
+	}
+	if _, err := ResolveParams(c.Parameters); err != nil {
+		return fmt.Errorf("config: %w", err)
+	}
+	return nil
+}
+
+// IsReserved reports whether role may never log in through the gateway.
+func (c *Config) IsReserved(role string) bool {
+	return role == SuperuserRole || role == c.ServiceRole
+}
+
+// Load reads and strictly decodes the config of a data directory.
+func Load(l Layout) (*Config, error) {
+	b, err := os.ReadFile(l.ConfigFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotInitialized, l.Root)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("reading config: %w", err)
+	}
+	return Decode(b)
+}
+
+// Decode parses a config; unknown fields are an error.
+func Decode(b []byte) (*Config, error) {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("decoding config: %w", err)
+	}
+	if dec.More() {
+		return nil, errors.New("decoding config: trailing data")
+	}
+	if err := c.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Save writes the config atomically with mode 0600.
+func Save(l Layout, c *Config) error {
+	b, err := json.MarshalIndent(c, "", "  ")
+	if err != nil {
+		return err
+	}
+	return WriteFileAtomic(l.ConfigFile(), append(b, '\n'), 0o600)
+}
+
+// WriteFileAtomic writes to a temp file in the same directory, syncs it and
+// renames it over name, so readers see the old or the new file, never a part.
+func WriteFileAtomic(name string, data []byte, perm os.FileMode) error {
+	dir := filepath.Dir(name)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after a successful rename
+	if err := f.Chmod(perm); err != nil {
+		f.Close()
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp, name)
+}

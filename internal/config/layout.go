@@ -1,0 +1,78 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+)
+
+// DefaultDataDir is where all of a server's state lives unless --data-dir or
+// PGSHIELD_DATA_DIR says otherwise.
+const DefaultDataDir = "/var/lib/pgshield"
+
+// Layout names every path under one data directory. Everything PostgreSQL
+// writes sits below VolumeDir so that an encrypted volume can later be mounted
+// there without moving anything else.
+type Layout struct {
+	Root string
+}
+
+// ConfigFile is pgshield's own persisted configuration (0600).
+func (l Layout) ConfigFile() string { return filepath.Join(l.Root, "pgshield.json") }
+
+// VolumeDir holds all customer data: the cluster, its logs.
+func (l Layout) VolumeDir() string { return filepath.Join(l.Root, "volume") }
+
+// PGData is the PostgreSQL data directory.
+func (l Layout) PGData() string { return filepath.Join(l.VolumeDir(), "pgdata") }
+
+// PGLogDir is where PostgreSQL's logging collector writes.
+func (l Layout) PGLogDir() string { return filepath.Join(l.VolumeDir(), "log") }
+
+// RunDir holds the runtime sockets and the pid file.
+func (l Layout) RunDir() string { return filepath.Join(l.Root, "run") }
+
+// SocketDir is PostgreSQL's private Unix socket directory (0700, owned by the
+// postgres OS user): only root (the gateway) and postgres can reach it.
+func (l Layout) SocketDir() string { return filepath.Join(l.RunDir(), "pg") }
+
+// APISocket is the management API's root-only Unix socket.
+func (l Layout) APISocket() string { return filepath.Join(l.RunDir(), "api.sock") }
+
+// PIDFile records the daemon's pid while it runs.
+func (l Layout) PIDFile() string { return filepath.Join(l.RunDir(), "pgshield.pid") }
+
+// DaemonLog is the daemon's own log when it runs in the background.
+func (l Layout) DaemonLog() string { return filepath.Join(l.Root, "log", "pgshield.log") }
+
+// TLSDir holds the private CA and the server certificate.
+func (l Layout) TLSDir() string { return filepath.Join(l.Root, "tls") }
+
+// CACert is the private CA certificate clients use as sslrootcert.
+func (l Layout) CACert() string { return filepath.Join(l.TLSDir(), "ca.crt") }
+
+// CAKey is the private CA key (0600).
+func (l Layout) CAKey() string { return filepath.Join(l.TLSDir(), "ca.key") }
+
+// ServerCert is the gateway's certificate chain.
+func (l Layout) ServerCert() string { return filepath.Join(l.TLSDir(), "server.crt") }
+
+// ServerKey is the gateway's private key (0600).
+func (l Layout) ServerKey() string { return filepath.Join(l.TLSDir(), "server.key") }
+
+// DataDirFromEnv returns the data directory from a flag value, then
+// PGSHIELD_DATA_DIR, then the default (flag, then environment, then default).
+func DataDirFromEnv(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if v := os.Getenv("PGSHIELD_DATA_DIR"); v != "" {
+		return v
+	}
+	return DefaultDataDir
+}
+
+// SecretsDir holds pgshield's own secrets (0700).
+func (l Layout) SecretsDir() string { return filepath.Join(l.Root, "secrets") }
+
+// MockAuthKey keys the fake SCRAM salts shown for unknown roles (0600).
+func (l Layout) MockAuthKey() string { return filepath.Join(l.SecretsDir(), "mock-auth.key") }

@@ -1,0 +1,186 @@
+// Package daemon composes a running pgshield server: the supervised
+// PostgreSQL, the gateway and the management API, for one data directory.
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/gateway"
+	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/tlsconf"
+)
+
+// Daemon is one running server.
+type Daemon struct {
+	Layout config.Layout
+	Log    *slog.Logger
+
+	cfgMu   sync.Mutex // serializes config changes; guards cfg
+	cfg     *config.Config
+	cluster *postgres.Cluster
+	sup     *postgres.Supervisor
+	catalog *postgres.Catalog
+	gw      *gateway.Server
+	started time.Time
+	version string
+	listen  string
+	stop    context.CancelFunc
+}
+
+// Run starts everything and blocks until ctx ends or shutdown is asked for
+// through the API; then it drains and stops PostgreSQL.
+func (d *Daemon) Run(ctx context.Context) error {
+	if d.Log == nil {
+		d.Log = slog.New(slog.DiscardHandler)
+	}
+	cfg, err := config.Load(d.Layout)
+	if err != nil {
+		return err
+	}
+	d.cfg = cfg
+	if err := writePIDFile(d.Layout.PIDFile()); err != nil {
+		return err
+	}
+	defer os.Remove(d.Layout.PIDFile())
+	ctx, d.stop = context.WithCancel(ctx)
+	defer d.stop()
+
+	u, err := postgres.LookupOSUser(cfg.PGOSUser)
+	if err != nil {
+		return err
+	}
+	d.cluster = &postgres.Cluster{Layout: d.Layout, Cfg: cfg, User: u}
+	if err := d.cluster.WriteManagedFiles(); err != nil {
+		return err
+	}
+	cert, err := tlsconf.LoadCert(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err != nil {
+		return err
+	}
+	params, err := config.ResolveParams(cfg.Parameters)
+	if err != nil {
+		return err
+	}
+	mock, err := loadOrCreateSecret(d.Layout, d.Layout.MockAuthKey())
+	if err != nil {
+		return err
+	}
+	// Bind the public port before starting PostgreSQL so a clash fails fast.
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("gateway cannot listen on %s: %w", cfg.Listen, err)
+	}
+	defer ln.Close()
+	d.listen = ln.Addr().String()
+	apiLn, err := api.Listen(d.Layout.APISocket())
+	if err != nil {
+		return err
+	}
+	defer apiLn.Close()
+
+	d.sup = &postgres.Supervisor{Cluster: d.cluster, Log: d.Log.With("component", "postgres")}
+	if err := d.sup.Start(ctx); err != nil {
+		return err
+	}
+	defer d.sup.Stop(30 * time.Second)
+	d.catalog, err = postgres.NewCatalog(ctx, d.cluster)
+	if err != nil {
+		return err
+	}
+	defer d.catalog.Close()
+	if err := d.catalog.Pool.QueryRow(ctx, "SHOW server_version").Scan(&d.version); err != nil {
+		return fmt.Errorf("querying PostgreSQL version: %w", err)
+	}
+	d.gw, err = gateway.New(gateway.Config{
+		Cert: cert, Roles: d.catalog, Backend: d.cluster, IsReserved: cfg.IsReserved,
+		MockSecret: mock, Params: params, Log: d.Log.With("component", "gateway"),
+	})
+	if err != nil {
+		return err
+	}
+	d.started = time.Now()
+
+	srv := &http.Server{Handler: api.NewHandler(d.routes(), d.Log), ReadHeaderTimeout: 10 * time.Second}
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := d.gw.Serve(ctx, ln); err != nil {
+			d.Log.Error("Gateway stopped.", "error", err)
+			d.stop()
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := srv.Serve(api.RootOnly{Listener: apiLn, Log: d.Log}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.Log.Error("API server stopped.", "error", err)
+		}
+	}()
+	d.Log.Info("pgshield is up.", "listen", d.listen, "postgres", d.version)
+	<-ctx.Done()
+	d.Log.Info("Shutting down.")
+	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_ = srv.Shutdown(sctx)
+	cancel()
+	wg.Wait()
+	return nil
+}
+
+// writePIDFile refuses to run twice on one data directory.
+func writePIDFile(path string) error {
+	if b, err := os.ReadFile(path); err == nil {
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && pid != os.Getpid() {
+			if syscall.Kill(pid, 0) == nil {
+				return fmt.Errorf("pgshield is already running on this data directory (pid %d)", pid)
+			}
+		}
+	}
+	return config.WriteFileAtomic(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+}
+
+// loadOrCreateSecret reads a 32-byte secret, creating it (0600 in a 0700
+// directory) on first use.
+func loadOrCreateSecret(l config.Layout, path string) ([]byte, error) {
+	if err := os.MkdirAll(l.SecretsDir(), 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(l.SecretsDir(), 0o700); err != nil {
+		return nil, err
+	}
+	b, err := os.ReadFile(path)
+	if err == nil && len(b) >= 32 {
+		return b, nil
+	}
+	b = make([]byte, 32)
+	if _, err := rand.Read(b); err != nil {
+		return nil, err
+	}
+	return b, config.WriteFileAtomic(path, b, 0o600)
+}
+
+// ReadPID returns the pid recorded for a running daemon, if that process lives.
+func ReadPID(l config.Layout) (int, bool) {
+	b, err := os.ReadFile(l.PIDFile())
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, syscall.Kill(pid, 0) == nil
+}

@@ -1,0 +1,5 @@
+package daemon
+
+import "os"
+
+func osGetpid() int { return os.Getpid() }

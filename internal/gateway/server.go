@@ -1,0 +1,461 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/internal/auth/scram"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/tlsconf"
+	"github.com/pgshield/pgshield/internal/wire"
+)
+
+// RoleLookup finds a role's authentication facts.
+type RoleLookup interface {
+	LookupRole(ctx context.Context, name string) (postgres.Role, error)
+}
+
+// BackendDialer opens backend sessions and delivers cancel requests.
+type BackendDialer interface {
+	Connect(ctx context.Context, params map[string]string) (*postgres.Backend, error)
+	Cancel(ctx context.Context, pid uint32, key []byte) error
+}
+
+// Config configures a gateway Server.
+type Config struct {
+	Cert    *tlsconf.Cert
+	Roles   RoleLookup
+	Backend BackendDialer
+	// IsReserved names roles that never log in through the gateway.
+	IsReserved func(role string) bool
+	// MockSecret makes the fake SCRAM salts of unknown roles stable.
+	MockSecret []byte
+	Params     config.Params
+	Log        *slog.Logger
+	// AuthTimeout bounds everything before the session is established,
+	// like PostgreSQL's authentication_timeout.
+	AuthTimeout time.Duration
+	// DialTimeout bounds opening the backend session.
+	DialTimeout time.Duration
+	// MaxConnections caps concurrent client connections.
+	MaxConnections int
+	Now            func() time.Time
+}
+
+// CheckAndSetDefaults validates the config and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Cert == nil || c.Roles == nil || c.Backend == nil {
+		return errors.New("gateway: Cert, Roles and Backend are required")
+	}
+	if len(c.MockSecret) < 16 {
+		return errors.New("gateway: MockSecret must be at least 16 bytes")
+	}
+	if c.IsReserved == nil {
+		c.IsReserved = func(string) bool { return false }
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	if c.AuthTimeout == 0 {
+		c.AuthTimeout = time.Minute
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = 30 * time.Second
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 1000
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Params.MinTLS == 0 {
+		p, err := config.ResolveParams(nil)
+		if err != nil {
+			return err
+		}
+		c.Params = p
+	}
+	return nil
+}
+
+type runtime struct {
+	params config.Params
+	tls    *tls.Config
+}
+
+// Server is the gateway. Its parameters can change while it runs; each new
+// connection uses the values current when it arrives.
+type Server struct {
+	cfg     Config
+	rt      atomic.Pointer[runtime]
+	cancels cancelRegistry
+	active  atomic.Int64
+	total   atomic.Int64
+
+	mu struct {
+		sync.Mutex
+		conns map[net.Conn]struct{}
+	}
+}
+
+// New makes a gateway Server.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{cfg: cfg}
+	s.mu.conns = map[net.Conn]struct{}{}
+	s.SetParams(cfg.Params)
+	return s, nil
+}
+
+// SetParams swaps in new parameters for connections that arrive from now on;
+// open sessions are left alone.
+func (s *Server) SetParams(p config.Params) {
+	s.rt.Store(&runtime{params: p, tls: tlsconf.ServerConfig(s.cfg.Cert, p.MinTLS, p.MaxTLS)})
+}
+
+// Stats are counters for status.
+type Stats struct {
+	Active int64 `json:"active_connections"`
+	Total  int64 `json:"total_connections"`
+}
+
+// Stats returns the connection counters.
+func (s *Server) Stats() Stats { return Stats{Active: s.active.Load(), Total: s.total.Load()} }
+
+// Serve accepts connections until ctx ends, then closes the listener and
+// every open connection and waits for their handlers.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	var wg sync.WaitGroup
+	stop := context.AfterFunc(ctx, func() {
+		ln.Close()
+		s.closeAll()
+	})
+	defer stop()
+	var tempDelay time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				wg.Wait()
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, syscallEMFILE) {
+				tempDelay = min(max(2*tempDelay, 5*time.Millisecond), time.Second)
+				s.cfg.Log.Warn("Accept failed; retrying.", "error", err, "delay", tempDelay)
+				time.Sleep(tempDelay)
+				continue
+			}
+			wg.Wait()
+			return err
+		}
+		tempDelay = 0
+		if !s.track(conn) {
+			conn.Close()
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer s.untrack(conn)
+			s.handle(ctx, conn)
+		}()
+	}
+}
+
+func (s *Server) track(conn net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.conns == nil {
+		return false // shutting down
+	}
+	if len(s.mu.conns) >= s.cfg.MaxConnections {
+		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
+		// Before TLS we cannot say more than a plaintext error; it reveals
+		// nothing and matches PostgreSQL's own behaviour.
+		_ = wire.SendError(conn, wire.CodeTooManyConnections, "sorry, too many clients already")
+		return false
+	}
+	s.mu.conns[conn] = struct{}{}
+	s.active.Add(1)
+	s.total.Add(1)
+	return true
+}
+
+func (s *Server) untrack(conn net.Conn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.conns != nil {
+		delete(s.mu.conns, conn)
+	}
+	s.active.Add(-1)
+}
+
+func (s *Server) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for c := range s.mu.conns {
+		c.Close()
+	}
+	s.mu.conns = nil
+}
+
+// handle runs one connection as a straight line: admit, authenticate,
+// connect the backend, relay.
+func (s *Server) handle(ctx context.Context, raw net.Conn) {
+	start := s.cfg.Now()
+	rt := s.rt.Load()
+	log := s.cfg.Log.With("client", raw.RemoteAddr().String())
+	_ = raw.SetDeadline(start.Add(s.cfg.AuthTimeout))
+
+	a, err := admit(raw, rt.tls)
+	defer a.conn.Close()
+	if err != nil {
+		s.refuseAdmission(a, err, log)
+		return
+	}
+	st := a.startup
+	if st.Kind == wire.KindCancel {
+		s.handleCancel(ctx, st, log)
+		return
+	}
+	if st.Minor > 0 || len(st.Unrecognized) > 0 {
+		if err := wire.Send(a.conn, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.Unrecognized}); err != nil {
+			return
+		}
+	}
+	user, db := st.User(), st.Database()
+	log = log.With("user", user, "database", db)
+	if a.tls == nil && rt.params.RequireSecureTransport {
+		log.Info("Refused plaintext connection.", "reason", "require_secure_transport")
+		_ = wire.SendError(a.conn, wire.CodeInvalidAuthSpec,
+			"no pgshield entry for host %q, user %q, database %q, no encryption: SSL connection is required (require_secure_transport = on)",
+			hostOf(raw.RemoteAddr()), user, db)
+		return
+	}
+
+	x, err := s.exchangeFor(ctx, user, a.tls)
+	if err != nil {
+		log.Error("Role lookup failed.", "error", err)
+		_ = wire.SendError(a.conn, wire.CodeCannotConnectNow, "the database system is not available")
+		return
+	}
+	final, err := x.Run(a.conn)
+	if err != nil {
+		var ae *scram.AuthError
+		if errors.As(err, &ae) {
+			log.Info("Authentication failed.", "reason", ae.Reason, "code", ae.Code)
+			_ = wire.SendError(a.conn, ae.Code, "%s", ae.Message)
+		} else if code, msg := wire.ClientMessage(err); code != wire.CodeInternalError {
+			_ = wire.SendError(a.conn, code, "%s", msg)
+		}
+		return
+	}
+
+	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	b, err := s.cfg.Backend.Connect(dctx, backendParams(st))
+	cancel()
+	authDone := []pgproto3.BackendMessage{&pgproto3.AuthenticationSASLFinal{Data: final}, &pgproto3.AuthenticationOk{}}
+	if err != nil {
+		var be *postgres.BackendError
+		if errors.As(err, &be) {
+			_ = wire.Send(a.conn, append(authDone, be.Msg)...)
+		} else {
+			log.Error("Backend connection failed.", "error", err)
+			_ = wire.Send(a.conn, append(authDone, wire.ErrorMessage(wire.CodeCannotConnectNow, "the database system is not available"))...)
+		}
+		return
+	}
+	defer b.Conn.Close()
+	ck, err := s.cancels.register(b)
+	if err != nil {
+		return
+	}
+	defer s.cancels.remove(ck)
+	msgs := authDone
+	for _, p := range b.Params {
+		msgs = append(msgs, p)
+	}
+	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ck.pid, SecretKey: ck.key[:]},
+		&pgproto3.ReadyForQuery{TxStatus: b.TxStatus})
+	if err := wire.Send(a.conn, msgs...); err != nil {
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	tlsVer := "none"
+	if a.tls != nil {
+		tlsVer = tls.VersionName(a.tls.Version)
+	}
+	log = log.With("pg_backend_pid", b.PID)
+	log.Info("Session opened.", "tls", tlsVer, "direct_tls", a.direct)
+	up, down := relay(a.conn, b.Conn)
+	log.Info("Session closed.", "duration", fmt.Sprintf("%.2fs", s.cfg.Now().Sub(start).Seconds()),
+		"bytes_in", up, "bytes_out", down)
+}
+
+// refuseAdmission answers a failed admission: protocol and startup errors get
+// an ErrorResponse; TLS failures and CVE-2021-23214 stuffing just a close.
+func (s *Server) refuseAdmission(a admitted, err error, log *slog.Logger) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
+		return
+	}
+	log.Info("Connection refused at admission.", "error", err)
+	if errors.Is(err, errBufferedAfterSSLRequest) {
+		return
+	}
+	if code, msg := wire.ClientMessage(err); code != wire.CodeInternalError {
+		_ = wire.SendError(a.conn, code, "%s", msg)
+	}
+}
+
+// exchangeFor prepares the SCRAM exchange for user. Every reason to refuse
+// (unknown, reserved, superuser, NOLOGIN, expired, no SCRAM secret) still
+// runs the full exchange with mock credentials and ends in the same 28P01.
+func (s *Server) exchangeFor(ctx context.Context, user string, cs *tls.ConnectionState) (*scram.Exchange, error) {
+	x := &scram.Exchange{User: user}
+	if cs != nil {
+		x.Binding = &s.cfg.Cert.EndPoint
+	}
+	role, err := s.cfg.Roles.LookupRole(ctx, user)
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case !role.Exists:
+		x.Why = "role does not exist"
+	case s.cfg.IsReserved(user):
+		x.Why = "reserved role"
+	case role.Superuser:
+		x.Why = "superuser roles may not log in through the gateway"
+	case !role.CanLogin:
+		x.Why = "role is not permitted to log in"
+	case role.ValidUntil != nil && !role.ValidUntil.After(s.cfg.Now()):
+		x.Why = "password has expired"
+	}
+	if x.Why == "" {
+		creds, err := scram.ParseVerifier(role.Password)
+		if err != nil {
+			x.Why = "role has no SCRAM-SHA-256 password"
+		} else {
+			x.Creds, x.Valid = creds, true
+		}
+	}
+	if !x.Valid {
+		x.Creds = scram.MockCredentials(s.cfg.MockSecret, user)
+	}
+	return x, nil
+}
+
+// backendParams passes the client's startup parameters through; the
+// protocol-level ones were consumed by admission.
+func backendParams(st *wire.Startup) map[string]string {
+	m := make(map[string]string, len(st.Params)+1)
+	for _, p := range st.Params {
+		if p.Key == "replication" {
+			continue
+		}
+		m[p.Key] = p.Value
+	}
+	m["database"] = st.Database()
+	return m
+}
+
+func (s *Server) handleCancel(ctx context.Context, st *wire.Startup, log *slog.Logger) {
+	var key [4]byte
+	putUint32(key[:], st.CancelKey)
+	b, ok := s.cancels.lookup(cancelKey{pid: st.CancelPID, key: key})
+	if !ok {
+		log.Info("Cancel request with an unknown key ignored.")
+		return
+	}
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := s.cfg.Backend.Cancel(cctx, b.PID, b.Key); err != nil {
+		log.Warn("Cancel request failed.", "error", err)
+	}
+}
+
+// relay copies both ways until either side ends; the first error wins and
+// closing both ends stops the other direction.
+func relay(client, backend net.Conn) (up, down int64) {
+	done := make(chan struct{}, 2)
+	go func() {
+		up, _ = io.Copy(backend, client)
+		done <- struct{}{}
+	}()
+	go func() {
+		down, _ = io.Copy(client, backend)
+		done <- struct{}{}
+	}()
+	<-done
+	client.Close()
+	backend.Close()
+	<-done
+	return up, down
+}
+
+func hostOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	h, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return h
+}
+
+func putUint32(b []byte, v uint32) { b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v) }
+
+// cancelKey is what a client holds: the backend PID with pgshield's own
+// random secret in place of the backend's.
+type cancelKey struct {
+	pid uint32
+	key [4]byte
+}
+
+type cancelRegistry struct {
+	mu sync.Mutex
+	m  map[cancelKey]*postgres.Backend
+}
+
+func (r *cancelRegistry) register(b *postgres.Backend) (cancelKey, error) {
+	ck := cancelKey{pid: b.PID}
+	if _, err := rand.Read(ck.key[:]); err != nil {
+		return ck, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = map[cancelKey]*postgres.Backend{}
+	}
+	r.m[ck] = b
+	return ck, nil
+}
+
+func (r *cancelRegistry) lookup(ck cancelKey) (*postgres.Backend, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	b, ok := r.m[ck]
+	return b, ok
+}
+
+func (r *cancelRegistry) remove(ck cancelKey) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.m, ck)
+}

@@ -1,0 +1,97 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+// Role is what the gateway needs to know of a role to authenticate it.
+type Role struct {
+	Name       string
+	Exists     bool
+	CanLogin   bool
+	Superuser  bool
+	Password   string // rolpassword: a SCRAM verifier, md5 hash or empty
+	ValidUntil *time.Time
+}
+
+// Catalog reads roles over the private socket as the service role, caching
+// each answer briefly so a burst of connections costs one query.
+type Catalog struct {
+	Pool *pgxpool.Pool
+	TTL  time.Duration
+	Now  func() time.Time
+
+	mu struct {
+		sync.Mutex
+		cache map[string]cachedRole
+	}
+}
+
+type cachedRole struct {
+	role Role
+	at   time.Time
+}
+
+// maxCachedRoles bounds the cache: unknown names are cached too, and an
+// attacker controls those.
+const maxCachedRoles = 10000
+
+// NewCatalog opens a small pool to the cluster as the service role.
+func NewCatalog(ctx context.Context, c *Cluster) (*Catalog, error) {
+	pc, err := pgxpool.ParseConfig(c.ServiceDSN("postgres"))
+	if err != nil {
+		return nil, err
+	}
+	pc.MaxConns = 4
+	pc.MinConns = 0
+	pc.MaxConnIdleTime = time.Minute
+	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	if err != nil {
+		return nil, err
+	}
+	return &Catalog{Pool: pool, TTL: 2 * time.Second, Now: time.Now}, nil
+}
+
+// Close closes the pool.
+func (c *Catalog) Close() { c.Pool.Close() }
+
+// LookupRole returns the named role (Exists false if there is none).
+func (c *Catalog) LookupRole(ctx context.Context, name string) (Role, error) {
+	now := c.Now()
+	c.mu.Lock()
+	if e, ok := c.mu.cache[name]; ok && now.Sub(e.at) < c.TTL {
+		c.mu.Unlock()
+		return e.role, nil
+	}
+	c.mu.Unlock()
+
+	r := Role{Name: name}
+	var pw *string
+	err := c.Pool.QueryRow(ctx,
+		`SELECT rolcanlogin, rolsuper, rolpassword, rolvaliduntil FROM pg_catalog.pg_authid WHERE rolname = $1`,
+		name).Scan(&r.CanLogin, &r.Superuser, &pw, &r.ValidUntil)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return Role{}, fmt.Errorf("looking up role: %w", err)
+	default:
+		r.Exists = true
+		if pw != nil {
+			r.Password = *pw
+		}
+	}
+	c.mu.Lock()
+	if c.mu.cache == nil || len(c.mu.cache) >= maxCachedRoles {
+		c.mu.cache = map[string]cachedRole{}
+	}
+	c.mu.cache[name] = cachedRole{role: r, at: now}
+	c.mu.Unlock()
+	return r, nil
+}

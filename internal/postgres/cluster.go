@@ -1,0 +1,162 @@
+package postgres
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/pgshield/pgshield/internal/config"
+)
+
+// Cluster names one managed PostgreSQL cluster.
+type Cluster struct {
+	Layout config.Layout
+	Cfg    *config.Config
+	User   OSUser
+}
+
+// SocketPath is the postmaster's Unix socket.
+func (c *Cluster) SocketPath() string {
+	return filepath.Join(c.Layout.SocketDir(), fmt.Sprintf(".s.PGSQL.%d", c.Cfg.PGPort))
+}
+
+// Bin returns the path of a PostgreSQL program.
+func (c *Cluster) Bin(name string) string { return filepath.Join(c.Cfg.PGBinDir, name) }
+
+// ServiceDSN is the connection string of pgshield's own service role.
+func (c *Cluster) ServiceDSN(database string) string {
+	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s application_name=pgshield sslmode=disable",
+		c.Layout.SocketDir(), c.Cfg.PGPort, c.Cfg.ServiceRole, database)
+}
+
+// managedSettings are the settings pgshield owns; ALTER SYSTEM may not
+// change them (see ProtectedParameter).
+func (c *Cluster) managedSettings() string {
+	return fmt.Sprintf(`# Written by pgshield; do not edit. PostgreSQL listens on no TCP port:
+# the pgshield gateway is the only way in, over the Unix socket below.
+listen_addresses = ''
+port = %d
+unix_socket_directories = '%s'
+unix_socket_permissions = 0700
+password_encryption = 'scram-sha-256'
+ssl = off
+logging_collector = on
+log_directory = '%s'
+log_filename = 'postgresql-%%Y-%%m-%%d.log'
+log_file_mode = 0600
+log_rotation_size = 100MB
+`, c.Cfg.PGPort, c.Layout.SocketDir(), c.Layout.PGLogDir())
+}
+
+// hba allows only local connections. The socket directory is 0700 and owned
+// by the postgres OS user, so only root (the gateway) and postgres can reach
+// it; the gateway has already authenticated every client it connects for.
+const hba = `# Written by pgshield. No host lines: PostgreSQL listens on no TCP port.
+# The socket directory is private (0700, postgres): only the pgshield gateway
+# (root) and the postgres OS user can connect, and the gateway authenticates
+# each client with SCRAM before it opens a session for it here.
+local   all   all   trust
+`
+
+// PrepareDirs creates the directories PostgreSQL needs with their modes.
+func (c *Cluster) PrepareDirs() error {
+	for _, d := range []struct {
+		path  string
+		owned bool
+	}{
+		{c.Layout.VolumeDir(), false},
+		{c.Layout.PGData(), true},
+		{c.Layout.PGLogDir(), true},
+		{c.Layout.RunDir(), false},
+		{c.Layout.SocketDir(), true},
+	} {
+		if err := os.MkdirAll(d.path, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chmod(d.path, 0o700); err != nil {
+			return err
+		}
+		if d.owned {
+			if err := c.User.Chown(d.path); err != nil {
+				return err
+			}
+		}
+	}
+	// The postgres OS user must traverse (not list) the root-owned
+	// directories above its own: 0710 root:postgres. Everyone else gets nothing.
+	for _, d := range []string{c.Layout.Root, c.Layout.VolumeDir(), c.Layout.RunDir()} {
+		if err := os.Chown(d, 0, int(c.User.GID)); err != nil {
+			return err
+		}
+		if err := os.Chmod(d, 0o710); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// InitDB creates the cluster with Debian's initdb.
+func (c *Cluster) InitDB(ctx context.Context) error {
+	if _, err := os.Stat(filepath.Join(c.Layout.PGData(), "PG_VERSION")); err == nil {
+		return fmt.Errorf("a PostgreSQL cluster already exists in %s", c.Layout.PGData())
+	}
+	cmd := c.User.Command(c.Bin("initdb"), "-D", c.Layout.PGData(), "-U", config.SuperuserRole,
+		"--auth-local=trust", "--auth-host=reject", "-E", "UTF8", "--locale=C.UTF-8", "--data-checksums")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("initdb failed: %w\n%s", err, strings.TrimSpace(out.String()))
+	}
+	conf := filepath.Join(c.Layout.PGData(), "postgresql.conf")
+	f, err := os.OpenFile(conf, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	_, err = f.WriteString("\n# pgshield's settings come last and win over the above.\ninclude 'pgshield.conf'\n")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return err
+	}
+	return c.WriteManagedFiles()
+}
+
+// WriteManagedFiles (re)writes pgshield.conf and pg_hba.conf.
+func (c *Cluster) WriteManagedFiles() error {
+	for name, body := range map[string]string{"pgshield.conf": c.managedSettings(), "pg_hba.conf": hba} {
+		p := filepath.Join(c.Layout.PGData(), name)
+		if err := config.WriteFileAtomic(p, []byte(body), 0o600); err != nil {
+			return err
+		}
+		if err := c.User.Chown(p); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// protected are PostgreSQL settings pgshield manages itself; changing them
+// would open a TCP port, move the socket, weaken authentication or break
+// supervision.
+var protected = map[string]bool{
+	"listen_addresses": true, "port": true, "unix_socket_directories": true,
+	"unix_socket_group": true, "unix_socket_permissions": true, "password_encryption": true,
+	"ssl": true, "data_directory": true, "hba_file": true, "ident_file": true,
+	"config_file": true, "external_pid_file": true, "logging_collector": true,
+	"log_directory": true, "log_file_mode": true, "archive_command": true,
+	"archive_library": true, "restore_command": true, "shared_preload_libraries": true,
+	"local_preload_libraries": true, "session_preload_libraries": true,
+	"dynamic_library_path": true, "krb_server_keyfile": true, "event_source": true,
+	"ssl_cert_file": true, "ssl_key_file": true, "ssl_ca_file": true, "ssl_crl_file": true,
+	"ssl_crl_dir": true, "ssl_passphrase_command": true, "allow_system_table_mods": true,
+	"ignore_system_indexes": true, "zero_damaged_pages": true, "ignore_checksum_failure": true,
+	"jit_provider": true, "log_filename": true,
+}
+
+// ProtectedParameter reports whether a PostgreSQL parameter is managed by
+// pgshield and so may not be set by users.
+func ProtectedParameter(name string) bool { return protected[strings.ToLower(name)] }

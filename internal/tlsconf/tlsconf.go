@@ -1,0 +1,172 @@
+// Package tlsconf makes the gateway's certificates (a private CA and an
+// ECDSA P-256 server certificate) and its server tls.Config.
+package tlsconf
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"time"
+
+	"github.com/xdg-go/scram"
+)
+
+// ALPN is the protocol name PostgreSQL 17 clients send for direct TLS.
+const ALPN = "postgresql"
+
+// GenerateCA writes a new private CA (certificate 0644, key 0600).
+func GenerateCA(certPath, keyPath, commonName string) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"pgshield"}},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().AddDate(10, 0, 0),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return err
+	}
+	return writePair(certPath, keyPath, [][]byte{der}, key)
+}
+
+// GenerateServer issues a server certificate signed by the CA for the given
+// hosts (DNS names or IP addresses).
+func GenerateServer(caCertPath, caKeyPath, certPath, keyPath string, hosts []string) error {
+	caPair, err := tls.LoadX509KeyPair(caCertPath, caKeyPath)
+	if err != nil {
+		return fmt.Errorf("loading CA: %w", err)
+	}
+	caCert, err := x509.ParseCertificate(caPair.Certificate[0])
+	if err != nil {
+		return err
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: hosts[0], Organization: []string{"pgshield"}},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().AddDate(2, 0, 0),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		if h == "" || seen[h] {
+			continue
+		}
+		seen[h] = true
+		if ip := net.ParseIP(h); ip != nil {
+			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+		} else {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caPair.PrivateKey)
+	if err != nil {
+		return err
+	}
+	return writePair(certPath, keyPath, [][]byte{der, caPair.Certificate[0]}, key)
+}
+
+func randomSerial() *big.Int {
+	n, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
+	if err != nil {
+		panic(err) // crypto/rand never fails on Linux
+	}
+	return n
+}
+
+func writePair(certPath, keyPath string, ders [][]byte, key *ecdsa.PrivateKey) error {
+	var certPEM []byte
+	for _, d := range ders {
+		certPEM = append(certPEM, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: d})...)
+	}
+	kb, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return err
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: kb})
+	if err := os.WriteFile(keyPath, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return os.WriteFile(certPath, certPEM, 0o644)
+}
+
+// Cert is a loaded server certificate with its channel-binding data.
+type Cert struct {
+	TLS tls.Certificate
+	// EndPoint is the tls-server-end-point channel binding (RFC 5929) of
+	// the leaf certificate the gateway presents.
+	EndPoint scram.ChannelBinding
+}
+
+// LoadCert reads a certificate chain and key and computes the binding.
+func LoadCert(certPath, keyPath string) (*Cert, error) {
+	pair, err := tls.LoadX509KeyPair(certPath, keyPath)
+	if err != nil {
+		return nil, fmt.Errorf("loading server certificate: %w", err)
+	}
+	if len(pair.Certificate) == 0 {
+		return nil, errors.New("server certificate file holds no certificate")
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		return nil, err
+	}
+	pair.Leaf = leaf
+	// The library computes the binding from a peer's view of the chain; the
+	// gateway's own leaf is exactly what the client sees as its peer.
+	cb, err := scram.NewTLSServerEndpointBinding(&tls.ConnectionState{PeerCertificates: []*x509.Certificate{leaf}})
+	if err != nil {
+		return nil, fmt.Errorf("channel binding for server certificate: %w", err)
+	}
+	return &Cert{TLS: pair, EndPoint: cb}, nil
+}
+
+// aeadSuites are the TLS 1.2 suites allowed: ECDHE key exchange and AEAD
+// only (no CBC, no SHA-1 MACs, no static RSA, no DHE). TLS 1.3 suites are
+// all AEAD and not configurable in Go.
+var aeadSuites = []uint16{
+	tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+}
+
+// ServerConfig builds the gateway's tls.Config for the given version bounds
+// (maxVersion 0 means the highest Go supports).
+func ServerConfig(c *Cert, minVersion, maxVersion uint16) *tls.Config {
+	return &tls.Config{
+		Certificates:     []tls.Certificate{c.TLS},
+		MinVersion:       minVersion,
+		MaxVersion:       maxVersion,
+		CipherSuites:     aeadSuites,
+		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384},
+		NextProtos:       []string{ALPN},
+		// Session tickets would let a resumed session skip the certificate;
+		// tls-server-end-point binding still holds, but keep it simple.
+		SessionTicketsDisabled: true,
+	}
+}

@@ -1,0 +1,113 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+)
+
+// MaxAuthMessageLen caps a SASL message from the client; PostgreSQL uses the
+// same bound (PG_MAX_AUTH_TOKEN_LENGTH).
+const MaxAuthMessageLen = 65535
+
+// ReadMessage reads one typed frontend message whose body may be at most
+// maxLen bytes. An impossible length is refused before any allocation.
+func ReadMessage(r io.Reader, maxLen int) (byte, []byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n < 4 || uint64(n)-4 > uint64(maxLen) {
+		return 0, nil, protoErr("invalid message length")
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return 0, nil, err
+	}
+	return hdr[0], body, nil
+}
+
+// ParseSASLInitialResponse decodes a SASLInitialResponse body and checks
+// the declared data length, which pgproto3 skips over.
+func ParseSASLInitialResponse(body []byte) (mechanism string, data []byte, err error) {
+	var m pgproto3.SASLInitialResponse
+	if err := m.Decode(body); err != nil {
+		return "", nil, protoErr("malformed SASLInitialResponse")
+	}
+	lenOff := len(m.AuthMechanism) + 1
+	declared := int32(binary.BigEndian.Uint32(body[lenOff:]))
+	if declared < 0 {
+		return "", nil, protoErr("SASLInitialResponse carries no client-first-message")
+	}
+	if int(declared) != len(m.Data) {
+		return "", nil, protoErr("malformed SASLInitialResponse: length mismatch")
+	}
+	return m.AuthMechanism, m.Data, nil
+}
+
+// Encode appends a backend message's wire form.
+func Encode(buf []byte, msgs ...pgproto3.BackendMessage) ([]byte, error) {
+	var err error
+	for _, m := range msgs {
+		buf, err = m.Encode(buf)
+		if err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
+}
+
+// Send encodes msgs and writes them in one call.
+func Send(w io.Writer, msgs ...pgproto3.BackendMessage) error {
+	buf, err := Encode(nil, msgs...)
+	if err != nil {
+		return err
+	}
+	_, err = w.Write(buf)
+	return err
+}
+
+// ErrorMessage builds a FATAL ErrorResponse.
+func ErrorMessage(code, format string, args ...any) *pgproto3.ErrorResponse {
+	return &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
+		Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// SendError writes a FATAL ErrorResponse.
+func SendError(w io.Writer, code, format string, args ...any) error {
+	return Send(w, ErrorMessage(code, format, args...))
+}
+
+// SQLSTATE codes the gateway sends.
+const (
+	CodeProtocolViolation     = "08P01"
+	CodeInvalidAuthSpec       = "28000"
+	CodeInvalidPassword       = "28P01"
+	CodeFeatureNotSupported   = "0A000"
+	CodeTooManyConnections    = "53300"
+	CodeCannotConnectNow      = "57P03"
+	CodeAdminShutdown         = "57P01"
+	CodeInternalError         = "XX000"
+	CodeConnectionFailure     = "08006"
+	CodeInvalidParameterValue = "22023"
+)
+
+// ClientMessage returns the message a client may see for err: protocol and
+// startup errors are explained, anything else is "internal server error".
+func ClientMessage(err error) (code, msg string) {
+	var se *StartupError
+	var ve *UnsupportedVersionError
+	switch {
+	case errors.As(err, &se):
+		return se.Code, se.Message
+	case errors.As(err, &ve):
+		return CodeFeatureNotSupported, ve.Error()
+	case errors.Is(err, ErrProtocolError):
+		return CodeProtocolViolation, err.Error()
+	}
+	return CodeInternalError, "internal server error"
+}
