@@ -419,7 +419,9 @@ func hostOf(a net.Addr) string {
 	return h
 }
 
-func putUint32(b []byte, v uint32) { b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v) }
+func putUint32(b []byte, v uint32) {
+	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
+}
 
 // cancelKey is what a client holds: the backend PID with pgshield's own
 // random secret in place of the backend's.
