@@ -57,6 +57,10 @@ func Bootstrap(ctx context.Context, c *Cluster, adminVerifier string) error {
 		fmt.Sprintf(`CREATE ROLE %s LOGIN SUPERUSER`, svc),
 		fmt.Sprintf(`CREATE ROLE %s LOGIN CREATEROLE CREATEDB PASSWORD '%s'`, admin, adminVerifier),
 		fmt.Sprintf(`GRANT %s TO %s`, strings.Join(AdminGrants, ", "), admin),
+		// As on a managed server, the administrator works in the default
+		// database: create schemas and objects there, and grant that on.
+		fmt.Sprintf(`GRANT ALL ON DATABASE postgres TO %s WITH GRANT OPTION`, admin),
+		fmt.Sprintf(`GRANT ALL ON SCHEMA public TO %s WITH GRANT OPTION`, admin),
 		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield service role (reserved)'`, svc),
 		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield server administrator'`, admin),
 	}

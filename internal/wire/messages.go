@@ -31,6 +31,42 @@ func ReadMessage(r io.Reader, maxLen int) (byte, []byte, error) {
 	return hdr[0], body, nil
 }
 
+// ReadExpected reads one frontend message that must be of type want. The
+// type is checked before the length is even read, as PostgreSQL does, so a
+// client that sends something else (a Query, a second StartupMessage) is
+// refused at once instead of being waited on.
+func ReadExpected(r io.Reader, want byte, maxLen int) ([]byte, error) {
+	var hdr [5]byte
+	if _, err := io.ReadFull(r, hdr[:1]); err != nil {
+		return nil, err
+	}
+	if hdr[0] != want {
+		return nil, &UnexpectedMessageError{Want: want, Got: hdr[0]}
+	}
+	if _, err := io.ReadFull(r, hdr[1:]); err != nil {
+		return nil, err
+	}
+	n := binary.BigEndian.Uint32(hdr[1:])
+	if n < 4 || uint64(n)-4 > uint64(maxLen) {
+		return nil, protoErr("invalid message length")
+	}
+	body := make([]byte, n-4)
+	if _, err := io.ReadFull(r, body); err != nil {
+		return nil, err
+	}
+	return body, nil
+}
+
+// UnexpectedMessageError is a message of the wrong type at a point where the
+// protocol allows only one; it is a protocol violation.
+type UnexpectedMessageError struct{ Want, Got byte }
+
+func (e *UnexpectedMessageError) Error() string {
+	return fmt.Sprintf("expected message type %q, got message type %d", e.Want, e.Got)
+}
+
+func (e *UnexpectedMessageError) Unwrap() error { return ErrProtocolError }
+
 // ParseSASLInitialResponse decodes a SASLInitialResponse body and checks
 // the declared data length, which pgproto3 skips over.
 func ParseSASLInitialResponse(body []byte) (mechanism string, data []byte, err error) {

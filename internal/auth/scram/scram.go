@@ -132,12 +132,9 @@ func (x *Exchange) Run(rw io.ReadWriter) (serverFinal []byte, err error) {
 	if err := wire.Send(rw, &pgproto3.AuthenticationSASL{AuthMechanisms: mechs}); err != nil {
 		return nil, err
 	}
-	typ, body, err := wire.ReadMessage(rw, wire.MaxAuthMessageLen)
+	body, err := readSASL(rw)
 	if err != nil {
 		return nil, err
-	}
-	if typ != 'p' {
-		return nil, protocol("expected SASL response, got message type %d", typ)
 	}
 	mech, first, err := wire.ParseSASLInitialResponse(body)
 	if err != nil {
@@ -172,12 +169,9 @@ func (x *Exchange) Run(rw io.ReadWriter) (serverFinal []byte, err error) {
 	if err := wire.Send(rw, &pgproto3.AuthenticationSASLContinue{Data: []byte(s1)}); err != nil {
 		return nil, err
 	}
-	typ, body, err = wire.ReadMessage(rw, wire.MaxAuthMessageLen)
+	body, err = readSASL(rw)
 	if err != nil {
 		return nil, err
-	}
-	if typ != 'p' {
-		return nil, protocol("expected SASL response, got message type %d", typ)
 	}
 	s2, err := conv.Step(string(body))
 	switch {
@@ -193,6 +187,20 @@ func (x *Exchange) Run(rw io.ReadWriter) (serverFinal []byte, err error) {
 		return nil, x.failed(x.Why)
 	}
 	return []byte(s2), nil
+}
+
+// readSASL reads the client's next SASL message ('p'); anything else, or an
+// impossible length, is a protocol violation.
+func readSASL(r io.Reader) ([]byte, error) {
+	body, err := wire.ReadExpected(r, 'p', wire.MaxAuthMessageLen)
+	var ue *wire.UnexpectedMessageError
+	switch {
+	case errors.As(err, &ue):
+		return nil, protocol("expected SASL response, got message type %d", ue.Got)
+	case errors.Is(err, wire.ErrProtocolError):
+		return nil, protocol("invalid SASL message length")
+	}
+	return body, err
 }
 
 func (x *Exchange) failed(reason string) error {

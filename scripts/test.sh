@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Runs every test (as root): unit and fuzz-corpus tests, and the end-to-end
+# suite against a real PostgreSQL 15 behind a real pgshield daemon, with
+# real psql/libpq and pgx clients.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/deps.sh
+[ -x /usr/local/go/bin/go ] && export PATH=/usr/local/go/bin:$PATH
+
+go vet ./...
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
+PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m ./...
