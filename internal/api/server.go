@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 
 	"golang.org/x/sys/unix"
 )
@@ -30,6 +31,10 @@ type Route struct {
 // call it (peer credentials); browsers are turned away.
 func NewHandler(routes []Route, log *slog.Logger) http.Handler {
 	mux := http.NewServeMux()
+	// Profiles for diagnosing the daemon; the socket is root-only.
+	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	for _, rt := range routes {
 		h := rt.Handler
 		mux.HandleFunc(rt.Method+" "+rt.Pattern, func(w http.ResponseWriter, r *http.Request) {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -98,7 +99,8 @@ func Decode(b []byte) (*Config, error) {
 	if err := dec.Decode(&c); err != nil {
 		return nil, fmt.Errorf("decoding config: %w", err)
 	}
-	if dec.More() {
+	// dec.More() would miss a stray '}' or ']' after the object.
+	if _, err := dec.Token(); err != io.EOF {
 		return nil, errors.New("decoding config: trailing data")
 	}
 	if err := c.CheckAndSetDefaults(); err != nil {

@@ -90,11 +90,18 @@ func ResolveParams(set map[string]string) (Params, error) {
 	for _, p := range gatewayParams {
 		vals[p.Name] = p.Default
 	}
+	seen := map[string]bool{}
 	for k, v := range set {
 		p, ok := LookupParam(k)
 		if !ok {
 			return Params{}, fmt.Errorf("unrecognized parameter %q", k)
 		}
+		// Names match case-insensitively: two spellings of one parameter
+		// would make the result depend on map order.
+		if seen[p.Name] {
+			return Params{}, fmt.Errorf("parameter %q is set more than once", p.Name)
+		}
+		seen[p.Name] = true
 		nv, err := NormalizeParam(p, v)
 		if err != nil {
 			return Params{}, err

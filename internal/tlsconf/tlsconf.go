@@ -49,6 +49,9 @@ func GenerateCA(certPath, keyPath, commonName string) error {
 // GenerateServer issues a server certificate signed by the CA for the given
 // hosts (DNS names or IP addresses).
 func GenerateServer(caCertPath, caKeyPath, certPath, keyPath string, hosts []string) error {
+	if len(hosts) == 0 {
+		return errors.New("server certificate needs at least one host name")
+	}
 	caPair, err := tls.LoadX509KeyPair(caCertPath, caKeyPath)
 	if err != nil {
 		return fmt.Errorf("loading CA: %w", err)

@@ -122,9 +122,25 @@ func FuzzParseStartup(f *testing.F) {
 }
 
 // FuzzReadMessage checks that ReadMessage never panics, never returns a body
-// longer than maxLen, and consumes exactly the message it returns.
+// longer than maxLen, and consumes exactly the message it returns; and that
+// ReadExpected agrees with it.
 func FuzzReadMessage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte, maxLen uint16) {
+		// ReadExpected must agree with ReadMessage on a message of the
+		// expected type and refuse any other after one byte.
+		er := &countingReader{r: bytes.NewReader(in)}
+		eb, eerr := ReadExpected(er, 'p', int(maxLen))
+		_, mb, merr := ReadMessage(bytes.NewReader(in), int(maxLen))
+		var ue *UnexpectedMessageError
+		switch {
+		case len(in) > 0 && in[0] != 'p':
+			if !errors.As(eerr, &ue) || ue.Got != in[0] || er.n != 1 || !errors.Is(eerr, ErrProtocolError) {
+				t.Fatalf("ReadExpected(%q, 'p') = %v after %d bytes; want UnexpectedMessageError after 1", in, eerr, er.n)
+			}
+		case !bytes.Equal(eb, mb) || (eerr == nil) != (merr == nil) || errors.Is(eerr, ErrProtocolError) != errors.Is(merr, ErrProtocolError):
+			t.Fatalf("ReadExpected(%q) = %q, %v; ReadMessage = %q, %v; want the same", in, eb, eerr, mb, merr)
+		}
+
 		cr := &countingReader{r: bytes.NewReader(in)}
 		typ, body, err := ReadMessage(cr, int(maxLen))
 		if err != nil {

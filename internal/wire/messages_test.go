@@ -239,3 +239,71 @@ func (w *countingWriter) Write(p []byte) (int, error) {
 	w.writes++
 	return w.buf.Write(p)
 }
+
+func TestReadExpected(t *testing.T) {
+	tests := []struct {
+		name     string
+		in       []byte
+		want     byte
+		maxLen   int
+		wantErr  error // matched with errors.Is; nil means success
+		wantGot  byte  // UnexpectedMessageError.Got, when set
+		wantBody []byte
+		wantRead int
+	}{
+		{name: "SASLResponse", in: msg('p', 7, []byte("c=x")), want: 'p', maxLen: 100,
+			wantBody: []byte("c=x"), wantRead: 8},
+		{name: "empty body", in: msg('p', 4, nil), want: 'p', maxLen: 100, wantBody: []byte{}, wantRead: 5},
+		{name: "query refused after one byte", in: msg('Q', 13, []byte("select 1;\x00")), want: 'p', maxLen: 100,
+			wantErr: ErrProtocolError, wantGot: 'Q', wantRead: 1},
+		{name: "second StartupMessage refused after one byte", in: packet(body(ProtocolV3, true, "user", "a")),
+			want: 'p', maxLen: 100, wantErr: ErrProtocolError, wantGot: 0, wantRead: 1},
+		{name: "wrong type with an impossible length", in: msg('X', 0xffffffff, nil), want: 'p', maxLen: 100,
+			wantErr: ErrProtocolError, wantGot: 'X', wantRead: 1},
+		{name: "length 0xffffffff", in: msg('p', 0xffffffff, nil), want: 'p', maxLen: MaxAuthMessageLen,
+			wantErr: ErrProtocolError, wantRead: 5},
+		{name: "length 3", in: msg('p', 3, nil), want: 'p', maxLen: 100, wantErr: ErrProtocolError, wantRead: 5},
+		{name: "over maxLen", in: msg('p', 105, make([]byte, 101)), want: 'p', maxLen: 100,
+			wantErr: ErrProtocolError, wantRead: 5},
+		{name: "empty input", in: nil, want: 'p', maxLen: 100, wantErr: io.EOF},
+		{name: "type only", in: []byte{'p'}, want: 'p', maxLen: 100, wantErr: io.EOF, wantRead: 1},
+		{name: "truncated length", in: []byte{'p', 0, 0}, want: 'p', maxLen: 100, wantErr: io.ErrUnexpectedEOF,
+			wantRead: 3},
+		{name: "truncated body", in: msg('p', 10, []byte("ab")), want: 'p', maxLen: 100,
+			wantErr: io.ErrUnexpectedEOF, wantRead: 7},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cr := &countingReader{r: bytes.NewReader(tt.in)}
+			b, err := ReadExpected(cr, tt.want, tt.maxLen)
+			call := fmt.Sprintf("ReadExpected(%s, %q, %d)", quote(tt.in), tt.want, tt.maxLen)
+			if tt.wantErr != nil {
+				if !errors.Is(err, tt.wantErr) {
+					t.Fatalf("%s error = %v; want %v", call, err, tt.wantErr)
+				}
+				var ue *UnexpectedMessageError
+				if errors.As(err, &ue) != (tt.wantRead == 1 && tt.wantErr == ErrProtocolError) {
+					t.Errorf("%s error = %v (%T); UnexpectedMessageError only for a wrong type", call, err, err)
+				}
+				if ue != nil && (ue.Got != tt.wantGot || ue.Want != tt.want) {
+					t.Errorf("%s = %+v; want Got %q Want %q", call, ue, tt.wantGot, tt.want)
+				}
+				if ue != nil {
+					if code, _ := ClientMessage(err); code != CodeProtocolViolation {
+						t.Errorf("ClientMessage(%v) code = %s; want 08P01", err, code)
+					}
+				}
+			} else {
+				if err != nil {
+					t.Fatalf("%s error = %v; want nil", call, err)
+				}
+				if !bytes.Equal(b, tt.wantBody) {
+					t.Errorf("%s = %q; want %q", call, b, tt.wantBody)
+				}
+			}
+			if cr.n != tt.wantRead {
+				t.Errorf("%s consumed %d bytes; want %d", call, cr.n, tt.wantRead)
+			}
+		})
+	}
+}

@@ -263,10 +263,10 @@ func TestExchangeRun(t *testing.T) {
 				}},
 			wantCode: "08P01"},
 		{name: "query instead of SASLInitialResponse", x: Exchange{Creds: creds, Valid: true},
-			s: script{password: testPassword, rawFirst: mustEncode(t, &pgproto3.Query{String: "select 1"})},
+			s:        script{password: testPassword, rawFirst: mustEncode(t, &pgproto3.Query{String: "select 1"})},
 			wantCode: "08P01"},
 		{name: "query instead of SASLResponse", x: Exchange{Creds: creds, Valid: true},
-			s: script{password: testPassword, rawFinal: mustEncode(t, &pgproto3.Query{String: "select 1"})},
+			s:        script{password: testPassword, rawFinal: mustEncode(t, &pgproto3.Query{String: "select 1"})},
 			wantCode: "08P01"},
 		{name: "password message instead of SASLResponse", x: Exchange{Creds: creds, Valid: true},
 			s: script{password: testPassword, rawFinal: mustEncode(t, &pgproto3.PasswordMessage{Password: testPassword})},
@@ -284,11 +284,24 @@ func TestExchangeRun(t *testing.T) {
 			s: script{password: testPassword, editFirst: func(m string) string {
 				return strings.Replace(m, "n=,", "n=a=b,", 1)
 			}}, wantCode: "08P01"},
+		{name: "authorization identity", x: Exchange{Creds: creds, Valid: true},
+			s: script{password: testPassword, editFirst: func(m string) string {
+				return strings.Replace(m, "n,,", "n,a=postgres,", 1)
+			}}, wantCode: "0A000"},
+		{name: "empty authorization identity", x: Exchange{Creds: creds, Valid: true},
+			s: script{password: testPassword, editFirst: func(m string) string {
+				return strings.Replace(m, "n,,", "n,a=,", 1)
+			}}, wantCode: "0A000"},
+		{name: "authorization identity with channel binding", x: Exchange{Creds: creds, Valid: true, Binding: cb},
+			s: script{password: testPassword, mech: MechSCRAMPlus, conv: withBinding(cb),
+				editFirst: func(m string) string {
+					return strings.Replace(m, "p=tls-server-end-point,,", "p=tls-server-end-point,a=alice,", 1)
+				}}, wantCode: "0A000"},
 		{name: "bad base64 channel binding", x: Exchange{Creds: creds, Valid: true},
-			s: script{password: testPassword, editFinal: func(m string) string { return replaceField(m, "c", "!!!") }},
+			s:        script{password: testPassword, editFinal: func(m string) string { return replaceField(m, "c", "!!!") }},
 			wantCode: "08P01"},
 		{name: "bad base64 proof", x: Exchange{Creds: creds, Valid: true},
-			s: script{password: testPassword, editFinal: func(m string) string { return replaceField(m, "p", "@@") }},
+			s:        script{password: testPassword, editFinal: func(m string) string { return replaceField(m, "p", "@@") }},
 			wantCode: "08P01"},
 		{name: "short proof", x: Exchange{Creds: creds, Valid: true},
 			s: script{password: testPassword, editFinal: func(m string) string {
@@ -311,7 +324,7 @@ func TestExchangeRun(t *testing.T) {
 		{name: "SASLInitialResponse over 65535 bytes", x: Exchange{Creds: creds, Valid: true},
 			s: script{password: testPassword, rawFirst: []byte{'p', 0, 1, 0, 4}}, wantCode: "08P01"},
 		{name: "SASLInitialResponse without client-first (length -1)", x: Exchange{Creds: creds, Valid: true},
-			s: script{password: testPassword, rawFirst: mustEncode(t, &rawSASLInitial{mech: MechSCRAM, declared: -1})},
+			s:        script{password: testPassword, rawFirst: mustEncode(t, &rawSASLInitial{mech: MechSCRAM, declared: -1})},
 			wantCode: "08P01"},
 		{name: "SASLInitialResponse length mismatch", x: Exchange{Creds: creds, Valid: true},
 			s: script{password: testPassword, rawFirst: mustEncode(t, &rawSASLInitial{mech: MechSCRAM, declared: 100,

@@ -166,6 +166,13 @@ func (x *Exchange) Run(rw io.ReadWriter) (serverFinal []byte, err error) {
 	if err != nil {
 		return nil, protocol("malformed SCRAM message")
 	}
+	// Like PostgreSQL, refuse an authzid rather than silently ignore it
+	// (RFC 4422: the server must not succeed without honouring it). A
+	// successful Step guarantees the gs2 header's authzid field exists.
+	if strings.SplitN(string(first), ",", 3)[1] != "" {
+		msg := "client uses authorization identity, but it is not supported"
+		return nil, &AuthError{Code: wire.CodeFeatureNotSupported, Message: msg, Reason: msg}
+	}
 	if err := wire.Send(rw, &pgproto3.AuthenticationSASLContinue{Data: []byte(s1)}); err != nil {
 		return nil, err
 	}

@@ -64,7 +64,7 @@ func TestExchangeOverTLSWithChannelBinding(t *testing.T) {
 			creds := realCreds(t)
 			done := make(chan result, 1)
 			go func() {
-				defer srv.Close()
+				defer srvRaw.Close() // closing the TLS layer would wait for a close_notify reader
 				if err := srv.Handshake(); err != nil {
 					done <- result{nil, err}
 					return
@@ -90,7 +90,7 @@ func TestExchangeOverTLSWithChannelBinding(t *testing.T) {
 			var o outcome
 			o.clientErr = script{password: testPassword, mech: MechSCRAMPlus, conv: withBinding(&cb)}.play(cli, &o)
 			r := <-done
-			cli.Close()
+			cliRaw.Close()
 			if tt.wantCode != "" {
 				if got := sqlstate(r.err); got != tt.wantCode {
 					t.Fatalf("Exchange.Run() error = %v (SQLSTATE %s); want %s", r.err, got, tt.wantCode)

@@ -1,0 +1,530 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/internal/auth/scram"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/wire"
+)
+
+func TestBackendParams(t *testing.T) {
+	tests := []struct {
+		name   string
+		params []wire.Param
+		want   map[string]string
+	}{
+		{name: "database defaults to user", params: []wire.Param{{Key: "user", Value: "alice"}},
+			want: map[string]string{"user": "alice", "database": "alice"}},
+		{name: "explicit database", params: []wire.Param{{Key: "user", Value: "alice"}, {Key: "database", Value: "shop"},
+			{Key: "application_name", Value: "psql"}},
+			want: map[string]string{"user": "alice", "database": "shop", "application_name": "psql"}},
+		{name: "replication=off is not passed on", params: []wire.Param{{Key: "user", Value: "a"},
+			{Key: "replication", Value: "off"}}, want: map[string]string{"user": "a", "database": "a"}},
+		{name: "options passed on", params: []wire.Param{{Key: "user", Value: "a"},
+			{Key: "options", Value: "-c work_mem=64MB"}},
+			want: map[string]string{"user": "a", "database": "a", "options": "-c work_mem=64MB"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := backendParams(&wire.Startup{Params: tt.params})
+			if fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("backendParams(%v) = %v; want %v", tt.params, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestHostOf(t *testing.T) {
+	tests := []struct {
+		name string
+		addr net.Addr
+		want string
+	}{
+		{name: "IPv4", addr: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5432}, want: "10.1.2.3"},
+		{name: "IPv6", addr: &net.TCPAddr{IP: net.ParseIP("::1"), Port: 5432}, want: "::1"},
+		{name: "unix", addr: &net.UnixAddr{Name: "/run/x.sock", Net: "unix"}, want: "/run/x.sock"},
+		{name: "pipe", addr: pipeAddr{}, want: "pipe"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := hostOf(tt.addr); got != tt.want {
+				t.Errorf("hostOf(%v) = %q; want %q", tt.addr, got, tt.want)
+			}
+		})
+	}
+}
+
+type pipeAddr struct{}
+
+func (pipeAddr) Network() string { return "pipe" }
+func (pipeAddr) String() string  { return "pipe" }
+
+func TestPutUint32(t *testing.T) {
+	var b [4]byte
+	putUint32(b[:], 0xdeadbeef)
+	if b != [4]byte{0xde, 0xad, 0xbe, 0xef} {
+		t.Errorf("putUint32(0xdeadbeef) = %x; want deadbeef", b)
+	}
+}
+
+func TestCancelRegistry(t *testing.T) {
+	var r cancelRegistry
+	b1 := &postgres.Backend{PID: 10}
+	b2 := &postgres.Backend{PID: 10} // same PID, another session's key
+	k1, err := r.register(b1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k2, err := r.register(b2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k1.pid != 10 || k1 == k2 {
+		t.Fatalf("register() keys %+v and %+v; want PID 10 and distinct random secrets", k1, k2)
+	}
+	if got, ok := r.lookup(k1); !ok || got != b1 {
+		t.Errorf("lookup(k1) = %p, %v; want b1", got, ok)
+	}
+	wrong := k1
+	wrong.key[0] ^= 1
+	if _, ok := r.lookup(wrong); ok {
+		t.Errorf("lookup with a wrong secret found a backend")
+	}
+	r.remove(k1)
+	if _, ok := r.lookup(k1); ok {
+		t.Errorf("lookup(k1) after remove found a backend")
+	}
+	if got, ok := r.lookup(k2); !ok || got != b2 {
+		t.Errorf("lookup(k2) = %p, %v after removing k1; want b2", got, ok)
+	}
+}
+
+func TestCheckAndSetDefaults(t *testing.T) {
+	p := newTestPKI(t)
+	base := func() Config {
+		return Config{Cert: p.cert, Roles: fakeRoles{}, Backend: &fakeBackend{}, MockSecret: make([]byte, 16)}
+	}
+	for _, tt := range []struct {
+		name   string
+		mutate func(*Config)
+	}{
+		{name: "no cert", mutate: func(c *Config) { c.Cert = nil }},
+		{name: "no roles", mutate: func(c *Config) { c.Roles = nil }},
+		{name: "no backend", mutate: func(c *Config) { c.Backend = nil }},
+		{name: "short mock secret", mutate: func(c *Config) { c.MockSecret = make([]byte, 15) }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base()
+			tt.mutate(&c)
+			if err := c.CheckAndSetDefaults(); err == nil {
+				t.Errorf("CheckAndSetDefaults() error = nil; want an error")
+			}
+		})
+	}
+	c := base()
+	if err := c.CheckAndSetDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if c.AuthTimeout != time.Minute || c.DialTimeout != 30*time.Second || c.MaxConnections != 1000 ||
+		c.Log == nil || c.Now == nil || c.IsReserved == nil || c.IsReserved("postgres") {
+		t.Errorf("CheckAndSetDefaults() = %+v; want the documented defaults", c)
+	}
+	if !c.Params.RequireSecureTransport || c.Params.MinTLS != tls.VersionTLS12 {
+		t.Errorf("CheckAndSetDefaults() params = %+v; want require_secure_transport on, TLS 1.2 minimum", c.Params)
+	}
+	c = base()
+	c.AuthTimeout, c.MaxConnections = time.Second, 3
+	c.Params = config.Params{MinTLS: tls.VersionTLS13}
+	if err := c.CheckAndSetDefaults(); err != nil {
+		t.Fatal(err)
+	}
+	if c.AuthTimeout != time.Second || c.MaxConnections != 3 || c.Params.MinTLS != tls.VersionTLS13 {
+		t.Errorf("CheckAndSetDefaults() overwrote explicit settings: %+v", c)
+	}
+}
+
+type fakeRoles map[string]postgres.Role
+
+func (f fakeRoles) LookupRole(_ context.Context, name string) (postgres.Role, error) {
+	if name == "broken" {
+		return postgres.Role{}, errors.New("catalog unavailable")
+	}
+	r, ok := f[name]
+	if !ok {
+		return postgres.Role{Name: name}, nil
+	}
+	r.Name, r.Exists = name, true
+	return r, nil
+}
+
+const goodPassword = "correct horse battery staple"
+
+func verifier(t *testing.T, password string) string {
+	t.Helper()
+	v, err := scram.Verifier("", password, []byte("0123456789abcdef"), scram.DefaultIterations)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestExchangeFor(t *testing.T) {
+	p := newTestPKI(t)
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	past, future := now.Add(-time.Second), now.Add(time.Hour)
+	good := verifier(t, goodPassword)
+	roles := fakeRoles{
+		"alice":   {CanLogin: true, Password: good},
+		"nologin": {CanLogin: false, Password: good},
+		"super":   {CanLogin: true, Superuser: true, Password: good},
+		"expired": {CanLogin: true, Password: good, ValidUntil: &past},
+		"exactly": {CanLogin: true, Password: good, ValidUntil: &now},
+		"future":  {CanLogin: true, Password: good, ValidUntil: &future},
+		"md5":     {CanLogin: true, Password: "md5" + strings.Repeat("ab", 16)},
+		"nopass":  {CanLogin: true},
+		"svc":     {CanLogin: true, Password: good},
+	}
+	s, err := New(Config{Cert: p.cert, Roles: roles, Backend: &fakeBackend{}, MockSecret: []byte("0123456789abcdef"),
+		IsReserved: func(r string) bool { return r == "svc" }, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantCreds, err := scram.ParseVerifier(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		user      string
+		wantValid bool
+		wantWhy   string
+	}{
+		{user: "alice", wantValid: true},
+		{user: "future", wantValid: true},
+		{user: "ghost", wantWhy: "role does not exist"},
+		{user: "svc", wantWhy: "reserved role"},
+		{user: "super", wantWhy: "superuser roles may not log in through the gateway"},
+		{user: "nologin", wantWhy: "role is not permitted to log in"},
+		{user: "expired", wantWhy: "password has expired"},
+		{user: "exactly", wantWhy: "password has expired"},
+		{user: "md5", wantWhy: "role has no SCRAM-SHA-256 password"},
+		{user: "nopass", wantWhy: "role has no SCRAM-SHA-256 password"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.user, func(t *testing.T) {
+			for _, cs := range []*tls.ConnectionState{nil, {}} {
+				x, err := s.exchangeFor(context.Background(), tt.user, cs)
+				if err != nil {
+					t.Fatalf("exchangeFor(%q) error = %v", tt.user, err)
+				}
+				if x.User != tt.user || x.Valid != tt.wantValid || x.Why != tt.wantWhy {
+					t.Errorf("exchangeFor(%q) = user %q valid %v why %q; want valid %v why %q", tt.user, x.User,
+						x.Valid, x.Why, tt.wantValid, tt.wantWhy)
+				}
+				if (cs != nil) != (x.Binding != nil) || x.Binding != nil && !x.Binding.Matches(p.cert.EndPoint) {
+					t.Errorf("exchangeFor(%q, tls %v) binding = %v; want the certificate's end point only over TLS",
+						tt.user, cs != nil, x.Binding)
+				}
+				want := wantCreds
+				if !tt.wantValid {
+					want = scram.MockCredentials(s.cfg.MockSecret, tt.user)
+				}
+				if x.Creds.Salt != want.Salt || !bytes.Equal(x.Creds.StoredKey, want.StoredKey) || x.Creds.Iters != want.Iters {
+					t.Errorf("exchangeFor(%q) credentials are not the %s ones", tt.user,
+						map[bool]string{true: "role's", false: "mock"}[tt.wantValid])
+				}
+			}
+		})
+	}
+	if _, err := s.exchangeFor(context.Background(), "broken", nil); err == nil {
+		t.Errorf("exchangeFor(broken) error = nil; want the lookup error")
+	}
+}
+
+// fakeBackend stands in for PostgreSQL behind the gateway: each session is a
+// net.Pipe whose far end answers a Query with one row echoing the query text.
+type fakeBackend struct {
+	fail error
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	got  []map[string]string
+	// cancels records Cancel calls as "pid/key".
+	cancels []string
+}
+
+func (f *fakeBackend) Connect(_ context.Context, params map[string]string) (*postgres.Backend, error) {
+	f.mu.Lock()
+	f.got = append(f.got, params)
+	f.mu.Unlock()
+	if f.fail != nil {
+		return nil, f.fail
+	}
+	gw, pg := net.Pipe()
+	f.wg.Add(1)
+	go f.serve(pg)
+	return &postgres.Backend{Conn: gw, PID: 777, Key: []byte{1, 2, 3, 4},
+		Params:   []*pgproto3.ParameterStatus{{Name: "server_version", Value: "15.99"}},
+		TxStatus: 'I'}, nil
+}
+
+func (f *fakeBackend) serve(c net.Conn) {
+	defer f.wg.Done()
+	defer c.Close()
+	be := pgproto3.NewBackend(c, c)
+	for {
+		m, err := be.Receive()
+		if err != nil {
+			return
+		}
+		switch m := m.(type) {
+		case *pgproto3.Query:
+			be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("q"), DataTypeOID: 25,
+				DataTypeSize: -1, TypeModifier: -1}}})
+			be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(m.String)}})
+			be.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
+			be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
+			if err := be.Flush(); err != nil {
+				return
+			}
+		case *pgproto3.Terminate:
+			return
+		}
+	}
+}
+
+func (f *fakeBackend) Cancel(_ context.Context, pid uint32, key []byte) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.cancels = append(f.cancels, fmt.Sprintf("%d/%x", pid, key))
+	return nil
+}
+
+type gatewayEnv struct {
+	addr    string
+	caFile  string
+	backend *fakeBackend
+	srv     *Server
+}
+
+// startGateway serves a gateway on loopback until the test ends.
+func startGateway(t *testing.T, params map[string]string, backend *fakeBackend, maxConns int) *gatewayEnv {
+	t.Helper()
+	dir := t.TempDir()
+	pth := func(n string) string { return filepath.Join(dir, n) }
+	p := newTestPKI(t)
+	// newTestPKI keeps its CA in memory; write it out for pgconn's sslrootcert.
+	caFile := pth("root.crt")
+	if err := os.WriteFile(caFile, pemCerts(t, p.cert.TLS.Certificate[1]), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	resolved, err := config.ResolveParams(params)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roles := fakeRoles{
+		"alice": {CanLogin: true, Password: verifier(t, goodPassword)},
+		"md5":   {CanLogin: true, Password: "md5" + strings.Repeat("ab", 16)},
+	}
+	srv, err := New(Config{Cert: p.cert, Roles: roles, Backend: backend, MockSecret: []byte("0123456789abcdef"),
+		Params: resolved, AuthTimeout: 5 * time.Second, MaxConnections: maxConns})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("Serve() = %v; want nil after the context ends", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Errorf("Serve() did not return after the context ended")
+		}
+		backend.wg.Wait()
+	})
+	return &gatewayEnv{addr: ln.Addr().String(), caFile: caFile, backend: backend, srv: srv}
+}
+
+func (e *gatewayEnv) connString(user, password, extra string) string {
+	host, port, _ := net.SplitHostPort(e.addr)
+	return fmt.Sprintf("host=%s port=%s user=%s password='%s' dbname=shop sslrootcert=%s connect_timeout=5 %s",
+		host, port, user, password, e.caFile, extra)
+}
+
+func pemCerts(t *testing.T, der []byte) []byte {
+	t.Helper()
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+}
+
+func TestServeWithPgconn(t *testing.T) {
+	checkGoroutines(t)
+	tests := []struct {
+		name     string
+		params   map[string]string
+		user     string
+		password string
+		extra    string
+		backend  error
+		wantCode string // SQLSTATE; "" means a working session
+		wantTLS  bool
+	}{
+		{name: "TLS with channel binding required", user: "alice", password: goodPassword,
+			extra: "sslmode=verify-full channel_binding=require", wantTLS: true},
+		{name: "direct TLS", user: "alice", password: goodPassword,
+			extra: "sslmode=verify-full sslnegotiation=direct channel_binding=require", wantTLS: true},
+		{name: "TLS without channel binding", user: "alice", password: goodPassword,
+			extra: "sslmode=verify-full channel_binding=disable", wantTLS: true},
+		{name: "TLS 1.3 minimum", params: map[string]string{"ssl_min_protocol_version": "TLSv1.3"}, user: "alice",
+			password: goodPassword, extra: "sslmode=verify-full", wantTLS: true},
+		{name: "wrong password", user: "alice", password: "wrong", extra: "sslmode=verify-full", wantCode: "28P01"},
+		{name: "unknown role", user: "ghost", password: goodPassword, extra: "sslmode=verify-full", wantCode: "28P01"},
+		{name: "md5 role", user: "md5", password: goodPassword, extra: "sslmode=verify-full", wantCode: "28P01"},
+		{name: "plaintext refused", user: "alice", password: goodPassword, extra: "sslmode=disable",
+			wantCode: "28000"},
+		{name: "plaintext allowed when require_secure_transport is off",
+			params: map[string]string{"require_secure_transport": "off"}, user: "alice", password: goodPassword,
+			extra: "sslmode=disable"},
+		{name: "backend refuses the session", user: "alice", password: goodPassword, extra: "sslmode=verify-full",
+			backend: &postgres.BackendError{Msg: &pgproto3.ErrorResponse{Severity: "FATAL", Code: "3D000",
+				Message: `database "shop" does not exist`}}, wantCode: "3D000"},
+		{name: "backend unavailable", user: "alice", password: goodPassword, extra: "sslmode=verify-full",
+			backend: errors.New("dial unix: no such file"), wantCode: "57P03"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			env := startGateway(t, tt.params, &fakeBackend{fail: tt.backend}, 0)
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			conn, err := pgconn.Connect(ctx, env.connString(tt.user, tt.password, tt.extra))
+			if tt.wantCode != "" {
+				var pe *pgconn.PgError
+				if !errors.As(err, &pe) || pe.Code != tt.wantCode {
+					t.Fatalf("pgconn.Connect() error = %v; want SQLSTATE %s", err, tt.wantCode)
+				}
+				if conn != nil {
+					conn.Close(ctx)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("pgconn.Connect() error = %v; want a session", err)
+			}
+			defer conn.Close(ctx)
+			if got := conn.ParameterStatus("server_version"); got != "15.99" {
+				t.Errorf("server_version = %q; want the backend's 15.99", got)
+			}
+			if pid := conn.PID(); pid != 777 {
+				t.Errorf("backend PID = %d; want 777", pid)
+			}
+			if key := conn.SecretKey(); bytes.Equal(key, []byte{1, 2, 3, 4}) {
+				t.Errorf("client received the backend's own cancel key")
+			}
+			if _, isTLS := conn.Conn().(*tls.Conn); isTLS != tt.wantTLS {
+				t.Errorf("client connection TLS = %v; want %v", isTLS, tt.wantTLS)
+			}
+			res, err := conn.Exec(ctx, "select 'relayed'").ReadAll()
+			if err != nil || len(res) != 1 || len(res[0].Rows) != 1 || string(res[0].Rows[0][0]) != "select 'relayed'" {
+				t.Fatalf("Exec() = %v, %v; want the fake backend's echo", res, err)
+			}
+			env.backend.mu.Lock()
+			got := env.backend.got
+			env.backend.mu.Unlock()
+			if len(got) != 1 || got[0]["user"] != tt.user || got[0]["database"] != "shop" {
+				t.Errorf("backend Connect params = %v; want user %s database shop", got, tt.user)
+			}
+			if err := conn.CancelRequest(ctx); err != nil {
+				t.Fatalf("CancelRequest() error = %v", err)
+			}
+			deadline := time.Now().Add(3 * time.Second)
+			for {
+				env.backend.mu.Lock()
+				cancels := fmt.Sprint(env.backend.cancels)
+				env.backend.mu.Unlock()
+				if cancels == "[777/01020304]" {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("backend cancels = %s; want the backend's own PID and key once", cancels)
+				}
+				time.Sleep(10 * time.Millisecond)
+			}
+		})
+	}
+}
+
+func TestServeTooManyConnections(t *testing.T) {
+	checkGoroutines(t)
+	env := startGateway(t, nil, &fakeBackend{}, 1)
+	first, err := net.Dial("tcp", env.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	deadline := time.Now().Add(3 * time.Second)
+	for env.srv.Stats().Active != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("Stats() = %+v; want the first connection tracked", env.srv.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	second, err := net.Dial("tcp", env.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	_ = second.SetDeadline(time.Now().Add(5 * time.Second))
+	m, err := pgproto3.NewFrontend(second, second).Receive()
+	er, ok := m.(*pgproto3.ErrorResponse)
+	if err != nil || !ok || er.Code != "53300" {
+		t.Fatalf("second connection got %#v, %v; want ErrorResponse 53300", m, err)
+	}
+	if s := env.srv.Stats(); s.Active != 1 || s.Total != 1 {
+		t.Errorf("Stats() = %+v; want 1 active, 1 total (the refused one is not counted)", s)
+	}
+}
+
+// TestServeUnknownCancelKey checks that a CancelRequest with a guessed key
+// reaches no backend.
+func TestServeUnknownCancelKey(t *testing.T) {
+	checkGoroutines(t)
+	env := startGateway(t, nil, &fakeBackend{}, 0)
+	c, err := net.Dial("tcp", env.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	b, _ := (&pgproto3.CancelRequest{ProcessID: 777, SecretKey: []byte{1, 2, 3, 4}}).Encode(nil)
+	write(t, c, b)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil {
+		t.Errorf("cancel connection read %d bytes, %v; want a silent close", n, err)
+	}
+	env.backend.mu.Lock()
+	defer env.backend.mu.Unlock()
+	if len(env.backend.cancels) != 0 {
+		t.Errorf("backend cancels = %v; want none for the backend's own key sent by a client", env.backend.cancels)
+	}
+}
