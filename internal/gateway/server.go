@@ -49,6 +49,8 @@ type Config struct {
 	AuthTimeout time.Duration
 	// DialTimeout bounds opening the backend session.
 	DialTimeout time.Duration
+	// Policy admits sources and ends sessions it stops allowing; nil allows all.
+	Policy AccessPolicy
 	// MaxConnections caps concurrent client connections.
 	MaxConnections int
 	Now            func() time.Time
@@ -79,6 +81,9 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.Now == nil {
 		c.Now = time.Now
+	}
+	if c.Policy == nil {
+		c.Policy = allowAll{}
 	}
 	if c.Params.MinTLS == 0 {
 		p, err := config.ResolveParams(nil)
@@ -220,6 +225,16 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	start := s.cfg.Now()
 	rt := s.rt.Load()
 	log := s.cfg.Log.With("client", raw.RemoteAddr().String())
+	src := remoteAddr(raw)
+	// Network policy decides before a single byte is read; a refused
+	// source is closed with no plaintext error.
+	if ok, rule := s.cfg.Policy.Allow(src); !ok {
+		s.cfg.Log.Info("Connection denied by network policy.", "client", raw.RemoteAddr().String(), "rule", rule)
+		return
+	}
+	watch := &policyWatch{raw: raw}
+	stop := s.cfg.Policy.Watch(src, watch.denied)
+	defer stop()
 	_ = raw.SetDeadline(start.Add(s.cfg.AuthTimeout))
 
 	a, err := admit(raw, rt.tls)
@@ -302,7 +317,11 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	}
 	log = log.With("pg_backend_pid", b.PID)
 	log.Info("Session opened.", "tls", tlsVer, "direct_tls", a.direct)
-	up, down := relay(a.conn, b.Conn)
+	sess := &session{client: a.conn, backend: b.Conn}
+	if !watch.relaying(sess) {
+		return // policy ended the connection while it was being set up
+	}
+	up, down := sess.relay()
 	log.Info("Session closed.", "duration", fmt.Sprintf("%.2fs", s.cfg.Now().Sub(start).Seconds()),
 		"bytes_in", up, "bytes_out", down)
 }
@@ -387,25 +406,6 @@ func (s *Server) handleCancel(ctx context.Context, st *wire.Startup, log *slog.L
 	if err := s.cfg.Backend.Cancel(cctx, b.PID, b.Key); err != nil {
 		log.Warn("Cancel request failed.", "error", err)
 	}
-}
-
-// relay copies both ways until either side ends; the first error wins and
-// closing both ends stops the other direction.
-func relay(client, backend net.Conn) (up, down int64) {
-	done := make(chan struct{}, 2)
-	go func() {
-		up, _ = io.Copy(backend, client)
-		done <- struct{}{}
-	}()
-	go func() {
-		down, _ = io.Copy(client, backend)
-		done <- struct{}{}
-	}()
-	<-done
-	client.Close()
-	backend.Close()
-	<-done
-	return up, down
 }
 
 func hostOf(a net.Addr) string {
