@@ -100,7 +100,18 @@ func newServer(name string, initArgs ...string) (*server, error) {
 	if err := os.WriteFile(pw, []byte(adminPassword+"\n"), 0o600); err != nil {
 		return nil, err
 	}
-	args := append([]string{"init", "--listen", fmt.Sprintf("127.0.0.1:%d", port), "--admin-password-file", pw}, initArgs...)
+	listen := fmt.Sprintf("127.0.0.1:%d", port)
+	var rest []string
+	for i := 0; i < len(initArgs); i++ {
+		if initArgs[i] == "--listen" && i+1 < len(initArgs) {
+			// ":0" asks for the free port chosen above.
+			listen = strings.TrimSuffix(initArgs[i+1], ":0") + fmt.Sprintf(":%d", port)
+			i++
+			continue
+		}
+		rest = append(rest, initArgs[i])
+	}
+	args := append([]string{"init", "--listen", listen, "--admin-password-file", pw}, rest...)
 	if out, err := s.cli(args...); err != nil {
 		return nil, fmt.Errorf("init: %v\n%s", err, out)
 	}

@@ -2,6 +2,7 @@ package cli
 
 import (
 	"errors"
+	"strings"
 
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/config"
@@ -33,7 +34,8 @@ func exitCode(err error) int {
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.As(err, &ue):
+	case errors.As(err, &ue), strings.HasPrefix(err.Error(), "required flag"),
+		strings.HasPrefix(err.Error(), "unknown command"):
 		return exitUsage
 	case errors.Is(err, errNotRoot):
 		return exitNotRoot

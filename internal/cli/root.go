@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"strings"
 	"text/tabwriter"
@@ -57,7 +58,8 @@ func newRoot() *cobra.Command {
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "", "data directory (env PGSHIELD_DATA_DIR, default "+config.DefaultDataDir+")")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: json or table")
-	root.AddCommand(newInit(g), newUp(g), newDown(g), newStatus(g), newConnectionString(g), newParameter(g))
+	root.AddCommand(newInit(g), newUp(g), newDown(g), newStatus(g), newConnectionString(g), newParameter(g),
+		newFirewallRule(g), newNetworkRule(g))
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}
@@ -109,4 +111,36 @@ func readSecretFile(path string) (string, error) {
 		return "", errors.New("password file is empty")
 	}
 	return s, nil
+}
+
+// namedRuleCmd is a `show`/`delete --name N` subcommand on base/{name}.
+func namedRuleCmd(g *globals, use, short, method, base string, show func(*cobra.Command, []byte) error) *cobra.Command {
+	var name string
+	c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if method != "GET" {
+				if err := requireRoot(); err != nil {
+					return err
+				}
+			}
+			var raw json.RawMessage
+			if err := g.client().Do(cmd.Context(), method, base+"/"+url.PathEscape(name), nil, &raw); err != nil {
+				return err
+			}
+			if show == nil {
+				fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s.\n", name)
+				return nil
+			}
+			return show(cmd, raw)
+		}}
+	c.Flags().StringVar(&name, "name", "", "rule name")
+	_ = c.MarkFlagRequired("name")
+	return c
+}
+
+func decodeAndEmit(cmd *cobra.Command, g *globals, b []byte, v any, table func(*tabwriter.Writer)) error {
+	if err := json.Unmarshal(b, v); err != nil {
+		return err
+	}
+	return emit(cmd.OutOrStdout(), g, v, table)
 }
