@@ -15,12 +15,14 @@ import (
 
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/daemon"
+	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 )
 
 func newInit(g *globals) *cobra.Command {
-	var adminUser, pwFile, listen, tlsCert, tlsKey, pgBinDir string
+	var adminUser, pwFile, listen, tlsCert, tlsKey, pgBinDir, network string
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new server: PostgreSQL cluster, administrator, certificates",
@@ -41,6 +43,14 @@ func newInit(g *globals) *cobra.Command {
 			}
 			if host != "" && host != "localhost" && net.ParseIP(host) == nil {
 				return usageError{fmt.Errorf("invalid --listen %q: the host must be an IP address", listen)}
+			}
+			mode, err := netpolicy.ParseMode(network)
+			if err != nil {
+				return usageError{fmt.Errorf("invalid --network: %v", err)}
+			}
+			policy, err := daemon.InitialPolicy(mode, listen)
+			if err != nil {
+				return usageError{err}
 			}
 			l := g.layout()
 			cfg := &config.Config{Listen: listen, AdminUser: adminUser, PGBinDir: pgBinDir,
@@ -109,6 +119,9 @@ func newInit(g *globals) *cobra.Command {
 			if err := postgres.Bootstrap(cmd.Context(), cluster, verifier); err != nil {
 				return err
 			}
+			if err := daemon.SavePolicy(l, policy); err != nil {
+				return err
+			}
 			if err := config.Save(l, cfg); err != nil {
 				return err
 			}
@@ -128,6 +141,7 @@ func newInit(g *globals) *cobra.Command {
 	f.StringVar(&listen, "listen", "127.0.0.1:5432", "gateway address ADDR:PORT")
 	f.StringVar(&tlsCert, "tls-cert", "", "server certificate chain (PEM) to use instead of a private CA")
 	f.StringVar(&tlsKey, "tls-key", "", "server private key (PEM) for --tls-cert")
+	f.StringVar(&network, "network", "public", "public (firewall rules) or private (private address, network security rules)")
 	f.StringVar(&pgBinDir, "pg-bin-dir", "/usr/lib/postgresql/15/bin", "PostgreSQL 15 programs")
 	return cmd
 }

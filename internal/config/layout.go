@@ -76,3 +76,6 @@ func (l Layout) SecretsDir() string { return filepath.Join(l.Root, "secrets") }
 
 // MockAuthKey keys the fake SCRAM salts shown for unknown roles (0600).
 func (l Layout) MockAuthKey() string { return filepath.Join(l.SecretsDir(), "mock-auth.key") }
+
+// NetworkFile holds the network policy: mode, firewall and network rules (0600).
+func (l Layout) NetworkFile() string { return filepath.Join(l.Root, "network.json") }

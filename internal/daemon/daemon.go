@@ -20,6 +20,7 @@ import (
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/gateway"
+	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 )
@@ -35,6 +36,7 @@ type Daemon struct {
 	sup     *postgres.Supervisor
 	catalog *postgres.Catalog
 	gw      *gateway.Server
+	policy  *netpolicy.Engine
 	started time.Time
 	version string
 	listen  string
@@ -79,6 +81,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	pol, err := LoadPolicy(d.Layout)
+	if err != nil {
+		return fmt.Errorf("network policy: %w", err)
+	}
+	if err := netpolicy.CheckListen(pol.Mode, cfg.Listen); err != nil {
+		return err
+	}
+	d.policy, err = netpolicy.NewEngine(pol, netpolicy.WithLogger(d.Log.With("component", "netpolicy")),
+		netpolicy.WithPersist(func(p *netpolicy.Policy) error { return SavePolicy(d.Layout, p) }))
+	if err != nil {
+		return err
+	}
+	go d.policy.Run(ctx)
 	// Bind the public port before starting PostgreSQL so a clash fails fast.
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -108,6 +123,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.gw, err = gateway.New(gateway.Config{
 		Cert: cert, Roles: d.catalog, Backend: d.cluster, IsReserved: cfg.IsReserved,
 		MockSecret: mock, Params: params, Log: d.Log.With("component", "gateway"),
+		Policy: d.policy.ForPort(listenPort(d.listen)),
 	})
 	if err != nil {
 		return err

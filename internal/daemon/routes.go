@@ -47,13 +47,13 @@ type TLSStatus struct {
 }
 
 func (d *Daemon) routes() []api.Route {
-	return []api.Route{
-		{Method: "GET", Pattern: "/v1/status", Handler: d.status},
-		{Method: "GET", Pattern: "/v1/parameters", Handler: d.listParameters},
-		{Method: "GET", Pattern: "/v1/parameters/{name}", Handler: d.showParameter},
-		{Method: "PUT", Pattern: "/v1/parameters/{name}", Write: true, Handler: d.setParameter},
-		{Method: "POST", Pattern: "/v1/shutdown", Write: true, Handler: d.shutdown},
-	}
+	return append(d.networkRoutes(),
+		api.Route{Method: "GET", Pattern: "/v1/status", Handler: d.status},
+		api.Route{Method: "GET", Pattern: "/v1/parameters", Handler: d.listParameters},
+		api.Route{Method: "GET", Pattern: "/v1/parameters/{name}", Handler: d.showParameter},
+		api.Route{Method: "PUT", Pattern: "/v1/parameters/{name}", Write: true, Handler: d.setParameter},
+		api.Route{Method: "POST", Pattern: "/v1/shutdown", Write: true, Handler: d.shutdown},
+	)
 }
 
 func (d *Daemon) status(*http.Request) (any, error) {

@@ -1,0 +1,338 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/netpolicy"
+)
+
+// InitialPolicy is the policy `init` writes: default deny, except that a
+// loopback listen address gets rules for the local host, as a portal's
+// "add current client IP" does.
+func InitialPolicy(mode netpolicy.Mode, listen string) (*netpolicy.Policy, error) {
+	if err := netpolicy.CheckListen(mode, listen); err != nil {
+		return nil, err
+	}
+	p := &netpolicy.Policy{Mode: mode}
+	host, _, _ := net.SplitHostPort(listen)
+	a, err := netip.ParseAddr(host)
+	if host == "localhost" || (err == nil && a.IsLoopback()) {
+		if mode == netpolicy.ModePublic {
+			p.FirewallRules = []netpolicy.FirewallRule{
+				{Name: "AllowLocalhost", StartIP: netip.MustParseAddr("127.0.0.1"), EndIP: netip.MustParseAddr("127.0.0.1")},
+				{Name: "AllowLocalhostIPv6", StartIP: netip.IPv6Loopback(), EndIP: netip.IPv6Loopback()},
+			}
+		} else {
+			p.NetworkRules = []netpolicy.NetworkRule{
+				{Name: "AllowLocalhost", Priority: netpolicy.MaxPriority - 1, Access: netpolicy.AccessAllow, SourcePrefix: "127.0.0.0/8"},
+				{Name: "AllowLocalhostIPv6", Priority: netpolicy.MaxPriority, Access: netpolicy.AccessAllow, SourcePrefix: "::1/128"},
+			}
+		}
+	}
+	now := time.Now().UTC()
+	for i := range p.FirewallRules {
+		p.FirewallRules[i].CreatedAt = now
+	}
+	for i := range p.NetworkRules {
+		p.NetworkRules[i].CreatedAt = now
+	}
+	return p, p.Validate()
+}
+
+// SavePolicy writes the policy atomically (0600).
+func SavePolicy(l config.Layout, p *netpolicy.Policy) error {
+	b, err := p.Encode()
+	if err != nil {
+		return err
+	}
+	return config.WriteFileAtomic(l.NetworkFile(), b, 0o600)
+}
+
+// LoadPolicy reads the policy strictly; a missing file means default deny.
+func LoadPolicy(l config.Layout) (*netpolicy.Policy, error) {
+	b, err := os.ReadFile(l.NetworkFile())
+	if errors.Is(err, os.ErrNotExist) {
+		return &netpolicy.Policy{Mode: netpolicy.ModePublic}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return netpolicy.DecodePolicy(b)
+}
+
+func listenPort(addr string) uint16 {
+	_, p, _ := net.SplitHostPort(addr)
+	n, _ := strconv.ParseUint(p, 10, 16)
+	return uint16(n)
+}
+
+func (d *Daemon) ruleStats() map[string]netpolicy.RuleStats {
+	out := map[string]netpolicy.RuleStats{}
+	for _, s := range d.policy.Stats() {
+		out[s.Kind+"/"+strings.ToLower(s.Name)] = s
+	}
+	return out
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+func toAPIFirewall(r netpolicy.FirewallRule, st netpolicy.RuleStats) api.FirewallRule {
+	return api.FirewallRule{Name: r.Name, StartIPAddress: r.StartIP.String(), EndIPAddress: r.EndIP.String(),
+		ExpiresAt: timePtr(r.ExpiresAt), CreatedAt: r.CreatedAt, Hits: st.Hits, LastUsed: timePtr(st.LastUsed)}
+}
+
+func toAPINetwork(r netpolicy.NetworkRule, st netpolicy.RuleStats) api.NetworkRule {
+	src, dst, ports := r.SourcePrefix, r.DestinationPrefix, r.DestinationPorts
+	if src == "" {
+		src = netpolicy.Any
+	}
+	if ports == "" {
+		ports = netpolicy.Any
+	}
+	return api.NetworkRule{Name: r.Name, Priority: r.Priority, Access: r.Access, Direction: r.Direction,
+		SourceAddressPrefix: src, DestinationAddressPrefix: dst, DestinationPortRange: ports,
+		ExpiresAt: timePtr(r.ExpiresAt), CreatedAt: r.CreatedAt, Hits: st.Hits, LastUsed: timePtr(st.LastUsed)}
+}
+
+func (d *Daemon) networkRoutes() []api.Route {
+	return []api.Route{
+		{Method: "GET", Pattern: "/v1/firewall-rules", Handler: d.listFirewall},
+		{Method: "GET", Pattern: "/v1/firewall-rules/{name}", Handler: d.showFirewall},
+		{Method: "POST", Pattern: "/v1/firewall-rules", Write: true, Handler: d.writeFirewall},
+		{Method: "PATCH", Pattern: "/v1/firewall-rules/{name}", Write: true, Handler: d.writeFirewall},
+		{Method: "DELETE", Pattern: "/v1/firewall-rules/{name}", Write: true, Handler: d.deleteFirewall},
+		{Method: "GET", Pattern: "/v1/network-rules", Handler: d.listNetwork},
+		{Method: "GET", Pattern: "/v1/network-rules/{name}", Handler: d.showNetwork},
+		{Method: "POST", Pattern: "/v1/network-rules", Write: true, Handler: d.createNetwork},
+		{Method: "DELETE", Pattern: "/v1/network-rules/{name}", Write: true, Handler: d.deleteNetwork},
+	}
+}
+
+func (d *Daemon) listFirewall(*http.Request) (any, error) {
+	st := d.ruleStats()
+	out := []api.FirewallRule{}
+	for _, r := range d.policy.Snapshot().FirewallRules {
+		out = append(out, toAPIFirewall(r, st[netpolicy.KindFirewall+"/"+strings.ToLower(r.Name)]))
+	}
+	return out, nil
+}
+
+func (d *Daemon) showFirewall(r *http.Request) (any, error) {
+	name := r.PathValue("name")
+	for _, fr := range d.policy.Snapshot().FirewallRules {
+		if strings.EqualFold(fr.Name, name) {
+			return toAPIFirewall(fr, d.ruleStats()[netpolicy.KindFirewall+"/"+strings.ToLower(fr.Name)]), nil
+		}
+	}
+	return nil, api.Errorf(api.CodeNotFound, "firewall rule %q does not exist", name)
+}
+
+// expiry turns the request's expiry fields into a time (zero: never).
+func (d *Daemon) expiry(req api.RuleRequest) (time.Time, error) {
+	if req.ExpiresIn != "" {
+		dur, err := time.ParseDuration(req.ExpiresIn)
+		if err != nil || dur <= 0 {
+			return time.Time{}, api.Errorf(api.CodeInvalid, "invalid expires_in %q", req.ExpiresIn)
+		}
+		return time.Now().Add(dur).UTC(), nil
+	}
+	if req.ExpiresAt != nil {
+		if !req.ExpiresAt.After(time.Now()) {
+			return time.Time{}, api.Errorf(api.CodeInvalid, "expires_at %s is in the past", req.ExpiresAt.Format(time.RFC3339))
+		}
+		return req.ExpiresAt.UTC(), nil
+	}
+	return time.Time{}, nil
+}
+
+func parseIP(field, s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(strings.TrimSpace(s))
+	if err != nil {
+		return netip.Addr{}, api.Errorf(api.CodeInvalid, "invalid %s %q: not an IPv4 or IPv6 address", field, s)
+	}
+	return a, nil
+}
+
+// writeFirewall creates (POST) or updates (PATCH) a firewall rule. The
+// engine validates the whole new policy and persists it before swapping it
+// in, and ends sessions the new rules no longer allow.
+func (d *Daemon) writeFirewall(r *http.Request) (any, error) {
+	var req api.RuleRequest
+	if err := api.DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	create := r.Method == "POST"
+	if !create {
+		req.Name = r.PathValue("name")
+	}
+	exp, err := d.expiry(req)
+	if err != nil {
+		return nil, err
+	}
+	var start, end netip.Addr
+	if req.StartIPAddress != "" {
+		if start, err = parseIP("start_ip_address", req.StartIPAddress); err != nil {
+			return nil, err
+		}
+	}
+	if req.EndIPAddress != "" {
+		if end, err = parseIP("end_ip_address", req.EndIPAddress); err != nil {
+			return nil, err
+		}
+	}
+	var result netpolicy.FirewallRule
+	err = d.policy.Update(func(p *netpolicy.Policy) error {
+		var cur *netpolicy.FirewallRule
+		for i := range p.FirewallRules {
+			if strings.EqualFold(p.FirewallRules[i].Name, req.Name) {
+				cur = &p.FirewallRules[i]
+			}
+		}
+		switch {
+		case create && cur != nil:
+			return api.Errorf(api.CodeInvalid, "firewall rule %q already exists (use update)", req.Name)
+		case !create && cur == nil:
+			return api.Errorf(api.CodeNotFound, "firewall rule %q does not exist", req.Name)
+		case create && (!start.IsValid() || !end.IsValid()):
+			return api.Errorf(api.CodeInvalid, "start_ip_address and end_ip_address are required")
+		}
+		rule := netpolicy.FirewallRule{Name: req.Name, StartIP: start, EndIP: end, ExpiresAt: exp}
+		if cur != nil {
+			rule = *cur
+			if start.IsValid() {
+				rule.StartIP = start
+			}
+			if end.IsValid() {
+				rule.EndIP = end
+			}
+			if !exp.IsZero() {
+				rule.ExpiresAt = exp
+			}
+		}
+		p.SetFirewallRule(rule)
+		result = rule
+		return nil
+	})
+	if err != nil {
+		return nil, policyError(err)
+	}
+	d.Log.Info("Firewall rule written.", "name", result.Name, "start", result.StartIP, "end", result.EndIP)
+	return d.showFirewall(withName(r, result.Name))
+}
+
+func (d *Daemon) deleteFirewall(r *http.Request) (any, error) {
+	name := r.PathValue("name")
+	err := d.policy.Update(func(p *netpolicy.Policy) error {
+		if !p.DeleteFirewallRule(name) {
+			return api.Errorf(api.CodeNotFound, "firewall rule %q does not exist", name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, policyError(err)
+	}
+	d.Log.Info("Firewall rule deleted.", "name", name)
+	return map[string]string{"deleted": name}, nil
+}
+
+func (d *Daemon) listNetwork(*http.Request) (any, error) {
+	st := d.ruleStats()
+	out := []api.NetworkRule{}
+	for _, r := range d.policy.Snapshot().NetworkRules {
+		out = append(out, toAPINetwork(r, st[netpolicy.KindNetwork+"/"+strings.ToLower(r.Name)]))
+	}
+	return out, nil
+}
+
+func (d *Daemon) showNetwork(r *http.Request) (any, error) {
+	name := r.PathValue("name")
+	for _, nr := range d.policy.Snapshot().NetworkRules {
+		if strings.EqualFold(nr.Name, name) {
+			return toAPINetwork(nr, d.ruleStats()[netpolicy.KindNetwork+"/"+strings.ToLower(nr.Name)]), nil
+		}
+	}
+	return nil, api.Errorf(api.CodeNotFound, "network rule %q does not exist", name)
+}
+
+func (d *Daemon) createNetwork(r *http.Request) (any, error) {
+	var req api.RuleRequest
+	if err := api.DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	exp, err := d.expiry(req)
+	if err != nil {
+		return nil, err
+	}
+	rule := netpolicy.NetworkRule{Name: req.Name, Priority: req.Priority, Access: req.Access, Direction: req.Direction,
+		SourcePrefix: req.SourceAddressPrefix, DestinationPrefix: req.DestinationAddressPrefix,
+		DestinationPorts: req.DestinationPortRange, ExpiresAt: exp}
+	if rule.Direction == "" || strings.EqualFold(rule.Direction, netpolicy.DirectionInbound) {
+		if rule.DestinationPrefix == netpolicy.Any {
+			rule.DestinationPrefix = ""
+		}
+	} else if rule.SourcePrefix == netpolicy.Any {
+		rule.SourcePrefix = ""
+	}
+	err = d.policy.Update(func(p *netpolicy.Policy) error {
+		for _, cur := range p.NetworkRules {
+			if strings.EqualFold(cur.Name, req.Name) {
+				return api.Errorf(api.CodeInvalid, "network rule %q already exists", req.Name)
+			}
+		}
+		p.SetNetworkRule(rule)
+		return nil
+	})
+	if err != nil {
+		return nil, policyError(err)
+	}
+	d.Log.Info("Network rule created.", "name", rule.Name, "priority", rule.Priority, "access", rule.Access)
+	return d.showNetwork(withName(r, rule.Name))
+}
+
+func (d *Daemon) deleteNetwork(r *http.Request) (any, error) {
+	name := r.PathValue("name")
+	err := d.policy.Update(func(p *netpolicy.Policy) error {
+		if !p.DeleteNetworkRule(name) {
+			return api.Errorf(api.CodeNotFound, "network rule %q does not exist", name)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, policyError(err)
+	}
+	d.Log.Info("Network rule deleted.", "name", name)
+	return map[string]string{"deleted": name}, nil
+}
+
+// policyError maps validation failures to "invalid" for the CLI.
+func policyError(err error) error {
+	var ae *api.Error
+	if errors.As(err, &ae) {
+		return ae
+	}
+	if errors.Is(err, netpolicy.ErrInvalidPolicy) {
+		return api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	return fmt.Errorf("updating network policy: %w", err)
+}
+
+func withName(r *http.Request, name string) *http.Request {
+	r2 := r.Clone(r.Context())
+	r2.SetPathValue("name", name)
+	return r2
+}
