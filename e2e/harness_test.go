@@ -111,7 +111,7 @@ func newServer(name string, initArgs ...string) (*server, error) {
 		}
 		rest = append(rest, initArgs[i])
 	}
-	args := append([]string{"init", "--listen", listen, "--admin-password-file", pw}, rest...)
+	args := append([]string{"init", "--listen", listen, "--admin-password-file", pw, "--storage-size", "1GiB"}, rest...)
 	if out, err := s.cli(args...); err != nil {
 		return nil, fmt.Errorf("init: %v\n%s", err, out)
 	}
@@ -141,11 +141,32 @@ func (s *server) stop() {
 			_ = syscall.Kill(pid, syscall.SIGKILL)
 		}
 	}
-	if b, err := os.ReadFile(filepath.Join(s.dataDir, "volume", "pgdata", "postmaster.pid")); err == nil {
+	if b, err := os.ReadFile(filepath.Join(s.dataDir, "volume", "data", "pgdata", "postmaster.pid")); err == nil {
 		if pid, err := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0]); err == nil && pid > 1 {
 			if syscall.Kill(pid, 0) == nil {
 				_ = syscall.Kill(pid, syscall.SIGQUIT)
+				time.Sleep(time.Second)
 			}
+		}
+	}
+	// A daemon that died leaves its volume mounted and attached.
+	mnt := filepath.Join(s.dataDir, "volume")
+	if out, _ := exec.Command("findmnt", "-n", mnt).Output(); len(out) > 0 {
+		_ = exec.Command("umount", "-l", mnt).Run()
+	}
+	img := filepath.Join(s.dataDir, "storage", "volume.img")
+	if out, err := exec.Command("losetup", "--noheadings", "--output", "NAME", "--associated", img).Output(); err == nil {
+		for _, dev := range strings.Fields(string(out)) {
+			_ = exec.Command("losetup", "-d", dev).Run()
+		}
+	}
+	// The system-managed key-encryption key lives outside the data directory.
+	if b, err := os.ReadFile(filepath.Join(s.dataDir, "pgshield.json")); err == nil {
+		var c struct {
+			ServerID string `json:"server_id"`
+		}
+		if json.Unmarshal(b, &c) == nil && c.ServerID != "" {
+			_ = os.Remove(filepath.Join("/etc/pgshield/keys", c.ServerID+".key"))
 		}
 	}
 }

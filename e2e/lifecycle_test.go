@@ -90,7 +90,7 @@ func TestRestartKeepsStateAndSalts(t *testing.T) {
 	if syscall.Kill(pg, 0) == nil {
 		t.Fatalf("postmaster %d still alive after down", pg)
 	}
-	if _, err := os.Stat(filepath.Join(s.dataDir, "volume", "pgdata", "postmaster.pid")); err == nil {
+	if _, err := os.Stat(filepath.Join(s.dataDir, "volume", "data", "pgdata", "postmaster.pid")); err == nil {
 		t.Fatalf("postmaster.pid left behind: not a clean shutdown")
 	}
 	if st := s.status(t); st["state"] != "Stopped" {

@@ -1,14 +1,17 @@
 package cli
 
 import (
+	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -22,7 +25,8 @@ import (
 )
 
 func newInit(g *globals) *cobra.Command {
-	var adminUser, pwFile, listen, tlsCert, tlsKey, pgBinDir, network string
+	var adminUser, pwFile, listen, tlsCert, tlsKey, pgBinDir, network, keyURI string
+	storageSize := byteSize{bytes: 20 << 30}
 	cmd := &cobra.Command{
 		Use:   "init",
 		Short: "Create a new server: PostgreSQL cluster, administrator, certificates",
@@ -100,7 +104,28 @@ func newInit(g *globals) *cobra.Command {
 			if err := createLayout(l, cfg, host, tlsCert == ""); err != nil {
 				return err
 			}
-			cluster := &postgres.Cluster{Layout: l, Cfg: cfg, User: u}
+			idb := make([]byte, 8)
+			if _, err := rand.Read(idb); err != nil {
+				return err
+			}
+			cfg.ServerID, cfg.KeyURI, cfg.StorageSize = hex.EncodeToString(idb), keyURI, storageSize.bytes
+			fmt.Fprintln(cmd.OutOrStdout(), "Creating the encrypted volume...")
+			atRest := &daemon.AtRest{Layout: l, Cfg: cfg}
+			systemKey := keyURI == ""
+			// Runs before the data directory is removed on failure (defers
+			// are last in, first out): unmount first, then delete.
+			defer func() {
+				if err := atRest.Close(context.Background()); err != nil && retErr == nil {
+					retErr = fmt.Errorf("closing the encrypted volume: %w", err)
+				}
+				if retErr != nil && systemKey {
+					os.Remove(daemon.SystemKEKPath(cfg.ServerID))
+				}
+			}()
+			if err := atRest.Create(cmd.Context()); err != nil {
+				return err
+			}
+			cluster := &postgres.Cluster{Layout: l, Cfg: cfg, User: u, Guard: atRest.Guard}
 			if err := cluster.PrepareDirs(); err != nil {
 				return err
 			}
@@ -141,6 +166,8 @@ func newInit(g *globals) *cobra.Command {
 	f.StringVar(&listen, "listen", "127.0.0.1:5432", "gateway address ADDR:PORT")
 	f.StringVar(&tlsCert, "tls-cert", "", "server certificate chain (PEM) to use instead of a private CA")
 	f.StringVar(&tlsKey, "tls-key", "", "server private key (PEM) for --tls-cert")
+	f.StringVar(&keyURI, "key-uri", "", "customer-managed key-encryption key (awskms://, azurekeyvault://, gcpkms://, hashivault://); default: system-managed")
+	f.Var(&storageSize, "storage-size", "size of the encrypted volume (e.g. 20GiB; the image is sparse)")
 	f.StringVar(&network, "network", "public", "public (firewall rules) or private (private address, network security rules)")
 	f.StringVar(&pgBinDir, "pg-bin-dir", "/usr/lib/postgresql/15/bin", "PostgreSQL 15 programs")
 	return cmd
@@ -191,4 +218,28 @@ func createLayout(l config.Layout, cfg *config.Config, host string, makeCerts bo
 		return fmt.Errorf("creating server certificate: %w", err)
 	}
 	return nil
+}
+
+// byteSize is a flag value like 20GiB, 512MiB or a plain number of bytes.
+type byteSize struct{ bytes int64 }
+
+func (b *byteSize) String() string { return fmt.Sprintf("%dMiB", b.bytes>>20) }
+func (b *byteSize) Type() string   { return "size" }
+
+func (b *byteSize) Set(s string) error {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"T", 1 << 40}, {"G", 1 << 30}, {"M", 1 << 20}, {"B", 1}, {"", 1}}
+	for _, u := range units {
+		if num, ok := strings.CutSuffix(s, u.suffix); ok {
+			n, err := strconv.ParseInt(num, 10, 64)
+			if err != nil || n <= 0 || n > (1<<50)/u.mult {
+				return fmt.Errorf("invalid size %q: use a number with GiB, MiB or TiB", s)
+			}
+			b.bytes = n * u.mult
+			return nil
+		}
+	}
+	return fmt.Errorf("invalid size %q", s)
 }

@@ -27,6 +27,12 @@ type Config struct {
 	TLSKeyFile  string            `json:"tls_key_file"`
 	CAFile      string            `json:"ca_file,omitempty"`
 	Parameters  map[string]string `json:"parameters,omitempty"`
+	// ServerID names this server's system-managed key-encryption key.
+	ServerID string `json:"server_id,omitempty"`
+	// KeyURI is the key-encryption key wrapping the volume's data key.
+	KeyURI string `json:"key_uri,omitempty"`
+	// StorageSize is the volume's size in bytes.
+	StorageSize int64 `json:"storage_size,omitempty"`
 }
 
 // Reserved PostgreSQL roles that never log in through the gateway.

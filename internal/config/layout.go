@@ -19,8 +19,21 @@ type Layout struct {
 // ConfigFile is pgshield's own persisted configuration (0600).
 func (l Layout) ConfigFile() string { return filepath.Join(l.Root, "pgshield.json") }
 
-// VolumeDir holds all customer data: the cluster, its logs.
-func (l Layout) VolumeDir() string { return filepath.Join(l.Root, "volume") }
+// VolumeMount is where the encrypted volume is mounted.
+func (l Layout) VolumeMount() string { return filepath.Join(l.Root, "volume") }
+
+// VolumeDir holds all customer data (the cluster, its logs): the
+// fscrypt-encrypted directory at the root of the mounted volume.
+func (l Layout) VolumeDir() string { return filepath.Join(l.VolumeMount(), "data") }
+
+// StorageDir holds the volume's backing image (0700).
+func (l Layout) StorageDir() string { return filepath.Join(l.Root, "storage") }
+
+// VolumeImage is the sparse ext4 image behind the volume.
+func (l Layout) VolumeImage() string { return filepath.Join(l.StorageDir(), "volume.img") }
+
+// WrappedDataKey is the volume's data key, wrapped by the key-encryption key (0600).
+func (l Layout) WrappedDataKey() string { return filepath.Join(l.SecretsDir(), "volume-key.json") }
 
 // PGData is the PostgreSQL data directory.
 func (l Layout) PGData() string { return filepath.Join(l.VolumeDir(), "pgdata") }

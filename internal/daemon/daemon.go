@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -37,10 +38,15 @@ type Daemon struct {
 	catalog *postgres.Catalog
 	gw      *gateway.Server
 	policy  *netpolicy.Engine
-	started time.Time
-	version string
-	listen  string
-	stop    context.CancelFunc
+	atRest  *AtRest
+	// keyMu serializes lock and unlock; keyState is read without it.
+	keyMu    sync.Mutex
+	keyState atomic.Pointer[KeyState]
+	supMu    sync.Mutex // guards sup, replaced on unlock
+	started  time.Time
+	version  string
+	listen   string
+	stop     context.CancelFunc
 }
 
 // Run starts everything and blocks until ctx ends or shutdown is asked for
@@ -65,7 +71,17 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.cluster = &postgres.Cluster{Layout: d.Layout, Cfg: cfg, User: u}
+	d.atRest = &AtRest{Layout: d.Layout, Cfg: cfg, Log: d.Log.With("component", "storage")}
+	if err := d.atRest.Open(ctx); err != nil {
+		return err
+	}
+	defer func() {
+		if err := d.atRest.Close(context.Background()); err != nil {
+			d.Log.Error("Closing the encrypted volume failed.", "error", err)
+		}
+	}()
+	d.keyState.Store(&KeyState{State: KeyAvailable, Since: time.Now()})
+	d.cluster = &postgres.Cluster{Layout: d.Layout, Cfg: cfg, User: u, Guard: d.atRest.Guard}
 	if err := d.cluster.WriteManagedFiles(); err != nil {
 		return err
 	}
@@ -107,11 +123,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer apiLn.Close()
 
-	d.sup = &postgres.Supervisor{Cluster: d.cluster, Log: d.Log.With("component", "postgres")}
-	if err := d.sup.Start(ctx); err != nil {
+	if err := d.startPostgres(ctx); err != nil {
 		return err
 	}
-	defer d.sup.Stop(30 * time.Second)
+	// The supervisor is replaced on unlock: stop whichever runs at the end.
+	defer func() { d.supervisor().Stop(30 * time.Second) }()
 	d.catalog, err = postgres.NewCatalog(ctx, d.cluster)
 	if err != nil {
 		return err
@@ -123,7 +139,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.gw, err = gateway.New(gateway.Config{
 		Cert: cert, Roles: d.catalog, Backend: d.cluster, IsReserved: cfg.IsReserved,
 		MockSecret: mock, Params: params, Log: d.Log.With("component", "gateway"),
-		Policy: d.policy.ForPort(listenPort(d.listen)),
+		Policy:    d.policy.ForPort(listenPort(d.listen)),
+		Available: d.available,
 	})
 	if err != nil {
 		return err

@@ -20,17 +20,17 @@ import (
 
 // Status is the answer of GET /v1/status.
 type Status struct {
-	State         string          `json:"state"`
-	Listen        string          `json:"listen"`
-	StartedAt     time.Time       `json:"started_at"`
-	UptimeSeconds int64           `json:"uptime_seconds"`
-	PID           int             `json:"pid"`
-	Postgres      PostgresStatus  `json:"postgres"`
-	TLS           TLSStatus       `json:"tls"`
-	Connections   gateway.Stats   `json:"connections"`
-	AdminUser     string          `json:"admin_user"`
-	DataDir       string          `json:"data_dir"`
-	Supervisor    postgres.Status `json:"-"`
+	State         string         `json:"state"`
+	Listen        string         `json:"listen"`
+	StartedAt     time.Time      `json:"started_at"`
+	UptimeSeconds int64          `json:"uptime_seconds"`
+	PID           int            `json:"pid"`
+	Postgres      PostgresStatus `json:"postgres"`
+	TLS           TLSStatus      `json:"tls"`
+	Connections   gateway.Stats  `json:"connections"`
+	AdminUser     string         `json:"admin_user"`
+	DataDir       string         `json:"data_dir"`
+	Key           KeyInfo        `json:"key"`
 }
 
 // PostgresStatus describes the managed instance.
@@ -53,23 +53,27 @@ func (d *Daemon) routes() []api.Route {
 		api.Route{Method: "GET", Pattern: "/v1/parameters/{name}", Handler: d.showParameter},
 		api.Route{Method: "PUT", Pattern: "/v1/parameters/{name}", Write: true, Handler: d.setParameter},
 		api.Route{Method: "POST", Pattern: "/v1/shutdown", Write: true, Handler: d.shutdown},
+		api.Route{Method: "GET", Pattern: "/v1/key", Handler: d.showKey},
+		api.Route{Method: "POST", Pattern: "/v1/key/lock", Write: true, Handler: d.lockKey},
+		api.Route{Method: "POST", Pattern: "/v1/key/unlock", Write: true, Handler: d.unlockKey},
 	)
 }
 
 func (d *Daemon) status(*http.Request) (any, error) {
-	d.cfgMu.Lock()
-	p, _ := config.ResolveParams(d.cfg.Parameters)
-	d.cfgMu.Unlock()
-	ps := d.sup.Status()
+	cfg := d.config()
+	p, _ := config.ResolveParams(cfg.Parameters)
+	ps := d.supervisor().Status()
 	state := "Available"
-	if ps.State != postgres.StateRunning {
+	if ks := d.keyState.Load(); ks.State != KeyAvailable {
+		state = ks.State
+	} else if ps.State != postgres.StateRunning {
 		state = "Unavailable"
 	}
 	return Status{
 		State: state, Listen: d.listen, StartedAt: d.started,
 		UptimeSeconds: int64(time.Since(d.started).Seconds()), PID: osGetpid(),
 		Postgres:    PostgresStatus{Version: d.version, Status: ps},
-		Connections: d.gw.Stats(), AdminUser: d.cfg.AdminUser, DataDir: d.Layout.Root,
+		Connections: d.gw.Stats(), AdminUser: cfg.AdminUser, DataDir: d.Layout.Root, Key: d.keyInfo(),
 		TLS: TLSStatus{
 			RequireSecureTransport: p.Values["require_secure_transport"],
 			MinProtocolVersion:     p.Values["ssl_min_protocol_version"],

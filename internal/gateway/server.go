@@ -49,6 +49,9 @@ type Config struct {
 	AuthTimeout time.Duration
 	// DialTimeout bounds opening the backend session.
 	DialTimeout time.Duration
+	// Available, when it returns an error, refuses new sessions with that
+	// error's text (e.g. the server is locked); nil means always available.
+	Available func() error
 	// Policy admits sources and ends sessions it stops allowing; nil allows all.
 	Policy AccessPolicy
 	// MaxConnections caps concurrent client connections.
@@ -111,7 +114,8 @@ type Server struct {
 
 	mu struct {
 		sync.Mutex
-		conns map[net.Conn]struct{}
+		conns    map[net.Conn]struct{}
+		sessions map[*session]struct{}
 	}
 }
 
@@ -122,6 +126,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s := &Server{cfg: cfg}
 	s.mu.conns = map[net.Conn]struct{}{}
+	s.mu.sessions = map[*session]struct{}{}
 	s.SetParams(cfg.Params)
 	return s, nil
 }
@@ -210,6 +215,15 @@ func (s *Server) untrack(conn net.Conn) {
 	s.active.Add(-1)
 }
 
+// TerminateAll ends every relaying session with msg at a message boundary.
+func (s *Server) TerminateAll(msg *pgproto3.ErrorResponse) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sess := range s.mu.sessions {
+		sess.terminate(msg)
+	}
+}
+
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -250,6 +264,12 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	}
 	if st.Minor > 0 || len(st.Unrecognized) > 0 {
 		if err := wire.Send(a.conn, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.Unrecognized}); err != nil {
+			return
+		}
+	}
+	if s.cfg.Available != nil {
+		if err := s.cfg.Available(); err != nil {
+			_ = wire.SendError(a.conn, wire.CodeCannotConnectNow, "%s", err.Error())
 			return
 		}
 	}
@@ -321,6 +341,14 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	if !watch.relaying(sess) {
 		return // policy ended the connection while it was being set up
 	}
+	s.mu.Lock()
+	s.mu.sessions[sess] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.mu.sessions, sess)
+		s.mu.Unlock()
+	}()
 	up, down := sess.relay()
 	log.Info("Session closed.", "duration", fmt.Sprintf("%.2fs", s.cfg.Now().Sub(start).Seconds()),
 		"bytes_in", up, "bytes_out", down)

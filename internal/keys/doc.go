@@ -22,8 +22,8 @@
 // damaged wrapped key ([KindCorrupt]).
 //
 // Key material never appears in errors: errors name a key only by its
-// redacted URI ([RedactURI]), and errors from drivers that might quote a
-// secret part of the URL are scrubbed. Plaintext keys returned by this
+// redacted URI ([RedactURI]), and an error from a driver's URL opener that
+// quotes a secret part of the URL is replaced by a scrubbed copy. Plaintext keys returned by this
 // package are owned by the caller, who should [Wipe] them after use.
 //
 // A wrapped key is stored on disk as a small JSON envelope, [WrappedKey],

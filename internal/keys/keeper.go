@@ -24,8 +24,9 @@ import (
 // 4096 bytes, and a data key is far smaller.
 const maxDataKeySize = 4096
 
-// Keeper wraps and unwraps data keys with one key-encryption key. It is safe
-// for concurrent use. Close releases it; a closed Keeper returns ErrClosed.
+// Keeper wraps and unwraps data keys with one key-encryption key. Make one
+// with Open. It is safe for concurrent use. Close releases it; a closed
+// Keeper returns errors wrapping ErrClosed.
 type Keeper struct {
 	sk    *secrets.Keeper
 	uri   string // redacted; never holds a secret

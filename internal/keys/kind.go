@@ -68,8 +68,8 @@ var ErrClosed = errors.New("keys: keeper is closed")
 
 // ErrorKind classifies err, an error returned by this package (or by a
 // gocloud.dev/secrets Keeper), into a Kind. It looks first for this
-// package's sentinels, then at the portable code from gcerrors.Code, then at
-// provider details the gocloud drivers leave unclassified (AWS error codes,
+// package's sentinels, then at the portable code from gcerrors.Code (or a
+// wrapped gcerrors.Err* sentinel), then at provider details the gocloud drivers leave unclassified (AWS error codes,
 // gRPC status, Azure and Vault HTTP status), then at network errors.
 //
 // Mapping of gcerrors codes:
@@ -94,6 +94,15 @@ func ErrorKind(err error) Kind {
 	case gcerrors.PermissionDenied, gcerrors.NotFound, gcerrors.FailedPrecondition:
 		return KindDenied
 	case gcerrors.DeadlineExceeded, gcerrors.Canceled, gcerrors.Internal, gcerrors.ResourceExhausted:
+		return KindTransient
+	}
+	// The gcerrors sentinels, for errors built without a gocloud Keeper
+	// (fakes, wrappers): fmt.Errorf("...: %w", gcerrors.ErrPermissionDenied).
+	switch {
+	case errors.Is(err, gcerrors.ErrPermissionDenied), errors.Is(err, gcerrors.ErrNotFound), errors.Is(err, gcerrors.ErrFailedPrecondition):
+		return KindDenied
+	case errors.Is(err, gcerrors.ErrDeadlineExceeded), errors.Is(err, gcerrors.ErrCanceled),
+		errors.Is(err, gcerrors.ErrInternal), errors.Is(err, gcerrors.ErrResourceExhausted):
 		return KindTransient
 	}
 	if k, ok := providerKind(err); ok {

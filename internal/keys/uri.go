@@ -66,7 +66,7 @@ func RedactURI(uri string) string {
 		if u.RawQuery != "" {
 			q, err := url.ParseQuery(u.RawQuery)
 			if err != nil {
-				r.RawQuery = redacted
+				r.RawQuery = redacted + "=" + redacted
 			} else {
 				for name, vals := range q {
 					if publicParams[name] {

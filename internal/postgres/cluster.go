@@ -16,6 +16,10 @@ type Cluster struct {
 	Layout config.Layout
 	Cfg    *config.Config
 	User   OSUser
+	// Guard, if set, must pass before PostgreSQL starts or initdb runs: it
+	// checks that the encrypted volume is mounted and unlocked, so nothing
+	// is ever written to the bare disk under the mount point.
+	Guard func() error
 }
 
 // SocketPath is the postmaster's Unix socket.
@@ -63,6 +67,11 @@ local   all   all   trust
 
 // PrepareDirs creates the directories PostgreSQL needs with their modes.
 func (c *Cluster) PrepareDirs() error {
+	if c.Guard != nil {
+		if err := c.Guard(); err != nil {
+			return err
+		}
+	}
 	for _, d := range []struct {
 		path  string
 		owned bool

@@ -1,0 +1,160 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/keys"
+	"github.com/pgshield/pgshield/internal/storage"
+)
+
+// SystemKeyDir holds the system-managed key-encryption keys, outside any
+// data directory, so a copy of the data directory (or of a backup) is not
+// enough to read it.
+const SystemKeyDir = "/etc/pgshield/keys"
+
+// AtRest is the encrypted volume of one server and the keys that open it.
+type AtRest struct {
+	Layout config.Layout
+	Cfg    *config.Config
+	Log    *slog.Logger
+	vol    *storage.Volume
+}
+
+func (a *AtRest) volume() *storage.Volume {
+	if a.vol == nil {
+		a.vol = &storage.Volume{Image: a.Layout.VolumeImage(), Mount: a.Layout.VolumeMount(), Size: a.Cfg.StorageSize, Log: a.Log}
+	}
+	return a.vol
+}
+
+// SystemKEKPath is where the system-managed key-encryption key of a server lives.
+func SystemKEKPath(serverID string) string { return filepath.Join(SystemKeyDir, serverID+".key") }
+
+// Create makes the key hierarchy and the volume at init: a new random data
+// key, wrapped by the key-encryption key (created here when system-managed),
+// and a new encrypted volume opened with it.
+func (a *AtRest) Create(ctx context.Context) error {
+	if a.Cfg.KeyURI == "" {
+		path := SystemKEKPath(a.Cfg.ServerID)
+		if err := keys.CreateSystemKEK(path); err != nil {
+			return fmt.Errorf("creating the system-managed key: %w", err)
+		}
+		a.Cfg.KeyURI = keys.SystemKeyURI(path)
+	}
+	k, err := keys.Open(ctx, a.Cfg.KeyURI)
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	dataKey, err := keys.NewDataKey(storage.KeySize)
+	if err != nil {
+		return err
+	}
+	defer keys.Wipe(dataKey)
+	w, err := k.WrapKey(ctx, keys.PurposeVolume, dataKey)
+	if err != nil {
+		return fmt.Errorf("wrapping the data key: %w", err)
+	}
+	if err := os.MkdirAll(a.Layout.SecretsDir(), 0o700); err != nil {
+		return err
+	}
+	if err := w.Save(a.Layout.WrappedDataKey()); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(a.Layout.StorageDir(), 0o700); err != nil {
+		return err
+	}
+	v := a.volume()
+	if err := v.Provision(ctx); err != nil {
+		return fmt.Errorf("creating the encrypted volume: %w", err)
+	}
+	return v.Unlock(dataKey)
+}
+
+// Open attaches the volume and unlocks it with the unwrapped data key.
+func (a *AtRest) Open(ctx context.Context) error {
+	v := a.volume()
+	if err := v.Attach(ctx); err != nil {
+		return fmt.Errorf("attaching the encrypted volume: %w", err)
+	}
+	if present, err := v.KeyStatus(); err == nil && present {
+		return nil
+	}
+	w, err := keys.LoadWrapped(a.Layout.WrappedDataKey())
+	if err != nil {
+		return err
+	}
+	k, err := keys.Open(ctx, a.Cfg.KeyURI)
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	dataKey, err := k.UnwrapKey(ctx, w)
+	if err != nil {
+		return &KeyError{Kind: keys.ErrorKind(err), Err: err}
+	}
+	defer keys.Wipe(dataKey)
+	return v.Unlock(dataKey)
+}
+
+// Lock removes the key from the kernel: every file on the volume becomes
+// unreadable, even to root. PostgreSQL must be stopped first; processes that
+// just exited may still hold files for a moment, so a busy volume is retried
+// for up to 10 s.
+func (a *AtRest) Lock() error {
+	var err error
+	for i := 0; i < 50; i++ {
+		if err = a.volume().Lock(); !errors.Is(err, storage.ErrFilesBusy) {
+			return err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return err
+}
+
+// Close locks and detaches the volume.
+func (a *AtRest) Close(ctx context.Context) error {
+	v := a.volume()
+	err := a.Lock()
+	if errors.Is(err, storage.ErrNotMounted) {
+		err = nil
+	}
+	return errors.Join(err, v.Detach(ctx))
+}
+
+// KeyStatus reports whether the volume's key is in the kernel.
+func (a *AtRest) KeyStatus() (bool, error) { return a.volume().KeyStatus() }
+
+// Usage reports the volume's size and free space.
+func (a *AtRest) Usage() (total, free uint64, err error) { return a.volume().Usage() }
+
+// KeyError is a failure to unwrap the data key, classified.
+type KeyError struct {
+	Kind keys.Kind
+	Err  error
+}
+
+func (e *KeyError) Error() string {
+	return "unwrapping the data key (" + e.Kind.String() + "): " + e.Err.Error()
+}
+func (e *KeyError) Unwrap() error { return e.Err }
+
+// Guard refuses to let PostgreSQL touch its directories unless the volume
+// is mounted and its key is in the kernel.
+func (a *AtRest) Guard() error {
+	present, err := a.volume().KeyStatus()
+	if err != nil {
+		return fmt.Errorf("encrypted volume is not available: %w", err)
+	}
+	if !present {
+		return errors.New("encrypted volume is locked")
+	}
+	return nil
+}
