@@ -1,9 +1,16 @@
 package e2e
 
 import (
+	"context"
 	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
 )
 
 func TestAdministratorRole(t *testing.T) {
@@ -147,5 +154,31 @@ func TestConnectionString(t *testing.T) {
 	// The printed URI works as-is with psql.
 	if got, err := psql(t, ci["uri"], adminPassword, "-c", "SELECT current_user"); err != nil || got != admin {
 		t.Fatalf("psql with the printed URI: %v %q", err, got)
+	}
+}
+
+// TestPostgresHasNoNetwork runs a program from inside PostgreSQL (as the
+// superuser, over the private socket: only a harness can) that opens a TCP
+// connection. PostgreSQL's own network namespace has no route anywhere.
+func TestPostgresHasNoNetwork(t *testing.T) {
+	probe := fmt.Sprintf(`exec 3<>/dev/tcp/127.0.0.1/%d`, shared.port)
+	// Control: the same probe from the host's namespace reaches the gateway.
+	if out, err := exec.Command("bash", "-c", probe).CombinedOutput(); err != nil {
+		t.Fatalf("control probe from the host failed: %v %s", err, out)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable",
+		filepath.Join(shared.dataDir, "run", "pg")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, fmt.Sprintf(`COPY (SELECT 1) TO PROGRAM 'bash -c "%s"'`, probe))
+	if err == nil {
+		t.Fatalf("a program run by PostgreSQL opened a TCP connection to the host")
+	}
+	if !strings.Contains(err.Error(), "program") {
+		t.Fatalf("unexpected error: %v", err)
 	}
 }

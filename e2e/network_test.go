@@ -198,3 +198,107 @@ func TestPrivateNetworkRules(t *testing.T) {
 		t.Fatalf("rule for ports 1-1000 allowed port %d", s.port)
 	}
 }
+
+// sslAnswer sends an optional prefix and an SSLRequest and returns the
+// gateway's one-byte answer, or 0 if it closed the connection.
+func sslAnswer(t *testing.T, s *server, prefix string) byte {
+	t.Helper()
+	c := dialRaw(t, s)
+	defer c.Close()
+	if _, err := c.Write(append([]byte(prefix), sslRequest...)); err != nil {
+		return 0
+	}
+	var b [1]byte
+	if _, err := c.Read(b[:]); err != nil {
+		return 0
+	}
+	return b[0]
+}
+
+func TestConnectionRateLimit(t *testing.T) {
+	mustCLI(t, shared, "parameter", "set", "pgshield.max_connection_rate_per_ip", "5")
+	t.Cleanup(func() { _, _ = shared.cli("parameter", "set", "pgshield.max_connection_rate_per_ip", "200") })
+	answered := 0
+	for i := 0; i < 20; i++ {
+		if sslAnswer(t, shared, "") == 'S' {
+			answered++
+		}
+	}
+	if answered < 4 || answered > 8 {
+		t.Fatalf("%d of 20 rapid connections got past the limit of 5/s; want about 5", answered)
+	}
+	time.Sleep(1200 * time.Millisecond) // the bucket refills
+	if sslAnswer(t, shared, "") != 'S' {
+		t.Fatalf("still refused after the bucket refilled")
+	}
+}
+
+func TestProxyProtocol(t *testing.T) {
+	// From a source that is not a trusted proxy, a PROXY header is refused.
+	if got := sslAnswer(t, shared, "PROXY TCP4 127.0.0.1 127.0.0.1 5555 5432\r\n"); got == 'S' {
+		t.Fatalf("PROXY header from an untrusted source was accepted")
+	}
+	mustCLI(t, shared, "parameter", "set", "pgshield.trusted_proxies", "127.0.0.1/32")
+	t.Cleanup(func() { _, _ = shared.cli("parameter", "set", "pgshield.trusted_proxies", "") })
+	// The rules apply to the address the header carries: 203.0.113.7 has
+	// no rule (it is only a string in the header; no traffic goes there).
+	hdr := "PROXY TCP4 203.0.113.7 127.0.0.1 5555 5432\r\n"
+	if got := sslAnswer(t, shared, hdr); got == 'S' {
+		t.Fatalf("carried address with no firewall rule was admitted")
+	}
+	mustCLI(t, shared, "firewall-rule", "create", "--name", "proxied", "--start-ip-address", "203.0.113.7", "--end-ip-address", "203.0.113.7")
+	t.Cleanup(func() { _, _ = shared.cli("firewall-rule", "delete", "--name", "proxied") })
+	if got := sslAnswer(t, shared, hdr); got != 'S' {
+		t.Fatalf("carried address with a firewall rule refused (answer %q)", got)
+	}
+	// A trusted proxy must send the header.
+	if got := sslAnswer(t, shared, ""); got == 'S' {
+		t.Fatalf("trusted proxy without a PROXY header was admitted")
+	}
+}
+
+// tcpProbe opens a bare TCP connection from src inside ns: 0 connected,
+// 124 timed out (the SYN was dropped), anything else refused.
+func (ns *netns) tcpProbe(t *testing.T, src, host string, port int) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	script := fmt.Sprintf(`ip route replace %s dev pgsh%dc src %s || exit 99; timeout 3 bash -c 'exec 3<>/dev/tcp/%s/%d'`, host, ns.n, src, host, port)
+	err := exec.CommandContext(ctx, "ip", "netns", "exec", ns.name, "bash", "-c", script).Run()
+	return exitCodeOf(err)
+}
+
+func TestKernelFirewall(t *testing.T) {
+	ns := newNetns(t)
+	s := startedServer(t, "kfw", "--listen", "[::]:0")
+	a, b := ns.ClientV4[0], ns.ClientV4[1]
+	mustCLI(t, s, "firewall-rule", "create", "--name", "a-only", "--start-ip-address", a, "--end-ip-address", a)
+	// Without the kernel firewall a denied source completes the TCP
+	// handshake (the gateway closes it at accept).
+	if got := ns.tcpProbe(t, b, ns.HostV4, s.port); got != 0 {
+		t.Fatalf("control: denied source's TCP connect = exit %d; want 0 (handshake completes)", got)
+	}
+	mustCLI(t, s, "parameter", "set", "pgshield.kernel_firewall", "on")
+	if got := ns.tcpProbe(t, b, ns.HostV4, s.port); got != 124 {
+		t.Fatalf("denied source's TCP connect with the kernel firewall = exit %d; want 124 (SYN dropped, no SYN-ACK)", got)
+	}
+	if got := ns.tcpProbe(t, a, ns.HostV4, s.port); got != 0 {
+		t.Fatalf("allowed source's TCP connect = exit %d; want 0", got)
+	}
+	if !allowed(t, ns, a, ns.HostV4, s.port) {
+		t.Fatalf("allowed source cannot log in with the kernel firewall on")
+	}
+	// Rule changes reach the kernel too.
+	mustCLI(t, s, "firewall-rule", "update", "--name", "a-only", "--start-ip-address", b, "--end-ip-address", b)
+	if got := ns.tcpProbe(t, a, ns.HostV4, s.port); got != 124 {
+		t.Fatalf("after narrowing the rule, old source's connect = exit %d; want 124", got)
+	}
+	// down removes the table.
+	if out, err := s.cli("down"); err != nil {
+		t.Fatalf("down: %v %s", err, out)
+	}
+	out, _ := exec.Command("nft", "list", "tables").CombinedOutput()
+	if strings.Contains(string(out), "pgshield_") {
+		t.Fatalf("nftables table left after down: %s", out)
+	}
+}

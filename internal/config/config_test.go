@@ -263,8 +263,8 @@ func TestLayout(t *testing.T) {
 		want string
 	}{
 		{name: "config", got: l.ConfigFile(), want: "/srv/pg/pgshield.json"},
-		{name: "pgdata under volume", got: l.PGData(), want: "/srv/pg/volume/pgdata"},
-		{name: "pg log under volume", got: l.PGLogDir(), want: "/srv/pg/volume/log"},
+		{name: "pgdata under the encrypted dir", got: l.PGData(), want: "/srv/pg/volume/data/pgdata"},
+		{name: "pg log under the encrypted dir", got: l.PGLogDir(), want: "/srv/pg/volume/data/log"},
 		{name: "socket dir", got: l.SocketDir(), want: "/srv/pg/run/pg"},
 		{name: "api socket", got: l.APISocket(), want: "/srv/pg/run/api.sock"},
 		{name: "pid file", got: l.PIDFile(), want: "/srv/pg/run/pgshield.pid"},

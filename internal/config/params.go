@@ -2,9 +2,13 @@ package config
 
 import (
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
+
+	"github.com/pgshield/pgshield/internal/proxyproto"
 )
 
 // Param describes a parameter that pgshield itself owns (not PostgreSQL's).
@@ -14,6 +18,8 @@ type Param struct {
 	Description string
 	// Allowed lists the accepted values; normalize maps input onto them.
 	Allowed []string
+	// Check validates and canonicalizes free-form values (when Allowed is nil).
+	Check func(string) (string, error)
 }
 
 // gatewayParams are the Azure-named parameters the gateway enforces.
@@ -26,6 +32,31 @@ var gatewayParams = []Param{
 		Description: "Highest TLS version the gateway accepts; empty means no maximum."},
 	{Name: "accepted_password_auth_method", Default: "scram-sha-256", Allowed: []string{"scram-sha-256"},
 		Description: "Password authentication methods the gateway accepts."},
+	{Name: "pgshield.max_connection_rate_per_ip", Default: "200", Check: checkRate,
+		Description: "New connections per second accepted from one source (IPv6: per /64) before TLS; 0 turns the limit off."},
+	{Name: "pgshield.kernel_firewall", Default: "off", Allowed: []string{"on", "off"},
+		Description: "Also enforce the firewall rules in the kernel (nftables), so denied sources never complete a TCP handshake."},
+	{Name: "pgshield.trusted_proxies", Default: "", Check: checkTrusted,
+		Description: "Comma-separated CIDRs of load balancers whose PROXY protocol header is accepted."},
+}
+
+func checkRate(v string) (string, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 1000000 {
+		return "", errors.New("use a whole number of connections per second from 0 (no limit) to 1000000")
+	}
+	return strconv.Itoa(n), nil
+}
+
+func checkTrusted(v string) (string, error) {
+	if strings.TrimSpace(v) == "" {
+		return "", nil
+	}
+	t, err := proxyproto.ParseTrusted(v)
+	if err != nil {
+		return "", err
+	}
+	return t.String(), nil
 }
 
 // GatewayParams returns the table of pgshield-owned parameters, sorted.
@@ -57,6 +88,13 @@ func NormalizeParam(p Param, value string) (string, error) {
 			return "off", nil
 		}
 	default:
+		if p.Check != nil {
+			nv, err := p.Check(v)
+			if err != nil {
+				return "", fmt.Errorf("invalid value for parameter %q: %q: %v", p.Name, value, err)
+			}
+			return nv, nil
+		}
 		for _, a := range p.Allowed {
 			if strings.EqualFold(a, v) {
 				return a, nil
@@ -75,6 +113,12 @@ func NormalizeParam(p Param, value string) (string, error) {
 
 // Params is the resolved view of the gateway parameters.
 type Params struct {
+	// RatePerIP limits new connections per second per source; 0: no limit.
+	RatePerIP int
+	// KernelFirewall mirrors the firewall rules into nftables.
+	KernelFirewall bool
+	// TrustedProxies may send a PROXY protocol header.
+	TrustedProxies         proxyproto.Trusted
 	RequireSecureTransport bool
 	MinTLS                 uint16
 	MaxTLS                 uint16 // 0: no maximum
@@ -110,6 +154,11 @@ func ResolveParams(set map[string]string) (Params, error) {
 	}
 	out := Params{Values: vals}
 	out.RequireSecureTransport = vals["require_secure_transport"] == "on"
+	out.RatePerIP, _ = strconv.Atoi(vals["pgshield.max_connection_rate_per_ip"])
+	out.KernelFirewall = vals["pgshield.kernel_firewall"] == "on"
+	if tp := vals["pgshield.trusted_proxies"]; tp != "" {
+		out.TrustedProxies, _ = proxyproto.ParseTrusted(tp)
+	}
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {
 		out.MaxTLS = tlsVersions[mx]

@@ -18,10 +18,13 @@ func TestResolveParamsDefaults(t *testing.T) {
 			t.Errorf("ResolveParams(%v) = %+v; want require_secure_transport on, TLS 1.2 minimum, no maximum", set, p)
 		}
 		want := map[string]string{
-			"require_secure_transport":      "on",
-			"ssl_min_protocol_version":      "TLSv1.2",
-			"ssl_max_protocol_version":      "",
-			"accepted_password_auth_method": "scram-sha-256",
+			"require_secure_transport":            "on",
+			"ssl_min_protocol_version":            "TLSv1.2",
+			"ssl_max_protocol_version":            "",
+			"accepted_password_auth_method":       "scram-sha-256",
+			"pgshield.max_connection_rate_per_ip": "200",
+			"pgshield.kernel_firewall":            "off",
+			"pgshield.trusted_proxies":            "",
 		}
 		if !maps.Equal(p.Values, want) {
 			t.Errorf("ResolveParams(%v).Values = %v; want %v", set, p.Values, want)
@@ -77,6 +80,15 @@ func TestResolveParams(t *testing.T) {
 		{name: "empty minimum", set: map[string]string{"ssl_min_protocol_version": ""}, wantErr: "invalid value"},
 		{name: "TLS 1.0 maximum", set: map[string]string{"ssl_max_protocol_version": "TLSv1"},
 			wantErr: `(allowed: "" (none), TLSv1.2, TLSv1.3)`},
+		{name: "rate per IP", set: map[string]string{"pgshield.max_connection_rate_per_ip": " 50 "},
+			wantSecure: true, wantMin: tls.VersionTLS12,
+			wantValues: map[string]string{"pgshield.max_connection_rate_per_ip": "50"}},
+		{name: "negative rate refused", set: map[string]string{"pgshield.max_connection_rate_per_ip": "-1"}, wantErr: "invalid value"},
+		{name: "rate not a number", set: map[string]string{"pgshield.max_connection_rate_per_ip": "fast"}, wantErr: "invalid value"},
+		{name: "trusted proxies", set: map[string]string{"pgshield.trusted_proxies": "10.0.0.0/8"},
+			wantSecure: true, wantMin: tls.VersionTLS12,
+			wantValues: map[string]string{"pgshield.trusted_proxies": "10.0.0.0/8"}},
+		{name: "trusted proxies bad CIDR", set: map[string]string{"pgshield.trusted_proxies": "10.0.0.0/33"}, wantErr: "invalid value"},
 		{name: "md5 refused", set: map[string]string{"accepted_password_auth_method": "md5"}, wantErr: "invalid value"},
 		{name: "SCRAM upper case", set: map[string]string{"accepted_password_auth_method": "SCRAM-SHA-256"},
 			wantSecure: true, wantMin: tls.VersionTLS12,
@@ -152,8 +164,8 @@ func TestGatewayParams(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("GatewayParams() names = %v; want sorted", names)
 	}
-	want := []string{"accepted_password_auth_method", "require_secure_transport",
-		"ssl_max_protocol_version", "ssl_min_protocol_version"}
+	want := []string{"accepted_password_auth_method", "pgshield.kernel_firewall", "pgshield.max_connection_rate_per_ip", "pgshield.trusted_proxies",
+		"require_secure_transport", "ssl_max_protocol_version", "ssl_min_protocol_version"}
 	if !slices.Equal(names, want) {
 		t.Errorf("GatewayParams() names = %v; want %v", names, want)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/gateway"
 	"github.com/pgshield/pgshield/internal/netpolicy"
+	"github.com/pgshield/pgshield/internal/nft"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 )
@@ -38,6 +39,8 @@ type Daemon struct {
 	catalog *postgres.Catalog
 	gw      *gateway.Server
 	policy  *netpolicy.Engine
+	// serverID names per-server resources (the nftables table); fixed at start.
+	serverID string
 	atRest  *AtRest
 	// keyMu serializes lock and unlock; keyState is read without it.
 	keyMu    sync.Mutex
@@ -60,6 +63,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.cfg = cfg
+	d.serverID = cfg.ServerID
 	if err := writePIDFile(d.Layout.PIDFile()); err != nil {
 		return err
 	}
@@ -105,7 +109,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.policy, err = netpolicy.NewEngine(pol, netpolicy.WithLogger(d.Log.With("component", "netpolicy")),
-		netpolicy.WithPersist(func(p *netpolicy.Policy) error { return SavePolicy(d.Layout, p) }))
+		netpolicy.WithPersist(func(p *netpolicy.Policy) error {
+			if err := d.applyKernelFirewall(p, d.currentParams()); err != nil {
+				return err
+			}
+			return SavePolicy(d.Layout, p)
+		}))
 	if err != nil {
 		return err
 	}
@@ -117,6 +126,16 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer ln.Close()
 	d.listen = ln.Addr().String()
+	if err := d.applyKernelFirewall(d.policy.Snapshot(), params); err != nil {
+		return fmt.Errorf("kernel firewall: %w", err)
+	}
+	defer func() {
+		if params := d.currentParams(); params.KernelFirewall {
+			if err := nft.Remove(d.kernelTable()); err != nil {
+				d.Log.Error("Removing the kernel firewall failed.", "error", err)
+			}
+		}
+	}()
 	apiLn, err := api.Listen(d.Layout.APISocket())
 	if err != nil {
 		return err

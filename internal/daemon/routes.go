@@ -192,6 +192,11 @@ func (d *Daemon) setGatewayParam(gp config.Param, value string) (any, error) {
 	if err != nil {
 		return nil, api.Errorf(api.CodeInvalid, "%v", err)
 	}
+	if gp.Name == "pgshield.kernel_firewall" || gp.Name == "pgshield.trusted_proxies" {
+		if err := d.applyKernelFirewall(d.policy.Snapshot(), resolved); err != nil {
+			return nil, api.Errorf(api.CodeInvalid, "kernel firewall: %v", err)
+		}
+	}
 	newCfg := *d.cfg
 	newCfg.Parameters = next
 	if err := config.Save(d.Layout, &newCfg); err != nil {

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -17,7 +18,9 @@ import (
 
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/proxyproto"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 	"github.com/pgshield/pgshield/internal/wire"
 )
@@ -99,8 +102,9 @@ func (c *Config) CheckAndSetDefaults() error {
 }
 
 type runtime struct {
-	params config.Params
-	tls    *tls.Config
+	params  config.Params
+	tls     *tls.Config
+	limiter *netpolicy.RateLimiter // nil: no limit
 }
 
 // Server is the gateway. Its parameters can change while it runs; each new
@@ -111,6 +115,8 @@ type Server struct {
 	cancels cancelRegistry
 	active  atomic.Int64
 	total   atomic.Int64
+	// lastThrottleLog rate-limits the throttling log line (unix nanos).
+	lastThrottleLog atomic.Int64
 
 	mu struct {
 		sync.Mutex
@@ -134,7 +140,13 @@ func New(cfg Config) (*Server, error) {
 // SetParams swaps in new parameters for connections that arrive from now on;
 // open sessions are left alone.
 func (s *Server) SetParams(p config.Params) {
-	s.rt.Store(&runtime{params: p, tls: tlsconf.ServerConfig(s.cfg.Cert, p.MinTLS, p.MaxTLS)})
+	rt := &runtime{params: p, tls: tlsconf.ServerConfig(s.cfg.Cert, p.MinTLS, p.MaxTLS)}
+	if old := s.rt.Load(); old != nil && old.params.RatePerIP == p.RatePerIP {
+		rt.limiter = old.limiter // keep the buckets: the limit did not change
+	} else if p.RatePerIP > 0 {
+		rt.limiter = netpolicy.NewRateLimiter(float64(p.RatePerIP), p.RatePerIP, s.cfg.Now)
+	}
+	s.rt.Store(rt)
 }
 
 // Stats are counters for status.
@@ -224,6 +236,17 @@ func (s *Server) TerminateAll(msg *pgproto3.ErrorResponse) {
 	}
 }
 
+// rateLimitedLog logs a throttled source at most once a second: an attacker
+// controls how often this happens.
+func (s *Server) rateLimitedLog(src netip.Addr) {
+	now := s.cfg.Now().UnixNano()
+	last := s.lastThrottleLog.Load()
+	if now-last < int64(time.Second) || !s.lastThrottleLog.CompareAndSwap(last, now) {
+		return
+	}
+	s.cfg.Log.Warn("Connections refused by the per-source rate limit.", "client", src.String())
+}
+
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -236,14 +259,34 @@ func (s *Server) closeAll() {
 // handle runs one connection as a straight line: admit, authenticate,
 // connect the backend, relay.
 func (s *Server) handle(ctx context.Context, raw net.Conn) {
+	defer raw.Close() // every early return below ends the connection
 	start := s.cfg.Now()
 	rt := s.rt.Load()
 	log := s.cfg.Log.With("client", raw.RemoteAddr().String())
 	src := remoteAddr(raw)
-	// Network policy decides before a single byte is read; a refused
-	// source is closed with no plaintext error.
+	if rt.params.TrustedProxies.Contains(src) {
+		// A trusted load balancer speaks first: its PROXY header carries
+		// the client's address, to which every rule below applies.
+		_ = raw.SetReadDeadline(start.Add(10 * time.Second))
+		h, err := proxyproto.ReadHeader(raw)
+		if err != nil {
+			s.cfg.Log.Info("Refused a connection from a trusted proxy without a valid PROXY header.", "proxy", raw.RemoteAddr().String(), "error", err)
+			return
+		}
+		if h.Command == proxyproto.Proxy && h.HasAddresses() {
+			src = h.Source.Addr().Unmap()
+			log = s.cfg.Log.With("client", h.Source.String(), "proxy", raw.RemoteAddr().String())
+		}
+	}
+	// Before the TLS handshake, so a flood cannot burn the CPU on it.
+	if rt.limiter != nil && !rt.limiter.Allow(src) {
+		s.rateLimitedLog(src)
+		return
+	}
+	// Network policy decides before a single byte of the client's is read;
+	// a refused source is closed with no plaintext error.
 	if ok, rule := s.cfg.Policy.Allow(src); !ok {
-		s.cfg.Log.Info("Connection denied by network policy.", "client", raw.RemoteAddr().String(), "rule", rule)
+		log.Info("Connection denied by network policy.", "rule", rule)
 		return
 	}
 	watch := &policyWatch{raw: raw}

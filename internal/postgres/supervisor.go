@@ -129,6 +129,11 @@ func (s *Supervisor) startOnce(ctx context.Context) error {
 	// The postmaster ends (fast shutdown) if pgshield dies, so no PostgreSQL
 	// outlives its only door.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGINT
+	// PostgreSQL gets a network namespace of its own with nothing in it:
+	// a careless or compromised role cannot reach any network (dblink,
+	// postgres_fdw, COPY ... PROGRAM 'curl ...'). The Unix socket lives in
+	// the filesystem, so the gateway still reaches it.
+	cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
 	s.mu.Lock()
 	s.setStateLocked(StateStarting)
 	s.mu.Unlock()
