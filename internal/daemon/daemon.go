@@ -41,7 +41,7 @@ type Daemon struct {
 	policy  *netpolicy.Engine
 	// serverID names per-server resources (the nftables table); fixed at start.
 	serverID string
-	atRest  *AtRest
+	atRest   *AtRest
 	// keyMu serializes lock and unlock; keyState is read without it.
 	keyMu    sync.Mutex
 	keyState atomic.Pointer[KeyState]
