@@ -21,6 +21,12 @@ func newKey(g *globals) *cobra.Command {
 			fmt.Fprintf(tw, "backend\t%s\n", ki.Backend)
 			fmt.Fprintf(tw, "key source\t%s\n", ki.KeySource)
 			fmt.Fprintf(tw, "key uri\t%s\n", ki.KeyURI)
+			if ki.LastValidated != nil {
+				fmt.Fprintf(tw, "last validated\t%s\n", ki.LastValidated.Local().Format(time.RFC3339))
+			}
+			if ki.GraceSince != nil {
+				fmt.Fprintf(tw, "ALERT\tkey unreachable since %s (%s)\n", ki.GraceSince.Local().Format(time.RFC3339), ki.LastError)
+			}
 			if ki.TotalBytes > 0 {
 				fmt.Fprintf(tw, "volume\t%d MiB, %d MiB free\n", ki.TotalBytes>>20, ki.FreeBytes>>20)
 			}
@@ -30,6 +36,7 @@ func newKey(g *globals) *cobra.Command {
 		{"show", "Show the key's state, source and backend", "GET", "/v1/key"},
 		{"lock", "End sessions, stop PostgreSQL, remove the key from the kernel", "POST", "/v1/key/lock"},
 		{"unlock", "Unwrap the key, unlock the volume, start PostgreSQL", "POST", "/v1/key/unlock"},
+		{"revalidate", "Prove now that the key-encryption key still unwraps the data key", "POST", "/v1/key/revalidate"},
 	} {
 		c := c
 		cmd.AddCommand(&cobra.Command{Use: c.use, Short: c.short, Args: cobra.NoArgs,

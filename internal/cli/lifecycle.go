@@ -101,6 +101,9 @@ func startBackground(cmd *cobra.Command, g *globals, l config.Layout, timeout ti
 		ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
 		err := c.Do(ctx, "GET", "/v1/status", nil, &st)
 		cancel()
+		if err == nil && st.State == "Inaccessible" {
+			return fmt.Errorf("pgshield is up (pid %d) but Inaccessible: %s; see 'pgshield key show'", st.PID, st.Key.Reason)
+		}
 		if err == nil && st.State == "Available" {
 			out := cmd.OutOrStdout()
 			fmt.Fprintf(out, "pgshield is up (pid %d), PostgreSQL %s behind the gateway on %s.\n", st.PID, st.Postgres.Version, st.Listen)

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pgshield/pgshield/internal/proxyproto"
 )
@@ -36,6 +37,10 @@ var gatewayParams = []Param{
 		Description: "New connections per second accepted from one source (IPv6: per /64) before TLS; 0 turns the limit off."},
 	{Name: "pgshield.kernel_firewall", Default: "off", Allowed: []string{"on", "off"},
 		Description: "Also enforce the firewall rules in the kernel (nftables), so denied sources never complete a TCP handshake."},
+	{Name: "pgshield.key_revalidation_interval", Default: "1m0s", Check: checkDuration,
+		Description: "How often pgshield proves it can still unwrap the data key with the key-encryption key."},
+	{Name: "pgshield.key_unavailable_grace", Default: "30m0s", Check: checkDuration,
+		Description: "How long a KMS that cannot be reached (not a revocation) is tolerated before the server becomes inaccessible."},
 	{Name: "pgshield.trusted_proxies", Default: "", Check: checkTrusted,
 		Description: "Comma-separated CIDRs of load balancers whose PROXY protocol header is accepted."},
 }
@@ -46,6 +51,14 @@ func checkRate(v string) (string, error) {
 		return "", errors.New("use a whole number of connections per second from 0 (no limit) to 1000000")
 	}
 	return strconv.Itoa(n), nil
+}
+
+func checkDuration(v string) (string, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Second || d > 7*24*time.Hour {
+		return "", errors.New("use a duration from 1s to 168h, such as 60s or 30m")
+	}
+	return d.String(), nil
 }
 
 func checkTrusted(v string) (string, error) {
@@ -115,6 +128,8 @@ func NormalizeParam(p Param, value string) (string, error) {
 type Params struct {
 	// RatePerIP limits new connections per second per source; 0: no limit.
 	RatePerIP int
+	// KeyRevalidation and KeyGrace drive the data key's revalidation.
+	KeyRevalidation, KeyGrace time.Duration
 	// KernelFirewall mirrors the firewall rules into nftables.
 	KernelFirewall bool
 	// TrustedProxies may send a PROXY protocol header.
@@ -156,6 +171,8 @@ func ResolveParams(set map[string]string) (Params, error) {
 	out.RequireSecureTransport = vals["require_secure_transport"] == "on"
 	out.RatePerIP, _ = strconv.Atoi(vals["pgshield.max_connection_rate_per_ip"])
 	out.KernelFirewall = vals["pgshield.kernel_firewall"] == "on"
+	out.KeyRevalidation, _ = time.ParseDuration(vals["pgshield.key_revalidation_interval"])
+	out.KeyGrace, _ = time.ParseDuration(vals["pgshield.key_unavailable_grace"])
 	if tp := vals["pgshield.trusted_proxies"]; tp != "" {
 		out.TrustedProxies, _ = proxyproto.ParseTrusted(tp)
 	}

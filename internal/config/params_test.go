@@ -24,6 +24,8 @@ func TestResolveParamsDefaults(t *testing.T) {
 			"accepted_password_auth_method":       "scram-sha-256",
 			"pgshield.max_connection_rate_per_ip": "200",
 			"pgshield.kernel_firewall":            "off",
+			"pgshield.key_revalidation_interval":  "1m0s",
+			"pgshield.key_unavailable_grace":      "30m0s",
 			"pgshield.trusted_proxies":            "",
 		}
 		if !maps.Equal(p.Values, want) {
@@ -164,7 +166,7 @@ func TestGatewayParams(t *testing.T) {
 	if !slices.IsSorted(names) {
 		t.Errorf("GatewayParams() names = %v; want sorted", names)
 	}
-	want := []string{"accepted_password_auth_method", "pgshield.kernel_firewall", "pgshield.max_connection_rate_per_ip", "pgshield.trusted_proxies",
+	want := []string{"accepted_password_auth_method", "pgshield.kernel_firewall", "pgshield.key_revalidation_interval", "pgshield.key_unavailable_grace", "pgshield.max_connection_rate_per_ip", "pgshield.trusted_proxies",
 		"require_secure_transport", "ssl_max_protocol_version", "ssl_min_protocol_version"}
 	if !slices.Equal(names, want) {
 		t.Errorf("GatewayParams() names = %v; want %v", names, want)

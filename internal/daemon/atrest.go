@@ -158,3 +158,23 @@ func (a *AtRest) Guard() error {
 	}
 	return nil
 }
+
+// Check proves the key-encryption key still unwraps the data key, without
+// touching the volume.
+func (a *AtRest) Check(ctx context.Context) error {
+	w, err := keys.LoadWrapped(a.Layout.WrappedDataKey())
+	if err != nil {
+		return err
+	}
+	k, err := keys.Open(ctx, a.Cfg.KeyURI)
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	dataKey, err := k.UnwrapKey(ctx, w)
+	if err != nil {
+		return err
+	}
+	keys.Wipe(dataKey)
+	return nil
+}

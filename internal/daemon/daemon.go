@@ -45,6 +45,8 @@ type Daemon struct {
 	// keyMu serializes lock and unlock; keyState is read without it.
 	keyMu    sync.Mutex
 	keyState atomic.Pointer[KeyState]
+	revalMu  sync.Mutex // guards reval; taken inside keyMu, never around it
+	reval    revalidation
 	supMu    sync.Mutex // guards sup, replaced on unlock
 	started  time.Time
 	version  string
@@ -76,15 +78,25 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.atRest = &AtRest{Layout: d.Layout, Cfg: cfg, Log: d.Log.With("component", "storage")}
-	if err := d.atRest.Open(ctx); err != nil {
-		return err
+	// A key that cannot unwrap the data key (revoked, or a KMS that cannot be
+	// reached) does not stop the daemon: it starts Inaccessible, refusing
+	// sessions with a clear message, and revalidation brings it back.
+	var keyErr *KeyError
+	startErr := d.atRest.Open(ctx)
+	switch {
+	case errors.As(startErr, &keyErr):
+		d.Log.Error("The data key cannot be unwrapped; starting Inaccessible.", "error", startErr)
+		d.keyState.Store(&KeyState{State: KeyInaccessible, Since: time.Now(), Reason: startErr.Error()})
+	case startErr != nil:
+		return startErr
+	default:
+		d.keyState.Store(&KeyState{State: KeyAvailable, Since: time.Now()})
 	}
 	defer func() {
 		if err := d.atRest.Close(context.Background()); err != nil {
 			d.Log.Error("Closing the encrypted volume failed.", "error", err)
 		}
 	}()
-	d.keyState.Store(&KeyState{State: KeyAvailable, Since: time.Now()})
 	d.cluster = &postgres.Cluster{Layout: d.Layout, Cfg: cfg, User: u, Guard: d.atRest.Guard}
 	if err := d.cluster.WriteManagedFiles(); err != nil {
 		return err
@@ -142,8 +154,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	defer apiLn.Close()
 
-	if err := d.startPostgres(ctx); err != nil {
-		return err
+	if startErr == nil {
+		if err := d.startPostgres(ctx); err != nil {
+			return err
+		}
+	} else {
+		d.sup = &postgres.Supervisor{Cluster: d.cluster} // not started
 	}
 	// The supervisor is replaced on unlock: stop whichever runs at the end.
 	defer func() { d.supervisor().Stop(30 * time.Second) }()
@@ -152,9 +168,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	defer d.catalog.Close()
-	if err := d.catalog.Pool.QueryRow(ctx, "SHOW server_version").Scan(&d.version); err != nil {
-		return fmt.Errorf("querying PostgreSQL version: %w", err)
-	}
+	d.version = postgresVersion(d.cluster)
 	d.gw, err = gateway.New(gateway.Config{
 		Cert: cert, Roles: d.catalog, Backend: d.cluster, IsReserved: cfg.IsReserved,
 		MockSecret: mock, Params: params, Log: d.Log.With("component", "gateway"),
@@ -165,6 +179,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.started = time.Now()
+	go d.revalidateLoop(ctx)
 
 	srv := &http.Server{Handler: api.NewHandler(d.routes(), d.Log), ReadHeaderTimeout: 10 * time.Second}
 	var wg sync.WaitGroup

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os/exec"
+	"strings"
 	"time"
 
 	"github.com/pgshield/pgshield/internal/api"
@@ -18,6 +20,9 @@ import (
 const (
 	KeyAvailable = "Available"
 	KeyLocked    = "Locked" // the operator asked: pgshield key lock
+	// KeyInaccessible: the customer-managed key was revoked, disabled or
+	// deleted, or stayed unreachable past the grace period.
+	KeyInaccessible = "Inaccessible"
 )
 
 // KeyState is the state of the server's data key.
@@ -30,11 +35,15 @@ type KeyState struct {
 // KeyInfo is the answer of GET /v1/key.
 type KeyInfo struct {
 	KeyState
-	Backend    string `json:"backend"`
-	KeySource  string `json:"key_source"` // system-managed or customer-managed
-	KeyURI     string `json:"key_uri"`    // redacted
-	TotalBytes uint64 `json:"volume_total_bytes,omitempty"`
-	FreeBytes  uint64 `json:"volume_free_bytes,omitempty"`
+	LastValidated *time.Time `json:"last_validated,omitempty"`
+	LastError     string     `json:"last_error,omitempty"`
+	// GraceSince is set while the KMS cannot be reached.
+	GraceSince *time.Time `json:"grace_since,omitempty"`
+	Backend    string     `json:"backend"`
+	KeySource  string     `json:"key_source"` // system-managed or customer-managed
+	KeyURI     string     `json:"key_uri"`    // redacted
+	TotalBytes uint64     `json:"volume_total_bytes,omitempty"`
+	FreeBytes  uint64     `json:"volume_free_bytes,omitempty"`
 }
 
 func (d *Daemon) supervisor() *postgres.Supervisor {
@@ -56,8 +65,12 @@ func (d *Daemon) startPostgres(ctx context.Context) error {
 
 // available refuses new sessions while the key is not usable.
 func (d *Daemon) available() error {
-	if st := d.keyState.Load(); st != nil && st.State != KeyAvailable {
-		return fmt.Errorf("server is locked: its data key was removed from the kernel (run 'pgshield key unlock')")
+	switch st := d.keyState.Load(); {
+	case st == nil || st.State == KeyAvailable:
+	case st.State == KeyInaccessible:
+		return errors.New("server is inaccessible: its customer-managed key is unavailable")
+	default:
+		return errors.New("server is locked: its data key was removed from the kernel (run 'pgshield key unlock')")
 	}
 	return nil
 }
@@ -76,6 +89,9 @@ func (d *Daemon) keyInfo() KeyInfo {
 	if cfg.KeyURI == keys.SystemKeyURI(SystemKEKPath(cfg.ServerID)) {
 		ki.KeySource = "system-managed"
 	}
+	d.revalMu.Lock()
+	ki.LastValidated, ki.LastError, ki.GraceSince = timePtr(d.reval.lastOK), d.reval.lastErr, timePtr(d.reval.graceStart)
+	d.revalMu.Unlock()
 	if ki.State == KeyAvailable {
 		ki.TotalBytes, ki.FreeBytes, _ = d.atRest.Usage()
 	}
@@ -92,37 +108,76 @@ func (d *Daemon) lockKey(r *http.Request) (any, error) {
 	if d.keyState.Load().State == KeyLocked {
 		return d.keyInfo(), nil
 	}
-	d.keyState.Store(&KeyState{State: KeyLocked, Since: time.Now(), Reason: "locked by the operator"})
-	d.gw.TerminateAll(wire.ErrorMessage(wire.CodeAdminShutdown, "terminating connection because the server is being locked"))
+	if err := d.shutAwayLocked(KeyLocked, "locked by the operator",
+		"terminating connection because the server is being locked"); err != nil {
+		return nil, err
+	}
+	return d.keyInfo(), nil
+}
+
+// shutAwayLocked moves the server to a state where its data cannot be read:
+// new sessions are refused, open ones ended, PostgreSQL stopped, the key
+// removed from the kernel. Callers hold keyMu.
+func (d *Daemon) shutAwayLocked(state, reason, clientMsg string) error {
+	if cur := d.keyState.Load(); cur.State != KeyAvailable {
+		// Already shut away; only the state and reason change.
+		d.keyState.Store(&KeyState{State: state, Since: cur.Since, Reason: reason})
+		return nil
+	}
+	d.keyState.Store(&KeyState{State: state, Since: time.Now(), Reason: reason})
+	d.gw.TerminateAll(wire.ErrorMessage(wire.CodeAdminShutdown, "%s", clientMsg))
 	d.supervisor().Stop(30 * time.Second)
 	d.catalog.Pool.Reset()
 	if err := d.atRest.Lock(); err != nil {
-		return nil, fmt.Errorf("removing the key from the kernel: %w", err)
+		return fmt.Errorf("removing the key from the kernel: %w", err)
 	}
-	d.Log.Info("Server locked.")
-	return d.keyInfo(), nil
+	d.Log.Warn("Server data shut away.", "state", state, "reason", reason)
+	return nil
 }
 
 // unlockKey unwraps the data key again, unlocks the volume and starts PostgreSQL.
 func (d *Daemon) unlockKey(r *http.Request) (any, error) {
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
-	if d.keyState.Load().State == KeyAvailable {
-		return d.keyInfo(), nil
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	if err := d.atRest.Open(ctx); err != nil {
+	if err := d.restoreLocked(); err != nil {
 		var ke *KeyError
 		if errors.As(err, &ke) {
 			return nil, api.Errorf(api.CodeUnavailable, "%v", err)
 		}
 		return nil, err
 	}
+	return d.keyInfo(), nil
+}
+
+// restoreLocked brings a shut-away server back. Callers hold keyMu.
+func (d *Daemon) restoreLocked() error {
+	if d.keyState.Load().State == KeyAvailable {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := d.atRest.Open(ctx); err != nil {
+		return err
+	}
 	if err := d.startPostgres(ctx); err != nil {
-		return nil, err
+		return err
 	}
 	d.keyState.Store(&KeyState{State: KeyAvailable, Since: time.Now()})
-	d.Log.Info("Server unlocked.")
-	return d.keyInfo(), nil
+	d.Log.Info("Server data available again.")
+	return nil
+}
+
+// postgresVersion reads the version of the installed server binary, which
+// works whether or not PostgreSQL is running.
+func postgresVersion(c *postgres.Cluster) string {
+	out, err := exec.Command(c.Bin("postgres"), "--version").Output()
+	if err != nil {
+		return ""
+	}
+	// "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+	v := strings.TrimSpace(string(out))
+	if i := strings.Index(v, ") "); i >= 0 {
+		v = v[i+2:]
+	}
+	return v
 }

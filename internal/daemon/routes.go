@@ -56,6 +56,7 @@ func (d *Daemon) routes() []api.Route {
 		api.Route{Method: "GET", Pattern: "/v1/key", Handler: d.showKey},
 		api.Route{Method: "POST", Pattern: "/v1/key/lock", Write: true, Handler: d.lockKey},
 		api.Route{Method: "POST", Pattern: "/v1/key/unlock", Write: true, Handler: d.unlockKey},
+		api.Route{Method: "POST", Pattern: "/v1/key/revalidate", Write: true, Handler: d.revalidateKey},
 	)
 }
 

@@ -83,7 +83,11 @@ func (s *Supervisor) CheckAndSetDefaults() error {
 func (s *Supervisor) Status() Status {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.mu.status
+	st := s.mu.status
+	if st.State == "" {
+		st.State = StateStopped
+	}
+	return st
 }
 
 func (s *Supervisor) setStateLocked(st State) {
