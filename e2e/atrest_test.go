@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -63,12 +64,29 @@ func TestDataAtRestIsEncrypted(t *testing.T) {
 	dsn := s.dsn("user=" + admin + " sslmode=require")
 	// Rows and WAL.
 	if out, err := psql(t, dsn, adminPassword, "-c", "CREATE TABLE secrets(v text)",
-		"-c", fmt.Sprintf("INSERT INTO secrets SELECT '%s ' || g FROM generate_series(1, 2000) g", marker)); err != nil {
+		"-c", fmt.Sprintf("INSERT INTO secrets SELECT '%s ' || g FROM generate_series(1, 20000) g", marker)); err != nil {
 		t.Fatalf("%v %s", err, out)
 	}
 	// A server log line: the failing statement is logged with its text.
 	_, _ = psql(t, dsn, adminPassword, "-c", fmt.Sprintf("SELECT no_such_column_%s FROM secrets", strings.ReplaceAll(marker, "-", "_")))
-	// Temporary files of a sort that spills (kept for the scan by a cursor).
+	// Temporary files of a sort that spills, kept open by a cursor while
+	// the image is scanned.
+	conn, err := pgxConnect(t, s.dsn("user="+admin+" password="+adminPassword+" sslmode=require"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	ctx := context.Background()
+	for _, q := range []string{"SET work_mem = '64kB'", "BEGIN",
+		"DECLARE c CURSOR FOR SELECT v || repeat('x', 50) FROM secrets ORDER BY 1 DESC", "FETCH 1 FROM c"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	tmpFiles := s.superSQL(t, "SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp') f")
+	if tmpFiles == "0" || tmpFiles == "" {
+		t.Fatalf("the sort did not spill to pgsql_tmp; the test would prove nothing about temporary files")
+	}
 	s.superSQL(t, "CHECKPOINT")
 	if err := exec.Command("sync").Run(); err != nil {
 		t.Fatal(err)
@@ -76,7 +94,7 @@ func TestDataAtRestIsEncrypted(t *testing.T) {
 	img := filepath.Join(s.dataDir, "storage", "volume.img")
 	mnt := filepath.Join(s.dataDir, "volume")
 	// The rows really are in the cluster, and in plaintext to PostgreSQL.
-	if out, _ := psql(t, dsn, adminPassword, "-c", "SELECT count(*) FROM secrets WHERE v LIKE 'PGSHIELD-MARKER-%'"); out != "2000" {
+	if out, _ := psql(t, dsn, adminPassword, "-c", "SELECT count(*) FROM secrets WHERE v LIKE 'PGSHIELD-MARKER-%'"); out != "20000" {
 		t.Fatalf("marker rows = %q", out)
 	}
 	logHasMarker := false

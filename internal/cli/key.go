@@ -53,5 +53,29 @@ func newKey(g *globals) *cobra.Command {
 				return show(cmd, ki)
 			}})
 	}
+	cmd.AddCommand(newKeyChange(g, "set", "Put the data key under another key-encryption key, online", "/v1/key/set", true),
+		newKeyChange(g, "rotate", "Re-wrap the data key with the key's newest version (or --key-uri), online", "/v1/key/rotate", false))
 	return cmd
+}
+
+func newKeyChange(g *globals, use, short, route string, requireURI bool) *cobra.Command {
+	var uri string
+	c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			var ki daemon.KeyInfo
+			if err := g.client().Do(cmd.Context(), "POST", route, daemon.KeyChangeRequest{KeyURI: uri}, &ki); err != nil {
+				return err
+			}
+			return emit(cmd.OutOrStdout(), g, ki, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "state\t%s\nkey source\t%s\nkey uri\t%s\n", ki.State, ki.KeySource, ki.KeyURI)
+			})
+		}}
+	c.Flags().StringVar(&uri, "key-uri", "", "key-encryption key URI (awskms://, azurekeyvault://, gcpkms://, hashivault://)")
+	if requireURI {
+		_ = c.MarkFlagRequired("key-uri")
+	}
+	return c
 }

@@ -178,3 +178,40 @@ func (a *AtRest) Check(ctx context.Context) error {
 	keys.Wipe(dataKey)
 	return nil
 }
+
+// Rewrap unwraps the data key with the current key-encryption key and
+// wraps it with the one at newURI (the same URI re-wraps with the KMS key's
+// newest version). The volume is untouched: the data key does not change,
+// so this is online and takes one KMS round trip each way.
+func (a *AtRest) Rewrap(ctx context.Context, newURI string) error {
+	w, err := keys.LoadWrapped(a.Layout.WrappedDataKey())
+	if err != nil {
+		return err
+	}
+	oldK, err := keys.Open(ctx, a.Cfg.KeyURI)
+	if err != nil {
+		return err
+	}
+	defer oldK.Close()
+	dataKey, err := oldK.UnwrapKey(ctx, w)
+	if err != nil {
+		return &KeyError{Kind: keys.ErrorKind(err), Err: err}
+	}
+	defer keys.Wipe(dataKey)
+	newK, err := keys.Open(ctx, newURI)
+	if err != nil {
+		return err
+	}
+	defer newK.Close()
+	nw, err := newK.WrapKey(ctx, keys.PurposeVolume, dataKey)
+	if err != nil {
+		return fmt.Errorf("wrapping with the new key: %w", err)
+	}
+	// Prove the new wrapping opens before it replaces the old one.
+	check, err := newK.UnwrapKey(ctx, nw)
+	if err != nil {
+		return fmt.Errorf("the new key cannot unwrap what it wrapped: %w", err)
+	}
+	keys.Wipe(check)
+	return nw.Save(a.Layout.WrappedDataKey())
+}

@@ -2,9 +2,13 @@ package daemon
 
 import (
 	"context"
+	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
+	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/keys"
 )
 
@@ -38,11 +42,11 @@ func (d *Daemon) revalidate(ctx context.Context) {
 	if d.keyState.Load().State == KeyLocked {
 		return // the operator's lock is undone only by the operator
 	}
-	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-	err := d.atRest.Check(cctx)
-	cancel()
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	err := d.atRest.Check(cctx) // under keyMu: the key URI may be changing
+	cancel()
 	now := time.Now()
 	d.revalMu.Lock()
 	if err == nil {
@@ -93,4 +97,57 @@ func (d *Daemon) revalidate(ctx context.Context) {
 func (d *Daemon) revalidateKey(r *http.Request) (any, error) {
 	d.revalidate(r.Context())
 	return d.keyInfo(), nil
+}
+
+// KeyChangeRequest is the body of POST /v1/key/set and /v1/key/rotate.
+type KeyChangeRequest struct {
+	KeyURI string `json:"key_uri,omitempty"`
+}
+
+// setKey re-wraps the data key under another key-encryption key
+// (`key set --key-uri`), or under the same key's newest version (`key
+// rotate`), online. The config is saved only after the new wrapping is.
+func (d *Daemon) setKey(r *http.Request) (any, error) {
+	var req KeyChangeRequest
+	if r.ContentLength != 0 {
+		if err := api.DecodeBody(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	rotate := strings.HasSuffix(r.URL.Path, "/rotate")
+	if req.KeyURI == "" && !rotate {
+		return nil, api.Errorf(api.CodeInvalid, "key_uri is required")
+	}
+	d.keyMu.Lock()
+	defer d.keyMu.Unlock()
+	if st := d.keyState.Load().State; st != KeyAvailable {
+		return nil, api.Errorf(api.CodeUnavailable, "the key can be changed only while the server is Available (it is %s)", st)
+	}
+	if err := d.rewrapLocked(r.Context(), req.KeyURI); err != nil {
+		return nil, err
+	}
+	d.Log.Info("Data key re-wrapped.", "key_uri", keys.RedactURI(d.config().KeyURI), "rotate", rotate)
+	return d.keyInfo(), nil
+}
+
+// rewrapLocked does the work of setKey; callers hold keyMu.
+func (d *Daemon) rewrapLocked(ctx context.Context, newURI string) error {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	if newURI == "" {
+		newURI = d.cfg.KeyURI
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	if err := d.atRest.Rewrap(ctx, newURI); err != nil {
+		return api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	newCfg := *d.cfg
+	newCfg.KeyURI = newURI
+	if err := config.Save(d.Layout, &newCfg); err != nil {
+		return fmt.Errorf("saving configuration: %w", err)
+	}
+	d.cfg = &newCfg
+	d.atRest.Cfg = &newCfg
+	return nil
 }

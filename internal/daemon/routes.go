@@ -57,6 +57,8 @@ func (d *Daemon) routes() []api.Route {
 		api.Route{Method: "POST", Pattern: "/v1/key/lock", Write: true, Handler: d.lockKey},
 		api.Route{Method: "POST", Pattern: "/v1/key/unlock", Write: true, Handler: d.unlockKey},
 		api.Route{Method: "POST", Pattern: "/v1/key/revalidate", Write: true, Handler: d.revalidateKey},
+		api.Route{Method: "POST", Pattern: "/v1/key/set", Write: true, Handler: d.setKey},
+		api.Route{Method: "POST", Pattern: "/v1/key/rotate", Write: true, Handler: d.setKey},
 	)
 }
 
