@@ -24,17 +24,24 @@ type revalidation struct {
 // scheduled for deletion, deleted, permission removed) makes the server
 // Inaccessible at once; a transient failure starts a grace period.
 func (d *Daemon) revalidateLoop(ctx context.Context) {
+	// Tick each second and compare with the interval in force, so a changed
+	// interval applies at once rather than after the old one runs out.
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	last := time.Now()
 	for {
-		interval := d.currentParams().KeyRevalidation
-		if interval <= 0 {
-			interval = time.Minute
-		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(interval):
+		case <-tick.C:
+		}
+		// Run up to one tick early, so a revocation is seen within the
+		// interval, never interval plus a tick.
+		if time.Since(last)+time.Second <= d.currentParams().KeyRevalidation {
+			continue
 		}
 		d.revalidate(ctx)
+		last = time.Now()
 	}
 }
 
