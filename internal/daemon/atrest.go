@@ -87,21 +87,31 @@ func (a *AtRest) Open(ctx context.Context) error {
 	if present, err := v.KeyStatus(); err == nil && present {
 		return nil
 	}
-	w, err := keys.LoadWrapped(a.Layout.WrappedDataKey())
+	dataKey, err := a.unwrapDataKey(ctx)
 	if err != nil {
 		return err
 	}
+	defer keys.Wipe(dataKey)
+	return v.Unlock(dataKey)
+}
+
+// unwrapDataKey returns the data key unwrapped by the current key-encryption
+// key; the caller wipes it. Key failures come back as *KeyError.
+func (a *AtRest) unwrapDataKey(ctx context.Context) ([]byte, error) {
+	w, err := keys.LoadWrapped(a.Layout.WrappedDataKey())
+	if err != nil {
+		return nil, err
+	}
 	k, err := keys.Open(ctx, a.Cfg.KeyURI)
 	if err != nil {
-		return err
+		return nil, &KeyError{Kind: keys.ErrorKind(err), Err: err}
 	}
 	defer k.Close()
 	dataKey, err := k.UnwrapKey(ctx, w)
 	if err != nil {
-		return &KeyError{Kind: keys.ErrorKind(err), Err: err}
+		return nil, &KeyError{Kind: keys.ErrorKind(err), Err: err}
 	}
-	defer keys.Wipe(dataKey)
-	return v.Unlock(dataKey)
+	return dataKey, nil
 }
 
 // Lock removes the key from the kernel: every file on the volume becomes
@@ -162,16 +172,7 @@ func (a *AtRest) Guard() error {
 // Check proves the key-encryption key still unwraps the data key, without
 // touching the volume.
 func (a *AtRest) Check(ctx context.Context) error {
-	w, err := keys.LoadWrapped(a.Layout.WrappedDataKey())
-	if err != nil {
-		return err
-	}
-	k, err := keys.Open(ctx, a.Cfg.KeyURI)
-	if err != nil {
-		return err
-	}
-	defer k.Close()
-	dataKey, err := k.UnwrapKey(ctx, w)
+	dataKey, err := a.unwrapDataKey(ctx)
 	if err != nil {
 		return err
 	}
@@ -184,18 +185,9 @@ func (a *AtRest) Check(ctx context.Context) error {
 // newest version). The volume is untouched: the data key does not change,
 // so this is online and takes one KMS round trip each way.
 func (a *AtRest) Rewrap(ctx context.Context, newURI string) error {
-	w, err := keys.LoadWrapped(a.Layout.WrappedDataKey())
+	dataKey, err := a.unwrapDataKey(ctx)
 	if err != nil {
 		return err
-	}
-	oldK, err := keys.Open(ctx, a.Cfg.KeyURI)
-	if err != nil {
-		return err
-	}
-	defer oldK.Close()
-	dataKey, err := oldK.UnwrapKey(ctx, w)
-	if err != nil {
-		return &KeyError{Kind: keys.ErrorKind(err), Err: err}
 	}
 	defer keys.Wipe(dataKey)
 	newK, err := keys.Open(ctx, newURI)
