@@ -167,6 +167,11 @@ func (s *server) stop() {
 		}
 		if json.Unmarshal(b, &c) == nil && c.ServerID != "" {
 			_ = os.Remove(filepath.Join("/etc/pgshield/keys", c.ServerID+".key"))
+			// Kernel state a daemon that died could not remove.
+			for _, table := range []string{"pgshield_" + c.ServerID, "pgshield_out_" + c.ServerID} {
+				_ = exec.Command("nft", "delete", "table", "inet", table).Run()
+			}
+			_ = exec.Command("ip", "link", "del", "pgso"+c.ServerID[:8]).Run()
 		}
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"strconv"
 	"strings"
@@ -23,6 +24,7 @@ import (
 	"github.com/pgshield/pgshield/internal/gateway"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/nft"
+	"github.com/pgshield/pgshield/internal/outbound"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 )
@@ -39,6 +41,8 @@ type Daemon struct {
 	catalog *postgres.Catalog
 	gw      *gateway.Server
 	policy  *netpolicy.Engine
+	// outbound opens PostgreSQL's namespace to allowed destinations.
+	outbound *outbound.Path
 	// serverID names per-server resources (the nftables table); fixed at start.
 	serverID string
 	atRest   *AtRest
@@ -113,6 +117,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.outbound = &outbound.Path{ID: cfg.ServerID, Log: d.Log.With("component", "outbound"),
+		Allow: func(dst netip.Addr, port uint16) bool { return d.policy.CheckOutbound(dst, port).Allowed }}
+	defer func() {
+		if err := d.outbound.Close(); err != nil {
+			d.Log.Error("Removing the outbound path failed.", "error", err)
+		}
+	}()
 	pol, err := LoadPolicy(d.Layout)
 	if err != nil {
 		return fmt.Errorf("network policy: %w", err)
@@ -123,6 +134,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	d.policy, err = netpolicy.NewEngine(pol, netpolicy.WithLogger(d.Log.With("component", "netpolicy")),
 		netpolicy.WithPersist(func(p *netpolicy.Policy) error {
 			if err := d.applyKernelFirewall(p, d.currentParams()); err != nil {
+				return err
+			}
+			if err := d.outbound.Apply(d.postmasterPID(), p.NetworkRules); err != nil {
 				return err
 			}
 			return SavePolicy(d.Layout, p)

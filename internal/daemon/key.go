@@ -53,7 +53,12 @@ func (d *Daemon) supervisor() *postgres.Supervisor {
 }
 
 func (d *Daemon) startPostgres(ctx context.Context) error {
-	sup := &postgres.Supervisor{Cluster: d.cluster, Log: d.Log.With("component", "postgres")}
+	sup := &postgres.Supervisor{Cluster: d.cluster, Log: d.Log.With("component", "postgres"),
+		OnReady: func(pid int) {
+			if err := d.outbound.Apply(pid, d.policy.Snapshot().NetworkRules); err != nil {
+				d.Log.Error("Opening the outbound path failed; PostgreSQL has no network access.", "error", err)
+			}
+		}}
 	if err := sup.Start(ctx); err != nil {
 		return err
 	}

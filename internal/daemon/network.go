@@ -278,12 +278,6 @@ func (d *Daemon) createNetwork(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if strings.EqualFold(req.Direction, netpolicy.DirectionOutbound) {
-		// PostgreSQL runs in an empty network namespace; the veth and
-		// nftables path that would carry allowed outbound traffic is not
-		// built yet, so accepting the rule would promise what is not done.
-		return nil, api.Errorf(api.CodeInvalid, "outbound network rules are not supported yet: PostgreSQL has no network access at all")
-	}
 	rule := netpolicy.NetworkRule{Name: req.Name, Priority: req.Priority, Access: req.Access, Direction: req.Direction,
 		SourcePrefix: req.SourceAddressPrefix, DestinationPrefix: req.DestinationAddressPrefix,
 		DestinationPorts: req.DestinationPortRange, ExpiresAt: exp}
@@ -341,4 +335,12 @@ func withName(r *http.Request, name string) *http.Request {
 	r2 := r.Clone(r.Context())
 	r2.SetPathValue("name", name)
 	return r2
+}
+
+// postmasterPID is the running postmaster's pid, 0 if none.
+func (d *Daemon) postmasterPID() int {
+	if sup := d.supervisor(); sup != nil {
+		return sup.Status().PID
+	}
+	return 0
 }

@@ -48,6 +48,9 @@ type Supervisor struct {
 	ReadyTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the wait before a restart.
 	MinBackoff, MaxBackoff time.Duration
+	// OnReady, if set, runs each time a postmaster becomes ready (after
+	// every restart too), with its pid: its network namespace is new.
+	OnReady func(pid int)
 
 	mu struct {
 		sync.Mutex
@@ -174,6 +177,9 @@ func (s *Supervisor) startOnce(ctx context.Context) error {
 				s.mu.status.PID = cmd.Process.Pid
 				s.mu.Unlock()
 				s.Log.Info("PostgreSQL is ready.", "pid", cmd.Process.Pid)
+				if s.OnReady != nil {
+					s.OnReady(cmd.Process.Pid)
+				}
 				return nil
 			}
 		}
