@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -180,5 +181,30 @@ func TestPostgresHasNoNetwork(t *testing.T) {
 	}
 	if !strings.Contains(err.Error(), "program") {
 		t.Fatalf("unexpected error: %v", err)
+	}
+}
+
+func TestPgauditStatementLogging(t *testing.T) {
+	mustCLI(t, shared, "parameter", "set", "pgaudit.log", "read")
+	t.Cleanup(func() { _, _ = shared.cli("parameter", "set", "pgaudit.log", "none") })
+	marker := fmt.Sprintf("audit_marker_%d", time.Now().UnixNano())
+	if out, err := psql(t, shared.dsn("user="+admin+" sslmode=require"), adminPassword, "-c", "SELECT '"+marker+"'"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		logs, _ := filepath.Glob(filepath.Join(shared.dataDir, "volume", "data", "log", "*.log"))
+		for _, l := range logs {
+			b, _ := os.ReadFile(l)
+			for _, line := range strings.Split(string(b), "\n") {
+				if strings.Contains(line, "AUDIT: SESSION") && strings.Contains(line, "READ,SELECT") && strings.Contains(line, marker) {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no pgaudit READ record for the SELECT in the server log")
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }

