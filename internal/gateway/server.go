@@ -117,6 +117,7 @@ type Server struct {
 	total   atomic.Int64
 	// lastThrottleLog rate-limits the throttling log line (unix nanos).
 	lastThrottleLog atomic.Int64
+	clientLogs      logBudget
 
 	mu struct {
 		sync.Mutex
@@ -247,6 +248,42 @@ func (s *Server) rateLimitedLog(src netip.Addr) {
 	s.cfg.Log.Warn("Connections refused by the per-source rate limit.", "client", src.String())
 }
 
+// logBudget caps log lines that clients can trigger at will (refusals,
+// failed logins) to maxAttackerLogsPerSec; the rest are counted and the
+// count is reported with the next line that gets through.
+type logBudget struct {
+	second     atomic.Int64
+	n          atomic.Int64
+	suppressed atomic.Int64
+}
+
+const maxAttackerLogsPerSec = 20
+
+// allow reports whether a line may be logged now, and how many were
+// suppressed since the last one that was.
+func (b *logBudget) allow(now time.Time) (bool, int64) {
+	if sec := now.Unix(); b.second.Swap(sec) != sec {
+		b.n.Store(0)
+	}
+	if b.n.Add(1) > maxAttackerLogsPerSec {
+		b.suppressed.Add(1)
+		return false, 0
+	}
+	return true, b.suppressed.Swap(0)
+}
+
+// logClient logs a line a client can trigger at will, within the budget.
+func (s *Server) logClient(log *slog.Logger, msg string, args ...any) {
+	ok, suppressed := s.clientLogs.allow(s.cfg.Now())
+	if !ok {
+		return
+	}
+	if suppressed > 0 {
+		args = append(args, "suppressed_before", suppressed)
+	}
+	log.Info(msg, args...)
+}
+
 func (s *Server) closeAll() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -270,7 +307,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		_ = raw.SetReadDeadline(start.Add(10 * time.Second))
 		h, err := proxyproto.ReadHeader(raw)
 		if err != nil {
-			s.cfg.Log.Info("Refused a connection from a trusted proxy without a valid PROXY header.", "proxy", raw.RemoteAddr().String(), "error", err)
+			s.logClient(s.cfg.Log, "Refused a connection from a trusted proxy without a valid PROXY header.", "proxy", raw.RemoteAddr().String(), "error", err)
 			return
 		}
 		if h.Command == proxyproto.Proxy && h.HasAddresses() {
@@ -286,7 +323,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	// Network policy decides before a single byte of the client's is read;
 	// a refused source is closed with no plaintext error.
 	if ok, rule := s.cfg.Policy.Allow(src); !ok {
-		log.Info("Connection denied by network policy.", "rule", rule)
+		s.logClient(log, "Connection denied by network policy.", "rule", rule)
 		return
 	}
 	watch := &policyWatch{raw: raw}
@@ -319,7 +356,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	user, db := st.User(), st.Database()
 	log = log.With("user", user, "database", db)
 	if a.tls == nil && rt.params.RequireSecureTransport {
-		log.Info("Refused plaintext connection.", "reason", "require_secure_transport")
+		s.logClient(log, "Refused plaintext connection.", "reason", "require_secure_transport")
 		_ = wire.SendError(a.conn, wire.CodeInvalidAuthSpec,
 			"no pgshield entry for host %q, user %q, database %q, no encryption: SSL connection is required (require_secure_transport = on)",
 			hostOf(raw.RemoteAddr()), user, db)
@@ -336,7 +373,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	if err != nil {
 		var ae *scram.AuthError
 		if errors.As(err, &ae) {
-			log.Info("Authentication failed.", "reason", ae.Reason, "code", ae.Code)
+			s.logClient(log, "Authentication failed.", "reason", ae.Reason, "code", ae.Code)
 			_ = wire.SendError(a.conn, ae.Code, "%s", ae.Message)
 		} else if code, msg := wire.ClientMessage(err); code != wire.CodeInternalError {
 			_ = wire.SendError(a.conn, code, "%s", msg)
@@ -403,7 +440,7 @@ func (s *Server) refuseAdmission(a admitted, err error, log *slog.Logger) {
 	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
 		return
 	}
-	log.Info("Connection refused at admission.", "error", err)
+	s.logClient(log, "Connection refused at admission.", "error", err)
 	if errors.Is(err, errBufferedAfterSSLRequest) {
 		return
 	}
@@ -469,7 +506,7 @@ func (s *Server) handleCancel(ctx context.Context, st *wire.Startup, log *slog.L
 	putUint32(key[:], st.CancelKey)
 	b, ok := s.cancels.lookup(cancelKey{pid: st.CancelPID, key: key})
 	if !ok {
-		log.Info("Cancel request with an unknown key ignored.")
+		s.logClient(log, "Cancel request with an unknown key ignored.")
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
