@@ -181,6 +181,11 @@ func TestPrivateNetworkRules(t *testing.T) {
 	if allowed(t, ns, a, ns.HostV4, s.port) {
 		t.Fatalf("Deny at priority 100 lost to Allow at 200")
 	}
+	// The decision is an audit event naming the rule.
+	if out := mustCLI(t, s, "audit", "search", "--event", "connection.denied", "-o", "json"); !strings.Contains(out, `"rule": "deny-ten"`) ||
+		!strings.Contains(out, a) {
+		t.Fatalf("no audit record of the denial naming rule deny-ten: %s", out)
+	}
 	if out, err := s.cli("network-rule", "create", "--name", "dup", "--priority", "200", "--access", "Allow", "--source-address-prefix", "*"); err == nil {
 		t.Fatalf("duplicate priority accepted: %s", out)
 	}

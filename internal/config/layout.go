@@ -92,3 +92,6 @@ func (l Layout) MockAuthKey() string { return filepath.Join(l.SecretsDir(), "moc
 
 // NetworkFile holds the network policy: mode, firewall and network rules (0600).
 func (l Layout) NetworkFile() string { return filepath.Join(l.Root, "network.json") }
+
+// AuditDir holds the tamper-evident audit log (0700).
+func (l Layout) AuditDir() string { return filepath.Join(l.Root, "audit") }

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/gateway"
 	"github.com/pgshield/pgshield/internal/netpolicy"
@@ -34,13 +35,14 @@ type Daemon struct {
 	Layout config.Layout
 	Log    *slog.Logger
 
-	cfgMu   sync.Mutex // serializes config changes; guards cfg
-	cfg     *config.Config
-	cluster *postgres.Cluster
-	sup     *postgres.Supervisor
-	catalog *postgres.Catalog
-	gw      *gateway.Server
-	policy  *netpolicy.Engine
+	cfgMu    sync.Mutex // serializes config changes; guards cfg
+	cfg      *config.Config
+	cluster  *postgres.Cluster
+	sup      *postgres.Supervisor
+	catalog  *postgres.Catalog
+	gw       *gateway.Server
+	policy   *netpolicy.Engine
+	auditLog *audit.Log
 	// outbound opens PostgreSQL's namespace to allowed destinations.
 	outbound *outbound.Path
 	// serverID names per-server resources (the nftables table); fixed at start.
@@ -117,6 +119,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.auditLog, err = audit.Open(d.Layout.AuditDir(), audit.WithMaxSize(100<<20), audit.WithRetention(7*24*time.Hour))
+	if err != nil {
+		return fmt.Errorf("opening the audit log: %w", err)
+	}
+	defer d.auditLog.Close()
+	d.audit(audit.Event{Type: "server.start", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"pid": os.Getpid()}})
+	defer d.audit(audit.Event{Type: "server.stop"})
 	d.outbound = &outbound.Path{ID: cfg.ServerID, Log: d.Log.With("component", "outbound"),
 		Allow: func(dst netip.Addr, port uint16) bool { return d.policy.CheckOutbound(dst, port).Allowed }}
 	defer func() {
@@ -187,6 +196,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		Cert: cert, Roles: d.catalog, Backend: d.cluster, IsReserved: cfg.IsReserved,
 		MockSecret: mock, Params: params, Log: d.Log.With("component", "gateway"),
 		Policy:    d.policy.ForPort(listenPort(d.listen)),
+		Audit:     d.audit,
 		Available: d.available,
 	})
 	if err != nil {
@@ -264,4 +274,16 @@ func ReadPID(l config.Layout) (int, bool) {
 		return 0, false
 	}
 	return pid, syscall.Kill(pid, 0) == nil
+}
+
+// audit records a security event; a failure to record is logged loudly.
+// (Refusing logins when the audit log fails is pgshield.audit_fail_closed,
+// not built yet.)
+func (d *Daemon) audit(e audit.Event) {
+	if d.auditLog == nil {
+		return
+	}
+	if err := d.auditLog.Write(e); err != nil {
+		d.Log.Error("Writing the audit log failed.", "error", err, "event", e.Type)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/postgres"
@@ -137,6 +138,7 @@ func (d *Daemon) shutAwayLocked(state, reason, clientMsg string) error {
 		return fmt.Errorf("removing the key from the kernel: %w", err)
 	}
 	d.Log.Warn("Server data shut away.", "state", state, "reason", reason)
+	d.audit(audit.Event{Type: "key.state", Outcome: audit.OutcomeSuccess, Reason: reason, Fields: map[string]any{"state": state}})
 	return nil
 }
 
@@ -169,6 +171,7 @@ func (d *Daemon) restoreLocked() error {
 	}
 	d.keyState.Store(&KeyState{State: KeyAvailable, Since: time.Now()})
 	d.Log.Info("Server data available again.")
+	d.audit(audit.Event{Type: "key.state", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"state": KeyAvailable}})
 	return nil
 }
 

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/keys"
 )
@@ -134,6 +135,8 @@ func (d *Daemon) setKey(r *http.Request) (any, error) {
 		return nil, err
 	}
 	d.Log.Info("Data key re-wrapped.", "key_uri", keys.RedactURI(d.config().KeyURI), "rotate", rotate)
+	d.audit(audit.Event{Type: "key.rewrap", Outcome: audit.OutcomeSuccess,
+		Fields: map[string]any{"key_uri": keys.RedactURI(d.config().KeyURI), "rotate": rotate}})
 	return d.keyInfo(), nil
 }
 

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 )
@@ -232,6 +233,7 @@ func (d *Daemon) writeFirewall(r *http.Request) (any, error) {
 		return nil, policyError(err)
 	}
 	d.Log.Info("Firewall rule written.", "name", result.Name, "start", result.StartIP, "end", result.EndIP)
+	d.audit(audit.Event{Type: "firewall_rule.write", Outcome: audit.OutcomeSuccess, Rule: result.Name, Fields: map[string]any{"start_ip": result.StartIP.String(), "end_ip": result.EndIP.String()}})
 	return d.showFirewall(withName(r, result.Name))
 }
 
@@ -247,6 +249,7 @@ func (d *Daemon) deleteFirewall(r *http.Request) (any, error) {
 		return nil, policyError(err)
 	}
 	d.Log.Info("Firewall rule deleted.", "name", name)
+	d.audit(audit.Event{Type: "firewall_rule.delete", Outcome: audit.OutcomeSuccess, Rule: name})
 	return map[string]string{"deleted": name}, nil
 }
 
@@ -301,6 +304,7 @@ func (d *Daemon) createNetwork(r *http.Request) (any, error) {
 		return nil, policyError(err)
 	}
 	d.Log.Info("Network rule created.", "name", rule.Name, "priority", rule.Priority, "access", rule.Access)
+	d.audit(audit.Event{Type: "network_rule.create", Outcome: audit.OutcomeSuccess, Rule: rule.Name, Fields: map[string]any{"priority": rule.Priority, "access": rule.Access, "direction": rule.Direction}})
 	return d.showNetwork(withName(r, rule.Name))
 }
 
@@ -316,6 +320,7 @@ func (d *Daemon) deleteNetwork(r *http.Request) (any, error) {
 		return nil, policyError(err)
 	}
 	d.Log.Info("Network rule deleted.", "name", name)
+	d.audit(audit.Event{Type: "network_rule.delete", Outcome: audit.OutcomeSuccess, Rule: name})
 	return map[string]string{"deleted": name}, nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/gateway"
 	"github.com/pgshield/pgshield/internal/postgres"
@@ -208,6 +209,7 @@ func (d *Daemon) setGatewayParam(gp config.Param, value string) (any, error) {
 	d.cfg = &newCfg
 	d.gw.SetParams(resolved)
 	d.Log.Info("Parameter changed.", "name", gp.Name, "value", nv)
+	d.audit(audit.Event{Type: "parameter.set", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"name": gp.Name, "value": nv}})
 	return d.gatewayParam(gp, resolved.Values), nil
 }
 
@@ -254,6 +256,8 @@ func (d *Daemon) setPostgresParam(ctx context.Context, name, value string) (any,
 		time.Sleep(50 * time.Millisecond)
 	}
 	d.Log.Info("PostgreSQL parameter changed.", "name", name, "pending_restart", v.PendingRestart)
+	d.audit(audit.Event{Type: "parameter.set", Outcome: audit.OutcomeSuccess,
+		Fields: map[string]any{"name": name, "value": audit.Redact(value), "pending_restart": v.PendingRestart}})
 	return v, nil
 }
 

@@ -30,7 +30,9 @@ func (allowAll) Watch(netip.Addr, func()) (stop func()) { return func() {} }
 // message boundary.
 type policyWatch struct {
 	raw net.Conn
-	mu  sync.Mutex
+	// audit records that policy ended the connection.
+	audit func()
+	mu    sync.Mutex
 	// denied is set once policy has ended the connection.
 	gone bool
 	sess *session
@@ -46,6 +48,9 @@ func (w *policyWatch) denied() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.gone = true
+	if w.audit != nil {
+		w.audit()
+	}
 	if w.sess != nil {
 		w.sess.terminate(terminatedByPolicy())
 		return

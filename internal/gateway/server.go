@@ -16,6 +16,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/netpolicy"
@@ -55,6 +56,8 @@ type Config struct {
 	// Available, when it returns an error, refuses new sessions with that
 	// error's text (e.g. the server is locked); nil means always available.
 	Available func() error
+	// Audit receives the gateway's security events; nil drops them.
+	Audit func(audit.Event)
 	// Policy admits sources and ends sessions it stops allowing; nil allows all.
 	Policy AccessPolicy
 	// MaxConnections caps concurrent client connections.
@@ -90,6 +93,9 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.Policy == nil {
 		c.Policy = allowAll{}
+	}
+	if c.Audit == nil {
+		c.Audit = func(audit.Event) {}
 	}
 	if c.Params.MinTLS == 0 {
 		p, err := config.ResolveParams(nil)
@@ -318,15 +324,22 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	// Before the TLS handshake, so a flood cannot burn the CPU on it.
 	if rt.limiter != nil && !rt.limiter.Allow(src) {
 		s.rateLimitedLog(src)
+		s.cfg.Audit(audit.Event{Type: "connection.throttled", Outcome: audit.OutcomeFailure, Client: src.String(),
+			Reason: "per-source connection rate limit"})
 		return
 	}
 	// Network policy decides before a single byte of the client's is read;
 	// a refused source is closed with no plaintext error.
 	if ok, rule := s.cfg.Policy.Allow(src); !ok {
 		s.logClient(log, "Connection denied by network policy.", "rule", rule)
+		s.cfg.Audit(audit.Event{Type: "connection.denied", Outcome: audit.OutcomeFailure, Client: src.String(), Rule: rule,
+			Reason: "no network rule allows this source"})
 		return
 	}
-	watch := &policyWatch{raw: raw}
+	watch := &policyWatch{raw: raw, audit: func() {
+		s.cfg.Audit(audit.Event{Type: "session.terminated", Outcome: audit.OutcomeFailure, Client: src.String(),
+			Reason: "the network rules no longer allow this source"})
+	}}
 	stop := s.cfg.Policy.Watch(src, watch.denied)
 	defer stop()
 	_ = raw.SetDeadline(start.Add(s.cfg.AuthTimeout))
@@ -357,6 +370,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	log = log.With("user", user, "database", db)
 	if a.tls == nil && rt.params.RequireSecureTransport {
 		s.logClient(log, "Refused plaintext connection.", "reason", "require_secure_transport")
+		s.cfg.Audit(audit.Event{Type: "connection.refused", Outcome: audit.OutcomeFailure, Client: src.String(),
+			User: user, Database: db, Reason: "require_secure_transport: plaintext connection"})
 		_ = wire.SendError(a.conn, wire.CodeInvalidAuthSpec,
 			"no pgshield entry for host %q, user %q, database %q, no encryption: SSL connection is required (require_secure_transport = on)",
 			hostOf(raw.RemoteAddr()), user, db)
@@ -374,6 +389,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		var ae *scram.AuthError
 		if errors.As(err, &ae) {
 			s.logClient(log, "Authentication failed.", "reason", ae.Reason, "code", ae.Code)
+			s.cfg.Audit(audit.Event{Type: "auth.failure", Outcome: audit.OutcomeFailure, Client: src.String(),
+				User: user, Database: db, Reason: ae.Reason, Fields: map[string]any{"method": x.Mechanism, "sqlstate": ae.Code}})
 			_ = wire.SendError(a.conn, ae.Code, "%s", ae.Message)
 		} else if code, msg := wire.ClientMessage(err); code != wire.CodeInternalError {
 			_ = wire.SendError(a.conn, code, "%s", msg)
@@ -417,6 +434,12 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	}
 	log = log.With("pg_backend_pid", b.PID)
 	log.Info("Session opened.", "tls", tlsVer, "direct_tls", a.direct)
+	fields := map[string]any{"method": x.Mechanism, "tls": tlsVer, "pg_backend_pid": b.PID}
+	if a.tls != nil {
+		fields["cipher"] = tls.CipherSuiteName(a.tls.CipherSuite)
+	}
+	s.cfg.Audit(audit.Event{Type: "session.start", Outcome: audit.OutcomeSuccess, Client: src.String(),
+		User: user, Database: db, Fields: fields})
 	sess := &session{client: a.conn, backend: b.Conn}
 	if !watch.relaying(sess) {
 		return // policy ended the connection while it was being set up
@@ -430,8 +453,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		s.mu.Unlock()
 	}()
 	up, down := sess.relay()
-	log.Info("Session closed.", "duration", fmt.Sprintf("%.2fs", s.cfg.Now().Sub(start).Seconds()),
-		"bytes_in", up, "bytes_out", down)
+	dur := s.cfg.Now().Sub(start).Seconds()
+	log.Info("Session closed.", "duration", fmt.Sprintf("%.2fs", dur), "bytes_in", up, "bytes_out", down)
+	s.cfg.Audit(audit.Event{Type: "session.end", Client: src.String(), User: user, Database: db,
+		Fields: map[string]any{"duration_seconds": dur, "bytes_in": up, "bytes_out": down, "pg_backend_pid": b.PID}})
 }
 
 // refuseAdmission answers a failed admission: protocol and startup errors get

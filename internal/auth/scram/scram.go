@@ -120,6 +120,8 @@ type Exchange struct {
 	// Binding is the connection's tls-server-end-point data; nil for a
 	// plaintext connection, which is then offered no -PLUS mechanism.
 	Binding *scram.ChannelBinding
+	// Mechanism is the one the client chose, once Run has read it.
+	Mechanism string
 }
 
 // Run drives the SASL exchange on rw. It returns the server-final-message
@@ -141,6 +143,7 @@ func (x *Exchange) Run(rw io.ReadWriter) (serverFinal []byte, err error) {
 		return nil, protocol("%v", err)
 	}
 	plus := false
+	x.Mechanism = mech
 	switch {
 	case mech == MechSCRAM:
 	case mech == MechSCRAMPlus && x.Binding != nil:

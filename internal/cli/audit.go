@@ -1,0 +1,131 @@
+package cli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgshield/pgshield/internal/audit"
+)
+
+// errAuditTampered is a verification failure: exit 1 with the problem named.
+var errAuditTampered = errors.New("audit log verification failed")
+
+func newAudit(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "audit", Short: "Read and verify the tamper-evident audit log"}
+	show := func(cmd *cobra.Command, rs []audit.Record) error {
+		if rs == nil {
+			rs = []audit.Record{}
+		}
+		return emit(cmd.OutOrStdout(), g, rs, func(tw *tabwriter.Writer) {
+			fmt.Fprintln(tw, "SEQ\tTIME\tEVENT\tOUTCOME\tCLIENT\tUSER\tRULE\tDETAIL")
+			for _, r := range rs {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.RFC3339), r.Type,
+					r.Outcome, r.Client, r.User, r.Rule, detail(r))
+			}
+		})
+	}
+	var n int
+	tail := &cobra.Command{Use: "tail", Short: "Show the newest records", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			rs, err := audit.Tail(g.layout().AuditDir(), n)
+			if err != nil {
+				return err
+			}
+			return show(cmd, rs)
+		}}
+	tail.Flags().IntVarP(&n, "lines", "n", 20, "how many records")
+	var since, user, event string
+	var limit int
+	search := &cobra.Command{Use: "search", Short: "Find records by time, user and event type", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			f := audit.Filter{User: user, Type: event, Limit: limit}
+			if since != "" {
+				t, err := parseSince(since)
+				if err != nil {
+					return usageError{err}
+				}
+				f.Since = t
+			}
+			rs, err := audit.Search(g.layout().AuditDir(), f)
+			if err != nil {
+				return err
+			}
+			return show(cmd, rs)
+		}}
+	search.Flags().StringVar(&since, "since", "", "RFC 3339 time or a duration back from now (e.g. 1h)")
+	search.Flags().StringVar(&user, "user", "", "PostgreSQL role")
+	search.Flags().StringVar(&event, "event", "", "event type, e.g. auth.failure, connection.denied")
+	search.Flags().IntVar(&limit, "limit", 0, "keep only the newest N matches")
+	verify := &cobra.Command{Use: "verify", Short: "Check the hash chain: detects edited, deleted, reordered or truncated records", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			rep, err := audit.Verify(g.layout().AuditDir())
+			if err != nil {
+				return err
+			}
+			if err := emit(cmd.OutOrStdout(), g, rep, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "records\t%d\nintact\t%v\n", rep.Records, rep.OK)
+				if rep.Problem != "" {
+					fmt.Fprintf(tw, "problem\t%s\n", rep.Problem)
+				}
+				for _, n := range rep.Notes {
+					fmt.Fprintf(tw, "note\t%s\n", n)
+				}
+				fmt.Fprintf(tw, "head\tseq %d %s\n", rep.HeadSeq, rep.Head)
+			}); err != nil {
+				return err
+			}
+			if !rep.OK {
+				return fmt.Errorf("%w: %s", errAuditTampered, rep.Problem)
+			}
+			return nil
+		}}
+	cmd.AddCommand(tail, search, verify)
+	return cmd
+}
+
+func parseSince(s string) (time.Time, error) {
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return time.Now().Add(-d), nil
+	}
+	t, err := time.Parse(time.RFC3339, s)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("invalid --since %q: use RFC 3339 or a duration such as 1h", s)
+	}
+	return t, nil
+}
+
+func detail(r audit.Record) string {
+	parts := []string{}
+	if r.Database != "" {
+		parts = append(parts, "db="+r.Database)
+	}
+	if r.Reason != "" {
+		parts = append(parts, r.Reason)
+	}
+	keys := make([]string, 0, len(r.Fields))
+	for k := range r.Fields {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		b, _ := json.Marshal(r.Fields[k])
+		parts = append(parts, k+"="+string(b))
+	}
+	return strings.Join(parts, " ")
+}
