@@ -36,7 +36,9 @@ func TestAuditTrail(t *testing.T) {
 		tamper func([]byte) []byte
 		want   string
 	}{
-		{"edited", func(b []byte) []byte { return bytes.Replace(b, []byte(`"wrong password"`), []byte(`"right password"`), 1) }, "edited"},
+		{"edited", func(b []byte) []byte {
+			return bytes.Replace(b, []byte(`"wrong password"`), []byte(`"right password"`), 1)
+		}, "edited"},
 		{"deleted", func(b []byte) []byte {
 			lines := bytes.SplitAfter(b, []byte("\n"))
 			return bytes.Join(append(lines[:1:1], lines[2:]...), nil)
