@@ -205,61 +205,8 @@ dump_logs() {
 	done < <(find "$WORK" -maxdepth 3 -type f -size +0 \( -name '*.log' -o -name '*.out' \) -newer "$WORK/.start" 2>/dev/null | sort)
 }
 
-# descendants PID: every process below PID (by parent pid).
-descendants() {
-	local f line rest pid ppid queue=("$1") found=()
-	local -A kids=()
-	for f in /proc/[0-9]*/stat; do
-		IFS= read -r line 2>/dev/null <"$f" || continue
-		pid=${line%% *}
-		rest=${line##*) } # fields after "(comm)": state ppid ...
-		ppid=${rest#* }
-		ppid=${ppid%% *}
-		kids[$ppid]+="$pid "
-	done
-	while ((${#queue[@]})); do
-		pid=${queue[0]}
-		queue=("${queue[@]:1}")
-		for f in ${kids[$pid]-}; do
-			found+=("$f")
-			queue+=("$f")
-		done
-	done
-	echo "${found[*]-}"
-}
-
-# kill_tree PID: stop a background job of this script and everything below it.
-kill_tree() {
-	local top=$1 pids i p alive
-	kill -0 "$top" 2>/dev/null || return 0
-	read -r -a pids <<<"$top $(descendants "$top")"
-	kill -s TERM "${pids[@]}" 2>/dev/null
-	for ((i = 0; i < 20; i++)); do
-		alive=0
-		for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
-		((alive)) || return 0
-		sleep 0.5
-	done
-	kill -s KILL "${pids[@]}" 2>/dev/null
-	return 0
-}
-
-# run_bg CMD...: run CMD (a function) in a background subshell under set -e
-# and wait for it. The main shell's traps fire at once on Ctrl-C/SIGTERM (a
-# foreground child would delay them) and cleanup then kills the job's tree.
-BG_PID=""
-run_bg() {
-	local rc
-	(
-		set -e
-		trap - EXIT INT TERM HUP
-		"$@"
-	) &
-	BG_PID=$!
-	wait "$BG_PID" && rc=0 || rc=$?
-	BG_PID=""
-	return "$rc"
-}
+# shellcheck source=bench/lib.sh
+source "$SCRIPT_DIR/lib.sh"
 
 cleanup() {
 	local rc=$?
