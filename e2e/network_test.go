@@ -55,6 +55,10 @@ func TestPublicFirewallRules(t *testing.T) {
 	if allowed(t, ns, v4a, ns.HostV4, port) {
 		t.Fatalf("connected with no firewall rule; want default deny")
 	}
+	// A server listening on every interface cannot switch to private access.
+	if out, err := s.cli("network", "set", "--mode", "private"); err == nil || !strings.Contains(out, "private") {
+		t.Fatalf("switch to private mode on [::] = %v %q; want a refusal", err, out)
+	}
 	mustCLI(t, s, "firewall-rule", "create", "--name", "office", "--start-ip-address", v4a, "--end-ip-address", v4a)
 	if !allowed(t, ns, v4a, ns.HostV4, port) {
 		t.Fatalf("%s refused with a rule allowing it", v4a)
@@ -201,6 +205,20 @@ func TestPrivateNetworkRules(t *testing.T) {
 		"--source-address-prefix", b+"/32", "--destination-port-range", "1-1000")
 	if allowed(t, ns, b, ns.HostV4, s.port) {
 		t.Fatalf("rule for ports 1-1000 allowed port %d", s.port)
+	}
+	// Switching to public access: firewall rules apply (none yet), network
+	// rules are kept for a switch back.
+	mustCLI(t, s, "network", "set", "--mode", "public")
+	if allowed(t, ns, a, ns.HostV4, s.port) {
+		t.Fatalf("public mode with no firewall rule allowed %s", a)
+	}
+	mustCLI(t, s, "firewall-rule", "create", "--name", "a", "--start-ip-address", a, "--end-ip-address", a)
+	if !allowed(t, ns, a, ns.HostV4, s.port) {
+		t.Fatalf("public mode with a firewall rule refused %s", a)
+	}
+	mustCLI(t, s, "network", "set", "--mode", "private")
+	if !allowed(t, ns, a, ns.HostV4, s.port) || allowed(t, ns, b, ns.HostV4, s.port) {
+		t.Fatalf("back in private mode the kept network rules do not apply")
 	}
 }
 

@@ -112,6 +112,8 @@ func toAPINetwork(r netpolicy.NetworkRule, st netpolicy.RuleStats) api.NetworkRu
 
 func (d *Daemon) networkRoutes() []api.Route {
 	return []api.Route{
+		{Method: "GET", Pattern: "/v1/network", Handler: d.showNetworkMode},
+		{Method: "POST", Pattern: "/v1/network", Write: true, Handler: d.setNetworkMode},
 		{Method: "GET", Pattern: "/v1/firewall-rules", Handler: d.listFirewall},
 		{Method: "GET", Pattern: "/v1/firewall-rules/{name}", Handler: d.showFirewall},
 		{Method: "POST", Pattern: "/v1/firewall-rules", Write: true, Handler: d.writeFirewall},
@@ -348,4 +350,43 @@ func (d *Daemon) postmasterPID() int {
 		return sup.Status().PID
 	}
 	return 0
+}
+
+// NetworkInfo is the answer of GET/POST /v1/network.
+type NetworkInfo struct {
+	Mode   string `json:"mode"`
+	Listen string `json:"listen"`
+}
+
+// ModeRequest is the body of POST /v1/network.
+type ModeRequest struct {
+	Mode string `json:"mode"`
+}
+
+func (d *Daemon) showNetworkMode(*http.Request) (any, error) {
+	return NetworkInfo{Mode: string(d.policy.Snapshot().Mode), Listen: d.listen}, nil
+}
+
+// setNetworkMode switches between public access (firewall rules) and
+// private access (network security rules). Both rule sets are kept, so a
+// switch loses nothing; the listen address must suit the new mode, and
+// sessions the new mode does not allow are ended.
+func (d *Daemon) setNetworkMode(r *http.Request) (any, error) {
+	var req ModeRequest
+	if err := api.DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	mode, err := netpolicy.ParseMode(req.Mode)
+	if err != nil {
+		return nil, api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	if err := netpolicy.CheckListen(mode, d.config().Listen); err != nil {
+		return nil, api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	if err := d.policy.Update(func(p *netpolicy.Policy) error { p.Mode = mode; return nil }); err != nil {
+		return nil, policyError(err)
+	}
+	d.Log.Info("Network mode changed.", "mode", mode)
+	d.audit(audit.Event{Type: "network.mode", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"mode": string(mode)}})
+	return d.showNetworkMode(r)
 }
