@@ -182,6 +182,13 @@ stop_pgshield() {
 	while IFS= read -r f; do
 		stop_cluster "$(dirname "$f")"
 	done < <(find "$d" -name postmaster.pid -type f 2>/dev/null)
+	# The encrypted volume (down detaches it; this covers a failed down) and
+	# the system-managed key, which lives outside the data directory.
+	if mountpoint -q "$d/volume" 2>/dev/null; then umount -l "$d/volume" || true; fi
+	losetup -j "$d/storage/volume.img" 2>/dev/null | cut -d: -f1 | xargs -r -n1 losetup -d 2>/dev/null || true
+	local id
+	id=$(sed -n 's/.*"server_id": *"\([0-9a-f]*\)".*/\1/p' "$d/pgshield.json" 2>/dev/null || true)
+	if [[ -n $id ]]; then rm -f "/etc/pgshield/keys/$id.key"; fi
 }
 
 # kill_leftovers: any process still tied to $WORK (e.g. orphaned backends).
