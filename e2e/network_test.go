@@ -206,6 +206,15 @@ func TestPrivateNetworkRules(t *testing.T) {
 	if allowed(t, ns, b, ns.HostV4, s.port) {
 		t.Fatalf("rule for ports 1-1000 allowed port %d", s.port)
 	}
+	// The kernel firewall follows the priority-ordered rules too.
+	mustCLI(t, s, "parameter", "set", "pgshield.kernel_firewall", "on")
+	if got := ns.tcpProbe(t, b, ns.HostV4, s.port); got != 124 {
+		t.Fatalf("private mode, kernel firewall: denied %s's TCP connect = exit %d; want 124 (SYN dropped)", b, got)
+	}
+	if got := ns.tcpProbe(t, a, ns.HostV4, s.port); got != 0 {
+		t.Fatalf("private mode, kernel firewall: allowed %s's TCP connect = exit %d; want 0", a, got)
+	}
+	mustCLI(t, s, "parameter", "set", "pgshield.kernel_firewall", "off")
 	// Switching to public access: firewall rules apply (none yet), network
 	// rules are kept for a switch back.
 	mustCLI(t, s, "network", "set", "--mode", "public")
