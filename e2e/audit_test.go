@@ -20,8 +20,8 @@ func TestAuditTrail(t *testing.T) {
 		t.Fatalf("audit search for the failed login: %s", out)
 	}
 	out = mustCLI(t, shared, "audit", "search", "--user", admin, "--event", "session.start", "-o", "json")
-	if !strings.Contains(out, `"SCRAM-SHA-256-PLUS"`) || !strings.Contains(out, `"TLS 1.3"`) {
-		t.Fatalf("session.start records lack method or TLS version: %s", out)
+	if !strings.Contains(out, `"SCRAM-SHA-256-PLUS"`) || !strings.Contains(out, `"TLS 1.3"`) || !strings.Contains(out, `"rule": "AllowLocalhost"`) {
+		t.Fatalf("session.start records lack method, TLS version or the allowing rule: %s", out)
 	}
 	if strings.Contains(out, "wrong-password") || strings.Contains(out, adminPassword) {
 		t.Fatalf("a password reached the audit log")

@@ -330,7 +330,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	}
 	// Network policy decides before a single byte of the client's is read;
 	// a refused source is closed with no plaintext error.
-	if ok, rule := s.cfg.Policy.Allow(src); !ok {
+	allowed, rule := s.cfg.Policy.Allow(src)
+	if !allowed {
 		s.logClient(log, "Connection denied by network policy.", "rule", rule)
 		s.cfg.Audit(audit.Event{Type: "connection.denied", Outcome: audit.OutcomeFailure, Client: src.String(), Rule: rule,
 			Reason: "no network rule allows this source"})
@@ -390,7 +391,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		if errors.As(err, &ae) {
 			s.logClient(log, "Authentication failed.", "reason", ae.Reason, "code", ae.Code)
 			s.cfg.Audit(audit.Event{Type: "auth.failure", Outcome: audit.OutcomeFailure, Client: src.String(),
-				User: user, Database: db, Reason: ae.Reason, Fields: map[string]any{"method": x.Mechanism, "sqlstate": ae.Code}})
+				User: user, Database: db, Rule: rule, Reason: ae.Reason, Fields: map[string]any{"method": x.Mechanism, "sqlstate": ae.Code}})
 			_ = wire.SendError(a.conn, ae.Code, "%s", ae.Message)
 		} else if code, msg := wire.ClientMessage(err); code != wire.CodeInternalError {
 			_ = wire.SendError(a.conn, code, "%s", msg)
@@ -439,7 +440,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		fields["cipher"] = tls.CipherSuiteName(a.tls.CipherSuite)
 	}
 	s.cfg.Audit(audit.Event{Type: "session.start", Outcome: audit.OutcomeSuccess, Client: src.String(),
-		User: user, Database: db, Fields: fields})
+		User: user, Database: db, Rule: rule, Fields: fields})
 	sess := &session{client: a.conn, backend: b.Conn}
 	if !watch.relaying(sess) {
 		return // policy ended the connection while it was being set up
