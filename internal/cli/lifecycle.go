@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -169,7 +168,7 @@ func newStatus(g *globals) *cobra.Command {
 			}
 			var st daemon.Status
 			err = g.client().Do(cmd.Context(), "GET", "/v1/status", nil, &st)
-			if errors.Is(err, api.ErrNotRunning) || isNoSocket(err) {
+			if errors.Is(err, api.ErrNotRunning) {
 				st = daemon.Status{State: "Stopped", Listen: cfg.Listen, AdminUser: cfg.AdminUser, DataDir: l.Root}
 				st.Postgres.State = "Stopped"
 			} else if err != nil {
@@ -198,9 +197,4 @@ func newStatus(g *globals) *cobra.Command {
 			})
 		},
 	}
-}
-
-func isNoSocket(err error) bool {
-	var ne *net.OpError
-	return errors.As(err, &ne) && ne.Op == "dial"
 }

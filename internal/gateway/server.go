@@ -375,7 +375,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 			User: user, Database: db, Reason: "require_secure_transport: plaintext connection"})
 		_ = wire.SendError(a.conn, wire.CodeInvalidAuthSpec,
 			"no pgshield entry for host %q, user %q, database %q, no encryption: SSL connection is required (require_secure_transport = on)",
-			hostOf(raw.RemoteAddr()), user, db)
+			src.String(), user, db)
 		return
 	}
 
@@ -540,17 +540,6 @@ func (s *Server) handleCancel(ctx context.Context, st *wire.Startup, log *slog.L
 	if err := s.cfg.Backend.Cancel(cctx, b.PID, b.Key); err != nil {
 		log.Warn("Cancel request failed.", "error", err)
 	}
-}
-
-func hostOf(a net.Addr) string {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.IP.String()
-	}
-	h, _, err := net.SplitHostPort(a.String())
-	if err != nil {
-		return a.String()
-	}
-	return h
 }
 
 func putUint32(b []byte, v uint32) {

@@ -51,7 +51,7 @@ func TestBackendParams(t *testing.T) {
 	}
 }
 
-func TestHostOf(t *testing.T) {
+func TestRemoteAddr(t *testing.T) {
 	tests := []struct {
 		name string
 		addr net.Addr
@@ -59,17 +59,25 @@ func TestHostOf(t *testing.T) {
 	}{
 		{name: "IPv4", addr: &net.TCPAddr{IP: net.IPv4(10, 1, 2, 3), Port: 5432}, want: "10.1.2.3"},
 		{name: "IPv6", addr: &net.TCPAddr{IP: net.ParseIP("::1"), Port: 5432}, want: "::1"},
-		{name: "unix", addr: &net.UnixAddr{Name: "/run/x.sock", Net: "unix"}, want: "/run/x.sock"},
-		{name: "pipe", addr: pipeAddr{}, want: "pipe"},
+		{name: "mapped IPv4", addr: &net.TCPAddr{IP: net.ParseIP("::ffff:10.1.2.3"), Port: 5432}, want: "10.1.2.3"},
+		{name: "not an IP", addr: pipeAddr{}, want: "invalid IP"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if got := hostOf(tt.addr); got != tt.want {
-				t.Errorf("hostOf(%v) = %q; want %q", tt.addr, got, tt.want)
+			if got := remoteAddr(addrConn{remote: tt.addr}).String(); got != tt.want {
+				t.Errorf("remoteAddr(%v) = %q; want %q", tt.addr, got, tt.want)
 			}
 		})
 	}
 }
+
+// addrConn is a net.Conn that only reports a remote address.
+type addrConn struct {
+	net.Conn
+	remote net.Addr
+}
+
+func (c addrConn) RemoteAddr() net.Addr { return c.remote }
 
 type pipeAddr struct{}
 
