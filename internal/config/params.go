@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -43,6 +45,24 @@ var gatewayParams = []Param{
 		Description: "How long a KMS that cannot be reached (not a revocation) is tolerated before the server becomes inaccessible."},
 	{Name: "pgshield.trusted_proxies", Default: "", Check: checkTrusted,
 		Description: "Comma-separated CIDRs of load balancers whose PROXY protocol header is accepted."},
+	{Name: "pgshield.password_auth", Default: "on", Allowed: []string{"on", "off"},
+		Description: "Accept SCRAM password logins; off allows only token (OIDC) principals, like Azure's \"Microsoft Entra authentication only\"."},
+	{Name: "pgshield.oidc_issuer", Default: "", Check: checkIssuer,
+		Description: "HTTPS URL of the OIDC issuer whose access tokens token principals log in with; empty turns token authentication off."},
+	{Name: "pgshield.oidc_audience", Default: "", Check: checkClaimValue,
+		Description: "Audience (aud) a token must carry: the application ID URI or client ID of the database resource."},
+	{Name: "pgshield.oidc_principal_claim", Default: "oid", Check: checkClaimName,
+		Description: "Claim holding the principal's object ID (oid for Microsoft Entra ID, sub for most other issuers)."},
+	{Name: "pgshield.oidc_groups_claim", Default: "groups", Check: checkClaimName,
+		Description: "Claim listing the object IDs of the groups the principal belongs to."},
+	{Name: "pgshield.oidc_tenant", Default: "", Check: checkClaimValue,
+		Description: "When set, tokens must carry this tenant ID in their tid claim."},
+	{Name: "pgshield.oidc_enforce_expiry", Default: "off", Allowed: []string{"on", "off"},
+		Description: "End a token principal's session when its token expires (off: the token is checked at connect, as managed services do)."},
+	{Name: "pgshield.oidc_ca_file", Default: "", Check: checkCAFile,
+		Description: "PEM file of CA certificates trusted for the issuer's HTTPS, in addition to the system's."},
+	{Name: "pgshield.oidc_jwks_refresh_interval", Default: "1m0s", Check: checkDuration,
+		Description: "Least time between two fetches of the issuer's signing keys caused by a token with an unknown key ID."},
 }
 
 func checkRate(v string) (string, error) {
@@ -70,6 +90,44 @@ func checkTrusted(v string) (string, error) {
 		return "", err
 	}
 	return t.String(), nil
+}
+
+func checkIssuer(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	u, err := url.Parse(v)
+	if err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return "", errors.New("use the issuer's https:// URL, exactly as its tokens' iss claim spells it")
+	}
+	return v, nil
+}
+
+func checkClaimValue(v string) (string, error) {
+	if len(v) > 256 || strings.ContainsFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+		return "", errors.New("use at most 256 printable characters")
+	}
+	return v, nil
+}
+
+func checkClaimName(v string) (string, error) {
+	if v == "" || len(v) > 64 || strings.ContainsFunc(v, func(r rune) bool {
+		return !(r == '_' || r == '-' || r == '.' || r == ':' || r == '/' ||
+			(r >= 'a' && r <= 'z') || (r >= 'A' && r <= 'Z') || (r >= '0' && r <= '9'))
+	}) {
+		return "", errors.New("use a claim name of 1 to 64 letters, digits or _-.:/")
+	}
+	return v, nil
+}
+
+func checkCAFile(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	if !filepath.IsAbs(v) {
+		return "", errors.New("use an absolute path to a PEM file")
+	}
+	return filepath.Clean(v), nil
 }
 
 // GatewayParams returns the table of pgshield-owned parameters, sorted.
@@ -137,7 +195,19 @@ type Params struct {
 	RequireSecureTransport bool
 	MinTLS                 uint16
 	MaxTLS                 uint16 // 0: no maximum
-	Values                 map[string]string
+	// PasswordAuth accepts SCRAM logins; off leaves token principals only.
+	PasswordAuth bool
+	OIDC         OIDCParams
+	Values       map[string]string
+}
+
+// OIDCParams configure token authentication.
+type OIDCParams struct {
+	Issuer, Audience, PrincipalClaim, GroupsClaim, Tenant, CAFile string
+	// JWKSRefresh is the least time between unknown-kid refreshes.
+	JWKSRefresh time.Duration
+	// EnforceExpiry ends sessions when their token expires.
+	EnforceExpiry bool
 }
 
 var tlsVersions = map[string]uint16{"TLSv1.2": tls.VersionTLS12, "TLSv1.3": tls.VersionTLS13}
@@ -176,6 +246,12 @@ func ResolveParams(set map[string]string) (Params, error) {
 	if tp := vals["pgshield.trusted_proxies"]; tp != "" {
 		out.TrustedProxies, _ = proxyproto.ParseTrusted(tp)
 	}
+	out.PasswordAuth = vals["pgshield.password_auth"] == "on"
+	out.OIDC = OIDCParams{Issuer: vals["pgshield.oidc_issuer"], Audience: vals["pgshield.oidc_audience"],
+		PrincipalClaim: vals["pgshield.oidc_principal_claim"], GroupsClaim: vals["pgshield.oidc_groups_claim"],
+		Tenant: vals["pgshield.oidc_tenant"], CAFile: vals["pgshield.oidc_ca_file"],
+		EnforceExpiry: vals["pgshield.oidc_enforce_expiry"] == "on"}
+	out.OIDC.JWKSRefresh, _ = time.ParseDuration(vals["pgshield.oidc_jwks_refresh_interval"])
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {
 		out.MaxTLS = tlsVersions[mx]

@@ -2,10 +2,10 @@ package config
 
 import (
 	"crypto/tls"
-	"maps"
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestResolveParamsDefaults(t *testing.T) {
@@ -27,9 +27,20 @@ func TestResolveParamsDefaults(t *testing.T) {
 			"pgshield.key_revalidation_interval":  "1m0s",
 			"pgshield.key_unavailable_grace":      "30m0s",
 			"pgshield.trusted_proxies":            "",
+			"pgshield.password_auth":              "on",
+			"pgshield.oidc_issuer":                "",
+			"pgshield.oidc_principal_claim":       "oid",
+			"pgshield.oidc_groups_claim":          "groups",
+			"pgshield.oidc_enforce_expiry":        "off",
 		}
-		if !maps.Equal(p.Values, want) {
-			t.Errorf("ResolveParams(%v).Values = %v; want %v", set, p.Values, want)
+		// Other parameters may exist; these defaults must hold.
+		for k, v := range want {
+			if got, ok := p.Values[k]; !ok || got != v {
+				t.Errorf("ResolveParams(%v).Values[%q] = %q, %v; want %q", set, k, got, ok, v)
+			}
+		}
+		if !p.PasswordAuth || p.OIDC.PrincipalClaim != "oid" || p.OIDC.GroupsClaim != "groups" || p.OIDC.JWKSRefresh != time.Minute {
+			t.Errorf("ResolveParams(%v) = %+v; want password auth on, oid/groups claims, 1m JWKS refresh", set, p)
 		}
 	}
 }
@@ -101,6 +112,21 @@ func TestResolveParams(t *testing.T) {
 		{name: "parameter name case-insensitive", set: map[string]string{"Require_Secure_Transport": "off"},
 			wantSecure: false, wantMin: tls.VersionTLS12,
 			wantValues: map[string]string{"require_secure_transport": "off"}},
+		{name: "OIDC issuer", set: map[string]string{"pgshield.oidc_issuer": "https://login.example.com/tenant/v2.0"},
+			wantSecure: true, wantMin: tls.VersionTLS12,
+			wantValues: map[string]string{"pgshield.oidc_issuer": "https://login.example.com/tenant/v2.0"}},
+		{name: "OIDC issuer over http refused", set: map[string]string{"pgshield.oidc_issuer": "http://login.example.com"}, wantErr: "https://"},
+		{name: "OIDC issuer with query refused", set: map[string]string{"pgshield.oidc_issuer": "https://login.example.com/?a=b"}, wantErr: "invalid value"},
+		{name: "OIDC issuer not a URL", set: map[string]string{"pgshield.oidc_issuer": "login.example.com"}, wantErr: "invalid value"},
+		{name: "principal claim sub", set: map[string]string{"pgshield.oidc_principal_claim": "sub"},
+			wantSecure: true, wantMin: tls.VersionTLS12, wantValues: map[string]string{"pgshield.oidc_principal_claim": "sub"}},
+		{name: "empty principal claim refused", set: map[string]string{"pgshield.oidc_principal_claim": ""}, wantErr: "claim name"},
+		{name: "principal claim with a space refused", set: map[string]string{"pgshield.oidc_principal_claim": "o id"}, wantErr: "claim name"},
+		{name: "audience with a control character refused", set: map[string]string{"pgshield.oidc_audience": "a\x01pi"}, wantErr: "printable"},
+		{name: "relative CA file refused", set: map[string]string{"pgshield.oidc_ca_file": "ca.pem"}, wantErr: "absolute path"},
+		{name: "password auth off", set: map[string]string{"pgshield.password_auth": "OFF"},
+			wantSecure: true, wantMin: tls.VersionTLS12, wantValues: map[string]string{"pgshield.password_auth": "off"}},
+		{name: "enforce expiry maybe refused", set: map[string]string{"pgshield.oidc_enforce_expiry": "maybe"}, wantErr: "invalid value"},
 		{name: "one parameter spelled twice", set: map[string]string{"ssl_min_protocol_version": "TLSv1.3",
 			"SSL_MIN_PROTOCOL_VERSION": "TLSv1.2"}, wantErr: `parameter "ssl_min_protocol_version" is set more than once`},
 	}
@@ -167,9 +193,13 @@ func TestGatewayParams(t *testing.T) {
 		t.Errorf("GatewayParams() names = %v; want sorted", names)
 	}
 	want := []string{"accepted_password_auth_method", "pgshield.kernel_firewall", "pgshield.key_revalidation_interval", "pgshield.key_unavailable_grace", "pgshield.max_connection_rate_per_ip", "pgshield.trusted_proxies",
-		"require_secure_transport", "ssl_max_protocol_version", "ssl_min_protocol_version"}
-	if !slices.Equal(names, want) {
-		t.Errorf("GatewayParams() names = %v; want %v", names, want)
+		"require_secure_transport", "ssl_max_protocol_version", "ssl_min_protocol_version",
+		"pgshield.password_auth", "pgshield.oidc_issuer", "pgshield.oidc_audience", "pgshield.oidc_principal_claim",
+		"pgshield.oidc_groups_claim", "pgshield.oidc_tenant", "pgshield.oidc_enforce_expiry", "pgshield.oidc_ca_file", "pgshield.oidc_jwks_refresh_interval"}
+	for _, w := range want {
+		if !slices.Contains(names, w) {
+			t.Errorf("GatewayParams() names = %v; want it to contain %q", names, w)
+		}
 	}
 	ps[0].Name = "changed"
 	if GatewayParams()[0].Name == "changed" {

@@ -22,7 +22,7 @@ func ReadMessage(r io.Reader, maxLen int) (byte, []byte, error) {
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if n < 4 || uint64(n)-4 > uint64(maxLen) {
-		return 0, nil, protoErr("invalid message length")
+		return 0, nil, &LengthError{Len: n}
 	}
 	body := make([]byte, n-4)
 	if _, err := io.ReadFull(r, body); err != nil {
@@ -48,7 +48,7 @@ func ReadExpected(r io.Reader, want byte, maxLen int) ([]byte, error) {
 	}
 	n := binary.BigEndian.Uint32(hdr[1:])
 	if n < 4 || uint64(n)-4 > uint64(maxLen) {
-		return nil, protoErr("invalid message length")
+		return nil, &LengthError{Len: n}
 	}
 	body := make([]byte, n-4)
 	if _, err := io.ReadFull(r, body); err != nil {
@@ -56,6 +56,14 @@ func ReadExpected(r io.Reader, want byte, maxLen int) ([]byte, error) {
 	}
 	return body, nil
 }
+
+// LengthError is a message whose length word is impossible or over the
+// caller's bound; its body has not been read. It is a protocol violation.
+type LengthError struct{ Len uint32 }
+
+func (e *LengthError) Error() string { return ErrProtocolError.Error() + ": invalid message length" }
+
+func (e *LengthError) Unwrap() error { return ErrProtocolError }
 
 // UnexpectedMessageError is a message of the wrong type at a point where the
 // protocol allows only one; it is a protocol violation.
