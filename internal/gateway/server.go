@@ -111,6 +111,7 @@ type runtime struct {
 	params  config.Params
 	tls     *tls.Config
 	limiter *netpolicy.RateLimiter // nil: no limit
+	tokens  *tokenVerifier
 }
 
 // Server is the gateway. Its parameters can change while it runs; each new
@@ -147,8 +148,9 @@ func New(cfg Config) (*Server, error) {
 // SetParams swaps in new parameters for connections that arrive from now on;
 // open sessions are left alone.
 func (s *Server) SetParams(p config.Params) {
-	rt := &runtime{params: p, tls: tlsconf.ServerConfig(s.cfg.Cert, p.MinTLS, p.MaxTLS)}
-	if old := s.rt.Load(); old != nil && old.params.RatePerIP == p.RatePerIP {
+	old := s.rt.Load()
+	rt := &runtime{params: p, tls: tlsconf.ServerConfig(s.cfg.Cert, p.MinTLS, p.MaxTLS), tokens: newTokenVerifier(p.OIDC, old)}
+	if old != nil && old.params.RatePerIP == p.RatePerIP {
 		rt.limiter = old.limiter // keep the buckets: the limit did not change
 	} else if p.RatePerIP > 0 {
 		rt.limiter = netpolicy.NewRateLimiter(float64(p.RatePerIP), p.RatePerIP, s.cfg.Now)
@@ -379,20 +381,25 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		return
 	}
 
-	x, err := s.exchangeFor(ctx, user, a.tls)
+	role, err := s.cfg.Roles.LookupRole(ctx, user)
 	if err != nil {
 		log.Error("Role lookup failed.", "error", err)
 		_ = wire.SendError(a.conn, wire.CodeCannotConnectNow, "the database system is not available")
 		return
 	}
-	final, err := x.Run(a.conn)
+	var login loginResult
+	if role.Principal != nil {
+		login, err = s.tokenLogin(ctx, a, rt, role)
+	} else {
+		login, err = s.scramLogin(a, rt, role)
+	}
 	if err != nil {
-		var ae *scram.AuthError
-		if errors.As(err, &ae) {
-			s.logClient(log, "Authentication failed.", "reason", ae.Reason, "code", ae.Code)
+		var le *loginError
+		if errors.As(err, &le) {
+			s.logClient(log, "Authentication failed.", "reason", le.Reason, "code", le.Code)
 			s.cfg.Audit(audit.Event{Type: "auth.failure", Outcome: audit.OutcomeFailure, Client: src.String(),
-				User: user, Database: db, Rule: rule, Reason: ae.Reason, Fields: map[string]any{"method": x.Mechanism, "sqlstate": ae.Code}})
-			_ = wire.SendError(a.conn, ae.Code, "%s", ae.Message)
+				User: user, Database: db, Rule: rule, Reason: le.Reason, Fields: map[string]any{"method": le.Method, "sqlstate": le.Code}})
+			_ = wire.SendError(a.conn, le.Code, "%s", le.Message)
 		} else if code, msg := wire.ClientMessage(err); code != wire.CodeInternalError {
 			_ = wire.SendError(a.conn, code, "%s", msg)
 		}
@@ -402,7 +409,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	b, err := s.cfg.Backend.Connect(dctx, backendParams(st))
 	cancel()
-	authDone := []pgproto3.BackendMessage{&pgproto3.AuthenticationSASLFinal{Data: final}, &pgproto3.AuthenticationOk{}}
+	authDone := login.done
 	if err != nil {
 		var be *postgres.BackendError
 		if errors.As(err, &be) {
@@ -435,7 +442,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	}
 	log = log.With("pg_backend_pid", b.PID)
 	log.Info("Session opened.", "tls", tlsVer, "direct_tls", a.direct)
-	fields := map[string]any{"method": x.Mechanism, "tls": tlsVer, "pg_backend_pid": b.PID}
+	fields := map[string]any{"method": login.method, "tls": tlsVer, "pg_backend_pid": b.PID}
+	if login.principal != "" {
+		fields["principal_object_id"] = login.principal
+	}
 	if a.tls != nil {
 		fields["cipher"] = tls.CipherSuiteName(a.tls.CipherSuite)
 	}
@@ -444,6 +454,13 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	sess := &session{client: a.conn, backend: b.Conn}
 	if !watch.relaying(sess) {
 		return // policy ended the connection while it was being set up
+	}
+	if !login.expiry.IsZero() && rt.params.OIDC.EnforceExpiry {
+		stopExpiry := s.endAtExpiry(sess, login.expiry, func() {
+			s.cfg.Audit(audit.Event{Type: "session.terminated", Outcome: audit.OutcomeFailure, Client: src.String(),
+				User: user, Database: db, Reason: "access token expired (pgshield.oidc_enforce_expiry = on)"})
+		})
+		defer stopExpiry()
 	}
 	s.mu.Lock()
 	s.mu.sessions[sess] = struct{}{}
@@ -475,29 +492,18 @@ func (s *Server) refuseAdmission(a admitted, err error, log *slog.Logger) {
 	}
 }
 
-// exchangeFor prepares the SCRAM exchange for user. Every reason to refuse
-// (unknown, reserved, superuser, NOLOGIN, expired, no SCRAM secret) still
-// runs the full exchange with mock credentials and ends in the same 28P01.
-func (s *Server) exchangeFor(ctx context.Context, user string, cs *tls.ConnectionState) (*scram.Exchange, error) {
-	x := &scram.Exchange{User: user}
+// scramExchange prepares the SCRAM exchange for role. Every reason to refuse
+// (unknown, reserved, superuser, NOLOGIN, expired, no SCRAM secret,
+// password logins off) still runs the full exchange with mock credentials
+// and ends in the same 28P01.
+func (s *Server) scramExchange(role postgres.Role, cs *tls.ConnectionState, passwordAuth bool) *scram.Exchange {
+	x := &scram.Exchange{User: role.Name}
 	if cs != nil {
 		x.Binding = &s.cfg.Cert.EndPoint
 	}
-	role, err := s.cfg.Roles.LookupRole(ctx, user)
-	if err != nil {
-		return nil, err
-	}
-	switch {
-	case !role.Exists:
-		x.Why = "role does not exist"
-	case s.cfg.IsReserved(user):
-		x.Why = "reserved role"
-	case role.Superuser:
-		x.Why = "superuser roles may not log in through the gateway"
-	case !role.CanLogin:
-		x.Why = "role is not permitted to log in"
-	case role.ValidUntil != nil && !role.ValidUntil.After(s.cfg.Now()):
-		x.Why = "password has expired"
+	x.Why = s.refusal(role)
+	if x.Why == "" && !passwordAuth {
+		x.Why = "password authentication is off (pgshield.password_auth = off)"
 	}
 	if x.Why == "" {
 		creds, err := scram.ParseVerifier(role.Password)
@@ -508,9 +514,42 @@ func (s *Server) exchangeFor(ctx context.Context, user string, cs *tls.Connectio
 		}
 	}
 	if !x.Valid {
-		x.Creds = scram.MockCredentials(s.cfg.MockSecret, user)
+		x.Creds = scram.MockCredentials(s.cfg.MockSecret, role.Name)
 	}
-	return x, nil
+	return x
+}
+
+// refusal says why role may not log in at all, whatever its credentials;
+// "" if it may.
+func (s *Server) refusal(role postgres.Role) string {
+	switch {
+	case !role.Exists:
+		return "role does not exist"
+	case s.cfg.IsReserved(role.Name):
+		return "reserved role"
+	case role.Superuser:
+		return "superuser roles may not log in through the gateway"
+	case !role.CanLogin:
+		return "role is not permitted to log in"
+	case role.ValidUntil != nil && !role.ValidUntil.After(s.cfg.Now()):
+		return "password has expired"
+	}
+	return ""
+}
+
+// scramLogin authenticates a password role with SCRAM-SHA-256[-PLUS].
+func (s *Server) scramLogin(a admitted, rt *runtime, role postgres.Role) (loginResult, error) {
+	x := s.scramExchange(role, a.tls, rt.params.PasswordAuth)
+	final, err := x.Run(a.conn)
+	if err != nil {
+		var ae *scram.AuthError
+		if errors.As(err, &ae) {
+			return loginResult{}, &loginError{Code: ae.Code, Message: ae.Message, Reason: ae.Reason, Method: x.Mechanism}
+		}
+		return loginResult{}, err
+	}
+	return loginResult{method: x.Mechanism,
+		done: []pgproto3.BackendMessage{&pgproto3.AuthenticationSASLFinal{Data: final}, &pgproto3.AuthenticationOk{}}}, nil
 }
 
 // backendParams passes the client's startup parameters through; the

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/postgres"
@@ -193,7 +194,7 @@ func verifier(t *testing.T, password string) string {
 	return v
 }
 
-func TestExchangeFor(t *testing.T) {
+func TestScramExchange(t *testing.T) {
 	p := newTestPKI(t)
 	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
 	past, future := now.Add(-time.Second), now.Add(time.Hour)
@@ -237,16 +238,17 @@ func TestExchangeFor(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.user, func(t *testing.T) {
 			for _, cs := range []*tls.ConnectionState{nil, {}} {
-				x, err := s.exchangeFor(context.Background(), tt.user, cs)
+				role, err := roles.LookupRole(context.Background(), tt.user)
 				if err != nil {
-					t.Fatalf("exchangeFor(%q) error = %v", tt.user, err)
+					t.Fatal(err)
 				}
+				x := s.scramExchange(role, cs, true)
 				if x.User != tt.user || x.Valid != tt.wantValid || x.Why != tt.wantWhy {
-					t.Errorf("exchangeFor(%q) = user %q valid %v why %q; want valid %v why %q", tt.user, x.User,
+					t.Errorf("scramExchange(%q) = user %q valid %v why %q; want valid %v why %q", tt.user, x.User,
 						x.Valid, x.Why, tt.wantValid, tt.wantWhy)
 				}
 				if (cs != nil) != (x.Binding != nil) || x.Binding != nil && !x.Binding.Matches(p.cert.EndPoint) {
-					t.Errorf("exchangeFor(%q, tls %v) binding = %v; want the certificate's end point only over TLS",
+					t.Errorf("scramExchange(%q, tls %v) binding = %v; want the certificate's end point only over TLS",
 						tt.user, cs != nil, x.Binding)
 				}
 				want := wantCreds
@@ -254,14 +256,17 @@ func TestExchangeFor(t *testing.T) {
 					want = scram.MockCredentials(s.cfg.MockSecret, tt.user)
 				}
 				if x.Creds.Salt != want.Salt || !bytes.Equal(x.Creds.StoredKey, want.StoredKey) || x.Creds.Iters != want.Iters {
-					t.Errorf("exchangeFor(%q) credentials are not the %s ones", tt.user,
+					t.Errorf("scramExchange(%q) credentials are not the %s ones", tt.user,
 						map[bool]string{true: "role's", false: "mock"}[tt.wantValid])
 				}
 			}
 		})
 	}
-	if _, err := s.exchangeFor(context.Background(), "broken", nil); err == nil {
-		t.Errorf("exchangeFor(broken) error = nil; want the lookup error")
+	// pgshield.password_auth = off: the same mock exchange, its own reason.
+	alice, _ := roles.LookupRole(context.Background(), "alice")
+	if x := s.scramExchange(alice, nil, false); x.Valid || !strings.Contains(x.Why, "password_auth = off") ||
+		x.Creds.Salt != scram.MockCredentials(s.cfg.MockSecret, "alice").Salt {
+		t.Errorf("scramExchange(alice, password auth off) = valid %v why %q; want the mock exchange, refused", x.Valid, x.Why)
 	}
 }
 
@@ -328,6 +333,8 @@ type gatewayEnv struct {
 	caFile  string
 	backend *fakeBackend
 	srv     *Server
+	mu      sync.Mutex
+	events  []audit.Event
 }
 
 // startGateway serves a gateway on loopback until the test ends.
@@ -348,9 +355,15 @@ func startGateway(t *testing.T, params map[string]string, backend *fakeBackend, 
 	roles := fakeRoles{
 		"alice": {CanLogin: true, Password: verifier(t, goodPassword)},
 		"md5":   {CanLogin: true, Password: "md5" + strings.Repeat("ab", 16)},
+		// Token principals (no password).
+		"alice@contoso.com":  {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-alice", Kind: "user"}},
+		"bob@contoso.com":    {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-bob", Kind: "user"}},
+		"dbas":               {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-group-dbas", Kind: "group"}},
+		"locked@contoso.com": {CanLogin: false, Principal: &postgres.TokenPrincipal{ObjectID: "oid-locked", Kind: "user"}},
 	}
+	env := &gatewayEnv{caFile: caFile, backend: backend}
 	srv, err := New(Config{Cert: p.cert, Roles: roles, Backend: backend, MockSecret: []byte("0123456789abcdef"),
-		Params: resolved, AuthTimeout: 5 * time.Second, MaxConnections: maxConns})
+		Params: resolved, AuthTimeout: 5 * time.Second, MaxConnections: maxConns, Audit: env.record})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -373,7 +386,27 @@ func startGateway(t *testing.T, params map[string]string, backend *fakeBackend, 
 		}
 		backend.wg.Wait()
 	})
-	return &gatewayEnv{addr: ln.Addr().String(), caFile: caFile, backend: backend, srv: srv}
+	env.addr, env.srv = ln.Addr().String(), srv
+	return env
+}
+
+func (e *gatewayEnv) record(ev audit.Event) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.events = append(e.events, ev)
+}
+
+// audited returns the audit events of type typ so far.
+func (e *gatewayEnv) audited(typ string) []audit.Event {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	var out []audit.Event
+	for _, ev := range e.events {
+		if ev.Type == typ {
+			out = append(out, ev)
+		}
+	}
+	return out
 }
 
 func (e *gatewayEnv) connString(user, password, extra string) string {

@@ -31,6 +31,18 @@ func CheckAdminName(cfg *config.Config, name string) error {
 // AdminGrants are the predefined roles the administrator is a member of.
 var AdminGrants = []string{"pg_monitor", "pg_signal_backend", "pg_read_all_settings", "pg_read_all_stats"}
 
+// adminGrants give a role (a quoted identifier) what the administrator has
+// beyond its CREATEROLE and CREATEDB attributes.
+func adminGrants(role string) []string {
+	return []string{
+		fmt.Sprintf(`GRANT %s TO %s`, strings.Join(AdminGrants, ", "), role),
+		// As on a managed server, the administrator works in the default
+		// database: create schemas and objects there, and grant that on.
+		fmt.Sprintf(`GRANT ALL ON DATABASE postgres TO %s WITH GRANT OPTION`, role),
+		fmt.Sprintf(`GRANT ALL ON SCHEMA public TO %s WITH GRANT OPTION`, role),
+	}
+}
+
 // Bootstrap starts the new cluster once to create the service role and the
 // administrator (from its SCRAM verifier, so no plaintext password reaches
 // PostgreSQL), then stops it.
@@ -56,14 +68,12 @@ func Bootstrap(ctx context.Context, c *Cluster, adminVerifier string) error {
 		// the gateway never lets it log in from outside.
 		fmt.Sprintf(`CREATE ROLE %s LOGIN SUPERUSER`, svc),
 		fmt.Sprintf(`CREATE ROLE %s LOGIN CREATEROLE CREATEDB PASSWORD '%s'`, admin, adminVerifier),
-		fmt.Sprintf(`GRANT %s TO %s`, strings.Join(AdminGrants, ", "), admin),
-		// As on a managed server, the administrator works in the default
-		// database: create schemas and objects there, and grant that on.
-		fmt.Sprintf(`GRANT ALL ON DATABASE postgres TO %s WITH GRANT OPTION`, admin),
-		fmt.Sprintf(`GRANT ALL ON SCHEMA public TO %s WITH GRANT OPTION`, admin),
-		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield service role (reserved)'`, svc),
-		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield server administrator'`, admin),
 	}
+	stmts = append(stmts, adminGrants(admin)...)
+	stmts = append(stmts,
+		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield service role (reserved)'`, svc),
+		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield server administrator'`, admin))
+	stmts = append(stmts, principalSchema(svc)...)
 	if c.HasPgaudit() {
 		// Event triggers that let pgaudit name the objects DDL touches.
 		stmts = append(stmts, `CREATE EXTENSION IF NOT EXISTS pgaudit`,

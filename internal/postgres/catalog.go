@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -19,6 +20,9 @@ type Role struct {
 	Superuser  bool
 	Password   string // rolpassword: a SCRAM verifier, md5 hash or empty
 	ValidUntil *time.Time
+	// Principal is set for a token principal: it logs in with an access
+	// token, never a password.
+	Principal *TokenPrincipal
 }
 
 // Catalog reads roles over the private socket as the service role, caching
@@ -27,6 +31,8 @@ type Catalog struct {
 	Pool *pgxpool.Pool
 	TTL  time.Duration
 	Now  func() time.Time
+	// ServiceRole owns pgshield's own schema.
+	ServiceRole string
 
 	mu struct {
 		sync.Mutex
@@ -56,7 +62,7 @@ func NewCatalog(ctx context.Context, c *Cluster) (*Catalog, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Catalog{Pool: pool, TTL: 2 * time.Second, Now: time.Now}, nil
+	return &Catalog{Pool: pool, TTL: 2 * time.Second, Now: time.Now, ServiceRole: c.Cfg.ServiceRole}, nil
 }
 
 // Close closes the pool.
@@ -72,20 +78,16 @@ func (c *Catalog) LookupRole(ctx context.Context, name string) (Role, error) {
 	}
 	c.mu.Unlock()
 
-	r := Role{Name: name}
-	var pw *string
-	err := c.Pool.QueryRow(ctx,
-		`SELECT rolcanlogin, rolsuper, rolpassword, rolvaliduntil FROM pg_catalog.pg_authid WHERE rolname = $1`,
-		name).Scan(&r.CanLogin, &r.Superuser, &pw, &r.ValidUntil)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
-		return Role{}, fmt.Errorf("looking up role: %w", err)
-	default:
-		r.Exists = true
-		if pw != nil {
-			r.Password = *pw
+	r, err := c.queryRole(ctx, name)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && (pe.Code == "3F000" || pe.Code == "42P01") {
+		// A server made before token principals: create their table.
+		if err = ensurePrincipals(ctx, c.Pool, c.ServiceRole); err == nil {
+			r, err = c.queryRole(ctx, name)
 		}
+	}
+	if err != nil {
+		return Role{}, fmt.Errorf("looking up role: %w", err)
 	}
 	c.mu.Lock()
 	if c.mu.cache == nil || len(c.mu.cache) >= maxCachedRoles {
@@ -94,4 +96,36 @@ func (c *Catalog) LookupRole(ctx context.Context, name string) (Role, error) {
 	c.mu.cache[name] = cachedRole{role: r, at: now}
 	c.mu.Unlock()
 	return r, nil
+}
+
+func (c *Catalog) queryRole(ctx context.Context, name string) (Role, error) {
+	r := Role{Name: name}
+	var pw, oid, kind *string
+	var admin *bool
+	err := c.Pool.QueryRow(ctx,
+		`SELECT a.rolcanlogin, a.rolsuper, a.rolpassword, a.rolvaliduntil, p.object_id, p.kind, p.admin
+		   FROM pg_catalog.pg_authid a LEFT JOIN pgshield.principals p ON p.role_oid = a.oid
+		  WHERE a.rolname = $1`,
+		name).Scan(&r.CanLogin, &r.Superuser, &pw, &r.ValidUntil, &oid, &kind, &admin)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return r, nil
+	case err != nil:
+		return r, err
+	}
+	r.Exists = true
+	if pw != nil {
+		r.Password = *pw
+	}
+	if oid != nil && kind != nil {
+		r.Principal = &TokenPrincipal{Name: name, ObjectID: *oid, Kind: *kind, Admin: admin != nil && *admin}
+	}
+	return r, nil
+}
+
+// forget drops a cached role after pgshield itself changed it.
+func (c *Catalog) forget(name string) {
+	c.mu.Lock()
+	delete(c.mu.cache, name)
+	c.mu.Unlock()
 }

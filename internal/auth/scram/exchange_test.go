@@ -234,7 +234,7 @@ func TestExchangeRun(t *testing.T) {
 		{name: "invalid role with the right password", x: Exchange{Creds: creds, Why: "password has expired"},
 			s: good, wantCode: "28P01", wantWhy: "password has expired"},
 		{name: "mock credentials", x: Exchange{Creds: mock, Why: "role does not exist"},
-			s: good, wantCode: "28P01"},
+			s: good, wantCode: "28P01", wantWhy: "role does not exist"},
 		{name: "tampered proof", x: Exchange{Creds: creds, Valid: true},
 			s: script{password: testPassword, editFinal: func(m string) string {
 				return replaceField(m, "p", base64.StdEncoding.EncodeToString(make([]byte, 32)))

@@ -185,6 +185,9 @@ func (x *Exchange) Run(rw io.ReadWriter) (serverFinal []byte, err error) {
 	}
 	s2, err := conv.Step(string(body))
 	switch {
+	case err != nil && s2 == scram.ErrInvalidProof && !x.Valid:
+		// Mock credentials fail the proof: the reason is why they were used.
+		return nil, x.failed(x.Why)
 	case err != nil && s2 == scram.ErrInvalidProof:
 		return nil, x.failed("wrong password")
 	case err != nil && s2 == scram.ErrChannelBindingsDontMatch:

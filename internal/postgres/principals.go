@@ -1,0 +1,222 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+)
+
+// Principal kinds, as in Azure's pgaadauth_create_principal.
+const (
+	PrincipalUser    = "user"
+	PrincipalGroup   = "group"
+	PrincipalService = "service"
+)
+
+// TokenPrincipal is the mapping of a role to an identity provider's object:
+// the role logs in with an access token whose principal claim is ObjectID
+// (user, service) or whose groups claim lists it (group).
+type TokenPrincipal struct {
+	Name      string    `json:"name"`
+	ObjectID  string    `json:"object_id"`
+	Kind      string    `json:"type"`
+	Admin     bool      `json:"admin"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// The mapping lives in the cluster, next to the roles it describes, so it
+// follows the roles into backups and restores; it is keyed by role OID, so
+// a rename keeps it and a drop removes it from every lookup.
+func principalSchema(owner string) []string {
+	return []string{
+		fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS pgshield AUTHORIZATION %s`, owner),
+		`REVOKE ALL ON SCHEMA pgshield FROM PUBLIC`,
+		`CREATE TABLE IF NOT EXISTS pgshield.principals (
+			role_oid oid PRIMARY KEY,
+			object_id text NOT NULL UNIQUE,
+			kind text NOT NULL CHECK (kind IN ('user', 'group', 'service')),
+			admin boolean NOT NULL DEFAULT false,
+			created_at timestamptz NOT NULL DEFAULT now())`,
+		`REVOKE ALL ON pgshield.principals FROM PUBLIC`,
+	}
+}
+
+// ErrPrincipalSchema means the pgshield schema exists but is not owned by a
+// superuser: someone else made it, and it cannot be trusted.
+var ErrPrincipalSchema = errors.New("schema pgshield in database postgres is not owned by a superuser; token principals are disabled until it is removed")
+
+// ensurePrincipals creates the mapping table if missing (servers made
+// before token authentication) and checks who owns it.
+func ensurePrincipals(ctx context.Context, q querier, serviceRole string) error {
+	var superOwned *bool
+	err := q.QueryRow(ctx, `SELECT r.rolsuper FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'pgshield'`).Scan(&superOwned)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+	case err != nil:
+		return err
+	case superOwned == nil || !*superOwned:
+		return ErrPrincipalSchema
+	}
+	for _, s := range principalSchema(pgx.Identifier{serviceRole}.Sanitize()) {
+		if _, err := q.Exec(ctx, s); err != nil {
+			return fmt.Errorf("creating the principal table: %w", err)
+		}
+	}
+	return nil
+}
+
+type querier interface {
+	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+// PrincipalError is a refused principal change the caller should show as is.
+type PrincipalError struct {
+	NotFound bool
+	Msg      string
+}
+
+func (e *PrincipalError) Error() string { return e.Msg }
+
+func principalErr(format string, args ...any) error {
+	return &PrincipalError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// CheckPrincipal validates a new principal's fields.
+func CheckPrincipal(p TokenPrincipal, reserved func(string) bool) error {
+	switch {
+	case p.Name == "" || len(p.Name) > 63 || !utf8.ValidString(p.Name) || strings.ContainsFunc(p.Name, isControl):
+		return principalErr("invalid principal name %q: use 1 to 63 bytes of printable characters", p.Name)
+	case strings.HasPrefix(strings.ToLower(p.Name), "pg_"):
+		return principalErr("invalid principal name %q: the pg_ prefix is reserved", p.Name)
+	case reserved(p.Name) || strings.EqualFold(p.Name, "public"):
+		return principalErr("invalid principal name %q: reserved", p.Name)
+	case p.ObjectID == "" || len(p.ObjectID) > 128 || strings.ContainsFunc(p.ObjectID, func(r rune) bool { return isControl(r) || r == ' ' }):
+		return principalErr("invalid object ID %q: use 1 to 128 printable characters without spaces", p.ObjectID)
+	}
+	switch p.Kind {
+	case PrincipalUser, PrincipalGroup, PrincipalService:
+	default:
+		return principalErr("invalid principal type %q: use user, group or service", p.Kind)
+	}
+	return nil
+}
+
+func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
+
+// CreatePrincipal creates the role (no password: it logs in with tokens
+// only) and its mapping in one transaction. Admin principals get what the
+// server administrator has.
+func (c *Catalog) CreatePrincipal(ctx context.Context, p TokenPrincipal, reserved func(string) bool) (TokenPrincipal, error) {
+	if err := CheckPrincipal(p, reserved); err != nil {
+		return p, err
+	}
+	if err := ensurePrincipals(ctx, c.Pool, c.ServiceRole); err != nil {
+		return p, err
+	}
+	tx, err := c.Pool.Begin(ctx)
+	if err != nil {
+		return p, err
+	}
+	defer tx.Rollback(context.Background())
+	role := pgx.Identifier{p.Name}.Sanitize()
+	attrs := "LOGIN"
+	if p.Admin {
+		attrs += " CREATEROLE CREATEDB"
+	}
+	stmts := []string{fmt.Sprintf(`CREATE ROLE %s %s`, role, attrs)}
+	if p.Admin {
+		stmts = append(stmts, adminGrants(role)...)
+	}
+	stmts = append(stmts, fmt.Sprintf(`COMMENT ON ROLE %s IS %s`, role, QuoteLiteral("pgshield token principal ("+p.Kind+")")))
+	for _, s := range stmts {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			return p, principalPgErr(err, p)
+		}
+	}
+	err = tx.QueryRow(ctx, `INSERT INTO pgshield.principals (role_oid, object_id, kind, admin)
+		SELECT oid, $2, $3, $4 FROM pg_catalog.pg_roles WHERE rolname = $1 RETURNING created_at`,
+		p.Name, p.ObjectID, p.Kind, p.Admin).Scan(&p.CreatedAt)
+	if err != nil {
+		return p, principalPgErr(err, p)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return p, principalPgErr(err, p)
+	}
+	c.forget(p.Name)
+	return p, nil
+}
+
+func principalPgErr(err error, p TokenPrincipal) error {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return err
+	}
+	switch pe.Code {
+	case "42710":
+		return principalErr("role %q already exists", p.Name)
+	case "23505":
+		return principalErr("object ID %q is already mapped to another principal", p.ObjectID)
+	case "2BP01":
+		return principalErr("role %q cannot be dropped: %s (%s); reassign or drop its objects first", p.Name, pe.Message, pe.Detail)
+	}
+	return principalErr("%s", pe.Message)
+}
+
+// ListPrincipals returns the mapped principals whose roles still exist.
+func (c *Catalog) ListPrincipals(ctx context.Context) ([]TokenPrincipal, error) {
+	if err := ensurePrincipals(ctx, c.Pool, c.ServiceRole); err != nil {
+		return nil, err
+	}
+	rows, err := c.Pool.Query(ctx, `SELECT r.rolname, p.object_id, p.kind, p.admin, p.created_at
+		FROM pgshield.principals p JOIN pg_catalog.pg_roles r ON r.oid = p.role_oid ORDER BY r.rolname`)
+	if err != nil {
+		return nil, err
+	}
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (TokenPrincipal, error) {
+		var p TokenPrincipal
+		err := row.Scan(&p.Name, &p.ObjectID, &p.Kind, &p.Admin, &p.CreatedAt)
+		return p, err
+	})
+}
+
+// DeletePrincipal drops the principal's role and its mapping. A role that
+// owns objects is refused with PostgreSQL's reason, as DROP ROLE does.
+func (c *Catalog) DeletePrincipal(ctx context.Context, name string) (TokenPrincipal, error) {
+	p := TokenPrincipal{Name: name}
+	if err := ensurePrincipals(ctx, c.Pool, c.ServiceRole); err != nil {
+		return p, err
+	}
+	tx, err := c.Pool.Begin(ctx)
+	if err != nil {
+		return p, err
+	}
+	defer tx.Rollback(context.Background())
+	err = tx.QueryRow(ctx, `DELETE FROM pgshield.principals p USING pg_catalog.pg_roles r
+		WHERE r.oid = p.role_oid AND r.rolname = $1 RETURNING p.object_id, p.kind, p.admin, p.created_at`, name).
+		Scan(&p.ObjectID, &p.Kind, &p.Admin, &p.CreatedAt)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return p, &PrincipalError{NotFound: true, Msg: fmt.Sprintf("principal %q does not exist", name)}
+	}
+	if err != nil {
+		return p, err
+	}
+	if _, err := tx.Exec(ctx, `DROP ROLE `+pgx.Identifier{name}.Sanitize()); err != nil {
+		return p, principalPgErr(err, p)
+	}
+	if err := tx.Commit(ctx); err != nil {
+		return p, principalPgErr(err, p)
+	}
+	c.forget(name)
+	return p, nil
+}
+
+// QuoteLiteral quotes s as an SQL string literal (standard_conforming_strings
+// is on, so only quotes need doubling).
+func QuoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
