@@ -48,7 +48,7 @@ type TLSStatus struct {
 }
 
 func (d *Daemon) routes() []api.Route {
-	return append(d.networkRoutes(),
+	return append(append(d.networkRoutes(), d.principalRoutes()...),
 		api.Route{Method: "GET", Pattern: "/v1/status", Handler: d.status},
 		api.Route{Method: "GET", Pattern: "/v1/parameters", Handler: d.listParameters},
 		api.Route{Method: "GET", Pattern: "/v1/parameters/{name}", Handler: d.showParameter},
@@ -201,12 +201,26 @@ func (d *Daemon) setGatewayParam(gp config.Param, value string) (any, error) {
 			return nil, api.Errorf(api.CodeInvalid, "kernel firewall: %v", err)
 		}
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	guard := gp.Name == "pgshield.allowed_extensions"
+	if guard {
+		if err := d.checkExtensionsAvailable(ctx, resolved.AllowedExtensions); err != nil {
+			return nil, err
+		}
+	}
 	newCfg := *d.cfg
 	newCfg.Parameters = next
 	if err := config.Save(d.Layout, &newCfg); err != nil {
 		return nil, fmt.Errorf("saving configuration: %w", err)
 	}
 	d.cfg = &newCfg
+	if guard {
+		// pgshield_guard reads the list from PostgreSQL's configuration.
+		if err := d.applyGuardSettings(ctx, &newCfg); err != nil {
+			return nil, fmt.Errorf("saved, but PostgreSQL has not taken it (it will at its next start): %w", err)
+		}
+	}
 	d.gw.SetParams(resolved)
 	d.Log.Info("Parameter changed.", "name", gp.Name, "value", nv)
 	d.audit(audit.Event{Type: "parameter.set", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"name": gp.Name, "value": nv}})
