@@ -533,6 +533,56 @@ phase_pgshield() {
 	init_pgbench "$sock" "$sport"
 	wait_until "pgshield TLS login to $DB" tls_ready "$port"
 	run_path pgshield "$port"
+	token_path "$d" "$port" "$sock" "$sport"
+}
+
+# token_path DATADIR PORT SOCKDIR SOCKPORT: connect per transaction as a
+# token principal (OIDC access token as the password), against a test issuer
+# over HTTPS on loopback. The token reaches pgbench only through its
+# environment.
+token_path() {
+	local d=$1 port=$2 sock=$3 sport=$4 url out tps i
+	step "pgshield-token: test OIDC issuer, principal ${ROLE}_token"
+	mkdir -p "$WORK/issuer"
+	chmod 700 "$WORK/issuer"
+	(cd "$REPO" && go build -o "$WORK/issuer/oidcissuer" ./bench/cmd/oidcissuer) >>"$WORK/go-build.log" 2>&1
+	"$WORK/issuer/oidcissuer" --dir "$WORK/issuer" --object-id bench-oid >"$WORK/issuer/url" 2>"$WORK/issuer/issuer.log" &
+	local issuer_pid=$!
+	for ((i = 0; i < TRIES; i++)); do
+		[[ -s $WORK/issuer/url && -s $WORK/issuer/token ]] && break
+		sleep 0.5
+	done
+	url=$(head -n 1 "$WORK/issuer/url")
+	[[ $url == https://* ]] || die "the test issuer did not start"
+	local kv
+	for kv in "pgshield.oidc_issuer=$url" "pgshield.oidc_audience=api://pgshield-bench" \
+		"pgshield.oidc_ca_file=$WORK/issuer/oidc-ca.pem"; do
+		timeout 60 "$SHIELD_BIN" parameter set --data-dir "$d" "${kv%%=*}" "${kv#*=}" >>"$WORK/pgshield-cli.log" 2>&1
+	done
+	timeout 60 "$SHIELD_BIN" principal create --data-dir "$d" --name "${ROLE}_token" --object-id bench-oid >>"$WORK/pgshield-cli.log" 2>&1
+	psql_super "$sock" "$sport" "$DB" -c "GRANT SELECT ON pgbench_accounts TO ${ROLE}_token"
+	out=$WORK/pgshield-token-connect.out
+	step "pgshield-token: pgbench -S -C -T $DURATION -c $CLIENTS -j $THREADS"
+	tps=""
+	if PGPASSWORD="$(cat "$WORK/issuer/token")" PGHOST=127.0.0.1 PGPORT="$port" PGUSER="${ROLE}_token" PGDATABASE="$DB" \
+		PGSSLMODE=require PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10 \
+		timeout --kill-after=10 $((DURATION + 120)) "$PGBENCH" -n -c "$CLIENTS" -j "$THREADS" -S -C -T "$DURATION" >"$out" 2>&1; then
+		tps=$(sed -n 's/^tps = \([0-9][0-9.]*\) (.*/\1/p' "$out" | tail -n 1)
+	fi
+	{
+		printf '===== pgshield-token / connect: pgbench -n -c %s -j %s -S -C -T %s\n' "$CLIENTS" "$THREADS" "$DURATION"
+		cat "$out"
+		echo
+	} >>"$RAW_LOG"
+	kill "$issuer_pid" 2>/dev/null || true
+	if [[ -n $tps ]]; then
+		log "pgshield-token: connect = $tps tps"
+		record pgshield-token connect "$tps"
+	else
+		log "pgshield-token: connect FAILED; pgbench said:"
+		tail -n 5 "$out" >&2 || true
+		record pgshield-token connect error
+	fi
 }
 
 go_build() { cd "$REPO" && go build -o bin/pgshield ./cmd/pgshield; }
@@ -629,9 +679,9 @@ done <"$WORK/results.tsv"
 
 cell() { # PATH WORKLOAD
 	local p=$1 w=$2
-	if ! want "$p"; then
+	if ! want "${p%-token}"; then
 		echo "not run"
-	elif [[ $p == pgshield && -n $SHIELD_NOTE ]]; then
+	elif [[ $p == pgshield* && -n $SHIELD_NOTE ]]; then
 		echo "$SHIELD_NOTE"
 	elif [[ -n ${TPS[$p:$w]:-} ]]; then
 		if [[ ${TPS[$p:$w]} == error ]]; then echo error; else printf '%.1f' "${TPS[$p:$w]}"; fi
@@ -667,6 +717,9 @@ render() {
 			"$(cell direct $w)" "$(cell pgbouncer $w)" "$(cell pgshield $w)" \
 			"$(ratio pgshield $w)" "$(ratio pgbouncer $w)"
 	done
+	# shellcheck disable=SC2016 # backticks are Markdown
+	printf '| connect per txn, OIDC access token instead of SCRAM (pgshield only) | %s (SCRAM) | n/a | %s | %s | n/a |\n' \
+		"$(cell direct connect)" "$(cell pgshield-token connect)" "$(ratio pgshield-token connect)"
 	# shellcheck disable=SC2016 # backticks are Markdown
 	printf '\nAll paths: role `%s` with a SCRAM-SHA-256 password, `sslmode=require`, pgbench -n -c %s -j %s -T %s (+%ss -S warm-up per path).\n' \
 		"$ROLE" "$CLIENTS" "$THREADS" "$DURATION" "$WARMUP"
