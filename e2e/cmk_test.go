@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -124,6 +126,7 @@ func TestCustomerManagedKey(t *testing.T) {
 	took = waitState(t, s, "Available", 2*interval+60*time.Second)
 	t.Logf("key enabled -> Available in %s", took.Round(10*time.Millisecond))
 	time.Sleep(2 * time.Second)
+	checkKeyMetrics(t, s)
 
 	// Rotation under load, then a move to another key.
 	mustCLI(t, s, "key", "rotate")
@@ -168,4 +171,40 @@ func TestCustomerManagedKey(t *testing.T) {
 	waitState(t, s, "Inaccessible", 3*interval+10*time.Second)
 	kms.Restart(t)
 	waitState(t, s, "Available", 2*interval+60*time.Second)
+}
+
+// checkKeyMetrics: after a revocation and a restore, both transitions and a
+// denied revalidation are metrics, on the CLI and over HTTP.
+func checkKeyMetrics(t *testing.T, s *server) {
+	t.Helper()
+	out := mustCLI(t, s, "metrics")
+	for _, want := range []string{
+		`pgshield_key_state_transitions_total{from="Available",to="Inaccessible"} 1`,
+		`pgshield_key_state_transitions_total{from="Inaccessible",to="Available"} 1`,
+		`pgshield_key_state{state="Available"} 1`,
+		`pgshield_key_revalidations_total{result="denied"}`,
+		`pgshield_audit_events_total{outcome="success",type="key.state"} 2`,
+		"pgshield_postgres_up 1",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("pgshield metrics lacks %q:\n%s", want, out)
+		}
+	}
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	mustCLI(t, s, "parameter", "set", "pgshield.metrics_listen", addr)
+	defer mustCLI(t, s, "parameter", "set", "pgshield.metrics_listen", "")
+	c := http.Client{Timeout: 10 * time.Second}
+	resp, err := c.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("GET /metrics on pgshield.metrics_listen: %v", err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if !strings.Contains(string(b), `pgshield_key_state{state="Available"} 1`) {
+		t.Errorf("metrics over HTTP lack the key state:\n%s", b)
+	}
 }

@@ -96,17 +96,30 @@ func NewClient(path string) *Client {
 
 // Do sends a request with an optional JSON body and decodes the answer into out.
 func (c *Client) Do(ctx context.Context, method, route string, in, out any) error {
+	b, err := c.roundTrip(ctx, method, route, in)
+	if err != nil || out == nil {
+		return err
+	}
+	return json.Unmarshal(b, out)
+}
+
+// Get returns the body of a GET as is (e.g. metrics in Prometheus' format).
+func (c *Client) Get(ctx context.Context, route string) ([]byte, error) {
+	return c.roundTrip(ctx, "GET", route, nil)
+}
+
+func (c *Client) roundTrip(ctx context.Context, method, route string, in any) ([]byte, error) {
 	var body io.Reader
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		body = bytesReader(b)
 	}
 	req, err := http.NewRequestWithContext(ctx, method, "http://pgshield"+route, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if in != nil {
 		req.Header.Set("Content-Type", "application/json")
@@ -115,24 +128,21 @@ func (c *Client) Do(ctx context.Context, method, route string, in, out any) erro
 	if err != nil {
 		var ne *net.OpError
 		if errors.As(err, &ne) && ne.Op == "dial" {
-			return ErrNotRunning
+			return nil, ErrNotRunning
 		}
-		return err
+		return nil, err
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if resp.StatusCode/100 != 2 {
 		var e Error
 		if json.Unmarshal(b, &e) == nil && e.Message != "" {
-			return &e
+			return nil, &e
 		}
-		return fmt.Errorf("pgshield API: %s", resp.Status)
+		return nil, fmt.Errorf("pgshield API: %s", resp.Status)
 	}
-	if out != nil {
-		return json.Unmarshal(b, out)
-	}
-	return nil
+	return b, nil
 }

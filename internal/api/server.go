@@ -25,6 +25,9 @@ type Route struct {
 	// Write marks routes that change state.
 	Write   bool
 	Handler HandlerFunc
+	// Raw, if set, serves the route itself (e.g. metrics in Prometheus'
+	// text format) instead of Handler's JSON.
+	Raw http.Handler
 }
 
 // NewHandler builds the API's HTTP handler from a route table. Only root may
@@ -36,6 +39,10 @@ func NewHandler(routes []Route, log *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	for _, rt := range routes {
+		if rt.Raw != nil {
+			mux.Handle(rt.Method+" "+rt.Pattern, rt.Raw)
+			continue
+		}
 		h := rt.Handler
 		mux.HandleFunc(rt.Method+" "+rt.Pattern, func(w http.ResponseWriter, r *http.Request) {
 			v, err := h(r)

@@ -59,7 +59,8 @@ func newRoot() *cobra.Command {
 	root.PersistentFlags().StringVar(&g.dataDir, "data-dir", "", "data directory (env PGSHIELD_DATA_DIR, default "+config.DefaultDataDir+")")
 	root.PersistentFlags().StringVarP(&g.output, "output", "o", "table", "output format: json or table")
 	root.AddCommand(newInit(g), newUp(g), newDown(g), newStatus(g), newConnectionString(g), newParameter(g),
-		newFirewallRule(g), newNetworkRule(g), newNetwork(g), newKey(g), newAudit(g), newPrincipal(g))
+		newFirewallRule(g), newNetworkRule(g), newNetwork(g), newKey(g), newAudit(g), newPrincipal(g), newMetrics(g))
+	root.AddCommand(newBackup(g))
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

@@ -4,13 +4,16 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/proxyproto"
 )
 
@@ -43,8 +46,18 @@ var gatewayParams = []Param{
 		Description: "How often pgshield proves it can still unwrap the data key with the key-encryption key."},
 	{Name: "pgshield.key_unavailable_grace", Default: "30m0s", Check: checkDuration,
 		Description: "How long a KMS that cannot be reached (not a revocation) is tolerated before the server becomes inaccessible."},
+	{Name: "pgshield.backup_retention_days", Default: "7", Check: checkRetentionDays,
+		Description: "Days of point-in-time restore the backup repository keeps: older full backups, and the WAL only they need, are expired after each backup."},
+	{Name: "pgshield.audit_retention_days", Default: "7", Check: checkAuditRetention,
+		Description: "Days rotated audit log files are kept (the log rotates at 100 MB); 0 keeps them all."},
+	{Name: "pgshield.audit_syslog", Default: "", Check: checkSyslog,
+		Description: "Also forward every audit record to syslog in RFC 5424 format: udp://host:port, tcp://host:port or unix:///dev/log; empty turns forwarding off."},
+	{Name: "pgshield.audit_fail_closed", Default: "off", Allowed: []string{"on", "off"},
+		Description: "Refuse new sessions while the audit log cannot be written, instead of letting them go unrecorded."},
 	{Name: "pgshield.trusted_proxies", Default: "", Check: checkTrusted,
 		Description: "Comma-separated CIDRs of load balancers whose PROXY protocol header is accepted."},
+	{Name: "pgshield.metrics_listen", Default: "", Check: checkMetricsListen,
+		Description: "TCP address (host:port) serving Prometheus metrics at /metrics; empty serves them only on the management socket."},
 	{Name: "pgshield.password_auth", Default: "on", Allowed: []string{"on", "off"},
 		Description: "Accept SCRAM password logins; off allows only token (OIDC) principals, like Azure's \"Microsoft Entra authentication only\"."},
 	{Name: "pgshield.oidc_issuer", Default: "", Check: checkIssuer,
@@ -63,12 +76,40 @@ var gatewayParams = []Param{
 		Description: "PEM file of CA certificates trusted for the issuer's HTTPS, in addition to the system's."},
 	{Name: "pgshield.oidc_jwks_refresh_interval", Default: "1m0s", Check: checkDuration,
 		Description: "Least time between two fetches of the issuer's signing keys caused by a token with an unknown key ID."},
+	{Name: "pgshield.allowed_extensions", Default: DefaultAllowedExtensions, Check: checkExtensions,
+		Description: "Comma-separated extensions the administrator and the roles it creates may CREATE EXTENSION (like Azure's azure.extensions); each must be installed on the machine."},
+}
+
+func checkAuditRetention(v string) (string, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 3650 {
+		return "", errors.New("use a whole number of days from 0 (keep everything) to 3650")
+	}
+	return strconv.Itoa(n), nil
+}
+
+func checkSyslog(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	if _, _, err := audit.ParseSyslogURL(v); err != nil {
+		return "", err
+	}
+	return v, nil
 }
 
 func checkRate(v string) (string, error) {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 || n > 1000000 {
 		return "", errors.New("use a whole number of connections per second from 0 (no limit) to 1000000")
+	}
+	return strconv.Itoa(n), nil
+}
+
+func checkRetentionDays(v string) (string, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 3650 {
+		return "", errors.New("use a whole number of days from 1 to 3650")
 	}
 	return strconv.Itoa(n), nil
 }
@@ -90,6 +131,17 @@ func checkTrusted(v string) (string, error) {
 		return "", err
 	}
 	return t.String(), nil
+}
+
+func checkMetricsListen(v string) (string, error) {
+	if v == "" {
+		return "", nil
+	}
+	host, port, err := net.SplitHostPort(v)
+	if n, perr := strconv.Atoi(port); err != nil || perr != nil || n < 1 || n > 65535 || strings.ContainsAny(host, " /") {
+		return "", errors.New("use host:port, such as 127.0.0.1:9187")
+	}
+	return v, nil
 }
 
 func checkIssuer(v string) (string, error) {
@@ -198,7 +250,15 @@ type Params struct {
 	// PasswordAuth accepts SCRAM logins; off leaves token principals only.
 	PasswordAuth bool
 	OIDC         OIDCParams
-	Values       map[string]string
+	// AllowedExtensions may be created by roles that are not superusers.
+	AllowedExtensions []string
+	// AuditRetention keeps rotated audit files this long; 0 keeps all.
+	AuditRetention time.Duration
+	// AuditSyslog forwards audit records there; empty: off.
+	AuditSyslog string
+	// AuditFailClosed refuses new sessions while the audit log fails.
+	AuditFailClosed bool
+	Values          map[string]string
 }
 
 // OIDCParams configure token authentication.
@@ -252,6 +312,11 @@ func ResolveParams(set map[string]string) (Params, error) {
 		Tenant: vals["pgshield.oidc_tenant"], CAFile: vals["pgshield.oidc_ca_file"],
 		EnforceExpiry: vals["pgshield.oidc_enforce_expiry"] == "on"}
 	out.OIDC.JWKSRefresh, _ = time.ParseDuration(vals["pgshield.oidc_jwks_refresh_interval"])
+	out.AllowedExtensions = splitList(vals["pgshield.allowed_extensions"])
+	days, _ := strconv.Atoi(vals["pgshield.audit_retention_days"])
+	out.AuditRetention = time.Duration(days) * 24 * time.Hour
+	out.AuditSyslog = vals["pgshield.audit_syslog"]
+	out.AuditFailClosed = vals["pgshield.audit_fail_closed"] == "on"
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {
 		out.MaxTLS = tlsVersions[mx]
@@ -261,4 +326,45 @@ func ResolveParams(set map[string]string) (Params, error) {
 		}
 	}
 	return out, nil
+}
+
+// DefaultAllowedExtensions are the extensions from Debian's postgresql-15,
+// postgresql-contrib and postgresql-15-pgaudit that a managed service offers
+// its administrator without reservation.
+const DefaultAllowedExtensions = "btree_gist,citext,hstore,pg_stat_statements,pg_trgm,pgaudit,pgcrypto,uuid-ossp"
+
+// extensionNameRE matches the names of installed extensions (control file
+// names); nothing that could leave the extension directory.
+var extensionNameRE = regexp.MustCompile(`^[a-z0-9_][a-z0-9_-]{0,62}$`)
+
+// checkExtensions canonicalizes an extension list: lower case, sorted, no
+// repeats. Whether each one is installed is the daemon's to check.
+func checkExtensions(v string) (string, error) {
+	seen := map[string]bool{}
+	var names []string
+	for _, n := range strings.Split(v, ",") {
+		n = strings.ToLower(strings.TrimSpace(n))
+		if n == "" {
+			continue
+		}
+		if !extensionNameRE.MatchString(n) {
+			return "", fmt.Errorf("%q is not an extension name", n)
+		}
+		if !seen[n] {
+			seen[n] = true
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names)
+	return strings.Join(names, ","), nil
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, n := range strings.Split(v, ",") {
+		if n = strings.TrimSpace(n); n != "" {
+			out = append(out, n)
+		}
+	}
+	return out
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/gateway"
+	"github.com/pgshield/pgshield/internal/metrics"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/nft"
 	"github.com/pgshield/pgshield/internal/outbound"
@@ -35,14 +36,18 @@ type Daemon struct {
 	Layout config.Layout
 	Log    *slog.Logger
 
-	cfgMu    sync.Mutex // serializes config changes; guards cfg
-	cfg      *config.Config
-	cluster  *postgres.Cluster
-	sup      *postgres.Supervisor
-	catalog  *postgres.Catalog
-	gw       *gateway.Server
-	policy   *netpolicy.Engine
-	auditLog *audit.Log
+	cfgMu   sync.Mutex // serializes config changes; guards cfg
+	cfg     *config.Config
+	cluster *postgres.Cluster
+	sup     *postgres.Supervisor
+	catalog *postgres.Catalog
+	gw      *gateway.Server
+	policy  *netpolicy.Engine
+	// auditStream is the audit sink (see audit.go); auditFwd forwards it
+	// to syslog when pgshield.audit_syslog is set.
+	auditStream   *audit.Stream
+	auditFwd      atomic.Pointer[audit.Forwarder]
+	lastAuditWarn atomic.Int64
 	// outbound opens PostgreSQL's namespace to allowed destinations.
 	outbound *outbound.Path
 	// serverID names per-server resources (the nftables table); fixed at start.
@@ -50,14 +55,18 @@ type Daemon struct {
 	atRest   *AtRest
 	// keyMu serializes lock and unlock; keyState is read without it.
 	keyMu    sync.Mutex
-	keyState atomic.Pointer[KeyState]
-	revalMu  sync.Mutex // guards reval; taken inside keyMu, never around it
-	reval    revalidation
-	supMu    sync.Mutex // guards sup, replaced on unlock
-	started  time.Time
-	version  string
-	listen   string
-	stop     context.CancelFunc
+	keyState atomic.Pointer[KeyState] // set through storeKeyState
+	metrics  *metrics.Metrics
+	// metricsLn serves the metrics on pgshield.metrics_listen.
+	metricsLn *metrics.Listener
+	revalMu   sync.Mutex // guards reval; taken inside keyMu, never around it
+	reval     revalidation
+	supMu     sync.Mutex // guards sup, replaced on unlock
+	backups   backupJobs // at most one backup running
+	started   time.Time
+	version   string
+	listen    string
+	stop      context.CancelFunc
 }
 
 // Run starts everything and blocks until ctx ends or shutdown is asked for
@@ -83,6 +92,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	d.metrics = d.newMetrics()
+	d.metricsLn = &metrics.Listener{Handler: d.metrics.Handler()}
+	defer d.metricsLn.Close()
 	d.atRest = &AtRest{Layout: d.Layout, Cfg: cfg, Log: d.Log.With("component", "storage")}
 	// A key that cannot unwrap the data key (revoked, or a KMS that cannot be
 	// reached) does not stop the daemon: it starts Inaccessible, refusing
@@ -92,11 +104,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	switch {
 	case errors.As(startErr, &keyErr):
 		d.Log.Error("The data key cannot be unwrapped; starting Inaccessible.", "error", startErr)
-		d.keyState.Store(&KeyState{State: KeyInaccessible, Since: time.Now(), Reason: startErr.Error()})
+		d.storeKeyState(&KeyState{State: KeyInaccessible, Since: time.Now(), Reason: startErr.Error()})
 	case startErr != nil:
 		return startErr
 	default:
-		d.keyState.Store(&KeyState{State: KeyAvailable, Since: time.Now()})
+		d.storeKeyState(&KeyState{State: KeyAvailable, Since: time.Now()})
 	}
 	defer func() {
 		if err := d.atRest.Close(context.Background()); err != nil {
@@ -119,11 +131,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.auditLog, err = audit.Open(d.Layout.AuditDir(), audit.WithMaxSize(100<<20), audit.WithRetention(7*24*time.Hour))
-	if err != nil {
-		return fmt.Errorf("opening the audit log: %w", err)
+	// The audit log lives on the volume: it is closed (deferred calls run
+	// last in, first out) after PostgreSQL has stopped and before the
+	// volume is locked and detached.
+	if err := d.openAudit(params, startErr == nil); err != nil {
+		return err
 	}
-	defer d.auditLog.Close()
+	defer d.closeAudit()
 	d.audit(audit.Event{Type: "server.start", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"pid": os.Getpid()}})
 	defer d.audit(audit.Event{Type: "server.stop"})
 	d.outbound = &outbound.Path{ID: cfg.ServerID, Log: d.Log.With("component", "outbound"),
@@ -186,6 +200,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// The supervisor is replaced on unlock: stop whichever runs at the end.
 	defer func() { d.supervisor().Stop(30 * time.Second) }()
+	defer d.backups.stop() // before PostgreSQL stops (deferred calls run last in, first out)
 	d.catalog, err = postgres.NewCatalog(ctx, d.cluster)
 	if err != nil {
 		return err
@@ -203,9 +218,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.started = time.Now()
+	if err := d.metricsLn.Set(params.Values["pgshield.metrics_listen"]); err != nil {
+		d.Log.Error("Metrics endpoint not started.", "error", err)
+	}
 	go d.revalidateLoop(ctx)
 
-	srv := &http.Server{Handler: api.NewHandler(d.routes(), d.Log), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: api.NewHandler(d.auditedRoutes(append(d.routes(), d.backupRoutes()...)), d.Log),
+		ReadHeaderTimeout: 10 * time.Second, ConnContext: apiConnContext}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -276,14 +295,15 @@ func ReadPID(l config.Layout) (int, bool) {
 	return pid, syscall.Kill(pid, 0) == nil
 }
 
-// audit records a security event; a failure to record is logged loudly.
-// (Refusing logins when the audit log fails is pgshield.audit_fail_closed,
-// not built yet.)
+// audit records a security event. While the log cannot be written the
+// stream keeps events in memory; an error means one was dropped (logged,
+// rate-limited) and a gap record will say so.
 func (d *Daemon) audit(e audit.Event) {
-	if d.auditLog == nil {
+	d.metrics.Event(e.Type, e.Outcome)
+	if d.auditStream == nil {
 		return
 	}
-	if err := d.auditLog.Write(e); err != nil {
+	if err := d.auditStream.Write(e); err != nil && d.auditDropWarn() {
 		d.Log.Error("Writing the audit log failed.", "error", err, "event", e.Type)
 	}
 }

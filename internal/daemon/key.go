@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"os/exec"
 	"strings"
 	"time"
@@ -54,13 +55,26 @@ func (d *Daemon) supervisor() *postgres.Supervisor {
 }
 
 func (d *Daemon) startPostgres(ctx context.Context) error {
+	if err := d.prepareBackups(ctx); err != nil {
+		// PostgreSQL starts all the same and keeps the WAL it cannot
+		// archive until this is fixed.
+		d.Log.Error("Preparing backups failed; WAL archiving will fail.", "error", err)
+	}
 	sup := &postgres.Supervisor{Cluster: d.cluster, Log: d.Log.With("component", "postgres"),
+		ServerLog: d.serverLogSink,
 		OnReady: func(pid int) {
 			if err := d.outbound.Apply(pid, d.policy.Snapshot().NetworkRules); err != nil {
 				d.Log.Error("Opening the outbound path failed; PostgreSQL has no network access.", "error", err)
 			}
 		}}
 	if err := sup.Start(ctx); err != nil {
+		if _, serr := os.Stat(d.Layout.BackupRestoreConfig()); serr == nil {
+			return fmt.Errorf("%w; recovery of the restored cluster: %s", err, lastFatal(d.Layout.PGLogDir()))
+		}
+		return err
+	}
+	if err := d.afterPostgresStart(ctx, sup); err != nil {
+		sup.Stop(30 * time.Second)
 		return err
 	}
 	d.supMu.Lock()
@@ -78,7 +92,7 @@ func (d *Daemon) available() error {
 	default:
 		return errors.New("server is locked: its data key was removed from the kernel (run 'pgshield key unlock')")
 	}
-	return nil
+	return d.auditRefusal()
 }
 
 // config returns the current configuration; it is replaced, never mutated.
@@ -127,18 +141,27 @@ func (d *Daemon) lockKey(r *http.Request) (any, error) {
 func (d *Daemon) shutAwayLocked(state, reason, clientMsg string) error {
 	if cur := d.keyState.Load(); cur.State != KeyAvailable {
 		// Already shut away; only the state and reason change.
-		d.keyState.Store(&KeyState{State: state, Since: cur.Since, Reason: reason})
+		d.storeKeyState(&KeyState{State: state, Since: cur.Since, Reason: reason})
 		return nil
 	}
-	d.keyState.Store(&KeyState{State: state, Since: time.Now(), Reason: reason})
+	d.storeKeyState(&KeyState{State: state, Since: time.Now(), Reason: reason})
 	d.gw.TerminateAll(wire.ErrorMessage(wire.CodeAdminShutdown, "%s", clientMsg))
+	d.backups.stop() // its configuration is on the volume about to be locked
+	// Stopping PostgreSQL also drains its last log lines into the stream.
 	d.supervisor().Stop(30 * time.Second)
 	d.catalog.Pool.Reset()
+	// Recorded on the volume before it is locked; later events (refused
+	// logins) wait in memory for the unlock.
+	d.audit(audit.Event{Type: "key.state", Outcome: audit.OutcomeSuccess, Reason: reason, Fields: map[string]any{"state": state}})
+	if err := d.auditStream.Detach(); err != nil {
+		d.Log.Error("Closing the audit log before locking failed.", "error", err)
+	}
 	if err := d.atRest.Lock(); err != nil {
+		d.audit(audit.Event{Type: "key.state", Outcome: audit.OutcomeFailure, Reason: "removing the key from the kernel failed: " + err.Error(),
+			Fields: map[string]any{"state": state}})
 		return fmt.Errorf("removing the key from the kernel: %w", err)
 	}
 	d.Log.Warn("Server data shut away.", "state", state, "reason", reason)
-	d.audit(audit.Event{Type: "key.state", Outcome: audit.OutcomeSuccess, Reason: reason, Fields: map[string]any{"state": state}})
 	return nil
 }
 
@@ -166,10 +189,14 @@ func (d *Daemon) restoreLocked() error {
 	if err := d.atRest.Open(ctx); err != nil {
 		return err
 	}
+	// What happened while locked is written now, in order.
+	if err := d.auditStream.Attach(); err != nil {
+		d.Log.Error("The audit log cannot be opened after unlock; retrying.", "error", err)
+	}
 	if err := d.startPostgres(ctx); err != nil {
 		return err
 	}
-	d.keyState.Store(&KeyState{State: KeyAvailable, Since: time.Now()})
+	d.storeKeyState(&KeyState{State: KeyAvailable, Since: time.Now()})
 	d.Log.Info("Server data available again.")
 	d.audit(audit.Event{Type: "key.state", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"state": KeyAvailable}})
 	return nil

@@ -55,6 +55,7 @@ func (d *Daemon) revalidate(ctx context.Context) {
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	err := d.atRest.Check(cctx) // under keyMu: the key URI may be changing
 	cancel()
+	d.metrics.Revalidation(revalidationResult(err))
 	now := time.Now()
 	d.revalMu.Lock()
 	if err == nil {
@@ -149,8 +150,17 @@ func (d *Daemon) rewrapLocked(ctx context.Context, newURI string) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
+	// The backup passphrase follows the data key to the new wrapping;
+	// prepared (and proved) first so that a failure changes nothing.
+	saveBackupKey, err := d.rewrapBackupKey(ctx, d.cfg.KeyURI, newURI)
+	if err != nil {
+		return api.Errorf(api.CodeInvalid, "%v", err)
+	}
 	if err := d.atRest.Rewrap(ctx, newURI); err != nil {
 		return api.Errorf(api.CodeInvalid, "%v", err)
+	}
+	if err := saveBackupKey(); err != nil {
+		return fmt.Errorf("saving the re-wrapped backup passphrase: %w", err)
 	}
 	newCfg := *d.cfg
 	newCfg.KeyURI = newURI

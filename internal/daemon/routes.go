@@ -48,7 +48,7 @@ type TLSStatus struct {
 }
 
 func (d *Daemon) routes() []api.Route {
-	return append(append(d.networkRoutes(), d.principalRoutes()...),
+	return append(append(append(d.networkRoutes(), d.principalRoutes()...), d.metricsRoutes()...),
 		api.Route{Method: "GET", Pattern: "/v1/status", Handler: d.status},
 		api.Route{Method: "GET", Pattern: "/v1/parameters", Handler: d.listParameters},
 		api.Route{Method: "GET", Pattern: "/v1/parameters/{name}", Handler: d.showParameter},
@@ -209,6 +209,11 @@ func (d *Daemon) setGatewayParam(gp config.Param, value string) (any, error) {
 			return nil, err
 		}
 	}
+	if gp.Name == "pgshield.metrics_listen" {
+		if err := d.metricsLn.Set(nv); err != nil {
+			return nil, api.Errorf(api.CodeInvalid, "%v", err)
+		}
+	}
 	newCfg := *d.cfg
 	newCfg.Parameters = next
 	if err := config.Save(d.Layout, &newCfg); err != nil {
@@ -222,6 +227,7 @@ func (d *Daemon) setGatewayParam(gp config.Param, value string) (any, error) {
 		}
 	}
 	d.gw.SetParams(resolved)
+	d.applyAuditParams(gp.Name, resolved)
 	d.Log.Info("Parameter changed.", "name", gp.Name, "value", nv)
 	d.audit(audit.Event{Type: "parameter.set", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"name": gp.Name, "value": nv}})
 	return d.gatewayParam(gp, resolved.Values), nil
