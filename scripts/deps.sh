@@ -9,7 +9,8 @@ set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "pgshield setup must run as root" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 
-want=(postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit iproute2 nftables e2fsprogs mount util-linux ca-certificates)
+want=(postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit iproute2 nftables e2fsprogs mount util-linux ca-certificates
+  postgresql-server-dev-15 gcc make libc6-dev)  # the last four build pgshield_guard
 [ "${PGSHIELD_DEPS_BENCH:-0}" = 1 ] && want+=(pgbouncer)
 
 missing=()
@@ -46,6 +47,24 @@ if command -v pg_lsclusters >/dev/null; then
     fi
   done
 fi
+# pgshield_guard (pgext/pgshield_guard), the PostgreSQL library that keeps the
+# administrator from becoming a superuser; pgshield refuses to run without it.
+# Built again when its source is newer than the installed copy (PostgreSQL's
+# minor releases keep the server's ABI).
+guard_src=$(cd "$(dirname "${BASH_SOURCE[0]}")/../pgext/pgshield_guard" && pwd)
+guard_so=$(/usr/lib/postgresql/15/bin/pg_config --pkglibdir)/pgshield_guard.so
+if [ ! -f "$guard_so" ] || [ "$guard_src/pgshield_guard.c" -nt "$guard_so" ] || [ "$guard_src/Makefile" -nt "$guard_so" ]; then
+  echo "Building pgshield_guard"
+  guard_build=$(mktemp -d)
+  cp "$guard_src/pgshield_guard.c" "$guard_src/Makefile" "$guard_build/"
+  if ! make -s -C "$guard_build" >/dev/null || ! make -s -C "$guard_build" install >/dev/null; then
+    rm -rf "$guard_build"
+    echo "building pgshield_guard failed" >&2
+    exit 1
+  fi
+  rm -rf "$guard_build"
+fi
+
 # pgbouncer's Debian service is not ours either.
 if command -v pgbouncer >/dev/null && [ -f /etc/init.d/pgbouncer ]; then
   /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true

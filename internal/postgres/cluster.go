@@ -39,13 +39,20 @@ func (c *Cluster) ServiceDSN(database string) string {
 // managedSettings are the settings pgshield owns; ALTER SYSTEM may not
 // change them (see ProtectedParameter).
 func (c *Cluster) managedSettings() string {
-	preload := ""
+	// pgshield_guard comes first so that pgaudit, loaded after it, wraps it
+	// and records the statements it refuses.
+	libs := []string{"pgshield_guard"}
 	if c.HasPgaudit() {
 		// Statement auditing is configured with `pgshield parameter set
 		// pgaudit.log ...`; the library itself is pgshield's to load.
-		preload = "shared_preload_libraries = 'pgaudit'\n"
+		libs = append(libs, "pgaudit")
 	}
-	return preload + fmt.Sprintf(`# Written by pgshield; do not edit. PostgreSQL listens on no TCP port:
+	if c.hasLib("pg_stat_statements") {
+		// An allowed extension that only works when preloaded.
+		libs = append(libs, "pg_stat_statements")
+	}
+	preload := fmt.Sprintf("shared_preload_libraries = '%s'\n", strings.Join(libs, ","))
+	return preload + c.guardSettings() + fmt.Sprintf(`# Written by pgshield; do not edit. PostgreSQL listens on no TCP port:
 # the pgshield gateway is the only way in, over the Unix socket below.
 listen_addresses = ''
 port = %d
@@ -62,9 +69,50 @@ log_rotation_size = 100MB
 }
 
 // HasPgaudit reports whether Debian's postgresql-15-pgaudit is installed.
-func (c *Cluster) HasPgaudit() bool {
-	_, err := os.Stat(filepath.Join(filepath.Dir(c.Cfg.PGBinDir), "lib", "pgaudit.so"))
+func (c *Cluster) HasPgaudit() bool { return c.hasLib("pgaudit") }
+
+func (c *Cluster) libPath(name string) string {
+	return filepath.Join(filepath.Dir(c.Cfg.PGBinDir), "lib", name+".so")
+}
+
+func (c *Cluster) hasLib(name string) bool {
+	_, err := os.Stat(c.libPath(name))
 	return err == nil
+}
+
+// CheckGuard refuses to go on without pgshield_guard (pgext/pgshield_guard),
+// the library that keeps the administrator and the roles it creates from
+// becoming superuser-equivalent: without it PostgreSQL 15 would let them
+// grant themselves pg_execute_server_program.
+func (c *Cluster) CheckGuard() error {
+	if !c.hasLib("pgshield_guard") {
+		return fmt.Errorf("pgshield_guard is not installed (%s is missing); it keeps the administrator from becoming a superuser: run scripts/deps.sh to build and install it",
+			c.libPath("pgshield_guard"))
+	}
+	return nil
+}
+
+// guardSettings configure pgshield_guard. Its parameters can only be set in
+// the configuration files (PGC_SIGHUP), and ALTER SYSTEM may not touch them
+// (see ProtectedParameter), so only pgshield sets them.
+func (c *Cluster) guardSettings() string {
+	// An invalid parameter set (which the daemon refuses to start with)
+	// allows no extension rather than the defaults.
+	var exts []string
+	if p, err := config.ResolveParams(c.Cfg.Parameters); err == nil {
+		exts = p.AllowedExtensions
+	}
+	list := func(names ...string) string {
+		// Role and extension names are validated plain identifiers; quote
+		// anyway, as postgresql.conf wants.
+		return strings.ReplaceAll(strings.ReplaceAll(strings.Join(names, ","), `\`, `\\`), "'", "''")
+	}
+	return fmt.Sprintf(`# pgshield_guard: what roles that are not superusers may not do.
+pgshield_guard.reserved_roles = '%s'
+pgshield_guard.reserved_memberships = 'pg_execute_server_program,pg_read_server_files,pg_write_server_files'
+pgshield_guard.admin_roles = '%s'
+pgshield_guard.allowed_extensions = '%s'
+`, list(config.SuperuserRole, c.Cfg.ServiceRole), list(c.Cfg.AdminUser), list(exts...))
 }
 
 // hba allows only local connections. The socket directory is 0700 and owned
@@ -121,6 +169,9 @@ func (c *Cluster) PrepareDirs() error {
 
 // InitDB creates the cluster with Debian's initdb.
 func (c *Cluster) InitDB(ctx context.Context) error {
+	if err := c.CheckGuard(); err != nil {
+		return err
+	}
 	if _, err := os.Stat(filepath.Join(c.Layout.PGData(), "PG_VERSION")); err == nil {
 		return fmt.Errorf("a PostgreSQL cluster already exists in %s", c.Layout.PGData())
 	}
@@ -148,6 +199,9 @@ func (c *Cluster) InitDB(ctx context.Context) error {
 
 // WriteManagedFiles (re)writes pgshield.conf and pg_hba.conf.
 func (c *Cluster) WriteManagedFiles() error {
+	if err := c.CheckGuard(); err != nil {
+		return err
+	}
 	for name, body := range map[string]string{"pgshield.conf": c.managedSettings(), "pg_hba.conf": hba} {
 		p := filepath.Join(c.Layout.PGData(), name)
 		if err := config.WriteFileAtomic(p, []byte(body), 0o600); err != nil {
@@ -180,4 +234,7 @@ var protected = map[string]bool{
 
 // ProtectedParameter reports whether a PostgreSQL parameter is managed by
 // pgshield and so may not be set by users.
-func ProtectedParameter(name string) bool { return protected[strings.ToLower(name)] }
+func ProtectedParameter(name string) bool {
+	name = strings.ToLower(name)
+	return protected[name] || strings.HasPrefix(name, "pgshield_guard.")
+}
