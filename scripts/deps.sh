@@ -9,7 +9,7 @@ set -euo pipefail
 [ "$(id -u)" -eq 0 ] || { echo "pgshield setup must run as root" >&2; exit 1; }
 export DEBIAN_FRONTEND=noninteractive
 
-want=(postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit iproute2 nftables e2fsprogs mount util-linux ca-certificates
+want=(postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit pgbackrest iproute2 nftables e2fsprogs mount util-linux ca-certificates
   postgresql-server-dev-15 gcc make libc6-dev)  # the last four build pgshield_guard
 [ "${PGSHIELD_DEPS_BENCH:-0}" = 1 ] && want+=(pgbouncer)
 

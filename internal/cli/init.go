@@ -25,7 +25,7 @@ import (
 )
 
 func newInit(g *globals) *cobra.Command {
-	var adminUser, pwFile, listen, tlsCert, tlsKey, pgBinDir, network, keyURI string
+	var adminUser, pwFile, listen, tlsCert, tlsKey, pgBinDir, network, keyURI, backupPath string
 	storageSize := byteSize{bytes: 20 << 30}
 	cmd := &cobra.Command{
 		Use:   "init",
@@ -57,8 +57,11 @@ func newInit(g *globals) *cobra.Command {
 				return usageError{err}
 			}
 			l := g.layout()
+			if backupPath, err = checkBackupPath(l, backupPath); err != nil {
+				return err
+			}
 			cfg := &config.Config{Listen: listen, AdminUser: adminUser, PGBinDir: pgBinDir,
-				TLSCertFile: l.ServerCert(), TLSKeyFile: l.ServerKey(), CAFile: l.CACert()}
+				TLSCertFile: l.ServerCert(), TLSKeyFile: l.ServerKey(), CAFile: l.CACert(), BackupPath: backupPath}
 			if tlsCert != "" {
 				cfg.TLSCertFile, cfg.TLSKeyFile, cfg.CAFile = abs(tlsCert), abs(tlsKey), ""
 			}
@@ -167,6 +170,7 @@ func newInit(g *globals) *cobra.Command {
 	f.StringVar(&tlsCert, "tls-cert", "", "server certificate chain (PEM) to use instead of a private CA")
 	f.StringVar(&tlsKey, "tls-key", "", "server private key (PEM) for --tls-cert")
 	f.StringVar(&keyURI, "key-uri", "", "customer-managed key-encryption key (awskms://, azurekeyvault://, gcpkms://, hashivault://); default: system-managed")
+	f.StringVar(&backupPath, "backup-path", "", "backup repository directory (default <data-dir>/backups; its contents are encrypted)")
 	f.Var(&storageSize, "storage-size", "size of the encrypted volume (e.g. 20GiB; the image is sparse)")
 	f.StringVar(&network, "network", "public", "public (firewall rules) or private (private address, network security rules)")
 	f.StringVar(&pgBinDir, "pg-bin-dir", "/usr/lib/postgresql/15/bin", "PostgreSQL 15 programs")

@@ -33,6 +33,18 @@ type Config struct {
 	KeyURI string `json:"key_uri,omitempty"`
 	// StorageSize is the volume's size in bytes.
 	StorageSize int64 `json:"storage_size,omitempty"`
+	// BackupPath is the pgBackRest repository; empty means
+	// Layout.DefaultBackupRepo. See BackupRepo.
+	BackupPath string `json:"backup_path,omitempty"`
+}
+
+// BackupRepo is where this server's backups go: BackupPath, or
+// <data-dir>/backups by default.
+func (c *Config) BackupRepo(l Layout) string {
+	if c.BackupPath != "" {
+		return c.BackupPath
+	}
+	return l.DefaultBackupRepo()
 }
 
 // Reserved PostgreSQL roles that never log in through the gateway.

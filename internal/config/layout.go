@@ -95,3 +95,25 @@ func (l Layout) NetworkFile() string { return filepath.Join(l.Root, "network.jso
 
 // AuditDir holds the tamper-evident audit log (0700).
 func (l Layout) AuditDir() string { return filepath.Join(l.Root, "audit") }
+
+// WrappedBackupKey is the backup repository's cipher passphrase, wrapped by
+// the key-encryption key like the data key (0600).
+func (l Layout) WrappedBackupKey() string { return filepath.Join(l.SecretsDir(), "backup-key.json") }
+
+// DefaultBackupRepo is the pgBackRest repository unless init chose another:
+// outside the volume, so that a lost volume leaves the backups (whose
+// contents pgBackRest encrypts).
+func (l Layout) DefaultBackupRepo() string { return filepath.Join(l.Root, "backups") }
+
+// BackupWorkDir, on the encrypted volume and owned by the postgres OS user
+// (0700), holds pgBackRest's configuration (it carries the repository
+// passphrase), its lock files, logs and spool (WAL being fetched for a
+// restore is plaintext there).
+func (l Layout) BackupWorkDir() string { return filepath.Join(l.VolumeDir(), "backup") }
+
+// BackupConfig is pgBackRest's configuration file (0600, postgres).
+func (l Layout) BackupConfig() string { return filepath.Join(l.BackupWorkDir(), "pgbackrest.conf") }
+
+// BackupRestoreConfig names the source repository of a point-in-time
+// restore until the restored cluster has finished recovery (0600, postgres).
+func (l Layout) BackupRestoreConfig() string { return filepath.Join(l.BackupWorkDir(), "restore.conf") }

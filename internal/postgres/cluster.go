@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/pgshield/pgshield/internal/backup"
 	"github.com/pgshield/pgshield/internal/config"
 )
 
@@ -202,7 +203,7 @@ func (c *Cluster) WriteManagedFiles() error {
 	if err := c.CheckGuard(); err != nil {
 		return err
 	}
-	for name, body := range map[string]string{"pgshield.conf": c.managedSettings(), "pg_hba.conf": hba} {
+	for name, body := range map[string]string{"pgshield.conf": c.managedSettings() + c.archiveSettings(), "pg_hba.conf": hba} {
 		p := filepath.Join(c.Layout.PGData(), name)
 		if err := config.WriteFileAtomic(p, []byte(body), 0o600); err != nil {
 			return err
@@ -222,7 +223,7 @@ var protected = map[string]bool{
 	"unix_socket_group": true, "unix_socket_permissions": true, "password_encryption": true,
 	"ssl": true, "data_directory": true, "hba_file": true, "ident_file": true,
 	"config_file": true, "external_pid_file": true, "logging_collector": true,
-	"log_directory": true, "log_file_mode": true, "archive_command": true,
+	"log_directory": true, "log_file_mode": true, "archive_command": true, "archive_mode": true,
 	"archive_library": true, "restore_command": true, "shared_preload_libraries": true,
 	"local_preload_libraries": true, "session_preload_libraries": true,
 	"dynamic_library_path": true, "krb_server_keyfile": true, "event_source": true,
@@ -237,4 +238,25 @@ var protected = map[string]bool{
 func ProtectedParameter(name string) bool {
 	name = strings.ToLower(name)
 	return protected[name] || strings.HasPrefix(name, "pgshield_guard.")
+}
+
+// archiveSettings turn on continuous WAL archiving into the pgBackRest
+// repository (internal/backup), which point-in-time restore needs. The
+// archive_command runs inside PostgreSQL's network namespace: the
+// repository is a local path. Its configuration, which holds the
+// repository passphrase, is on the encrypted volume.
+func (c *Cluster) archiveSettings() string {
+	return fmt.Sprintf(`# Continuous archiving to the encrypted pgBackRest repository.
+archive_mode = on
+archive_command = '%s'
+# A default (ALTER SYSTEM may change it): a quiet server still archives its
+# WAL at least every 5 minutes, which bounds what a restore can miss.
+archive_timeout = 300
+`, confQuote(backup.ArchiveCommand(c.Layout.BackupConfig())))
+}
+
+// confQuote escapes s for a single-quoted postgresql.conf value, where a
+// backslash starts an escape and a quote is doubled.
+func confQuote(s string) string {
+	return strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''")
 }

@@ -1,0 +1,530 @@
+package daemon
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/backup"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/keys"
+	"github.com/pgshield/pgshield/internal/postgres"
+)
+
+// Backup job states.
+const (
+	JobRunning   = "running"
+	JobSucceeded = "succeeded"
+	JobFailed    = "failed"
+)
+
+// BackupJob is a backup the daemon runs in the background; GET
+// /v1/backups/job reports the current or last one.
+type BackupJob struct {
+	ID string `json:"id"`
+	// Type is what was asked for (full, diff, incr); once done, what
+	// pgBackRest took (the first backup is always full).
+	Type  string `json:"type"`
+	State string `json:"state"`
+	// Progress is the share of the cluster copied, in percent.
+	Progress   float64    `json:"progress_percent"`
+	StartedAt  time.Time  `json:"started_at"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
+	Label      string     `json:"label,omitempty"`
+	Error      string     `json:"error,omitempty"`
+}
+
+// BackupCreateRequest is the body of POST /v1/backups.
+type BackupCreateRequest struct {
+	Type string `json:"type,omitempty"` // full (default), diff or incr
+}
+
+// BackupList is the answer of GET /v1/backups.
+type BackupList struct {
+	Repository    string          `json:"repository"`
+	Cipher        string          `json:"cipher"`
+	RetentionDays int             `json:"retention_days"`
+	WALMin        string          `json:"wal_min,omitempty"`
+	WALMax        string          `json:"wal_max,omitempty"`
+	Running       bool            `json:"backup_running"`
+	Backups       []backup.Backup `json:"backups"`
+}
+
+// ArchiveResult is the answer of POST /v1/backups/archive-wal.
+type ArchiveResult struct {
+	// WAL is the segment that held the last commit, now in the repository.
+	WAL string `json:"wal"`
+}
+
+// backupJobs runs at most one backup at a time. The zero value is ready.
+type backupJobs struct {
+	mu     sync.Mutex
+	job    *BackupJob // the current or last job; replaced, never mutated outside mu
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (b *backupJobs) snapshot() *BackupJob {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.job == nil {
+		return nil
+	}
+	j := *b.job
+	return &j
+}
+
+// start runs fn in the background as a new job unless one is running.
+func (b *backupJobs) start(typ string, fn func(ctx context.Context, progress func(float64)) (string, error), finished func(BackupJob)) (*BackupJob, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.job != nil && b.job.State == JobRunning {
+		return nil, api.Errorf(api.CodeInvalid, "a backup is already running (job %s, started %s)", b.job.ID, b.job.StartedAt.Format(time.RFC3339))
+	}
+	id := make([]byte, 6)
+	if _, err := rand.Read(id); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	job := &BackupJob{ID: hex.EncodeToString(id), Type: typ, State: JobRunning, StartedAt: time.Now().UTC()}
+	b.job, b.cancel, b.done = job, cancel, make(chan struct{})
+	done := b.done
+	go func() {
+		defer close(done)
+		defer cancel()
+		label, err := fn(ctx, func(p float64) {
+			b.mu.Lock()
+			if b.job.ID == job.ID && p > b.job.Progress {
+				nj := *b.job
+				nj.Progress = p
+				b.job = &nj
+			}
+			b.mu.Unlock()
+		})
+		b.mu.Lock()
+		nj := *b.job
+		now := time.Now().UTC()
+		nj.FinishedAt = &now
+		if err != nil {
+			nj.State, nj.Error = JobFailed, err.Error()
+		} else {
+			nj.State, nj.Label, nj.Progress = JobSucceeded, label, 100
+			nj.Type = labelType(label, nj.Type)
+		}
+		b.job = &nj
+		b.mu.Unlock()
+		finished(nj)
+	}()
+	j := *job
+	return &j, nil
+}
+
+// stop cancels a running job and waits for it to end.
+func (b *backupJobs) stop() {
+	b.mu.Lock()
+	cancel, done := b.cancel, b.done
+	b.mu.Unlock()
+	if cancel != nil {
+		cancel()
+		<-done
+	}
+}
+
+// labelType reads the backup type from a pgBackRest label's last letter.
+func labelType(label, fallback string) string {
+	switch {
+	case strings.HasSuffix(label, "F"):
+		return "full"
+	case strings.HasSuffix(label, "D"):
+		return "diff"
+	case strings.HasSuffix(label, "I"):
+		return "incr"
+	}
+	return fallback
+}
+
+func (d *Daemon) backupRoutes() []api.Route {
+	return []api.Route{
+		{Method: "GET", Pattern: "/v1/backups", Handler: d.listBackups},
+		{Method: "POST", Pattern: "/v1/backups", Write: true, Handler: d.createBackup},
+		{Method: "GET", Pattern: "/v1/backups/job", Handler: d.backupJob},
+		{Method: "POST", Pattern: "/v1/backups/archive-wal", Write: true, Handler: d.archiveWAL},
+	}
+}
+
+// backupTool runs pgBackRest as the postgres OS user with this server's
+// configuration on the volume.
+func (d *Daemon) backupTool() *backup.Tool {
+	return &backup.Tool{Command: d.cluster.User.Command, Config: d.Layout.BackupConfig(), Log: d.Log.With("component", "backup")}
+}
+
+// BackupSettings are the pgBackRest settings of the server in l: its
+// repository, its cluster, its work directory on the volume.
+func BackupSettings(l config.Layout, cfg *config.Config) backup.Settings {
+	return backup.Settings{RepoPath: cfg.BackupRepo(l), PGData: l.PGData(), SocketDir: l.SocketDir(),
+		PGPort: cfg.PGPort, WorkDir: l.BackupWorkDir(), ProcessMax: min(4, max(1, runtime.NumCPU()))}
+}
+
+// prepareBackups runs before PostgreSQL starts, with the volume unlocked:
+// it makes the repository directory, creates the repository passphrase on
+// first use (servers initialized before backups existed get theirs here),
+// and writes pgBackRest's configuration on the volume from the wrapped
+// passphrase, which is the only copy kept outside the volume.
+func (d *Daemon) prepareBackups(ctx context.Context) error {
+	cfg := d.config()
+	u := d.cluster.User
+	uid, gid := int(u.UID), int(u.GID)
+	if err := backup.PrepareDir(cfg.BackupRepo(d.Layout), uid, gid); err != nil {
+		return fmt.Errorf("backup repository: %w", err)
+	}
+	if err := backup.PrepareWorkDir(d.Layout.BackupWorkDir(), uid, gid); err != nil {
+		return fmt.Errorf("backup work directory: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	k, err := keys.Open(ctx, cfg.KeyURI)
+	if err != nil {
+		return err
+	}
+	defer k.Close()
+	path := d.Layout.WrappedBackupKey()
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		if err := backup.CreateWrappedPassphrase(ctx, k, path); err != nil {
+			return err
+		}
+		d.Log.Info("Created the backup repository's passphrase, wrapped by the key-encryption key.")
+	}
+	// An existing envelope that does not unwrap is an error, never a
+	// reason to make a new passphrase: the repository's backups need it.
+	pass, err := backup.UnwrapPassphrase(ctx, k, path)
+	if err != nil {
+		return fmt.Errorf("unwrapping the backup passphrase: %w", err)
+	}
+	defer keys.Wipe(pass)
+	conf, err := backup.Render(BackupSettings(d.Layout, cfg), pass)
+	if err != nil {
+		return err
+	}
+	defer keys.Wipe(conf)
+	return backup.WriteConfig(d.Layout.BackupConfig(), conf, uid, gid)
+}
+
+// afterPostgresStart finishes a point-in-time restore if one is pending,
+// then makes sure the repository's stanza exists so that WAL archiving and
+// backups work. Only a failed recovery is an error.
+func (d *Daemon) afterPostgresStart(ctx context.Context, sup *postgres.Supervisor) error {
+	if err := d.finishRestore(ctx, sup); err != nil {
+		return err
+	}
+	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	if err := d.backupTool().EnsureStanza(sctx); err != nil {
+		d.Log.Error("Setting up the backup repository failed; WAL archiving and backups will fail until it works.", "error", err)
+	}
+	return nil
+}
+
+// restoreRecoveryLimit bounds how long a restored cluster may take to
+// replay WAL to its target.
+const restoreRecoveryLimit = 24 * time.Hour
+
+// finishRestore waits, when this server was made by `backup restore` and
+// has not yet recovered, until PostgreSQL has replayed the archived WAL to
+// the target and promoted, so that no session sees the cluster halfway.
+// Then it drops the recovery settings and the configuration that named
+// the source repository (and held its passphrase).
+func (d *Daemon) finishRestore(ctx context.Context, sup *postgres.Supervisor) error {
+	if _, err := os.Stat(d.Layout.BackupRestoreConfig()); errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	d.Log.Info("Recovering the restored cluster to its target; sessions wait until it is done.")
+	start := time.Now()
+	for {
+		if st := sup.Status(); st.Restarts > 0 || st.State == postgres.StateStopped {
+			return fmt.Errorf("recovery of the restored cluster failed: %s", lastFatal(d.Layout.PGLogDir()))
+		}
+		inRecovery, err := d.superQueryBool(ctx, "SELECT pg_catalog.pg_is_in_recovery()")
+		if err == nil && !inRecovery {
+			break
+		}
+		if time.Since(start) > restoreRecoveryLimit {
+			return fmt.Errorf("the restored cluster did not finish recovery within %s", restoreRecoveryLimit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
+	// pgBackRest wrote these into postgresql.auto.conf; they only apply
+	// during recovery and restore_command names the source repository.
+	for _, s := range []string{"restore_command", "recovery_target", "recovery_target_time", "recovery_target_action"} {
+		if err := d.superExec(ctx, "ALTER SYSTEM RESET "+s); err != nil {
+			d.Log.Warn("Resetting a recovery setting failed.", "setting", s, "error", err)
+		}
+	}
+	if err := d.superExec(ctx, "SELECT pg_catalog.pg_reload_conf()"); err != nil {
+		d.Log.Warn("Reloading the configuration failed.", "error", err)
+	}
+	if err := os.Remove(d.Layout.BackupRestoreConfig()); err != nil {
+		return fmt.Errorf("removing the restore configuration: %w", err)
+	}
+	d.Log.Info("The restored cluster finished recovery and was promoted.", "took", time.Since(start).Round(time.Millisecond))
+	d.audit(audit.Event{Type: "backup.restore.recovered", Outcome: audit.OutcomeSuccess,
+		Fields: map[string]any{"took_ms": time.Since(start).Milliseconds()}})
+	return nil
+}
+
+// superDSN reaches PostgreSQL as the superuser over the private socket, as
+// pgBackRest does; the catalog is not up yet when this is needed.
+func (d *Daemon) superDSN() string {
+	return strings.Replace(d.cluster.ServiceDSN("postgres"), "user="+d.cluster.Cfg.ServiceRole, "user="+config.SuperuserRole, 1)
+}
+
+func (d *Daemon) superQueryBool(ctx context.Context, q string) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, d.superDSN())
+	if err != nil {
+		return false, err
+	}
+	defer conn.Close(context.Background())
+	var v bool
+	err = conn.QueryRow(ctx, q).Scan(&v)
+	return v, err
+}
+
+func (d *Daemon) superExec(ctx context.Context, q string) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, d.superDSN())
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	_, err = conn.Exec(ctx, q)
+	return err
+}
+
+// lastFatal returns the last FATAL or PANIC line of PostgreSQL's newest
+// log file, which says why recovery stopped.
+func lastFatal(logDir string) string {
+	matches, _ := filepath.Glob(filepath.Join(logDir, "postgresql-*.log"))
+	sort.Strings(matches)
+	const fallback = "see PostgreSQL's log in the volume's log directory"
+	if len(matches) == 0 {
+		return fallback
+	}
+	f, err := os.Open(matches[len(matches)-1])
+	if err != nil {
+		return fallback
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > 64<<10 {
+		_, _ = f.Seek(fi.Size()-64<<10, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, 64<<10))
+	last := ""
+	for _, line := range bytes.Split(b, []byte("\n")) {
+		if bytes.Contains(line, []byte("FATAL:")) || bytes.Contains(line, []byte("PANIC:")) {
+			last = string(line)
+		}
+	}
+	if last == "" {
+		return fallback
+	}
+	return backup.CleanMessage(last)
+}
+
+// backupReady refuses backup work unless the data is available and
+// PostgreSQL runs: the configuration lives on the volume.
+func (d *Daemon) backupReady(needPostgres bool) error {
+	if st := d.keyState.Load(); st.State != KeyAvailable {
+		return api.Errorf(api.CodeUnavailable, "backups are not available while the server is %s", st.State)
+	}
+	if needPostgres {
+		if ps := d.supervisor().Status(); ps.State != postgres.StateRunning {
+			return api.Errorf(api.CodeUnavailable, "PostgreSQL is not running (%s)", ps.State)
+		}
+	}
+	return nil
+}
+
+func (d *Daemon) retentionDays() int {
+	n, err := strconv.Atoi(d.currentParams().Values["pgshield.backup_retention_days"])
+	if err != nil || n < 1 {
+		return 7
+	}
+	return n
+}
+
+func (d *Daemon) listBackups(r *http.Request) (any, error) {
+	if err := d.backupReady(false); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+	defer cancel()
+	out := BackupList{Repository: d.config().BackupRepo(d.Layout), Cipher: backup.CipherType,
+		RetentionDays: d.retentionDays(), Backups: []backup.Backup{}}
+	info, err := d.backupTool().Info(ctx)
+	if errors.Is(err, backup.ErrNoStanza) {
+		return out, nil
+	}
+	if err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "reading the backup repository: %v", err)
+	}
+	out.Cipher, out.WALMin, out.WALMax, out.Running = info.Cipher, info.WALMin, info.WALMax, info.BackupRunning
+	if info.Backups != nil {
+		out.Backups = info.Backups
+	}
+	return out, nil
+}
+
+func (d *Daemon) createBackup(r *http.Request) (any, error) {
+	var req BackupCreateRequest
+	if r.ContentLength != 0 {
+		if err := api.DecodeBody(r, &req); err != nil {
+			return nil, err
+		}
+	}
+	if req.Type == "" {
+		req.Type = "full"
+	}
+	switch req.Type {
+	case "full", "diff", "incr":
+	default:
+		return nil, api.Errorf(api.CodeInvalid, "invalid backup type %q: use full, diff or incr", req.Type)
+	}
+	if err := d.backupReady(true); err != nil {
+		return nil, err
+	}
+	retention := d.retentionDays()
+	job, err := d.backups.start(req.Type, func(ctx context.Context, progress func(float64)) (string, error) {
+		tool := d.backupTool()
+		// A repository made after `up` (or emptied) gets its stanza here.
+		if err := tool.EnsureStanza(ctx); err != nil {
+			return "", err
+		}
+		return tool.Backup(ctx, req.Type, retention, progress)
+	}, func(j BackupJob) {
+		ev := audit.Event{Type: "backup.create", Outcome: audit.OutcomeSuccess,
+			Fields: map[string]any{"job": j.ID, "type": j.Type, "label": j.Label}}
+		if j.State != JobSucceeded {
+			ev.Outcome, ev.Reason = audit.OutcomeFailure, j.Error
+			d.Log.Error("Backup failed.", "job", j.ID, "error", j.Error)
+		} else {
+			d.Log.Info("Backup done.", "job", j.ID, "label", j.Label, "type", j.Type,
+				"took", j.FinishedAt.Sub(j.StartedAt).Round(time.Millisecond))
+		}
+		d.audit(ev)
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.Log.Info("Backup started.", "job", job.ID, "type", job.Type)
+	return job, nil
+}
+
+func (d *Daemon) backupJob(*http.Request) (any, error) {
+	j := d.backups.snapshot()
+	if j == nil {
+		return nil, api.Errorf(api.CodeNotFound, "no backup was started since pgshield started")
+	}
+	return j, nil
+}
+
+// archiveWAL closes the current WAL segment and waits until it is in the
+// repository, so that a restore can reach every commit made so far.
+func (d *Daemon) archiveWAL(r *http.Request) (any, error) {
+	if err := d.backupReady(true); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 90*time.Second)
+	defer cancel()
+	var wal string
+	// pg_walfile_name of the switch position names the segment just
+	// closed (a position on a boundary belongs to the previous segment).
+	if err := d.catalog.Pool.QueryRow(ctx, "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())").Scan(&wal); err != nil {
+		return nil, api.Errorf(api.CodeUnavailable, "switching WAL: %v", err)
+	}
+	for {
+		var last, failed string
+		err := d.catalog.Pool.QueryRow(ctx, `SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '')
+			FROM pg_catalog.pg_stat_archiver`).Scan(&last, &failed)
+		if err != nil {
+			return nil, api.Errorf(api.CodeUnavailable, "reading the archiver's state: %v", err)
+		}
+		// Names of one timeline sort in WAL order; a later timeline sorts after.
+		if last >= wal {
+			return ArchiveResult{WAL: wal}, nil
+		}
+		select {
+		case <-ctx.Done():
+			msg := "WAL segment " + wal + " was not archived within 90 s"
+			if failed != "" {
+				msg += " (archiving " + failed + " failed; see PostgreSQL's log)"
+			}
+			return nil, api.Errorf(api.CodeUnavailable, "%s", msg)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// rewrapBackupKey prepares the backup passphrase wrapped by the key at
+// newURI, proved to unwrap, and returns the function that saves it. The
+// passphrase itself does not change, so every backup in the repository
+// (taken before the rotation or after) still restores, and the old
+// wrapping is not kept.
+func (d *Daemon) rewrapBackupKey(ctx context.Context, oldURI, newURI string) (func() error, error) {
+	path := d.Layout.WrappedBackupKey()
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return func() error { return nil }, nil
+	}
+	oldK, err := keys.Open(ctx, oldURI)
+	if err != nil {
+		return nil, err
+	}
+	defer oldK.Close()
+	pass, err := backup.UnwrapPassphrase(ctx, oldK, path)
+	if err != nil {
+		return nil, fmt.Errorf("unwrapping the backup passphrase: %w", err)
+	}
+	defer keys.Wipe(pass)
+	newK, err := keys.Open(ctx, newURI)
+	if err != nil {
+		return nil, err
+	}
+	defer newK.Close()
+	w, err := newK.WrapKey(ctx, keys.PurposeBackup, pass)
+	if err != nil {
+		return nil, fmt.Errorf("wrapping the backup passphrase with the new key: %w", err)
+	}
+	check, err := newK.UnwrapKey(ctx, w)
+	if err != nil {
+		return nil, fmt.Errorf("the new key cannot unwrap the backup passphrase it wrapped: %w", err)
+	}
+	same := subtle.ConstantTimeCompare(check, pass) == 1
+	keys.Wipe(check)
+	if !same {
+		return nil, errors.New("the new key unwrapped a different backup passphrase")
+	}
+	return func() error { return w.Save(path) }, nil
+}
