@@ -16,8 +16,6 @@ import (
 // environment: no key material ever reaches argv or env.
 var toolEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
 
-// maxToolOutput bounds how much of a tool's stderr goes into an error.
-const maxToolOutput = 1024
 
 // lookTool finds an administration tool; /usr/sbin and /sbin are often not
 // on a non-login PATH.

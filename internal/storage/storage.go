@@ -31,6 +31,10 @@ const (
 	// lost+found, so the policy goes on this directory instead.
 	DataDirName = "data"
 
+	// maxToolOutput bounds how much of a tool's output goes into an error
+	// or a log line.
+	maxToolOutput = 1024
+
 	// DefaultGrowThreshold is the free-space fraction under which NeedsGrow
 	// reports true when called with a threshold outside (0, 1).
 	DefaultGrowThreshold = 0.10
@@ -74,10 +78,32 @@ var (
 	ErrOnlineResizeNotPermitted = errors.New("storage: online resize needs CAP_SYS_RESOURCE; resize the detached volume instead")
 	// ErrUnsupported is returned on platforms without fscrypt.
 	ErrUnsupported = errors.New("storage: fscrypt volumes need Linux")
+	// ErrNotResizable is returned by Resize for a volume on a storage path:
+	// pgshield does not own that filesystem and cannot grow it.
+	ErrNotResizable = errors.New("storage: the volume is a filesystem pgshield does not manage; grow it with the tools that made it")
+	// ErrNotExt4 means a storage path is not on an ext4 filesystem.
+	ErrNotExt4 = errors.New("storage: not an ext4 filesystem")
+	// ErrNoEncryptFeature means a storage path's ext4 filesystem was made
+	// without the encrypt feature.
+	ErrNoEncryptFeature = errors.New("storage: the ext4 filesystem lacks the encrypt feature")
+)
+
+// Backend names, as the configuration, `key show` and `storage show` spell
+// them.
+const (
+	// BackendFscrypt is the kernel's native file encryption on ext4 (an
+	// image on a loop device, or an existing filesystem).
+	BackendFscrypt = "fscrypt"
+	// BackendGocryptfs is gocryptfs, a FUSE filesystem, for kernels
+	// without fscrypt.
+	BackendGocryptfs = "gocryptfs"
 )
 
 // Volume is an ext4 filesystem in a sparse image file, attached through a
 // loop device and mounted at Mount, whose DataDir is encrypted with fscrypt.
+// With Path set instead of Image, the filesystem is an existing ext4 mount
+// with the encrypt feature: the directory Path is bind-mounted at Mount and
+// no image or loop device is ever made.
 //
 // Methods serialize on an internal mutex, so a Volume must not be copied
 // after first use. Call CheckAndSetDefaults (every method does too) before
@@ -85,6 +111,9 @@ var (
 type Volume struct {
 	// Image is the path of the sparse image file.
 	Image string
+	// Path, instead of Image, is a directory on an existing ext4
+	// filesystem with the encrypt feature (see CheckStoragePath).
+	Path string
 	// Mount is the mount point; it is created 0700 when missing.
 	Mount string
 	// Size is the image size in bytes for Provision (default DefaultSize,
@@ -100,15 +129,22 @@ type Volume struct {
 // CheckAndSetDefaults validates the paths and size and fills in defaults.
 // It is idempotent.
 func (v *Volume) CheckAndSetDefaults() error {
-	if v.Image == "" {
+	if v.Image == "" && v.Path == "" {
 		return errors.New("storage: Image is required")
+	}
+	if v.Image != "" && v.Path != "" {
+		return errors.New("storage: Image and Path exclude each other")
 	}
 	if v.Mount == "" {
 		return errors.New("storage: Mount is required")
 	}
-	img, err := filepath.Abs(v.Image)
+	backing, what := v.Image, "image"
+	if v.Path != "" {
+		backing, what = v.Path, "storage path"
+	}
+	img, err := filepath.Abs(backing)
 	if err != nil {
-		return fmt.Errorf("storage: image path: %w", err)
+		return fmt.Errorf("storage: %s: %w", what, err)
 	}
 	mnt, err := filepath.Abs(v.Mount)
 	if err != nil {
@@ -118,11 +154,18 @@ func (v *Volume) CheckAndSetDefaults() error {
 		return errors.New("storage: Mount must not be /")
 	}
 	if img == mnt || strings.HasPrefix(img, mnt+string(filepath.Separator)) {
-		return fmt.Errorf("storage: image %s must not live under the mount point %s", img, mnt)
+		return fmt.Errorf("storage: %s %s must not live under the mount point %s", what, img, mnt)
+	}
+	if v.Path != "" && strings.HasPrefix(mnt, img+string(filepath.Separator)) {
+		return fmt.Errorf("storage: the mount point %s must not live under the storage path %s", mnt, img)
 	}
 	// Assign only on change so that repeated calls do not write shared
 	// fields (DataDir reads Mount without the lock).
-	if v.Image != img {
+	if v.Path != "" {
+		if v.Path != img {
+			v.Path = img
+		}
+	} else if v.Image != img {
 		v.Image = img
 	}
 	if v.Mount != mnt {

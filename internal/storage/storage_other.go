@@ -30,3 +30,24 @@ func (v *Volume) Usage() (total, free uint64, err error) { return 0, 0, ErrUnsup
 
 // NeedsGrow is always false without Linux.
 func (v *Volume) NeedsGrow(threshold float64) bool { return false }
+
+// Create needs Linux.
+func (g *Gocryptfs) Create(ctx context.Context, key []byte) error { return ErrUnsupported }
+
+// Open needs Linux.
+func (g *Gocryptfs) Open(ctx context.Context, key []byte) error { return ErrUnsupported }
+
+// Unmount needs Linux.
+func (g *Gocryptfs) Unmount(ctx context.Context) error { return ErrUnsupported }
+
+// ForceUnmount needs Linux.
+func (g *Gocryptfs) ForceUnmount(ctx context.Context) error { return ErrUnsupported }
+
+// Alive needs Linux.
+func (g *Gocryptfs) Alive() (bool, error) { return false, ErrUnsupported }
+
+// Usage needs Linux.
+func (g *Gocryptfs) Usage() (total, free uint64, err error) { return 0, 0, ErrUnsupported }
+
+// CheckStoragePath needs Linux.
+func CheckStoragePath(path string) (string, error) { return "", ErrUnsupported }

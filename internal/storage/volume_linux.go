@@ -79,6 +79,9 @@ func (v *Volume) Provision(ctx context.Context) (err error) {
 	if err := v.CheckAndSetDefaults(); err != nil {
 		return err
 	}
+	if v.Path != "" {
+		return v.provisionPathLocked(ctx)
+	}
 	if err := os.MkdirAll(filepath.Dir(v.Image), 0o700); err != nil {
 		return fmt.Errorf("storage: image directory: %w", err)
 	}
@@ -143,6 +146,9 @@ func (v *Volume) Attach(ctx context.Context) error {
 	if err := v.attachLocked(ctx); err != nil {
 		return err
 	}
+	if v.Path != "" {
+		return nil
+	}
 	fi, err := os.Stat(v.Image)
 	if err != nil {
 		return fmt.Errorf("storage: image: %w", err)
@@ -154,6 +160,9 @@ func (v *Volume) Attach(ctx context.Context) error {
 }
 
 func (v *Volume) attachLocked(ctx context.Context) error {
+	if v.Path != "" {
+		return v.bindLocked(ctx)
+	}
 	fi, err := os.Stat(v.Image)
 	if err != nil {
 		return fmt.Errorf("storage: image: %w", err)
@@ -272,6 +281,9 @@ type volumeState struct {
 // at Mount.
 func (v *Volume) inspectLocked(ctx context.Context) (volumeState, error) {
 	var st volumeState
+	if v.Path != "" {
+		return v.inspectPathLocked()
+	}
 	loops, err := v.findLoops(ctx)
 	if err != nil {
 		return st, err
@@ -552,8 +564,8 @@ func (v *Volume) KeyStatus() (present bool, err error) {
 	return st != unix.FSCRYPT_KEY_STATUS_ABSENT, nil
 }
 
-// Resize grows the volume to newSize bytes. A size below the current image
-// size is ErrShrink; the current size repeats the device and filesystem
+// Resize grows the volume to newSize bytes. A volume on a storage path is
+// ErrNotResizable. A size below the current image size is ErrShrink; the current size repeats the device and filesystem
 // steps, which completes an interrupted Resize.
 //
 // Mounted, the volume grows online: Resize extends the sparse image, tells
@@ -573,6 +585,9 @@ func (v *Volume) Resize(ctx context.Context, newSize int64) error {
 	defer v.mu.Unlock()
 	if err := v.CheckAndSetDefaults(); err != nil {
 		return err
+	}
+	if v.Path != "" {
+		return ErrNotResizable
 	}
 	fi, err := os.Stat(v.Image)
 	if err != nil {
