@@ -16,7 +16,6 @@ import (
 // environment: no key material ever reaches argv or env.
 var toolEnv = []string{"PATH=/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL=C"}
 
-
 // lookTool finds an administration tool; /usr/sbin and /sbin are often not
 // on a non-login PATH.
 func lookTool(name string) (string, error) {
