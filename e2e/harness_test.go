@@ -78,6 +78,9 @@ type server struct {
 	name    string
 	dataDir string
 	port    int
+	// env is added to every pgshield command's environment (and so the
+	// daemon's), e.g. GODEBUG=fips140=on.
+	env []string
 }
 
 func freePort() (int, error) {
@@ -91,11 +94,16 @@ func freePort() (int, error) {
 
 // newServer inits and starts a server in the background, as a user would.
 func newServer(name string, initArgs ...string) (*server, error) {
+	return newServerEnv(name, nil, initArgs...)
+}
+
+// newServerEnv is newServer with env added to pgshield's environment.
+func newServerEnv(name string, env []string, initArgs ...string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	s := &server{name: name, dataDir: filepath.Join(baseDir, name), port: port}
+	s := &server{name: name, dataDir: filepath.Join(baseDir, name), port: port, env: env}
 	pw := filepath.Join(baseDir, name+".pw")
 	if err := os.WriteFile(pw, []byte(adminPassword+"\n"), 0o600); err != nil {
 		return nil, err
@@ -127,6 +135,9 @@ func (s *server) cli(args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, pgshieldBin, append(args, "--data-dir", s.dataDir)...)
+	if len(s.env) > 0 {
+		cmd.Env = append(os.Environ(), s.env...)
+	}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()

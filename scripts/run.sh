@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 source scripts/deps.sh
 [ -x /usr/local/go/bin/go ] && export PATH=/usr/local/go/bin:$PATH
 
+# PGSHIELD_FIPS=1 builds against Go's FIPS 140-3 module, which then runs in
+# FIPS mode by default (GODEBUG=fips140=on); `pgshield status` says so.
+if [ "${PGSHIELD_FIPS:-0}" = 1 ]; then export GOFIPS140=v1.26.0; fi
 go build -o bin/pgshield ./cmd/pgshield
 install -m 0755 bin/pgshield /usr/local/bin/pgshield
 

@@ -194,6 +194,11 @@ func newStatus(g *globals) *cobra.Command {
 				fmt.Fprintf(tw, "ssl_min_protocol_version\t%s\n", st.TLS.MinProtocolVersion)
 				fmt.Fprintf(tw, "ssl_max_protocol_version\t%s\n", st.TLS.MaxProtocolVersion)
 				fmt.Fprintf(tw, "connections\t%d open, %d since start\n", st.Connections.Active, st.Connections.Total)
+				fips := "off"
+				if st.FIPS140 {
+					fips = "on (Go cryptography in its FIPS 140-3 module)"
+				}
+				fmt.Fprintf(tw, "fips140\t%s\n", fips)
 			})
 		},
 	}

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/fips140"
 	"errors"
 	"fmt"
 	"maps"
@@ -32,6 +33,9 @@ type Status struct {
 	AdminUser     string         `json:"admin_user"`
 	DataDir       string         `json:"data_dir"`
 	Key           KeyInfo        `json:"key"`
+	// FIPS140 is true when Go's cryptography runs in its FIPS 140-3 module
+	// (GODEBUG=fips140=on, or a binary built with GOFIPS140).
+	FIPS140 bool `json:"fips140"`
 }
 
 // PostgresStatus describes the managed instance.
@@ -78,6 +82,7 @@ func (d *Daemon) status(*http.Request) (any, error) {
 		UptimeSeconds: int64(time.Since(d.started).Seconds()), PID: osGetpid(),
 		Postgres:    PostgresStatus{Version: d.version, Status: ps},
 		Connections: d.gw.Stats(), AdminUser: cfg.AdminUser, DataDir: d.Layout.Root, Key: d.keyInfo(),
+		FIPS140: fips140.Enabled(),
 		TLS: TLSStatus{
 			RequireSecureTransport: p.Values["require_secure_transport"],
 			MinProtocolVersion:     p.Values["ssl_min_protocol_version"],

@@ -11,11 +11,10 @@ import (
 	"path/filepath"
 
 	"gocloud.dev/secrets"
-	"gocloud.dev/secrets/localsecrets"
 )
 
-// KEKSize is the size in bytes of a system-managed key-encryption key: a
-// NaCl secretbox key, as localsecrets takes it.
+// KEKSize is the size in bytes of a system-managed key-encryption key: an
+// AES-256 key (and, for keys wrapped before AES-256-GCM, a NaCl secretbox key).
 const KEKSize = 32
 
 // DefaultSystemKeyDir is the directory that holds system-managed KEKs, one
@@ -112,7 +111,7 @@ func CreateSystemKEK(path string) (err error) {
 	return nil
 }
 
-// openSystemKeeper opens the localsecrets keeper over the KEK file named by
+// openSystemKeeper opens the system keeper (see gcm.go) over the KEK file named by
 // a pgshield-local URL.
 func openSystemKeeper(u *url.URL) (*secrets.Keeper, error) {
 	red := RedactURI(u.String())
@@ -124,7 +123,7 @@ func openSystemKeeper(u *url.URL) (*secrets.Keeper, error) {
 	if err := readKEK(u.Path, &kek); err != nil {
 		return nil, err
 	}
-	return localsecrets.NewKeeper(kek), nil // NewKeeper keeps its own copy
+	return newSystemKeeper(kek) // it keeps its own copies
 }
 
 // readKEK reads the KEK file at path into kek after checking the modes and
