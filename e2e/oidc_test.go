@@ -24,11 +24,7 @@ const oidcAudience = "api://pgshield-e2e"
 // TestOIDCTokenAuthentication runs a real OIDC issuer over HTTPS on loopback
 // and logs in with real signed access tokens through psql and pgx.
 func TestOIDCTokenAuthentication(t *testing.T) {
-	is, err := oidcissuer.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer is.Close()
+	is := oidcissuer.Start(t)
 	s, err := newServer("oidc")
 	if s != nil {
 		defer s.stop()

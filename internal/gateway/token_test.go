@@ -31,16 +31,6 @@ func tokenParams(t *testing.T, is *oidcissuer.Issuer, extra map[string]string) m
 	return p
 }
 
-func newIssuer(t *testing.T) *oidcissuer.Issuer {
-	t.Helper()
-	is, err := oidcissuer.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(is.Close)
-	return is
-}
-
 func token(t *testing.T, is *oidcissuer.Issuer, oid string, mod func(oidcissuer.Claims)) string {
 	t.Helper()
 	c := is.Access(testAudience, oid, time.Hour)
@@ -56,7 +46,7 @@ func token(t *testing.T, is *oidcissuer.Issuer, oid string, mod func(oidcissuer.
 
 func TestTokenLogin(t *testing.T) {
 	checkGoroutines(t)
-	is := newIssuer(t)
+	is := oidcissuer.Start(t)
 	aliceTok := token(t, is, "oid-alice", nil)
 	groupTok := token(t, is, "oid-carol", func(c oidcissuer.Claims) { c["groups"] = []string{"oid-other", "oid-group-dbas"} })
 	tests := []struct {
@@ -120,7 +110,7 @@ func TestTokenLogin(t *testing.T) {
 // authentication request: the token is never asked for in the clear.
 func TestTokenNeverAskedInPlaintext(t *testing.T) {
 	checkGoroutines(t)
-	is := newIssuer(t)
+	is := oidcissuer.Start(t)
 	env := startGateway(t, tokenParams(t, is, map[string]string{"require_secure_transport": "off"}), &fakeBackend{}, 0)
 	c, err := net.Dial("tcp", env.addr)
 	if err != nil {
@@ -139,7 +129,7 @@ func TestTokenNeverAskedInPlaintext(t *testing.T) {
 
 func TestTokenExpiryEnforced(t *testing.T) {
 	checkGoroutines(t)
-	is := newIssuer(t)
+	is := oidcissuer.Start(t)
 	// exp is whole seconds: 3 s from now ends the session 2 to 3 s in.
 	exp := time.Now().Add(3 * time.Second)
 	short := token(t, is, "oid-alice", func(c oidcissuer.Claims) { c["exp"] = exp.Unix() })

@@ -19,16 +19,6 @@ import (
 
 const aud = "api://pgshield-test"
 
-func newIssuer(t *testing.T) *oidcissuer.Issuer {
-	t.Helper()
-	is, err := oidcissuer.New()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(is.Close)
-	return is
-}
-
 func newVerifier(t *testing.T, is *oidcissuer.Issuer, mod func(*oidc.Config)) *oidc.Verifier {
 	t.Helper()
 	cfg := oidc.Config{Issuer: is.URL, Audience: aud, PrincipalClaim: "oid", GroupsClaim: "groups",
@@ -58,7 +48,7 @@ func b64(v any) string {
 }
 
 func TestVerifyAccepts(t *testing.T) {
-	is := newIssuer(t)
+	is := oidcissuer.Start(t)
 	v := newVerifier(t, is, nil)
 	for _, alg := range []jose.SignatureAlgorithm{jose.RS256, jose.PS256, jose.ES256} {
 		for _, typ := range []string{"", "JWT", "at+jwt"} {
@@ -84,7 +74,7 @@ func TestVerifyAccepts(t *testing.T) {
 }
 
 func TestVerifyRefuses(t *testing.T) {
-	is := newIssuer(t)
+	is := oidcissuer.Start(t)
 	v := newVerifier(t, is, func(c *oidc.Config) { c.Tenant = "tenant-1" })
 	rsaKey := is.Key(jose.RS256)
 	good := func() oidcissuer.Claims {
@@ -170,7 +160,7 @@ func TestVerifyRefuses(t *testing.T) {
 // A rotation at the issuer is picked up on the first unknown kid, and made-up
 // kids cost at most one fetch per interval.
 func TestKeyRotationAndRefreshLimit(t *testing.T) {
-	is := newIssuer(t)
+	is := oidcissuer.Start(t)
 	now := time.Now()
 	clock := func() time.Time { return now }
 	v := newVerifier(t, is, func(c *oidc.Config) { c.RefreshInterval = time.Minute; c.Now = clock })
@@ -212,7 +202,7 @@ func TestKeyRotationAndRefreshLimit(t *testing.T) {
 }
 
 func TestIssuerDownThenUp(t *testing.T) {
-	is := newIssuer(t)
+	is := oidcissuer.Start(t)
 	url := is.URL
 	is.Close()
 	now := time.Now()

@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"testing"
 	"time"
 
 	jose "github.com/go-jose/go-jose/v4"
@@ -74,6 +75,18 @@ func New() (*Issuer, error) {
 		is.Publish(k)
 	}
 	return is, nil
+}
+
+// Start is New for a test: it fails the test on error and stops the issuer
+// when the test ends.
+func Start(tb testing.TB) *Issuer {
+	tb.Helper()
+	is, err := New()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(is.Close)
+	return is
 }
 
 // Close stops the server.
