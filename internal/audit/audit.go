@@ -136,10 +136,15 @@ func encode(seq uint64, prev string, e Event) (line []byte, h string, err error)
 		Client: e.Client, User: e.User, Database: e.Database, Rule: e.Rule,
 		Reason: e.Reason, Fields: e.Fields,
 	}
-	b, err := json.Marshal(w)
-	if err != nil {
+	// No HTML escaping: "<redacted>" stays readable. Verify hashes the
+	// bytes as they are, so older lines with \u003c escapes verify too.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(w); err != nil {
 		return nil, "", fmt.Errorf("audit: encode event: %w", err)
 	}
+	b := bytes.TrimSuffix(buf.Bytes(), []byte("\n"))
 	h = hashHex(b)
 	line = make([]byte, 0, len(b)+suffixLen)
 	line = append(line, b[:len(b)-1]...)

@@ -543,6 +543,23 @@ func TestRedact(t *testing.T) {
 		{"SELECT 'eyJ' || x.y FROM t", "SELECT 'eyJ' || x.y FROM t"},
 		{"ALTER ROLE a PASSWORD NULL", "ALTER ROLE a PASSWORD NULL"},
 		{"SELECT c=1, p=2 FROM t", "SELECT c=1, p=2 FROM t"},
+		{"ALTER ROLE password RENAME TO x", "ALTER ROLE password RENAME TO x"},
+		// A failed statement: unquoted, or a literal too many.
+		{"ALTER ROLE x PASSWORD Unique-Secret-42 LOGIN", "ALTER ROLE x PASSWORD <redacted> LOGIN"},
+		{"ALTER ROLE x WITH PASSWORD 'a' 'Unique-Secret-42'; SELECT 1", "ALTER ROLE x WITH PASSWORD <redacted>; SELECT 1"},
+		{"statement: alter user u password 'SCRAM-SHA-256$4096:c2FsdA==$c3RvcmVk:c2VydmVy'", "statement: alter user u password <redacted>"},
+		{"SET x = 1; /* password 'in comment' */ SELECT 1", "SET x = 1; /* password <redacted> */ SELECT 1"},
+		{"SELECT pgp_sym_encrypt(data, 'k3y-material') FROM t", "SELECT pgp_sym_encrypt(data, <redacted>) FROM t"},
+		{"SELECT dblink_connect('host=x password=s3cr3t dbname=y')", "SELECT dblink_connect('host=x password=<redacted> dbname=y')"},
+		{"UPDATE users SET password = 'hunter22' WHERE id = 1", "UPDATE users SET password = <redacted> WHERE id = 1"},
+		{"CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password 'mapping-pw')", "CREATE USER MAPPING FOR bob SERVER s OPTIONS (user 'bob', password <redacted>)"},
+		{`{"user": "bob", "password": "a\"b"}`, `{"user": "bob", "password": <redacted>}`},
+		{"Authorization: Bearer abcdefghijklmnop", "Authorization: Bearer <redacted>"},
+		{"k -----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY----- ok", "k <redacted> ok"},
+		{"verifier md5" + strings.Repeat("0a", 16) + " end", "verifier <redacted> end"},
+		{":defname password :arg \"pw\" :location 20", ":defname password :arg <redacted> :location 20"},
+		// Prose with an apostrophe still loses the password.
+		{"can't set password 'Unique-Secret-42' here", "can't set password <redacted> here"},
 	}
 	for _, tt := range tests {
 		if got := Redact(tt.in); got != tt.want {

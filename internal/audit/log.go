@@ -26,6 +26,7 @@ type options struct {
 	maxSize   int64
 	retention time.Duration
 	clock     func() time.Time
+	observer  func(seq uint64, line []byte)
 }
 
 // WithMaxSize rotates audit.jsonl before a write would make it larger than
@@ -42,6 +43,14 @@ func WithRetention(d time.Duration) Option { return func(o *options) { o.retenti
 // WithClock sets the clock used to stamp events with a zero Time and to
 // apply retention. It is meant for tests.
 func WithClock(now func() time.Time) Option { return func(o *options) { o.clock = now } }
+
+// WithObserver calls fn with each record's line (without its newline) once
+// it is in the file, under the log's lock and in order: fn must not block
+// or call back into the Log, and must copy line to keep it. Forwarding to
+// syslog uses it.
+func WithObserver(fn func(seq uint64, line []byte)) Option {
+	return func(o *options) { o.observer = fn }
+}
 
 // Log is an append-only, hash-chained audit log in one directory. It is safe
 // for concurrent use. Only one Log (one process) may write a directory at a
@@ -235,32 +244,135 @@ func (l *Log) sealLocked(path string, d damage) error {
 // does not redact: callers must pass free text through Redact first. An
 // error means the record may not be on disk; see Log for failure handling.
 func (l *Log) Write(e Event) error {
+	_, err := l.WriteBatch([]Event{e})
+	return err
+}
+
+// maxBatchBytes bounds the bytes gathered for one write system call.
+const maxBatchBytes = 1 << 20
+
+// WriteBatch appends events in order, gathering their lines into few write
+// system calls. It returns how many events (a prefix of events) are in the
+// log. An event that cannot be encoded is skipped and reported in the
+// error, the others are still written; after an I/O error the log is
+// broken and n tells the caller which events to keep for a retry.
+func (l *Log) WriteBatch(events []Event) (n int, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.closed {
-		return ErrClosed
+		return 0, ErrClosed
 	}
 	if l.err != nil {
-		return fmt.Errorf("audit: log unusable after earlier failure: %w", l.err)
+		return 0, fmt.Errorf("audit: log unusable after earlier failure: %w", l.err)
 	}
-	if e.Time.IsZero() {
-		e.Time = l.opts.clock()
-	}
-	line, h, err := encode(l.seq+1, l.prev, e)
-	if err != nil {
-		return err // the event is bad, the log is fine
-	}
-	if l.opts.maxSize > 0 && l.size > 0 && l.size+int64(len(line)) > l.opts.maxSize {
-		if err := l.rotateLocked(); err != nil {
-			l.err = err
-			return err
+	var (
+		buf      []byte
+		hashes   []string
+		idx      []int // index in events of each line in buf
+		lens     []int
+		badEvent error
+		seq      = l.seq
+		prev     = l.prev
+	)
+	flush := func() error {
+		if len(buf) == 0 {
+			return nil
 		}
-		// Rotation may have written a retention record.
-		if line, h, err = encode(l.seq+1, l.prev, e); err != nil {
-			return err
+		wrote, werr := l.f.Write(buf)
+		l.size += int64(wrote)
+		// Count the complete lines that reached the file.
+		for k, ln := range lens {
+			if wrote < ln {
+				break
+			}
+			wrote -= ln
+			l.seq, l.prev = l.seq+1, hashes[k]
+			if l.firstSeq == 0 {
+				l.firstSeq = l.seq
+			}
+			n = idx[k] + 1
+			l.observeLocked(buf, lens, k)
 		}
+		buf, hashes, idx, lens = buf[:0], hashes[:0], idx[:0], lens[:0]
+		if werr != nil {
+			l.err = fmt.Errorf("audit: write: %w", werr)
+			return l.err
+		}
+		return nil
 	}
-	if err := l.appendLocked(line, h); err != nil {
+	for i, e := range events {
+		if e.Time.IsZero() {
+			e.Time = l.opts.clock()
+		}
+		line, h, eerr := encode(seq+1, prev, e)
+		if eerr != nil {
+			badEvent = errors.Join(badEvent, eerr) // the event is bad, the log is fine
+			continue
+		}
+		if l.opts.maxSize > 0 && l.size+int64(len(buf)) > 0 && l.size+int64(len(buf))+int64(len(line)) > l.opts.maxSize {
+			if err := flush(); err != nil {
+				return n, err
+			}
+			if err := l.rotateLocked(); err != nil {
+				l.err = err
+				return n, err
+			}
+			// Rotation may have written a retention record.
+			seq, prev = l.seq, l.prev
+			if line, h, eerr = encode(seq+1, prev, e); eerr != nil {
+				badEvent = errors.Join(badEvent, eerr)
+				continue
+			}
+		}
+		if len(buf) > 0 && len(buf)+len(line) > maxBatchBytes {
+			if err := flush(); err != nil {
+				return n, err
+			}
+		}
+		if len(buf) == 0 {
+			// Lines are re-sliced from buf by the observer; keep the
+			// buffer's own backing array per flush.
+			buf = make([]byte, 0, max(len(line), 4096))
+		}
+		buf = append(buf, line...)
+		hashes = append(hashes, h)
+		idx = append(idx, i)
+		lens = append(lens, len(line))
+		seq, prev = seq+1, h
+	}
+	if err := flush(); err != nil {
+		return n, err
+	}
+	n = len(events)
+	if err := l.scheduleSyncLocked(); err != nil {
+		l.err = err
+		return n, err
+	}
+	return n, badEvent
+}
+
+// observeLocked hands the k-th line of buf to the observer.
+func (l *Log) observeLocked(buf []byte, lens []int, k int) {
+	if l.opts.observer == nil {
+		return
+	}
+	off := 0
+	for _, ln := range lens[:k] {
+		off += ln
+	}
+	l.opts.observer(l.seq, buf[off:off+lens[k]-1]) // without the newline
+}
+
+// SetRetention changes the retention period (see WithRetention) and applies
+// it at once.
+func (l *Log) SetRetention(d time.Duration) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.opts.retention = d
+	if l.closed || l.err != nil {
+		return l.err
+	}
+	if err := l.retainLocked(); err != nil {
 		l.err = err
 		return err
 	}
@@ -286,6 +398,13 @@ func (l *Log) appendLocked(line []byte, h string) error {
 	if l.firstSeq == 0 {
 		l.firstSeq = l.seq
 	}
+	l.observeLocked(line, []int{len(line)}, 0)
+	return l.scheduleSyncLocked()
+}
+
+// scheduleSyncLocked fsyncs now if the last fsync is older than
+// syncInterval, and otherwise arranges one for when it will be.
+func (l *Log) scheduleSyncLocked() error {
 	l.dirty = true
 	now := time.Now()
 	if wait := syncInterval - now.Sub(l.lastSync); wait <= 0 {
@@ -454,6 +573,13 @@ func (l *Log) Close() error {
 	}
 	l.f = nil
 	return err
+}
+
+// broken returns the sticky error that makes the Log unusable, if any.
+func (l *Log) broken() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.err
 }
 
 // Head returns the seq and hash of the last record written. Export it to a

@@ -1,0 +1,133 @@
+package audit
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+type eventSink struct {
+	mu sync.Mutex
+	es []Event
+}
+
+func (s *eventSink) add(es []Event) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.es = append(s.es, es...)
+}
+
+func (s *eventSink) all() []Event {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]Event(nil), s.es...)
+}
+
+// TestServerLogPipes drives the pipes as PostgreSQL's syslogger does: it
+// opens them with O_APPEND, reopens them on rotation, writes and exits; no
+// line may be lost and nothing may be written to a file.
+func TestServerLogPipes(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "pglog")
+	// A plain file where a pipe belongs is replaced.
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, ServerLogName), []byte("old"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var sink eventSink
+	sl := &ServerLog{Dir: dir, UID: os.Getuid(), GID: os.Getgid(), Sink: sink.add, MaxLine: 4096}
+	if err := sl.Start(); err != nil {
+		t.Fatalf("Start() error = %v", err)
+	}
+	for _, name := range []string{ServerLogName, JSONLogName()} {
+		st, err := os.Lstat(filepath.Join(dir, name))
+		if err != nil || st.Mode()&os.ModeNamedPipe == 0 || st.Mode().Perm() != 0o600 {
+			t.Fatalf("Lstat(%s) = %v, %v; want a 0600 named pipe", name, st, err)
+		}
+	}
+	openW := func(name string) *os.File {
+		f, err := os.OpenFile(filepath.Join(dir, name), os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	js := openW(JSONLogName())
+	errf := openW(ServerLogName)
+	const n = 2000
+	for i := range n {
+		if i == n/2 {
+			// Rotation: open the new handle, then close the old one.
+			next := openW(JSONLogName())
+			js.Close()
+			js = next
+		}
+		if _, err := js.WriteString(`{"error_severity":"LOG","message":"AUDIT: SESSION,1,1,READ,SELECT,,,select ` + strings.Repeat("x", i%50) + `,<none>"}` + "\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// An oversized line is dropped with a record saying so, the next kept.
+	js.WriteString(`{"message":"` + strings.Repeat("y", 10000) + `"}` + "\n")
+	js.WriteString(`{"error_severity":"ERROR","message":"after the long line","statement":"ALTER ROLE r PASSWORD 'Unique-Secret-42'"}` + "\n")
+	errf.WriteString("raw stderr with password 'Unique-Secret-42'\n")
+	sl.Stderr().WriteString("FATAL:  bad config\n")
+	js.Close()
+	errf.Close()
+	if err := sl.Stop(5 * time.Second); err != nil {
+		t.Fatalf("Stop() error = %v", err)
+	}
+	es := sink.all()
+	var audits, dropped, after, stderr int
+	for _, e := range es {
+		switch {
+		case e.Type == TypePostgresAudit:
+			audits++
+		case e.Type == TypePostgresStderr && strings.Contains(e.Reason, "was dropped"):
+			dropped++
+		case e.Reason == "after the long line":
+			after++
+			if e.Fields["statement"] != "ALTER ROLE r PASSWORD <redacted>" {
+				t.Errorf("statement = %v; want redacted", e.Fields["statement"])
+			}
+		case e.Type == TypePostgresStderr:
+			stderr++
+			if strings.Contains(e.Reason, "Unique-Secret-42") {
+				t.Errorf("stderr event %q carries the secret", e.Reason)
+			}
+		}
+	}
+	if audits != n || dropped != 1 || after != 1 || stderr != 2 {
+		t.Errorf("events: %d pgaudit, %d dropped-line notes, %d after, %d stderr; want %d, 1, 1, 2", audits, dropped, after, stderr, n)
+	}
+	if !strings.Contains(sl.Tail(), "FATAL:  bad config") {
+		t.Errorf("Tail() = %q; want the stderr line", sl.Tail())
+	}
+}
+
+// TestServerLogStopWithWriter: a writer that never goes away does not make
+// Stop hang.
+func TestServerLogStopWithWriter(t *testing.T) {
+	dir := t.TempDir()
+	var sink eventSink
+	sl := &ServerLog{Dir: dir, UID: os.Getuid(), GID: os.Getgid(), Sink: sink.add}
+	if err := sl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w, err := os.OpenFile(filepath.Join(dir, JSONLogName()), os.O_WRONLY|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	start := time.Now()
+	if err := sl.Stop(300 * time.Millisecond); err == nil {
+		t.Error("Stop() with a live writer error = nil; want a timeout error")
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		t.Errorf("Stop() took %s", d)
+	}
+}
