@@ -362,7 +362,8 @@ func TestBackupCustomerManagedKey(t *testing.T) {
 	kms.DisableKey(t, key2)
 	out, err := d.cli("up", "--timeout", "2m")
 	if err == nil || !strings.Contains(out, "Inaccessible") {
-		t.Fatalf("up with the key disabled = %v %s; want Inaccessible", err, out)
+		log, _ := os.ReadFile(filepath.Join(d.dataDir, "log", "pgshield.log"))
+		t.Fatalf("up with the key disabled = %v %s; want Inaccessible\n%s", err, out, log)
 	}
 	if st := d.status(t)["state"]; st != "Inaccessible" {
 		t.Fatalf("restored server state = %v; want Inaccessible", st)

@@ -329,7 +329,9 @@ func (d *Daemon) superExec(ctx context.Context, q string) error {
 func lastFatal(logDir string) string {
 	matches, _ := filepath.Glob(filepath.Join(logDir, "postgresql-*.log"))
 	sort.Strings(matches)
-	const fallback = "see PostgreSQL's log in the volume's log directory"
+	// With the server log streamed into the audit log there is no file to
+	// read: say where the message went.
+	const fallback = "PostgreSQL stopped during recovery; its messages are in the audit log ('pgshield audit tail') and the daemon log"
 	if len(matches) == 0 {
 		return fallback
 	}

@@ -116,8 +116,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}()
 	d.cluster = &postgres.Cluster{Layout: d.Layout, Cfg: cfg, User: u, Guard: d.atRest.Guard}
-	if err := d.cluster.WriteManagedFiles(); err != nil {
-		return err
+	// While Inaccessible the volume is locked: startPostgres writes them
+	// once the key works again.
+	if startErr == nil {
+		if err := d.cluster.WriteManagedFiles(); err != nil {
+			return err
+		}
 	}
 	cert, err := tlsconf.LoadCert(cfg.TLSCertFile, cfg.TLSKeyFile)
 	if err != nil {

@@ -55,6 +55,10 @@ func (d *Daemon) supervisor() *postgres.Supervisor {
 }
 
 func (d *Daemon) startPostgres(ctx context.Context) error {
+	// A server that started Inaccessible has not written them yet.
+	if err := d.cluster.WriteManagedFiles(); err != nil {
+		return err
+	}
 	if err := d.prepareBackups(ctx); err != nil {
 		// PostgreSQL starts all the same and keeps the WAL it cannot
 		// archive until this is fixed.
