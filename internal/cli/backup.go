@@ -63,7 +63,7 @@ func newBackupCreate(g *globals) *cobra.Command {
 				select {
 				case <-cmd.Context().Done():
 					return cmd.Context().Err()
-				case <-time.After(time.Second):
+				case <-time.After(250 * time.Millisecond):
 				}
 				var cur daemon.BackupJob
 				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
