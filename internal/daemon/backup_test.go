@@ -1,0 +1,72 @@
+package daemon
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestBackupJobs(t *testing.T) {
+	var b backupJobs
+	if b.snapshot() != nil {
+		t.Fatalf("snapshot of no job is not nil")
+	}
+	release := make(chan struct{})
+	finished := make(chan BackupJob, 2)
+	job, err := b.start("incr", func(ctx context.Context, progress func(float64)) (string, error) {
+		progress(40)
+		progress(30) // never goes back
+		<-release
+		return "20261125-143629F", nil
+	}, func(j BackupJob) { finished <- j })
+	if err != nil || job.State != JobRunning || job.ID == "" {
+		t.Fatalf("start = %+v, %v", job, err)
+	}
+	if _, err := b.start("full", nil, nil); err == nil {
+		t.Fatalf("a second job started while one runs")
+	}
+	for i := 0; i < 100 && b.snapshot().Progress != 40; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if p := b.snapshot().Progress; p != 40 {
+		t.Fatalf("progress = %v; want 40", p)
+	}
+	close(release)
+	j := <-finished
+	// The first backup is full whatever was asked: the label says so.
+	if j.State != JobSucceeded || j.Label != "20261125-143629F" || j.Type != "full" || j.Progress != 100 || j.FinishedAt == nil {
+		t.Fatalf("finished job = %+v", j)
+	}
+
+	// stop cancels a running job and waits for it.
+	job2, err := b.start("full", func(ctx context.Context, _ func(float64)) (string, error) {
+		<-ctx.Done()
+		return "", ctx.Err()
+	}, func(j BackupJob) { finished <- j })
+	if err != nil || job2.ID == job.ID {
+		t.Fatalf("second job = %+v, %v", job2, err)
+	}
+	done := make(chan struct{})
+	go func() { b.stop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("stop did not return")
+	}
+	if j := <-finished; j.State != JobFailed || !strings.Contains(j.Error, context.Canceled.Error()) {
+		t.Fatalf("cancelled job = %+v", j)
+	}
+	b.stop() // idempotent
+}
+
+func TestLabelType(t *testing.T) {
+	for label, want := range map[string]string{
+		"20261125-143629F": "full", "20261125-143629F_20261125-143755D": "diff",
+		"20261125-143629F_20261125-143758I": "incr", "": "asked",
+	} {
+		if got := labelType(label, "asked"); got != want {
+			t.Errorf("labelType(%q) = %q; want %q", label, got, want)
+		}
+	}
+}
