@@ -484,7 +484,9 @@ func TestAllowedExtensionsParameter(t *testing.T) {
 }
 
 // TestRefusesToRunWithoutGuard: init and up refuse, naming the fix, when
-// the pgshield_guard library is not installed next to PostgreSQL.
+// the pgshield_guard library is not installed next to PostgreSQL. The
+// server made for the up case also shows the extension list surviving a
+// key lock and unlock.
 func TestRefusesToRunWithoutGuard(t *testing.T) {
 	// A PostgreSQL installation with every program but no libraries.
 	fake := filepath.Join(baseDir, "pg-without-guard")
@@ -527,6 +529,14 @@ func TestRefusesToRunWithoutGuard(t *testing.T) {
 	}
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Meanwhile: the extension list outlives a lock and unlock, which
+	// rewrites PostgreSQL's managed settings.
+	mustCLI(t, s2, "parameter", "set", "pgshield.allowed_extensions", "citext")
+	mustCLI(t, s2, "key", "lock")
+	mustCLI(t, s2, "key", "unlock")
+	if got := s2.superSQL(t, "SHOW pgshield_guard.allowed_extensions"); got != "citext" {
+		t.Errorf("after lock and unlock, pgshield_guard.allowed_extensions = %q; want citext", got)
 	}
 	mustCLI(t, s2, "down")
 	cfgPath := filepath.Join(s2.dataDir, "pgshield.json")

@@ -37,7 +37,8 @@ func (d *Daemon) checkExtensionsAvailable(ctx context.Context, names []string) e
 func (d *Daemon) applyGuardSettings(ctx context.Context, cfg *config.Config) error {
 	// A copy: the running cluster's fields are read by the supervisor.
 	c := *d.cluster
-	c.Cfg = cfg
+	// The caller holds cfgMu, which d.cluster.Parameters takes.
+	c.Cfg, c.Parameters = cfg, nil
 	if err := c.WriteManagedFiles(); err != nil {
 		return err
 	}

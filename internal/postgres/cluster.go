@@ -21,6 +21,11 @@ type Cluster struct {
 	// checks that the encrypted volume is mounted and unlocked, so nothing
 	// is ever written to the bare disk under the mount point.
 	Guard func() error
+	// Parameters, if set, returns pgshield's parameters as they are now:
+	// the daemon changes them while Cfg stays as it was at start, and the
+	// settings written for PostgreSQL (pgshield_guard's) follow them.
+	// Nil means Cfg.Parameters.
+	Parameters func() map[string]string
 }
 
 // SocketPath is the postmaster's Unix socket.
@@ -99,8 +104,12 @@ func (c *Cluster) CheckGuard() error {
 func (c *Cluster) guardSettings() string {
 	// An invalid parameter set (which the daemon refuses to start with)
 	// allows no extension rather than the defaults.
+	params := c.Cfg.Parameters
+	if c.Parameters != nil {
+		params = c.Parameters()
+	}
 	var exts []string
-	if p, err := config.ResolveParams(c.Cfg.Parameters); err == nil {
+	if p, err := config.ResolveParams(params); err == nil {
 		exts = p.AllowedExtensions
 	}
 	list := func(names ...string) string {
