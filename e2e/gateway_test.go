@@ -155,6 +155,23 @@ func TestRefusedRolesLookLikeWrongPassword(t *testing.T) {
 	}
 }
 
+// VALID UNTIL 'infinity' never expires; '-infinity' always has.
+func TestValidUntilInfinity(t *testing.T) {
+	shared.superSQL(t, `DROP ROLE IF EXISTS e2e_forever, e2e_never`)
+	shared.superSQL(t, `CREATE ROLE e2e_forever LOGIN PASSWORD 'Forever-Pass-1' VALID UNTIL 'infinity'`)
+	shared.superSQL(t, `CREATE ROLE e2e_never LOGIN PASSWORD 'Forever-Pass-1' VALID UNTIL '-infinity'`)
+	defer shared.superSQL(t, `DROP ROLE IF EXISTS e2e_forever, e2e_never`)
+	conn, err := pgxConnect(t, shared.dsn("user=e2e_forever password=Forever-Pass-1 sslmode=require"))
+	if err != nil {
+		t.Fatalf("login of a role VALID UNTIL 'infinity': %v", err)
+	}
+	conn.Close(context.Background())
+	_, err = pgxConnect(t, shared.dsn("user=e2e_never password=Forever-Pass-1 sslmode=require"))
+	if got := sqlState(err); got != "28P01" {
+		t.Fatalf("login of a role VALID UNTIL '-infinity': SQLSTATE %q (%v); want 28P01", got, err)
+	}
+}
+
 func TestUnknownUserSaltIsStable(t *testing.T) {
 	a1 := saltFor(t, shared, "nobody_here")
 	a2 := saltFor(t, shared, "nobody_here")

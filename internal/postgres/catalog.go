@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -102,11 +103,14 @@ func (c *Catalog) queryRole(ctx context.Context, name string) (Role, error) {
 	r := Role{Name: name}
 	var pw, oid, kind *string
 	var admin *bool
+	// pgtype, not *time.Time: VALID UNTIL 'infinity' and '-infinity' are
+	// valid and pgx cannot scan them into a time.Time.
+	var until pgtype.Timestamptz
 	err := c.Pool.QueryRow(ctx,
 		`SELECT a.rolcanlogin, a.rolsuper, a.rolpassword, a.rolvaliduntil, p.object_id, p.kind, p.admin
 		   FROM pg_catalog.pg_authid a LEFT JOIN pgshield.principals p ON p.role_oid = a.oid
 		  WHERE a.rolname = $1`,
-		name).Scan(&r.CanLogin, &r.Superuser, &pw, &r.ValidUntil, &oid, &kind, &admin)
+		name).Scan(&r.CanLogin, &r.Superuser, &pw, &until, &oid, &kind, &admin)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return r, nil
@@ -114,6 +118,16 @@ func (c *Catalog) queryRole(ctx context.Context, name string) (Role, error) {
 		return r, err
 	}
 	r.Exists = true
+	switch {
+	case !until.Valid, until.InfinityModifier == pgtype.Infinity:
+		// No expiry.
+	case until.InfinityModifier == pgtype.NegativeInfinity:
+		epoch := time.Unix(0, 0)
+		r.ValidUntil = &epoch // expired
+	default:
+		t := until.Time
+		r.ValidUntil = &t
+	}
 	if pw != nil {
 		r.Password = *pw
 	}
