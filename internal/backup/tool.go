@@ -99,6 +99,8 @@ func (t *Tool) run(ctx context.Context, keepStdout bool, onLine func(string), ar
 	if cmd.SysProcAttr == nil || !cmd.SysProcAttr.Setpgid {
 		return nil, errors.New("backup: Command must start pgbackrest in a process group of its own")
 	}
+	// pgBackRest ends if pgshield dies: it holds files on the volume.
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGTERM
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return nil, err

@@ -10,9 +10,11 @@ import (
 	"maps"
 	"net"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -154,7 +156,10 @@ archived first so that every commit made so far can be reached.`,
 			if err := r.check(targetDir, toTime, listen); err != nil {
 				return err
 			}
-			return r.run(cmd.Context())
+			// Ctrl-C stops pgBackRest and removes the half-made server.
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			return r.run(ctx)
 		},
 	}
 	f := c.Flags()
