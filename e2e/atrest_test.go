@@ -98,7 +98,8 @@ func TestDataAtRestIsEncrypted(t *testing.T) {
 		t.Fatalf("marker rows = %q", out)
 	}
 	logHasMarker := false
-	_ = filepath.WalkDir(filepath.Join(mnt, "data", "log"), func(p string, d fs.DirEntry, err error) error {
+	// PostgreSQL's log is part of the audit log, on the volume.
+	_ = filepath.WalkDir(filepath.Join(mnt, "data", "audit"), func(p string, d fs.DirEntry, err error) error {
 		if err == nil && !d.IsDir() {
 			b, _ := os.ReadFile(p)
 			logHasMarker = logHasMarker || bytes.Contains(b, []byte(strings.ReplaceAll(marker, "-", "_")))
@@ -142,7 +143,7 @@ func TestKeyLockAndUnlock(t *testing.T) {
 		t.Fatalf("listing the locked data directory: %v %v", entries, err)
 	}
 	for _, e := range entries {
-		if e.Name() == "pgdata" || e.Name() == "log" {
+		if e.Name() == "pgdata" || e.Name() == "log" || e.Name() == "audit" {
 			t.Fatalf("plaintext name %q visible while locked", e.Name())
 		}
 	}

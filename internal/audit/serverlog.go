@@ -129,7 +129,7 @@ func (s *ServerLog) Start() (err error) {
 		}
 		s.readers = append(s.readers, r)
 		s.keepers = append(s.keepers, k)
-		parse := ParseServerLogLine
+		parse := s.jsonLine
 		if name == ServerLogName {
 			parse = s.stderrLine
 		}
@@ -150,8 +150,8 @@ func (s *ServerLog) Start() (err error) {
 // Stderr is the write end to give the postmaster as stdout and stderr.
 func (s *ServerLog) Stderr() *os.File { return s.stderrW }
 
-// Tail returns the last lines PostgreSQL wrote to stderr, redacted, for an
-// error message.
+// Tail returns the last lines PostgreSQL wrote to stderr and its last
+// FATAL and PANIC messages, redacted, for an error message.
 func (s *ServerLog) Tail() string {
 	s.tailMu.Lock()
 	defer s.tailMu.Unlock()
@@ -160,13 +160,27 @@ func (s *ServerLog) Tail() string {
 
 func (s *ServerLog) stderrLine(line []byte, now time.Time) Event {
 	e := ParseStderrLine(line, now)
+	s.addTail(e.Reason)
+	return e
+}
+
+// jsonLine also keeps FATAL and PANIC messages for Tail: they say why a
+// start or a recovery failed.
+func (s *ServerLog) jsonLine(line []byte, now time.Time) Event {
+	e := ParseServerLogLine(line, now)
+	if sev, _ := e.Fields["severity"].(string); sev == "FATAL" || sev == "PANIC" {
+		s.addTail(sev + ":  " + e.Reason)
+	}
+	return e
+}
+
+func (s *ServerLog) addTail(line string) {
 	s.tailMu.Lock()
-	s.tail = append(s.tail, e.Reason)
+	defer s.tailMu.Unlock()
+	s.tail = append(s.tail, line)
 	if len(s.tail) > 20 {
 		s.tail = s.tail[len(s.tail)-20:]
 	}
-	s.tailMu.Unlock()
-	return e
 }
 
 func (s *ServerLog) openFIFO(path string) (r, keeper *os.File, err error) {

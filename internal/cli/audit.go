@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -37,7 +39,11 @@ func newAudit(g *globals) *cobra.Command {
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			rs, err := audit.Tail(g.layout().AuditDir(), n)
+			dir, err := auditDir(g)
+			if err != nil {
+				return err
+			}
+			rs, err := audit.Tail(dir, n)
 			if err != nil {
 				return err
 			}
@@ -51,6 +57,10 @@ func newAudit(g *globals) *cobra.Command {
 			if err := requireRoot(); err != nil {
 				return err
 			}
+			dir, err := auditDir(g)
+			if err != nil {
+				return err
+			}
 			f := audit.Filter{User: user, Type: event, Limit: limit}
 			if since != "" {
 				t, err := parseSince(since)
@@ -59,7 +69,7 @@ func newAudit(g *globals) *cobra.Command {
 				}
 				f.Since = t
 			}
-			rs, err := audit.Search(g.layout().AuditDir(), f)
+			rs, err := audit.Search(dir, f)
 			if err != nil {
 				return err
 			}
@@ -74,7 +84,11 @@ func newAudit(g *globals) *cobra.Command {
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			rep, err := audit.Verify(g.layout().AuditDir())
+			dir, err := auditDir(g)
+			if err != nil {
+				return err
+			}
+			rep, err := audit.Verify(dir)
 			if err != nil {
 				return err
 			}
@@ -97,6 +111,19 @@ func newAudit(g *globals) *cobra.Command {
 		}}
 	cmd.AddCommand(tail, search, verify)
 	return cmd
+}
+
+// auditDir is the audit log on the encrypted volume or, for a server whose
+// daemon has not yet moved it there, the old one in the data directory.
+func auditDir(g *globals) (string, error) {
+	l := g.layout()
+	if _, err := os.Stat(l.AuditDir()); err == nil {
+		return l.AuditDir(), nil
+	}
+	if _, err := os.Stat(filepath.Join(l.LegacyAuditDir(), "audit.jsonl")); err == nil {
+		return l.LegacyAuditDir(), nil
+	}
+	return "", fmt.Errorf("no audit log in %s: the encrypted volume must be mounted and unlocked to read it (pgshield key unlock)", l.AuditDir())
 }
 
 func parseSince(s string) (time.Time, error) {

@@ -93,8 +93,15 @@ func (l Layout) MockAuthKey() string { return filepath.Join(l.SecretsDir(), "moc
 // NetworkFile holds the network policy: mode, firewall and network rules (0600).
 func (l Layout) NetworkFile() string { return filepath.Join(l.Root, "network.json") }
 
-// AuditDir holds the tamper-evident audit log (0700).
-func (l Layout) AuditDir() string { return filepath.Join(l.Root, "audit") }
+// AuditDir holds the tamper-evident audit log (0700), on the encrypted
+// volume with everything else that may say something about the data.
+func (l Layout) AuditDir() string { return filepath.Join(l.VolumeDir(), "audit") }
+
+// LegacyAuditDir is where servers made before the audit log moved onto the
+// volume kept it (the daemon moves it over), and where audit events that
+// could not be written before the daemon stopped with the volume locked
+// wait for the next start (0700, root).
+func (l Layout) LegacyAuditDir() string { return filepath.Join(l.Root, "audit") }
 
 // WrappedBackupKey is the backup repository's cipher passphrase, wrapped by
 // the key-encryption key like the data key (0600).

@@ -365,6 +365,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	}
 	if s.cfg.Available != nil {
 		if err := s.cfg.Available(); err != nil {
+			// Recorded even while the volume is locked: the audit stream
+			// keeps it in memory until the log can be written.
+			s.cfg.Audit(audit.Event{Type: "connection.refused", Outcome: audit.OutcomeFailure, Client: src.String(),
+				User: st.User(), Database: st.Database(), Rule: rule, Reason: err.Error()})
 			_ = wire.SendError(a.conn, wire.CodeCannotConnectNow, "%s", err.Error())
 			return
 		}

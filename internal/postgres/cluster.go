@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/backup"
 	"github.com/pgshield/pgshield/internal/config"
 )
@@ -66,13 +67,28 @@ unix_socket_directories = '%s'
 unix_socket_permissions = 0700
 password_encryption = 'scram-sha-256'
 ssl = off
+# The server log goes, as JSON lines, into named pipes that pgshield reads,
+# redacts and merges into the audit log on the encrypted volume: no file
+# ever holds it in clear (see internal/audit/serverlog.go). No rotation:
+# the pipes are the only "files".
 logging_collector = on
+log_destination = 'jsonlog'
 log_directory = '%s'
-log_filename = 'postgresql-%%Y-%%m-%%d.log'
+log_filename = '%s'
 log_file_mode = 0600
-log_rotation_size = 100MB
-`, c.Cfg.PGPort, c.Layout.SocketDir(), c.Layout.PGLogDir())
+log_rotation_age = 0
+log_rotation_size = 0
+log_truncate_on_rotation = off
+log_timezone = 'UTC'
+# pg_stat_statements keeps query texts in a file; utility statements
+# (ALTER ROLE ... PASSWORD) are not normalized, so they are not tracked.
+pg_stat_statements.track_utility = off
+`, c.Cfg.PGPort, c.Layout.SocketDir(), c.LogPipeDir(), audit.ServerLogName)
 }
+
+// LogPipeDir holds the named pipes PostgreSQL's logging collector writes
+// to (root's, 0710 root:postgres, outside the volume: pipes hold no data).
+func (c *Cluster) LogPipeDir() string { return filepath.Join(c.Layout.RunDir(), "pglog") }
 
 // HasPgaudit reports whether Debian's postgresql-15-pgaudit is installed.
 func (c *Cluster) HasPgaudit() bool { return c.hasLib("pgaudit") }
@@ -240,6 +256,9 @@ var protected = map[string]bool{
 	"ssl_crl_dir": true, "ssl_passphrase_command": true, "allow_system_table_mods": true,
 	"ignore_system_indexes": true, "zero_damaged_pages": true, "ignore_checksum_failure": true,
 	"jit_provider": true, "log_filename": true,
+	// The server log's route into the audit stream.
+	"log_destination": true, "log_rotation_age": true, "log_rotation_size": true,
+	"log_truncate_on_rotation": true, "log_timezone": true, "pg_stat_statements.track_utility": true,
 }
 
 // ProtectedParameter reports whether a PostgreSQL parameter is managed by

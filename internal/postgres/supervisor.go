@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgshield/pgshield/internal/audit"
 )
 
 // State is the postmaster's lifecycle state as the supervisor sees it.
@@ -51,6 +53,13 @@ type Supervisor struct {
 	// OnReady, if set, runs each time a postmaster becomes ready (after
 	// every restart too), with its pid: its network namespace is new.
 	OnReady func(pid int)
+	// ServerLog receives PostgreSQL's log, redacted, as audit events (see
+	// audit.ServerLog). If nil (init), the supervisor writes them to the
+	// audit log on the volume itself for as long as it runs.
+	ServerLog func([]audit.Event)
+
+	srvLog *audit.ServerLog
+	ownLog *audit.Log
 
 	mu struct {
 		sync.Mutex
@@ -110,9 +119,13 @@ func (s *Supervisor) Start(ctx context.Context) error {
 	if err := s.stopStale(); err != nil {
 		return err
 	}
+	if err := s.startServerLog(); err != nil {
+		return err
+	}
 	s.done = make(chan struct{})
 	if err := s.startOnce(ctx); err != nil {
 		close(s.done)
+		s.stopServerLog()
 		return err
 	}
 	go s.watch()
@@ -126,13 +139,9 @@ func (s *Supervisor) startOnce(ctx context.Context) error {
 		return err
 	}
 	cmd := c.User.Command(c.Bin("postgres"), "-D", c.Layout.PGData())
-	// Before the logging collector takes over, early errors go to stderr.
-	logf, err := os.OpenFile(filepath.Join(c.Layout.PGLogDir(), "startup.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
-	if err != nil {
-		return err
-	}
-	defer logf.Close()
-	cmd.Stdout, cmd.Stderr = logf, logf
+	// Before the logging collector takes over, early errors go to stderr:
+	// a pipe into the audit stream, like the rest of the log.
+	cmd.Stdout, cmd.Stderr = s.srvLog.Stderr(), s.srvLog.Stderr()
 	// The postmaster ends (fast shutdown) if pgshield dies, so no PostgreSQL
 	// outlives its only door.
 	cmd.SysProcAttr.Pdeathsig = syscall.SIGINT
@@ -187,15 +196,61 @@ func (s *Supervisor) startOnce(ctx context.Context) error {
 }
 
 func (s *Supervisor) tailStartupLog() string {
-	b, _ := os.ReadFile(filepath.Join(s.Cluster.Layout.PGLogDir(), "startup.log"))
-	if len(b) > 2000 {
-		b = b[len(b)-2000:]
+	// Give the reader a moment to see the last lines of a process that
+	// just exited.
+	time.Sleep(100 * time.Millisecond)
+	msg := s.srvLog.Tail()
+	if len(msg) > 2000 {
+		msg = msg[len(msg)-2000:]
 	}
-	msg := strings.TrimSpace(string(b))
-	if msg == "" {
-		msg = "see " + s.Cluster.Layout.PGLogDir()
+	if msg = strings.TrimSpace(msg); msg == "" {
+		msg = "see the audit log (pgshield audit search --event postgres.log)"
 	}
 	return msg
+}
+
+// startServerLog starts reading PostgreSQL's log pipes (before the
+// postmaster, which would otherwise block opening them).
+func (s *Supervisor) startServerLog() error {
+	sink := s.ServerLog
+	if sink == nil {
+		l, err := audit.Open(s.Cluster.Layout.AuditDir())
+		if err != nil {
+			return fmt.Errorf("opening the audit log: %w", err)
+		}
+		s.ownLog = l
+		sink = func(es []audit.Event) {
+			if _, err := l.WriteBatch(es); err != nil {
+				s.Log.Error("Writing PostgreSQL's log to the audit log failed.", "error", err)
+			}
+		}
+	}
+	s.srvLog = &audit.ServerLog{Dir: s.Cluster.LogPipeDir(), UID: int(s.Cluster.User.UID), GID: int(s.Cluster.User.GID),
+		Sink: sink, Logger: s.Log}
+	if err := s.srvLog.Start(); err != nil {
+		if s.ownLog != nil {
+			s.ownLog.Close()
+			s.ownLog = nil
+		}
+		return fmt.Errorf("PostgreSQL's log pipes: %w", err)
+	}
+	return nil
+}
+
+// stopServerLog reads PostgreSQL's last messages; the postmaster has exited.
+func (s *Supervisor) stopServerLog() {
+	if s.srvLog != nil {
+		if err := s.srvLog.Stop(10 * time.Second); err != nil {
+			s.Log.Error("PostgreSQL's log was not read to the end.", "error", err)
+		}
+		s.srvLog = nil
+	}
+	if s.ownLog != nil {
+		if err := s.ownLog.Close(); err != nil {
+			s.Log.Error("Closing the audit log failed.", "error", err)
+		}
+		s.ownLog = nil
+	}
 }
 
 func (s *Supervisor) ping(ctx context.Context) error {
@@ -296,6 +351,7 @@ func (s *Supervisor) Stop(timeout time.Duration) {
 	if s.done != nil {
 		<-s.done
 	}
+	s.stopServerLog()
 	s.mu.Lock()
 	s.setStateLocked(StateStopped)
 	s.mu.Unlock()
