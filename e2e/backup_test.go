@@ -247,7 +247,9 @@ func TestBackupPointInTimeRestore(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(d.dataDir, "volume", "data", "backup", "restore.conf")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("the restore configuration (source passphrase) is still on the new volume: %v", err)
 	}
-	psql(t, ddsn, adminPassword, "-c", "INSERT INTO rows VALUES (4, 'after restore')")
+	if out, err := psql(t, ddsn, adminPassword, "-c", "INSERT INTO rows VALUES (4, 'after restore')"); err != nil {
+		t.Fatalf("writing to the restored server: %v %s", err, out)
+	}
 	createBackup(t, d)
 	walArchived(t, d)
 	pgAmcheck(t, d)
@@ -308,6 +310,22 @@ func TestBackupPointInTimeRestore(t *testing.T) {
 	}
 	if out, err := d.cli("backup", "create"); exitCode(err) != 4 || !strings.Contains(out, "not running") {
 		t.Fatalf("backup create with the daemon down = exit %d %q; want 4", exitCode(err), out)
+	}
+
+	// A restore needs neither the source's daemon nor its volume (locked
+	// and detached once it is down): the latest restore reaches every
+	// archived commit.
+	mustCLI(t, s, "down")
+	o, out := restoredServer(t, s, "bk-offline")
+	if !strings.Contains(out, "not running") {
+		t.Fatalf("restore from a stopped source does not say so:\n%s", out)
+	}
+	if out, err := o.cli("up", "--timeout", "3m"); err != nil {
+		t.Fatalf("up on the server restored offline: %v\n%s", err, out)
+	}
+	got, err = psql(t, o.dsn("user="+admin+" sslmode=require"), adminPassword, "-c", "SELECT batch || ':' || count(*) FROM rows GROUP BY batch ORDER BY batch")
+	if err != nil || got != "1:5000\n2:3000\n3:1000" {
+		t.Fatalf("rows restored from a stopped source = %v %q; want all three batches", err, got)
 	}
 }
 
