@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -165,6 +166,9 @@ func (s *server) stop() {
 	if out, _ := exec.Command("findmnt", "-n", mnt).Output(); len(out) > 0 {
 		_ = exec.Command("umount", "-l", mnt).Run()
 	}
+	// With gocryptfs, its FUSE process too (it exits once unmounted; one
+	// that hangs is killed).
+	killFUSE(filepath.Join(s.dataDir, "storage", "gocryptfs"))
 	img := filepath.Join(s.dataDir, "storage", "volume.img")
 	if out, err := exec.Command("losetup", "--noheadings", "--output", "NAME", "--associated", img).Output(); err == nil {
 		for _, dev := range strings.Fields(string(out)) {
@@ -184,6 +188,30 @@ func (s *server) stop() {
 			}
 			_ = exec.Command("ip", "link", "del", "pgso"+c.ServerID[:8]).Run()
 		}
+	}
+}
+
+// killFUSE ends the gocryptfs processes serving cipherDir, waiting up to
+// 5 s for each to exit after its unmount before killing it.
+func killFUSE(cipherDir string) {
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if len(args) == 0 || filepath.Base(args[0]) != "gocryptfs" || !slices.Contains(args, cipherDir) {
+			continue
+		}
+		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
+		if err != nil {
+			continue
+		}
+		for i := 0; i < 50 && syscall.Kill(pid, 0) == nil; i++ {
+			time.Sleep(100 * time.Millisecond)
+		}
+		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
 }
 

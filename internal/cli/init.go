@@ -26,6 +26,7 @@ import (
 
 func newInit(g *globals) *cobra.Command {
 	var adminUser, pwFile, listen, tlsCert, tlsKey, pgBinDir, network, keyURI, backupPath string
+	var storageBackend, storagePath string
 	storageSize := byteSize{bytes: 20 << 30}
 	cmd := &cobra.Command{
 		Use:   "init",
@@ -58,6 +59,9 @@ func newInit(g *globals) *cobra.Command {
 			}
 			l := g.layout()
 			if backupPath, err = checkBackupPath(l, backupPath); err != nil {
+				return err
+			}
+			if storagePath, err = checkStorageFlags(cmd, l, storageBackend, storagePath); err != nil {
 				return err
 			}
 			cfg := &config.Config{Listen: listen, AdminUser: adminUser, PGBinDir: pgBinDir,
@@ -112,6 +116,10 @@ func newInit(g *globals) *cobra.Command {
 				return err
 			}
 			cfg.ServerID, cfg.KeyURI, cfg.StorageSize = hex.EncodeToString(idb), keyURI, storageSize.bytes
+			cfg.Storage, cfg.StoragePath = storageBackend, storagePath
+			if storageBackend != config.StorageFscrypt || storagePath != "" {
+				cfg.StorageSize = 0 // no image
+			}
 			fmt.Fprintln(cmd.OutOrStdout(), "Creating the encrypted volume...")
 			atRest := &daemon.AtRest{Layout: l, Cfg: cfg}
 			systemKey := keyURI == ""
@@ -123,6 +131,9 @@ func newInit(g *globals) *cobra.Command {
 				}
 				if retErr != nil && systemKey {
 					os.Remove(daemon.SystemKEKPath(cfg.ServerID))
+				}
+				if retErr != nil && storagePath != "" {
+					removeStoragePathData(storagePath)
 				}
 			}()
 			if err := atRest.Create(cmd.Context()); err != nil {
@@ -172,6 +183,8 @@ func newInit(g *globals) *cobra.Command {
 	f.StringVar(&keyURI, "key-uri", "", "customer-managed key-encryption key (awskms://, azurekeyvault://, gcpkms://, hashivault://); default: system-managed")
 	f.StringVar(&backupPath, "backup-path", "", "backup repository directory (default <data-dir>/backups; its contents are encrypted)")
 	f.Var(&storageSize, "storage-size", "size of the encrypted volume (e.g. 20GiB; the image is sparse)")
+	f.StringVar(&storageBackend, "storage", config.StorageFscrypt, "encryption at rest: fscrypt (kernel, ext4 volume) or gocryptfs (FUSE, for kernels without fscrypt)")
+	f.StringVar(&storagePath, "storage-path", "", "with fscrypt: a directory on an existing ext4 filesystem with the encrypt feature, used instead of an image")
 	f.StringVar(&network, "network", "public", "public (firewall rules) or private (private address, network security rules)")
 	f.StringVar(&pgBinDir, "pg-bin-dir", "/usr/lib/postgresql/15/bin", "PostgreSQL 15 programs")
 	return cmd

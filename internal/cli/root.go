@@ -61,6 +61,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newInit(g), newUp(g), newDown(g), newStatus(g), newConnectionString(g), newParameter(g),
 		newFirewallRule(g), newNetworkRule(g), newNetwork(g), newKey(g), newAudit(g), newPrincipal(g), newMetrics(g))
 	root.AddCommand(newBackup(g))
+	root.AddCommand(newStorage(g))
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

@@ -33,9 +33,19 @@ type Config struct {
 	KeyURI string `json:"key_uri,omitempty"`
 	// StorageSize is the volume's size in bytes.
 	StorageSize int64 `json:"storage_size,omitempty"`
+	// Storage is the encryption backend: "fscrypt" (empty means it) or
+	// "gocryptfs".
+	Storage string `json:"storage,omitempty"`
+	// StoragePath, for fscrypt, is a directory on an existing ext4
+	// filesystem with the encrypt feature that holds the volume instead of
+	// an image pgshield makes.
+	StoragePath string `json:"storage_path,omitempty"`
 	// BackupPath is the pgBackRest repository; empty means
 	// Layout.DefaultBackupRepo. See BackupRepo.
 	BackupPath string `json:"backup_path,omitempty"`
+	// AdminPrincipals are token principals made with --admin: like
+	// AdminUser, roles they create may not take them over.
+	AdminPrincipals []string `json:"admin_principals,omitempty"`
 }
 
 // BackupRepo is where this server's backups go: BackupPath, or
@@ -45,6 +55,20 @@ func (c *Config) BackupRepo(l Layout) string {
 		return c.BackupPath
 	}
 	return l.DefaultBackupRepo()
+}
+
+// Storage backends (Config.Storage).
+const (
+	StorageFscrypt   = "fscrypt"
+	StorageGocryptfs = "gocryptfs"
+)
+
+// StorageBackend is Storage with the default filled in.
+func (c *Config) StorageBackend() string {
+	if c.Storage == "" {
+		return StorageFscrypt
+	}
+	return c.Storage
 }
 
 // Reserved PostgreSQL roles that never log in through the gateway.
@@ -85,6 +109,18 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.Parameters == nil {
 		c.Parameters = map[string]string{}
+	}
+	switch c.Storage {
+	case "", StorageFscrypt:
+	case StorageGocryptfs:
+		if c.StoragePath != "" {
+			return errors.New("config: storage_path is for the fscrypt backend only")
+		}
+	default:
+		return fmt.Errorf("config: storage %q is not fscrypt or gocryptfs", c.Storage)
+	}
+	if c.StoragePath != "" && !filepath.IsAbs(c.StoragePath) {
+		return errors.New("config: storage_path must be absolute")
 	}
 	if _, err := ResolveParams(c.Parameters); err != nil {
 		return fmt.Errorf("config: %w", err)

@@ -32,6 +32,10 @@ func (l Layout) StorageDir() string { return filepath.Join(l.Root, "storage") }
 // VolumeImage is the sparse ext4 image behind the volume.
 func (l Layout) VolumeImage() string { return filepath.Join(l.StorageDir(), "volume.img") }
 
+// GocryptfsDir is the gocryptfs backend's cipher directory (0711 in the
+// 0700 StorageDir): the ciphertext of everything under VolumeMount.
+func (l Layout) GocryptfsDir() string { return filepath.Join(l.StorageDir(), "gocryptfs") }
+
 // WrappedDataKey is the volume's data key, wrapped by the key-encryption key (0600).
 func (l Layout) WrappedDataKey() string { return filepath.Join(l.SecretsDir(), "volume-key.json") }
 

@@ -46,6 +46,8 @@ var gatewayParams = []Param{
 		Description: "How often pgshield proves it can still unwrap the data key with the key-encryption key."},
 	{Name: "pgshield.key_unavailable_grace", Default: "30m0s", Check: checkDuration,
 		Description: "How long a KMS that cannot be reached (not a revocation) is tolerated before the server becomes inaccessible."},
+	{Name: "pgshield.storage_autogrow", Default: "on", Allowed: []string{"on", "off"},
+		Description: "Grow the encrypted volume by 25% (at least 1 GiB) when less than 10% of it is free, as long as the filesystem holding its image has room."},
 	{Name: "pgshield.backup_retention_days", Default: "7", Check: checkRetentionDays,
 		Description: "Days of point-in-time restore the backup repository keeps: older full backups, and the WAL only they need, are expired after each backup."},
 	{Name: "pgshield.audit_retention_days", Default: "7", Check: checkAuditRetention,

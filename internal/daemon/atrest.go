@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/pgshield/pgshield/internal/config"
@@ -24,12 +25,22 @@ type AtRest struct {
 	Layout config.Layout
 	Cfg    *config.Config
 	Log    *slog.Logger
-	vol    *storage.Volume
+	vol    *storage.Volume    // fscrypt backend
+	gfs    *storage.Gocryptfs // gocryptfs backend; see storage.go
+	// backendName is Cfg's backend, fixed at first use (backendOnce).
+	backendOnce sync.Once
+	backendName string
+	stats       storageState // growth and remounts, for storage show
 }
 
 func (a *AtRest) volume() *storage.Volume {
 	if a.vol == nil {
-		a.vol = &storage.Volume{Image: a.Layout.VolumeImage(), Mount: a.Layout.VolumeMount(), Size: a.Cfg.StorageSize, Log: a.Log}
+		a.vol = &storage.Volume{Mount: a.Layout.VolumeMount(), Size: a.Cfg.StorageSize, Log: a.Log}
+		if a.Cfg.StoragePath != "" {
+			a.vol.Path = a.Cfg.StoragePath
+		} else {
+			a.vol.Image = a.Layout.VolumeImage()
+		}
 	}
 	return a.vol
 }
@@ -71,6 +82,12 @@ func (a *AtRest) Create(ctx context.Context) error {
 	if err := os.MkdirAll(a.Layout.StorageDir(), 0o700); err != nil {
 		return err
 	}
+	if a.isGocryptfs() {
+		if err := a.gocryptfs().Create(ctx, dataKey); err != nil {
+			return fmt.Errorf("creating the encrypted volume: %w", err)
+		}
+		return nil
+	}
 	v := a.volume()
 	if err := v.Provision(ctx); err != nil {
 		return fmt.Errorf("creating the encrypted volume: %w", err)
@@ -80,6 +97,9 @@ func (a *AtRest) Create(ctx context.Context) error {
 
 // Open attaches the volume and unlocks it with the unwrapped data key.
 func (a *AtRest) Open(ctx context.Context) error {
+	if a.isGocryptfs() {
+		return a.openGocryptfs(ctx)
+	}
 	v := a.volume()
 	if err := v.Attach(ctx); err != nil {
 		return fmt.Errorf("attaching the encrypted volume: %w", err)
@@ -121,7 +141,7 @@ func (a *AtRest) unwrapDataKey(ctx context.Context) ([]byte, error) {
 func (a *AtRest) Lock() error {
 	var err error
 	for i := 0; i < 50; i++ {
-		if err = a.volume().Lock(); !errors.Is(err, storage.ErrFilesBusy) {
+		if err = a.lockOnce(); !errors.Is(err, storage.ErrFilesBusy) {
 			return err
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -131,19 +151,32 @@ func (a *AtRest) Lock() error {
 
 // Close locks and detaches the volume.
 func (a *AtRest) Close(ctx context.Context) error {
-	v := a.volume()
 	err := a.Lock()
 	if errors.Is(err, storage.ErrNotMounted) {
 		err = nil
 	}
-	return errors.Join(err, v.Detach(ctx))
+	if a.isGocryptfs() { // unmounted by Lock: nothing to detach
+		return err
+	}
+	return errors.Join(err, a.volume().Detach(ctx))
 }
 
-// KeyStatus reports whether the volume's key is in the kernel.
-func (a *AtRest) KeyStatus() (bool, error) { return a.volume().KeyStatus() }
+// KeyStatus reports whether the volume's key is in the kernel (with
+// gocryptfs: whether its process serves the mount).
+func (a *AtRest) KeyStatus() (bool, error) {
+	if a.isGocryptfs() {
+		return a.gocryptfs().Alive()
+	}
+	return a.volume().KeyStatus()
+}
 
 // Usage reports the volume's size and free space.
-func (a *AtRest) Usage() (total, free uint64, err error) { return a.volume().Usage() }
+func (a *AtRest) Usage() (total, free uint64, err error) {
+	if a.isGocryptfs() {
+		return a.gocryptfs().Usage()
+	}
+	return a.volume().Usage()
+}
 
 // KeyError is a failure to unwrap the data key, classified.
 type KeyError struct {
@@ -159,9 +192,12 @@ func (e *KeyError) Unwrap() error { return e.Err }
 // Guard refuses to let PostgreSQL touch its directories unless the volume
 // is mounted and its key is in the kernel.
 func (a *AtRest) Guard() error {
-	present, err := a.volume().KeyStatus()
+	present, err := a.KeyStatus()
 	if err != nil {
 		return fmt.Errorf("encrypted volume is not available: %w", err)
+	}
+	if !present && a.isGocryptfs() {
+		return errors.New("encrypted volume is not mounted (gocryptfs is not running)")
 	}
 	if !present {
 		return errors.New("encrypted volume is locked")

@@ -229,6 +229,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.Log.Error("Metrics endpoint not started.", "error", err)
 	}
 	go d.revalidateLoop(ctx)
+	go d.storageLoop(ctx) // autogrow; remounts gocryptfs if it dies
 
 	srv := &http.Server{Handler: api.NewHandler(d.auditedRoutes(append(d.routes(), d.backupRoutes()...)), d.Log),
 		ReadHeaderTimeout: 10 * time.Second, ConnContext: apiConnContext}

@@ -108,7 +108,7 @@ func (d *Daemon) config() *config.Config {
 
 func (d *Daemon) keyInfo() KeyInfo {
 	cfg := d.config()
-	ki := KeyInfo{KeyState: *d.keyState.Load(), Backend: "fscrypt (AES-256-XTS contents, AES-256-CTS names)",
+	ki := KeyInfo{KeyState: *d.keyState.Load(), Backend: d.atRest.BackendName(),
 		KeySource: "customer-managed", KeyURI: keys.RedactURI(cfg.KeyURI)}
 	if cfg.KeyURI == keys.SystemKeyURI(SystemKEKPath(cfg.ServerID)) {
 		ki.KeySource = "system-managed"

@@ -52,7 +52,7 @@ type TLSStatus struct {
 }
 
 func (d *Daemon) routes() []api.Route {
-	return append(append(append(d.networkRoutes(), d.principalRoutes()...), d.metricsRoutes()...),
+	return append(append(append(append(d.networkRoutes(), d.principalRoutes()...), d.metricsRoutes()...), d.storageRoutes()...),
 		api.Route{Method: "GET", Pattern: "/v1/status", Handler: d.status},
 		api.Route{Method: "GET", Pattern: "/v1/parameters", Handler: d.listParameters},
 		api.Route{Method: "GET", Pattern: "/v1/parameters/{name}", Handler: d.showParameter},

@@ -111,7 +111,7 @@ func (g *Gocryptfs) aliveLocked() bool {
 		return false
 	}
 	var s unix.Statfs_t
-	return unix.Statfs(g.Mount, &s) == nil
+	return statfsFUSE(g.Mount, &s) == nil
 }
 
 // Alive reports whether the volume is mounted by a live gocryptfs process of
@@ -302,7 +302,7 @@ func (g *Gocryptfs) startLocked(ctx context.Context, key []byte) error {
 				continue
 			}
 			var s unix.Statfs_t
-			if unix.Statfs(g.Mount, &s) == nil {
+			if statfsFUSE(g.Mount, &s) == nil {
 				p.ready()
 				g.Log.InfoContext(ctx, "Mounted gocryptfs volume.", "pid", cmd.Process.Pid, "cipher_dir", g.CipherDir, "mount", g.Mount)
 				return nil
@@ -461,9 +461,22 @@ func (g *Gocryptfs) Usage() (total, free uint64, err error) {
 		return 0, 0, fmt.Errorf("%w: %s", ErrNotMounted, g.Mount)
 	}
 	var s unix.Statfs_t
-	if err := unix.Statfs(g.Mount, &s); err != nil {
+	if err := statfsFUSE(g.Mount, &s); err != nil {
 		return 0, 0, &fs.PathError{Op: "statfs", Path: g.Mount, Err: err}
 	}
 	bs := uint64(s.Bsize)
 	return s.Blocks * bs, s.Bavail * bs, nil
+}
+
+// statfsFUSE is statfs on a FUSE mount: a signal (the Go runtime preempts
+// goroutines with SIGURG) interrupts a request waiting for gocryptfs with
+// EINTR, which only means "ask again". Bounded.
+func statfsFUSE(path string, s *unix.Statfs_t) error {
+	var err error
+	for range 32 {
+		if err = unix.Statfs(path, s); err != unix.EINTR {
+			return err
+		}
+	}
+	return err
 }

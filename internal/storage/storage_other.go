@@ -51,3 +51,6 @@ func (g *Gocryptfs) Usage() (total, free uint64, err error) { return 0, 0, ErrUn
 
 // CheckStoragePath needs Linux.
 func CheckStoragePath(path string) (string, error) { return "", ErrUnsupported }
+
+// LoopDevice needs Linux.
+func (v *Volume) LoopDevice(ctx context.Context) (string, error) { return "", ErrUnsupported }

@@ -701,3 +701,21 @@ func syncPath(path string) error {
 	}
 	return nil
 }
+
+// LoopDevice returns the loop device mounted at Mount, or "" when the
+// volume is not mounted or lives on a storage path.
+func (v *Volume) LoopDevice(ctx context.Context) (string, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.CheckAndSetDefaults(); err != nil {
+		return "", err
+	}
+	if v.Path != "" {
+		return "", nil
+	}
+	st, err := v.inspectLocked(ctx)
+	if err != nil {
+		return "", err
+	}
+	return st.dev, nil
+}

@@ -1,0 +1,159 @@
+package cli
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/daemon"
+	"github.com/pgshield/pgshield/internal/storage"
+)
+
+// checkStorageFlags validates init's --storage, --storage-path and
+// --storage-size together, before anything is created, and returns the
+// storage path made absolute.
+func checkStorageFlags(cmd *cobra.Command, l config.Layout, backend, path string) (string, error) {
+	sizeSet := cmd.Flags().Changed("storage-size")
+	switch backend {
+	case config.StorageFscrypt:
+	case config.StorageGocryptfs:
+		if path != "" {
+			return "", usageError{errors.New("--storage-path is for the fscrypt backend: gocryptfs keeps its cipher directory in <data-dir>/storage")}
+		}
+		if sizeSet {
+			return "", usageError{errors.New("--storage-size does not apply to gocryptfs: its ciphertext is files on the host filesystem, with no volume size")}
+		}
+		if _, err := exec.LookPath("gocryptfs"); err != nil {
+			if _, serr := os.Stat("/usr/bin/gocryptfs"); serr != nil {
+				return "", errors.New("gocryptfs is not installed: apt-get install -y gocryptfs")
+			}
+		}
+		if _, err := os.Stat("/dev/fuse"); err != nil {
+			return "", fmt.Errorf("gocryptfs needs FUSE, and /dev/fuse is missing: %v", err)
+		}
+		return "", nil
+	default:
+		return "", usageError{fmt.Errorf("invalid --storage %q: use fscrypt or gocryptfs", backend)}
+	}
+	if path == "" {
+		return "", nil
+	}
+	if sizeSet {
+		return "", usageError{errors.New("--storage-size does not apply with --storage-path: the volume is that filesystem")}
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", err
+	}
+	root, err := filepath.Abs(l.Root)
+	if err != nil {
+		return "", err
+	}
+	if abs == root || strings.HasPrefix(abs, root+string(filepath.Separator)) || strings.HasPrefix(root, abs+string(filepath.Separator)) {
+		return "", usageError{fmt.Errorf("--storage-path %s and the data directory %s must not contain each other", abs, root)}
+	}
+	abs, err = storage.CheckStoragePath(abs)
+	if err != nil {
+		return "", fmt.Errorf("--storage-path: %w", err)
+	}
+	return abs, nil
+}
+
+// removeStoragePathData removes what a failed init left on a storage path
+// (the volume is unmounted and its key removed by then), so that init can
+// be run again.
+func removeStoragePathData(path string) {
+	_ = os.RemoveAll(filepath.Join(path, storage.DataDirName))
+}
+
+func newStorage(g *globals) *cobra.Command {
+	cmd := &cobra.Command{Use: "storage", Short: "Encrypted volume: show, resize"}
+	cmd.AddCommand(&cobra.Command{Use: "show", Short: "Show the volume: backend, size, used, free, autogrow", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var info daemon.StorageInfo
+			if err := g.client().Do(cmd.Context(), "GET", "/v1/storage", nil, &info); err != nil {
+				return err
+			}
+			return emit(cmd.OutOrStdout(), g, info, func(tw *tabwriter.Writer) { storageTable(tw, info) })
+		}})
+	var size byteSize
+	resize := &cobra.Command{Use: "resize", Short: "Grow the volume to --size (online when the kernel allows, else with a brief PostgreSQL stop)", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := requireRoot(); err != nil {
+				return err
+			}
+			if size.bytes == 0 {
+				return usageError{errors.New("--size is required (e.g. --size 40GiB)")}
+			}
+			var res daemon.StorageResizeResult
+			if err := g.client().Do(cmd.Context(), "POST", "/v1/storage/resize", daemon.StorageResizeRequest{SizeBytes: size.bytes}, &res); err != nil {
+				return err
+			}
+			return emit(cmd.OutOrStdout(), g, res, func(tw *tabwriter.Writer) {
+				gr := res.Grow
+				how := "online, PostgreSQL kept running"
+				if gr.Method == daemon.GrowOffline {
+					how = fmt.Sprintf("offline: PostgreSQL was stopped for %s (online growth needs CAP_SYS_RESOURCE)",
+						time.Duration(gr.DowntimeSeconds*float64(time.Second)).Round(100*time.Millisecond))
+				}
+				fmt.Fprintf(tw, "grown\tfrom %s to %s, %s\n", mib(uint64(gr.FromBytes)), mib(uint64(gr.ToBytes)), how)
+				storageTable(tw, res.Storage)
+			})
+		}}
+	resize.Flags().Var(&size, "size", "new size of the volume (e.g. 40GiB); it only grows")
+	cmd.AddCommand(resize)
+	return cmd
+}
+
+func mib(n uint64) string { return fmt.Sprintf("%d MiB", n>>20) }
+
+func storageTable(tw *tabwriter.Writer, s daemon.StorageInfo) {
+	fmt.Fprintf(tw, "backend\t%s\n", s.Description)
+	fmt.Fprintf(tw, "state\t%s\n", s.State)
+	fmt.Fprintf(tw, "size\t%s\n", mib(s.SizeBytes))
+	if s.State == daemon.KeyAvailable {
+		fmt.Fprintf(tw, "used\t%s\n", mib(s.UsedBytes))
+		fmt.Fprintf(tw, "free\t%s\n", mib(s.FreeBytes))
+	}
+	switch {
+	case s.ImagePath != "":
+		fmt.Fprintf(tw, "image\t%s (%s, %s allocated)\n", s.ImagePath, mib(uint64(s.ImageBytes)), mib(uint64(s.ImageAllocatedBytes)))
+		if s.LoopDevice != "" {
+			fmt.Fprintf(tw, "loop device\t%s\n", s.LoopDevice)
+		}
+	case s.StoragePath != "":
+		fmt.Fprintf(tw, "storage path\t%s\n", s.StoragePath)
+	case s.CipherDir != "":
+		fmt.Fprintf(tw, "cipher directory\t%s\n", s.CipherDir)
+		if s.FUSEPID > 0 {
+			fmt.Fprintf(tw, "gocryptfs pid\t%d (restarts %d)\n", s.FUSEPID, s.FUSERestarts)
+		}
+	}
+	fmt.Fprintf(tw, "mount point\t%s\n", s.MountPoint)
+	if s.HostFreeBytes > 0 {
+		fmt.Fprintf(tw, "host free\t%s\n", mib(s.HostFreeBytes))
+	}
+	auto := "off"
+	switch {
+	case s.AutogrowNote != "":
+		auto = s.AutogrowNote
+	case s.Autogrow:
+		auto = "on (grows 25%, at least 1 GiB, when under 10% is free)"
+	}
+	fmt.Fprintf(tw, "autogrow\t%s\n", auto)
+	if g := s.LastGrow; g != nil {
+		kind := "manual"
+		if g.Automatic {
+			kind = "automatic"
+		}
+		fmt.Fprintf(tw, "last growth\t%s, %s to %s, %s (%s)\n", g.At.Local().Format(time.RFC3339), mib(uint64(g.FromBytes)), mib(uint64(g.ToBytes)), g.Method, kind)
+	}
+}

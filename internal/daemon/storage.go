@@ -1,0 +1,565 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/keys"
+	"github.com/pgshield/pgshield/internal/storage"
+	"github.com/pgshield/pgshield/internal/wire"
+)
+
+// Storage: the backends behind AtRest, `pgshield storage show|resize`,
+// automatic growth, and the supervision of the gocryptfs process.
+
+const (
+	// autogrowThreshold: grow when less than this fraction is free, as
+	// Azure Database for PostgreSQL and Amazon RDS do (10%).
+	autogrowThreshold = 0.10
+	// autogrowInterval is how often free space is checked.
+	autogrowInterval = 30 * time.Second
+	// autogrowIntervalEnv overrides autogrowInterval. For tests only.
+	autogrowIntervalEnv = "PGSHIELD_TEST_AUTOGROW_INTERVAL"
+	// growStepMin is the least an automatic growth adds; otherwise 25%.
+	growStepMin int64 = 1 << 30
+	// hostMarginMin is the least free space left in the filesystem that
+	// holds the image after the volume could be filled; otherwise 5% of it.
+	hostMarginMin int64 = 1 << 30
+	// autogrowWarnEvery rate-limits the warning that growth is impossible.
+	autogrowWarnEvery = time.Hour
+)
+
+// Growth methods reported by resize.
+const (
+	GrowOnline  = "online"  // resize2fs on the mounted filesystem
+	GrowOffline = "offline" // PostgreSQL stopped, volume unmounted, e2fsck + resize2fs, remounted
+)
+
+// StorageInfo is the answer of GET /v1/storage.
+type StorageInfo struct {
+	Backend     string `json:"backend"` // fscrypt or gocryptfs
+	Description string `json:"description"`
+	// State is the data key's state (Available, Locked, Inaccessible).
+	State      string `json:"state"`
+	MountPoint string `json:"mount_point"`
+	// SizeBytes, UsedBytes and FreeBytes describe the mounted filesystem
+	// (with gocryptfs: the host filesystem holding the cipher directory).
+	SizeBytes uint64 `json:"size_bytes"`
+	UsedBytes uint64 `json:"used_bytes"`
+	FreeBytes uint64 `json:"free_bytes"`
+	// Image-backed fscrypt volumes.
+	ImagePath           string `json:"image_path,omitempty"`
+	ImageBytes          int64  `json:"image_bytes,omitempty"`
+	ImageAllocatedBytes int64  `json:"image_allocated_bytes,omitempty"`
+	LoopDevice          string `json:"loop_device,omitempty"`
+	// StoragePath is the existing ext4 filesystem's directory (--storage-path).
+	StoragePath string `json:"storage_path,omitempty"`
+	// CipherDir, FUSEPID and FUSERestarts describe gocryptfs.
+	CipherDir    string `json:"cipher_dir,omitempty"`
+	FUSEPID      int    `json:"fuse_pid,omitempty"`
+	FUSERestarts int    `json:"fuse_restarts"`
+	// HostFreeBytes is what the filesystem holding the image or the cipher
+	// directory has left.
+	HostFreeBytes uint64 `json:"host_free_bytes,omitempty"`
+	// Autogrow is pgshield.storage_autogrow; AutogrowNote says when it
+	// cannot apply.
+	Autogrow     bool        `json:"autogrow"`
+	AutogrowNote string      `json:"autogrow_note,omitempty"`
+	Resizable    bool        `json:"resizable"`
+	LastGrow     *GrowRecord `json:"last_grow,omitempty"`
+}
+
+// GrowRecord describes one growth of the volume.
+type GrowRecord struct {
+	At              time.Time `json:"at"`
+	FromBytes       int64     `json:"from_bytes"`
+	ToBytes         int64     `json:"to_bytes"`
+	Method          string    `json:"method"` // online or offline
+	Automatic       bool      `json:"automatic"`
+	DowntimeSeconds float64   `json:"downtime_seconds"`
+}
+
+// StorageResizeRequest is the body of POST /v1/storage/resize.
+type StorageResizeRequest struct {
+	SizeBytes int64 `json:"size_bytes"`
+}
+
+// StorageResizeResult is its answer.
+type StorageResizeResult struct {
+	Grow    GrowRecord  `json:"grow"`
+	Storage StorageInfo `json:"storage"`
+}
+
+// storageState is the daemon's storage bookkeeping (AtRest.stats).
+type storageState struct {
+	mu           sync.Mutex
+	lastGrow     *GrowRecord
+	lastWarn     time.Time // of "cannot grow"
+	fuseRestarts int
+}
+
+// --- AtRest backends ---
+
+// backend returns the storage backend, fixed at first use (Cfg may be
+// replaced later, e.g. by a key change, while other goroutines ask).
+func (a *AtRest) backend() string {
+	a.backendOnce.Do(func() { a.backendName = a.Cfg.StorageBackend() })
+	return a.backendName
+}
+
+func (a *AtRest) isGocryptfs() bool { return a.backend() == config.StorageGocryptfs }
+
+// imageBacked reports whether the volume is an image pgshield made (and
+// can grow).
+func (a *AtRest) imageBacked() bool { return !a.isGocryptfs() && a.volume().Path == "" }
+
+func (a *AtRest) gocryptfs() *storage.Gocryptfs {
+	if a.gfs == nil {
+		a.gfs = &storage.Gocryptfs{CipherDir: a.Layout.GocryptfsDir(), Mount: a.Layout.VolumeMount(), Log: a.Log}
+		_ = a.gfs.CheckAndSetDefaults()
+	}
+	return a.gfs
+}
+
+// openGocryptfs mounts the gocryptfs volume unless our process serves it;
+// a dead or left-over mount is cleared first.
+func (a *AtRest) openGocryptfs(ctx context.Context) error {
+	g := a.gocryptfs()
+	if alive, err := g.Alive(); err == nil && alive {
+		return nil
+	}
+	dataKey, err := a.unwrapDataKey(ctx)
+	if err != nil {
+		return err
+	}
+	defer keys.Wipe(dataKey)
+	if err := g.Open(ctx, dataKey); err != nil {
+		return fmt.Errorf("mounting the encrypted volume: %w", err)
+	}
+	return nil
+}
+
+// lockOnce makes the data unreadable: the key leaves the kernel (fscrypt)
+// or gocryptfs is unmounted and exits (storage.ErrFilesBusy while files
+// are open).
+func (a *AtRest) lockOnce() error {
+	if a.isGocryptfs() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		return a.gocryptfs().Unmount(ctx)
+	}
+	return a.volume().Lock()
+}
+
+// fuseExited fires when the gocryptfs process dies unasked; never for fscrypt.
+func (a *AtRest) fuseExited() <-chan error {
+	if !a.isGocryptfs() {
+		return nil
+	}
+	return a.gocryptfs().Exited()
+}
+
+// BackendName describes the backend for `key show` and `status`.
+func (a *AtRest) BackendName() string {
+	if a.isGocryptfs() {
+		return storage.GocryptfsDescription
+	}
+	d := "fscrypt (AES-256-XTS contents, AES-256-CTS names)"
+	if p := a.volume().Path; p != "" {
+		d += " on " + p
+	}
+	return d
+}
+
+// --- API ---
+
+func (d *Daemon) storageRoutes() []api.Route {
+	return []api.Route{
+		{Method: "GET", Pattern: "/v1/storage", Handler: d.showStorage},
+		{Method: "POST", Pattern: "/v1/storage/resize", Write: true, Handler: d.resizeStorage},
+	}
+}
+
+func (d *Daemon) showStorage(r *http.Request) (any, error) { return d.storageInfo(r.Context()), nil }
+
+func (d *Daemon) storageInfo(ctx context.Context) StorageInfo {
+	a := d.atRest
+	info := StorageInfo{Backend: a.backend(), Description: a.BackendName(), State: d.keyState.Load().State,
+		MountPoint: d.Layout.VolumeMount(), Autogrow: d.autogrowOn()}
+	host := d.Layout.StorageDir()
+	switch {
+	case a.isGocryptfs():
+		g := a.gocryptfs()
+		info.CipherDir = g.CipherDir
+		if alive, _ := g.Alive(); alive {
+			info.FUSEPID = g.PID()
+		}
+		info.AutogrowNote = "not applicable: gocryptfs keeps its ciphertext as files on the host filesystem, which grow with the data"
+		host = g.CipherDir
+	case a.volume().Path != "":
+		info.StoragePath = a.volume().Path
+		info.AutogrowNote = "not applicable: the storage path's filesystem is managed outside pgshield"
+		host = ""
+	default:
+		info.Resizable = true
+		info.ImagePath = d.Layout.VolumeImage()
+		info.ImageBytes, info.ImageAllocatedBytes, _ = imageSize(info.ImagePath)
+		info.LoopDevice, _ = a.volume().LoopDevice(ctx)
+	}
+	if host != "" {
+		if _, avail, err := hostSpace(host); err == nil {
+			info.HostFreeBytes = uint64(avail)
+		}
+	}
+	if total, free, err := a.Usage(); err == nil {
+		info.SizeBytes, info.FreeBytes = total, free
+		info.UsedBytes = total - min(free, total)
+	} else if info.ImageBytes > 0 {
+		info.SizeBytes = uint64(info.ImageBytes)
+	}
+	d.atRest.stats.mu.Lock()
+	info.LastGrow = d.atRest.stats.lastGrow
+	info.FUSERestarts = d.atRest.stats.fuseRestarts
+	d.atRest.stats.mu.Unlock()
+	return info
+}
+
+func (d *Daemon) autogrowOn() bool {
+	return d.config().Parameters["pgshield.storage_autogrow"] != "off"
+}
+
+func (d *Daemon) resizeStorage(r *http.Request) (any, error) {
+	var req StorageResizeRequest
+	if err := api.DecodeBody(r, &req); err != nil {
+		return nil, err
+	}
+	if req.SizeBytes <= 0 {
+		return nil, api.Errorf(api.CodeInvalid, "give the new size (size_bytes > 0)")
+	}
+	d.keyMu.Lock()
+	defer d.keyMu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	rec, err := d.growLocked(ctx, req.SizeBytes, false)
+	if err != nil {
+		return nil, err
+	}
+	return StorageResizeResult{Grow: rec, Storage: d.storageInfo(ctx)}, nil
+}
+
+// imageSize returns the image's size and the bytes the host has allocated
+// for it (it is sparse).
+func imageSize(path string) (size, allocated int64, err error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return 0, 0, err
+	}
+	return st.Size, st.Blocks * 512, nil
+}
+
+// hostSpace returns the size of the filesystem holding path and the space
+// it has available to unprivileged writers.
+func hostSpace(path string) (total, avail int64, err error) {
+	var s syscall.Statfs_t
+	if err := syscall.Statfs(path, &s); err != nil {
+		return 0, 0, err
+	}
+	return int64(s.Blocks) * s.Bsize, int64(s.Bavail) * s.Bsize, nil
+}
+
+// hostLimit is the largest size the image may have so that, filled to the
+// last block, it still leaves a margin (5% of the host filesystem, at least
+// 1 GiB) free in the filesystem that holds it.
+func (d *Daemon) hostLimit() (limit, avail, margin int64, err error) {
+	img := d.Layout.VolumeImage()
+	_, allocated, err := imageSize(img)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	total, avail, err := hostSpace(img)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	margin = max(hostMarginMin, total/20)
+	limit = allocated + avail - margin
+	return limit &^ (storage.SizeAlign - 1), avail, margin, nil
+}
+
+// growLocked grows an image-backed volume to size: online when the kernel
+// lets pgshield (CAP_SYS_RESOURCE), otherwise with PostgreSQL stopped for
+// the moment of an offline resize2fs. Callers hold keyMu.
+func (d *Daemon) growLocked(ctx context.Context, size int64, automatic bool) (GrowRecord, error) {
+	a := d.atRest
+	switch {
+	case a.isGocryptfs():
+		return GrowRecord{}, api.Errorf(api.CodeInvalid,
+			"a gocryptfs volume has no size to change: its ciphertext is files in %s, which use the host filesystem's free space", a.gocryptfs().CipherDir)
+	case !a.imageBacked():
+		return GrowRecord{}, api.Errorf(api.CodeInvalid,
+			"the volume is the filesystem of the storage path %s, which pgshield does not manage: grow that filesystem with the tools that made it (e.g. resize2fs)", a.volume().Path)
+	}
+	if st := d.keyState.Load().State; st != KeyAvailable {
+		return GrowRecord{}, api.Errorf(api.CodeUnavailable, "the server is %s: the volume can be resized only while it is Available", st)
+	}
+	size = (size + storage.SizeAlign - 1) &^ (storage.SizeAlign - 1)
+	cur, _, err := imageSize(d.Layout.VolumeImage())
+	if err != nil {
+		return GrowRecord{}, fmt.Errorf("reading the volume image: %w", err)
+	}
+	if size < cur {
+		return GrowRecord{}, api.Errorf(api.CodeInvalid,
+			"refusing to shrink the volume from %s to %s: volumes only grow (to shrink, restore a backup into a smaller server)", bytesText(cur), bytesText(size))
+	}
+	if size == cur {
+		return GrowRecord{}, api.Errorf(api.CodeInvalid, "the volume is %s already", bytesText(cur))
+	}
+	limit, avail, margin, err := d.hostLimit()
+	if err != nil {
+		return GrowRecord{}, fmt.Errorf("reading the host filesystem's free space: %w", err)
+	}
+	if size > limit {
+		return GrowRecord{}, api.Errorf(api.CodeInvalid,
+			"the filesystem holding %s has %s free: a volume of %s could outgrow it (at most %s keeps %s free there); free space there first",
+			d.Layout.VolumeImage(), bytesText(avail), bytesText(size), bytesText(max(limit, cur)), bytesText(margin))
+	}
+	v := a.volume()
+	rec := GrowRecord{At: time.Now(), FromBytes: cur, ToBytes: size, Method: GrowOnline, Automatic: automatic}
+	err = v.Resize(ctx, size)
+	if errors.Is(err, storage.ErrOnlineResizeNotPermitted) {
+		d.Log.Info("Online resize is not permitted here (no CAP_SYS_RESOURCE); growing the volume offline with PostgreSQL stopped briefly.")
+		rec.Method = GrowOffline
+		start := time.Now()
+		err = d.offlineGrowLocked(ctx, size)
+		rec.DowntimeSeconds = time.Since(start).Seconds()
+	}
+	event := "storage.resize"
+	if automatic {
+		event = "storage.autogrow"
+	}
+	fields := map[string]any{"from_bytes": cur, "to_bytes": size, "method": rec.Method, "downtime_seconds": rec.DowntimeSeconds}
+	if err != nil {
+		d.Log.Error("Growing the volume failed.", "from", cur, "to", size, "method", rec.Method, "error", err)
+		d.audit(audit.Event{Type: event, Outcome: audit.OutcomeFailure, Reason: err.Error(), Fields: fields})
+		return rec, fmt.Errorf("growing the volume: %w", err)
+	}
+	d.cfgMu.Lock()
+	newCfg := *d.cfg
+	newCfg.StorageSize = size
+	if serr := config.Save(d.Layout, &newCfg); serr != nil {
+		d.Log.Error("Saving the new volume size failed (the volume did grow).", "error", serr)
+	} else {
+		d.cfg = &newCfg
+		d.atRest.Cfg = &newCfg
+	}
+	d.cfgMu.Unlock()
+	d.atRest.stats.mu.Lock()
+	d.atRest.stats.lastGrow = &rec
+	d.atRest.stats.mu.Unlock()
+	d.Log.Info("Volume grown.", "from", bytesText(cur), "to", bytesText(size), "method", rec.Method,
+		"automatic", automatic, "downtime", time.Duration(rec.DowntimeSeconds*float64(time.Second)))
+	d.audit(audit.Event{Type: event, Outcome: audit.OutcomeSuccess, Fields: fields})
+	return rec, nil
+}
+
+// offlineGrowLocked stops PostgreSQL, unmounts and detaches the volume,
+// grows it (e2fsck -f, resize2fs), and brings everything back. The volume
+// is brought back even when the resize fails. Callers hold keyMu.
+func (d *Daemon) offlineGrowLocked(ctx context.Context, size int64) error {
+	d.gw.TerminateAll(wire.ErrorMessage(wire.CodeAdminShutdown, "terminating connection because the storage is being resized"))
+	d.quiesceLocked()
+	resizeErr := d.atRest.Close(ctx)
+	if resizeErr == nil {
+		resizeErr = d.atRest.volume().Resize(ctx, size)
+	}
+	return errors.Join(resizeErr, d.reopenLocked(ctx))
+}
+
+// quiesceLocked stops everything that writes to the volume and closes the
+// audit log on it, so that it can be unmounted.
+func (d *Daemon) quiesceLocked() {
+	d.backups.stop()
+	d.supervisor().Stop(30 * time.Second)
+	d.catalog.Pool.Reset()
+	if err := d.auditStream.Detach(); err != nil {
+		d.Log.Warn("Closing the audit log before unmounting failed; its events wait in memory.", "error", err)
+	}
+}
+
+// reopenLocked mounts (and unlocks) the volume again and restarts what
+// quiesceLocked stopped. A key that cannot be unwrapped any more makes the
+// server Inaccessible, which revalidation undoes when the key is back.
+func (d *Daemon) reopenLocked(ctx context.Context) error {
+	if err := d.atRest.Open(ctx); err != nil {
+		var ke *KeyError
+		if errors.As(err, &ke) {
+			d.storeKeyState(&KeyState{State: KeyInaccessible, Since: time.Now(), Reason: err.Error()})
+		}
+		return err
+	}
+	if err := d.auditStream.Attach(); err != nil {
+		d.Log.Error("The audit log cannot be opened after remounting; retrying.", "error", err)
+	}
+	return d.startPostgres(ctx)
+}
+
+// bytesText renders a size for people: 1.5 GiB, 640 MiB.
+func bytesText(n int64) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return strconv.FormatInt(n>>30, 10) + " GiB"
+	case n >= 1<<30:
+		return strconv.FormatFloat(float64(n)/(1<<30), 'f', 2, 64) + " GiB"
+	default:
+		return strconv.FormatFloat(float64(n)/(1<<20), 'f', 0, 64) + " MiB"
+	}
+}
+
+// --- background: autogrow and gocryptfs supervision ---
+
+// storageLoop grows the volume when it runs out of room and remounts a
+// gocryptfs volume whose process died. It runs until ctx ends.
+func (d *Daemon) storageLoop(ctx context.Context) {
+	interval := autogrowInterval
+	if v := os.Getenv(autogrowIntervalEnv); v != "" {
+		if iv, err := time.ParseDuration(v); err == nil && iv >= 100*time.Millisecond && iv <= time.Hour {
+			interval = iv
+		}
+	}
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	exited := d.atRest.fuseExited()
+	var retry <-chan time.Time // set while a remount failed
+	backoff := time.Second
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case err := <-exited:
+			retry = d.remountAfterFUSEExit(ctx, err, &backoff)
+		case <-retry:
+			retry = d.remountAfterFUSEExit(ctx, nil, &backoff)
+		case <-tick.C:
+			d.autogrow(ctx)
+		}
+	}
+}
+
+// remountAfterFUSEExit recovers from the death of gocryptfs: sessions end,
+// PostgreSQL stops, the dead mount goes, gocryptfs mounts again and
+// PostgreSQL starts, replaying its WAL: everything it had synced is in the
+// ciphertext files, which gocryptfs fsyncs before answering an fsync. It
+// returns a timer for another try when that failed.
+func (d *Daemon) remountAfterFUSEExit(ctx context.Context, cause error, backoff *time.Duration) <-chan time.Time {
+	if ctx.Err() != nil {
+		return nil
+	}
+	d.keyMu.Lock()
+	defer d.keyMu.Unlock()
+	if st := d.keyState.Load().State; st != KeyAvailable {
+		return nil // locked or inaccessible: unmounted on purpose; unlock mounts again
+	}
+	if alive, _ := d.atRest.KeyStatus(); alive && cause == nil {
+		return nil
+	}
+	start := time.Now()
+	d.Log.Error("gocryptfs is gone: stopping PostgreSQL, remounting the volume, restarting PostgreSQL.", "cause", errText(cause))
+	d.gw.TerminateAll(wire.ErrorMessage(wire.CodeAdminShutdown, "terminating connection because the encrypted storage is being remounted"))
+	d.quiesceLocked()
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Minute)
+	defer cancel()
+	err := d.reopenLocked(rctx)
+	fields := map[string]any{"cause": errText(cause), "downtime_seconds": time.Since(start).Seconds()}
+	if err != nil {
+		d.Log.Error("Remounting the gocryptfs volume failed; retrying.", "error", err, "retry_in", *backoff)
+		d.audit(audit.Event{Type: "storage.remount", Outcome: audit.OutcomeFailure, Reason: err.Error(), Fields: fields})
+		var ke *KeyError
+		if errors.As(err, &ke) {
+			return nil // Inaccessible now; revalidation brings it back
+		}
+		t := time.After(*backoff)
+		*backoff = min(*backoff*2, 30*time.Second)
+		return t
+	}
+	*backoff = time.Second
+	d.atRest.stats.mu.Lock()
+	d.atRest.stats.fuseRestarts++
+	d.atRest.stats.mu.Unlock()
+	d.Log.Info("Volume remounted and PostgreSQL restarted after gocryptfs died.", "downtime", time.Since(start))
+	d.audit(audit.Event{Type: "storage.remount", Outcome: audit.OutcomeSuccess, Fields: fields})
+	return nil
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// autogrow grows an image-backed volume that has less than 10% free by
+// 25% (at least 1 GiB), within what the host filesystem can hold.
+func (d *Daemon) autogrow(ctx context.Context) {
+	if !d.autogrowOn() || !d.atRest.imageBacked() || d.keyState.Load().State != KeyAvailable {
+		return
+	}
+	total, free, err := d.atRest.Usage()
+	if err != nil || total == 0 || float64(free) >= autogrowThreshold*float64(total) {
+		return
+	}
+	d.keyMu.Lock()
+	defer d.keyMu.Unlock()
+	if d.keyState.Load().State != KeyAvailable {
+		return
+	}
+	cur, _, err := imageSize(d.Layout.VolumeImage())
+	if err != nil {
+		d.Log.Error("Autogrow: reading the volume image failed.", "error", err)
+		return
+	}
+	target := cur + max(cur/4, growStepMin)
+	target = (target + (1<<20 - 1)) &^ (1<<20 - 1)
+	limit, avail, margin, err := d.hostLimit()
+	if err != nil {
+		d.Log.Error("Autogrow: reading the host filesystem's free space failed.", "error", err)
+		return
+	}
+	if target > limit {
+		// Grow by what fits, if that is worth a resize at all.
+		if limit-cur < max(cur/10, 64<<20) {
+			d.atRest.stats.mu.Lock()
+			warn := time.Since(d.atRest.stats.lastWarn) >= autogrowWarnEvery
+			if warn {
+				d.atRest.stats.lastWarn = time.Now()
+			}
+			d.atRest.stats.mu.Unlock()
+			if warn {
+				reason := fmt.Sprintf("the volume has %s of %s free, but the filesystem holding its image has only %s free (keeping %s there): not growing",
+					bytesText(int64(free)), bytesText(int64(total)), bytesText(avail), bytesText(margin))
+				d.Log.Warn("Autogrow: the volume is almost full and cannot grow.", "reason", reason)
+				d.audit(audit.Event{Type: "storage.autogrow", Outcome: audit.OutcomeFailure, Reason: reason,
+					Fields: map[string]any{"from_bytes": cur, "to_bytes": target}})
+			}
+			return
+		}
+		d.Log.Warn("Autogrow: growing less than usual; the filesystem holding the image is short of space.",
+			"wanted", bytesText(target), "growing_to", bytesText(limit), "host_free", bytesText(avail))
+		target = limit
+	}
+	d.Log.Info("Autogrow: the volume is more than 90% full; growing it.", "used", bytesText(int64(total-free)),
+		"size", bytesText(int64(total)), "to", bytesText(target))
+	gctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
+	defer cancel()
+	if _, err := d.growLocked(gctx, target, true); err != nil {
+		d.Log.Error("Autogrow failed.", "error", err)
+	}
+}
