@@ -530,7 +530,8 @@ func TestStorageResize(t *testing.T) {
 	out = mustCLI(t, s, "storage", "resize", "--size", "1536MiB", "-o", "json")
 	var res struct {
 		Grow struct {
-			Method string `json:"method"`
+			Method   string  `json:"method"`
+			Downtime float64 `json:"downtime_seconds"`
 		} `json:"grow"`
 		Storage storageInfo `json:"storage"`
 	}
@@ -544,7 +545,7 @@ func TestStorageResize(t *testing.T) {
 	if res.Grow.Method != want {
 		t.Errorf("resize method = %q; want %q here", res.Grow.Method, want)
 	}
-	t.Logf("grew the volume %s", res.Grow.Method)
+	t.Logf("grew the volume %s, PostgreSQL down %.1f s", res.Grow.Method, res.Grow.Downtime)
 	after := showStorage(t, s)
 	if after.ImageBytes != 1536<<20 || after.SizeBytes < 1400<<20 || after.State != "Available" {
 		t.Fatalf("after resize: %+v", after)

@@ -156,7 +156,13 @@ func (a *AtRest) lockOnce() error {
 	if a.isGocryptfs() {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		return a.gocryptfs().Unmount(ctx)
+		g := a.gocryptfs()
+		if alive, _ := g.Alive(); !alive {
+			// Dead (or never started): the key is gone with the process;
+			// what is left is a dead mount, which files may still pin.
+			return g.ForceUnmount(ctx)
+		}
+		return g.Unmount(ctx)
 	}
 	return a.volume().Lock()
 }
@@ -506,6 +512,24 @@ func errText(err error) string {
 	return err.Error()
 }
 
+// autogrowStep is the size an automatic growth aims for: 25% more, at
+// least 1 GiB more, in whole MiB.
+func autogrowStep(cur int64) int64 {
+	t := cur + max(cur/4, growStepMin)
+	return (t + (1<<20 - 1)) &^ (1<<20 - 1)
+}
+
+// autogrowTarget is autogrowStep capped at limit (what the host filesystem
+// can back); ok is false when what fits is not worth a resize (less than
+// 10% or 64 MiB more).
+func autogrowTarget(cur, limit int64) (target int64, ok bool) {
+	target = min(autogrowStep(cur), limit&^(1<<20-1))
+	if target-cur < max(cur/10, 64<<20) {
+		return cur, false
+	}
+	return target, true
+}
+
 // autogrow grows an image-backed volume that has less than 10% free by
 // 25% (at least 1 GiB), within what the host filesystem can hold.
 func (d *Daemon) autogrow(ctx context.Context) {
@@ -526,34 +550,31 @@ func (d *Daemon) autogrow(ctx context.Context) {
 		d.Log.Error("Autogrow: reading the volume image failed.", "error", err)
 		return
 	}
-	target := cur + max(cur/4, growStepMin)
-	target = (target + (1<<20 - 1)) &^ (1<<20 - 1)
 	limit, avail, margin, err := d.hostLimit()
 	if err != nil {
 		d.Log.Error("Autogrow: reading the host filesystem's free space failed.", "error", err)
 		return
 	}
-	if target > limit {
-		// Grow by what fits, if that is worth a resize at all.
-		if limit-cur < max(cur/10, 64<<20) {
-			d.atRest.stats.mu.Lock()
-			warn := time.Since(d.atRest.stats.lastWarn) >= autogrowWarnEvery
-			if warn {
-				d.atRest.stats.lastWarn = time.Now()
-			}
-			d.atRest.stats.mu.Unlock()
-			if warn {
-				reason := fmt.Sprintf("the volume has %s of %s free, but the filesystem holding its image has only %s free (keeping %s there): not growing",
-					bytesText(int64(free)), bytesText(int64(total)), bytesText(avail), bytesText(margin))
-				d.Log.Warn("Autogrow: the volume is almost full and cannot grow.", "reason", reason)
-				d.audit(audit.Event{Type: "storage.autogrow", Outcome: audit.OutcomeFailure, Reason: reason,
-					Fields: map[string]any{"from_bytes": cur, "to_bytes": target}})
-			}
-			return
+	target, ok := autogrowTarget(cur, limit)
+	if !ok {
+		d.atRest.stats.mu.Lock()
+		warn := time.Since(d.atRest.stats.lastWarn) >= autogrowWarnEvery
+		if warn {
+			d.atRest.stats.lastWarn = time.Now()
 		}
+		d.atRest.stats.mu.Unlock()
+		if warn {
+			reason := fmt.Sprintf("the volume has %s of %s free, but the filesystem holding its image has only %s free (keeping %s there): not growing",
+				bytesText(int64(free)), bytesText(int64(total)), bytesText(avail), bytesText(margin))
+			d.Log.Warn("Autogrow: the volume is almost full and cannot grow.", "reason", reason)
+			d.audit(audit.Event{Type: "storage.autogrow", Outcome: audit.OutcomeFailure, Reason: reason,
+				Fields: map[string]any{"from_bytes": cur}})
+		}
+		return
+	}
+	if want := autogrowStep(cur); target < want {
 		d.Log.Warn("Autogrow: growing less than usual; the filesystem holding the image is short of space.",
-			"wanted", bytesText(target), "growing_to", bytesText(limit), "host_free", bytesText(avail))
-		target = limit
+			"wanted", bytesText(want), "growing_to", bytesText(target), "host_free", bytesText(avail))
 	}
 	d.Log.Info("Autogrow: the volume is more than 90% full; growing it.", "used", bytesText(int64(total-free)),
 		"size", bytesText(int64(total)), "to", bytesText(target))
