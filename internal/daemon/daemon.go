@@ -117,8 +117,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 	d.cluster = &postgres.Cluster{Layout: d.Layout, Cfg: cfg, User: u, Guard: d.atRest.Guard,
 		// Managed files are rewritten when PostgreSQL starts again (unlock):
-		// with the parameters of then. No caller holds cfgMu.
-		Parameters: func() map[string]string { return d.config().Parameters }}
+		// with the configuration of then. No caller holds cfgMu.
+		Live: d.config}
 	// While Inaccessible the volume is locked: startPostgres writes them
 	// once the key works again.
 	if startErr == nil {

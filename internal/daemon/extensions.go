@@ -37,8 +37,8 @@ func (d *Daemon) checkExtensionsAvailable(ctx context.Context, names []string) e
 func (d *Daemon) applyGuardSettings(ctx context.Context, cfg *config.Config) error {
 	// A copy: the running cluster's fields are read by the supervisor.
 	c := *d.cluster
-	// The caller holds cfgMu, which d.cluster.Parameters takes.
-	c.Cfg, c.Parameters = cfg, nil
+	// The caller holds cfgMu, which d.cluster.Live takes.
+	c.Cfg, c.Live = cfg, nil
 	if err := c.WriteManagedFiles(); err != nil {
 		return err
 	}

@@ -1,11 +1,15 @@
 package daemon
 
 import (
+	"context"
 	"errors"
+	"fmt"
 	"net/http"
+	"slices"
 
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/postgres"
 )
 
@@ -46,6 +50,11 @@ func (d *Daemon) createPrincipal(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, principalAPIErr(err)
 	}
+	if p.Admin {
+		if err := d.setAdminPrincipal(r.Context(), p.Name, true); err != nil {
+			return nil, fmt.Errorf("principal %q created, but pgshield_guard does not protect it yet: %w", p.Name, err)
+		}
+	}
 	d.Log.Info("Token principal created.", "name", p.Name, "type", p.Kind, "admin", p.Admin)
 	d.audit(audit.Event{Type: "principal.create", Outcome: audit.OutcomeSuccess, User: p.Name,
 		Fields: map[string]any{"object_id": p.ObjectID, "type": p.Kind, "admin": p.Admin}})
@@ -57,10 +66,33 @@ func (d *Daemon) deletePrincipal(r *http.Request) (any, error) {
 	if err != nil {
 		return nil, principalAPIErr(err)
 	}
+	if p.Admin {
+		if err := d.setAdminPrincipal(r.Context(), p.Name, false); err != nil {
+			return nil, fmt.Errorf("principal %q deleted, but pgshield_guard still lists it: %w", p.Name, err)
+		}
+	}
 	d.Log.Info("Token principal deleted.", "name", p.Name)
 	d.audit(audit.Event{Type: "principal.delete", Outcome: audit.OutcomeSuccess, User: p.Name,
 		Fields: map[string]any{"object_id": p.ObjectID, "type": p.Kind}})
 	return p, nil
+}
+
+// setAdminPrincipal adds name to (or removes it from) the administrator
+// roles pgshield_guard keeps roles that are not superusers from taking over,
+// persists that, and has PostgreSQL reload it.
+func (d *Daemon) setAdminPrincipal(ctx context.Context, name string, add bool) error {
+	d.cfgMu.Lock()
+	defer d.cfgMu.Unlock()
+	next := *d.cfg
+	next.AdminPrincipals = slices.DeleteFunc(slices.Clone(d.cfg.AdminPrincipals), func(n string) bool { return n == name })
+	if add {
+		next.AdminPrincipals = append(next.AdminPrincipals, name)
+	}
+	if err := config.Save(d.Layout, &next); err != nil {
+		return err
+	}
+	d.cfg = &next
+	return d.applyGuardSettings(ctx, &next)
 }
 
 func principalAPIErr(err error) error {

@@ -22,11 +22,11 @@ type Cluster struct {
 	// checks that the encrypted volume is mounted and unlocked, so nothing
 	// is ever written to the bare disk under the mount point.
 	Guard func() error
-	// Parameters, if set, returns pgshield's parameters as they are now:
-	// the daemon changes them while Cfg stays as it was at start, and the
-	// settings written for PostgreSQL (pgshield_guard's) follow them.
-	// Nil means Cfg.Parameters.
-	Parameters func() map[string]string
+	// Live, if set, returns pgshield's configuration as it is now: the
+	// daemon changes parameters and admin principals while Cfg stays as it
+	// was at start, and the settings written for PostgreSQL
+	// (pgshield_guard's) follow them. Nil means Cfg.
+	Live func() *config.Config
 }
 
 // SocketPath is the postmaster's Unix socket.
@@ -120,12 +120,12 @@ func (c *Cluster) CheckGuard() error {
 func (c *Cluster) guardSettings() string {
 	// An invalid parameter set (which the daemon refuses to start with)
 	// allows no extension rather than the defaults.
-	params := c.Cfg.Parameters
-	if c.Parameters != nil {
-		params = c.Parameters()
+	cfg := c.Cfg
+	if c.Live != nil {
+		cfg = c.Live()
 	}
 	var exts []string
-	if p, err := config.ResolveParams(params); err == nil {
+	if p, err := config.ResolveParams(cfg.Parameters); err == nil {
 		exts = p.AllowedExtensions
 	}
 	list := func(names ...string) string {
@@ -138,7 +138,7 @@ pgshield_guard.reserved_roles = '%s'
 pgshield_guard.reserved_memberships = 'pg_execute_server_program,pg_read_server_files,pg_write_server_files'
 pgshield_guard.admin_roles = '%s'
 pgshield_guard.allowed_extensions = '%s'
-`, list(config.SuperuserRole, c.Cfg.ServiceRole), list(c.Cfg.AdminUser), list(exts...))
+`, list(config.SuperuserRole, c.Cfg.ServiceRole), list(append([]string{cfg.AdminUser}, cfg.AdminPrincipals...)...), list(exts...))
 }
 
 // hba allows only local connections. The socket directory is 0700 and owned
