@@ -54,8 +54,11 @@ func startedServerNoImage(t *testing.T, name string, initArgs ...string) *server
 	s := &server{name: name, dataDir: filepath.Join(baseDir, name), port: port}
 	t.Cleanup(s.stop)
 	t.Cleanup(func() {
+		log, _ := os.ReadFile(filepath.Join(s.dataDir, "log", "pgshield.log"))
+		if bytes.Contains(log, []byte("WARNING: DATA RACE")) {
+			t.Errorf("the daemon of %s reported a data race", name)
+		}
 		if t.Failed() {
-			log, _ := os.ReadFile(filepath.Join(s.dataDir, "log", "pgshield.log"))
 			t.Logf("daemon log of %s:\n%s", name, log[max(0, len(log)-20000):])
 		}
 	})
@@ -503,8 +506,20 @@ func TestStoragePath(t *testing.T) {
 // TestStorageResize: storage show, a refused shrink, and a growth that
 // keeps the data (online where the kernel lets pgshield resize a mounted
 // ext4, else offline with PostgreSQL stopped for a moment).
+// noRaces fails the test if the daemon of s reported a data race (the
+// e2e binary is built with -race); registered before the server's stop.
+func noRaces(t *testing.T, s *server) {
+	t.Cleanup(func() {
+		log, _ := os.ReadFile(filepath.Join(s.dataDir, "log", "pgshield.log"))
+		if bytes.Contains(log, []byte("WARNING: DATA RACE")) {
+			t.Errorf("the daemon of %s reported a data race:\n%s", s.name, log[max(0, len(log)-20000):])
+		}
+	})
+}
+
 func TestStorageResize(t *testing.T) {
 	s := startedServer(t, "resize")
+	noRaces(t, s)
 	info := showStorage(t, s)
 	if info.Backend != "fscrypt" || info.ImageBytes != 1<<30 || !strings.HasPrefix(info.LoopDevice, "/dev/loop") ||
 		!info.Autogrow || !info.Resizable || info.SizeBytes == 0 || info.UsedBytes+info.FreeBytes != info.SizeBytes {
@@ -580,6 +595,7 @@ func capSysResource(t *testing.T) bool {
 func TestStorageAutogrow(t *testing.T) {
 	t.Setenv("PGSHIELD_TEST_AUTOGROW_INTERVAL", "1s") // inherited by the daemon
 	s := startedServer(t, "autogrow")
+	noRaces(t, s)
 	dsn := s.dsn("user=" + admin + " sslmode=require")
 	if out, err := psql(t, dsn, adminPassword, "-c", "CREATE TABLE kept AS SELECT g FROM generate_series(1, 50000) g"); err != nil {
 		t.Fatalf("%v %s", err, out)
