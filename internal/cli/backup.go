@@ -356,7 +356,11 @@ func (r *restorer) run(ctx context.Context) (retErr error) {
 	cfg := &config.Config{Listen: r.listen, AdminUser: r.srcCfg.AdminUser, ServiceRole: r.srcCfg.ServiceRole,
 		PGBinDir: r.srcCfg.PGBinDir, PGPort: r.srcCfg.PGPort, PGOSUser: r.srcCfg.PGOSUser,
 		TLSCertFile: dst.ServerCert(), TLSKeyFile: dst.ServerKey(), CAFile: dst.CACert(),
-		Parameters: maps.Clone(r.srcCfg.Parameters), StorageSize: r.srcCfg.StorageSize}
+		Parameters: maps.Clone(r.srcCfg.Parameters), StorageSize: r.srcCfg.StorageSize,
+		// The source's backend (a host without fscrypt restores with
+		// gocryptfs too); a source on a --storage-path filesystem gets an
+		// image here, as the new server cannot share that directory.
+		Storage: r.srcCfg.Storage}
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return err
 	}

@@ -118,7 +118,7 @@ func startBackground(cmd *cobra.Command, g *globals, l config.Layout, timeout ti
 
 func newDown(g *globals) *cobra.Command {
 	var timeout time.Duration
-	return &cobra.Command{
+	cmd := &cobra.Command{
 		Use:   "down",
 		Short: "Stop the server (sessions end, PostgreSQL shuts down cleanly)",
 		Args:  cobra.NoArgs,
@@ -153,6 +153,8 @@ func newDown(g *globals) *cobra.Command {
 			return fmt.Errorf("pgshield (pid %d) did not stop within %s", pid, timeout)
 		},
 	}
+	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the server to stop")
+	return cmd
 }
 
 func newStatus(g *globals) *cobra.Command {
