@@ -19,6 +19,11 @@ const (
 	// TypePostgresStderr is a line PostgreSQL (or a program it ran) wrote to
 	// standard error outside its logging protocol.
 	TypePostgresStderr = "postgres.stderr"
+	// TypePrivilegeRefused is an ERROR with SQLSTATE 42501: a statement
+	// refused for want of a privilege, among them every escalation
+	// pgshield_guard refuses (GRANT pg_execute_server_program, ALTER ROLE
+	// ... SUPERUSER, COPY ... PROGRAM, ...), with the role and statement.
+	TypePrivilegeRefused = "privilege.refused"
 )
 
 // pgJSON is one line of PostgreSQL 15's jsonlog (src/backend/utils/error/
@@ -146,6 +151,9 @@ func ParseServerLogLine(line []byte, now time.Time) Event {
 	switch j.Severity {
 	case "ERROR", "FATAL", "PANIC":
 		e.Outcome = OutcomeFailure
+		if j.StateCode == "42501" {
+			e.Type = TypePrivilegeRefused
+		}
 	}
 	setStr("severity", j.Severity)
 	setStr("sqlstate", j.StateCode)

@@ -58,6 +58,20 @@ func TestParseServerLogLine(t *testing.T) {
 		e.Fields["sqlstate"] != "42704" || e.Fields["statement"] != "ALTER ROLE nobody PASSWORD <redacted>" {
 		t.Errorf("ParseServerLogLine(failed ALTER) = %+v", e)
 	}
+
+	// A refused escalation is its own event type, with who and what.
+	refused := `{"timestamp":"2026-11-25 15:01:02.003 UTC","user":"pgadmin","dbname":"postgres","error_severity":"ERROR",` +
+		`"state_code":"42501","message":"permission denied to grant role \"pg_execute_server_program\"",` +
+		`"statement":"GRANT pg_execute_server_program TO pgadmin"}`
+	e = ParseServerLogLine([]byte(refused), now)
+	if e.Type != TypePrivilegeRefused || e.Outcome != OutcomeFailure || e.User != "pgadmin" ||
+		e.Fields["statement"] != "GRANT pg_execute_server_program TO pgadmin" {
+		t.Errorf("ParseServerLogLine(42501) = %+v; want a privilege.refused event naming the role and statement", e)
+	}
+	notice := strings.Replace(refused, `"ERROR"`, `"NOTICE"`, 1)
+	if e := ParseServerLogLine([]byte(notice), now); e.Type != TypePostgresLog {
+		t.Errorf("ParseServerLogLine(NOTICE 42501) type = %q; want postgres.log (nothing was refused)", e.Type)
+	}
 }
 
 func TestParsePgaudit(t *testing.T) {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
+	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -34,6 +36,7 @@ func newAudit(g *globals) *cobra.Command {
 		})
 	}
 	var n int
+	var follow bool
 	tail := &cobra.Command{Use: "tail", Short: "Show the newest records", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := requireRoot(); err != nil {
@@ -47,9 +50,13 @@ func newAudit(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return show(cmd, rs)
+			if !follow {
+				return show(cmd, rs)
+			}
+			return followAudit(cmd, g, dir, rs)
 		}}
 	tail.Flags().IntVarP(&n, "lines", "n", 20, "how many records")
+	tail.Flags().BoolVarP(&follow, "follow", "f", false, "keep printing records as they are written (until interrupted)")
 	var since, user, event string
 	var limit int
 	search := &cobra.Command{Use: "search", Short: "Find records by time, user and event type", Args: cobra.NoArgs,
@@ -111,6 +118,42 @@ func newAudit(g *globals) *cobra.Command {
 		}}
 	cmd.AddCommand(tail, search, verify)
 	return cmd
+}
+
+// followAudit prints rs, then every record written after them, one line
+// (or, with -o json, one JSON object) each, until interrupted.
+func followAudit(cmd *cobra.Command, g *globals, dir string, rs []audit.Record) error {
+	out := cmd.OutOrStdout()
+	print := func(r audit.Record) error {
+		if g.output == "json" {
+			return json.NewEncoder(out).Encode(r)
+		}
+		_, err := fmt.Fprintf(out, "%d  %s  %s  %s  %s  %s  %s  %s\n", r.Seq, r.Time.Local().Format(time.RFC3339), r.Type,
+			orDash(r.Outcome), orDash(r.Client), orDash(r.User), orDash(r.Rule), detail(r))
+		return err
+	}
+	var last uint64
+	if len(rs) == 0 { // -n 0: from the newest record on
+		if head, err := audit.Tail(dir, 1); err == nil && len(head) == 1 {
+			last = head[0].Seq
+		}
+	}
+	for _, r := range rs {
+		if err := print(r); err != nil {
+			return err
+		}
+		last = r.Seq
+	}
+	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return audit.Follow(ctx, dir, last, print)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
 }
 
 // auditDir is the audit log on the encrypted volume or, for a server whose
