@@ -560,7 +560,7 @@ token_path() {
 		timeout 60 "$SHIELD_BIN" parameter set --data-dir "$d" "${kv%%=*}" "${kv#*=}" >>"$WORK/pgshield-cli.log" 2>&1
 	done
 	timeout 60 "$SHIELD_BIN" principal create --data-dir "$d" --name "${ROLE}_token" --object-id bench-oid >>"$WORK/pgshield-cli.log" 2>&1
-	psql_super "$sock" "$sport" "$DB" -c "GRANT SELECT ON pgbench_accounts TO ${ROLE}_token"
+	psql_super "$sock" "$sport" "$DB" -c "GRANT SELECT ON pgbench_accounts, pgbench_branches TO ${ROLE}_token"
 	out=$WORK/pgshield-token-connect.out
 	step "pgshield-token: pgbench -S -C -T $DURATION -c $CLIENTS -j $THREADS"
 	tps=""
