@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/jackc/pgx/v5"
 	"io"
 	"io/fs"
 	"os"
@@ -61,32 +62,7 @@ func imageContains(t *testing.T, path string, needle []byte) bool {
 func TestDataAtRestIsEncrypted(t *testing.T) {
 	s := startedServer(t, "atrest")
 	marker := fmt.Sprintf("PGSHIELD-MARKER-%d", time.Now().UnixNano())
-	dsn := s.dsn("user=" + admin + " sslmode=require")
-	// Rows and WAL.
-	if out, err := psql(t, dsn, adminPassword, "-c", "CREATE TABLE secrets(v text)",
-		"-c", fmt.Sprintf("INSERT INTO secrets SELECT '%s ' || g FROM generate_series(1, 20000) g", marker)); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	// A server log line: the failing statement is logged with its text.
-	_, _ = psql(t, dsn, adminPassword, "-c", fmt.Sprintf("SELECT no_such_column_%s FROM secrets", strings.ReplaceAll(marker, "-", "_")))
-	// Temporary files of a sort that spills, kept open by a cursor while
-	// the image is scanned.
-	conn, err := pgxConnect(t, s.dsn("user="+admin+" password="+adminPassword+" sslmode=require"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	ctx := context.Background()
-	for _, q := range []string{"SET work_mem = '64kB'", "BEGIN",
-		"DECLARE c CURSOR FOR SELECT v || repeat('x', 50) FROM secrets ORDER BY 1 DESC", "FETCH 1 FROM c"} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	tmpFiles := s.superSQL(t, "SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp') f")
-	if tmpFiles == "0" || tmpFiles == "" {
-		t.Fatalf("the sort did not spill to pgsql_tmp; the test would prove nothing about temporary files")
-	}
+	writeMarkers(t, s, marker, strings.ReplaceAll(marker, "-", "_"))
 	s.superSQL(t, "CHECKPOINT")
 	if err := exec.Command("sync").Run(); err != nil {
 		t.Fatal(err)
@@ -94,7 +70,7 @@ func TestDataAtRestIsEncrypted(t *testing.T) {
 	img := filepath.Join(s.dataDir, "storage", "volume.img")
 	mnt := filepath.Join(s.dataDir, "volume")
 	// The rows really are in the cluster, and in plaintext to PostgreSQL.
-	if out, _ := psql(t, dsn, adminPassword, "-c", "SELECT count(*) FROM secrets WHERE v LIKE 'PGSHIELD-MARKER-%'"); out != "20000" {
+	if out, _ := psql(t, s.dsn("user="+admin+" sslmode=require"), adminPassword, "-c", "SELECT count(*) FROM secrets WHERE v LIKE 'PGSHIELD-MARKER-%'"); out != "20000" {
 		t.Fatalf("marker rows = %q", out)
 	}
 	logHasMarker := false
@@ -173,4 +149,35 @@ func TestKeyLockAndUnlock(t *testing.T) {
 	if out, err := psql(t, dsn, adminPassword, "-c", "SELECT v FROM kept"); err != nil || out != "42" {
 		t.Fatalf("after unlock: %v %q; want the row back", err, out)
 	}
+}
+
+// writeMarkers puts marker into rows and WAL and logMarker into a server
+// log line (a failing statement), and holds open a sort that spilled to
+// pgsql_tmp, so a scan can look for them everywhere PostgreSQL writes. The
+// returned session holds the sort; closing it (or the test ending) ends it.
+func writeMarkers(t *testing.T, s *server, marker, logMarker string) *pgx.Conn {
+	t.Helper()
+	dsn := s.dsn("user=" + admin + " sslmode=require")
+	if out, err := psql(t, dsn, adminPassword, "-c", "CREATE TABLE secrets(v text)",
+		"-c", fmt.Sprintf("INSERT INTO secrets SELECT '%s ' || g FROM generate_series(1, 20000) g", marker)); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	_, _ = psql(t, dsn, adminPassword, "-c", fmt.Sprintf("SELECT no_such_column_%s FROM secrets", logMarker))
+	// The cursor keeps the spilled sort's temporary files while the test scans.
+	conn, err := pgxConnect(t, s.dsn("user="+admin+" password="+adminPassword+" sslmode=require"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close(context.Background()) })
+	ctx := context.Background()
+	for _, q := range []string{"SET work_mem = '64kB'", "BEGIN",
+		"DECLARE c CURSOR FOR SELECT v || repeat('x', 50) FROM secrets ORDER BY 1 DESC", "FETCH 1 FROM c"} {
+		if _, err := conn.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	if n := s.superSQL(t, "SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp') f"); n == "0" || n == "" {
+		t.Fatal("the sort did not spill to pgsql_tmp; the test would prove nothing about temporary files")
+	}
+	return conn
 }

@@ -189,26 +189,7 @@ func TestGocryptfsServer(t *testing.T) {
 	marker := fmt.Sprintf("GCFS-MARKER-%d", time.Now().UnixNano())
 	logMarker := strings.ReplaceAll(marker, "-", "_")
 	dsn := s.dsn("user=" + admin + " sslmode=require")
-	if out, err := psql(t, dsn, adminPassword, "-c", "CREATE TABLE secrets(v text)",
-		"-c", fmt.Sprintf("INSERT INTO secrets SELECT '%s ' || g FROM generate_series(1, 20000) g", marker)); err != nil {
-		t.Fatalf("%v %s", err, out)
-	}
-	_, _ = psql(t, dsn, adminPassword, "-c", fmt.Sprintf("SELECT no_such_column_%s FROM secrets", logMarker))
-	conn, err := pgxConnect(t, s.dsn("user="+admin+" password="+adminPassword+" sslmode=require"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(context.Background())
-	ctx := context.Background()
-	for _, q := range []string{"SET work_mem = '64kB'", "BEGIN",
-		"DECLARE c CURSOR FOR SELECT v || repeat('x', 50) FROM secrets ORDER BY 1 DESC", "FETCH 1 FROM c"} {
-		if _, err := conn.Exec(ctx, q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	if n := s.superSQL(t, "SELECT count(*) FROM pg_ls_dir('base/pgsql_tmp') f"); n == "0" || n == "" {
-		t.Fatal("the sort did not spill to pgsql_tmp; the test would prove nothing about temporary files")
-	}
+	conn := writeMarkers(t, s, marker, logMarker)
 	s.superSQL(t, "CHECKPOINT")
 	// In the decrypted view (what PostgreSQL sees) the marker is there...
 	plain := dirContains(t, filepath.Join(s.dataDir, "volume", "data"), []byte(marker), []byte(logMarker))
@@ -228,7 +209,7 @@ func TestGocryptfsServer(t *testing.T) {
 	if !found[string(control)] {
 		t.Fatal("control marker not found in the cipher directory: the scan is broken")
 	}
-	conn.Close(ctx)
+	conn.Close(context.Background())
 
 	// Lock: PostgreSQL stops, the volume is unmounted, gocryptfs (which
 	// alone held the key) is gone.

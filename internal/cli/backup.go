@@ -245,15 +245,9 @@ func (r *restorer) check(targetDir, toTime, listen string) error {
 		}
 		listen = net.JoinHostPort(host, strconv.Itoa(port))
 	}
-	host, port, err := net.SplitHostPort(listen)
+	host, err := checkListen(listen)
 	if err != nil {
-		return usageError{fmt.Errorf("invalid --listen %q: %v", listen, err)}
-	}
-	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-		return usageError{fmt.Errorf("invalid --listen %q: bad port", listen)}
-	}
-	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
-		return usageError{fmt.Errorf("invalid --listen %q: the host must be an IP address", listen)}
+		return err
 	}
 	if listen == r.srcCfg.Listen {
 		return usageError{fmt.Errorf("--listen %s is the source server's address", listen)}

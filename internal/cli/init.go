@@ -39,15 +39,9 @@ func newInit(g *globals) *cobra.Command {
 			if (tlsCert == "") != (tlsKey == "") {
 				return usageError{errors.New("--tls-cert and --tls-key go together")}
 			}
-			host, port, err := net.SplitHostPort(listen)
+			host, err := checkListen(listen)
 			if err != nil {
-				return usageError{fmt.Errorf("invalid --listen %q: %v", listen, err)}
-			}
-			if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
-				return usageError{fmt.Errorf("invalid --listen %q: bad port", listen)}
-			}
-			if host != "" && host != "localhost" && net.ParseIP(host) == nil {
-				return usageError{fmt.Errorf("invalid --listen %q: the host must be an IP address", listen)}
+				return err
 			}
 			mode, err := netpolicy.ParseMode(network)
 			if err != nil {
@@ -259,4 +253,20 @@ func (b *byteSize) Set(s string) error {
 		}
 	}
 	return fmt.Errorf("invalid size %q", s)
+}
+
+// checkListen validates a --listen address (an IP address or localhost, and
+// a port) and returns its host.
+func checkListen(listen string) (string, error) {
+	host, port, err := net.SplitHostPort(listen)
+	if err != nil {
+		return "", usageError{fmt.Errorf("invalid --listen %q: %v", listen, err)}
+	}
+	if p, err := strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+		return "", usageError{fmt.Errorf("invalid --listen %q: bad port", listen)}
+	}
+	if host != "" && host != "localhost" && net.ParseIP(host) == nil {
+		return "", usageError{fmt.Errorf("invalid --listen %q: the host must be an IP address", listen)}
+	}
+	return host, nil
 }
