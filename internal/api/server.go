@@ -107,7 +107,7 @@ func (l RootOnly) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if uc, ok := c.(*net.UnixConn); ok && peerIsRoot(uc) {
+		if cred, ok := PeerCred(c); ok && cred.Uid == 0 {
 			return c, nil
 		}
 		l.Log.Warn("Refused a management API connection from a non-root peer.")
@@ -115,14 +115,20 @@ func (l RootOnly) Accept() (net.Conn, error) {
 	}
 }
 
-func peerIsRoot(c *net.UnixConn) bool {
-	raw, err := c.SyscallConn()
+// PeerCred returns the SO_PEERCRED of a Unix socket connection's peer: who
+// is calling, as the kernel vouches for it.
+func PeerCred(c net.Conn) (*unix.Ucred, bool) {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return nil, false
+	}
+	raw, err := uc.SyscallConn()
 	if err != nil {
-		return false
+		return nil, false
 	}
 	var cred *unix.Ucred
 	_ = raw.Control(func(fd uintptr) {
 		cred, err = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
 	})
-	return err == nil && cred != nil && cred.Uid == 0
+	return cred, err == nil && cred != nil
 }
