@@ -156,49 +156,49 @@ func (p *Policy) Clone() *Policy {
 // SetFirewallRule replaces the firewall rule with r's name
 // (case-insensitively) or appends r. It does not validate.
 func (p *Policy) SetFirewallRule(r FirewallRule) {
-	for i := range p.FirewallRules {
-		if strings.EqualFold(p.FirewallRules[i].Name, r.Name) {
-			p.FirewallRules[i] = r
-			return
-		}
-	}
-	p.FirewallRules = append(p.FirewallRules, r)
+	p.FirewallRules = setNamed(p.FirewallRules, r, func(r FirewallRule) string { return r.Name })
 }
 
 // DeleteFirewallRule removes the firewall rule named name
 // (case-insensitively) and reports whether there was one.
-func (p *Policy) DeleteFirewallRule(name string) bool {
-	for i := range p.FirewallRules {
-		if strings.EqualFold(p.FirewallRules[i].Name, name) {
-			p.FirewallRules = append(p.FirewallRules[:i], p.FirewallRules[i+1:]...)
-			return true
-		}
-	}
-	return false
+func (p *Policy) DeleteFirewallRule(name string) (ok bool) {
+	p.FirewallRules, ok = deleteNamed(p.FirewallRules, name, func(r FirewallRule) string { return r.Name })
+	return ok
 }
 
 // SetNetworkRule replaces the network rule with r's name
 // (case-insensitively) or appends r. It does not validate.
 func (p *Policy) SetNetworkRule(r NetworkRule) {
-	for i := range p.NetworkRules {
-		if strings.EqualFold(p.NetworkRules[i].Name, r.Name) {
-			p.NetworkRules[i] = r
-			return
-		}
-	}
-	p.NetworkRules = append(p.NetworkRules, r)
+	p.NetworkRules = setNamed(p.NetworkRules, r, func(r NetworkRule) string { return r.Name })
 }
 
 // DeleteNetworkRule removes the network rule named name (case-insensitively)
 // and reports whether there was one.
-func (p *Policy) DeleteNetworkRule(name string) bool {
-	for i := range p.NetworkRules {
-		if strings.EqualFold(p.NetworkRules[i].Name, name) {
-			p.NetworkRules = append(p.NetworkRules[:i], p.NetworkRules[i+1:]...)
-			return true
+func (p *Policy) DeleteNetworkRule(name string) (ok bool) {
+	p.NetworkRules, ok = deleteNamed(p.NetworkRules, name, func(r NetworkRule) string { return r.Name })
+	return ok
+}
+
+// setNamed replaces the rule named like r in rs (case-insensitively) or
+// appends r.
+func setNamed[T any](rs []T, r T, name func(T) string) []T {
+	for i := range rs {
+		if strings.EqualFold(name(rs[i]), name(r)) {
+			rs[i] = r
+			return rs
 		}
 	}
-	return false
+	return append(rs, r)
+}
+
+// deleteNamed removes the rule named n from rs (case-insensitively).
+func deleteNamed[T any](rs []T, n string, name func(T) string) ([]T, bool) {
+	for i := range rs {
+		if strings.EqualFold(name(rs[i]), n) {
+			return append(rs[:i], rs[i+1:]...), true
+		}
+	}
+	return rs, false
 }
 
 // RuleError is one problem Validate found. It matches ErrInvalidPolicy.
