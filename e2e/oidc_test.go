@@ -275,6 +275,22 @@ func TestOIDCTokenAuthentication(t *testing.T) {
 		}
 	})
 
+	t.Run("a mapping table not owned by a superuser is not trusted", func(t *testing.T) {
+		s.superSQL(t, `ALTER TABLE pgshield.principals OWNER TO `+admin)
+		defer s.superSQL(t, `ALTER TABLE pgshield.principals OWNER TO pgshield_service`)
+		time.Sleep(2500 * time.Millisecond) // role cache TTL
+		v, err := oidcissuer.Sign(is.Keys()[0], "", is.Access(oidcAudience, "oid-alice", time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if out, err := psql(t, dsnFor("alice@contoso.com", ""), v, "-c", "SELECT 1"); err == nil {
+			t.Fatalf("token login through an administrator-owned mapping table succeeded: %s", out)
+		}
+		if out, err := s.cli("principal", "list"); err == nil || !strings.Contains(out, "not owned by a superuser") {
+			t.Fatalf("principal list with an administrator-owned table = %v %s; want a refusal", err, out)
+		}
+	})
+
 	t.Run("principal delete", func(t *testing.T) {
 		mustCLI(t, s, "principal", "delete", "--name", "bob@contoso.com")
 		if got := s.superSQL(t, `SELECT count(*) FROM pg_roles WHERE rolname = 'bob@contoso.com'`); got != "0" {

@@ -107,8 +107,13 @@ func (c *Catalog) queryRole(ctx context.Context, name string) (Role, error) {
 	// valid and pgx cannot scan them into a time.Time.
 	var until pgtype.Timestamptz
 	err := c.Pool.QueryRow(ctx,
+		// The mapping counts only while a superuser owns its table: one the
+		// administrator made (e.g. before pgshield created its own) could
+		// otherwise map any role to the administrator's token.
 		`SELECT a.rolcanlogin, a.rolsuper, a.rolpassword, a.rolvaliduntil, p.object_id, p.kind, p.admin
 		   FROM pg_catalog.pg_authid a LEFT JOIN pgshield.principals p ON p.role_oid = a.oid
+		    AND (SELECT o.rolsuper FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+		          WHERE c.oid = 'pgshield.principals'::regclass)
 		  WHERE a.rolname = $1`,
 		name).Scan(&r.CanLogin, &r.Superuser, &pw, &until, &oid, &kind, &admin)
 	switch {

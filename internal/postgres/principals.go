@@ -49,13 +49,17 @@ func principalSchema(owner string) []string {
 
 // ErrPrincipalSchema means the pgshield schema exists but is not owned by a
 // superuser: someone else made it, and it cannot be trusted.
-var ErrPrincipalSchema = errors.New("schema pgshield in database postgres is not owned by a superuser; token principals are disabled until it is removed")
+var ErrPrincipalSchema = errors.New("schema pgshield or its table principals in database postgres is not owned by a superuser; token principals are disabled until that is mended")
 
 // ensurePrincipals creates the mapping table if missing (servers made
 // before token authentication) and checks who owns it.
 func ensurePrincipals(ctx context.Context, q querier, serviceRole string) error {
+	// The schema and, if it exists, the table must be a superuser's.
 	var superOwned *bool
-	err := q.QueryRow(ctx, `SELECT r.rolsuper FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'pgshield'`).Scan(&superOwned)
+	err := q.QueryRow(ctx, `SELECT r.rolsuper AND coalesce((SELECT o.rolsuper FROM pg_catalog.pg_class c
+		       JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
+		      WHERE c.relnamespace = n.oid AND c.relname = 'principals'), true)
+		  FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'pgshield'`).Scan(&superOwned)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
