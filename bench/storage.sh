@@ -5,24 +5,32 @@
 # user, Unix socket only, shared_buffers=256MB, other settings default), its
 # data directory on:
 #
-#   plain      ext4 in a sparse image on a loop device, made exactly like
-#              pgshield's volume (internal/storage) but WITHOUT -O encrypt:
-#              mkfs.ext4 -q -b 4096 -I 256 -i 16384 -m 0
-#                -E lazy_itable_init=0,lazy_journal_init=0
-#              losetup --direct-io=on --sector-size 4096
-#              mount -o nosuid,nodev,noexec,noatime,errors=remount-ro
-#              data directory <mount>/data (root 0711, data 0700)
+#   plain      the host's own filesystem (the one holding $BENCH_TMPDIR, as
+#              /var/lib/postgresql would be): PostgreSQL without pgshield,
+#              the "plain disk" the issue's targets are relative to
+#   image      control: ext4 in a sparse image on a loop device, made exactly
+#              like pgshield's volume (internal/storage) but WITHOUT
+#              -O encrypt (mkfs.ext4 -q -b 4096 -I 256 -i 16384 -m 0
+#              -E lazy_itable_init=0,lazy_journal_init=0; losetup
+#              --direct-io=on --sector-size 4096; mount -o nosuid,nodev,
+#              noexec,noatime,errors=remount-ro; <mount>/data, root 0711,
+#              data 0700). fscrypt / image is the cost of encryption alone.
 #   fscrypt    pgshield's own volume code (storage.Volume Provision+Unlock,
 #              through bench/cmd/fscryptvol): the same image with -O encrypt,
 #              <mount>/data under an fscrypt v2 policy (AES-256-XTS contents,
 #              AES-256-CTS names, PAD_32) with a random 64-byte key that
 #              never leaves the helper's memory and the kernel
-#   gocryptfs  gocryptfs (Debian package, AES-256-GCM, FUSE, -allow_other),
-#              its cipher directory on a plain-style ext4 loop image as above
-#              and the data directory in the decrypted view; the password is
-#              random, in a 0600 file passed with -passfile, never on argv
+#   gocryptfs  gocryptfs (Debian package, AES-256-GCM, FUSE) mounted with
+#              pgshield's flags (-allow_other -nosuid -nodev -noexec
+#              -kernel_cache), its cipher directory on the host filesystem
+#              as pgshield keeps it (<data-dir>/storage/gocryptfs), the data
+#              directory in the decrypted view; the password is random, in
+#              a 0600 file passed with -passfile, never on argv
 #
 # Workloads on each backend, in this order, on a fresh cluster:
+#   write probe  dd $PROBE_MB MiB of zeros + fsync into the (empty) data
+#                directory, before initdb   (MiB/s: what the storage writes
+#                at when encryption, not PostgreSQL, is the work)
 #   bulk load    pgbench -i -s $SCALE                 (wall-clock seconds)
 #   then VACUUM ANALYZE and CHECKPOINT
 #   TPC-B        pgbench    -c $CLIENTS -j $THREADS -T $DURATION   (tps)
@@ -33,10 +41,13 @@
 # Environment (all optional):
 #   DURATION=60           seconds per TPC-B / select-only run
 #   SCALE=20              pgbench scale factor
-#   BENCH_ONLY=plain,fscrypt,gocryptfs   a comma-separated subset to run
+#   BENCH_ONLY=plain,image,fscrypt,gocryptfs   a comma-separated subset to run
 #   CLIENTS=8  THREADS=2  pgbench -c / -j
 #   IMAGE_MB=             size of each sparse image (default max(4096, 2048+64*SCALE))
-#   BENCH_TMPDIR=/tmp     where the temporary directory (and the images) go
+#   PROBE_MB=512          size of the write probe (0: skip it)
+#   BENCH_TMPDIR=/var/tmp where the temporary directory (the plain cluster,
+#                         the images, the gocryptfs cipher directory) goes;
+#                         a disk filesystem, not tmpfs
 #   PG_BIN=/usr/lib/postgresql/15/bin
 #
 # The table is printed on stdout and written to bench/results/storage-latest.md;
@@ -45,7 +56,7 @@
 # problem is that the fscrypt helper did not build (that column is skipped);
 # 1 on any other failure. On exit, also on error, Ctrl-C and SIGTERM, every
 # cluster is stopped, gocryptfs unmounted, the fscrypt volume locked and
-# detached, the plain images unmounted and their loop devices detached, and
+# detached, the control image unmounted and its loop device detached, and
 # the temporary directory removed.
 
 # shellcheck disable=SC2317 # functions are called indirectly (traps, phases)
@@ -67,17 +78,18 @@ DURATION=${DURATION:-60}
 SCALE=${SCALE:-20}
 CLIENTS=${CLIENTS:-8}
 THREADS=${THREADS:-2}
-BENCH_ONLY=${BENCH_ONLY:-plain,fscrypt,gocryptfs}
+BENCH_ONLY=${BENCH_ONLY:-plain,image,fscrypt,gocryptfs}
 PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
-BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
+BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 IMAGE_MB=${IMAGE_MB:-}
+PROBE_MB=${PROBE_MB:-512}
 
 PG_OS_USER=postgres
 DB=bench
 PG_PORT=5432 # only names the Unix socket; each cluster has its own socket dir
 TRIES=60     # every wait loop: at most TRIES x 0.5 s
-BACKENDS=(plain fscrypt gocryptfs)
-WORKLOADS=(load tpcb select)
+BACKENDS=(plain image fscrypt gocryptfs)
+WORKLOADS=(probe load tpcb select)
 
 # ext4 exactly as internal/storage makes it, minus "-O encrypt".
 # shellcheck disable=SC2054 # the comma is part of the -E argument
@@ -102,7 +114,7 @@ is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
 # ---------------------------------------------------------------- checks ----
 
 [[ $(id -u) -eq 0 ]] || die "run as root (bash bench/storage.sh)"
-for v in DURATION SCALE CLIENTS THREADS; do
+for v in DURATION SCALE CLIENTS THREADS PROBE_MB; do
 	is_uint "${!v}" || die "$v must be a non-negative integer, got '${!v}'"
 done
 ((DURATION > 0 && SCALE > 0 && CLIENTS > 0 && THREADS > 0)) || die "DURATION, SCALE, CLIENTS and THREADS must be > 0"
@@ -126,7 +138,7 @@ PSQL=$PG_BIN/psql
 PGBENCH=$PG_BIN/pgbench
 [[ -x $PGBENCH ]] || PGBENCH=$(command -v pgbench) || die "pgbench not found"
 export PATH=$PATH:/usr/sbin:/sbin
-for b in mkfs.ext4 losetup mount umount runuser timeout awk truncate openssl; do
+for b in mkfs.ext4 losetup mount umount runuser timeout awk truncate openssl findmnt dd; do
 	command -v "$b" >/dev/null || die "'$b' not found"
 done
 if want fscrypt; then
@@ -137,9 +149,10 @@ fi
 # ---------------------------------------------------------- state/cleanup ----
 # Everything lives at fixed paths under $WORK so that cleanup finds it no
 # matter which (sub)shell made it:
-#   $WORK/<backend>/volume.img   sparse image (plain, fscrypt, gocryptfs)
+#   $WORK/plain/data             the plain cluster (host filesystem)
+#   $WORK/<backend>/volume.img   sparse image (image, fscrypt)
 #   $WORK/<backend>/mnt          its mount point
-#   $WORK/gocryptfs/mnt/cipher   gocryptfs cipher directory
+#   $WORK/gocryptfs/cipher       gocryptfs cipher directory (host filesystem)
 #   $WORK/gocryptfs/plain        gocryptfs decrypted view (FUSE mount)
 #   $WORK/<backend>/pg           the cluster's Unix socket and server log
 #                                (owned by postgres; everything else is root's)
@@ -153,6 +166,7 @@ mnt_of() { echo "$WORK/$1/mnt"; }
 GC_PLAIN() { echo "$WORK/gocryptfs/plain"; }
 datadir_of() {
 	case $1 in
+	plain) echo "$WORK/plain/data" ;;
 	gocryptfs) echo "$(GC_PLAIN)/data" ;;
 	*) echo "$(mnt_of "$1")/data" ;;
 	esac
@@ -277,7 +291,7 @@ detach_loops() { # IMAGE
 	done
 }
 
-# teardown_ext4 BACKEND: unmount a plain-style image, detach its loop device.
+# teardown_ext4 BACKEND: unmount an image, detach its loop device.
 teardown_ext4() {
 	local b=$1
 	umount_dir "$(mnt_of "$b")"
@@ -300,7 +314,6 @@ teardown_gocryptfs() {
 		sleep 0.5
 	done
 	for pid in $(gocryptfs_pids); do stop_pid "$pid" TERM; done
-	teardown_ext4 gocryptfs
 }
 
 teardown_fscrypt() {
@@ -325,7 +338,8 @@ teardown_fscrypt() {
 teardown() {
 	stop_cluster "$1"
 	case $1 in
-	plain) teardown_ext4 plain ;;
+	plain) ;;
+	image) teardown_ext4 image ;;
 	fscrypt) teardown_fscrypt ;;
 	gocryptfs) teardown_gocryptfs ;;
 	esac
@@ -383,7 +397,7 @@ cleanup() {
 		kill_leftovers nofuse
 		teardown_gocryptfs
 		teardown_fscrypt
-		teardown_ext4 plain
+		teardown_ext4 image
 		kill_leftovers
 		# Anything still mounted or attached below $WORK (should be nothing).
 		for m in $(mounts_under "$WORK"); do umount_dir "$m"; done
@@ -468,9 +482,16 @@ make_ext4() {
 
 # setup_BACKEND: make the storage and an empty data directory (prints nothing).
 setup_plain() {
-	step "plain: ext4 image (no encryption)"
-	make_ext4 plain
+	step "plain: data directory on the host filesystem"
+	mkdir -p "$WORK/plain"
 	mkdir -m 700 "$(datadir_of plain)"
+	note "plain: data directory on the host filesystem: $(findmnt -rn -o SOURCE,FSTYPE,OPTIONS -T "$WORK" 2>/dev/null || echo '?')"
+}
+
+setup_image() {
+	step "image: ext4 image (no encryption)"
+	make_ext4 image
+	mkdir -m 700 "$(datadir_of image)"
 }
 
 setup_fscrypt() {
@@ -488,9 +509,9 @@ setup_fscrypt() {
 
 setup_gocryptfs() {
 	local cipher plain pf
-	step "gocryptfs: plain-style ext4 image for the cipher directory"
-	make_ext4 gocryptfs
-	cipher=$(mnt_of gocryptfs)/cipher
+	step "gocryptfs: cipher directory on the host filesystem"
+	mkdir -p "$WORK/gocryptfs"
+	cipher=$WORK/gocryptfs/cipher
 	plain=$(GC_PLAIN)
 	pf=$WORK/gocryptfs/passfile
 	# The cipher directory's mode becomes the mode of the decrypted view's
@@ -499,22 +520,53 @@ setup_gocryptfs() {
 	mkdir -p "$plain"
 	# A random password in a 0600 file; it goes to gocryptfs only as -passfile.
 	(umask 077 && openssl rand -hex 32 >"$pf")
-	step "gocryptfs: -init (scrypt) and mount with -allow_other"
+	step "gocryptfs: -init (scrypt) and mount with pgshield's flags"
 	# -init prints the master key on stdout: discard it.
 	timeout 120 gocryptfs -init -q -passfile "$pf" "$cipher" >/dev/null 2>>"$WORK/gocryptfs/gocryptfs.log"
-	timeout 120 gocryptfs -q -nosyslog -passfile "$pf" -allow_other -nosuid -nodev -noexec "$cipher" "$plain" \
+	# The flags of internal/storage's gocryptfsMountArgs (minus -fg: here
+	# gocryptfs daemonizes and the mount is waited for by its exit).
+	timeout 120 gocryptfs -q -nosyslog -passfile "$pf" -allow_other -nosuid -nodev -noexec -kernel_cache "$cipher" "$plain" \
 		>>"$WORK/gocryptfs/gocryptfs.log" 2>&1
 	is_mounted "$plain" || die "gocryptfs did not mount $plain"
 	mkdir -m 700 "$plain/data"
-	note "gocryptfs: cipher dir on a plain-style ext4 loop image; $(awk -v m="$plain" '$5 == m { print "mount options " $6 "," $NF }' /proc/self/mountinfo)"
+	note "gocryptfs: cipher dir on the host filesystem; $(awk -v m="$plain" '$5 == m { print "mount options " $6 "," $NF }' /proc/self/mountinfo)"
+}
+
+# dev_written_mib BACKEND: MiB written to the backend's loop device so far
+# (nothing for backends without one).
+dev_written_mib() {
+	local dev
+	case $1 in image | fscrypt) ;; *) return 0 ;; esac
+	dev=$(loops_of "$(img_of "$1")" | head -n 1)
+	[[ -n $dev ]] || return 0
+	awk '{ printf "%d\n", $7 / 2048 }' "/sys/block/${dev#/dev/}/stat" 2>/dev/null || true
+}
+
+# probe BACKEND: PROBE_MB MiB of zeros written and fsynced into the empty
+# data directory; records MiB/s. Encryption (not PostgreSQL) is the work.
+probe() {
+	local b=$1 data t0 t1 mibs
+	((PROBE_MB > 0)) || return 0
+	data=$(datadir_of "$b")
+	step "$b: write probe, dd $PROBE_MB MiB + fsync"
+	sync -f "$data"
+	t0=$EPOCHREALTIME
+	timeout 600 dd if=/dev/zero of="$data/probe" bs=1M count="$PROBE_MB" conv=fsync status=none
+	t1=$EPOCHREALTIME
+	rm -f "$data/probe"
+	sync -f "$data"
+	mibs=$(awk -v n="$PROBE_MB" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", n / (b - a) }')
+	log "$b: write probe = $mibs MiB/s"
+	record "$b" probe "$mibs"
 }
 
 # bench_cluster BACKEND: initdb in the backend's data directory, start, load,
 # measure, stop.
 bench_cluster() {
-	local b=$1 data sock t0 t1 secs out w args tps
+	local b=$1 data sock t0 t1 secs out w args tps w0 w1
 	data=$(datadir_of "$b")
 	sock=$WORK/$b/pg
+	probe "$b"
 	chown "$PG_OS_USER": "$data"
 	chmod 700 "$data"
 	as_pg test -w "$data" || die "$b: $PG_OS_USER cannot write $data"
@@ -539,13 +591,18 @@ bench_cluster() {
 
 	step "$b: bulk load, pgbench -i -s $SCALE"
 	out=$WORK/$b/load.out
+	w0=$(dev_written_mib "$b")
 	t0=$EPOCHREALTIME
 	pg "$b" timeout 3600 "$PGBENCH" -i -s "$SCALE" "$DB" >"$out" 2>&1
 	t1=$EPOCHREALTIME
+	w1=$(dev_written_mib "$b")
 	secs=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.2f", b - a }')
 	raw "$b / bulk load: pgbench -i -s $SCALE ($secs s wall clock)" "$out"
 	log "$b: load = $secs s"
 	record "$b" load "$secs"
+	# What the load made the device write (WAL, its zero-filled segments,
+	# the index builds' fsyncs): on fscrypt every byte went through AES.
+	if is_uint "${w0:-x}" && is_uint "${w1:-x}"; then record "$b" loadmib $((w1 - w0)); fi
 
 	step "$b: VACUUM ANALYZE; CHECKPOINT"
 	psql_pg "$b" "$DB" -c "VACUUM ANALYZE"
@@ -643,6 +700,9 @@ mkdir -p "$BENCH_TMPDIR"
 WORK=$(mktemp -d "$(cd "$BENCH_TMPDIR" && pwd -P)/pgshield-storage.XXXXXX")
 [[ $WORK != *[[:space:]]* ]] || die "BENCH_TMPDIR must not contain whitespace"
 chmod 755 "$WORK" # the postgres OS user must traverse it
+case $(findmnt -rn -o FSTYPE -T "$WORK" 2>/dev/null) in
+tmpfs | ramfs) die "BENCH_TMPDIR=$BENCH_TMPDIR is in memory (tmpfs): the plain column must be a disk filesystem; set BENCH_TMPDIR" ;;
+esac
 touch "$WORK/.start" "$WORK/results.tsv" "$WORK/notes"
 mkdir -p "$RESULTS_DIR"
 : >"$WORK/raw.log" # copied to $RAW_LOG with the table, so both are from one run
@@ -709,14 +769,16 @@ cell() { # BACKEND WORKLOAD
 		echo "$BUILD_NOTE"
 	elif [[ $b == gocryptfs && -n $GC_NOTE ]]; then
 		echo "$GC_NOTE"
+	elif [[ $w == probe ]] && ((PROBE_MB == 0)); then
+		echo "skipped"
 	elif is_num "$v"; then
 		printf '%.1f' "$v"
 	else
 		echo error
 	fi
 }
-ratio() { # BACKEND WORKLOAD: BACKEND / plain
-	local a=${VAL[$1:$2]:-} p=${VAL[plain:$2]:-}
+ratio() { # BACKEND WORKLOAD [BASE]: BACKEND / BASE (default plain)
+	local a=${VAL[$1:$2]:-} p=${VAL[${3:-plain}:$2]:-}
 	if is_num "$a" && is_num "$p"; then
 		awk -v a="$a" -v b="$p" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'
 	else
@@ -731,24 +793,37 @@ render() {
 	printf '%s | nproc %s | load avg at start %s | kernel %s | xts(aes) driver: %s | PostgreSQL %s | gocryptfs %s | DURATION=%ss | scale %s, %s clients, %s threads | pgshield %s\n\n' \
 		"$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$(nproc)" "$LOADAVG" "$KERNEL" "$XTS_DRIVER" "$PG_VERSION" \
 		"${GOCRYPTFS_VERSION:-n/a}" "$DURATION" "$SCALE" "$CLIENTS" "$THREADS" "$REV"
-	printf '| workload | plain ext4 | fscrypt | gocryptfs | fscrypt / plain | gocryptfs / plain |\n'
-	printf '|---|---:|---:|---:|---:|---:|\n'
+	printf '| workload | plain ext4 (host fs) | ext4 image, no encryption | fscrypt | gocryptfs | fscrypt / plain | gocryptfs / plain | fscrypt / image |\n'
+	printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
 	for w in "${WORKLOADS[@]}"; do
 		case $w in
+		probe) label="write probe \`dd\` $PROBE_MB MiB + fsync (MiB/s)" ;;
 		load) label="bulk load \`pgbench -i -s $SCALE\` (s, lower is better)" ;;
 		tpcb) label="TPC-B \`-c $CLIENTS -j $THREADS -T $DURATION\` (tps)" ;;
 		select) label="select-only \`-S -c $CLIENTS -j $THREADS -T $DURATION\` (tps)" ;;
 		esac
-		printf '| %s | %s | %s | %s | %s | %s |\n' "$label" \
-			"$(cell plain "$w")" "$(cell fscrypt "$w")" "$(cell gocryptfs "$w")" \
-			"$(ratio fscrypt "$w")" "$(ratio gocryptfs "$w")"
+		printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" \
+			"$(cell plain "$w")" "$(cell image "$w")" "$(cell fscrypt "$w")" "$(cell gocryptfs "$w")" \
+			"$(ratio fscrypt "$w")" "$(ratio gocryptfs "$w")" "$(ratio fscrypt "$w" image)"
 	done
 	# shellcheck disable=SC2016 # backticks are Markdown
-	printf '\nOne fresh cluster per backend (`shared_buffers=256MB`, Unix socket only, other settings default); after the load `VACUUM ANALYZE` + `CHECKPOINT`, and a `CHECKPOINT` before each timed run. Ratios are backend / plain ext4 (for the load, > 1x means slower). Images: %s MiB sparse files in %s, ext4 `-b 4096 -I 256 -i 16384 -m 0`, loop `--direct-io=on --sector-size 4096`, mounted `%s`.\n' \
-		"$IMAGE_MB" "$BENCH_TMPDIR" "$MOUNT_OPTS"
+	printf '\nOne fresh cluster per backend (`shared_buffers=256MB`, Unix socket only, other settings default); after the load `VACUUM ANALYZE` + `CHECKPOINT`, and a `CHECKPOINT` before each timed run. Ratios are backend / plain (the host filesystem, PostgreSQL without pgshield) or fscrypt / image (the same loop image without encryption: the cost of encryption alone); for the load, > 1x means slower. Images: %s MiB sparse files in %s, `mkfs.ext4 %s` (fscrypt adds `-O encrypt`), `losetup %s`, mounted `%s`.\n' \
+		"$IMAGE_MB" "$BENCH_TMPDIR" "${MKFS_ARGS[*]}" "${LOSETUP_ARGS[*]}" "$MOUNT_OPTS"
 	if [[ -s $WORK/notes ]]; then
 		sed 's/^/- /' "$WORK/notes"
 	fi
+	local b mib mibs
+	for b in image fscrypt; do
+		mib=${VAL[$b:loadmib]:-}
+		is_uint "$mib" || continue
+		mibs=${VAL[$b:probe]:-}
+		if [[ $b == fscrypt ]] && is_num "$mibs"; then
+			printf -- '- fscrypt: the load wrote %s MiB to its loop device; at the write probe'"'"'s %s MiB/s, encrypting that alone takes %s s\n' \
+				"$mib" "$mibs" "$(awk -v m="$mib" -v r="$mibs" 'BEGIN { printf "%.1f", m / r }')"
+		else
+			printf -- '- %s: the load wrote %s MiB to its loop device\n' "$b" "$mib"
+		fi
+	done
 }
 render | tee "$RESULT_FILE"
 { cat "$RESULT_FILE"; echo; cat "$WORK/raw.log"; } >"$RAW_LOG"
