@@ -584,6 +584,11 @@ bench_cluster() {
 		unix_socket_directories = '$sock'
 		shared_buffers = 256MB
 	EOF
+	if [[ $b != plain ]]; then
+		# As pgshield configures its cluster on the volume (internal/postgres):
+		# no zero-filling of new WAL segments, which would be encrypted too.
+		echo "wal_init_zero = off" >>"$data/postgresql.conf"
+	fi
 	as_pg timeout 120 "$PG_BIN/pg_ctl" -D "$data" -l "$sock/postgres.log" -w -t 60 start >>"$WORK/$b/pg_ctl.log" 2>&1
 	wait_until "$b cluster socket" pg "$b" "$PSQL" -X -At -d postgres -c 'select 1'
 	psql_pg "$b" postgres -c "CREATE DATABASE $DB"
@@ -807,7 +812,7 @@ render() {
 			"$(ratio fscrypt "$w")" "$(ratio gocryptfs "$w")" "$(ratio fscrypt "$w" image)"
 	done
 	# shellcheck disable=SC2016 # backticks are Markdown
-	printf '\nOne fresh cluster per backend (`shared_buffers=256MB`, Unix socket only, other settings default); after the load `VACUUM ANALYZE` + `CHECKPOINT`, and a `CHECKPOINT` before each timed run. Ratios are backend / plain (the host filesystem, PostgreSQL without pgshield) or fscrypt / image (the same loop image without encryption: the cost of encryption alone); for the load, > 1x means slower. Images: %s MiB sparse files in %s, `mkfs.ext4 %s` (fscrypt adds `-O encrypt`), `losetup %s`, mounted `%s`.\n' \
+	printf '\nOne fresh cluster per backend (`shared_buffers=256MB`, Unix socket only, other settings default, except `wal_init_zero = off` on the image, fscrypt and gocryptfs columns as pgshield sets it on its volume); after the load `VACUUM ANALYZE` + `CHECKPOINT`, and a `CHECKPOINT` before each timed run. Ratios are backend / plain (the host filesystem, PostgreSQL without pgshield) or fscrypt / image (the same loop image without encryption: the cost of encryption alone); for the load, > 1x means slower. Images: %s MiB sparse files in %s, `mkfs.ext4 %s` (fscrypt adds `-O encrypt`), `losetup %s`, mounted `%s`.\n' \
 		"$IMAGE_MB" "$BENCH_TMPDIR" "${MKFS_ARGS[*]}" "${LOSETUP_ARGS[*]}" "$MOUNT_OPTS"
 	if [[ -s $WORK/notes ]]; then
 		sed 's/^/- /' "$WORK/notes"
