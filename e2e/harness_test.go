@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
-	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -194,20 +193,7 @@ func (s *server) stop() {
 // killFUSE ends the gocryptfs processes serving cipherDir, waiting up to
 // 5 s for each to exit after its unmount before killing it.
 func killFUSE(cipherDir string) {
-	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, p := range procs {
-		b, err := os.ReadFile(p)
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(b), "\x00")
-		if len(args) == 0 || filepath.Base(args[0]) != "gocryptfs" || !slices.Contains(args, cipherDir) {
-			continue
-		}
-		pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p)))
-		if err != nil {
-			continue
-		}
+	for _, pid := range gocryptfsPIDs(cipherDir) {
 		for i := 0; i < 50 && syscall.Kill(pid, 0) == nil; i++ {
 			time.Sleep(100 * time.Millisecond)
 		}
