@@ -119,30 +119,7 @@ pid_is_ours() {
 	return 1
 }
 
-# wait_gone PID TRIES: wait (bounded) for a process to exit.
-wait_gone() {
-	local pid=$1 n=$2 i
-	for ((i = 0; i < n; i++)); do
-		kill -0 "$pid" 2>/dev/null || return 0
-		sleep 0.5
-	done
-	! kill -0 "$pid" 2>/dev/null
-}
 
-# stop_pid PID SIGNAL...: send each signal in turn, waiting up to 10 s after
-# each, then SIGKILL; only for processes of this run.
-stop_pid() {
-	local pid=$1 sig
-	shift
-	pid_is_ours "$pid" || return 0
-	for sig in "$@"; do
-		kill -s "$sig" "$pid" 2>/dev/null || return 0
-		wait_gone "$pid" 20 && return 0
-	done
-	log "pid $pid still alive; sending SIGKILL"
-	kill -s KILL "$pid" 2>/dev/null || true
-	wait_gone "$pid" 10 || log "WARNING: pid $pid survived SIGKILL"
-}
 
 pidfile_pid() { # first line of a pid file, if numeric
 	local f=$1 pid=""
@@ -258,17 +235,6 @@ free_port() {
 		return 0
 	done
 	die "no free port found"
-}
-
-wait_until() { # DESCRIPTION COMMAND...: bounded wait for COMMAND to succeed
-	local desc=$1 i
-	shift
-	for ((i = 0; i < TRIES; i++)); do
-		"$@" >/dev/null 2>&1 && return 0
-		sleep 0.5
-	done
-	log "timed out after $((TRIES / 2)) s waiting for $desc"
-	return 1
 }
 
 step() {
