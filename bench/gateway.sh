@@ -473,6 +473,10 @@ phase_pgshield() {
 	step "pgshield: up"
 	shield_up "$d" "$port"
 	step "pgshield: shared_buffers=256MB, max_connections=200; restart"
+	# The per-source connection rate limit (200/s by default) would cap the
+	# connect-per-transaction runs, all from 127.0.0.1; direct PostgreSQL has
+	# no such limit, so it is off for the comparison.
+	timeout 60 "$SHIELD_BIN" parameter set --data-dir "$d" pgshield.max_connection_rate_per_ip 0 >>"$WORK/pgshield-cli.log" 2>&1
 	timeout 60 "$SHIELD_BIN" parameter set --data-dir "$d" shared_buffers 256MB >>"$WORK/pgshield-cli.log" 2>&1
 	timeout 60 "$SHIELD_BIN" parameter set --data-dir "$d" max_connections 200 >>"$WORK/pgshield-cli.log" 2>&1 ||
 		log "note: pgshield refused max_connections=200 (only matters beyond its default)"
