@@ -39,9 +39,6 @@ func newAudit(g *globals) *cobra.Command {
 	var follow bool
 	tail := &cobra.Command{Use: "tail", Short: "Show the newest records", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := requireRoot(); err != nil {
-				return err
-			}
 			dir, err := auditDir(g)
 			if err != nil {
 				return err
@@ -61,9 +58,6 @@ func newAudit(g *globals) *cobra.Command {
 	var limit int
 	search := &cobra.Command{Use: "search", Short: "Find records by time, user and event type", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := requireRoot(); err != nil {
-				return err
-			}
 			dir, err := auditDir(g)
 			if err != nil {
 				return err
@@ -88,9 +82,6 @@ func newAudit(g *globals) *cobra.Command {
 	search.Flags().IntVar(&limit, "limit", 0, "keep only the newest N matches")
 	verify := &cobra.Command{Use: "verify", Short: "Check the hash chain: detects edited, deleted, reordered or truncated records", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := requireRoot(); err != nil {
-				return err
-			}
 			dir, err := auditDir(g)
 			if err != nil {
 				return err
@@ -158,7 +149,11 @@ func orDash(s string) string {
 
 // auditDir is the audit log on the encrypted volume or, for a server whose
 // daemon has not yet moved it there, the old one in the data directory.
+// Reading it takes root, like every file under the data directory.
 func auditDir(g *globals) (string, error) {
+	if err := requireRoot(); err != nil {
+		return "", err
+	}
 	l := g.layout()
 	if _, err := os.Stat(l.AuditDir()); err == nil {
 		return l.AuditDir(), nil

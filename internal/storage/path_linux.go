@@ -3,7 +3,6 @@ package storage
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -181,14 +180,8 @@ func (v *Volume) bindLocked(ctx context.Context) error {
 func (v *Volume) inspectPathLocked() (volumeState, error) {
 	var st volumeState
 	dev, isRoot, err := statMountRoot(v.Mount)
-	if errors.Is(err, fs.ErrNotExist) {
-		return st, nil
-	}
-	if err != nil {
+	if err != nil || !isRoot {
 		return st, err
-	}
-	if !isRoot {
-		return st, nil
 	}
 	st.mount = mountedOther
 	var m, p unix.Stat_t

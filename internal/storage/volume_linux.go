@@ -307,14 +307,8 @@ func (v *Volume) inspectLocked(ctx context.Context) (volumeState, error) {
 	}
 	st.loops = loops
 	dev, isRoot, err := statMountRoot(v.Mount)
-	if errors.Is(err, fs.ErrNotExist) {
-		return st, nil
-	}
-	if err != nil {
+	if err != nil || !isRoot {
 		return st, err
-	}
-	if !isRoot {
-		return st, nil
 	}
 	st.mount = mountedOther
 	for _, l := range loops {
@@ -350,10 +344,13 @@ func (v *Volume) findLoops(ctx context.Context) ([]string, error) {
 }
 
 // statMountRoot returns the device of the filesystem at path and whether
-// path is the root of a mount.
+// path is the root of a mount; a path that does not exist is no mount root.
 func statMountRoot(path string) (dev uint64, isRoot bool, err error) {
 	var stx unix.Statx_t
 	if err := unix.Statx(unix.AT_FDCWD, path, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_INO, &stx); err != nil {
+		if errors.Is(err, unix.ENOENT) {
+			return 0, false, nil // no mount point: nothing mounted there
+		}
 		return 0, false, &fs.PathError{Op: "statx", Path: path, Err: err}
 	}
 	dev = unix.Mkdev(stx.Dev_major, stx.Dev_minor)
@@ -374,7 +371,7 @@ func statMountRoot(path string) (dev uint64, isRoot bool, err error) {
 // filesystem holds an empty mount point.
 func (v *Volume) openMountRoot() (int, error) {
 	_, isRoot, err := statMountRoot(v.Mount)
-	if errors.Is(err, fs.ErrNotExist) || err == nil && !isRoot {
+	if err == nil && !isRoot {
 		return -1, fmt.Errorf("%w: %s", ErrNotMounted, v.Mount)
 	}
 	if err != nil {
