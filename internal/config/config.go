@@ -76,6 +76,11 @@ const (
 	SuperuserRole      = "postgres"
 	DefaultServiceRole = "pgshield_service"
 	DefaultAdminUser   = "pgadmin"
+	// LookupRole is the least-privileged role the gateway's login lookups
+	// run as: it may only call pgshield.login_role (a SECURITY DEFINER
+	// function owned by a superuser, with a pinned search_path), so a
+	// statement someone redirects later still cannot act as a superuser.
+	LookupRole = "pgshield_auth"
 )
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -130,7 +135,12 @@ func (c *Config) CheckAndSetDefaults() error {
 
 // IsReserved reports whether role may never log in through the gateway.
 func (c *Config) IsReserved(role string) bool {
-	return role == SuperuserRole || role == c.ServiceRole
+	return role == SuperuserRole || role == c.ServiceRole || role == LookupRole
+}
+
+// ReservedRoles lists the roles only superusers may alter, grant or become.
+func (c *Config) ReservedRoles() []string {
+	return []string{SuperuserRole, c.ServiceRole, LookupRole}
 }
 
 // Load reads and strictly decodes the config of a data directory.
