@@ -101,6 +101,8 @@ func CheckPrincipal(p TokenPrincipal, reserved func(string) bool) error {
 		return principalErr("invalid principal name %q: the pg_ prefix is reserved", p.Name)
 	case reserved(p.Name) || strings.EqualFold(p.Name, "public"):
 		return principalErr("invalid principal name %q: reserved", p.Name)
+	case !TokenShapedName(p.Name):
+		return principalErr("invalid principal name %q: a principal's name must be one SQL has to quote (as identity-provider names are: alice@contoso.com, \"Contoso DBAs\", ingest-app); plain lower-case identifiers are kept for password roles, so that the first authentication request never reveals whether a name is a principal", p.Name)
 	case p.ObjectID == "" || len(p.ObjectID) > 128 || strings.ContainsFunc(p.ObjectID, func(r rune) bool { return isControl(r) || r == ' ' }):
 		return principalErr("invalid object ID %q: use 1 to 128 printable characters without spaces", p.ObjectID)
 	}
