@@ -261,7 +261,7 @@ func (d *Daemon) finishRestore(ctx context.Context, sup *postgres.Supervisor) er
 		if st := sup.Status(); st.Restarts > 0 || st.State == postgres.StateStopped {
 			return fmt.Errorf("recovery of the restored cluster failed: %s", lastFatal(d.Layout.PGLogDir()))
 		}
-		inRecovery, err := d.superQueryBool(ctx, "SELECT pg_catalog.pg_is_in_recovery()")
+		inRecovery, err := d.superQueryBool(ctx, sqlInRecovery)
 		if err == nil && !inRecovery {
 			break
 		}
@@ -277,11 +277,11 @@ func (d *Daemon) finishRestore(ctx context.Context, sup *postgres.Supervisor) er
 	// pgBackRest wrote these into postgresql.auto.conf; they only apply
 	// during recovery and restore_command names the source repository.
 	for _, s := range []string{"restore_command", "recovery_target", "recovery_target_time", "recovery_target_action"} {
-		if err := d.superExec(ctx, "ALTER SYSTEM RESET "+s); err != nil {
+		if err := d.superExec(ctx, sqlAlterSystemReset(s)); err != nil {
 			d.Log.Warn("Resetting a recovery setting failed.", "setting", s, "error", err)
 		}
 	}
-	if err := d.superExec(ctx, "SELECT pg_catalog.pg_reload_conf()"); err != nil {
+	if err := d.superExec(ctx, sqlReloadConf); err != nil {
 		d.Log.Warn("Reloading the configuration failed.", "error", err)
 	}
 	if err := os.Remove(d.Layout.BackupRestoreConfig()); err != nil {
@@ -293,16 +293,17 @@ func (d *Daemon) finishRestore(ctx context.Context, sup *postgres.Supervisor) er
 	return nil
 }
 
-// superDSN reaches PostgreSQL as the superuser over the private socket, as
-// pgBackRest does; the catalog is not up yet when this is needed.
-func (d *Daemon) superDSN() string {
-	return strings.Replace(d.cluster.ServiceDSN("postgres"), "user="+d.cluster.Cfg.ServiceRole, "user="+config.SuperuserRole, 1)
+// superConnect reaches PostgreSQL as the superuser over the private socket
+// (search path pinned), as pgBackRest does; the catalog is not up yet when
+// this is needed.
+func (d *Daemon) superConnect(ctx context.Context) (*pgx.Conn, error) {
+	return d.cluster.ConnectPrivileged(ctx, config.SuperuserRole)
 }
 
 func (d *Daemon) superQueryBool(ctx context.Context, q string) (bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, d.superDSN())
+	conn, err := d.superConnect(ctx)
 	if err != nil {
 		return false, err
 	}
@@ -315,7 +316,7 @@ func (d *Daemon) superQueryBool(ctx context.Context, q string) (bool, error) {
 func (d *Daemon) superExec(ctx context.Context, q string) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, d.superDSN())
+	conn, err := d.superConnect(ctx)
 	if err != nil {
 		return err
 	}
@@ -464,13 +465,12 @@ func (d *Daemon) archiveWAL(r *http.Request) (any, error) {
 	var wal string
 	// pg_walfile_name of the switch position names the segment just
 	// closed (a position on a boundary belongs to the previous segment).
-	if err := d.catalog.Pool.QueryRow(ctx, "SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())").Scan(&wal); err != nil {
+	if err := d.catalog.Pool.QueryRow(ctx, sqlSwitchWAL).Scan(&wal); err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "switching WAL: %v", err)
 	}
 	for {
 		var last, failed string
-		err := d.catalog.Pool.QueryRow(ctx, `SELECT coalesce(last_archived_wal, ''), coalesce(last_failed_wal, '')
-			FROM pg_catalog.pg_stat_archiver`).Scan(&last, &failed)
+		err := d.catalog.Pool.QueryRow(ctx, sqlArchiverState).Scan(&last, &failed)
 		if err != nil {
 			return nil, api.Errorf(api.CodeUnavailable, "reading the archiver's state: %v", err)
 		}

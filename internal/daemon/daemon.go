@@ -208,7 +208,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	// The supervisor is replaced on unlock: stop whichever runs at the end.
 	defer func() { d.supervisor().Stop(30 * time.Second) }()
 	defer d.backups.stop() // before PostgreSQL stops (deferred calls run last in, first out)
-	d.catalog, err = postgres.NewCatalog(ctx, d.cluster)
+	d.catalog, err = postgres.NewCatalog(ctx, d.cluster, d.Log.With("component", "catalog"))
 	if err != nil {
 		return err
 	}

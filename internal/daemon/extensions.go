@@ -3,8 +3,11 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/config"
@@ -16,13 +19,23 @@ func (d *Daemon) checkExtensionsAvailable(ctx context.Context, names []string) e
 	if len(names) == 0 {
 		return nil
 	}
-	var missing []string
-	err := d.catalog.Pool.QueryRow(ctx, `SELECT coalesce(array_agg(n ORDER BY n), '{}')
-		FROM pg_catalog.unnest($1::text[]) AS n
-		WHERE n NOT IN (SELECT name FROM pg_catalog.pg_available_extensions)`, names).Scan(&missing)
+	rows, err := d.catalog.Pool.Query(ctx, sqlAvailableExtensions)
 	if err != nil {
 		return api.Errorf(api.CodeUnavailable, "PostgreSQL is not available: %v", err)
 	}
+	avail, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return api.Errorf(api.CodeUnavailable, "PostgreSQL is not available: %v", err)
+	}
+	// The difference is taken here, not in SQL: no operator, aggregate or
+	// function resolves in the privileged session.
+	var missing []string
+	for _, n := range names {
+		if !slices.Contains(avail, n) {
+			missing = append(missing, n)
+		}
+	}
+	slices.Sort(missing)
 	if len(missing) > 0 {
 		return api.Errorf(api.CodeInvalid, "invalid value for parameter %q: not installed on this machine: %s",
 			"pgshield.allowed_extensions", strings.Join(missing, ", "))
@@ -42,7 +55,7 @@ func (d *Daemon) applyGuardSettings(ctx context.Context, cfg *config.Config) err
 	if err := c.WriteManagedFiles(); err != nil {
 		return err
 	}
-	if _, err := d.catalog.Pool.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()"); err != nil {
+	if _, err := d.catalog.Pool.Exec(ctx, sqlReloadConf); err != nil {
 		return fmt.Errorf("reloading configuration: %w", err)
 	}
 	p, err := config.ResolveParams(cfg.Parameters)

@@ -102,9 +102,6 @@ func (d *Daemon) gatewayParam(p config.Param, vals map[string]string) api.Parame
 		Description: p.Description, Default: p.Default}
 }
 
-const pgSettingsQuery = `SELECT name, setting, coalesce(unit, ''), context, pending_restart, short_desc, coalesce(boot_val, '')
-	FROM pg_catalog.pg_settings`
-
 func scanSetting(row pgx.Row) (api.ParameterValue, error) {
 	var v api.ParameterValue
 	var pgctx string
@@ -135,7 +132,7 @@ func (d *Daemon) listParameters(r *http.Request) (any, error) {
 	for _, gp := range config.GatewayParams() {
 		out = append(out, d.gatewayParam(gp, p.Values))
 	}
-	rows, err := d.catalog.Pool.Query(r.Context(), pgSettingsQuery+` ORDER BY name`)
+	rows, err := d.catalog.Pool.Query(r.Context(), sqlSettingsOrdered)
 	if err != nil {
 		return nil, api.Errorf(api.CodeUnavailable, "PostgreSQL is not available: %v", err)
 	}
@@ -161,7 +158,7 @@ func (d *Daemon) showParameter(r *http.Request) (any, error) {
 		d.cfgMu.Unlock()
 		return d.gatewayParam(gp, p.Values), nil
 	}
-	v, err := scanSetting(d.catalog.Pool.QueryRow(r.Context(), pgSettingsQuery+` WHERE name = lower($1)`, name))
+	v, err := scanSetting(d.catalog.Pool.QueryRow(r.Context(), sqlSettingByName, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, api.Errorf(api.CodeNotFound, "unrecognized configuration parameter %q", name)
 	}
@@ -240,7 +237,7 @@ func (d *Daemon) setGatewayParam(gp config.Param, value string) (any, error) {
 
 func (d *Daemon) setPostgresParam(ctx context.Context, name, value string) (any, error) {
 	name = strings.ToLower(strings.TrimSpace(name))
-	cur, err := scanSetting(d.catalog.Pool.QueryRow(ctx, pgSettingsQuery+` WHERE name = $1`, name))
+	cur, err := scanSetting(d.catalog.Pool.QueryRow(ctx, sqlSettingByName, name))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, api.Errorf(api.CodeNotFound, "unrecognized configuration parameter %q", name)
 	}
@@ -256,7 +253,7 @@ func (d *Daemon) setPostgresParam(ctx context.Context, name, value string) (any,
 	if strings.ContainsRune(value, 0) {
 		return nil, api.Errorf(api.CodeInvalid, "invalid value for parameter %q", name)
 	}
-	stmt := fmt.Sprintf("ALTER SYSTEM SET %s TO %s", pgx.Identifier{name}.Sanitize(), quoteLiteral(value))
+	stmt := sqlAlterSystemSet(pgx.Identifier{name}.Sanitize(), quoteLiteral(value))
 	if _, err := d.catalog.Pool.Exec(ctx, stmt); err != nil {
 		var pe *pgconn.PgError
 		if errors.As(err, &pe) {
@@ -264,14 +261,14 @@ func (d *Daemon) setPostgresParam(ctx context.Context, name, value string) (any,
 		}
 		return nil, api.Errorf(api.CodeUnavailable, "PostgreSQL is not available: %v", err)
 	}
-	if _, err := d.catalog.Pool.Exec(ctx, "SELECT pg_catalog.pg_reload_conf()"); err != nil {
+	if _, err := d.catalog.Pool.Exec(ctx, sqlReloadConf); err != nil {
 		return nil, fmt.Errorf("reloading configuration: %w", err)
 	}
 	// The reload is asynchronous; wait briefly until a fresh backend sees it
 	// so that "new connections at once" holds when this call returns.
 	var v api.ParameterValue
 	for i := 0; i < 40; i++ {
-		v, err = scanSetting(d.catalog.Pool.QueryRow(ctx, pgSettingsQuery+` WHERE name = $1`, name))
+		v, err = scanSetting(d.catalog.Pool.QueryRow(ctx, sqlSettingByName, name))
 		if err != nil {
 			return nil, err
 		}

@@ -28,21 +28,6 @@ func CheckAdminName(cfg *config.Config, name string) error {
 	return nil
 }
 
-// AdminGrants are the predefined roles the administrator is a member of.
-var AdminGrants = []string{"pg_monitor", "pg_signal_backend", "pg_read_all_settings", "pg_read_all_stats"}
-
-// adminGrants give a role (a quoted identifier) what the administrator has
-// beyond its CREATEROLE and CREATEDB attributes.
-func adminGrants(role string) []string {
-	return []string{
-		fmt.Sprintf(`GRANT %s TO %s`, strings.Join(AdminGrants, ", "), role),
-		// As on a managed server, the administrator works in the default
-		// database: create schemas and objects there, and grant that on.
-		fmt.Sprintf(`GRANT ALL ON DATABASE postgres TO %s WITH GRANT OPTION`, role),
-		fmt.Sprintf(`GRANT ALL ON SCHEMA public TO %s WITH GRANT OPTION`, role),
-	}
-}
-
 // Bootstrap starts the new cluster once to create the service role and the
 // administrator (from its SCRAM verifier, so no plaintext password reaches
 // PostgreSQL), then stops it.
@@ -52,8 +37,7 @@ func Bootstrap(ctx context.Context, c *Cluster, adminVerifier string) error {
 		return err
 	}
 	defer sup.Stop(30 * time.Second)
-	dsn := strings.Replace(c.ServiceDSN("postgres"), "user="+c.Cfg.ServiceRole, "user="+config.SuperuserRole, 1)
-	conn, err := pgx.Connect(ctx, dsn)
+	conn, err := c.ConnectPrivileged(ctx, config.SuperuserRole)
 	if err != nil {
 		return err
 	}
@@ -66,26 +50,28 @@ func Bootstrap(ctx context.Context, c *Cluster, adminVerifier string) error {
 	stmts := []string{
 		// The service role reaches PostgreSQL only over the private socket;
 		// the gateway never lets it log in from outside.
-		fmt.Sprintf(`CREATE ROLE %s LOGIN SUPERUSER`, svc),
-		fmt.Sprintf(`CREATE ROLE %s LOGIN CREATEROLE CREATEDB PASSWORD '%s'`, admin, adminVerifier),
+		sqlCreateRole(svc, "LOGIN SUPERUSER"),
+		sqlCreateRole(admin, "LOGIN CREATEROLE CREATEDB PASSWORD "+QuoteLiteral(adminVerifier)),
 	}
 	stmts = append(stmts, adminGrants(admin)...)
 	stmts = append(stmts,
-		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield service role (reserved)'`, svc),
-		fmt.Sprintf(`COMMENT ON ROLE %s IS 'pgshield server administrator'`, admin))
-	stmts = append(stmts, principalSchema(svc)...)
+		sqlCommentRole(svc, QuoteLiteral("pgshield service role (reserved)")),
+		sqlCommentRole(admin, QuoteLiteral("pgshield server administrator")))
 	if c.HasPgaudit() {
 		// Event triggers that let pgaudit name the objects DDL touches.
-		stmts = append(stmts, `CREATE EXTENSION IF NOT EXISTS pgaudit`,
+		stmts = append(stmts, sqlCreatePgaudit,
 			// pgshield's own catalog lookups are not the customer's
 			// statements; the gateway records its own actions.
-			fmt.Sprintf(`ALTER ROLE %s SET pgaudit.log = 'none'`, svc))
+			sqlAuditOff(svc))
 	}
 	for _, s := range stmts {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			// Never echo the statement: one of them carries the verifier.
 			return fmt.Errorf("creating roles: %w", err)
 		}
+	}
+	if err := EnsureCatalog(ctx, conn, c.Cfg.ServiceRole, c.HasPgaudit()); err != nil {
+		return fmt.Errorf("creating pgshield's catalog: %w", err)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"time"
 
@@ -11,6 +12,8 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgtype"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgshield/pgshield/internal/config"
 )
 
 // Role is what the gateway needs to know of a role to authenticate it.
@@ -26,18 +29,27 @@ type Role struct {
 	Principal *TokenPrincipal
 }
 
-// Catalog reads roles over the private socket as the service role, caching
-// each answer briefly so a burst of connections costs one query.
+// Catalog reads roles over the private socket, caching each answer briefly
+// so that a burst of connections costs one query. Login lookups run as the
+// lookup role (config.LookupRole), which may only call pgshield.login_role;
+// principal and parameter changes run as the service role. Both pools pin
+// the search path.
 type Catalog struct {
-	Pool *pgxpool.Pool
-	TTL  time.Duration
-	Now  func() time.Time
+	// Pool is the service role's (a superuser): run only the statements of
+	// privsql.go on it.
+	Pool   *pgxpool.Pool
+	lookup *pgxpool.Pool
+	TTL    time.Duration
+	Now    func() time.Time
 	// ServiceRole owns pgshield's own schema.
 	ServiceRole string
+	pgaudit     bool
+	log         *slog.Logger
 
 	mu struct {
 		sync.Mutex
-		cache map[string]cachedRole
+		cache   map[string]cachedRole
+		ensured bool
 	}
 }
 
@@ -50,24 +62,58 @@ type cachedRole struct {
 // attacker controls those.
 const maxCachedRoles = 10000
 
-// NewCatalog opens a small pool to the cluster as the service role.
-func NewCatalog(ctx context.Context, c *Cluster) (*Catalog, error) {
-	pc, err := pgxpool.ParseConfig(c.ServiceDSN("postgres"))
+// NewCatalog opens two small pools to the cluster: the service role's and
+// the lookup role's. If PostgreSQL is up, pgshield's catalog is brought to
+// what it must be at once (EnsureCatalog); otherwise at the first lookup.
+func NewCatalog(ctx context.Context, c *Cluster, log *slog.Logger) (*Catalog, error) {
+	pool, err := c.PinnedPool(ctx, c.Cfg.ServiceRole, 4)
 	if err != nil {
 		return nil, err
 	}
-	pc.MaxConns = 4
-	pc.MinConns = 0
-	pc.MaxConnIdleTime = time.Minute
-	pool, err := pgxpool.NewWithConfig(ctx, pc)
+	lookup, err := c.PinnedPool(ctx, config.LookupRole, 4)
 	if err != nil {
+		pool.Close()
 		return nil, err
 	}
-	return &Catalog{Pool: pool, TTL: 2 * time.Second, Now: time.Now, ServiceRole: c.Cfg.ServiceRole}, nil
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	cat := &Catalog{Pool: pool, lookup: lookup, TTL: 2 * time.Second, Now: time.Now,
+		ServiceRole: c.Cfg.ServiceRole, pgaudit: c.HasPgaudit(), log: log}
+	if err := c.Ping(ctx); err == nil {
+		if err := cat.Ensure(ctx); err != nil {
+			log.Error("pgshield's catalog is not as it must be.", "error", err)
+		}
+	}
+	return cat, nil
 }
 
-// Close closes the pool.
-func (c *Catalog) Close() { c.Pool.Close() }
+// Close closes the pools.
+func (c *Catalog) Close() {
+	c.Pool.Close()
+	c.lookup.Close()
+}
+
+// Ensure runs EnsureCatalog as the service role. ErrPrincipalSchema is
+// logged, not returned: password logins work without the mapping.
+func (c *Catalog) Ensure(ctx context.Context) error {
+	conn, err := c.Pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	err = EnsureCatalog(ctx, conn, c.ServiceRole, c.pgaudit)
+	if errors.Is(err, ErrPrincipalSchema) {
+		c.log.Error("Token principals are disabled.", "error", err)
+		err = nil
+	}
+	if err == nil {
+		c.mu.Lock()
+		c.mu.ensured = true
+		c.mu.Unlock()
+	}
+	return err
+}
 
 // LookupRole returns the named role (Exists false if there is none).
 func (c *Catalog) LookupRole(ctx context.Context, name string) (Role, error) {
@@ -77,13 +123,20 @@ func (c *Catalog) LookupRole(ctx context.Context, name string) (Role, error) {
 		c.mu.Unlock()
 		return e.role, nil
 	}
+	ensured := c.mu.ensured
 	c.mu.Unlock()
 
+	if !ensured {
+		if err := c.Ensure(ctx); err != nil {
+			return Role{}, fmt.Errorf("preparing pgshield's catalog: %w", err)
+		}
+	}
 	r, err := c.queryRole(ctx, name)
 	var pe *pgconn.PgError
-	if errors.As(err, &pe) && (pe.Code == "3F000" || pe.Code == "42P01") {
-		// A server made before token principals: create their table.
-		if err = ensurePrincipals(ctx, c.Pool, c.ServiceRole); err == nil {
+	if errors.As(err, &pe) && (pe.Code == "3F000" || pe.Code == "42883" || pe.Code == "42501" || pe.Code == "28000") {
+		// The function, schema or lookup role is missing or was changed
+		// (a restore from before they existed): make them again, once.
+		if err = c.Ensure(ctx); err == nil {
 			r, err = c.queryRole(ctx, name)
 		}
 	}
@@ -106,16 +159,7 @@ func (c *Catalog) queryRole(ctx context.Context, name string) (Role, error) {
 	// pgtype, not *time.Time: VALID UNTIL 'infinity' and '-infinity' are
 	// valid and pgx cannot scan them into a time.Time.
 	var until pgtype.Timestamptz
-	err := c.Pool.QueryRow(ctx,
-		// The mapping counts only while a superuser owns its table: one the
-		// administrator made (e.g. before pgshield created its own) could
-		// otherwise map any role to the administrator's token.
-		`SELECT a.rolcanlogin, a.rolsuper, a.rolpassword, a.rolvaliduntil, p.object_id, p.kind, p.admin
-		   FROM pg_catalog.pg_authid a LEFT JOIN pgshield.principals p ON p.role_oid = a.oid
-		    AND (SELECT o.rolsuper FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
-		          WHERE c.oid = 'pgshield.principals'::regclass)
-		  WHERE a.rolname = $1`,
-		name).Scan(&r.CanLogin, &r.Superuser, &pw, &until, &oid, &kind, &admin)
+	err := c.lookup.QueryRow(ctx, sqlLookupRole, name).Scan(&r.CanLogin, &r.Superuser, &pw, &until, &oid, &kind, &admin)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return r, nil

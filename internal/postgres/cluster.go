@@ -7,6 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/backup"
@@ -37,10 +41,59 @@ func (c *Cluster) SocketPath() string {
 // Bin returns the path of a PostgreSQL program.
 func (c *Cluster) Bin(name string) string { return filepath.Join(c.Cfg.PGBinDir, name) }
 
-// ServiceDSN is the connection string of pgshield's own service role.
-func (c *Cluster) ServiceDSN(database string) string {
+// DSN is the connection string of a role over the private socket. Connect
+// privileged roles with PinnedConfig, never with the string alone.
+func (c *Cluster) DSN(role, database string) string {
 	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s application_name=pgshield sslmode=disable",
-		c.Layout.SocketDir(), c.Cfg.PGPort, c.Cfg.ServiceRole, database)
+		c.Layout.SocketDir(), c.Cfg.PGPort, pgconnQuote(role), pgconnQuote(database))
+}
+
+// pgconnQuote quotes a keyword/value connection string value.
+func pgconnQuote(v string) string {
+	return "'" + strings.ReplaceAll(strings.ReplaceAll(v, `\`, `\\`), "'", `\'`) + "'"
+}
+
+// PinnedConfig parses dsn for a privileged connection: search_path is
+// pinned in the startup packet (PinnedSearchPath), so no setting of the
+// role or database, and no object a tenant creates in public or in a
+// schema named after the role, is ever resolved by pgshield's SQL.
+func PinnedConfig(dsn string) (*pgx.ConnConfig, error) {
+	cc, err := pgx.ParseConfig(dsn)
+	if err != nil {
+		return nil, err
+	}
+	pinSearchPath(cc)
+	return cc, nil
+}
+
+func pinSearchPath(cc *pgx.ConnConfig) {
+	if cc.RuntimeParams == nil {
+		cc.RuntimeParams = map[string]string{}
+	}
+	cc.RuntimeParams["search_path"] = PinnedSearchPath
+}
+
+// ConnectPrivileged opens one connection as role (the superuser or the
+// service role) with the search path pinned.
+func (c *Cluster) ConnectPrivileged(ctx context.Context, role string) (*pgx.Conn, error) {
+	cc, err := PinnedConfig(c.DSN(role, "postgres"))
+	if err != nil {
+		return nil, err
+	}
+	return pgx.ConnectConfig(ctx, cc)
+}
+
+// PinnedPool opens a pool of connections as role with the search path pinned.
+func (c *Cluster) PinnedPool(ctx context.Context, role string, maxConns int32) (*pgxpool.Pool, error) {
+	pc, err := pgxpool.ParseConfig(c.DSN(role, "postgres"))
+	if err != nil {
+		return nil, err
+	}
+	pinSearchPath(pc.ConnConfig)
+	pc.MaxConns = maxConns
+	pc.MinConns = 0
+	pc.MaxConnIdleTime = time.Minute
+	return pgxpool.NewWithConfig(ctx, pc)
 }
 
 // managedSettings are the settings pgshield owns; ALTER SYSTEM may not
@@ -86,6 +139,9 @@ log_rotation_age = 0
 log_rotation_size = 0
 log_truncate_on_rotation = off
 log_timezone = 'UTC'
+# jsonlog then names the C function and file of every message: the only
+# proof, which no role can forge with RAISE, that pgaudit wrote a record.
+log_error_verbosity = verbose
 # pg_stat_statements keeps query texts in a file; utility statements
 # (ALTER ROLE ... PASSWORD) are not normalized, so they are not tracked.
 pg_stat_statements.track_utility = off
@@ -124,6 +180,21 @@ func (c *Cluster) CheckGuard() error {
 // the configuration files (PGC_SIGHUP), and ALTER SYSTEM may not touch them
 // (see ProtectedParameter), so only pgshield sets them.
 func (c *Cluster) guardSettings() string {
+	var b strings.Builder
+	b.WriteString("# pgshield_guard: what roles that are not superusers may not do.\n")
+	for _, s := range c.GuardValues() {
+		fmt.Fprintf(&b, "%s = '%s'\n", s.Name, confQuote(s.Value))
+	}
+	return b.String()
+}
+
+// GuardSetting is one pgshield_guard parameter and its value as
+// current_setting reports it once PostgreSQL has read it.
+type GuardSetting struct{ Name, Value string }
+
+// GuardValues are the values guardSettings writes; the daemon reads them
+// back after a reload and refuses a change PostgreSQL did not take.
+func (c *Cluster) GuardValues() []GuardSetting {
 	// An invalid parameter set (which the daemon refuses to start with)
 	// allows no extension rather than the defaults.
 	cfg := c.Cfg
@@ -134,17 +205,25 @@ func (c *Cluster) guardSettings() string {
 	if p, err := config.ResolveParams(cfg.Parameters); err == nil {
 		exts = p.AllowedExtensions
 	}
-	list := func(names ...string) string {
-		// Role and extension names are validated plain identifiers; quote
-		// anyway, as postgresql.conf wants.
-		return strings.ReplaceAll(strings.ReplaceAll(strings.Join(names, ","), `\`, `\\`), "'", "''")
+	return []GuardSetting{
+		{"pgshield_guard.reserved_roles", guardList(c.Cfg.ReservedRoles())},
+		{"pgshield_guard.reserved_memberships", guardList([]string{"pg_execute_server_program", "pg_read_server_files", "pg_write_server_files"})},
+		{"pgshield_guard.admin_roles", guardList(append([]string{cfg.AdminUser}, cfg.AdminPrincipals...))},
+		{"pgshield_guard.allowed_extensions", guardList(exts)},
 	}
-	return fmt.Sprintf(`# pgshield_guard: what roles that are not superusers may not do.
-pgshield_guard.reserved_roles = '%s'
-pgshield_guard.reserved_memberships = 'pg_execute_server_program,pg_read_server_files,pg_write_server_files'
-pgshield_guard.admin_roles = '%s'
-pgshield_guard.allowed_extensions = '%s'
-`, list(config.SuperuserRole, c.Cfg.ServiceRole), list(append([]string{cfg.AdminUser}, cfg.AdminPrincipals...)...), list(exts...))
+}
+
+// guardList quotes every name as an SQL identifier. pgshield_guard splits
+// the list as PostgreSQL splits identifier lists, which downcases unquoted
+// names and cannot take spaces or quotes in them: an unquoted
+// "Contoso DBAs" would make the whole list invalid, an unquoted
+// Mary.Smith@Contoso.com would protect a role that does not exist.
+func guardList(names []string) string {
+	quoted := make([]string, len(names))
+	for i, n := range names {
+		quoted[i] = `"` + strings.ReplaceAll(n, `"`, `""`) + `"`
+	}
+	return strings.Join(quoted, ",")
 }
 
 // hba allows only local connections. The socket directory is 0700 and owned
@@ -265,6 +344,7 @@ var protected = map[string]bool{
 	// The server log's route into the audit stream.
 	"log_destination": true, "log_rotation_age": true, "log_rotation_size": true,
 	"log_truncate_on_rotation": true, "log_timezone": true, "pg_stat_statements.track_utility": true,
+	"log_error_verbosity": true,
 }
 
 // ProtectedParameter reports whether a PostgreSQL parameter is managed by

@@ -30,53 +30,9 @@ type TokenPrincipal struct {
 	CreatedAt time.Time `json:"created_at"`
 }
 
-// The mapping lives in the cluster, next to the roles it describes, so it
-// follows the roles into backups and restores; it is keyed by role OID, so
-// a rename keeps it and a drop removes it from every lookup.
-func principalSchema(owner string) []string {
-	return []string{
-		fmt.Sprintf(`CREATE SCHEMA IF NOT EXISTS pgshield AUTHORIZATION %s`, owner),
-		`REVOKE ALL ON SCHEMA pgshield FROM PUBLIC`,
-		`CREATE TABLE IF NOT EXISTS pgshield.principals (
-			role_oid oid PRIMARY KEY,
-			object_id text NOT NULL UNIQUE,
-			kind text NOT NULL CHECK (kind IN ('user', 'group', 'service')),
-			admin boolean NOT NULL DEFAULT false,
-			created_at timestamptz NOT NULL DEFAULT now())`,
-		`REVOKE ALL ON pgshield.principals FROM PUBLIC`,
-	}
-}
-
-// ErrPrincipalSchema means the pgshield schema exists but is not owned by a
-// superuser: someone else made it, and it cannot be trusted.
-var ErrPrincipalSchema = errors.New("schema pgshield or its table principals in database postgres is not owned by a superuser; token principals are disabled until that is mended")
-
-// ensurePrincipals creates the mapping table if missing (servers made
-// before token authentication) and checks who owns it.
-func ensurePrincipals(ctx context.Context, q querier, serviceRole string) error {
-	// The schema and, if it exists, the table must be a superuser's.
-	var superOwned *bool
-	err := q.QueryRow(ctx, `SELECT r.rolsuper AND coalesce((SELECT o.rolsuper FROM pg_catalog.pg_class c
-		       JOIN pg_catalog.pg_roles o ON o.oid = c.relowner
-		      WHERE c.relnamespace = n.oid AND c.relname = 'principals'), true)
-		  FROM pg_catalog.pg_namespace n JOIN pg_catalog.pg_roles r ON r.oid = n.nspowner WHERE n.nspname = 'pgshield'`).Scan(&superOwned)
-	switch {
-	case errors.Is(err, pgx.ErrNoRows):
-	case err != nil:
-		return err
-	case superOwned == nil || !*superOwned:
-		return ErrPrincipalSchema
-	}
-	for _, s := range principalSchema(pgx.Identifier{serviceRole}.Sanitize()) {
-		if _, err := q.Exec(ctx, s); err != nil {
-			return fmt.Errorf("creating the principal table: %w", err)
-		}
-	}
-	return nil
-}
-
 type querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
 	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
 }
 
@@ -123,7 +79,7 @@ func (c *Catalog) CreatePrincipal(ctx context.Context, p TokenPrincipal, reserve
 	if err := CheckPrincipal(p, reserved); err != nil {
 		return p, err
 	}
-	if err := ensurePrincipals(ctx, c.Pool, c.ServiceRole); err != nil {
+	if err := checkPrincipalTable(ctx, c.Pool); err != nil {
 		return p, err
 	}
 	tx, err := c.Pool.Begin(ctx)
@@ -136,19 +92,17 @@ func (c *Catalog) CreatePrincipal(ctx context.Context, p TokenPrincipal, reserve
 	if p.Admin {
 		attrs += " CREATEROLE CREATEDB"
 	}
-	stmts := []string{fmt.Sprintf(`CREATE ROLE %s %s`, role, attrs)}
+	stmts := []string{sqlCreateRole(role, attrs)}
 	if p.Admin {
 		stmts = append(stmts, adminGrants(role)...)
 	}
-	stmts = append(stmts, fmt.Sprintf(`COMMENT ON ROLE %s IS %s`, role, QuoteLiteral("pgshield token principal ("+p.Kind+")")))
+	stmts = append(stmts, sqlCommentRole(role, QuoteLiteral("pgshield token principal ("+p.Kind+")")))
 	for _, s := range stmts {
 		if _, err := tx.Exec(ctx, s); err != nil {
 			return p, principalPgErr(err, p)
 		}
 	}
-	err = tx.QueryRow(ctx, `INSERT INTO pgshield.principals (role_oid, object_id, kind, admin)
-		SELECT oid, $2, $3, $4 FROM pg_catalog.pg_roles WHERE rolname = $1 RETURNING created_at`,
-		p.Name, p.ObjectID, p.Kind, p.Admin).Scan(&p.CreatedAt)
+	err = tx.QueryRow(ctx, sqlInsertPrincipal, p.Name, p.ObjectID, p.Kind, p.Admin).Scan(&p.CreatedAt)
 	if err != nil {
 		return p, principalPgErr(err, p)
 	}
@@ -177,11 +131,10 @@ func principalPgErr(err error, p TokenPrincipal) error {
 
 // ListPrincipals returns the mapped principals whose roles still exist.
 func (c *Catalog) ListPrincipals(ctx context.Context) ([]TokenPrincipal, error) {
-	if err := ensurePrincipals(ctx, c.Pool, c.ServiceRole); err != nil {
+	if err := checkPrincipalTable(ctx, c.Pool); err != nil {
 		return nil, err
 	}
-	rows, err := c.Pool.Query(ctx, `SELECT r.rolname, p.object_id, p.kind, p.admin, p.created_at
-		FROM pgshield.principals p JOIN pg_catalog.pg_roles r ON r.oid = p.role_oid ORDER BY r.rolname`)
+	rows, err := c.Pool.Query(ctx, sqlListPrincipals)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +149,7 @@ func (c *Catalog) ListPrincipals(ctx context.Context) ([]TokenPrincipal, error) 
 // owns objects is refused with PostgreSQL's reason, as DROP ROLE does.
 func (c *Catalog) DeletePrincipal(ctx context.Context, name string) (TokenPrincipal, error) {
 	p := TokenPrincipal{Name: name}
-	if err := ensurePrincipals(ctx, c.Pool, c.ServiceRole); err != nil {
+	if err := checkPrincipalTable(ctx, c.Pool); err != nil {
 		return p, err
 	}
 	tx, err := c.Pool.Begin(ctx)
@@ -204,17 +157,24 @@ func (c *Catalog) DeletePrincipal(ctx context.Context, name string) (TokenPrinci
 		return p, err
 	}
 	defer tx.Rollback(context.Background())
-	err = tx.QueryRow(ctx, `DELETE FROM pgshield.principals p USING pg_catalog.pg_roles r
-		WHERE r.oid = p.role_oid AND r.rolname = $1 RETURNING p.object_id, p.kind, p.admin, p.created_at`, name).
-		Scan(&p.ObjectID, &p.Kind, &p.Admin, &p.CreatedAt)
+	err = tx.QueryRow(ctx, sqlDeletePrincipal, name).Scan(&p.ObjectID, &p.Kind, &p.Admin, &p.CreatedAt)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return p, &PrincipalError{NotFound: true, Msg: fmt.Sprintf("principal %q does not exist", name)}
 	}
 	if err != nil {
 		return p, err
 	}
-	if _, err := tx.Exec(ctx, `DROP ROLE `+pgx.Identifier{name}.Sanitize()); err != nil {
-		return p, principalPgErr(err, p)
+	role := pgx.Identifier{name}.Sanitize()
+	var stmts []string
+	if p.Admin {
+		// What --admin granted (and what the principal granted on from
+		// it) would keep DROP ROLE from succeeding.
+		stmts = append(stmts, adminRevokes(role)...)
+	}
+	for _, s := range append(stmts, sqlDropRole(role)) {
+		if _, err := tx.Exec(ctx, s); err != nil {
+			return p, principalPgErr(err, p)
+		}
 	}
 	if err := tx.Commit(ctx); err != nil {
 		return p, principalPgErr(err, p)

@@ -14,9 +14,8 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/config"
 )
 
 // State is the postmaster's lifecycle state as the supervisor sees it.
@@ -253,20 +252,22 @@ func (s *Supervisor) stopServerLog() {
 	}
 }
 
-func (s *Supervisor) ping(ctx context.Context) error {
+func (s *Supervisor) ping(ctx context.Context) error { return s.Cluster.Ping(ctx) }
+
+// Ping reports whether PostgreSQL answers a query on the private socket.
+func (c *Cluster) Ping(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
-	conn, err := pgx.Connect(ctx, s.Cluster.ServiceDSN("postgres"))
+	conn, err := c.ConnectPrivileged(ctx, c.Cfg.ServiceRole)
 	if err != nil {
 		// Before the service role exists (bootstrap), the superuser answers.
-		conn, err = pgx.Connect(ctx, strings.Replace(s.Cluster.ServiceDSN("postgres"),
-			"user="+s.Cluster.Cfg.ServiceRole, "user=postgres", 1))
+		conn, err = c.ConnectPrivileged(ctx, config.SuperuserRole)
 		if err != nil {
 			return err
 		}
 	}
 	defer conn.Close(context.Background())
-	_, err = conn.Exec(ctx, "SELECT 1")
+	_, err = conn.Exec(ctx, sqlPing)
 	return err
 }
 

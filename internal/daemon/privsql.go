@@ -1,0 +1,25 @@
+package daemon
+
+// The statements the daemon runs as the service role or the superuser,
+// each resolving only pg_catalog objects (see internal/postgres/privsql.go
+// for why; privsql_test.go checks them). Connections pin the search path.
+const (
+	sqlAvailableExtensions = `SELECT a.name::pg_catalog.text FROM pg_catalog.pg_available_extensions a`
+	sqlReloadConf          = `SELECT pg_catalog.pg_reload_conf()`
+	sqlSettings            = `SELECT s.name, s.setting, COALESCE(s.unit, ''), s.context, s.pending_restart, s.short_desc, COALESCE(s.boot_val, '')
+  FROM pg_catalog.pg_settings s`
+	sqlSettingsOrdered = sqlSettings + ` ORDER BY s.name COLLATE pg_catalog."C"`
+	sqlSettingByName   = sqlSettings + ` WHERE s.name OPERATOR(pg_catalog.=) pg_catalog.lower($1::pg_catalog.text)`
+	sqlInRecovery      = `SELECT pg_catalog.pg_is_in_recovery()`
+	sqlSwitchWAL       = `SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())`
+	sqlArchiverState   = `SELECT COALESCE(a.last_archived_wal, ''), COALESCE(a.last_failed_wal, '')
+  FROM pg_catalog.pg_stat_archiver a`
+)
+
+// sqlAlterSystemSet and sqlAlterSystemReset take a quoted identifier and a
+// quoted literal.
+func sqlAlterSystemSet(name, literal string) string {
+	return "ALTER SYSTEM SET " + name + " TO " + literal
+}
+
+func sqlAlterSystemReset(name string) string { return "ALTER SYSTEM RESET " + name }
