@@ -392,8 +392,8 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		return
 	}
 	var login loginResult
-	if role.Principal != nil {
-		login, err = s.tokenLogin(ctx, a, rt, role)
+	if firstRequest(a.tls != nil, rt.params, user) == askPassword {
+		login, err = s.cleartextLogin(ctx, a, rt, role)
 	} else {
 		login, err = s.scramLogin(a, rt, role)
 	}
@@ -496,17 +496,27 @@ func (s *Server) refuseAdmission(a admitted, err error, log *slog.Logger) {
 	}
 }
 
-// scramExchange prepares the SCRAM exchange for role. Every reason to refuse
-// (unknown, reserved, superuser, NOLOGIN, expired, no SCRAM secret,
-// password logins off) still runs the full exchange with mock credentials
-// and ends in the same 28P01.
-func (s *Server) scramExchange(role postgres.Role, cs *tls.ConnectionState, passwordAuth bool) *scram.Exchange {
+// scramExchange prepares the SCRAM exchange for role; cleartextLogin uses
+// its credentials too. Every reason to refuse (unknown, reserved, superuser,
+// NOLOGIN, expired, token principal, no SCRAM secret, password logins off)
+// still runs the full exchange with mock credentials and ends in the same
+// 28P01.
+func (s *Server) scramExchange(role postgres.Role, cs *tls.ConnectionState, p config.Params) *scram.Exchange {
 	x := &scram.Exchange{User: role.Name}
 	if cs != nil {
 		x.Binding = &s.cfg.Cert.EndPoint
 	}
 	x.Why = s.refusal(role)
-	if x.Why == "" && !passwordAuth {
+	switch {
+	case x.Why != "":
+	case role.Principal != nil && cs == nil:
+		x.Why = "token principals log in over TLS only; no token was asked for"
+	case role.Principal != nil && p.OIDC.Issuer == "":
+		x.Why = "token principal, but token authentication is off (pgshield.oidc_issuer is not set)"
+	case role.Principal != nil:
+		// Only a principal made before names had to need quoting.
+		x.Why = "token principal with a plain lower-case name: such names get SCRAM, never a token request; recreate it under a name SQL must quote"
+	case !p.PasswordAuth:
 		x.Why = "password authentication is off (pgshield.password_auth = off)"
 	}
 	if x.Why == "" {
@@ -543,7 +553,7 @@ func (s *Server) refusal(role postgres.Role) string {
 
 // scramLogin authenticates a password role with SCRAM-SHA-256[-PLUS].
 func (s *Server) scramLogin(a admitted, rt *runtime, role postgres.Role) (loginResult, error) {
-	x := s.scramExchange(role, a.tls, rt.params.PasswordAuth)
+	x := s.scramExchange(role, a.tls, rt.params)
 	final, err := x.Run(a.conn)
 	if err != nil {
 		var ae *scram.AuthError

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgshield/pgshield/internal/auth/oidc"
+	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/wire"
@@ -35,8 +36,14 @@ type loginError struct {
 
 func (e *loginError) Error() string { return e.Message + ": " + e.Reason }
 
-// MethodToken names token logins in the log and audit records.
-const MethodToken = "oidc-access-token"
+// Login methods in the log and audit records, next to the SCRAM mechanism
+// names: a token principal's access token, or a password role's password
+// sent in the clear inside TLS (a quoted name while token authentication is
+// on; see firstRequest).
+const (
+	MethodToken    = "oidc-access-token"
+	MethodPassword = "password"
+)
 
 // tokenVerifier is built from the OIDC parameters; err says why token
 // logins cannot work (e.g. no issuer configured).
@@ -73,18 +80,33 @@ const maxDrain = 1 << 20
 // verifyTimeout bounds a token check, including a discovery or key fetch.
 const verifyTimeout = 15 * time.Second
 
-// tokenLogin authenticates a token principal: the access token arrives as
-// the password, so it is asked for only inside TLS, whatever
-// require_secure_transport says. Every refusal is the same 28P01.
-func (s *Server) tokenLogin(ctx context.Context, a admitted, rt *runtime, role postgres.Role) (loginResult, error) {
+// verifyPassword is scram.VerifyPassword; tests watch which credentials
+// it is given.
+var verifyPassword = scram.VerifyPassword
+
+// cleartextLogin answers askPassword (see firstRequest): it asks for a
+// password, only ever inside TLS, and checks what arrives as an access token
+// for a token principal, or against the SCRAM verifier for a password role.
+// Both checks run whatever the name turns out to be (the token one while
+// token authentication is configured, the password one while
+// pgshield.password_auth is on, against mock credentials unless the role
+// may log in with its own), and every refusal is the same 28P01: neither the
+// answer nor the work before it tells principals, password roles and
+// unknown names apart.
+func (s *Server) cleartextLogin(ctx context.Context, a admitted, rt *runtime, role postgres.Role) (loginResult, error) {
 	p := role.Principal
+	method, what := MethodPassword, "password"
+	if p != nil {
+		method, what = MethodToken, "token"
+	}
 	fail := func(format string, args ...any) (loginResult, error) {
-		return loginResult{}, &loginError{Code: wire.CodeInvalidPassword, Method: MethodToken,
+		return loginResult{}, &loginError{Code: wire.CodeInvalidPassword, Method: method,
 			Message: fmt.Sprintf("password authentication failed for user %q", role.Name),
 			Reason:  fmt.Sprintf(format, args...)}
 	}
 	if a.tls == nil {
-		return fail("token principals log in over TLS only; no password was asked for")
+		// firstRequest never gets here without TLS; this keeps it so.
+		return fail("a password or token is asked for over TLS only")
 	}
 	if err := wire.Send(a.conn, &pgproto3.AuthenticationCleartextPassword{}); err != nil {
 		return loginResult{}, err
@@ -98,7 +120,7 @@ func (s *Server) tokenLogin(ctx context.Context, a admitted, rt *runtime, role p
 		if _, err := io.CopyN(io.Discard, a.conn, int64(le.Len-4)); err != nil {
 			return loginResult{}, err
 		}
-		return fail("token of %d bytes is over the %d-byte limit", le.Len-5, oidc.MaxTokenLen)
+		return fail("%s of %d bytes is over the %d-byte limit", what, le.Len-5, oidc.MaxTokenLen)
 	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, net.ErrClosed):
 		// libpq hangs up to prompt for a password it does not have.
 		return loginResult{}, err
@@ -108,19 +130,37 @@ func (s *Server) tokenLogin(ctx context.Context, a admitted, rt *runtime, role p
 	if len(body) == 0 || body[len(body)-1] != 0 || bytes.IndexByte(body, 0) != len(body)-1 {
 		return loginResult{}, fmt.Errorf("%w: malformed password message", wire.ErrProtocolError)
 	}
-	token := string(body[:len(body)-1])
+	secret := string(body[:len(body)-1])
+
+	// Both checks run for every name, so the time to the answer depends on
+	// the mode only; each verdict counts only for the kind of role it is for.
+	id, tokenErr := oidc.Identity{}, rt.tokens.err
+	if rt.tokens.v != nil {
+		vctx, cancel := context.WithTimeout(ctx, verifyTimeout)
+		id, tokenErr = rt.tokens.v.Verify(vctx, secret)
+		cancel()
+	}
+	x := s.scramExchange(role, a.tls, rt.params)
+	match := rt.params.PasswordAuth && verifyPassword(x.Creds, secret)
+
 	if why := s.refusal(role); why != "" {
 		return fail("%s", why)
+	}
+	if p == nil {
+		switch {
+		case !x.Valid:
+			return fail("%s", x.Why)
+		case !match:
+			return fail("wrong password")
+		}
+		return loginResult{method: MethodPassword, done: []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}}, nil
 	}
 	if rt.tokens.v == nil {
 		return fail("%v", rt.tokens.err)
 	}
-	vctx, cancel := context.WithTimeout(ctx, verifyTimeout)
-	id, err := rt.tokens.v.Verify(vctx, token)
-	cancel()
-	if err != nil {
+	if tokenErr != nil {
 		var oe *oidc.Error
-		if errors.As(err, &oe) {
+		if errors.As(tokenErr, &oe) {
 			return fail("%s", oe.Reason)
 		}
 		return fail("token check failed")

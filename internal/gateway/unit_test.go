@@ -242,7 +242,7 @@ func TestScramExchange(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				x := s.scramExchange(role, cs, true)
+				x := s.scramExchange(role, cs, config.Params{PasswordAuth: true})
 				if x.User != tt.user || x.Valid != tt.wantValid || x.Why != tt.wantWhy {
 					t.Errorf("scramExchange(%q) = user %q valid %v why %q; want valid %v why %q", tt.user, x.User,
 						x.Valid, x.Why, tt.wantValid, tt.wantWhy)
@@ -264,9 +264,30 @@ func TestScramExchange(t *testing.T) {
 	}
 	// pgshield.password_auth = off: the same mock exchange, its own reason.
 	alice, _ := roles.LookupRole(context.Background(), "alice")
-	if x := s.scramExchange(alice, nil, false); x.Valid || !strings.Contains(x.Why, "password_auth = off") ||
+	if x := s.scramExchange(alice, nil, config.Params{}); x.Valid || !strings.Contains(x.Why, "password_auth = off") ||
 		x.Creds.Salt != scram.MockCredentials(s.cfg.MockSecret, "alice").Salt {
 		t.Errorf("scramExchange(alice, password auth off) = valid %v why %q; want the mock exchange, refused", x.Valid, x.Why)
+	}
+	// A token principal (even one with a password set behind pgshield's
+	// back) only ever gets the mock exchange; the reason says why it got
+	// SCRAM at all.
+	principal := postgres.Role{Name: "tok", Exists: true, CanLogin: true, Password: good,
+		Principal: &postgres.TokenPrincipal{ObjectID: "oid-tok", Kind: postgres.PrincipalUser}}
+	withIssuer := config.Params{PasswordAuth: true, OIDC: config.OIDCParams{Issuer: "https://issuer.example"}}
+	for _, tt := range []struct {
+		name string
+		cs   *tls.ConnectionState
+		p    config.Params
+		why  string
+	}{
+		{name: "plaintext", p: withIssuer, why: "over TLS only"},
+		{name: "no issuer", cs: &tls.ConnectionState{}, p: config.Params{PasswordAuth: true}, why: "oidc_issuer is not set"},
+		{name: "plain name", cs: &tls.ConnectionState{}, p: withIssuer, why: "plain lower-case name"},
+	} {
+		if x := s.scramExchange(principal, tt.cs, tt.p); x.Valid || !strings.Contains(x.Why, tt.why) ||
+			x.Creds.Salt != scram.MockCredentials(s.cfg.MockSecret, "tok").Salt {
+			t.Errorf("scramExchange(principal, %s) = valid %v why %q; want the mock exchange, refused with %q", tt.name, x.Valid, x.Why, tt.why)
+		}
 	}
 }
 
@@ -355,10 +376,12 @@ func startGateway(t *testing.T, params map[string]string, backend *fakeBackend, 
 	roles := fakeRoles{
 		"alice": {CanLogin: true, Password: verifier(t, goodPassword)},
 		"md5":   {CanLogin: true, Password: "md5" + strings.Repeat("ab", 16)},
+		// A password role whose name SQL must quote.
+		"App-User": {CanLogin: true, Password: verifier(t, goodPassword)},
 		// Token principals (no password).
 		"alice@contoso.com":  {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-alice", Kind: "user"}},
 		"bob@contoso.com":    {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-bob", Kind: "user"}},
-		"dbas":               {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-group-dbas", Kind: "group"}},
+		"Contoso DBAs":       {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-group-dbas", Kind: "group"}},
 		"locked@contoso.com": {CanLogin: false, Principal: &postgres.TokenPrincipal{ObjectID: "oid-locked", Kind: "user"}},
 	}
 	env := &gatewayEnv{caFile: caFile, backend: backend}
@@ -411,7 +434,7 @@ func (e *gatewayEnv) audited(typ string) []audit.Event {
 
 func (e *gatewayEnv) connString(user, password, extra string) string {
 	host, port, _ := net.SplitHostPort(e.addr)
-	return fmt.Sprintf("host=%s port=%s user=%s password='%s' dbname=shop sslrootcert=%s connect_timeout=5 %s",
+	return fmt.Sprintf("host=%s port=%s user='%s' password='%s' dbname=shop sslrootcert=%s connect_timeout=5 %s",
 		host, port, user, password, e.caFile, extra)
 }
 
