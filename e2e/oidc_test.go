@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +16,7 @@ import (
 
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgshield/pgshield/internal/testutil/oidcissuer"
 )
@@ -43,7 +45,7 @@ func TestOIDCTokenAuthentication(t *testing.T) {
 	for _, p := range [][]string{
 		{"--name", "alice@contoso.com", "--object-id", "oid-alice"},
 		{"--name", "bob@contoso.com", "--object-id", "oid-bob"},
-		{"--name", "dbas", "--object-id", "oid-group-dbas", "--type", "group"},
+		{"--name", "Contoso DBAs", "--object-id", "oid-group-dbas", "--type", "group"},
 		{"--name", "ingest-app", "--object-id", "oid-app", "--type", "service"},
 		{"--name", "carol@contoso.com", "--object-id", "oid-carol", "--admin"},
 	} {
@@ -61,8 +63,17 @@ func TestOIDCTokenAuthentication(t *testing.T) {
 		if err := json.Unmarshal([]byte(out), &list); err != nil || len(list) != 5 {
 			t.Fatalf("principal list = %s (%v); want the 5 principals", out, err)
 		}
-		if p := list[3]; p.Name != "dbas" || p.ObjectID != "oid-group-dbas" || p.Type != "group" || p.Admin {
-			t.Errorf("principal list[3] = %+v; want the dbas group (sorted by name)", p)
+		found := false
+		for _, p := range list {
+			if p.Name == "Contoso DBAs" {
+				found = true
+				if p.ObjectID != "oid-group-dbas" || p.Type != "group" || p.Admin {
+					t.Errorf("principal %+v; want the Contoso DBAs group", p)
+				}
+			}
+		}
+		if !found {
+			t.Errorf("principal list = %s; want the Contoso DBAs group in it", out)
 		}
 		for _, c := range []struct {
 			args []string
@@ -70,11 +81,13 @@ func TestOIDCTokenAuthentication(t *testing.T) {
 			msg  string
 		}{
 			{[]string{"--name", "alice@contoso.com", "--object-id", "oid-x"}, 5, "already exists"},
-			{[]string{"--name", "alice2", "--object-id", "oid-alice"}, 5, "already mapped"},
-			{[]string{"--name", "x", "--object-id", "oid-x", "--type", "robot"}, 5, "user, group or service"},
+			{[]string{"--name", "alice2@contoso.com", "--object-id", "oid-alice"}, 5, "already mapped"},
+			{[]string{"--name", "X", "--object-id", "oid-x", "--type", "robot"}, 5, "user, group or service"},
+			// A plain name would be offered SCRAM, never asked for a token.
+			{[]string{"--name", "dbas", "--object-id", "oid-x"}, 5, "must be one SQL has to quote"},
 			{[]string{"--name", "postgres", "--object-id", "oid-x"}, 5, "reserved"},
 			{[]string{"--name", "pg_x", "--object-id", "oid-x"}, 5, "pg_ prefix"},
-			{[]string{"--name", "y", "--object-id", "has space"}, 5, "invalid object ID"},
+			{[]string{"--name", "Y", "--object-id", "has space"}, 5, "invalid object ID"},
 			{[]string{"--object-id", "oid-x"}, 2, "name"},
 		} {
 			out, err := s.cli(append([]string{"principal", "create"}, c.args...)...)
@@ -129,12 +142,63 @@ func TestOIDCTokenAuthentication(t *testing.T) {
 
 	t.Run("group principal", func(t *testing.T) {
 		member := tok("oid-dave", func(c oidcissuer.Claims) { c["groups"] = []string{"oid-x", "oid-group-dbas"} })
-		if out, err := psql(t, dsnFor("dbas", ""), member, "-c", "SELECT current_user"); err != nil || out != "dbas" {
-			t.Fatalf("group login = %q, %v; want dbas", out, err)
+		if out, err := psql(t, dsnFor("Contoso DBAs", ""), member, "-c", "SELECT current_user"); err != nil || out != "Contoso DBAs" {
+			t.Fatalf("group login = %q, %v; want Contoso DBAs", out, err)
 		}
 		stranger := tok("oid-erin", func(c oidcissuer.Claims) { c["groups"] = []string{"oid-x"} })
-		if out, err := psql(t, dsnFor("dbas", ""), stranger, "-c", "SELECT 1"); err == nil {
+		if out, err := psql(t, dsnFor("Contoso DBAs", ""), stranger, "-c", "SELECT 1"); err == nil {
 			t.Fatalf("group login without membership succeeded: %s", out)
+		}
+	})
+
+	// The first authentication request depends on the name's shape only:
+	// a token request for names SQL must quote, SCRAM for plain ones.
+	t.Run("a principal looks like an unknown name of the same shape", func(t *testing.T) {
+		// first returns the first request for user and, after a cleartext
+		// request answered with a bad token, the refusal (name elided).
+		first := func(user string) (kind, refusal string) {
+			r := dialTLS(t, s)
+			r.send(startup(user))
+			switch m := r.receive().(type) {
+			case *pgproto3.AuthenticationCleartextPassword:
+				r.send(&pgproto3.PasswordMessage{Password: "not-a-token"})
+				e := r.expectError("28P01")
+				return "cleartext", e.Severity + " " + strings.ReplaceAll(e.Message, `"`+user+`"`, `"<user>"`)
+			case *pgproto3.AuthenticationSASL:
+				return fmt.Sprint("SASL ", m.AuthMechanisms), ""
+			default:
+				t.Fatalf("%s: first answer %#v; want an authentication request", user, m)
+				return "", ""
+			}
+		}
+		for _, pair := range [][2]string{{"alice@contoso.com", "nobody@contoso.com"}, {"Contoso DBAs", "Nobody DBAs"}} {
+			k1, r1 := first(pair[0])
+			k2, r2 := first(pair[1])
+			if k1 != "cleartext" || k1 != k2 || r1 != r2 || r1 != `FATAL password authentication failed for user "<user>"` {
+				t.Errorf("principal %q: %s, %q; unknown %q: %s, %q; want the same cleartext request and 28P01",
+					pair[0], k1, r1, pair[1], k2, r2)
+			}
+		}
+		for _, user := range []string{"nobody_here", admin} {
+			if k, _ := first(user); k != "SASL [SCRAM-SHA-256-PLUS SCRAM-SHA-256]" {
+				t.Errorf("%s: first request %s; want SCRAM", user, k)
+			}
+		}
+	})
+
+	t.Run("a password role whose name SQL must quote logs in with its password over TLS", func(t *testing.T) {
+		if out, err := psql(t, s.dsn("user="+admin+" sslmode=verify-full"), adminPassword, "-c",
+			`CREATE ROLE "App-User" LOGIN PASSWORD 'App-User-Pass-1'`); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		// PostgreSQL made the SCRAM verifier; the gateway checks the
+		// cleartext password against it.
+		if out, err := psql(t, dsnFor("App-User", ""), "App-User-Pass-1", "-c", "SELECT current_user"); err != nil || out != "App-User" {
+			t.Fatalf("App-User login = %q, %v; want App-User", out, err)
+		}
+		if out, err := psql(t, dsnFor("App-User", ""), "App-User-Pass-2", "-c", "SELECT 1"); err == nil ||
+			!strings.Contains(out, `password authentication failed for user "App-User"`) {
+			t.Fatalf("App-User with a wrong password = %q, %v; want 28P01", out, err)
 		}
 	})
 
@@ -200,6 +264,17 @@ func TestOIDCTokenAuthentication(t *testing.T) {
 		if err == nil || !strings.Contains(out, "password authentication failed") {
 			t.Fatalf("plaintext token login = %q, %v; want 28P01", out, err)
 		}
+		// Offered SCRAM like any name: a token is never asked for in the clear.
+		c := dialRaw(t, s)
+		fe := pgproto3.NewFrontend(c, c)
+		fe.Send(startup("alice@contoso.com"))
+		if err := fe.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		m, err := fe.Receive()
+		if sasl, ok := m.(*pgproto3.AuthenticationSASL); err != nil || !ok || fmt.Sprint(sasl.AuthMechanisms) != "[SCRAM-SHA-256]" {
+			t.Fatalf("first answer in plaintext = %#v, %v; want AuthenticationSASL [SCRAM-SHA-256]", m, err)
+		}
 	})
 	t.Run("audit records each reason, never the token", func(t *testing.T) {
 		out := mustCLI(t, s, "audit", "search", "--event", "auth.failure", "-o", "json")
@@ -257,7 +332,7 @@ func TestOIDCTokenAuthentication(t *testing.T) {
 		is.Publish(rsa)
 	})
 
-	t.Run("password_auth off refuses SCRAM, keeps tokens", func(t *testing.T) {
+	t.Run("password_auth off refuses passwords, keeps tokens", func(t *testing.T) {
 		mustCLI(t, s, "parameter", "set", "pgshield.password_auth", "off")
 		defer mustCLI(t, s, "parameter", "set", "pgshield.password_auth", "on")
 		out, err := psql(t, s.dsn("user="+admin+" sslmode=verify-full"), adminPassword, "-c", "SELECT 1")
