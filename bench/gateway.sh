@@ -512,7 +512,10 @@ phase_pgshield() {
 # environment.
 token_path() {
 	local d=$1 port=$2 sock=$3 sport=$4 url out tps i
-	step "pgshield-token: test OIDC issuer, principal ${ROLE}_token"
+	# A principal's name must be one SQL has to quote (pgshield refuses plain
+	# lower-case names, which get SCRAM): hence the '@', and the quotes in SQL.
+	local principal="${ROLE}@token"
+	step "pgshield-token: test OIDC issuer, principal $principal"
 	mkdir -p "$WORK/issuer"
 	chmod 700 "$WORK/issuer"
 	(cd "$REPO" && go build -o "$WORK/issuer/oidcissuer" ./bench/cmd/oidcissuer) >>"$WORK/go-build.log" 2>&1
@@ -529,12 +532,12 @@ token_path() {
 		"pgshield.oidc_ca_file=$WORK/issuer/oidc-ca.pem"; do
 		timeout 60 "$SHIELD_BIN" parameter set --data-dir "$d" "${kv%%=*}" "${kv#*=}" >>"$WORK/pgshield-cli.log" 2>&1
 	done
-	timeout 60 "$SHIELD_BIN" principal create --data-dir "$d" --name "${ROLE}_token" --object-id bench-oid >>"$WORK/pgshield-cli.log" 2>&1
-	psql_super "$sock" "$sport" "$DB" -c "GRANT SELECT ON pgbench_accounts, pgbench_branches TO ${ROLE}_token"
+	timeout 60 "$SHIELD_BIN" principal create --data-dir "$d" --name "$principal" --object-id bench-oid >>"$WORK/pgshield-cli.log" 2>&1
+	psql_super "$sock" "$sport" "$DB" -c "GRANT SELECT ON pgbench_accounts, pgbench_branches TO \"$principal\""
 	out=$WORK/pgshield-token-connect.out
 	step "pgshield-token: pgbench -S -C -T $DURATION -c $CLIENTS -j $THREADS"
 	tps=""
-	if PGPASSWORD="$(cat "$WORK/issuer/token")" PGHOST=127.0.0.1 PGPORT="$port" PGUSER="${ROLE}_token" PGDATABASE="$DB" \
+	if PGPASSWORD="$(cat "$WORK/issuer/token")" PGHOST=127.0.0.1 PGPORT="$port" PGUSER="$principal" PGDATABASE="$DB" \
 		PGSSLMODE=require PGGSSENCMODE=disable PGCONNECT_TIMEOUT=10 \
 		timeout --kill-after=10 $((DURATION + 120)) "$PGBENCH" -n -c "$CLIENTS" -j "$THREADS" -S -C -T "$DURATION" >"$out" 2>&1; then
 		tps=$(sed -n 's/^tps = \([0-9][0-9.]*\) (.*/\1/p' "$out" | tail -n 1)
