@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/postgres"
 )
 
 // checkExtensionsAvailable refuses extension names that are not installed on
@@ -43,10 +44,15 @@ func (d *Daemon) checkExtensionsAvailable(ctx context.Context, names []string) e
 	return nil
 }
 
+// sqlCurrentSetting reads a setting as a session of the pool sees it.
+const sqlCurrentSetting = `SELECT pg_catalog.current_setting($1::pg_catalog.text)`
+
 // applyGuardSettings rewrites pgshield.conf for cfg (pgshield_guard's
-// parameters can be set nowhere else) and reloads PostgreSQL, waiting until
-// a session sees the new extension list so that the change holds for new
-// statements when the call returns.
+// parameters can be set nowhere else), reloads PostgreSQL and waits until
+// sessions see exactly the values written, so that the change holds for new
+// statements when the call returns. Anything else is an error: PostgreSQL
+// keeps its old values when it cannot read the file, and pgshield_guard
+// refuses role management while a list does not parse.
 func (d *Daemon) applyGuardSettings(ctx context.Context, cfg *config.Config) error {
 	// A copy: the running cluster's fields are read by the supervisor.
 	c := *d.cluster
@@ -58,20 +64,28 @@ func (d *Daemon) applyGuardSettings(ctx context.Context, cfg *config.Config) err
 	if _, err := d.catalog.Pool.Exec(ctx, sqlReloadConf); err != nil {
 		return fmt.Errorf("reloading configuration: %w", err)
 	}
-	p, err := config.ResolveParams(cfg.Parameters)
-	if err != nil {
-		return err
-	}
-	want := strings.Join(p.AllowedExtensions, ",")
+	want := c.GuardValues()
+	var bad postgres.GuardSetting
 	var got string
 	for i := 0; i < 100; i++ {
-		if err := d.catalog.Pool.QueryRow(ctx, `SELECT pg_catalog.current_setting('pgshield_guard.allowed_extensions')`).Scan(&got); err != nil {
-			return fmt.Errorf("reading pgshield_guard.allowed_extensions: %w", err)
+		bad = postgres.GuardSetting{}
+		for _, w := range want {
+			if err := d.catalog.Pool.QueryRow(ctx, sqlCurrentSetting, w.Name).Scan(&got); err != nil {
+				return fmt.Errorf("reading %s: %w", w.Name, err)
+			}
+			if got != w.Value {
+				bad = w
+				break
+			}
 		}
-		if got == want {
+		if bad.Name == "" {
 			return nil
 		}
-		time.Sleep(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("PostgreSQL has not taken pgshield_guard's settings: %s is %q, pgshield wrote %q: %w", bad.Name, got, bad.Value, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	return fmt.Errorf("PostgreSQL did not take the new extension list within 5s (it has %q)", got)
+	return fmt.Errorf("PostgreSQL did not take pgshield_guard's settings within 5s: %s is %q, pgshield wrote %q", bad.Name, got, bad.Value)
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"time"
 
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/audit"
@@ -45,15 +46,35 @@ func (d *Daemon) createPrincipal(r *http.Request) (any, error) {
 	if err := api.DecodeBody(r, &req); err != nil {
 		return nil, err
 	}
-	p, err := d.catalog.CreatePrincipal(r.Context(), postgres.TokenPrincipal{Name: req.Name, ObjectID: req.ObjectID,
-		Kind: req.Type, Admin: req.Admin}, d.config().IsReserved)
-	if err != nil {
-		return nil, principalAPIErr(err)
-	}
-	if p.Admin {
-		if err := d.setAdminPrincipal(r.Context(), p.Name, true); err != nil {
-			return nil, fmt.Errorf("principal %q created, but pgshield_guard does not protect it yet: %w", p.Name, err)
+	ctx := r.Context()
+	want := postgres.TokenPrincipal{Name: req.Name, ObjectID: req.ObjectID, Kind: req.Type, Admin: req.Admin}
+	reserved := d.config().IsReserved
+	listed := false
+	if want.Admin {
+		// Protected before the role exists: once it has CREATEROLE, a role
+		// the administrator made could otherwise take it over before
+		// pgshield_guard lists it. No protection, no principal.
+		if err := postgres.CheckPrincipal(want, reserved); err != nil {
+			return nil, principalAPIErr(err)
 		}
+		var err error
+		if listed, err = d.setAdminPrincipal(ctx, want.Name, true, true); err != nil {
+			return nil, fmt.Errorf("principal %q not created: pgshield_guard would not protect it: %w", want.Name, err)
+		}
+	}
+	p, err := d.catalog.CreatePrincipal(ctx, want, reserved)
+	if err != nil {
+		if listed {
+			// Even when the client has gone.
+			uctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+			defer cancel()
+			if _, uerr := d.setAdminPrincipal(uctx, want.Name, false, false); uerr != nil {
+				// Listing a role that does not exist protects nothing and harms nothing.
+				d.Log.Warn("Could not take a principal that was not created off pgshield_guard's administrator list.",
+					"name", want.Name, "error", uerr)
+			}
+		}
+		return nil, principalAPIErr(err)
 	}
 	d.Log.Info("Token principal created.", "name", p.Name, "type", p.Kind, "admin", p.Admin)
 	d.audit(audit.Event{Type: "principal.create", Outcome: audit.OutcomeSuccess, User: p.Name,
@@ -67,7 +88,9 @@ func (d *Daemon) deletePrincipal(r *http.Request) (any, error) {
 		return nil, principalAPIErr(err)
 	}
 	if p.Admin {
-		if err := d.setAdminPrincipal(r.Context(), p.Name, false); err != nil {
+		// The role is gone: the list without it is right, and PostgreSQL
+		// takes it at its next start if not now.
+		if _, err := d.setAdminPrincipal(r.Context(), p.Name, false, false); err != nil {
 			return nil, fmt.Errorf("principal %q deleted, but pgshield_guard still lists it: %w", p.Name, err)
 		}
 	}
@@ -79,20 +102,41 @@ func (d *Daemon) deletePrincipal(r *http.Request) (any, error) {
 
 // setAdminPrincipal adds name to (or removes it from) the administrator
 // roles pgshield_guard keeps roles that are not superusers from taking over,
-// persists that, and has PostgreSQL reload it.
-func (d *Daemon) setAdminPrincipal(ctx context.Context, name string, add bool) error {
+// persists that, has PostgreSQL reload it and checks that it took it. It
+// reports whether the list changed. With undo, a list PostgreSQL did not
+// take is replaced by the previous one again.
+func (d *Daemon) setAdminPrincipal(ctx context.Context, name string, add, undo bool) (bool, error) {
 	d.cfgMu.Lock()
 	defer d.cfgMu.Unlock()
-	next := *d.cfg
-	next.AdminPrincipals = slices.DeleteFunc(slices.Clone(d.cfg.AdminPrincipals), func(n string) bool { return n == name })
+	prev := d.cfg
+	if slices.Contains(prev.AdminPrincipals, name) == add {
+		// Nothing to change, but what PostgreSQL has must still match.
+		return false, d.applyGuardSettings(ctx, prev)
+	}
+	next := *prev
+	next.AdminPrincipals = slices.DeleteFunc(slices.Clone(prev.AdminPrincipals), func(n string) bool { return n == name })
 	if add {
 		next.AdminPrincipals = append(next.AdminPrincipals, name)
 	}
 	if err := config.Save(d.Layout, &next); err != nil {
-		return err
+		return false, err
 	}
 	d.cfg = &next
-	return d.applyGuardSettings(ctx, &next)
+	err := d.applyGuardSettings(ctx, &next)
+	if err == nil || !undo {
+		return true, err
+	}
+	if serr := config.Save(d.Layout, prev); serr != nil {
+		return true, errors.Join(err, fmt.Errorf("restoring the previous administrator list: %w", serr))
+	}
+	d.cfg = prev
+	// The failure may have been ctx's own; the undo must still happen.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	if aerr := d.applyGuardSettings(rctx, prev); aerr != nil {
+		return false, errors.Join(err, fmt.Errorf("restoring the previous administrator list: %w", aerr))
+	}
+	return false, err
 }
 
 func principalAPIErr(err error) error {

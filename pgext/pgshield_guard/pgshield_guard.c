@@ -23,6 +23,13 @@
  *                                        (PostgreSQL 15 lets any CREATEROLE role
  *                                        take over any other non-superuser)
  *   pgshield_guard.allowed_extensions    what non-superusers may CREATE EXTENSION
+ *
+ * Each is a list of SQL identifiers; pgshield quotes every name, and names
+ * are compared exactly, as PostgreSQL stores them. A list that does not
+ * parse is kept as it is rather than refused (a refused value would leave
+ * PostgreSQL on the previous or the default list, which may protect less),
+ * and while any list does not parse, non-superusers may manage no role and
+ * create no extension: the guard fails closed.
  */
 #include "postgres.h"
 
@@ -57,6 +64,12 @@ static char *reserved_memberships = NULL;
 static char *allowed_extensions = NULL;
 static char *admin_roles = NULL;
 
+/* Whether each list above parses (set by the assign hooks). */
+static bool reserved_roles_ok = true;
+static bool reserved_memberships_ok = true;
+static bool allowed_extensions_ok = true;
+static bool admin_roles_ok = true;
+
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 static object_access_hook_type prev_object_access_hook = NULL;
 
@@ -75,7 +88,7 @@ name_in_list(const char *name, const char *list)
 	if (name == NULL || list == NULL || list[0] == '\0')
 		return false;
 	raw = pstrdup(list);
-	/* The check hooks refuse lists that do not parse. */
+	/* A list that does not parse matches nothing; check_settings refuses first. */
 	if (SplitIdentifierString(raw, ',', &elems))
 	{
 		foreach(lc, elems)
@@ -90,6 +103,26 @@ name_in_list(const char *name, const char *list)
 	list_free(elems);
 	pfree(raw);
 	return found;
+}
+
+/* list_display renders a parsed list for messages: "a, b", or "none". */
+static const char *
+list_display(const char *list)
+{
+	char	   *raw;
+	List	   *elems = NIL;
+	ListCell   *lc;
+	StringInfoData out;
+
+	if (list == NULL)
+		return "none";
+	raw = pstrdup(list);
+	if (!SplitIdentifierString(raw, ',', &elems) || elems == NIL)
+		return "none";
+	initStringInfo(&out);
+	foreach(lc, elems)
+		appendStringInfo(&out, "%s%s", out.len > 0 ? ", " : "", (char *) lfirst(lc));
+	return out.data;
 }
 
 /* is_reserved: a superuser, or named in pgshield_guard.reserved_roles. */
@@ -272,12 +305,67 @@ is_role_switch(const char *name)
 	return strcmp(name, "role") == 0 || strcmp(name, "session_authorization") == 0;
 }
 
+/*
+ * check_settings refuses the statement while any of pgshield_guard's lists
+ * does not parse: the guard cannot tell then which roles it protects.
+ */
+static void
+check_settings(void)
+{
+	StringInfoData bad;
+
+	if (reserved_roles_ok && reserved_memberships_ok && admin_roles_ok && allowed_extensions_ok)
+		return;
+	initStringInfo(&bad);
+	if (!reserved_roles_ok)
+		appendStringInfoString(&bad, ", pgshield_guard.reserved_roles");
+	if (!reserved_memberships_ok)
+		appendStringInfoString(&bad, ", pgshield_guard.reserved_memberships");
+	if (!admin_roles_ok)
+		appendStringInfoString(&bad, ", pgshield_guard.admin_roles");
+	if (!allowed_extensions_ok)
+		appendStringInfoString(&bad, ", pgshield_guard.allowed_extensions");
+	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					errmsg("pgshield_guard's settings do not parse: role management is refused until an operator fixes them"),
+					errdetail("Not a valid list of names: %s.", bad.data + 2)));
+}
+
+/* concerns_roles: statements whose checks depend on the role lists. */
+static bool
+concerns_roles(Node *stmt)
+{
+	switch (nodeTag(stmt))
+	{
+		case T_CreateRoleStmt:
+		case T_AlterRoleStmt:
+		case T_AlterRoleSetStmt:
+		case T_DropRoleStmt:
+		case T_GrantRoleStmt:
+		case T_ReassignOwnedStmt:
+		case T_DropOwnedStmt:
+			return true;
+		case T_RenameStmt:
+			return ((RenameStmt *) stmt)->renameType == OBJECT_ROLE;
+		case T_VariableSetStmt:
+			{
+				VariableSetStmt *s = (VariableSetStmt *) stmt;
+
+				/* RESET ROLE and SET ... DEFAULT only go back to the session user. */
+				return s->kind == VAR_SET_VALUE && s->name != NULL && is_role_switch(s->name);
+			}
+		default:
+			return false;
+	}
+}
+
 /* check_utility applies the rules to one statement of a non-superuser. */
 static void
 check_utility(Node *stmt)
 {
 	ListCell   *lc;
 
+	if (concerns_roles(stmt))
+		check_settings();
 	switch (nodeTag(stmt))
 	{
 		case T_CreateRoleStmt:
@@ -525,14 +613,14 @@ create_extension(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	Oid			save_userid;
 	int			save_sec_context;
 
+	check_settings();
 	/* Already there: PostgreSQL says so (or skips with IF NOT EXISTS). */
 	if (OidIsValid(get_extension_oid(s->extname, true)))
 		return false;
 	if (!name_in_list(s->extname, allowed_extensions))
 		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 						errmsg("extension \"%s\" is not allowed", s->extname),
-						errdetail("Allowed extensions: %s.",
-								  allowed_extensions && allowed_extensions[0] ? allowed_extensions : "none"),
+						errdetail("Allowed extensions: %s.", list_display(allowed_extensions)),
 						errhint("An operator can change the list with: pgshield parameter set pgshield.allowed_extensions ...")));
 	foreach(lc, s->options)
 	{
@@ -681,32 +769,53 @@ guard_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
 						errdetail("Only superusers can read or write the server's files.")));
 }
 
+/*
+ * check_list accepts every value: refusing one would leave PostgreSQL on the
+ * previous value (on reload) or the default (at start), so a list pgshield
+ * extended but wrote wrong would silently protect less. It only records, in
+ * extra, whether the list parses; the assign hooks keep that for
+ * check_settings.
+ */
 static bool
-check_name_list(char **newval, void **extra, GucSource source)
+check_list(const char *guc, char **newval, void **extra)
 {
-	char	   *raw;
-	List	   *elems = NIL;
-	ListCell   *lc;
-	bool		ok;
+	bool	   *ok = malloc(sizeof(bool));
 
-	if (*newval == NULL)
-		return true;
-	raw = pstrdup(*newval);
-	ok = SplitIdentifierString(raw, ',', &elems);
-	if (!ok)
-		GUC_check_errdetail("List syntax is invalid.");
-	foreach(lc, elems)
+	/* Out of memory: NULL extra, which the assign hooks take as broken. */
+	if (ok != NULL)
 	{
-		if (strchr((char *) lfirst(lc), '/') != NULL)
-		{
-			GUC_check_errdetail("\"%s\" is not a valid name.", (char *) lfirst(lc));
-			ok = false;
-		}
+		List	   *elems = NIL;
+		char	   *raw = pstrdup(*newval != NULL ? *newval : "");
+
+		*ok = SplitIdentifierString(raw, ',', &elems);
+		list_free(elems);
+		pfree(raw);
 	}
-	list_free(elems);
-	pfree(raw);
-	return ok;
+	/* Said once, by the postmaster, rather than by every backend. */
+	if ((ok == NULL || !*ok) && !IsUnderPostmaster)
+		ereport(WARNING,
+				(errmsg("%s is not a valid list of names: \"%s\"", guc, *newval != NULL ? *newval : ""),
+				 errdetail("Until it is fixed, roles that are not superusers can manage no role and create no extension.")));
+	*extra = ok;
+	return true;
 }
+
+#define LIST_HOOKS(var) \
+static bool \
+check_##var(char **newval, void **extra, GucSource source) \
+{ \
+	return check_list("pgshield_guard." #var, newval, extra); \
+} \
+static void \
+assign_##var(const char *newval, void *extra) \
+{ \
+	var##_ok = extra != NULL && *(bool *) extra; \
+}
+
+LIST_HOOKS(reserved_roles)
+LIST_HOOKS(reserved_memberships)
+LIST_HOOKS(admin_roles)
+LIST_HOOKS(allowed_extensions)
 
 void
 _PG_init(void)
@@ -718,20 +827,20 @@ _PG_init(void)
 	DefineCustomStringVariable("pgshield_guard.reserved_roles",
 							   "Roles only superusers may alter, drop, rename, grant, give memberships to or become.",
 							   NULL, &reserved_roles, "postgres", PGC_SIGHUP, GUC_LIST_INPUT,
-							   check_name_list, NULL, NULL);
+							   check_reserved_roles, assign_reserved_roles, NULL);
 	DefineCustomStringVariable("pgshield_guard.reserved_memberships",
 							   "Roles whose membership only superusers may grant.",
 							   NULL, &reserved_memberships,
 							   "pg_execute_server_program, pg_read_server_files, pg_write_server_files",
-							   PGC_SIGHUP, GUC_LIST_INPUT, check_name_list, NULL, NULL);
+							   PGC_SIGHUP, GUC_LIST_INPUT, check_reserved_memberships, assign_reserved_memberships, NULL);
 	DefineCustomStringVariable("pgshield_guard.admin_roles",
 							   "Roles only superusers and the role itself may alter, drop, rename or grant.",
 							   NULL, &admin_roles, "", PGC_SIGHUP, GUC_LIST_INPUT,
-							   check_name_list, NULL, NULL);
+							   check_admin_roles, assign_admin_roles, NULL);
 	DefineCustomStringVariable("pgshield_guard.allowed_extensions",
 							   "Extensions non-superusers may create.",
 							   NULL, &allowed_extensions, "", PGC_SIGHUP, GUC_LIST_INPUT,
-							   check_name_list, NULL, NULL);
+							   check_allowed_extensions, assign_allowed_extensions, NULL);
 	MarkGUCPrefixReserved("pgshield_guard");
 
 	prev_utility_hook = ProcessUtility_hook;
