@@ -535,8 +535,9 @@ func TestRefusesToRunWithoutGuard(t *testing.T) {
 	mustCLI(t, s2, "parameter", "set", "pgshield.allowed_extensions", "citext")
 	mustCLI(t, s2, "key", "lock")
 	mustCLI(t, s2, "key", "unlock")
-	if got := s2.superSQL(t, "SHOW pgshield_guard.allowed_extensions"); got != "citext" {
-		t.Errorf("after lock and unlock, pgshield_guard.allowed_extensions = %q; want citext", got)
+	// Written as a list of quoted identifiers (names need not be plain).
+	if got := s2.superSQL(t, "SHOW pgshield_guard.allowed_extensions"); got != `"citext"` {
+		t.Errorf("after lock and unlock, pgshield_guard.allowed_extensions = %q; want \"citext\"", got)
 	}
 	mustCLI(t, s2, "down")
 	cfgPath := filepath.Join(s2.dataDir, "pgshield.json")

@@ -235,10 +235,22 @@ func pgxConnect(t *testing.T, dsn string) (*pgx.Conn, error) {
 // test harness stands where only root can.
 func (s *server) superSQL(t *testing.T, sql string) string {
 	t.Helper()
+	return s.superSQLPath(t, "", sql)
+}
+
+// pinnedSQL is superSQL with search_path = pg_catalog, pg_temp: among a
+// hostile tenant's trojans, the harness must resolve names as pgshield does.
+func (s *server) pinnedSQL(t *testing.T, sql string) string {
+	t.Helper()
+	return s.superSQLPath(t, " search_path='pg_catalog, pg_temp'", sql)
+}
+
+func (s *server) superSQLPath(t *testing.T, extra, sql string) string {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	conn, err := pgx.Connect(ctx, fmt.Sprintf("host=%s port=5432 user=postgres dbname=postgres sslmode=disable",
-		filepath.Join(s.dataDir, "run", "pg")))
+		filepath.Join(s.dataDir, "run", "pg"))+extra)
 	if err != nil {
 		t.Fatalf("superuser connect: %v", err)
 	}

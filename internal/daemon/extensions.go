@@ -44,8 +44,6 @@ func (d *Daemon) checkExtensionsAvailable(ctx context.Context, names []string) e
 	return nil
 }
 
-// sqlCurrentSetting reads a setting as a session of the pool sees it.
-const sqlCurrentSetting = `SELECT pg_catalog.current_setting($1::pg_catalog.text)`
 
 // applyGuardSettings rewrites pgshield.conf for cfg (pgshield_guard's
 // parameters can be set nowhere else), reloads PostgreSQL and waits until

@@ -10,9 +10,11 @@ const (
   FROM pg_catalog.pg_settings s`
 	sqlSettingsOrdered = sqlSettings + ` ORDER BY s.name COLLATE pg_catalog."C"`
 	sqlSettingByName   = sqlSettings + ` WHERE s.name OPERATOR(pg_catalog.=) pg_catalog.lower($1::pg_catalog.text)`
-	sqlInRecovery      = `SELECT pg_catalog.pg_is_in_recovery()`
-	sqlSwitchWAL       = `SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())`
-	sqlArchiverState   = `SELECT COALESCE(a.last_archived_wal, ''), COALESCE(a.last_failed_wal, '')
+	// sqlCurrentSetting reads a setting as a session of the pool sees it.
+	sqlCurrentSetting = `SELECT pg_catalog.current_setting($1::pg_catalog.text)`
+	sqlInRecovery     = `SELECT pg_catalog.pg_is_in_recovery()`
+	sqlSwitchWAL      = `SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())`
+	sqlArchiverState  = `SELECT COALESCE(a.last_archived_wal, ''), COALESCE(a.last_failed_wal, '')
   FROM pg_catalog.pg_stat_archiver a`
 )
 
