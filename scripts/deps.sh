@@ -10,7 +10,7 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 want=(postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit pgbackrest iproute2 nftables e2fsprogs mount util-linux ca-certificates
-  gocryptfs  # the --storage gocryptfs backend (FUSE), for kernels without fscrypt
+  gocryptfs fuse  # the --storage gocryptfs backend (FUSE; fuse brings fusermount, which gocryptfs runs), for kernels without fscrypt
   postgresql-server-dev-15 gcc make libc6-dev)  # the last four build pgshield_guard
 [ "${PGSHIELD_DEPS_BENCH:-0}" = 1 ] && want+=(pgbouncer)
 
