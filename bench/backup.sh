@@ -25,64 +25,42 @@
 # Environment:   SCALE=20  PGSHIELD_BIN=(build bin/pgshield)  BENCH_TMPDIR=/tmp
 #                PG_BIN=/usr/lib/postgresql/15/bin
 # The table goes to stdout and bench/results/backup-latest.md, the log to
-# bench/results/backup-latest.log. On exit (also on error or Ctrl-C) every
+# bench/results/backup-latest.log (bench/results/ is git-ignored). On exit (also on error or Ctrl-C) every
 # server and cluster is stopped, volumes detached, keys and the temporary
 # directory removed.
 
-# shellcheck disable=SC2317 # functions are called indirectly (traps)
-set -euo pipefail
-export LC_ALL=C
+# shellcheck disable=SC2317,SC2119 # functions called indirectly (traps); optional arguments
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init "$@"
 
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$SCRIPT_DIR/.." && pwd)
-RESULTS=$SCRIPT_DIR/results
-SCALE=${SCALE:-20}
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
+RESULT_FILE=$RESULTS_DIR/backup-latest.md
+LOG=$RESULTS_DIR/backup-latest.log
 BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
 PROCS=$(($(nproc) < 4 ? $(nproc) : 4))
-# shellcheck source=bench/lib.sh
-. "$SCRIPT_DIR/lib.sh"
 
-[[ $(id -u) -eq 0 ]] || { echo "bench/backup.sh must run as root" >&2; exit 1; }
-command -v pgbackrest >/dev/null || { echo "pgbackrest is missing: apt-get install -y pgbackrest" >&2; exit 1; }
-mkdir -p "$RESULTS"
-WORK=$(mktemp -d "$BENCH_TMPDIR/pgshield-bench-backup.XXXXXX")
-chmod 711 "$WORK"
-LOG=$RESULTS/backup-latest.log
-: >"$LOG"
-log() { printf '%s %s\n' "$(date +%T)" "$*" | tee -a "$LOG" >&2; }
-as_pg() { (cd / && runuser -u postgres -- "$@"); }
+need_root
+command -v pgbackrest >/dev/null || die "pgbackrest is missing: apt-get install -y pgbackrest"
+check_pg
 
-SHIELD=$WORK/shield RESTORED=$WORK/shield-restored PLAIN=$WORK/plain
-cleanup() {
-	local rc=$? d id
-	trap '' INT TERM HUP
-	trap - EXIT
-	for d in "$RESTORED" "$SHIELD"; do
-		[[ -f $d/pgshield.json ]] || continue
-		timeout 120 "$BIN" down --data-dir "$d" >>"$LOG" 2>&1 || true
-		id=$(sed -n 's/.*"server_id": *"\([0-9a-f]*\)".*/\1/p' "$d/pgshield.json")
-		[[ -n $id ]] && rm -f "/etc/pgshield/keys/$id.key"
-	done
-	for d in "$PLAIN/data" "$PLAIN/restored"; do
-		if [[ -f $d/postmaster.pid ]]; then
-			as_pg "$PG_BIN/pg_ctl" -D "$d" -m fast -w -t 60 stop >>"$LOG" 2>&1 || true
-		fi
-	done
-	rm -rf "$WORK"
-	exit "$rc"
+teardown_all() {
+	stop_pgshield "$WORK/shield-restored"
+	stop_pgshield "$WORK/shield"
+	stop_cluster "$WORK/plain/data"
+	stop_cluster "$WORK/plain/restored"
+	kill_leftovers
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+install_cleanup
+make_work pgshield-bench-backup 711
+SHIELD=$WORK/shield RESTORED=$WORK/shield-restored PLAIN=$WORK/plain
+: >"$LOG"
+BENCH_LOG=$LOG # log lines go to the log too
 
-if [[ -n ${PGSHIELD_BIN:-} ]]; then
-	BIN=$PGSHIELD_BIN
-else
-	log "building pgshield"
-	(cd "$REPO" && PATH=/usr/local/go/bin:$PATH go build -o bin/pgshield ./cmd/pgshield)
-	BIN=$REPO/bin/pgshield
-fi
+use_pgshield || {
+	tail -n 20 "$WORK/go-build.log" >&2
+	die "go build ./cmd/pgshield failed"
+}
+
 # secs CMD...: run CMD (output to the log), print its wall-clock seconds.
 secs() {
 	local t0
@@ -103,22 +81,21 @@ wait_promoted() { # SOCKDIR PORT
 # ------------------------------------------------------------------ pgshield
 log "pgshield: init and up in $SHIELD"
 head -c 18 /dev/urandom | base64 >"$WORK/pw"
-port=$((20000 + RANDOM % 12000))
-while [[ -n $(ss -Hltn "sport = :$port") ]]; do port=$((20000 + RANDOM % 12000)); done
-"$BIN" init --data-dir "$SHIELD" --listen "127.0.0.1:$port" --admin-password-file "$WORK/pw" --storage-size 8GiB >>"$LOG" 2>&1
-"$BIN" up --data-dir "$SHIELD" >>"$LOG" 2>&1
+free_port port
+"$SHIELD_BIN" init --data-dir "$SHIELD" --listen "127.0.0.1:$port" --admin-password-file "$WORK/pw" --storage-size 8GiB >>"$LOG" 2>&1
+"$SHIELD_BIN" up --data-dir "$SHIELD" >>"$LOG" 2>&1
 log "pgshield: pgbench -i -s $SCALE through the gateway"
 PGPASSWORD=$(cat "$WORK/pw") "$PG_BIN/pgbench" -i -q -s "$SCALE" \
 	"host=127.0.0.1 port=$port user=pgadmin dbname=postgres sslmode=require" >>"$LOG" 2>&1
 as_pg psql -h "$SHIELD/run/pg" -U postgres -Atc CHECKPOINT >>"$LOG"
 log "pgshield: full backup"
-s_backup=$(secs "$BIN" backup create --type full --data-dir "$SHIELD")
+s_backup=$(secs "$SHIELD_BIN" backup create --type full --data-dir "$SHIELD")
 log "pgshield: restore into $RESTORED"
-s_restore=$(secs "$BIN" backup restore --data-dir "$SHIELD" --target-data-dir "$RESTORED")
-s_start=$(secs "$BIN" up --data-dir "$RESTORED" --timeout 20m)
+s_restore=$(secs "$SHIELD_BIN" backup restore --data-dir "$SHIELD" --target-data-dir "$RESTORED")
+s_start=$(secs "$SHIELD_BIN" up --data-dir "$RESTORED" --timeout 20m)
 n=$(as_pg psql -h "$RESTORED/run/pg" -U postgres -Atc 'SELECT count(*) FROM pgbench_accounts')
 [[ $n == $((SCALE * 100000)) ]] || { log "restored pgshield server has $n accounts"; exit 1; }
-"$BIN" backup list --data-dir "$SHIELD" >>"$LOG"
+"$SHIELD_BIN" backup list --data-dir "$SHIELD" >>"$LOG"
 size_shield=$(du -sm "$SHIELD/backups" | cut -f1)
 
 # ------------------------------------------------------------------ plain
@@ -184,4 +161,4 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 	echo "| restore (files) | ${s_restore} s | ${e_restore} s | ${p_restore} s | $(ratio "$s_restore" "$p_restore")× |"
 	echo "| first start (WAL replay, promote) | ${s_start} s | | ${p_start} s | $(ratio "$s_start" "$p_start")× |"
 	echo "| repository size | ${size_shield} MiB | $(du -sm "$PLAIN/repo2" | cut -f1) MiB | ${size_plain} MiB | |"
-} | tee "$RESULTS/backup-latest.md"
+} | tee "$RESULT_FILE"

@@ -51,7 +51,8 @@
 #   PG_BIN=/usr/lib/postgresql/15/bin
 #
 # The table is printed on stdout and written to bench/results/storage-latest.md;
-# raw pgbench output goes to bench/results/storage-latest.log. Progress goes to
+# raw pgbench output goes to bench/results/storage-latest.log (bench/results/
+# is git-ignored: results are written, not committed). Progress goes to
 # stderr. Exit status: 0 if every backend asked for was measured; 3 if the only
 # problem is that the fscrypt helper did not build (that column is skipped);
 # 1 on any other failure. On exit, also on error, Ctrl-C and SIGTERM, every
@@ -59,37 +60,23 @@
 # detached, the control image unmounted and its loop device detached, and
 # the temporary directory removed.
 
-# shellcheck disable=SC2317 # functions are called indirectly (traps, phases)
-set -euo pipefail
-export LC_ALL=C
+# shellcheck disable=SC2317,SC2119 # functions called indirectly (traps, phases); optional arguments
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+bench_init "$@"
 
-if [[ ${1:-} == -h || ${1:-} == --help ]]; then
-	sed -n '2,/^$/{s/^# \{0,1\}//;p}' "${BASH_SOURCE[0]}"
-	exit 0
-fi
-
-SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-REPO=$(cd "$SCRIPT_DIR/.." && pwd)
-RESULTS_DIR=$SCRIPT_DIR/results
 RESULT_FILE=$RESULTS_DIR/storage-latest.md
 RAW_LOG=$RESULTS_DIR/storage-latest.log
-
 DURATION=${DURATION:-60}
-SCALE=${SCALE:-20}
-CLIENTS=${CLIENTS:-8}
-THREADS=${THREADS:-2}
 BENCH_ONLY=${BENCH_ONLY:-plain,image,fscrypt,gocryptfs}
-PG_BIN=${PG_BIN:-/usr/lib/postgresql/15/bin}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/var/tmp}
 IMAGE_MB=${IMAGE_MB:-}
 PROBE_MB=${PROBE_MB:-512}
 
-PG_OS_USER=postgres
-DB=bench
 PG_PORT=5432 # only names the Unix socket; each cluster has its own socket dir
-TRIES=60     # every wait loop: at most TRIES x 0.5 s
 BACKENDS=(plain image fscrypt gocryptfs)
 WORKLOADS=(probe load tpcb select)
+LOG_FIND_OPTS=(-xdev) # dump_logs: not into (possibly hung) mounts
 
 # ext4 exactly as internal/storage makes it, minus "-O encrypt".
 # shellcheck disable=SC2054 # the comma is part of the -E argument
@@ -97,27 +84,10 @@ MKFS_ARGS=(-q -b 4096 -I 256 -i 16384 -m 0 -E lazy_itable_init=0,lazy_journal_in
 LOSETUP_ARGS=(--find --show --nooverlap --direct-io=on --sector-size 4096)
 MOUNT_OPTS=nosuid,nodev,noexec,noatime,errors=remount-ro
 
-# Never let the caller's libpq environment leak into the measurements.
-unset PGHOST PGHOSTADDR PGPORT PGUSER PGDATABASE PGPASSWORD PGPASSFILE PGSERVICE \
-	PGSERVICEFILE PGOPTIONS PGSSLMODE PGSSLROOTCERT PGSSLCERT PGSSLKEY PGREQUIRESSL \
-	PGGSSENCMODE PGCONNECT_TIMEOUT PGAPPNAME PGTARGETSESSIONATTRS PGCLIENTENCODING
-
-log() { printf '[storage-bench %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
-die() {
-	log "ERROR: $*"
-	exit 1
-}
-want() { [[ ",$BENCH_ONLY," == *",$1,"* ]]; }
-is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
-is_num() { [[ $1 =~ ^[0-9]+(\.[0-9]+)?$ ]]; }
-
 # ---------------------------------------------------------------- checks ----
 
-[[ $(id -u) -eq 0 ]] || die "run as root (bash bench/storage.sh)"
-for v in DURATION SCALE CLIENTS THREADS PROBE_MB; do
-	is_uint "${!v}" || die "$v must be a non-negative integer, got '${!v}'"
-done
-((DURATION > 0 && SCALE > 0 && CLIENTS > 0 && THREADS > 0)) || die "DURATION, SCALE, CLIENTS and THREADS must be > 0"
+need_root
+check_run_opts PROBE_MB
 if [[ -z $IMAGE_MB ]]; then
 	IMAGE_MB=$((2048 + 64 * SCALE))
 	((IMAGE_MB >= 4096)) || IMAGE_MB=4096
@@ -125,22 +95,10 @@ fi
 if ! is_uint "$IMAGE_MB" || ((IMAGE_MB < 64)); then
 	die "IMAGE_MB must be an integer >= 64, got '$IMAGE_MB'"
 fi
-IFS=, read -r -a _only <<<"$BENCH_ONLY"
-((${#_only[@]} > 0)) || die "BENCH_ONLY is empty"
-for b in "${_only[@]}"; do
-	[[ " ${BACKENDS[*]} " == *" $b "* ]] || die "BENCH_ONLY: unknown backend '$b' (known: ${BACKENDS[*]})"
-done
-id "$PG_OS_USER" >/dev/null 2>&1 || die "OS user '$PG_OS_USER' does not exist (install postgresql-15)"
-for b in initdb pg_ctl postgres psql; do
-	[[ -x $PG_BIN/$b ]] || die "$PG_BIN/$b not found (install postgresql-15 or set PG_BIN)"
-done
-PSQL=$PG_BIN/psql
-PGBENCH=$PG_BIN/pgbench
-[[ -x $PGBENCH ]] || PGBENCH=$(command -v pgbench) || die "pgbench not found"
+check_only backend "${BACKENDS[@]}"
+check_pg
 export PATH=$PATH:/usr/sbin:/sbin
-for b in mkfs.ext4 losetup mount umount runuser timeout awk truncate openssl findmnt dd; do
-	command -v "$b" >/dev/null || die "'$b' not found"
-done
+need_cmds mkfs.ext4 losetup mount umount runuser timeout awk truncate openssl findmnt dd
 if want fscrypt; then
 	[[ -e /sys/fs/ext4/features/encryption ]] ||
 		log "note: the kernel does not advertise ext4 encryption; the fscrypt backend will probably fail"
@@ -157,9 +115,7 @@ fi
 #   $WORK/<backend>/pg           the cluster's Unix socket and server log
 #                                (owned by postgres; everything else is root's)
 
-WORK=""
 FSCRYPTVOL=""
-LOGS_DUMPED=0
 
 img_of() { echo "$WORK/$1/volume.img"; }
 mnt_of() { echo "$WORK/$1/mnt"; }
@@ -191,34 +147,11 @@ loops_under() {
 		awk -v d="$1/" 'index($2, d) == 1 { print $1 }' || true
 }
 
-# pid_is_ours PID: the process belongs to this run (its command line or cwd
-# refers to our unique temporary directory).
-pid_is_ours() {
-	local pid=$1 args=() cwd
-	[[ -n $WORK && -d /proc/$pid ]] || return 1
-	mapfile -d '' -t args 2>/dev/null </proc/"$pid"/cmdline || return 1
-	[[ " ${args[*]-} " == *"$WORK"* ]] && return 0
-	cwd=$(readlink /proc/"$pid"/cwd 2>/dev/null) || cwd=""
-	[[ $cwd == "$WORK" || $cwd == "$WORK"/* ]]
-}
 pid_is_gocryptfs() {
 	local exe
 	exe=$(readlink /proc/"$1"/exe 2>/dev/null) || return 1
 	[[ ${exe##*/} == gocryptfs ]]
 }
-# our_pids [nofuse]: processes of this run (without gocryptfs daemons).
-our_pids() {
-	local p pid
-	for p in /proc/[0-9]*; do
-		pid=${p#/proc/}
-		[[ $pid == "$$" || $pid == "$BASHPID" ]] && continue
-		pid_is_ours "$pid" || continue
-		[[ ${1:-} == nofuse ]] && pid_is_gocryptfs "$pid" && continue
-		echo "$pid"
-	done
-}
-
-
 gocryptfs_pids() {
 	local pid
 	for pid in $(our_pids); do
@@ -226,30 +159,11 @@ gocryptfs_pids() {
 	done
 }
 
-kill_leftovers() { # [nofuse]
-	local pid pids
-	pids=$(our_pids "${1:-}")
-	[[ -n $pids ]] || return 0
-	log "stopping leftover processes: $(echo "$pids" | tr '\n' ' ')"
-	for pid in $pids; do stop_pid "$pid" TERM; done
-}
-
-as_pg() { (cd "$WORK" && runuser -u "$PG_OS_USER" -- "$@"); }
-
-# stop_cluster BACKEND: pg_ctl -m fast, then signals as a last resort. The
-# pid file is read with a bounded command (the data directory may sit on a
-# FUSE mount).
-stop_cluster() {
-	local b=$1 data pid=""
+# stop_backend BACKEND: stop its cluster (if its storage is there).
+stop_backend() {
 	[[ -n $WORK ]] || return 0
-	data=$(datadir_of "$b")
-	[[ $b == gocryptfs ]] && { is_mounted "$(GC_PLAIN)" || return 0; }
-	pid=$(timeout 10 head -n 1 "$data/postmaster.pid" 2>/dev/null) || return 0
-	is_uint "${pid:-x}" || return 0
-	kill -0 "$pid" 2>/dev/null || return 0
-	log "$b: stopping PostgreSQL (pid $pid)"
-	timeout 90 runuser -u "$PG_OS_USER" -- "$PG_BIN/pg_ctl" -D "$data" -m fast -w -t 60 stop \
-		>>"$WORK/cleanup.log" 2>&1 || stop_pid "$pid" INT QUIT
+	if [[ $1 == gocryptfs ]] && ! is_mounted "$(GC_PLAIN)"; then return 0; fi
+	stop_cluster "$(datadir_of "$1")"
 }
 
 # umount_dir DIR: unmount (bounded); lazily as a last resort.
@@ -302,7 +216,7 @@ teardown_fscrypt() {
 		log "fscrypt: lock + detach"
 		if ! timeout --kill-after=10 150 "$FSCRYPTVOL" down -image "$img" -mount "$mnt" >>"$WORK/cleanup.log" 2>&1; then
 			log "fscrypt: 'fscryptvol down' failed; stopping leftovers and retrying"
-			kill_leftovers nofuse
+			kill_leftovers pid_is_gocryptfs
 			timeout --kill-after=10 150 "$FSCRYPTVOL" down -image "$img" -mount "$mnt" >>"$WORK/cleanup.log" 2>&1 ||
 				log "WARNING: 'fscryptvol down' failed again (see cleanup.log); unmounting directly"
 		fi
@@ -313,7 +227,7 @@ teardown_fscrypt() {
 
 # teardown BACKEND: stop its cluster, then take its storage down.
 teardown() {
-	stop_cluster "$1"
+	stop_backend "$1"
 	case $1 in
 	plain) ;;
 	image) teardown_ext4 image ;;
@@ -321,26 +235,6 @@ teardown() {
 	gocryptfs) teardown_gocryptfs ;;
 	esac
 }
-
-# dump_logs [BACKEND]: the tails of the logs of one backend (or all) and of
-# the top-level logs.
-dump_logs() {
-	local f
-	while IFS= read -r f; do
-		printf '\n----- last lines of %s -----\n' "${f#"$WORK"/}" >&2
-		tail -n 15 "$f" >&2 || true
-	done < <({
-		if [[ -n ${1:-} ]]; then
-			find "$WORK" -maxdepth 1 -type f -size +0 \( -name '*.log' -o -name '*.out' \) -newer "$WORK/.start"
-			find "$WORK/$1" -xdev -maxdepth 2 -type f -size +0 \( -name '*.log' -o -name '*.out' \) -newer "$WORK/.start"
-		else
-			find "$WORK" -xdev -maxdepth 3 -type f -size +0 \( -name '*.log' -o -name '*.out' \) -newer "$WORK/.start"
-		fi
-	} 2>/dev/null | sort -u)
-}
-
-# shellcheck source=bench/lib.sh
-source "$SCRIPT_DIR/lib.sh"
 
 # check_clean: report anything of this run that survived cleanup.
 check_clean() {
@@ -358,72 +252,33 @@ check_clean() {
 	return 1
 }
 
-cleanup() {
-	local rc=$? b m dev
-	trap '' INT TERM HUP
-	trap - EXIT
-	set +e
-	if [[ -n $BG_PID ]]; then
-		kill_tree "$BG_PID"
-		wait "$BG_PID" 2>/dev/null
-	fi
-	if [[ -n $WORK && -d $WORK ]]; then
-		((rc == 0 || rc == 3 || rc > 128 || LOGS_DUMPED)) || dump_logs
-		log "cleaning up"
-		for b in "${BACKENDS[@]}"; do stop_cluster "$b"; done
-		kill_leftovers nofuse
-		teardown_gocryptfs
-		teardown_fscrypt
-		teardown_ext4 image
-		kill_leftovers
-		# Anything still mounted or attached below $WORK (should be nothing).
-		for m in $(mounts_under "$WORK"); do umount_dir "$m"; done
-		for dev in $(loops_under "$WORK"); do
-			timeout 30 losetup --detach "$dev" >/dev/null 2>&1 || log "WARNING: losetup -d $dev failed"
-		done
-		if check_clean; then
-			rm -rf --one-file-system -- "$WORK"
-		else
-			log "WARNING: keeping $WORK because something of it is still in use"
-			((rc != 0)) || rc=1
-		fi
-	fi
-	exit "$rc"
+# teardown_all: everything of this run, whatever state it is in; fails if
+# something of $WORK is still in use.
+teardown_all() {
+	local b m dev
+	for b in "${BACKENDS[@]}"; do stop_backend "$b"; done
+	kill_leftovers pid_is_gocryptfs
+	teardown_gocryptfs
+	teardown_fscrypt
+	teardown_ext4 image
+	kill_leftovers
+	# Anything still mounted or attached below $WORK (should be nothing).
+	for m in $(mounts_under "$WORK"); do umount_dir "$m"; done
+	for dev in $(loops_under "$WORK"); do
+		timeout 30 losetup --detach "$dev" >/dev/null 2>&1 || log "WARNING: losetup -d $dev failed"
+	done
+	check_clean
 }
-trap cleanup EXIT
-trap 'log "interrupted"; exit 130' INT
-trap 'log "terminated"; exit 143' TERM
-trap 'exit 129' HUP
-
+install_cleanup
 
 # ---------------------------------------------------------------- helpers ----
 
-step() {
-	printf '%s\n' "$*" >"$WORK/step"
-	log "$*"
-}
-note() { printf '%s\n' "$*" >>"$WORK/notes"; }
-
+sock_of() { echo "$WORK/$1/pg"; } # BACKEND: its cluster's socket directory
 # pg BACKEND CMD...: a libpq client as postgres over the backend's socket.
 pg() {
 	local b=$1
 	shift
-	as_pg env PGHOST="$WORK/$b/pg" PGPORT="$PG_PORT" PGUSER=postgres "$@"
-}
-psql_pg() { # BACKEND DB ARGS...
-	local b=$1 db=$2
-	shift 2
-	pg "$b" timeout 1800 "$PSQL" -X -q -At -v ON_ERROR_STOP=1 -d "$db" "$@"
-}
-
-record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >>"$WORK/results.tsv"; }
-
-raw() { # TITLE FILE: append to the raw log
-	{
-		printf '===== %s\n' "$1"
-		cat "$2"
-		echo
-	} >>"$WORK/raw.log"
+	sock_run "$(sock_of "$b")" "$PG_PORT" "$@"
 }
 
 # make_ext4 BACKEND: sparse image, ext4 without encryption, loop device with
@@ -530,9 +385,9 @@ probe() {
 # bench_cluster BACKEND: initdb in the backend's data directory, start, load,
 # measure, stop.
 bench_cluster() {
-	local b=$1 data sock t0 t1 secs out w args tps w0 w1
+	local b=$1 data sock t0 t1 secs out w args rc w0 w1 conf
 	data=$(datadir_of "$b")
-	sock=$WORK/$b/pg
+	sock=$(sock_of "$b")
 	probe "$b"
 	chown "$PG_OS_USER": "$data"
 	chmod 700 "$data"
@@ -541,24 +396,13 @@ bench_cluster() {
 	chown "$PG_OS_USER": "$sock"
 	chmod 700 "$sock"
 	step "$b: initdb in $data"
-	as_pg timeout 300 "$PG_BIN/initdb" -D "$data" -U postgres -E UTF8 --locale=C \
-		--auth-local=trust --auth-host=reject >>"$WORK/$b/initdb.log" 2>&1
-	cat >>"$data/postgresql.conf" <<-EOF
-
-		# bench/storage.sh
-		listen_addresses = ''
-		port = $PG_PORT
-		unix_socket_directories = '$sock'
-		shared_buffers = 256MB
-	EOF
-	if [[ $b != plain ]]; then
-		# As pgshield configures its cluster on the volume (internal/postgres):
-		# no zero-filling of new WAL segments, which would be encrypted too.
-		echo "wal_init_zero = off" >>"$data/postgresql.conf"
-	fi
-	as_pg timeout 120 "$PG_BIN/pg_ctl" -D "$data" -l "$sock/postgres.log" -w -t 60 start >>"$WORK/$b/pg_ctl.log" 2>&1
-	wait_until "$b cluster socket" pg "$b" "$PSQL" -X -At -d postgres -c 'select 1'
-	psql_pg "$b" postgres -c "CREATE DATABASE $DB"
+	pg_initdb "$data" reject "$WORK/$b/initdb.log"
+	# As pgshield configures its cluster on the volume (internal/postgres): no
+	# zero-filling of new WAL segments, which would be encrypted too.
+	if [[ $b == plain ]]; then conf=(); else conf=("wal_init_zero = off"); fi
+	pg_conf "$data" "" "$PG_PORT" "$sock" "${conf[@]}"
+	pg_start "$data" "$sock/postgres.log" "$WORK/$b/pg_ctl.log" "$sock" "$PG_PORT"
+	psql_sock "$sock" "$PG_PORT" postgres -c "CREATE DATABASE $DB"
 	note "$b: data directory \$WORK/${data#"$WORK"/} on $(findmnt -rn -o FSTYPE -T "$data" 2>/dev/null || echo '?')"
 
 	step "$b: bulk load, pgbench -i -s $SCALE"
@@ -576,29 +420,17 @@ bench_cluster() {
 	# the index builds' fsyncs): on fscrypt every byte went through AES.
 	if is_uint "${w0:-x}" && is_uint "${w1:-x}"; then record "$b" loadmib $((w1 - w0)); fi
 
-	step "$b: VACUUM ANALYZE; CHECKPOINT"
-	psql_pg "$b" "$DB" -c "VACUUM ANALYZE"
-	psql_pg "$b" "$DB" -c "CHECKPOINT"
+	vacuum_checkpoint "$sock" "$PG_PORT" "$b"
 
 	for w in tpcb select; do
 		args=(-c "$CLIENTS" -j "$THREADS" -T "$DURATION")
 		[[ $w == select ]] && args=(-S "${args[@]}")
 		out=$WORK/$b/$w.out
-		psql_pg "$b" "$DB" -c "CHECKPOINT"
+		psql_sock "$sock" "$PG_PORT" "$DB" -c "CHECKPOINT"
 		step "$b: pgbench ${args[*]}"
-		tps=""
-		if pg "$b" timeout --kill-after=10 $((DURATION + 300)) "$PGBENCH" "${args[@]}" "$DB" >"$out" 2>&1; then
-			tps=$(sed -n 's/^tps = \([0-9][0-9.]*\) (.*/\1/p' "$out" | tail -n 1)
-		fi
+		pg "$b" timeout --kill-after=10 $((DURATION + 300)) "$PGBENCH" "${args[@]}" "$DB" >"$out" 2>&1 && rc=0 || rc=$?
 		raw "$b / $w: pgbench ${args[*]}" "$out"
-		if [[ -n $tps ]]; then
-			log "$b: $w = $tps tps"
-			record "$b" "$w" "$tps"
-		else
-			log "$b: $w FAILED; pgbench said:"
-			tail -n 5 "$out" >&2 || true
-			die "$b: pgbench ${args[*]} failed"
-		fi
+		record_tps "$b" "$w" "$out" "$rc" || die "$b: pgbench ${args[*]} failed"
 	done
 
 	step "$b: stopping PostgreSQL"
@@ -610,27 +442,12 @@ phase() { # BACKEND
 	bench_cluster "$1"
 }
 
-# run_phase BACKEND: run it in a background subshell, then tear its storage
-# down again; on failure mark its unmeasured workloads as errors.
-FAILED=0
-run_phase() {
-	local b=$1 rc w
-	set +e
-	run_bg phase "$b"
-	rc=$?
-	set -e
-	if ((rc != 0)); then
-		FAILED=1
-		log "$b failed (exit $rc) during: $(cat "$WORK/step" 2>/dev/null || echo '?')"
-		note "FAILED ($b): $(cat "$WORK/step" 2>/dev/null || echo '?')"
-		for w in "${WORKLOADS[@]}"; do
-			grep -q "^$b	$w	" "$WORK/results.tsv" 2>/dev/null || record "$b" "$w" error
-		done
-		dump_logs "$b"
-		LOGS_DUMPED=1
-	fi
-	step "$b: tearing down"
-	teardown "$b" || log "WARNING: $b: teardown failed; the exit trap tries again"
+# bench_backend BACKEND: measure it in a background subshell (run_phase),
+# then take its storage down again.
+bench_backend() {
+	run_phase "$1" "$1" "$1" phase "$1"
+	step "$1: tearing down"
+	teardown "$1" || log "WARNING: $1: teardown failed; the exit trap tries again"
 }
 
 fusermount_bin() { command -v fusermount3 2>/dev/null || command -v fusermount 2>/dev/null || true; }
@@ -640,15 +457,8 @@ ensure_gocryptfs() {
 	command -v gocryptfs >/dev/null || pkgs+=(gocryptfs)
 	[[ -n $(fusermount_bin) ]] || pkgs+=(fuse3)
 	((${#pkgs[@]})) || return 0
-	log "apt-get install ${pkgs[*]}"
-	{ timeout 600 apt-get update && DEBIAN_FRONTEND=noninteractive timeout 600 apt-get install -y "${pkgs[@]}"; } \
-		>"$WORK/apt.log" 2>&1 || {
-		tail -n 20 "$WORK/apt.log" >&2
-		return 1
-	}
+	apt_install "${pkgs[@]}"
 }
-
-build_fscryptvol() { cd "$REPO" && timeout 600 go build -o "$WORK/fscryptvol" ./bench/cmd/fscryptvol; }
 
 # xts_driver: the kernel's xts(aes) implementation with the highest priority.
 xts_driver() {
@@ -667,20 +477,15 @@ xts_driver() {
 
 # ------------------------------------------------------------------- main ----
 
-umask 022
-mkdir -p "$BENCH_TMPDIR"
-WORK=$(mktemp -d "$(cd "$BENCH_TMPDIR" && pwd -P)/pgshield-storage.XXXXXX")
+make_work pgshield-storage 755
 [[ $WORK != *[[:space:]]* ]] || die "BENCH_TMPDIR must not contain whitespace"
-chmod 755 "$WORK" # the postgres OS user must traverse it
 case $(findmnt -rn -o FSTYPE -T "$WORK" 2>/dev/null) in
 tmpfs | ramfs) die "BENCH_TMPDIR=$BENCH_TMPDIR is in memory (tmpfs): the plain column must be a disk filesystem; set BENCH_TMPDIR" ;;
 esac
-touch "$WORK/.start" "$WORK/results.tsv" "$WORK/notes"
-mkdir -p "$RESULTS_DIR"
-: >"$WORK/raw.log" # copied to $RAW_LOG with the table, so both are from one run
+RAW_OUT=$WORK/raw.log # copied to $RAW_LOG with the table, so both are from one run
+: >"$RAW_OUT"
 log "work dir $WORK; DURATION=${DURATION}s scale=$SCALE clients=$CLIENTS threads=$THREADS backends=$BENCH_ONLY image=${IMAGE_MB}MiB"
 
-PG_VERSION=$("$PG_BIN/postgres" --version | sed 's/^postgres (PostgreSQL) //')
 XTS_DRIVER=$(xts_driver)
 KERNEL=$(uname -r)
 LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine skews everything
@@ -688,14 +493,11 @@ LOADAVG=$(cut -d' ' -f1-3 /proc/loadavg) # other work on the machine skews every
 BUILD_NOTE=""
 if want fscrypt; then
 	log "fscrypt: go build -o \$WORK/fscryptvol ./bench/cmd/fscryptvol"
-	if command -v go >/dev/null && run_bg build_fscryptvol >"$WORK/go-build.log" 2>&1; then
+	if go_build "$WORK/fscryptvol" ./bench/cmd/fscryptvol; then
 		FSCRYPTVOL=$WORK/fscryptvol
 	else
-		command -v go >/dev/null || echo "go: command not found" >>"$WORK/go-build.log"
 		BUILD_NOTE="build failed"
-		note "fscrypt skipped: \`go build ./bench/cmd/fscryptvol\` failed"
-		log "fscryptvol did NOT build; skipping the fscrypt column. go said:"
-		tail -n 20 "$WORK/go-build.log" >&2 || true
+		build_failed fscrypt ./bench/cmd/fscryptvol
 	fi
 fi
 
@@ -722,15 +524,12 @@ for b in "${BACKENDS[@]}"; do
 	want "$b" || continue
 	[[ $b == fscrypt && -n $BUILD_NOTE ]] && continue
 	[[ $b == gocryptfs && -n $GC_NOTE ]] && continue
-	run_phase "$b"
+	bench_backend "$b"
 done
 
 # ------------------------------------------------------------------ table ----
 
-declare -A VAL=()
-while IFS=$'\t' read -r b w v; do
-	[[ -n $b ]] && VAL[$b:$w]=$v
-done <"$WORK/results.tsv"
+load_results
 
 cell() { # BACKEND WORKLOAD
 	local b=$1 w=$2 v
@@ -743,28 +542,18 @@ cell() { # BACKEND WORKLOAD
 		echo "$GC_NOTE"
 	elif [[ $w == probe ]] && ((PROBE_MB == 0)); then
 		echo "skipped"
-	elif is_num "$v"; then
-		printf '%.1f' "$v"
 	else
-		echo error
+		fmt1 "$v"
 	fi
 }
-ratio() { # BACKEND WORKLOAD [BASE]: BACKEND / BASE (default plain)
-	local a=${VAL[$1:$2]:-} p=${VAL[${3:-plain}:$2]:-}
-	if is_num "$a" && is_num "$p"; then
-		awk -v a="$a" -v b="$p" 'BEGIN { if (b > 0) printf "%.2fx", a / b; else print "n/a" }'
-	else
-		echo "n/a"
-	fi
-}
+ratio() { ratio_of "${VAL[$1:$2]:-}" "${VAL[${3:-plain}:$2]:-}"; } # BACKEND WORKLOAD [BASE]: BACKEND / BASE (default plain)
 
-REV=$(git -C "$REPO" describe --always --dirty 2>/dev/null) || REV="no commit"
 render() {
 	local w label
 	printf '### pgshield storage benchmark: encryption at rest\n\n'
-	printf '%s | nproc %s | load avg at start %s | kernel %s | xts(aes) driver: %s | PostgreSQL %s | gocryptfs %s | DURATION=%ss | scale %s, %s clients, %s threads | pgshield %s\n\n' \
-		"$(date -u '+%Y-%m-%d %H:%M:%S UTC')" "$(nproc)" "$LOADAVG" "$KERNEL" "$XTS_DRIVER" "$PG_VERSION" \
-		"${GOCRYPTFS_VERSION:-n/a}" "$DURATION" "$SCALE" "$CLIENTS" "$THREADS" "$REV"
+	printf '%s | load avg at start %s | kernel %s | xts(aes) driver: %s | PostgreSQL %s | gocryptfs %s | DURATION=%ss | scale %s, %s clients, %s threads | pgshield %s\n\n' \
+		"$(stamp)" "$LOADAVG" "$KERNEL" "$XTS_DRIVER" "$PG_VERSION" \
+		"${GOCRYPTFS_VERSION:-n/a}" "$DURATION" "$SCALE" "$CLIENTS" "$THREADS" "$(pgshield_rev)"
 	printf '| workload | plain ext4 (host fs) | ext4 image, no encryption | fscrypt | gocryptfs | fscrypt / plain | gocryptfs / plain | fscrypt / image |\n'
 	printf '|---|---:|---:|---:|---:|---:|---:|---:|\n'
 	for w in "${WORKLOADS[@]}"; do
@@ -781,9 +570,7 @@ render() {
 	# shellcheck disable=SC2016 # backticks are Markdown
 	printf '\nOne fresh cluster per backend (`shared_buffers=256MB`, Unix socket only, other settings default, except `wal_init_zero = off` on the image, fscrypt and gocryptfs columns as pgshield sets it on its volume); after the load `VACUUM ANALYZE` + `CHECKPOINT`, and a `CHECKPOINT` before each timed run. Ratios are backend / plain (the host filesystem, PostgreSQL without pgshield) or fscrypt / image (the same loop image without encryption: the cost of encryption alone); for the load, > 1x means slower. Images: %s MiB sparse files in %s, `mkfs.ext4 %s` (fscrypt adds `-O encrypt`), `losetup %s`, mounted `%s`.\n' \
 		"$IMAGE_MB" "$BENCH_TMPDIR" "${MKFS_ARGS[*]}" "${LOSETUP_ARGS[*]}" "$MOUNT_OPTS"
-	if [[ -s $WORK/notes ]]; then
-		sed 's/^/- /' "$WORK/notes"
-	fi
+	print_notes
 	local b mib mibs
 	for b in image fscrypt; do
 		mib=${VAL[$b:loadmib]:-}
@@ -797,13 +584,6 @@ render() {
 		fi
 	done
 }
-render | tee "$RESULT_FILE"
-{ cat "$RESULT_FILE"; echo; cat "$WORK/raw.log"; } >"$RAW_LOG"
-log "table written to ${RESULT_FILE#"$REPO"/}; raw pgbench output in ${RAW_LOG#"$REPO"/}"
-
-if ((FAILED)); then
-	exit 1
-elif [[ -n $BUILD_NOTE ]]; then
-	exit 3
-fi
-exit 0
+publish render
+{ cat "$RESULT_FILE"; echo; cat "$RAW_OUT"; } >"$RAW_LOG"
+finish "$BUILD_NOTE"
