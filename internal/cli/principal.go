@@ -8,13 +8,13 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgshield/pgshield/internal/daemon"
-	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 )
 
 func newPrincipal(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "principal", Short: "Token principals: roles that log in with an OIDC access token as the password"}
 	const base = "/v1/principals"
-	table := func(tw *tabwriter.Writer, ps []postgres.TokenPrincipal) {
+	table := func(tw *tabwriter.Writer, ps []pgbackend.TokenPrincipal) {
 		fmt.Fprintln(tw, "NAME\tTYPE\tOBJECT ID\tADMIN\tCREATED")
 		for _, p := range ps {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", p.Name, p.Kind, p.ObjectID, p.Admin, fmtTime(&p.CreatedAt))
@@ -26,11 +26,11 @@ func newPrincipal(g *globals) *cobra.Command {
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			var p postgres.TokenPrincipal
+			var p pgbackend.TokenPrincipal
 			if err := g.client().Do(cmd.Context(), "POST", base, req, &p); err != nil {
 				return err
 			}
-			return emit(cmd.OutOrStdout(), g, p, func(tw *tabwriter.Writer) { table(tw, []postgres.TokenPrincipal{p}) })
+			return emit(cmd.OutOrStdout(), g, p, func(tw *tabwriter.Writer) { table(tw, []pgbackend.TokenPrincipal{p}) })
 		}}
 	create.Flags().StringVar(&req.Name, "name", "", "role name the principal logs in as (e.g. alice@contoso.com, or the group's name)")
 	create.Flags().StringVar(&req.ObjectID, "object-id", "", "the principal's object ID in the identity provider (matched against the token; never the display name)")
@@ -40,12 +40,12 @@ func newPrincipal(g *globals) *cobra.Command {
 	_ = create.MarkFlagRequired("object-id")
 	list := &cobra.Command{Use: "list", Short: "List the token principals", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var ps []postgres.TokenPrincipal
+			var ps []pgbackend.TokenPrincipal
 			if err := g.client().Do(cmd.Context(), "GET", base, nil, &ps); err != nil {
 				return err
 			}
 			if ps == nil {
-				ps = []postgres.TokenPrincipal{}
+				ps = []pgbackend.TokenPrincipal{}
 			}
 			return emit(cmd.OutOrStdout(), g, ps, func(tw *tabwriter.Writer) { table(tw, ps) })
 		}}

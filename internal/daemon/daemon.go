@@ -27,6 +27,7 @@ import (
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/nft"
 	"github.com/pgshield/pgshield/internal/outbound"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 )
@@ -215,7 +216,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.catalog.Close()
 	d.version = postgresVersion(d.cluster)
 	d.gw, err = gateway.New(gateway.Config{
-		Cert: cert, Roles: d.catalog, Backend: d.cluster, IsReserved: cfg.IsReserved,
+		Cert: cert, Roles: d.catalog.Logins(), Backend: &pgbackend.Dialer{Socket: d.cluster.SocketPath()},
+		IsReserved: cfg.IsReserved,
 		MockSecret: mock, Params: params, Log: d.Log.With("component", "gateway"),
 		Policy:    d.policy.ForPort(listenPort(d.listen)),
 		Audit:     d.audit,

@@ -11,6 +11,7 @@ import (
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/postgres"
 )
 
@@ -36,7 +37,7 @@ func (d *Daemon) listPrincipals(r *http.Request) (any, error) {
 		return nil, principalAPIErr(err)
 	}
 	if ps == nil {
-		ps = []postgres.TokenPrincipal{}
+		ps = []pgbackend.TokenPrincipal{}
 	}
 	return ps, nil
 }
@@ -47,7 +48,7 @@ func (d *Daemon) createPrincipal(r *http.Request) (any, error) {
 		return nil, err
 	}
 	ctx := r.Context()
-	want := postgres.TokenPrincipal{Name: req.Name, ObjectID: req.ObjectID, Kind: req.Type, Admin: req.Admin}
+	want := pgbackend.TokenPrincipal{Name: req.Name, ObjectID: req.ObjectID, Kind: req.Type, Admin: req.Admin}
 	reserved := d.config().IsReserved
 	listed := false
 	if want.Admin {

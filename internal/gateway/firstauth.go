@@ -2,7 +2,7 @@ package gateway
 
 import (
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 )
 
 // authRequest is the first authentication request a connection gets.
@@ -35,7 +35,7 @@ func firstRequest(tls bool, p config.Params, user string) authRequest {
 	switch {
 	case !tls, p.OIDC.Issuer == "":
 		return askSCRAM
-	case !p.PasswordAuth, postgres.TokenShapedName(user):
+	case !p.PasswordAuth, pgbackend.TokenShapedName(user):
 		return askPassword
 	}
 	return askSCRAM

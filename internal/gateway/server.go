@@ -20,7 +20,7 @@ import (
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/netpolicy"
-	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/proxyproto"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 	"github.com/pgshield/pgshield/internal/wire"
@@ -28,12 +28,12 @@ import (
 
 // RoleLookup finds a role's authentication facts.
 type RoleLookup interface {
-	LookupRole(ctx context.Context, name string) (postgres.Role, error)
+	LookupRole(ctx context.Context, name string) (pgbackend.Role, error)
 }
 
 // BackendDialer opens backend sessions and delivers cancel requests.
 type BackendDialer interface {
-	Connect(ctx context.Context, params map[string]string) (*postgres.Backend, error)
+	Connect(ctx context.Context, params map[string]string) (*pgbackend.Backend, error)
 	Cancel(ctx context.Context, pid uint32, key []byte) error
 }
 
@@ -415,7 +415,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	cancel()
 	authDone := login.done
 	if err != nil {
-		var be *postgres.BackendError
+		var be *pgbackend.BackendError
 		if errors.As(err, &be) {
 			_ = wire.Send(a.conn, append(authDone, be.Msg)...)
 		} else {
@@ -501,7 +501,7 @@ func (s *Server) refuseAdmission(a admitted, err error, log *slog.Logger) {
 // NOLOGIN, expired, token principal, no SCRAM secret, password logins off)
 // still runs the full exchange with mock credentials and ends in the same
 // 28P01.
-func (s *Server) scramExchange(role postgres.Role, cs *tls.ConnectionState, p config.Params) *scram.Exchange {
+func (s *Server) scramExchange(role pgbackend.Role, cs *tls.ConnectionState, p config.Params) *scram.Exchange {
 	x := &scram.Exchange{User: role.Name}
 	if cs != nil {
 		x.Binding = &s.cfg.Cert.EndPoint
@@ -535,7 +535,7 @@ func (s *Server) scramExchange(role postgres.Role, cs *tls.ConnectionState, p co
 
 // refusal says why role may not log in at all, whatever its credentials;
 // "" if it may.
-func (s *Server) refusal(role postgres.Role) string {
+func (s *Server) refusal(role pgbackend.Role) string {
 	switch {
 	case !role.Exists:
 		return "role does not exist"
@@ -552,7 +552,7 @@ func (s *Server) refusal(role postgres.Role) string {
 }
 
 // scramLogin authenticates a password role with SCRAM-SHA-256[-PLUS].
-func (s *Server) scramLogin(a admitted, rt *runtime, role postgres.Role) (loginResult, error) {
+func (s *Server) scramLogin(a admitted, rt *runtime, role pgbackend.Role) (loginResult, error) {
 	x := s.scramExchange(role, a.tls, rt.params)
 	final, err := x.Run(a.conn)
 	if err != nil {
@@ -608,10 +608,10 @@ type cancelKey struct {
 
 type cancelRegistry struct {
 	mu sync.Mutex
-	m  map[cancelKey]*postgres.Backend
+	m  map[cancelKey]*pgbackend.Backend
 }
 
-func (r *cancelRegistry) register(b *postgres.Backend) (cancelKey, error) {
+func (r *cancelRegistry) register(b *pgbackend.Backend) (cancelKey, error) {
 	ck := cancelKey{pid: b.PID}
 	if _, err := rand.Read(ck.key[:]); err != nil {
 		return ck, err
@@ -619,13 +619,13 @@ func (r *cancelRegistry) register(b *postgres.Backend) (cancelKey, error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.m == nil {
-		r.m = map[cancelKey]*postgres.Backend{}
+		r.m = map[cancelKey]*pgbackend.Backend{}
 	}
 	r.m[ck] = b
 	return ck, nil
 }
 
-func (r *cancelRegistry) lookup(ck cancelKey) (*postgres.Backend, bool) {
+func (r *cancelRegistry) lookup(ck cancelKey) (*pgbackend.Backend, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	b, ok := r.m[ck]

@@ -14,7 +14,7 @@ import (
 	"github.com/pgshield/pgshield/internal/auth/oidc"
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/wire"
 )
 
@@ -93,7 +93,7 @@ var verifyPassword = scram.VerifyPassword
 // may log in with its own), and every refusal is the same 28P01: neither the
 // answer nor the work before it tells principals, password roles and
 // unknown names apart.
-func (s *Server) cleartextLogin(ctx context.Context, a admitted, rt *runtime, role postgres.Role) (loginResult, error) {
+func (s *Server) cleartextLogin(ctx context.Context, a admitted, rt *runtime, role pgbackend.Role) (loginResult, error) {
 	p := role.Principal
 	method, what := MethodPassword, "password"
 	if p != nil {
@@ -166,7 +166,7 @@ func (s *Server) cleartextLogin(ctx context.Context, a admitted, rt *runtime, ro
 		return fail("token check failed")
 	}
 	switch p.Kind {
-	case postgres.PrincipalGroup:
+	case pgbackend.PrincipalGroup:
 		if !id.InGroup(p.ObjectID) {
 			return fail("token of principal %q does not list group %q in its groups claim", id.Principal, p.ObjectID)
 		}

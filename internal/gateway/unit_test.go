@@ -21,7 +21,7 @@ import (
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/wire"
 )
 
@@ -95,8 +95,8 @@ func TestPutUint32(t *testing.T) {
 
 func TestCancelRegistry(t *testing.T) {
 	var r cancelRegistry
-	b1 := &postgres.Backend{PID: 10}
-	b2 := &postgres.Backend{PID: 10} // same PID, another session's key
+	b1 := &pgbackend.Backend{PID: 10}
+	b2 := &pgbackend.Backend{PID: 10} // same PID, another session's key
 	k1, err := r.register(b1)
 	if err != nil {
 		t.Fatal(err)
@@ -169,15 +169,15 @@ func TestCheckAndSetDefaults(t *testing.T) {
 	}
 }
 
-type fakeRoles map[string]postgres.Role
+type fakeRoles map[string]pgbackend.Role
 
-func (f fakeRoles) LookupRole(_ context.Context, name string) (postgres.Role, error) {
+func (f fakeRoles) LookupRole(_ context.Context, name string) (pgbackend.Role, error) {
 	if name == "broken" {
-		return postgres.Role{}, errors.New("catalog unavailable")
+		return pgbackend.Role{}, errors.New("catalog unavailable")
 	}
 	r, ok := f[name]
 	if !ok {
-		return postgres.Role{Name: name}, nil
+		return pgbackend.Role{Name: name}, nil
 	}
 	r.Name, r.Exists = name, true
 	return r, nil
@@ -271,8 +271,8 @@ func TestScramExchange(t *testing.T) {
 	// A token principal (even one with a password set behind pgshield's
 	// back) only ever gets the mock exchange; the reason says why it got
 	// SCRAM at all.
-	principal := postgres.Role{Name: "tok", Exists: true, CanLogin: true, Password: good,
-		Principal: &postgres.TokenPrincipal{ObjectID: "oid-tok", Kind: postgres.PrincipalUser}}
+	principal := pgbackend.Role{Name: "tok", Exists: true, CanLogin: true, Password: good,
+		Principal: &pgbackend.TokenPrincipal{ObjectID: "oid-tok", Kind: pgbackend.PrincipalUser}}
 	withIssuer := config.Params{PasswordAuth: true, OIDC: config.OIDCParams{Issuer: "https://issuer.example"}}
 	for _, tt := range []struct {
 		name string
@@ -302,7 +302,7 @@ type fakeBackend struct {
 	cancels []string
 }
 
-func (f *fakeBackend) Connect(_ context.Context, params map[string]string) (*postgres.Backend, error) {
+func (f *fakeBackend) Connect(_ context.Context, params map[string]string) (*pgbackend.Backend, error) {
 	f.mu.Lock()
 	f.got = append(f.got, params)
 	f.mu.Unlock()
@@ -312,7 +312,7 @@ func (f *fakeBackend) Connect(_ context.Context, params map[string]string) (*pos
 	gw, pg := net.Pipe()
 	f.wg.Add(1)
 	go f.serve(pg)
-	return &postgres.Backend{Conn: gw, PID: 777, Key: []byte{1, 2, 3, 4},
+	return &pgbackend.Backend{Conn: gw, PID: 777, Key: []byte{1, 2, 3, 4},
 		Params:   []*pgproto3.ParameterStatus{{Name: "server_version", Value: "15.99"}},
 		TxStatus: 'I'}, nil
 }
@@ -379,10 +379,10 @@ func startGateway(t *testing.T, params map[string]string, backend *fakeBackend, 
 		// A password role whose name SQL must quote.
 		"App-User": {CanLogin: true, Password: verifier(t, goodPassword)},
 		// Token principals (no password).
-		"alice@contoso.com":  {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-alice", Kind: "user"}},
-		"bob@contoso.com":    {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-bob", Kind: "user"}},
-		"Contoso DBAs":       {CanLogin: true, Principal: &postgres.TokenPrincipal{ObjectID: "oid-group-dbas", Kind: "group"}},
-		"locked@contoso.com": {CanLogin: false, Principal: &postgres.TokenPrincipal{ObjectID: "oid-locked", Kind: "user"}},
+		"alice@contoso.com":  {CanLogin: true, Principal: &pgbackend.TokenPrincipal{ObjectID: "oid-alice", Kind: "user"}},
+		"bob@contoso.com":    {CanLogin: true, Principal: &pgbackend.TokenPrincipal{ObjectID: "oid-bob", Kind: "user"}},
+		"Contoso DBAs":       {CanLogin: true, Principal: &pgbackend.TokenPrincipal{ObjectID: "oid-group-dbas", Kind: "group"}},
+		"locked@contoso.com": {CanLogin: false, Principal: &pgbackend.TokenPrincipal{ObjectID: "oid-locked", Kind: "user"}},
 	}
 	env := &gatewayEnv{caFile: caFile, backend: backend}
 	srv, err := New(Config{Cert: p.cert, Roles: roles, Backend: backend, MockSecret: []byte("0123456789abcdef"),
@@ -472,7 +472,7 @@ func TestServeWithPgconn(t *testing.T) {
 			params: map[string]string{"require_secure_transport": "off"}, user: "alice", password: goodPassword,
 			extra: "sslmode=disable"},
 		{name: "backend refuses the session", user: "alice", password: goodPassword, extra: "sslmode=verify-full",
-			backend: &postgres.BackendError{Msg: &pgproto3.ErrorResponse{Severity: "FATAL", Code: "3D000",
+			backend: &pgbackend.BackendError{Msg: &pgproto3.ErrorResponse{Severity: "FATAL", Code: "3D000",
 				Message: `database "shop" does not exist`}}, wantCode: "3D000"},
 		{name: "backend unavailable", user: "alice", password: goodPassword, extra: "sslmode=verify-full",
 			backend: errors.New("dial unix: no such file"), wantCode: "57P03"},

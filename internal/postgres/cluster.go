@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -15,6 +14,7 @@ import (
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/backup"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 )
 
 // Cluster names one managed PostgreSQL cluster.
@@ -35,48 +35,23 @@ type Cluster struct {
 
 // SocketPath is the postmaster's Unix socket.
 func (c *Cluster) SocketPath() string {
-	return filepath.Join(c.Layout.SocketDir(), fmt.Sprintf(".s.PGSQL.%d", c.Cfg.PGPort))
+	return pgbackend.SocketPath(c.Layout.SocketDir(), c.Cfg.PGPort)
 }
 
 // Bin returns the path of a PostgreSQL program.
 func (c *Cluster) Bin(name string) string { return filepath.Join(c.Cfg.PGBinDir, name) }
 
 // DSN is the connection string of a role over the private socket. Connect
-// privileged roles with PinnedConfig, never with the string alone.
+// privileged roles with ConnectPrivileged or PinnedPool, never with the
+// string alone.
 func (c *Cluster) DSN(role, database string) string {
-	return fmt.Sprintf("host=%s port=%d user=%s dbname=%s application_name=pgshield sslmode=disable",
-		c.Layout.SocketDir(), c.Cfg.PGPort, pgconnQuote(role), pgconnQuote(database))
-}
-
-// pgconnQuote quotes a keyword/value connection string value.
-func pgconnQuote(v string) string {
-	return "'" + strings.ReplaceAll(strings.ReplaceAll(v, `\`, `\\`), "'", `\'`) + "'"
-}
-
-// PinnedConfig parses dsn for a privileged connection: search_path is
-// pinned in the startup packet (PinnedSearchPath), so no setting of the
-// role or database, and no object a tenant creates in public or in a
-// schema named after the role, is ever resolved by pgshield's SQL.
-func PinnedConfig(dsn string) (*pgx.ConnConfig, error) {
-	cc, err := pgx.ParseConfig(dsn)
-	if err != nil {
-		return nil, err
-	}
-	pinSearchPath(cc)
-	return cc, nil
-}
-
-func pinSearchPath(cc *pgx.ConnConfig) {
-	if cc.RuntimeParams == nil {
-		cc.RuntimeParams = map[string]string{}
-	}
-	cc.RuntimeParams["search_path"] = PinnedSearchPath
+	return pgbackend.DSN(c.Layout.SocketDir(), c.Cfg.PGPort, role, database)
 }
 
 // ConnectPrivileged opens one connection as role (the superuser or the
 // service role) with the search path pinned.
 func (c *Cluster) ConnectPrivileged(ctx context.Context, role string) (*pgx.Conn, error) {
-	cc, err := PinnedConfig(c.DSN(role, "postgres"))
+	cc, err := pgbackend.PinnedConfig(c.DSN(role, "postgres"))
 	if err != nil {
 		return nil, err
 	}
@@ -85,15 +60,7 @@ func (c *Cluster) ConnectPrivileged(ctx context.Context, role string) (*pgx.Conn
 
 // PinnedPool opens a pool of connections as role with the search path pinned.
 func (c *Cluster) PinnedPool(ctx context.Context, role string, maxConns int32) (*pgxpool.Pool, error) {
-	pc, err := pgxpool.ParseConfig(c.DSN(role, "postgres"))
-	if err != nil {
-		return nil, err
-	}
-	pinSearchPath(pc.ConnConfig)
-	pc.MaxConns = maxConns
-	pc.MinConns = 0
-	pc.MaxConnIdleTime = time.Minute
-	return pgxpool.NewWithConfig(ctx, pc)
+	return pgbackend.PinnedPool(ctx, c.DSN(role, "postgres"), maxConns)
 }
 
 // managedSettings are the settings pgshield owns; ALTER SYSTEM may not

@@ -5,30 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"time"
 	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
-)
 
-// Principal kinds, as in Azure's pgaadauth_create_principal.
-const (
-	PrincipalUser    = "user"
-	PrincipalGroup   = "group"
-	PrincipalService = "service"
+	"github.com/pgshield/pgshield/internal/pgbackend"
 )
-
-// TokenPrincipal is the mapping of a role to an identity provider's object:
-// the role logs in with an access token whose principal claim is ObjectID
-// (user, service) or whose groups claim lists it (group).
-type TokenPrincipal struct {
-	Name      string    `json:"name"`
-	ObjectID  string    `json:"object_id"`
-	Kind      string    `json:"type"`
-	Admin     bool      `json:"admin"`
-	CreatedAt time.Time `json:"created_at"`
-}
 
 type querier interface {
 	Exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error)
@@ -49,7 +32,7 @@ func principalErr(format string, args ...any) error {
 }
 
 // CheckPrincipal validates a new principal's fields.
-func CheckPrincipal(p TokenPrincipal, reserved func(string) bool) error {
+func CheckPrincipal(p pgbackend.TokenPrincipal, reserved func(string) bool) error {
 	switch {
 	case p.Name == "" || len(p.Name) > 63 || !utf8.ValidString(p.Name) || strings.ContainsFunc(p.Name, isControl):
 		return principalErr("invalid principal name %q: use 1 to 63 bytes of printable characters", p.Name)
@@ -57,13 +40,13 @@ func CheckPrincipal(p TokenPrincipal, reserved func(string) bool) error {
 		return principalErr("invalid principal name %q: the pg_ prefix is reserved", p.Name)
 	case reserved(p.Name) || strings.EqualFold(p.Name, "public"):
 		return principalErr("invalid principal name %q: reserved", p.Name)
-	case !TokenShapedName(p.Name):
+	case !pgbackend.TokenShapedName(p.Name):
 		return principalErr("invalid principal name %q: a principal's name must be one SQL has to quote (as identity-provider names are: alice@contoso.com, \"Contoso DBAs\", ingest-app); plain lower-case identifiers are kept for password roles, so that the first authentication request never reveals whether a name is a principal", p.Name)
 	case p.ObjectID == "" || len(p.ObjectID) > 128 || strings.ContainsFunc(p.ObjectID, func(r rune) bool { return isControl(r) || r == ' ' }):
 		return principalErr("invalid object ID %q: use 1 to 128 printable characters without spaces", p.ObjectID)
 	}
 	switch p.Kind {
-	case PrincipalUser, PrincipalGroup, PrincipalService:
+	case pgbackend.PrincipalUser, pgbackend.PrincipalGroup, pgbackend.PrincipalService:
 	default:
 		return principalErr("invalid principal type %q: use user, group or service", p.Kind)
 	}
@@ -75,7 +58,7 @@ func isControl(r rune) bool { return r < 0x20 || r == 0x7f }
 // CreatePrincipal creates the role (no password: it logs in with tokens
 // only) and its mapping in one transaction. Admin principals get what the
 // server administrator has.
-func (c *Catalog) CreatePrincipal(ctx context.Context, p TokenPrincipal, reserved func(string) bool) (TokenPrincipal, error) {
+func (c *Catalog) CreatePrincipal(ctx context.Context, p pgbackend.TokenPrincipal, reserved func(string) bool) (pgbackend.TokenPrincipal, error) {
 	if err := CheckPrincipal(p, reserved); err != nil {
 		return p, err
 	}
@@ -113,7 +96,7 @@ func (c *Catalog) CreatePrincipal(ctx context.Context, p TokenPrincipal, reserve
 	return p, nil
 }
 
-func principalPgErr(err error, p TokenPrincipal) error {
+func principalPgErr(err error, p pgbackend.TokenPrincipal) error {
 	var pe *pgconn.PgError
 	if !errors.As(err, &pe) {
 		return err
@@ -130,7 +113,7 @@ func principalPgErr(err error, p TokenPrincipal) error {
 }
 
 // ListPrincipals returns the mapped principals whose roles still exist.
-func (c *Catalog) ListPrincipals(ctx context.Context) ([]TokenPrincipal, error) {
+func (c *Catalog) ListPrincipals(ctx context.Context) ([]pgbackend.TokenPrincipal, error) {
 	if err := checkPrincipalTable(ctx, c.Pool); err != nil {
 		return nil, err
 	}
@@ -138,8 +121,8 @@ func (c *Catalog) ListPrincipals(ctx context.Context) ([]TokenPrincipal, error) 
 	if err != nil {
 		return nil, err
 	}
-	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (TokenPrincipal, error) {
-		var p TokenPrincipal
+	return pgx.CollectRows(rows, func(row pgx.CollectableRow) (pgbackend.TokenPrincipal, error) {
+		var p pgbackend.TokenPrincipal
 		err := row.Scan(&p.Name, &p.ObjectID, &p.Kind, &p.Admin, &p.CreatedAt)
 		return p, err
 	})
@@ -147,8 +130,8 @@ func (c *Catalog) ListPrincipals(ctx context.Context) ([]TokenPrincipal, error) 
 
 // DeletePrincipal drops the principal's role and its mapping. A role that
 // owns objects is refused with PostgreSQL's reason, as DROP ROLE does.
-func (c *Catalog) DeletePrincipal(ctx context.Context, name string) (TokenPrincipal, error) {
-	p := TokenPrincipal{Name: name}
+func (c *Catalog) DeletePrincipal(ctx context.Context, name string) (pgbackend.TokenPrincipal, error) {
+	p := pgbackend.TokenPrincipal{Name: name}
 	if err := checkPrincipalTable(ctx, c.Pool); err != nil {
 		return p, err
 	}

@@ -1,21 +1,15 @@
 package postgres
 
 // Every statement pgshield runs as a superuser (the service role, the
-// bootstrap superuser) or as the login lookup role is here, as a constant or
-// a builder over quoted identifiers, so that privsql_test.go can check that
-// each one resolves only pg_catalog objects: functions, operators and types
-// schema-qualified, the way pg_dump and psql's describe.c write theirs. The
-// administrator is a hostile tenant: any unqualified name could be an
-// object it planted (an exact-typed operator in public wins over
-// pg_catalog's implicit cast). Connections also pin the search path
-// (PinnedSearchPath), so a name someone misses later still cannot be
-// redirected.
-
-// PinnedSearchPath is the search_path of every privileged connection,
-// sent in the startup packet so that no role or database setting applies.
-// pg_temp last: the session's own temporary schema is never searched
-// first (functions and operators are never looked up there at all).
-const PinnedSearchPath = "pg_catalog, pg_temp"
+// bootstrap superuser) is here, as a constant or a builder over quoted
+// identifiers, so that privsql_test.go can check that each one resolves
+// only pg_catalog objects: functions, operators and types schema-qualified,
+// the way pg_dump and psql's describe.c write theirs. The administrator is
+// a hostile tenant: any unqualified name could be an object it planted (an
+// exact-typed operator in public wins over pg_catalog's implicit cast).
+// Connections also pin the search path (pgbackend.PinnedSearchPath), so a
+// name someone misses later still cannot be redirected. The statement the
+// login lookup role runs is in internal/pgbackend/privsql.go.
 
 // Catalog schema: pgshield's own objects in database postgres. The schema
 // belongs to the service role (a superuser); nobody else has any right on
@@ -87,12 +81,6 @@ BEGIN
 END
 $fn$`
 	sqlLoginRoleRevoke = `REVOKE ALL ON FUNCTION pgshield.login_role(pg_catalog.text) FROM PUBLIC`
-
-	// sqlLookupRole is what the gateway runs, as the lookup role, for
-	// each login. The name travels as text: a cast to name would cut it
-	// to 63 bytes and match another role.
-	sqlLookupRole = `SELECT l.can_login, l.is_superuser, l.password, l.valid_until, l.object_id, l.kind, l.admin
-  FROM pgshield.login_role($1::pg_catalog.text) AS l`
 
 	sqlLookupRoleExists = `SELECT EXISTS (SELECT FROM pg_catalog.pg_authid r WHERE r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text)`
 

@@ -20,10 +20,10 @@ func privilegedStatements() map[string]string {
 		"sqlRevokeSchema": sqlRevokeSchema, "sqlCreatePrincipals": sqlCreatePrincipals,
 		"sqlRevokePrincipals": sqlRevokePrincipals, "sqlPrincipalsRLS": sqlPrincipalsRLS,
 		"sqlPrincipalsForceRLS": sqlPrincipalsForceRLS, "sqlLoginRoleFunc": sqlLoginRoleFunc,
-		"sqlLoginRoleRevoke": sqlLoginRoleRevoke, "sqlLookupRole": sqlLookupRole,
-		"sqlLookupRoleExists": sqlLookupRoleExists, "sqlLookupRoleMemberships": sqlLookupRoleMemberships,
-		"sqlInsertPrincipal": sqlInsertPrincipal, "sqlListPrincipals": sqlListPrincipals,
-		"sqlDeletePrincipal": sqlDeletePrincipal, "sqlPing": sqlPing, "sqlCreatePgaudit": sqlCreatePgaudit,
+		"sqlLoginRoleRevoke": sqlLoginRoleRevoke, "sqlLookupRoleExists": sqlLookupRoleExists,
+		"sqlLookupRoleMemberships": sqlLookupRoleMemberships, "sqlInsertPrincipal": sqlInsertPrincipal,
+		"sqlListPrincipals": sqlListPrincipals, "sqlDeletePrincipal": sqlDeletePrincipal,
+		"sqlPing": sqlPing, "sqlCreatePgaudit": sqlCreatePgaudit,
 		"sqlCreateLookupRole": sqlCreateLookupRole(id), "sqlNormalizeLookupRole": sqlNormalizeLookupRole(id),
 		"sqlResetRoleSettings": sqlResetRoleSettings(id), "sqlRevokeMembership": sqlRevokeMembership(id, id),
 		"sqlGrantLookupUsage": sqlGrantLookupUsage(id), "sqlGrantLookupExecute": sqlGrantLookupExecute(id),
@@ -65,34 +65,6 @@ func TestNoInlineSQL(t *testing.T) {
 			if sqlqual.InlineSQL.MatchString(line) {
 				t.Errorf("%s:%d runs an inline statement; put it in privsql.go: %s", f, i+1, strings.TrimSpace(line))
 			}
-		}
-	}
-}
-
-func TestPinnedConfig(t *testing.T) {
-	cc, err := PinnedConfig("host=/tmp port=5432 user='a b' dbname=postgres options='-c search_path=public'")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := cc.RuntimeParams["search_path"]; got != PinnedSearchPath {
-		t.Errorf("search_path = %q; want %q", got, PinnedSearchPath)
-	}
-	if cc.User != "a b" {
-		t.Errorf("user = %q", cc.User)
-	}
-}
-
-func TestDSNQuotesRole(t *testing.T) {
-	for _, role := range []string{"pgshield_service", `we'ird\ role`, "x dbname=evil"} {
-		if got := pgconnQuote(role); !strings.HasPrefix(got, "'") {
-			t.Fatalf("pgconnQuote(%q) = %q", role, got)
-		}
-		cc, err := pgx.ParseConfig("host=/tmp user=" + pgconnQuote(role) + " dbname=postgres")
-		if err != nil {
-			t.Fatalf("ParseConfig with role %q: %v", role, err)
-		}
-		if cc.User != role || cc.Database != "postgres" {
-			t.Errorf("role %q parsed as user %q database %q", role, cc.User, cc.Database)
 		}
 	}
 }

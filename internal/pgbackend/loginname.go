@@ -1,4 +1,4 @@
-package postgres
+package pgbackend
 
 import "regexp"
 

@@ -1,4 +1,4 @@
-package postgres
+package pgbackend
 
 import (
 	"context"
@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -34,11 +35,24 @@ type Backend struct {
 	TxStatus byte
 }
 
-// Connect opens a backend session for role with the client's startup
-// parameters. The socket is private and trusted: see the hba comment.
-func (c *Cluster) Connect(ctx context.Context, params map[string]string) (*Backend, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.SocketPath())
+// SocketPath is the path of the postmaster's Unix socket for port in dir,
+// named as libpq names it.
+func SocketPath(dir string, port int) string {
+	return filepath.Join(dir, fmt.Sprintf(".s.PGSQL.%d", port))
+}
+
+// Dialer opens backend sessions over the postmaster's private Unix socket.
+type Dialer struct {
+	// Socket is the socket's path (SocketPath).
+	Socket string
+}
+
+// Connect opens a backend session with the client's startup parameters
+// (the role among them). The socket is private and trusted, and asks for
+// no authentication: see the hba comment in internal/postgres.
+func (d *Dialer) Connect(ctx context.Context, params map[string]string) (*Backend, error) {
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "unix", d.Socket)
 	if err != nil {
 		return nil, fmt.Errorf("connecting to PostgreSQL: %w", err)
 	}
@@ -128,9 +142,9 @@ func readBackendMessage(r io.Reader) (byte, []byte, error) {
 }
 
 // Cancel sends a CancelRequest for a backend.
-func (c *Cluster) Cancel(ctx context.Context, pid uint32, key []byte) error {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.SocketPath())
+func (d *Dialer) Cancel(ctx context.Context, pid uint32, key []byte) error {
+	var nd net.Dialer
+	conn, err := nd.DialContext(ctx, "unix", d.Socket)
 	if err != nil {
 		return err
 	}
