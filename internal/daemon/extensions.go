@@ -44,7 +44,6 @@ func (d *Daemon) checkExtensionsAvailable(ctx context.Context, names []string) e
 	return nil
 }
 
-
 // applyGuardSettings rewrites pgshield.conf for cfg (pgshield_guard's
 // parameters can be set nowhere else), reloads PostgreSQL and waits until
 // sessions see exactly the values written, so that the change holds for new
