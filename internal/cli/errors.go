@@ -6,6 +6,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/provision"
 )
 
 // Exit codes. Numbers are never reused for another meaning.
@@ -31,10 +32,11 @@ var errNotRoot = errors.New("this command must run as root")
 func exitCode(err error) int {
 	var ae *api.Error
 	var ue usageError
+	var oe *provision.OptionError
 	switch {
 	case err == nil:
 		return exitOK
-	case errors.As(err, &ue), strings.HasPrefix(err.Error(), "required flag"),
+	case errors.As(err, &ue), errors.As(err, &oe), strings.HasPrefix(err.Error(), "required flag"),
 		strings.HasPrefix(err.Error(), "unknown command"):
 		return exitUsage
 	case errors.Is(err, errNotRoot):

@@ -5,12 +5,10 @@ package cli
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
-	"strings"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -101,18 +99,6 @@ func emit(w io.Writer, g *globals, v any, table func(tw *tabwriter.Writer)) erro
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	table(tw)
 	return tw.Flush()
-}
-
-func readSecretFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", fmt.Errorf("reading password file: %w", err)
-	}
-	s := strings.TrimRight(string(b), "\r\n")
-	if s == "" {
-		return "", errors.New("password file is empty")
-	}
-	return s, nil
 }
 
 // namedRuleCmd is a `show`/`delete --name N` subcommand on base/{name}.

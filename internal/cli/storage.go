@@ -3,76 +3,13 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/daemon"
-	"github.com/pgshield/pgshield/internal/storage"
 )
-
-// checkStorageFlags validates init's --storage, --storage-path and
-// --storage-size together, before anything is created, and returns the
-// storage path made absolute.
-func checkStorageFlags(cmd *cobra.Command, l config.Layout, backend, path string) (string, error) {
-	sizeSet := cmd.Flags().Changed("storage-size")
-	switch backend {
-	case config.StorageFscrypt:
-	case config.StorageGocryptfs:
-		if path != "" {
-			return "", usageError{errors.New("--storage-path is for the fscrypt backend: gocryptfs keeps its cipher directory in <data-dir>/storage")}
-		}
-		if sizeSet {
-			return "", usageError{errors.New("--storage-size does not apply to gocryptfs: its ciphertext is files on the host filesystem, with no volume size")}
-		}
-		if _, err := exec.LookPath("gocryptfs"); err != nil {
-			if _, serr := os.Stat("/usr/bin/gocryptfs"); serr != nil {
-				return "", errors.New("gocryptfs is not installed: apt-get install -y gocryptfs")
-			}
-		}
-		if _, err := os.Stat("/dev/fuse"); err != nil {
-			return "", fmt.Errorf("gocryptfs needs FUSE, and /dev/fuse is missing: %v", err)
-		}
-		return "", nil
-	default:
-		return "", usageError{fmt.Errorf("invalid --storage %q: use fscrypt or gocryptfs", backend)}
-	}
-	if path == "" {
-		return "", nil
-	}
-	if sizeSet {
-		return "", usageError{errors.New("--storage-size does not apply with --storage-path: the volume is that filesystem")}
-	}
-	abs, err := filepath.Abs(path)
-	if err != nil {
-		return "", err
-	}
-	root, err := filepath.Abs(l.Root)
-	if err != nil {
-		return "", err
-	}
-	if abs == root || strings.HasPrefix(abs, root+string(filepath.Separator)) || strings.HasPrefix(root, abs+string(filepath.Separator)) {
-		return "", usageError{fmt.Errorf("--storage-path %s and the data directory %s must not contain each other", abs, root)}
-	}
-	abs, err = storage.CheckStoragePath(abs)
-	if err != nil {
-		return "", fmt.Errorf("--storage-path: %w", err)
-	}
-	return abs, nil
-}
-
-// removeStoragePathData removes what a failed init left on a storage path
-// (the volume is unmounted and its key removed by then), so that init can
-// be run again.
-func removeStoragePathData(path string) {
-	_ = os.RemoveAll(filepath.Join(path, storage.DataDirName))
-}
 
 func newStorage(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "storage", Short: "Encrypted volume: show, resize"}

@@ -1,0 +1,173 @@
+package provision
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/pgshield/pgshield/internal/auth/scram"
+	"github.com/pgshield/pgshield/internal/backup"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/daemon"
+	"github.com/pgshield/pgshield/internal/netpolicy"
+	"github.com/pgshield/pgshield/internal/postgres"
+)
+
+// DefaultStorageSize is the size of a new fscrypt volume image (sparse).
+const DefaultStorageSize int64 = 20 << 30
+
+// InitOptions are what `pgshield init` is given.
+type InitOptions struct {
+	// Layout is the new server's data directory.
+	Layout    config.Layout
+	AdminUser string
+	// AdminPasswordFile holds the administrator's password; when empty, one
+	// is generated and returned in Result.AdminPassword.
+	AdminPasswordFile string
+	// Listen is the gateway's address, ADDR:PORT.
+	Listen string
+	// TLSCert and TLSKey are the user's certificate chain and key; when
+	// empty, a private CA and a server certificate are made.
+	TLSCert, TLSKey string
+	PGBinDir        string
+	// Network is "public" or "private".
+	Network string
+	// KeyURI is a customer-managed key-encryption key; empty means a
+	// system-managed one, made for this server.
+	KeyURI     string
+	BackupPath string
+	// Storage is the encryption backend; StoragePath a directory on an
+	// ext4 filesystem used instead of an image (fscrypt).
+	Storage, StoragePath string
+	// StorageSize is the image's size; 0 means DefaultStorageSize (and
+	// that no size was asked for).
+	StorageSize int64
+	// Report, when set, receives progress (step starts).
+	Report func(Event)
+}
+
+// Result describes the new server.
+type Result struct {
+	DataDir   string
+	ServerID  string
+	Listen    string
+	AdminUser string
+	// AdminPassword is the administrator's password when Init generated
+	// it, to be shown once and never stored or logged; empty otherwise.
+	AdminPassword string
+	// KeyURI is the key-encryption key, not redacted.
+	KeyURI string
+	// Restore is what Restore restored; nil for Init.
+	Restore *backup.Plan
+}
+
+// Init checks the options, then creates a new server in o.Layout: TLS
+// material, keys and encrypted volume, the PostgreSQL cluster with its
+// administrator, network rules and configuration. A failed Init leaves
+// nothing behind, so it can simply be run again.
+func Init(ctx context.Context, o InitOptions) (Result, error) {
+	if (o.TLSCert == "") != (o.TLSKey == "") {
+		return Result{}, &OptionError{errors.New("--tls-cert and --tls-key go together")}
+	}
+	host, err := checkListen(o.Listen)
+	if err != nil {
+		return Result{}, err
+	}
+	mode, err := netpolicy.ParseMode(o.Network)
+	if err != nil {
+		return Result{}, optionErrorf("invalid --network: %v", err)
+	}
+	policy, err := daemon.InitialPolicy(mode, o.Listen)
+	if err != nil {
+		return Result{}, &OptionError{err}
+	}
+	l := o.Layout
+	backupPath, err := checkBackupPath(l, o.BackupPath)
+	if err != nil {
+		return Result{}, err
+	}
+	storagePath, err := checkStorage(l, o.Storage, o.StoragePath, o.StorageSize != 0)
+	if err != nil {
+		return Result{}, err
+	}
+	cfg := &config.Config{Listen: o.Listen, AdminUser: o.AdminUser, PGBinDir: o.PGBinDir,
+		TLSCertFile: l.ServerCert(), TLSKeyFile: l.ServerKey(), CAFile: l.CACert(), BackupPath: backupPath}
+	if o.TLSCert != "" {
+		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.CAFile = abs(o.TLSCert), abs(o.TLSKey), ""
+	}
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return Result{}, err
+	}
+	if err := postgres.CheckAdminName(cfg, o.AdminUser); err != nil {
+		return Result{}, &OptionError{err}
+	}
+	if _, err := os.Stat(filepath.Join(cfg.PGBinDir, "postgres")); err != nil {
+		return Result{}, fmt.Errorf("PostgreSQL 15 is not installed (%s): apt-get install -y postgresql-15", cfg.PGBinDir)
+	}
+	if _, err := os.Stat(l.ConfigFile()); err == nil {
+		return Result{}, fmt.Errorf("a pgshield server already exists in %s", l.Root)
+	}
+	password, generated := "", false
+	if o.AdminPasswordFile != "" {
+		if password, err = readSecretFile(o.AdminPasswordFile); err != nil {
+			return Result{}, err
+		}
+		if len(password) < 8 || len(password) > 128 {
+			return Result{}, &OptionError{errors.New("the administrator password must be 8 to 128 characters")}
+		}
+	} else {
+		b := make([]byte, 18)
+		if _, err := rand.Read(b); err != nil {
+			return Result{}, err
+		}
+		password, generated = base64.RawURLEncoding.EncodeToString(b), true
+	}
+	u, err := postgres.LookupOSUser(cfg.PGOSUser)
+	if err != nil {
+		return Result{}, err
+	}
+	cfg.KeyURI, cfg.StorageSize = o.KeyURI, o.StorageSize
+	if cfg.StorageSize == 0 {
+		cfg.StorageSize = DefaultStorageSize
+	}
+	cfg.Storage, cfg.StoragePath = o.Storage, storagePath
+	if o.Storage != config.StorageFscrypt || storagePath != "" {
+		cfg.StorageSize = 0 // no image
+	}
+
+	s := newServer(l, cfg, u, "the encrypted volume")
+	plan := &Plan{Report: o.Report, Steps: []Step{
+		s.idStep(),
+		s.layoutStep(host, o.TLSCert == "", false),
+		s.volumeStep(),
+		s.clusterDirsStep(),
+		{Name: "PostgreSQL cluster", Say: "Creating the PostgreSQL cluster...", Do: s.cluster.InitDB},
+		{Name: "administrator", Do: func(ctx context.Context) error {
+			// The password reaches PostgreSQL only as a SCRAM verifier.
+			salt := make([]byte, 16)
+			if _, err := rand.Read(salt); err != nil {
+				return err
+			}
+			verifier, err := scram.Verifier(cfg.AdminUser, password, salt, scram.DefaultIterations)
+			if err != nil {
+				return err
+			}
+			return postgres.Bootstrap(ctx, s.cluster, verifier)
+		}},
+		s.networkStep(func() (*netpolicy.Policy, error) { return policy, nil }),
+		s.configStep(),
+		s.closeStep(),
+	}}
+	if err := plan.Run(ctx); err != nil {
+		return Result{}, err
+	}
+	res := Result{DataDir: l.Root, ServerID: cfg.ServerID, Listen: cfg.Listen, AdminUser: cfg.AdminUser, KeyURI: cfg.KeyURI}
+	if generated {
+		res.AdminPassword = password
+	}
+	return res, nil
+}
