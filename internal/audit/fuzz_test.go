@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -59,6 +60,19 @@ var redactForms = []struct {
 	{"ALTER ROLE r PASSWORD $$%s$$;", func(s string) string { return s }},
 	{"SELECT dblink_connect('host=h password=%s dbname=d')", func(s string) string { return s }},
 	{"SELECT pgp_sym_encrypt(c, '%s') FROM t", func(s string) string { return strings.ReplaceAll(s, "'", "''") }},
+	// A statement in a literal, built by format() or ||, a quoted or
+	// qualified pgcrypto name, a U&'' literal.
+	{"DO $$ BEGIN EXECUTE 'ALTER ROLE r PASSWORD ''%s'''; END $$", func(s string) string { return strings.ReplaceAll(s, "'", "''''") }},
+	{`DO $$ BEGIN EXECUTE E'ALTER ROLE r PASSWORD \'%s\''; END $$`, func(s string) string {
+		return strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", `\'\'`)
+	}},
+	{"SELECT format('ALTER ROLE %%I PASSWORD %%L', 'r', '%s')", func(s string) string { return strings.ReplaceAll(s, "'", "''") }},
+	{"EXECUTE 'ALTER ROLE r PASSWORD ' || '''%s''';", func(s string) string { return strings.ReplaceAll(s, "'", "''''") }},
+	{`SELECT "crypt"('%s', gen_salt('bf'))`, func(s string) string { return strings.ReplaceAll(s, "'", "''") }},
+	{"SELECT public . CRYPT /* c */ ('%s', x)", func(s string) string { return strings.ReplaceAll(s, "'", "''") }},
+	{"ALTER ROLE r PASSWORD U&'%s' LOGIN", func(s string) string {
+		return strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''")
+	}},
 }
 
 // FuzzRedact checks that Redact never panics and that a secret placed in
@@ -69,6 +83,15 @@ func FuzzRedact(f *testing.F) {
 	f.Add("/* ", "s3cr3t", " */", uint8(2))
 	f.Add("x'", "hunter22", "'", uint8(3))
 	f.Add("E'", "k3y", `\'`, uint8(4))
+	f.Add("SELECT 1; ", "Unique-Secret-42", "", uint8(5))
+	f.Add("", "it's-S3cr3t", "", uint8(6))
+	f.Add("", `back\sl'ash`, "", uint8(7))
+	f.Add("x ", "S3cr3t-%L-x", "", uint8(8))
+	f.Add("", "S3cr3t''", "", uint8(9))
+	f.Add("'", "S3cr3t", "", uint8(10))
+	f.Add("--", "S3cr3t", "", uint8(11))
+	f.Add("", `\0041S3cr3t`, "", uint8(11))
+	f.Add("-- ", "S3cr3t", "", uint8(5))
 	f.Fuzz(func(t *testing.T, prefix, secret, suffix string, form uint8) {
 		out := Redact(prefix + secret + suffix) // must not panic
 		_ = out
@@ -76,7 +99,7 @@ func FuzzRedact(f *testing.F) {
 		// Secrets the form cannot carry, or that are too short to tell
 		// from the surrounding text.
 		if len(secret) < 4 || strings.ContainsAny(secret, "\x00\n\r") ||
-			strings.Contains(fm.format, "$$") && strings.Contains(secret, "$") ||
+			strings.Contains(fm.format, "$") && strings.Contains(secret, "$") ||
 			strings.Contains(fm.format, "dblink") && strings.ContainsAny(secret, " '\"),;\\\t\f\v") ||
 			strings.Contains(prefix+suffix+fm.format+Redacted, secret) {
 			return
@@ -89,8 +112,10 @@ func FuzzRedact(f *testing.F) {
 }
 
 // FuzzParseServerLogLine checks that any line PostgreSQL's log could carry
-// becomes an event that encodes, and that a password in a jsonlog
-// statement or pgaudit record never survives.
+// becomes an event that encodes, that only a line with pgaudit's source
+// location becomes a pgaudit record, and that a password in a jsonlog
+// statement or pgaudit record never survives. testdata/fuzz holds real
+// lines (testdata/pglog) as seeds, forged pgaudit records among them.
 func FuzzParseServerLogLine(f *testing.F) {
 	for _, s := range []string{jsonPgauditRead, jsonFailedAlter, jsonSyntaxError, jsonBindParams, "", "{", "plain text", `{"message":"AUDIT: "}`} {
 		f.Add([]byte(s), "Unique-Secret-42")
@@ -101,15 +126,29 @@ func FuzzParseServerLogLine(f *testing.F) {
 		if _, _, err := encode(1, zeroHash, e); err != nil {
 			t.Fatalf("encode(ParseServerLogLine(%q)) error = %v", line, err)
 		}
+		if e.Type == TypePostgresAudit {
+			var j pgJSON
+			if json.Unmarshal(line, &j) != nil || j.FileName != "pgaudit.c" || j.FuncName != "log_audit_event" {
+				t.Fatalf("ParseServerLogLine(%q) is a pgaudit record without pgaudit's location", line)
+			}
+		}
 		if len(secret) < 4 || strings.ContainsAny(secret, "'\\\"\x00\n\r,") || !utf8.ValidString(secret) ||
 			strings.Contains("ALTER ROLE r PASSWORD AUDIT: SESSION,1,1,ROLE,,,<not logged> error_severity ERROR statement message LOG"+
 				Redacted+zeroHash+"1970-01-01T00:00:00Z", secret) {
 			return
 		}
 		stmt := "ALTER ROLE r PASSWORD '" + secret + "'"
+		do := "DO $x$ BEGIN EXECUTE 'ALTER ROLE r PASSWORD ''" + secret + "'''; END $x$"
+		if strings.Contains(secret, "$x$") {
+			do = stmt
+		}
+		fm := "SELECT format('ALTER ROLE %I PASSWORD %L', 'r', '" + secret + "')"
 		for _, l := range []string{
 			fmt.Sprintf(`{"error_severity":"ERROR","message":%q,"statement":%q}`, "near \""+secret+"\"", stmt),
 			fmt.Sprintf(`{"error_severity":"LOG","message":%q}`, "AUDIT: SESSION,1,1,ROLE,ALTER ROLE,,,"+pgauditCSV(stmt)+",<not logged>"),
+			fmt.Sprintf(`{"error_severity":"LOG","message":%q,"func_name":"log_audit_event","file_name":"pgaudit.c"}`,
+				"AUDIT: SESSION,1,1,FUNCTION,DO,,,"+pgauditCSV(do)+",<none>"),
+			fmt.Sprintf(`{"error_severity":"ERROR","message":%q,"statement":%q}`, "near \"'"+secret+"'\"", fm),
 		} {
 			b, _, err := encode(1, zeroHash, ParseServerLogLine([]byte(l), now))
 			if err != nil {

@@ -64,11 +64,11 @@ type pgJSON struct {
 const pgTimeLayout = "2006-01-02 15:04:05.000 MST"
 
 // ParseServerLogLine turns one jsonlog line into an audit Event, with every
-// secret redacted (see Redact): pgaudit records become TypePostgresAudit
-// with their CSV parsed into fields, everything else TypePostgresLog. A
-// line that is not valid jsonlog is kept, redacted, as the reason of a
-// TypePostgresStderr event, so nothing PostgreSQL says is dropped. now
-// stamps events whose timestamp does not parse.
+// secret redacted (see Redact): pgaudit records (see fromPgaudit) become
+// TypePostgresAudit with their CSV parsed into fields, everything else
+// TypePostgresLog. A line that is not valid jsonlog is kept, redacted, as
+// the reason of a TypePostgresStderr event, so nothing PostgreSQL says is
+// dropped. now stamps events whose timestamp does not parse.
 func ParseServerLogLine(line []byte, now time.Time) Event {
 	var j pgJSON
 	if err := json.Unmarshal(line, &j); err != nil {
@@ -106,9 +106,12 @@ func ParseServerLogLine(line []byte, now time.Time) Event {
 	setInt("txid", j.TXID)
 
 	var r redactor
-	if rec, ok := parsePgaudit(j.Message); ok {
+	rec, isAudit := parsePgaudit(j.Message)
+	if isAudit {
+		r.redactPgaudit(&rec)
+	}
+	if isAudit && fromPgaudit(&j) {
 		e.Type, e.Outcome = TypePostgresAudit, OutcomeSuccess
-		rec.statement = r.text(rec.statement)
 		f["audit_type"] = rec.auditType
 		f["statement_id"] = rec.statementID
 		f["substatement_id"] = rec.substatementID
@@ -121,13 +124,9 @@ func ParseServerLogLine(line []byte, now time.Time) Event {
 		case rec.params == nil:
 			f["parameters"] = rec.paramsRaw // <not logged>, <none>, <previously logged>
 		default:
-			ps := make([]any, len(rec.params))
+			ps := make([]any, len(rec.params)) // redacted by redactPgaudit
 			for i, p := range rec.params {
-				if r.sensitive {
-					ps[i] = Redacted
-				} else {
-					ps[i] = r.text(p)
-				}
+				ps[i] = p
 			}
 			f["parameters"] = ps
 		}
@@ -143,6 +142,11 @@ func ParseServerLogLine(line []byte, now time.Time) Event {
 	stmt := r.text(j.Statement)
 	iq := r.text(j.InternalQuery)
 	msg := r.text(j.Message)
+	if isAudit && rec.params != nil && r.sensitive {
+		// Shaped like pgaudit's but not proven (see fromPgaudit): its
+		// parameters go as a record's would.
+		msg = r.text(rec.message())
+	}
 	detail := r.text(j.Detail)
 	if r.sensitive {
 		detail = redactLogParameters(detail)
@@ -221,6 +225,18 @@ type pgauditRecord struct {
 	rows                                                   string
 }
 
+// fromPgaudit reports whether pgaudit itself wrote the record. Any role
+// can log a message that starts with "AUDIT: " (RAISE LOG in a DO block),
+// but not choose the C source location that jsonlog adds with
+// log_error_verbosity = verbose, which pgshield sets and protects: every
+// pgaudit record, SESSION or OBJECT, comes from the one ereport in
+// pgaudit.c's log_audit_event (pgaudit 1.7), a user's RAISE from
+// pl_exec.c. Without the location (verbosity lowered by a superuser) a
+// genuine record is kept as an ordinary log record, never promoted.
+func fromPgaudit(j *pgJSON) bool {
+	return j.FileName == "pgaudit.c" && j.FuncName == "log_audit_event"
+}
+
 // parsePgaudit parses a pgaudit message. It reports false for any other
 // message, so an ordinary message that merely starts with "AUDIT: " is
 // kept as a log line.
@@ -251,6 +267,49 @@ func parsePgaudit(msg string) (pgauditRecord, bool) {
 		rec.paramsRaw = ""
 	}
 	return rec, true
+}
+
+// redactPgaudit redacts the statement of rec and its parameters: all of
+// them when the statement carried a secret (ALTER ROLE r PASSWORD $1).
+func (r *redactor) redactPgaudit(rec *pgauditRecord) {
+	rec.statement = r.text(rec.statement)
+	for i, p := range rec.params {
+		if r.sensitive {
+			rec.params[i] = Redacted
+		} else {
+			rec.params[i] = r.text(p)
+		}
+	}
+}
+
+// message writes rec back as pgaudit's message.
+func (rec pgauditRecord) message() string {
+	params := rec.paramsRaw
+	if rec.params != nil {
+		ps := make([]string, len(rec.params))
+		for i, p := range rec.params {
+			ps[i] = csvField(p)
+		}
+		params = csvField(strings.Join(ps, ","))
+	}
+	fs := []string{rec.auditType, rec.statementID, rec.substatementID, rec.class, rec.command,
+		rec.objectType, rec.objectName, rec.statement}
+	for i, f := range fs {
+		fs[i] = csvField(f)
+	}
+	fs = append(fs, params)
+	if rec.rows != "" {
+		fs = append(fs, csvField(rec.rows))
+	}
+	return "AUDIT: " + strings.Join(fs, ",")
+}
+
+// csvField quotes a field as pgaudit's append_valid_csv does.
+func csvField(s string) string {
+	if strings.ContainsAny(s, ",\"\r\n") {
+		return `"` + strings.ReplaceAll(s, `"`, `""`) + `"`
+	}
+	return s
 }
 
 // parseCSV splits one line of pgaudit's CSV: a field is quoted (with ""

@@ -7,9 +7,10 @@ import (
 	"time"
 )
 
-// Lines as PostgreSQL 15.20 writes them with log_destination = 'jsonlog'.
+// Lines as PostgreSQL 15.20 writes them with log_destination = 'jsonlog'
+// (and, for pgaudit's, log_error_verbosity = verbose: see fromPgaudit).
 const (
-	jsonPgauditRead = `{"timestamp":"2026-11-25 14:37:18.018 UTC","user":"app","dbname":"postgres","pid":32115,"remote_host":"[local]","session_id":"6b06f29e.7d73","line_num":3,"ps":"SELECT","session_start":"2026-11-25 14:37:18 UTC","vxid":"3/2","txid":0,"error_severity":"LOG","message":"AUDIT: SESSION,1,1,READ,SELECT,TABLE,public.accounts,\"SELECT id, note FROM accounts WHERE id = $1\",\"42,\"\"x,y\"\"\"","application_name":"psql","backend_type":"client backend","query_id":0}`
+	jsonPgauditRead = `{"timestamp":"2026-11-25 14:37:18.018 UTC","user":"app","dbname":"postgres","pid":32115,"remote_host":"[local]","session_id":"6b06f29e.7d73","line_num":3,"ps":"SELECT","session_start":"2026-11-25 14:37:18 UTC","vxid":"3/2","txid":0,"error_severity":"LOG","message":"AUDIT: SESSION,1,1,READ,SELECT,TABLE,public.accounts,\"SELECT id, note FROM accounts WHERE id = $1\",\"42,\"\"x,y\"\"\"","func_name":"log_audit_event","file_name":"pgaudit.c","file_line_num":783,"application_name":"psql","backend_type":"client backend","query_id":0}`
 	jsonFailedAlter = `{"timestamp":"2026-11-25 14:37:18.018 UTC","user":"postgres","dbname":"postgres","pid":32115,"remote_host":"[local]","session_id":"6b06f29e.7d73","line_num":1,"ps":"ALTER ROLE","session_start":"2026-11-25 14:37:18 UTC","vxid":"3/2","txid":0,"error_severity":"ERROR","state_code":"42704","message":"role \"nobody\" does not exist","statement":"ALTER ROLE nobody PASSWORD 'Unique-Secret-42'","application_name":"psql","backend_type":"client backend","query_id":0}`
 	jsonSyntaxError = `{"timestamp":"2026-11-25 14:37:18.018 UTC","user":"u","dbname":"d","pid":7,"error_severity":"ERROR","state_code":"42601","message":"unterminated quoted string at or near \"'Unique-Secret-42\"","statement":"ALTER ROLE u PASSWORD 'Unique-Secret-42","cursor_position":23}`
 	jsonBindParams  = `{"timestamp":"2026-11-25 14:37:18.018 UTC","user":"u","dbname":"d","pid":7,"error_severity":"LOG","message":"execute <unnamed>: UPDATE users SET password = $1 WHERE id = $2","detail":"parameters: $1 = 'Unique-Secret-42', $2 = '7'"}`
@@ -37,8 +38,11 @@ func TestParseServerLogLine(t *testing.T) {
 		{"failed ALTER ROLE", jsonFailedAlter},
 		{"unterminated literal echoed in the message", jsonSyntaxError},
 		{"bound parameter of a password statement", jsonBindParams},
-		{"pgaudit ROLE record", `{"error_severity":"LOG","message":"AUDIT: SESSION,2,1,ROLE,ALTER ROLE,,,ALTER ROLE x PASSWORD 'Unique-Secret-42',<not logged>"}`},
-		{"pgaudit parameters of a pgcrypto call", `{"error_severity":"LOG","message":"AUDIT: SESSION,2,1,READ,SELECT,,,\"SELECT pgp_sym_encrypt(x, $1)\",Unique-Secret-42"}`},
+		{"pgaudit ROLE record", `{"error_severity":"LOG","message":"AUDIT: SESSION,2,1,ROLE,ALTER ROLE,,,ALTER ROLE x PASSWORD 'Unique-Secret-42',<not logged>","func_name":"log_audit_event","file_name":"pgaudit.c"}`},
+		{"pgaudit parameters of a pgcrypto call", `{"error_severity":"LOG","message":"AUDIT: SESSION,2,1,READ,SELECT,,,\"SELECT pgp_sym_encrypt(x, $1)\",Unique-Secret-42","func_name":"log_audit_event","file_name":"pgaudit.c"}`},
+		// The same, unproven (no location): kept as a message, as redacted.
+		{"unproven pgaudit ROLE record", `{"error_severity":"LOG","message":"AUDIT: SESSION,2,1,ROLE,ALTER ROLE,,,ALTER ROLE x PASSWORD 'Unique-Secret-42',<not logged>"}`},
+		{"unproven pgaudit parameters of a pgcrypto call", `{"error_severity":"LOG","message":"AUDIT: SESSION,2,1,READ,SELECT,,,\"SELECT pgp_sym_encrypt(x, $1)\",Unique-Secret-42"}`},
 		{"not jsonlog", `ALTER ROLE x PASSWORD 'Unique-Secret-42'`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

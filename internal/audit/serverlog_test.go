@@ -67,7 +67,7 @@ func TestServerLogPipes(t *testing.T) {
 			js.Close()
 			js = next
 		}
-		if _, err := js.WriteString(`{"error_severity":"LOG","message":"AUDIT: SESSION,1,1,READ,SELECT,,,select ` + strings.Repeat("x", i%50) + `,<none>"}` + "\n"); err != nil {
+		if _, err := js.WriteString(`{"error_severity":"LOG","message":"AUDIT: SESSION,1,1,READ,SELECT,,,select ` + strings.Repeat("x", i%50) + `,<none>","func_name":"log_audit_event","file_name":"pgaudit.c"}` + "\n"); err != nil {
 			t.Fatal(err)
 		}
 	}
