@@ -17,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 	"github.com/pgshield/pgshield/internal/wire"
 )
@@ -420,9 +421,9 @@ func TestAdmitRefusals(t *testing.T) {
 		{name: "no user", client: func(t *testing.T, c net.Conn) {
 			write(t, c, startupMessage(t, map[string]string{"database": "x"}))
 		}, wantErr: func(err error) bool {
-			var se *wire.StartupError
-			return errors.As(err, &se) && se.Code == "28000"
-		}, desc: "StartupError 28000"},
+			ce, ok := clienterr.As(err)
+			return ok && ce.Code == "28000"
+		}, desc: "a clienterr.Error with code 28000"},
 		{name: "plaintext after 'S'", client: func(t *testing.T, c net.Conn) {
 			write(t, c, sslRequest())
 			if b := readByte(t, c); b != 'S' {

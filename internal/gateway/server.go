@@ -2,11 +2,8 @@ package gateway
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/tls"
 	"errors"
-	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -17,11 +14,10 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgshield/pgshield/internal/audit"
-	"github.com/pgshield/pgshield/internal/auth/scram"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/pgbackend"
-	"github.com/pgshield/pgshield/internal/proxyproto"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 	"github.com/pgshield/pgshield/internal/wire"
 )
@@ -107,6 +103,8 @@ func (c *Config) CheckAndSetDefaults() error {
 	return nil
 }
 
+// runtime is the parameters and what is built from them; SetParams
+// replaces it whole, so a connection that loaded one sees it consistent.
 type runtime struct {
 	params  config.Params
 	tls     *tls.Config
@@ -218,7 +216,7 @@ func (s *Server) track(conn net.Conn) bool {
 		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
 		// Before TLS we cannot say more than a plaintext error; it reveals
 		// nothing and matches PostgreSQL's own behaviour.
-		_ = wire.SendError(conn, wire.CodeTooManyConnections, "sorry, too many clients already")
+		_ = wire.SendError(conn, clienterr.New(wire.CodeTooManyConnections, "sorry, too many clients already"))
 		return false
 	}
 	s.mu.conns[conn] = struct{}{}
@@ -234,6 +232,18 @@ func (s *Server) untrack(conn net.Conn) {
 		delete(s.mu.conns, conn)
 	}
 	s.active.Add(-1)
+}
+
+// addSession lists sess for TerminateAll until remove is called.
+func (s *Server) addSession(sess *session) (remove func()) {
+	s.mu.Lock()
+	s.mu.sessions[sess] = struct{}{}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		delete(s.mu.sessions, sess)
+		s.mu.Unlock()
+	}
 }
 
 // TerminateAll ends every relaying session with msg at a message boundary.
@@ -299,341 +309,4 @@ func (s *Server) closeAll() {
 		c.Close()
 	}
 	s.mu.conns = nil
-}
-
-// handle runs one connection as a straight line: admit, authenticate,
-// connect the backend, relay.
-func (s *Server) handle(ctx context.Context, raw net.Conn) {
-	defer raw.Close() // every early return below ends the connection
-	start := s.cfg.Now()
-	rt := s.rt.Load()
-	log := s.cfg.Log.With("client", raw.RemoteAddr().String())
-	src := remoteAddr(raw)
-	if rt.params.TrustedProxies.Contains(src) {
-		// A trusted load balancer speaks first: its PROXY header carries
-		// the client's address, to which every rule below applies.
-		_ = raw.SetReadDeadline(start.Add(10 * time.Second))
-		h, err := proxyproto.ReadHeader(raw)
-		if err != nil {
-			s.logClient(s.cfg.Log, "Refused a connection from a trusted proxy without a valid PROXY header.", "proxy", raw.RemoteAddr().String(), "error", err)
-			return
-		}
-		if h.Command == proxyproto.Proxy && h.HasAddresses() {
-			src = h.Source.Addr().Unmap()
-			log = s.cfg.Log.With("client", h.Source.String(), "proxy", raw.RemoteAddr().String())
-		}
-	}
-	// Before the TLS handshake, so a flood cannot burn the CPU on it.
-	if rt.limiter != nil && !rt.limiter.Allow(src) {
-		s.rateLimitedLog(src)
-		s.cfg.Audit(audit.Event{Type: "connection.throttled", Outcome: audit.OutcomeFailure, Client: src.String(),
-			Reason: "per-source connection rate limit"})
-		return
-	}
-	// Network policy decides before a single byte of the client's is read;
-	// a refused source is closed with no plaintext error.
-	allowed, rule := s.cfg.Policy.Allow(src)
-	if !allowed {
-		s.logClient(log, "Connection denied by network policy.", "rule", rule)
-		s.cfg.Audit(audit.Event{Type: "connection.denied", Outcome: audit.OutcomeFailure, Client: src.String(), Rule: rule,
-			Reason: "no network rule allows this source"})
-		return
-	}
-	watch := &policyWatch{raw: raw, audit: func() {
-		s.cfg.Audit(audit.Event{Type: "session.terminated", Outcome: audit.OutcomeFailure, Client: src.String(),
-			Reason: "the network rules no longer allow this source"})
-	}}
-	stop := s.cfg.Policy.Watch(src, watch.denied)
-	defer stop()
-	_ = raw.SetDeadline(start.Add(s.cfg.AuthTimeout))
-
-	a, err := admit(raw, rt.tls)
-	defer a.conn.Close()
-	if err != nil {
-		s.refuseAdmission(a, err, log)
-		return
-	}
-	st := a.startup
-	if st.Kind == wire.KindCancel {
-		s.handleCancel(ctx, st, log)
-		return
-	}
-	if st.Minor > 0 || len(st.Unrecognized) > 0 {
-		if err := wire.Send(a.conn, &pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: st.Unrecognized}); err != nil {
-			return
-		}
-	}
-	if s.cfg.Available != nil {
-		if err := s.cfg.Available(); err != nil {
-			// Recorded even while the volume is locked: the audit stream
-			// keeps it in memory until the log can be written.
-			s.cfg.Audit(audit.Event{Type: "connection.refused", Outcome: audit.OutcomeFailure, Client: src.String(),
-				User: st.User(), Database: st.Database(), Rule: rule, Reason: err.Error()})
-			_ = wire.SendError(a.conn, wire.CodeCannotConnectNow, "%s", err.Error())
-			return
-		}
-	}
-	user, db := st.User(), st.Database()
-	log = log.With("user", user, "database", db)
-	if a.tls == nil && rt.params.RequireSecureTransport {
-		s.logClient(log, "Refused plaintext connection.", "reason", "require_secure_transport")
-		s.cfg.Audit(audit.Event{Type: "connection.refused", Outcome: audit.OutcomeFailure, Client: src.String(),
-			User: user, Database: db, Reason: "require_secure_transport: plaintext connection"})
-		_ = wire.SendError(a.conn, wire.CodeInvalidAuthSpec,
-			"no pgshield entry for host %q, user %q, database %q, no encryption: SSL connection is required (require_secure_transport = on)",
-			src.String(), user, db)
-		return
-	}
-
-	role, err := s.cfg.Roles.LookupRole(ctx, user)
-	if err != nil {
-		log.Error("Role lookup failed.", "error", err)
-		_ = wire.SendError(a.conn, wire.CodeCannotConnectNow, "the database system is not available")
-		return
-	}
-	var login loginResult
-	if firstRequest(a.tls != nil, rt.params, user) == askPassword {
-		login, err = s.cleartextLogin(ctx, a, rt, role)
-	} else {
-		login, err = s.scramLogin(a, rt, role)
-	}
-	if err != nil {
-		var le *loginError
-		if errors.As(err, &le) {
-			s.logClient(log, "Authentication failed.", "reason", le.Reason, "code", le.Code)
-			s.cfg.Audit(audit.Event{Type: "auth.failure", Outcome: audit.OutcomeFailure, Client: src.String(),
-				User: user, Database: db, Rule: rule, Reason: le.Reason, Fields: map[string]any{"method": le.Method, "sqlstate": le.Code}})
-			_ = wire.SendError(a.conn, le.Code, "%s", le.Message)
-		} else if code, msg := wire.ClientMessage(err); code != wire.CodeInternalError {
-			_ = wire.SendError(a.conn, code, "%s", msg)
-		}
-		return
-	}
-
-	dctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	b, err := s.cfg.Backend.Connect(dctx, backendParams(st))
-	cancel()
-	authDone := login.done
-	if err != nil {
-		var be *pgbackend.BackendError
-		if errors.As(err, &be) {
-			_ = wire.Send(a.conn, append(authDone, be.Msg)...)
-		} else {
-			log.Error("Backend connection failed.", "error", err)
-			_ = wire.Send(a.conn, append(authDone, wire.ErrorMessage(wire.CodeCannotConnectNow, "the database system is not available"))...)
-		}
-		return
-	}
-	defer b.Conn.Close()
-	ck, err := s.cancels.register(b)
-	if err != nil {
-		return
-	}
-	defer s.cancels.remove(ck)
-	msgs := authDone
-	for _, p := range b.Params {
-		msgs = append(msgs, p)
-	}
-	msgs = append(msgs, &pgproto3.BackendKeyData{ProcessID: ck.pid, SecretKey: ck.key[:]},
-		&pgproto3.ReadyForQuery{TxStatus: b.TxStatus})
-	if err := wire.Send(a.conn, msgs...); err != nil {
-		return
-	}
-	_ = raw.SetDeadline(time.Time{})
-	tlsVer := "none"
-	if a.tls != nil {
-		tlsVer = tls.VersionName(a.tls.Version)
-	}
-	log = log.With("pg_backend_pid", b.PID)
-	log.Info("Session opened.", "tls", tlsVer, "direct_tls", a.direct)
-	fields := map[string]any{"method": login.method, "tls": tlsVer, "pg_backend_pid": b.PID}
-	if login.principal != "" {
-		fields["principal_object_id"] = login.principal
-	}
-	if a.tls != nil {
-		fields["cipher"] = tls.CipherSuiteName(a.tls.CipherSuite)
-	}
-	s.cfg.Audit(audit.Event{Type: "session.start", Outcome: audit.OutcomeSuccess, Client: src.String(),
-		User: user, Database: db, Rule: rule, Fields: fields})
-	sess := &session{client: a.conn, backend: b.Conn}
-	if !watch.relaying(sess) {
-		return // policy ended the connection while it was being set up
-	}
-	if !login.expiry.IsZero() && rt.params.OIDC.EnforceExpiry {
-		stopExpiry := s.endAtExpiry(sess, login.expiry, func() {
-			s.cfg.Audit(audit.Event{Type: "session.terminated", Outcome: audit.OutcomeFailure, Client: src.String(),
-				User: user, Database: db, Reason: "access token expired (pgshield.oidc_enforce_expiry = on)"})
-		})
-		defer stopExpiry()
-	}
-	s.mu.Lock()
-	s.mu.sessions[sess] = struct{}{}
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.mu.sessions, sess)
-		s.mu.Unlock()
-	}()
-	up, down := sess.relay()
-	dur := s.cfg.Now().Sub(start).Seconds()
-	log.Info("Session closed.", "duration", fmt.Sprintf("%.2fs", dur), "bytes_in", up, "bytes_out", down)
-	s.cfg.Audit(audit.Event{Type: "session.end", Client: src.String(), User: user, Database: db,
-		Fields: map[string]any{"duration_seconds": dur, "bytes_in": up, "bytes_out": down, "pg_backend_pid": b.PID}})
-}
-
-// refuseAdmission answers a failed admission: protocol and startup errors get
-// an ErrorResponse; TLS failures and CVE-2021-23214 stuffing just a close.
-func (s *Server) refuseAdmission(a admitted, err error, log *slog.Logger) {
-	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
-		return
-	}
-	s.logClient(log, "Connection refused at admission.", "error", err)
-	if errors.Is(err, errBufferedAfterSSLRequest) {
-		return
-	}
-	if code, msg := wire.ClientMessage(err); code != wire.CodeInternalError {
-		_ = wire.SendError(a.conn, code, "%s", msg)
-	}
-}
-
-// scramExchange prepares the SCRAM exchange for role; cleartextLogin uses
-// its credentials too. Every reason to refuse (unknown, reserved, superuser,
-// NOLOGIN, expired, token principal, no SCRAM secret, password logins off)
-// still runs the full exchange with mock credentials and ends in the same
-// 28P01.
-func (s *Server) scramExchange(role pgbackend.Role, cs *tls.ConnectionState, p config.Params) *scram.Exchange {
-	x := &scram.Exchange{User: role.Name}
-	if cs != nil {
-		x.Binding = &s.cfg.Cert.EndPoint
-	}
-	x.Why = s.refusal(role)
-	switch {
-	case x.Why != "":
-	case role.Principal != nil && cs == nil:
-		x.Why = "token principals log in over TLS only; no token was asked for"
-	case role.Principal != nil && p.OIDC.Issuer == "":
-		x.Why = "token principal, but token authentication is off (pgshield.oidc_issuer is not set)"
-	case role.Principal != nil:
-		// Only a principal made before names had to need quoting.
-		x.Why = "token principal with a plain lower-case name: such names get SCRAM, never a token request; recreate it under a name SQL must quote"
-	case !p.PasswordAuth:
-		x.Why = "password authentication is off (pgshield.password_auth = off)"
-	}
-	if x.Why == "" {
-		creds, err := scram.ParseVerifier(role.Password)
-		if err != nil {
-			x.Why = "role has no SCRAM-SHA-256 password"
-		} else {
-			x.Creds, x.Valid = creds, true
-		}
-	}
-	if !x.Valid {
-		x.Creds = scram.MockCredentials(s.cfg.MockSecret, role.Name)
-	}
-	return x
-}
-
-// refusal says why role may not log in at all, whatever its credentials;
-// "" if it may.
-func (s *Server) refusal(role pgbackend.Role) string {
-	switch {
-	case !role.Exists:
-		return "role does not exist"
-	case s.cfg.IsReserved(role.Name):
-		return "reserved role"
-	case role.Superuser:
-		return "superuser roles may not log in through the gateway"
-	case !role.CanLogin:
-		return "role is not permitted to log in"
-	case role.ValidUntil != nil && !role.ValidUntil.After(s.cfg.Now()):
-		return "password has expired"
-	}
-	return ""
-}
-
-// scramLogin authenticates a password role with SCRAM-SHA-256[-PLUS].
-func (s *Server) scramLogin(a admitted, rt *runtime, role pgbackend.Role) (loginResult, error) {
-	x := s.scramExchange(role, a.tls, rt.params)
-	final, err := x.Run(a.conn)
-	if err != nil {
-		var ae *scram.AuthError
-		if errors.As(err, &ae) {
-			return loginResult{}, &loginError{Code: ae.Code, Message: ae.Message, Reason: ae.Reason, Method: x.Mechanism}
-		}
-		return loginResult{}, err
-	}
-	return loginResult{method: x.Mechanism,
-		done: []pgproto3.BackendMessage{&pgproto3.AuthenticationSASLFinal{Data: final}, &pgproto3.AuthenticationOk{}}}, nil
-}
-
-// backendParams passes the client's startup parameters through; the
-// protocol-level ones were consumed by admission.
-func backendParams(st *wire.Startup) map[string]string {
-	m := make(map[string]string, len(st.Params)+1)
-	for _, p := range st.Params {
-		if p.Key == "replication" {
-			continue
-		}
-		m[p.Key] = p.Value
-	}
-	m["database"] = st.Database()
-	return m
-}
-
-func (s *Server) handleCancel(ctx context.Context, st *wire.Startup, log *slog.Logger) {
-	var key [4]byte
-	putUint32(key[:], st.CancelKey)
-	b, ok := s.cancels.lookup(cancelKey{pid: st.CancelPID, key: key})
-	if !ok {
-		s.logClient(log, "Cancel request with an unknown key ignored.")
-		return
-	}
-	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	if err := s.cfg.Backend.Cancel(cctx, b.PID, b.Key); err != nil {
-		log.Warn("Cancel request failed.", "error", err)
-	}
-}
-
-func putUint32(b []byte, v uint32) {
-	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
-}
-
-// cancelKey is what a client holds: the backend PID with pgshield's own
-// random secret in place of the backend's.
-type cancelKey struct {
-	pid uint32
-	key [4]byte
-}
-
-type cancelRegistry struct {
-	mu sync.Mutex
-	m  map[cancelKey]*pgbackend.Backend
-}
-
-func (r *cancelRegistry) register(b *pgbackend.Backend) (cancelKey, error) {
-	ck := cancelKey{pid: b.PID}
-	if _, err := rand.Read(ck.key[:]); err != nil {
-		return ck, err
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.m == nil {
-		r.m = map[cancelKey]*pgbackend.Backend{}
-	}
-	r.m[ck] = b
-	return ck, nil
-}
-
-func (r *cancelRegistry) lookup(ck cancelKey) (*pgbackend.Backend, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	b, ok := r.m[ck]
-	return b, ok
-}
-
-func (r *cancelRegistry) remove(ck cancelKey) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	delete(r.m, ck)
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/auth/scram"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/wire"
@@ -590,5 +592,58 @@ func TestServeUnknownCancelKey(t *testing.T) {
 	defer env.backend.mu.Unlock()
 	if len(env.backend.cancels) != 0 {
 		t.Errorf("backend cancels = %v; want none for the backend's own key sent by a client", env.backend.cancels)
+	}
+}
+
+// writeConn records what is written to it.
+type writeConn struct {
+	net.Conn
+	buf bytes.Buffer
+}
+
+func (c *writeConn) Write(p []byte) (int, error) { return c.buf.Write(p) }
+
+// TestRefuse checks what a failed step sends the client: the backend's own
+// ErrorResponse verbatim after the login's last messages, a client error
+// without its reason, and nothing at all for the rest.
+func TestRefuse(t *testing.T) {
+	be := &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "3D000",
+		Message: `database "shop" does not exist`, Routine: "InitPostgres", File: "postinit.c", Line: 885}
+	ok := []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}}
+	encode := func(msgs ...pgproto3.BackendMessage) string {
+		b, err := wire.Encode(nil, msgs...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	tests := []struct {
+		name   string
+		err    error
+		prefix []pgproto3.BackendMessage
+		want   string
+	}{
+		{name: "backend error relayed verbatim", err: &pgbackend.BackendError{Msg: be}, prefix: ok,
+			want: encode(&pgproto3.AuthenticationOk{}, be)},
+		{name: "client error without its reason",
+			err:  &clienterr.Error{Code: "28P01", Message: `password authentication failed for user "bob"`, Reason: "wrong password"},
+			want: encode(wire.ErrorMessage("28P01", `password authentication failed for user "bob"`))},
+		{name: "wrapped protocol error", err: fmt.Errorf("login: %w", wire.ErrProtocolError),
+			want: encode(wire.ErrorMessage("08P01", "login: protocol violation"))},
+		{name: "unavailable", err: errUnavailable(), prefix: ok,
+			want: encode(&pgproto3.AuthenticationOk{}, wire.ErrorMessage("57P03", "the database system is not available"))},
+		{name: "internal error", err: errors.New("open /var/lib/pgshield/secret: permission denied")},
+		{name: "hangup", err: io.EOF},
+		{name: "buffered after SSLRequest", err: errBufferedAfterSSLRequest},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			w := &writeConn{}
+			c := &clientConn{admitted: admitted{conn: w}}
+			c.refuse(tt.err, tt.prefix...)
+			if got := w.buf.String(); got != tt.want {
+				t.Errorf("refuse(%v) wrote %q; want %q", tt.err, got, tt.want)
+			}
+		})
 	}
 }

@@ -18,7 +18,11 @@ import (
 const maxBackendStartupMsg = 1 << 20
 
 // BackendError is an ErrorResponse the backend sent during startup (such as
-// "database does not exist"); it is safe to relay to the client.
+// "database does not exist"); it is safe to relay to the client, and the
+// gateway relays Msg verbatim. It is the one client-bound error that is not
+// a clienterr.Error, on purpose: PostgreSQL's response carries more than a
+// code, a message and a detail (its severity, hint, routine, ...), and
+// rebuilding it from a clienterr.Error would change what the client sees.
 type BackendError struct{ Msg *pgproto3.ErrorResponse }
 
 func (e *BackendError) Error() string { return e.Msg.Severity + ": " + e.Msg.Message }

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/internal/clienterr"
 )
 
 // Seed corpora live in testdata/fuzz/<FuzzName>/.
@@ -23,7 +25,7 @@ func FuzzParseStartup(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		s, err := ParseStartup(b)
 		if err != nil {
-			var se *StartupError
+			var se *clienterr.Error
 			var ve *UnsupportedVersionError
 			if !errors.Is(err, ErrProtocolError) && !errors.As(err, &se) && !errors.As(err, &ve) {
 				t.Fatalf("ParseStartup(%q) error = %v (%T); want a protocol, startup or version error", b, err, err)

@@ -7,6 +7,8 @@ import (
 	"io"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/internal/clienterr"
 )
 
 // MaxAuthMessageLen caps a SASL message from the client; PostgreSQL uses the
@@ -115,15 +117,21 @@ func Send(w io.Writer, msgs ...pgproto3.BackendMessage) error {
 	return err
 }
 
-// ErrorMessage builds a FATAL ErrorResponse.
-func ErrorMessage(code, format string, args ...any) *pgproto3.ErrorResponse {
+// ErrorResponse builds the FATAL ErrorResponse that shows e to the client:
+// its code, message and detail, never its reason.
+func ErrorResponse(e *clienterr.Error) *pgproto3.ErrorResponse {
 	return &pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL",
-		Code: code, Message: fmt.Sprintf(format, args...)}
+		Code: e.Code, Message: e.Message, Detail: e.Detail}
 }
 
-// SendError writes a FATAL ErrorResponse.
-func SendError(w io.Writer, code, format string, args ...any) error {
-	return Send(w, ErrorMessage(code, format, args...))
+// ErrorMessage builds a FATAL ErrorResponse with a formatted message.
+func ErrorMessage(code, format string, args ...any) *pgproto3.ErrorResponse {
+	return ErrorResponse(clienterr.New(code, format, args...))
+}
+
+// SendError writes e as a FATAL ErrorResponse.
+func SendError(w io.Writer, e *clienterr.Error) error {
+	return Send(w, ErrorResponse(e))
 }
 
 // SQLSTATE codes the gateway sends.
@@ -140,18 +148,28 @@ const (
 	CodeInvalidParameterValue = "22023"
 )
 
-// ClientMessage returns the message a client may see for err: protocol and
-// startup errors are explained, anything else is "internal server error".
-func ClientMessage(err error) (code, msg string) {
-	var se *StartupError
+// ClientError converts err, once, at the edge, into what a client may be
+// shown: a *clienterr.Error in err's chain as it is (a refused startup
+// packet among them), an unsupported protocol version or a protocol
+// violation explained. Anything else is something the client must not
+// learn about: ok is false and e the generic "internal server error".
+func ClientError(err error) (e *clienterr.Error, ok bool) {
 	var ve *UnsupportedVersionError
-	switch {
-	case errors.As(err, &se):
-		return se.Code, se.Message
-	case errors.As(err, &ve):
-		return CodeFeatureNotSupported, ve.Error()
-	case errors.Is(err, ErrProtocolError):
-		return CodeProtocolViolation, err.Error()
+	if ce, ok := clienterr.As(err); ok {
+		return ce, true
 	}
-	return CodeInternalError, "internal server error"
+	switch {
+	case errors.As(err, &ve):
+		return &clienterr.Error{Code: CodeFeatureNotSupported, Message: ve.Error()}, true
+	case errors.Is(err, ErrProtocolError):
+		return &clienterr.Error{Code: CodeProtocolViolation, Message: err.Error()}, true
+	}
+	return &clienterr.Error{Code: CodeInternalError, Message: "internal server error"}, false
+}
+
+// ClientMessage is ClientError's code and message, for callers that only
+// compare them.
+func ClientMessage(err error) (code, msg string) {
+	e, _ := ClientError(err)
+	return e.Code, e.Message
 }

@@ -9,6 +9,8 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/internal/clienterr"
 )
 
 // msg builds a typed message with a declared length word.
@@ -146,8 +148,8 @@ func TestParseSASLInitialResponse(t *testing.T) {
 	}
 }
 
-func TestClientMessage(t *testing.T) {
-	se := &StartupError{Code: CodeInvalidAuthSpec, Message: "no PostgreSQL user name specified in startup packet"}
+func TestClientError(t *testing.T) {
+	se := &clienterr.Error{Code: CodeInvalidAuthSpec, Message: "no PostgreSQL user name specified in startup packet"}
 	ve := &UnsupportedVersionError{Major: 2, Minor: 0}
 	pe := protoErr("invalid length of startup packet")
 	tests := []struct {
@@ -155,19 +157,20 @@ func TestClientMessage(t *testing.T) {
 		err      error
 		wantCode string
 		wantMsg  string
+		wantOK   bool
 	}{
-		{name: "startup error", err: se, wantCode: "28000", wantMsg: se.Message},
-		{name: "wrapped startup error", err: fmt.Errorf("admission: %w", se), wantCode: "28000", wantMsg: se.Message},
-		{name: "startup error with another code", err: &StartupError{Code: "0A000", Message: "nope"},
-			wantCode: "0A000", wantMsg: "nope"},
+		{name: "startup error", err: se, wantCode: "28000", wantMsg: se.Message, wantOK: true},
+		{name: "wrapped startup error", err: fmt.Errorf("admission: %w", se), wantCode: "28000", wantMsg: se.Message, wantOK: true},
+		{name: "client error with another code", err: &clienterr.Error{Code: "0A000", Message: "nope", Reason: "why"},
+			wantCode: "0A000", wantMsg: "nope", wantOK: true},
 		{name: "unsupported version", err: ve, wantCode: "0A000",
-			wantMsg: "unsupported frontend protocol 2.0: server supports 3.0 to 3.0"},
+			wantMsg: "unsupported frontend protocol 2.0: server supports 3.0 to 3.0", wantOK: true},
 		{name: "wrapped unsupported version", err: fmt.Errorf("x: %w", ve), wantCode: "0A000",
-			wantMsg: "unsupported frontend protocol 2.0: server supports 3.0 to 3.0"},
+			wantMsg: "unsupported frontend protocol 2.0: server supports 3.0 to 3.0", wantOK: true},
 		{name: "protocol error", err: pe, wantCode: "08P01",
-			wantMsg: "protocol violation: invalid length of startup packet"},
+			wantMsg: "protocol violation: invalid length of startup packet", wantOK: true},
 		{name: "wrapped protocol error", err: fmt.Errorf("TLS: %w", pe), wantCode: "08P01",
-			wantMsg: "TLS: protocol violation: invalid length of startup packet"},
+			wantMsg: "TLS: protocol violation: invalid length of startup packet", wantOK: true},
 		{name: "EOF", err: io.EOF, wantCode: "XX000", wantMsg: "internal server error"},
 		{name: "internal detail hidden", err: errors.New("open /var/lib/pgshield/secret: permission denied"),
 			wantCode: "XX000", wantMsg: "internal server error"},
@@ -175,8 +178,11 @@ func TestClientMessage(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			code, m := ClientMessage(tt.err)
-			if code != tt.wantCode || m != tt.wantMsg {
+			e, ok := ClientError(tt.err)
+			if e.Code != tt.wantCode || e.Message != tt.wantMsg || ok != tt.wantOK {
+				t.Errorf("ClientError(%v) = %q, %q, %v; want %q, %q, %v", tt.err, e.Code, e.Message, ok, tt.wantCode, tt.wantMsg, tt.wantOK)
+			}
+			if code, m := ClientMessage(tt.err); code != tt.wantCode || m != tt.wantMsg {
 				t.Errorf("ClientMessage(%v) = %q, %q; want %q, %q", tt.err, code, m, tt.wantCode, tt.wantMsg)
 			}
 		})
@@ -185,8 +191,13 @@ func TestClientMessage(t *testing.T) {
 
 func TestSendError(t *testing.T) {
 	var buf bytes.Buffer
-	if err := SendError(&buf, CodeInvalidPassword, "password authentication failed for user %q", "bob"); err != nil {
+	e := &clienterr.Error{Code: CodeInvalidPassword, Message: `password authentication failed for user "bob"`,
+		Reason: "wrong proof"}
+	if err := SendError(&buf, e); err != nil {
 		t.Fatalf("SendError() error = %v", err)
+	}
+	if bytes.Contains(buf.Bytes(), []byte(e.Reason)) {
+		t.Errorf("SendError wrote the reason %q", e.Reason)
 	}
 	fe := pgproto3.NewFrontend(&buf, io.Discard)
 	m, err := fe.Receive()
@@ -199,10 +210,36 @@ func TestSendError(t *testing.T) {
 	}
 	if er.Severity != "FATAL" || er.SeverityUnlocalized != "FATAL" || er.Code != "28P01" ||
 		er.Message != `password authentication failed for user "bob"` {
-		t.Errorf("ErrorResponse = %+v; want FATAL 28P01 with the formatted message", er)
+		t.Errorf("ErrorResponse = %+v; want FATAL 28P01 with the message", er)
+	}
+	if er.Detail != "" {
+		t.Errorf("ErrorResponse.Detail = %q; want none", er.Detail)
 	}
 	if buf.Len() != 0 {
 		t.Errorf("SendError wrote %d extra bytes", buf.Len())
+	}
+}
+
+// TestErrorResponseBytes pins the wire form: a detail only when there is
+// one, the reason never.
+func TestErrorResponseBytes(t *testing.T) {
+	tests := []struct {
+		name string
+		e    *clienterr.Error
+		want string
+	}{
+		{name: "no detail", e: &clienterr.Error{Code: "28000", Message: "m", Reason: "r"},
+			want: "E\x00\x00\x00\x1dSFATAL\x00VFATAL\x00C28000\x00Mm\x00\x00"},
+		{name: "detail", e: &clienterr.Error{Code: "28000", Message: "m", Detail: "d", Reason: "r"},
+			want: "E\x00\x00\x00\x20SFATAL\x00VFATAL\x00C28000\x00Mm\x00Dd\x00\x00"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Encode(nil, ErrorResponse(tt.e))
+			if err != nil || string(got) != tt.want {
+				t.Errorf("Encode(ErrorResponse(%+v)) = %q, %v; want %q", tt.e, got, err, tt.want)
+			}
+		})
 	}
 }
 

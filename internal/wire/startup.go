@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/pgshield/pgshield/internal/clienterr"
 )
 
 // Protocol codes carried where a startup packet's version would be.
@@ -99,7 +101,10 @@ func ReadStartup(r io.Reader) (*Startup, error) {
 	return ParseStartup(body)
 }
 
-// ParseStartup parses a first packet's body (after the length word).
+// ParseStartup parses a first packet's body (after the length word). A
+// malformed packet is an ErrProtocolError, another protocol major version
+// an *UnsupportedVersionError, and a well-formed packet pgshield refuses (no
+// user name, replication) a *clienterr.Error with SQLSTATE 28000.
 func ParseStartup(body []byte) (*Startup, error) {
 	if len(body) < 4 || len(body) > MaxStartupPacketLen-4 {
 		return nil, protoErr("invalid length of startup packet")
@@ -160,10 +165,10 @@ func ParseStartup(body []byte) (*Startup, error) {
 		s.Params = append(s.Params, Param{Key: key, Value: val})
 	}
 	if u, ok := s.Get("user"); !ok || u == "" {
-		return nil, &StartupError{Code: "28000", Message: "no PostgreSQL user name specified in startup packet"}
+		return nil, &clienterr.Error{Code: CodeInvalidAuthSpec, Message: "no PostgreSQL user name specified in startup packet"}
 	}
 	if v, ok := s.Get("replication"); ok && !isFalse(v) {
-		return nil, &StartupError{Code: "28000", Message: "replication connections are not accepted through pgshield"}
+		return nil, &clienterr.Error{Code: CodeInvalidAuthSpec, Message: "replication connections are not accepted through pgshield"}
 	}
 	return s, nil
 }
@@ -183,9 +188,3 @@ type UnsupportedVersionError struct{ Major, Minor uint16 }
 func (e *UnsupportedVersionError) Error() string {
 	return fmt.Sprintf("unsupported frontend protocol %d.%d: server supports 3.0 to 3.0", e.Major, e.Minor)
 }
-
-// StartupError is a well-formed startup packet pgshield refuses; Code is its
-// SQLSTATE.
-type StartupError struct{ Code, Message string }
-
-func (e *StartupError) Error() string { return e.Message }

@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/pgshield/pgshield/internal/clienterr"
 )
 
 // body builds a first-packet body (without the length word): the 4-byte code,
@@ -52,7 +54,7 @@ const (
 
 func checkErrKind(t *testing.T, call string, err error, want errKind) {
 	t.Helper()
-	var se *StartupError
+	var se *clienterr.Error
 	var ve *UnsupportedVersionError
 	switch want {
 	case noErr:
@@ -65,7 +67,7 @@ func checkErrKind(t *testing.T, call string, err error, want errKind) {
 		}
 	case startup28000:
 		if !errors.As(err, &se) || se.Code != CodeInvalidAuthSpec {
-			t.Fatalf("%s error = %v (%T); want *StartupError with code 28000", call, err, err)
+			t.Fatalf("%s error = %v (%T); want *clienterr.Error with code 28000", call, err, err)
 		}
 	case badVersion:
 		if !errors.As(err, &ve) {
@@ -210,12 +212,12 @@ func quote(b []byte) string {
 
 func TestStartupError(t *testing.T) {
 	_, err := ParseStartup(body(ProtocolV3, true, "database", "x"))
-	var se *StartupError
+	var se *clienterr.Error
 	if !errors.As(err, &se) {
-		t.Fatalf("ParseStartup(no user) error = %v; want *StartupError", err)
+		t.Fatalf("ParseStartup(no user) error = %v; want *clienterr.Error", err)
 	}
 	if se.Error() != se.Message || !strings.Contains(se.Message, "no PostgreSQL user name") {
-		t.Errorf("StartupError.Error() = %q, Message = %q; want the PostgreSQL wording", se.Error(), se.Message)
+		t.Errorf("Error() = %q, Message = %q; want the PostgreSQL wording", se.Error(), se.Message)
 	}
 	if errors.Is(err, ErrProtocolError) {
 		t.Errorf("ParseStartup(no user) error = %v is an ErrProtocolError; want a distinct startup error", err)
