@@ -261,7 +261,7 @@ func TestCleartextPasswordLogin(t *testing.T) {
 					t.Fatalf("Connect() error = %v; want a session", err)
 				}
 				conn.Close(ctx)
-				starts := env.audited("session.start")
+				starts := env.awaitAudited(t, "session.start")
 				if len(starts) != 1 || starts[0].Fields["method"] != MethodPassword {
 					t.Errorf("session.start events = %+v; want one with method %q", starts, MethodPassword)
 				}

@@ -421,6 +421,20 @@ func (e *gatewayEnv) record(ev audit.Event) {
 	e.events = append(e.events, ev)
 }
 
+// awaitAudited waits up to 5 s for audit events of type typ and returns
+// them: the gateway audits a session's start only after the client has its
+// ReadyForQuery, so the client can get there first.
+func (e *gatewayEnv) awaitAudited(t *testing.T, typ string) []audit.Event {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if evs := e.audited(typ); len(evs) > 0 || time.Now().After(deadline) {
+			return evs
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // audited returns the audit events of type typ so far.
 func (e *gatewayEnv) audited(typ string) []audit.Event {
 	e.mu.Lock()
