@@ -122,7 +122,7 @@ func TestRealLogin(t *testing.T) {
 			if got := conn.PgConn().PID(); got != pid {
 				t.Errorf("client's PID = %d; want the backend's %d", got, pid)
 			}
-			starts := env.audited("session.start")
+			starts := env.awaitAudited(t, "session.start")
 			if len(starts) == 0 || starts[len(starts)-1].User != tt.user || starts[len(starts)-1].Fields["method"] != tt.method {
 				t.Errorf("session.start records = %+v; want the last for %s by %s", starts, tt.user, tt.method)
 			}
