@@ -25,24 +25,45 @@ type AtRest struct {
 	Layout config.Layout
 	Cfg    *config.Config
 	Log    *slog.Logger
-	vol    *storage.Volume    // fscrypt backend
-	gfs    *storage.Gocryptfs // gocryptfs backend; see storage.go
-	// backendName is Cfg's backend, fixed at first use (backendOnce).
-	backendOnce sync.Once
-	backendName string
-	stats       storageState // growth and remounts, for storage show
+	// vol is the volume: the backend Cfg names, made at first use (see
+	// backend) unless a test set a fake.
+	vol     storage.Backend
+	volOnce sync.Once
+	volErr  error
+	stats   storageState // growth and remounts, for storage show
 }
 
-func (a *AtRest) volume() *storage.Volume {
-	if a.vol == nil {
-		a.vol = &storage.Volume{Mount: a.Layout.VolumeMount(), Size: a.Cfg.StorageSize, Log: a.Log}
-		if a.Cfg.StoragePath != "" {
-			a.vol.Path = a.Cfg.StoragePath
-		} else {
-			a.vol.Image = a.Layout.VolumeImage()
+// NewBackend returns the storage backend a configuration names, placed in
+// its layout: the one place that reads which kind of volume a server has.
+func NewBackend(l config.Layout, c *config.Config, log *slog.Logger) (storage.Backend, error) {
+	return storage.New(storage.Options{
+		Kind:      c.StorageBackend(),
+		Mount:     l.VolumeMount(),
+		Image:     l.VolumeImage(),
+		Path:      c.StoragePath,
+		Size:      c.StorageSize,
+		CipherDir: l.GocryptfsDir(),
+		Log:       log,
+	})
+}
+
+// backend returns the volume's backend, made from Cfg once: Cfg may be
+// replaced later (a key change, a resize) while other goroutines ask.
+func (a *AtRest) backend() (storage.Backend, error) {
+	a.volOnce.Do(func() {
+		if a.vol == nil {
+			a.vol, a.volErr = NewBackend(a.Layout, a.Cfg, a.Log)
 		}
-	}
-	return a.vol
+	})
+	return a.vol, a.volErr
+}
+
+// volume is the backend of a running daemon. The daemon's first step,
+// Open, made it; it does not run when that failed, so this is never nil
+// there.
+func (a *AtRest) volume() storage.Backend {
+	b, _ := a.backend()
+	return b
 }
 
 // SystemKEKPath is where the system-managed key-encryption key of a server lives.
@@ -82,29 +103,27 @@ func (a *AtRest) Create(ctx context.Context) error {
 	if err := os.MkdirAll(a.Layout.StorageDir(), 0o700); err != nil {
 		return err
 	}
-	if a.isGocryptfs() {
-		if err := a.gocryptfs().Create(ctx, dataKey); err != nil {
-			return fmt.Errorf("creating the encrypted volume: %w", err)
-		}
-		return nil
+	b, err := a.backend()
+	if err != nil {
+		return err
 	}
-	v := a.volume()
-	if err := v.Provision(ctx); err != nil {
+	if err := b.Create(ctx, dataKey); err != nil {
 		return fmt.Errorf("creating the encrypted volume: %w", err)
 	}
-	return v.Unlock(dataKey)
+	return nil
 }
 
-// Open attaches the volume and unlocks it with the unwrapped data key.
+// Open attaches the volume and unlocks it with the unwrapped data key; the
+// key is unwrapped only when the volume is not unlocked already.
 func (a *AtRest) Open(ctx context.Context) error {
-	if a.isGocryptfs() {
-		return a.openGocryptfs(ctx)
+	b, err := a.backend()
+	if err != nil {
+		return err
 	}
-	v := a.volume()
-	if err := v.Attach(ctx); err != nil {
+	if err := b.Attach(ctx); err != nil {
 		return fmt.Errorf("attaching the encrypted volume: %w", err)
 	}
-	if present, err := v.KeyStatus(); err == nil && present {
+	if present, err := b.Unlocked(); err == nil && present {
 		return nil
 	}
 	dataKey, err := a.unwrapDataKey(ctx)
@@ -112,7 +131,7 @@ func (a *AtRest) Open(ctx context.Context) error {
 		return err
 	}
 	defer keys.Wipe(dataKey)
-	return v.Unlock(dataKey)
+	return b.Unlock(ctx, dataKey)
 }
 
 // unwrapDataKey returns the data key unwrapped by the current key-encryption
@@ -134,14 +153,18 @@ func (a *AtRest) unwrapDataKey(ctx context.Context) ([]byte, error) {
 	return dataKey, nil
 }
 
-// Lock removes the key from the kernel: every file on the volume becomes
-// unreadable, even to root. PostgreSQL must be stopped first; processes that
-// just exited may still hold files for a moment, so a busy volume is retried
-// for up to 10 s.
+// Lock removes the key from the kernel (with gocryptfs: unmounts, and the
+// key leaves with the process): every file on the volume becomes
+// unreadable, even to root. PostgreSQL must be stopped first; processes
+// that just exited may still hold files for a moment, so a busy volume is
+// retried for up to 10 s.
 func (a *AtRest) Lock() error {
-	var err error
+	b, err := a.backend()
+	if err != nil {
+		return err
+	}
 	for i := 0; i < 50; i++ {
-		if err = a.lockOnce(); !errors.Is(err, storage.ErrFilesBusy) {
+		if err = lockOnce(b); !errors.Is(err, storage.ErrFilesBusy) {
 			return err
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -149,33 +172,24 @@ func (a *AtRest) Lock() error {
 	return err
 }
 
+// lockOnce gives one Lock a minute: a gocryptfs that hangs is killed.
+func lockOnce(b storage.Backend) error {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	return b.Lock(ctx)
+}
+
 // Close locks and detaches the volume.
 func (a *AtRest) Close(ctx context.Context) error {
-	err := a.Lock()
+	b, err := a.backend()
+	if err != nil {
+		return err
+	}
+	err = a.Lock()
 	if errors.Is(err, storage.ErrNotMounted) {
 		err = nil
 	}
-	if a.isGocryptfs() { // unmounted by Lock: nothing to detach
-		return err
-	}
-	return errors.Join(err, a.volume().Detach(ctx))
-}
-
-// KeyStatus reports whether the volume's key is in the kernel (with
-// gocryptfs: whether its process serves the mount).
-func (a *AtRest) KeyStatus() (bool, error) {
-	if a.isGocryptfs() {
-		return a.gocryptfs().Alive()
-	}
-	return a.volume().KeyStatus()
-}
-
-// Usage reports the volume's size and free space.
-func (a *AtRest) Usage() (total, free uint64, err error) {
-	if a.isGocryptfs() {
-		return a.gocryptfs().Usage()
-	}
-	return a.volume().Usage()
+	return errors.Join(err, b.Detach(ctx))
 }
 
 // KeyError is a failure to unwrap the data key, classified.
@@ -190,19 +204,13 @@ func (e *KeyError) Error() string {
 func (e *KeyError) Unwrap() error { return e.Err }
 
 // Guard refuses to let PostgreSQL touch its directories unless the volume
-// is mounted and its key is in the kernel.
+// is mounted and its data readable.
 func (a *AtRest) Guard() error {
-	present, err := a.KeyStatus()
+	b, err := a.backend()
 	if err != nil {
-		return fmt.Errorf("encrypted volume is not available: %w", err)
+		return err
 	}
-	if !present && a.isGocryptfs() {
-		return errors.New("encrypted volume is not mounted (gocryptfs is not running)")
-	}
-	if !present {
-		return errors.New("encrypted volume is locked")
-	}
-	return nil
+	return b.Ready()
 }
 
 // Check proves the key-encryption key still unwraps the data key, without

@@ -108,7 +108,7 @@ func (d *Daemon) config() *config.Config {
 
 func (d *Daemon) keyInfo() KeyInfo {
 	cfg := d.config()
-	ki := KeyInfo{KeyState: *d.keyState.Load(), Backend: d.atRest.BackendName(),
+	ki := KeyInfo{KeyState: *d.keyState.Load(), Backend: d.atRest.volume().Description(),
 		KeySource: "customer-managed", KeyURI: keys.RedactURI(cfg.KeyURI)}
 	if cfg.KeyURI == keys.SystemKeyURI(SystemKEKPath(cfg.ServerID)) {
 		ki.KeySource = "system-managed"
@@ -117,7 +117,7 @@ func (d *Daemon) keyInfo() KeyInfo {
 	ki.LastValidated, ki.LastError, ki.GraceSince = timePtr(d.reval.lastOK), d.reval.lastErr, timePtr(d.reval.graceStart)
 	d.revalMu.Unlock()
 	if ki.State == KeyAvailable {
-		ki.TotalBytes, ki.FreeBytes, _ = d.atRest.Usage()
+		ki.TotalBytes, ki.FreeBytes, _ = d.atRest.volume().Usage()
 	}
 	return ki
 }

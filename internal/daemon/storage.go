@@ -8,19 +8,17 @@ import (
 	"os"
 	"strconv"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/storage"
 	"github.com/pgshield/pgshield/internal/wire"
 )
 
-// Storage: the backends behind AtRest, `pgshield storage show|resize`,
-// automatic growth, and the supervision of the gocryptfs process.
+// Storage: `pgshield storage show|resize`, automatic growth, and the
+// recovery from a death of the process serving the volume (gocryptfs).
 
 const (
 	// autogrowThreshold: grow when less than this fraction is free, as
@@ -108,85 +106,6 @@ type storageState struct {
 	fuseRestarts int
 }
 
-// --- AtRest backends ---
-
-// backend returns the storage backend, fixed at first use (Cfg may be
-// replaced later, e.g. by a key change, while other goroutines ask).
-func (a *AtRest) backend() string {
-	a.backendOnce.Do(func() { a.backendName = a.Cfg.StorageBackend() })
-	return a.backendName
-}
-
-func (a *AtRest) isGocryptfs() bool { return a.backend() == config.StorageGocryptfs }
-
-// imageBacked reports whether the volume is an image pgshield made (and
-// can grow).
-func (a *AtRest) imageBacked() bool { return !a.isGocryptfs() && a.volume().Path == "" }
-
-func (a *AtRest) gocryptfs() *storage.Gocryptfs {
-	if a.gfs == nil {
-		a.gfs = &storage.Gocryptfs{CipherDir: a.Layout.GocryptfsDir(), Mount: a.Layout.VolumeMount(), Log: a.Log}
-		_ = a.gfs.CheckAndSetDefaults()
-	}
-	return a.gfs
-}
-
-// openGocryptfs mounts the gocryptfs volume unless our process serves it;
-// a dead or left-over mount is cleared first.
-func (a *AtRest) openGocryptfs(ctx context.Context) error {
-	g := a.gocryptfs()
-	if alive, err := g.Alive(); err == nil && alive {
-		return nil
-	}
-	dataKey, err := a.unwrapDataKey(ctx)
-	if err != nil {
-		return err
-	}
-	defer keys.Wipe(dataKey)
-	if err := g.Open(ctx, dataKey); err != nil {
-		return fmt.Errorf("mounting the encrypted volume: %w", err)
-	}
-	return nil
-}
-
-// lockOnce makes the data unreadable: the key leaves the kernel (fscrypt)
-// or gocryptfs is unmounted and exits (storage.ErrFilesBusy while files
-// are open).
-func (a *AtRest) lockOnce() error {
-	if a.isGocryptfs() {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-		defer cancel()
-		g := a.gocryptfs()
-		if alive, _ := g.Alive(); !alive {
-			// Dead (or never started): the key is gone with the process;
-			// what is left is a dead mount, which files may still pin.
-			return g.ForceUnmount(ctx)
-		}
-		return g.Unmount(ctx)
-	}
-	return a.volume().Lock()
-}
-
-// fuseExited fires when the gocryptfs process dies unasked; never for fscrypt.
-func (a *AtRest) fuseExited() <-chan error {
-	if !a.isGocryptfs() {
-		return nil
-	}
-	return a.gocryptfs().Exited()
-}
-
-// BackendName describes the backend for `key show` and `status`.
-func (a *AtRest) BackendName() string {
-	if a.isGocryptfs() {
-		return storage.GocryptfsDescription
-	}
-	d := "fscrypt (AES-256-XTS contents, AES-256-CTS names)"
-	if p := a.volume().Path; p != "" {
-		d += " on " + p
-	}
-	return d
-}
-
 // --- API ---
 
 func (d *Daemon) storageRoutes() []api.Route {
@@ -199,35 +118,22 @@ func (d *Daemon) storageRoutes() []api.Route {
 func (d *Daemon) showStorage(r *http.Request) (any, error) { return d.storageInfo(r.Context()), nil }
 
 func (d *Daemon) storageInfo(ctx context.Context) StorageInfo {
-	a := d.atRest
-	info := StorageInfo{Backend: a.backend(), Description: a.BackendName(), State: d.keyState.Load().State,
-		MountPoint: d.Layout.VolumeMount(), Autogrow: d.autogrowOn()}
-	host := d.Layout.StorageDir()
-	switch {
-	case a.isGocryptfs():
-		g := a.gocryptfs()
-		info.CipherDir = g.CipherDir
-		if alive, _ := g.Alive(); alive {
-			info.FUSEPID = g.PID()
-		}
-		info.AutogrowNote = "not applicable: gocryptfs keeps its ciphertext as files on the host filesystem, which grow with the data"
-		host = g.CipherDir
-	case a.volume().Path != "":
-		info.StoragePath = a.volume().Path
-		info.AutogrowNote = "not applicable: the storage path's filesystem is managed outside pgshield"
-		host = ""
-	default:
+	b := d.atRest.volume()
+	st := b.Status(ctx)
+	info := StorageInfo{Backend: b.Kind(), Description: b.Description(), State: d.keyState.Load().State,
+		MountPoint: d.Layout.VolumeMount(), Autogrow: d.autogrowOn(),
+		ImagePath: st.Image, LoopDevice: st.LoopDevice, StoragePath: st.Path, CipherDir: st.CipherDir, FUSEPID: st.PID}
+	if st.FixedSize != "" {
+		info.AutogrowNote = "not applicable: " + st.FixedSize
+	}
+	if b.CanResize() == nil {
 		info.Resizable = true
-		info.ImagePath = d.Layout.VolumeImage()
-		info.ImageBytes, info.ImageAllocatedBytes, _ = imageSize(info.ImagePath)
-		info.LoopDevice, _ = a.volume().LoopDevice(ctx)
+		info.ImageBytes, info.ImageAllocatedBytes, _ = b.Size()
 	}
-	if host != "" {
-		if _, avail, err := hostSpace(host); err == nil {
-			info.HostFreeBytes = uint64(avail)
-		}
+	if _, avail, err := b.HostSpace(); err == nil {
+		info.HostFreeBytes = uint64(avail)
 	}
-	if total, free, err := a.Usage(); err == nil {
+	if total, free, err := b.Usage(); err == nil {
 		info.SizeBytes, info.FreeBytes = total, free
 		info.UsedBytes = total - min(free, total)
 	} else if info.ImageBytes > 0 {
@@ -263,36 +169,15 @@ func (d *Daemon) resizeStorage(r *http.Request) (any, error) {
 	return StorageResizeResult{Grow: rec, Storage: d.storageInfo(ctx)}, nil
 }
 
-// imageSize returns the image's size and the bytes the host has allocated
-// for it (it is sparse).
-func imageSize(path string) (size, allocated int64, err error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return 0, 0, err
-	}
-	return st.Size, st.Blocks * 512, nil
-}
-
-// hostSpace returns the size of the filesystem holding path and the space
-// it has available to unprivileged writers.
-func hostSpace(path string) (total, avail int64, err error) {
-	var s syscall.Statfs_t
-	if err := syscall.Statfs(path, &s); err != nil {
-		return 0, 0, err
-	}
-	return int64(s.Blocks) * s.Bsize, int64(s.Bavail) * s.Bsize, nil
-}
-
-// hostLimit is the largest size the image may have so that, filled to the
+// hostLimit is the largest size the volume may have so that, filled to the
 // last block, it still leaves a margin (5% of the host filesystem, at least
 // 1 GiB) free in the filesystem that holds it.
-func (d *Daemon) hostLimit() (limit, avail, margin int64, err error) {
-	img := d.Layout.VolumeImage()
-	_, allocated, err := imageSize(img)
+func hostLimit(b storage.Backend) (limit, avail, margin int64, err error) {
+	_, allocated, err := b.Size()
 	if err != nil {
 		return 0, 0, 0, err
 	}
-	total, avail, err := hostSpace(img)
+	total, avail, err := b.HostSpace()
 	if err != nil {
 		return 0, 0, 0, err
 	}
@@ -301,24 +186,19 @@ func (d *Daemon) hostLimit() (limit, avail, margin int64, err error) {
 	return limit &^ (storage.SizeAlign - 1), avail, margin, nil
 }
 
-// growLocked grows an image-backed volume to size: online when the kernel
-// lets pgshield (CAP_SYS_RESOURCE), otherwise with PostgreSQL stopped for
-// the moment of an offline resize2fs. Callers hold keyMu.
+// growLocked grows a resizable volume (an image) to size: online when the
+// kernel lets pgshield (CAP_SYS_RESOURCE), otherwise with PostgreSQL
+// stopped for the moment of an offline resize2fs. Callers hold keyMu.
 func (d *Daemon) growLocked(ctx context.Context, size int64, automatic bool) (GrowRecord, error) {
-	a := d.atRest
-	switch {
-	case a.isGocryptfs():
-		return GrowRecord{}, api.Errorf(api.CodeInvalid,
-			"a gocryptfs volume has no size to change: its ciphertext is files in %s, which use the host filesystem's free space", a.gocryptfs().CipherDir)
-	case !a.imageBacked():
-		return GrowRecord{}, api.Errorf(api.CodeInvalid,
-			"the volume is the filesystem of the storage path %s, which pgshield does not manage: grow that filesystem with the tools that made it (e.g. resize2fs)", a.volume().Path)
+	b := d.atRest.volume()
+	if err := b.CanResize(); err != nil {
+		return GrowRecord{}, api.Errorf(api.CodeInvalid, "%v", err)
 	}
 	if st := d.keyState.Load().State; st != KeyAvailable {
 		return GrowRecord{}, api.Errorf(api.CodeUnavailable, "the server is %s: the volume can be resized only while it is Available", st)
 	}
 	size = (size + storage.SizeAlign - 1) &^ (storage.SizeAlign - 1)
-	cur, _, err := imageSize(d.Layout.VolumeImage())
+	cur, _, err := b.Size()
 	if err != nil {
 		return GrowRecord{}, fmt.Errorf("reading the volume image: %w", err)
 	}
@@ -329,18 +209,17 @@ func (d *Daemon) growLocked(ctx context.Context, size int64, automatic bool) (Gr
 	if size == cur {
 		return GrowRecord{}, api.Errorf(api.CodeInvalid, "the volume is %s already", bytesText(cur))
 	}
-	limit, avail, margin, err := d.hostLimit()
+	limit, avail, margin, err := hostLimit(b)
 	if err != nil {
 		return GrowRecord{}, fmt.Errorf("reading the host filesystem's free space: %w", err)
 	}
 	if size > limit {
 		return GrowRecord{}, api.Errorf(api.CodeInvalid,
 			"the filesystem holding %s has %s free: a volume of %s could outgrow it (at most %s keeps %s free there); free space there first",
-			d.Layout.VolumeImage(), bytesText(avail), bytesText(size), bytesText(max(limit, cur)), bytesText(margin))
+			b.Status(ctx).Image, bytesText(avail), bytesText(size), bytesText(max(limit, cur)), bytesText(margin))
 	}
-	v := a.volume()
 	rec := GrowRecord{At: time.Now(), FromBytes: cur, ToBytes: size, Method: GrowOnline, Automatic: automatic}
-	err = v.Resize(ctx, size)
+	err = b.Resize(ctx, size)
 	if errors.Is(err, storage.ErrOnlineResizeNotPermitted) {
 		d.Log.Info("Online resize is not permitted here (no CAP_SYS_RESOURCE); growing the volume offline with PostgreSQL stopped briefly.")
 		rec.Method = GrowOffline
@@ -443,7 +322,8 @@ func (d *Daemon) storageLoop(ctx context.Context) {
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
-	exited := d.atRest.fuseExited()
+	// Nil, never ready, unless a process serves the volume (gocryptfs).
+	exited := d.atRest.volume().Exited()
 	var retry <-chan time.Time // set while a remount failed
 	backoff := time.Second
 	for {
@@ -474,7 +354,7 @@ func (d *Daemon) remountAfterFUSEExit(ctx context.Context, cause error, backoff 
 	if st := d.keyState.Load().State; st != KeyAvailable {
 		return nil // locked or inaccessible: unmounted on purpose; unlock mounts again
 	}
-	if alive, _ := d.atRest.KeyStatus(); alive && cause == nil {
+	if alive, _ := d.atRest.volume().Unlocked(); alive && cause == nil {
 		return nil
 	}
 	start := time.Now()
@@ -530,13 +410,14 @@ func autogrowTarget(cur, limit int64) (target int64, ok bool) {
 	return target, true
 }
 
-// autogrow grows an image-backed volume that has less than 10% free by
+// autogrow grows a resizable volume (an image) that has less than 10% free by
 // 25% (at least 1 GiB), within what the host filesystem can hold.
 func (d *Daemon) autogrow(ctx context.Context) {
-	if !d.autogrowOn() || !d.atRest.imageBacked() || d.keyState.Load().State != KeyAvailable {
+	b := d.atRest.volume()
+	if !d.autogrowOn() || b.CanResize() != nil || d.keyState.Load().State != KeyAvailable {
 		return
 	}
-	total, free, err := d.atRest.Usage()
+	total, free, err := b.Usage()
 	if err != nil || total == 0 || float64(free) >= autogrowThreshold*float64(total) {
 		return
 	}
@@ -545,12 +426,12 @@ func (d *Daemon) autogrow(ctx context.Context) {
 	if d.keyState.Load().State != KeyAvailable {
 		return
 	}
-	cur, _, err := imageSize(d.Layout.VolumeImage())
+	cur, _, err := b.Size()
 	if err != nil {
 		d.Log.Error("Autogrow: reading the volume image failed.", "error", err)
 		return
 	}
-	limit, avail, margin, err := d.hostLimit()
+	limit, avail, margin, err := hostLimit(b)
 	if err != nil {
 		d.Log.Error("Autogrow: reading the host filesystem's free space failed.", "error", err)
 		return

@@ -16,6 +16,11 @@
 //	Provision → Unlock → (PostgreSQL runs) → Lock → Detach
 //	Attach    → Unlock → ...
 //
+// Callers hold a Backend, which New picks once from Options: fscrypt on an
+// image (Volume with Image), fscrypt on a storage path (Volume with Path),
+// or gocryptfs (Gocryptfs). They share the lifecycle above and say what
+// differs through capabilities (CanResize, Exited), never their kind.
+//
 // Key material handed to Unlock is copied only into the ioctl argument and
 // wiped after the call; it never reaches a child process's argv or
 // environment, a log line or an error string.

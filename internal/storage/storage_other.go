@@ -54,3 +54,7 @@ func CheckStoragePath(path string) (string, error) { return "", ErrUnsupported }
 
 // LoopDevice needs Linux.
 func (v *Volume) LoopDevice(ctx context.Context) (string, error) { return "", ErrUnsupported }
+
+func fileSize(path string) (size, allocated int64, err error) { return 0, 0, ErrUnsupported }
+
+func fsSpace(path string) (total, avail int64, err error) { return 0, 0, ErrUnsupported }
