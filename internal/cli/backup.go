@@ -11,8 +11,8 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/backup"
-	"github.com/pgshield/pgshield/internal/daemon"
 	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/provision"
 )
@@ -40,13 +40,13 @@ func newBackupCreate(g *globals) *cobra.Command {
 				return usageError{fmt.Errorf("invalid --type %q: use full, diff or incr", typ)}
 			}
 			c := g.client()
-			var job daemon.BackupJob
-			if err := c.Do(cmd.Context(), "POST", "/v1/backups", daemon.BackupCreateRequest{Type: typ}, &job); err != nil {
+			job, err := c.CreateBackup(cmd.Context(), typ)
+			if err != nil {
 				return err
 			}
 			progress := newProgress(cmd.ErrOrStderr(), g.output != "json", "Backing up ("+typ+")")
 			deadline := time.Now().Add(timeout)
-			for job.State == daemon.JobRunning {
+			for job.State == apitype.JobRunning {
 				if time.Now().After(deadline) {
 					return fmt.Errorf("backup job %s still running after %s; follow it with 'pgshield backup list'", job.ID, timeout)
 				}
@@ -55,9 +55,8 @@ func newBackupCreate(g *globals) *cobra.Command {
 					return cmd.Context().Err()
 				case <-time.After(250 * time.Millisecond):
 				}
-				var cur daemon.BackupJob
 				ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
-				err := c.Do(ctx, "GET", "/v1/backups/job", nil, &cur)
+				cur, err := c.BackupJob(ctx)
 				cancel()
 				if err != nil {
 					return fmt.Errorf("following backup job %s: %w", job.ID, err)
@@ -69,7 +68,7 @@ func newBackupCreate(g *globals) *cobra.Command {
 				progress.update(job.Progress)
 			}
 			progress.done()
-			if job.State != daemon.JobSucceeded {
+			if job.State != apitype.JobSucceeded {
 				return fmt.Errorf("backup failed: %s", job.Error)
 			}
 			return emit(cmd.OutOrStdout(), g, job, func(tw *tabwriter.Writer) {
@@ -92,8 +91,8 @@ func newBackupList(g *globals) *cobra.Command {
 		Short: "List the backups in the repository, oldest first",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var bl daemon.BackupList
-			if err := g.client().Do(cmd.Context(), "GET", "/v1/backups", nil, &bl); err != nil {
+			bl, err := g.client().Backups(cmd.Context())
+			if err != nil {
 				return err
 			}
 			return emit(cmd.OutOrStdout(), g, bl.Backups, func(tw *tabwriter.Writer) {

@@ -4,7 +4,8 @@ import (
 	"errors"
 	"strings"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apiclient"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/provision"
 )
@@ -30,7 +31,7 @@ func (e usageError) Unwrap() error { return e.error }
 var errNotRoot = errors.New("this command must run as root")
 
 func exitCode(err error) int {
-	var ae *api.Error
+	var ae *apitype.Error
 	var ue usageError
 	var oe *provision.OptionError
 	switch {
@@ -43,15 +44,15 @@ func exitCode(err error) int {
 		return exitNotRoot
 	case errors.Is(err, config.ErrNotInitialized):
 		return exitNotInitialized
-	case errors.Is(err, api.ErrNotRunning):
+	case errors.Is(err, apiclient.ErrNotRunning):
 		return exitNotRunning
 	case errors.As(err, &ae):
 		switch ae.Code {
-		case api.CodeInvalid:
+		case apitype.CodeInvalid:
 			return exitInvalid
-		case api.CodeNotFound:
+		case apitype.CodeNotFound:
 			return exitNotFound
-		case api.CodeUnavailable:
+		case apitype.CodeUnavailable:
 			return exitUnavailable
 		}
 	}

@@ -5,7 +5,8 @@ import (
 	"fmt"
 	"testing"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/provision"
 )
 
@@ -21,7 +22,7 @@ func TestExitCode(t *testing.T) {
 		{"provision option, wrapped", fmt.Errorf("init: %w", opt), exitUsage},
 		// A failed provisioning run whose cleanup failed too keeps the
 		// failed step's code.
-		{"coded, joined with an undo error", errors.Join(api.Errorf(api.CodeNotFound, "no backup"), errors.New("cleanup")), exitNotFound},
+		{"coded, joined with an undo error", errors.Join(clienterr.New(apitype.CodeNotFound, "no backup"), errors.New("cleanup")), exitNotFound},
 		{"plain", errors.New("x"), exitError},
 	} {
 		if got := exitCode(tc.err); got != tc.want {

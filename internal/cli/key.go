@@ -1,18 +1,20 @@
 package cli
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgshield/pgshield/internal/daemon"
+	"github.com/pgshield/pgshield/internal/apiclient"
+	"github.com/pgshield/pgshield/internal/apitype"
 )
 
 func newKey(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "key", Short: "Data encryption key: show, lock, unlock"}
-	show := func(cmd *cobra.Command, ki daemon.KeyInfo) error {
+	show := func(cmd *cobra.Command, ki apitype.KeyInfo) error {
 		return emit(cmd.OutOrStdout(), g, ki, func(tw *tabwriter.Writer) {
 			fmt.Fprintf(tw, "state\t%s since %s\n", ki.State, ki.Since.Local().Format(time.RFC3339))
 			if ki.Reason != "" {
@@ -32,41 +34,45 @@ func newKey(g *globals) *cobra.Command {
 			}
 		})
 	}
-	for _, c := range []struct{ use, short, method, route string }{
-		{"show", "Show the key's state, source and backend", "GET", "/v1/key"},
-		{"lock", "End sessions, stop PostgreSQL, remove the key from the kernel", "POST", "/v1/key/lock"},
-		{"unlock", "Unwrap the key, unlock the volume, start PostgreSQL", "POST", "/v1/key/unlock"},
-		{"revalidate", "Prove now that the key-encryption key still unwraps the data key", "POST", "/v1/key/revalidate"},
+	for _, c := range []struct {
+		use, short string
+		write      bool
+		call       func(*apiclient.Client, context.Context) (*apitype.KeyInfo, error)
+	}{
+		{"show", "Show the key's state, source and backend", false, (*apiclient.Client).Key},
+		{"lock", "End sessions, stop PostgreSQL, remove the key from the kernel", true, (*apiclient.Client).LockKey},
+		{"unlock", "Unwrap the key, unlock the volume, start PostgreSQL", true, (*apiclient.Client).UnlockKey},
+		{"revalidate", "Prove now that the key-encryption key still unwraps the data key", true, (*apiclient.Client).RevalidateKey},
 	} {
-		c := c
 		cmd.AddCommand(&cobra.Command{Use: c.use, Short: c.short, Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
-				if c.method != "GET" {
+				if c.write {
 					if err := requireRoot(); err != nil {
 						return err
 					}
 				}
-				var ki daemon.KeyInfo
-				if err := g.client().Do(cmd.Context(), c.method, c.route, nil, &ki); err != nil {
+				ki, err := c.call(g.client(), cmd.Context())
+				if err != nil {
 					return err
 				}
-				return show(cmd, ki)
+				return show(cmd, *ki)
 			}})
 	}
-	cmd.AddCommand(newKeyChange(g, "set", "Put the data key under another key-encryption key, online", "/v1/key/set", true),
-		newKeyChange(g, "rotate", "Re-wrap the data key with the key's newest version (or --key-uri), online", "/v1/key/rotate", false))
+	cmd.AddCommand(newKeyChange(g, "set", "Put the data key under another key-encryption key, online", (*apiclient.Client).SetKey, true),
+		newKeyChange(g, "rotate", "Re-wrap the data key with the key's newest version (or --key-uri), online", (*apiclient.Client).RotateKey, false))
 	return cmd
 }
 
-func newKeyChange(g *globals, use, short, route string, requireURI bool) *cobra.Command {
+func newKeyChange(g *globals, use, short string, call func(*apiclient.Client, context.Context, string) (*apitype.KeyInfo, error),
+	requireURI bool) *cobra.Command {
 	var uri string
 	c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			var ki daemon.KeyInfo
-			if err := g.client().Do(cmd.Context(), "POST", route, daemon.KeyChangeRequest{KeyURI: uri}, &ki); err != nil {
+			ki, err := call(g.client(), cmd.Context(), uri)
+			if err != nil {
 				return err
 			}
 			return emit(cmd.OutOrStdout(), g, ki, func(tw *tabwriter.Writer) {

@@ -15,9 +15,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apiclient"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/config"
+	// The daemon runs in this process with `up --foreground`.
 	"github.com/pgshield/pgshield/internal/daemon"
+	"github.com/pgshield/pgshield/internal/pidfile"
 )
 
 func newUp(g *globals) *cobra.Command {
@@ -35,7 +38,7 @@ func newUp(g *globals) *cobra.Command {
 			if _, err := config.Load(l); err != nil {
 				return err
 			}
-			if pid, alive := daemon.ReadPID(l); alive {
+			if pid, alive := pidfile.Read(l.PIDFile()); alive {
 				return fmt.Errorf("pgshield is already running on %s (pid %d)", l.Root, pid)
 			}
 			if foreground {
@@ -96,9 +99,8 @@ func startBackground(cmd *cobra.Command, g *globals, l config.Layout, timeout ti
 			return fmt.Errorf("pgshield did not become ready within %s; see %s", timeout, l.DaemonLog())
 		case <-time.After(200 * time.Millisecond):
 		}
-		var st daemon.Status
 		ctx, cancel := context.WithTimeout(cmd.Context(), 2*time.Second)
-		err := c.Do(ctx, "GET", "/v1/status", nil, &st)
+		st, err := c.Status(ctx)
 		cancel()
 		if err == nil && st.State == "Inaccessible" {
 			return fmt.Errorf("pgshield is up (pid %d) but Inaccessible: %s; see 'pgshield key show'", st.PID, st.Key.Reason)
@@ -130,12 +132,12 @@ func newDown(g *globals) *cobra.Command {
 			if _, err := config.Load(l); err != nil {
 				return err
 			}
-			pid, alive := daemon.ReadPID(l)
+			pid, alive := pidfile.Read(l.PIDFile())
 			if !alive {
 				fmt.Fprintln(cmd.OutOrStdout(), "pgshield is not running.")
 				return nil
 			}
-			if err := g.client().Do(cmd.Context(), "POST", "/v1/shutdown", nil, nil); err != nil {
+			if err := g.client().Shutdown(cmd.Context()); err != nil {
 				// The API may be wedged; a signal still drains and stops.
 				_ = syscall.Kill(pid, syscall.SIGTERM)
 			}
@@ -168,10 +170,9 @@ func newStatus(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var st daemon.Status
-			err = g.client().Do(cmd.Context(), "GET", "/v1/status", nil, &st)
-			if errors.Is(err, api.ErrNotRunning) {
-				st = daemon.Status{State: "Stopped", Listen: cfg.Listen, AdminUser: cfg.AdminUser, DataDir: l.Root}
+			st, err := g.client().Status(cmd.Context())
+			if errors.Is(err, apiclient.ErrNotRunning) {
+				st = &apitype.Status{State: "Stopped", Listen: cfg.Listen, AdminUser: cfg.AdminUser, DataDir: l.Root}
 				st.Postgres.State = "Stopped"
 			} else if err != nil {
 				return err

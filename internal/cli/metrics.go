@@ -10,7 +10,7 @@ func newMetrics(g *globals) *cobra.Command {
 			"Set pgshield.metrics_listen (e.g. 127.0.0.1:9187) to have Prometheus scrape them over HTTP at /metrics.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			b, err := g.client().Get(cmd.Context(), "/v1/metrics")
+			b, err := g.client().Metrics(cmd.Context())
 			if err != nil {
 				return err
 			}

@@ -2,12 +2,11 @@ package cli
 
 import (
 	"fmt"
-	"net/url"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 )
 
 func newParameter(g *globals) *cobra.Command {
@@ -17,8 +16,8 @@ func newParameter(g *globals) *cobra.Command {
 		Short: "List pgshield's and PostgreSQL's parameters",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var ps []api.ParameterValue
-			if err := g.client().Do(cmd.Context(), "GET", "/v1/parameters", nil, &ps); err != nil {
+			ps, err := g.client().Parameters(cmd.Context())
+			if err != nil {
 				return err
 			}
 			return emit(cmd.OutOrStdout(), g, ps, func(tw *tabwriter.Writer) {
@@ -34,11 +33,11 @@ func newParameter(g *globals) *cobra.Command {
 		Short: "Show one parameter",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var p api.ParameterValue
-			if err := g.client().Do(cmd.Context(), "GET", "/v1/parameters/"+url.PathEscape(args[0]), nil, &p); err != nil {
+			p, err := g.client().Parameter(cmd.Context(), args[0])
+			if err != nil {
 				return err
 			}
-			return emitParam(cmd, g, p)
+			return emitParam(cmd, g, *p)
 		},
 	})
 	cmd.AddCommand(&cobra.Command{
@@ -49,18 +48,17 @@ func newParameter(g *globals) *cobra.Command {
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			var p api.ParameterValue
-			if err := g.client().Do(cmd.Context(), "PUT", "/v1/parameters/"+url.PathEscape(args[0]),
-				api.SetParameterRequest{Value: args[1]}, &p); err != nil {
+			p, err := g.client().SetParameter(cmd.Context(), args[0], args[1])
+			if err != nil {
 				return err
 			}
-			return emitParam(cmd, g, p)
+			return emitParam(cmd, g, *p)
 		},
 	})
 	return cmd
 }
 
-func emitParam(cmd *cobra.Command, g *globals, p api.ParameterValue) error {
+func emitParam(cmd *cobra.Command, g *globals, p apitype.ParameterValue) error {
 	return emit(cmd.OutOrStdout(), g, p, func(tw *tabwriter.Writer) {
 		fmt.Fprintf(tw, "name\t%s\n", p.Name)
 		fmt.Fprintf(tw, "value\t%s\n", p.Value)

@@ -2,35 +2,32 @@ package cli
 
 import (
 	"fmt"
-	"net/url"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgshield/pgshield/internal/daemon"
-	"github.com/pgshield/pgshield/internal/pgbackend"
+	"github.com/pgshield/pgshield/internal/apitype"
 )
 
 func newPrincipal(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "principal", Short: "Token principals: roles that log in with an OIDC access token as the password"}
-	const base = "/v1/principals"
-	table := func(tw *tabwriter.Writer, ps []pgbackend.TokenPrincipal) {
+	table := func(tw *tabwriter.Writer, ps []apitype.Principal) {
 		fmt.Fprintln(tw, "NAME\tTYPE\tOBJECT ID\tADMIN\tCREATED")
 		for _, p := range ps {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", p.Name, p.Kind, p.ObjectID, p.Admin, fmtTime(&p.CreatedAt))
 		}
 	}
-	var req daemon.PrincipalRequest
+	var req apitype.PrincipalRequest
 	create := &cobra.Command{Use: "create", Short: "Create a role for a user, group or service principal of the identity provider", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			var p pgbackend.TokenPrincipal
-			if err := g.client().Do(cmd.Context(), "POST", base, req, &p); err != nil {
+			p, err := g.client().CreatePrincipal(cmd.Context(), req)
+			if err != nil {
 				return err
 			}
-			return emit(cmd.OutOrStdout(), g, p, func(tw *tabwriter.Writer) { table(tw, []pgbackend.TokenPrincipal{p}) })
+			return emit(cmd.OutOrStdout(), g, p, func(tw *tabwriter.Writer) { table(tw, []apitype.Principal{*p}) })
 		}}
 	create.Flags().StringVar(&req.Name, "name", "", "role name the principal logs in as (e.g. alice@contoso.com, or the group's name)")
 	create.Flags().StringVar(&req.ObjectID, "object-id", "", "the principal's object ID in the identity provider (matched against the token; never the display name)")
@@ -40,12 +37,12 @@ func newPrincipal(g *globals) *cobra.Command {
 	_ = create.MarkFlagRequired("object-id")
 	list := &cobra.Command{Use: "list", Short: "List the token principals", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var ps []pgbackend.TokenPrincipal
-			if err := g.client().Do(cmd.Context(), "GET", base, nil, &ps); err != nil {
+			ps, err := g.client().Principals(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if ps == nil {
-				ps = []pgbackend.TokenPrincipal{}
+				ps = []apitype.Principal{}
 			}
 			return emit(cmd.OutOrStdout(), g, ps, func(tw *tabwriter.Writer) { table(tw, ps) })
 		}}
@@ -55,7 +52,7 @@ func newPrincipal(g *globals) *cobra.Command {
 			if err := requireRoot(); err != nil {
 				return err
 			}
-			if err := g.client().Do(cmd.Context(), "DELETE", base+"/"+url.PathEscape(name), nil, nil); err != nil {
+			if _, err := g.client().DeletePrincipal(cmd.Context(), name); err != nil {
 				return err
 			}
 			fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s.\n", name)

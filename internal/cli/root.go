@@ -7,13 +7,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/url"
 	"os"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apiclient"
 	"github.com/pgshield/pgshield/internal/config"
 )
 
@@ -26,7 +25,7 @@ func (g *globals) layout() config.Layout {
 	return config.Layout{Root: config.DataDirFromEnv(g.dataDir)}
 }
 
-func (g *globals) client() *api.Client { return api.NewClient(g.layout().APISocket()) }
+func (g *globals) client() *apiclient.Client { return apiclient.New(g.layout().APISocket()) }
 
 // Execute runs the command line and returns the process exit code.
 func Execute(args []string) int {
@@ -101,34 +100,26 @@ func emit(w io.Writer, g *globals, v any, table func(tw *tabwriter.Writer)) erro
 	return tw.Flush()
 }
 
-// namedRuleCmd is a `show`/`delete --name N` subcommand on base/{name}.
-func namedRuleCmd(g *globals, use, short, method, base string, show func(*cobra.Command, []byte) error) *cobra.Command {
+// namedRuleCmd is a subcommand that acts on the rule --name N.
+func namedRuleCmd(use, short string, run func(cmd *cobra.Command, name string) error) *cobra.Command {
 	var name string
 	c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if method != "GET" {
-				if err := requireRoot(); err != nil {
-					return err
-				}
-			}
-			var raw json.RawMessage
-			if err := g.client().Do(cmd.Context(), method, base+"/"+url.PathEscape(name), nil, &raw); err != nil {
-				return err
-			}
-			if show == nil {
-				fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s.\n", name)
-				return nil
-			}
-			return show(cmd, raw)
-		}}
+		RunE: func(cmd *cobra.Command, _ []string) error { return run(cmd, name) }}
 	c.Flags().StringVar(&name, "name", "", "rule name")
 	_ = c.MarkFlagRequired("name")
 	return c
 }
 
-func decodeAndEmit(cmd *cobra.Command, g *globals, b []byte, v any, table func(*tabwriter.Writer)) error {
-	if err := json.Unmarshal(b, v); err != nil {
-		return err
-	}
-	return emit(cmd.OutOrStdout(), g, v, table)
+// deleteRuleCmd is `delete --name N`, which takes root; del deletes the rule.
+func deleteRuleCmd(del func(ctx context.Context, name string) error) *cobra.Command {
+	return namedRuleCmd("delete", "Delete a rule (sessions it allowed are ended)", func(cmd *cobra.Command, name string) error {
+		if err := requireRoot(); err != nil {
+			return err
+		}
+		if err := del(cmd.Context(), name); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "Deleted %s.\n", name)
+		return nil
+	})
 }

@@ -1,15 +1,15 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
-	"net/url"
 	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 )
 
 func fmtTime(t *time.Time) string {
@@ -20,12 +20,12 @@ func fmtTime(t *time.Time) string {
 }
 
 // expiryFlags adds --expires-in/--expires-at to a create or update command.
-func expiryFlags(cmd *cobra.Command, req *api.RuleRequest, at *string) {
+func expiryFlags(cmd *cobra.Command, req *apitype.RuleRequest, at *string) {
 	cmd.Flags().StringVar(&req.ExpiresIn, "expires-in", "", "remove the rule automatically after this long (e.g. 2h)")
 	cmd.Flags().StringVar(at, "expires-at", "", "remove the rule automatically at this time (RFC 3339)")
 }
 
-func parseExpiry(req *api.RuleRequest, at string) error {
+func parseExpiry(req *apitype.RuleRequest, at string) error {
 	if req.ExpiresIn != "" && at != "" {
 		return usageError{errors.New("--expires-in and --expires-at exclude each other")}
 	}
@@ -47,15 +47,14 @@ func parseExpiry(req *api.RuleRequest, at string) error {
 
 func newFirewallRule(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "firewall-rule", Short: "Public access: IP ranges allowed to connect (everything else is refused)"}
-	const base = "/v1/firewall-rules"
-	table := func(tw *tabwriter.Writer, rs []api.FirewallRule) {
+	table := func(tw *tabwriter.Writer, rs []apitype.FirewallRule) {
 		fmt.Fprintln(tw, "NAME\tSTART IP\tEND IP\tEXPIRES\tHITS\tLAST USED")
 		for _, r := range rs {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, r.StartIPAddress, r.EndIPAddress, fmtTime(r.ExpiresAt), r.Hits, fmtTime(r.LastUsed))
 		}
 	}
-	write := func(use, short, method string, create bool) *cobra.Command {
-		var req api.RuleRequest
+	write := func(use, short string, create bool) *cobra.Command {
+		var req apitype.RuleRequest
 		var at string
 		c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs,
 			RunE: func(cmd *cobra.Command, _ []string) error {
@@ -65,15 +64,16 @@ func newFirewallRule(g *globals) *cobra.Command {
 				if err := parseExpiry(&req, at); err != nil {
 					return err
 				}
-				route := base
-				if !create {
-					route += "/" + url.PathEscape(req.Name)
+				c := g.client()
+				call := c.UpdateFirewallRule
+				if create {
+					call = c.CreateFirewallRule
 				}
-				var r api.FirewallRule
-				if err := g.client().Do(cmd.Context(), method, route, req, &r); err != nil {
+				r, err := call(cmd.Context(), req)
+				if err != nil {
 					return err
 				}
-				return emit(cmd.OutOrStdout(), g, r, func(tw *tabwriter.Writer) { table(tw, []api.FirewallRule{r}) })
+				return emit(cmd.OutOrStdout(), g, r, func(tw *tabwriter.Writer) { table(tw, []apitype.FirewallRule{*r}) })
 			}}
 		c.Flags().StringVar(&req.Name, "name", "", "rule name (letters, digits, - and _)")
 		c.Flags().StringVar(&req.StartIPAddress, "start-ip-address", "", "first allowed address (IPv4 or IPv6)")
@@ -86,30 +86,32 @@ func newFirewallRule(g *globals) *cobra.Command {
 		}
 		return c
 	}
-	cmd.AddCommand(write("create", "Allow an IP range", "POST", true), write("update", "Change a rule", "PATCH", false))
+	cmd.AddCommand(write("create", "Allow an IP range", true), write("update", "Change a rule", false))
 	cmd.AddCommand(&cobra.Command{Use: "list", Short: "List the rules with their hits", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var rs []api.FirewallRule
-			if err := g.client().Do(cmd.Context(), "GET", base, nil, &rs); err != nil {
+			rs, err := g.client().FirewallRules(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if rs == nil {
-				rs = []api.FirewallRule{}
+				rs = []apitype.FirewallRule{}
 			}
 			return emit(cmd.OutOrStdout(), g, rs, func(tw *tabwriter.Writer) { table(tw, rs) })
 		}})
-	cmd.AddCommand(namedRuleCmd(g, "show", "Show a rule", "GET", base, func(cmd *cobra.Command, b []byte) error {
-		var r api.FirewallRule
-		return decodeAndEmit(cmd, g, b, &r, func(tw *tabwriter.Writer) { table(tw, []api.FirewallRule{r}) })
+	cmd.AddCommand(namedRuleCmd("show", "Show a rule", func(cmd *cobra.Command, name string) error {
+		r, err := g.client().FirewallRule(cmd.Context(), name)
+		if err != nil {
+			return err
+		}
+		return emit(cmd.OutOrStdout(), g, r, func(tw *tabwriter.Writer) { table(tw, []apitype.FirewallRule{*r}) })
 	}))
-	cmd.AddCommand(namedRuleCmd(g, "delete", "Delete a rule (sessions it allowed are ended)", "DELETE", base, nil))
+	cmd.AddCommand(deleteRuleCmd(func(ctx context.Context, name string) error { return g.client().DeleteFirewallRule(ctx, name) }))
 	return cmd
 }
 
 func newNetworkRule(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "network-rule", Short: "Private access: network security rules (lowest priority number first, default deny)"}
-	const base = "/v1/network-rules"
-	table := func(tw *tabwriter.Writer, rs []api.NetworkRule) {
+	table := func(tw *tabwriter.Writer, rs []apitype.NetworkRule) {
 		fmt.Fprintln(tw, "PRIORITY\tNAME\tDIRECTION\tACCESS\tSOURCE\tDESTINATION\tPORTS\tEXPIRES\tHITS\tLAST USED")
 		for _, r := range rs {
 			dst := r.DestinationAddressPrefix
@@ -120,7 +122,7 @@ func newNetworkRule(g *globals) *cobra.Command {
 				r.SourceAddressPrefix, dst, r.DestinationPortRange, fmtTime(r.ExpiresAt), r.Hits, fmtTime(r.LastUsed))
 		}
 	}
-	var req api.RuleRequest
+	var req apitype.RuleRequest
 	var at string
 	create := &cobra.Command{Use: "create", Short: "Add a rule", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -130,11 +132,11 @@ func newNetworkRule(g *globals) *cobra.Command {
 			if err := parseExpiry(&req, at); err != nil {
 				return err
 			}
-			var r api.NetworkRule
-			if err := g.client().Do(cmd.Context(), "POST", base, req, &r); err != nil {
+			r, err := g.client().CreateNetworkRule(cmd.Context(), req)
+			if err != nil {
 				return err
 			}
-			return emit(cmd.OutOrStdout(), g, r, func(tw *tabwriter.Writer) { table(tw, []api.NetworkRule{r}) })
+			return emit(cmd.OutOrStdout(), g, r, func(tw *tabwriter.Writer) { table(tw, []apitype.NetworkRule{*r}) })
 		}}
 	f := create.Flags()
 	f.StringVar(&req.Name, "name", "", "rule name")
@@ -151,19 +153,22 @@ func newNetworkRule(g *globals) *cobra.Command {
 	cmd.AddCommand(create)
 	cmd.AddCommand(&cobra.Command{Use: "list", Short: "List the rules by priority", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var rs []api.NetworkRule
-			if err := g.client().Do(cmd.Context(), "GET", base, nil, &rs); err != nil {
+			rs, err := g.client().NetworkRules(cmd.Context())
+			if err != nil {
 				return err
 			}
 			if rs == nil {
-				rs = []api.NetworkRule{}
+				rs = []apitype.NetworkRule{}
 			}
 			return emit(cmd.OutOrStdout(), g, rs, func(tw *tabwriter.Writer) { table(tw, rs) })
 		}})
-	cmd.AddCommand(namedRuleCmd(g, "show", "Show a rule", "GET", base, func(cmd *cobra.Command, b []byte) error {
-		var r api.NetworkRule
-		return decodeAndEmit(cmd, g, b, &r, func(tw *tabwriter.Writer) { table(tw, []api.NetworkRule{r}) })
+	cmd.AddCommand(namedRuleCmd("show", "Show a rule", func(cmd *cobra.Command, name string) error {
+		r, err := g.client().NetworkRule(cmd.Context(), name)
+		if err != nil {
+			return err
+		}
+		return emit(cmd.OutOrStdout(), g, r, func(tw *tabwriter.Writer) { table(tw, []apitype.NetworkRule{*r}) })
 	}))
-	cmd.AddCommand(namedRuleCmd(g, "delete", "Delete a rule (sessions it allowed are ended)", "DELETE", base, nil))
+	cmd.AddCommand(deleteRuleCmd(func(ctx context.Context, name string) error { return g.client().DeleteNetworkRule(ctx, name) }))
 	return cmd
 }

@@ -8,18 +8,18 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/pgshield/pgshield/internal/daemon"
+	"github.com/pgshield/pgshield/internal/apitype"
 )
 
 func newStorage(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "storage", Short: "Encrypted volume: show, resize"}
 	cmd.AddCommand(&cobra.Command{Use: "show", Short: "Show the volume: backend, size, used, free, autogrow", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			var info daemon.StorageInfo
-			if err := g.client().Do(cmd.Context(), "GET", "/v1/storage", nil, &info); err != nil {
+			info, err := g.client().Storage(cmd.Context())
+			if err != nil {
 				return err
 			}
-			return emit(cmd.OutOrStdout(), g, info, func(tw *tabwriter.Writer) { storageTable(tw, info) })
+			return emit(cmd.OutOrStdout(), g, info, func(tw *tabwriter.Writer) { storageTable(tw, *info) })
 		}})
 	var size byteSize
 	resize := &cobra.Command{Use: "resize", Short: "Grow the volume to --size (online when the kernel allows, else with a brief PostgreSQL stop)", Args: cobra.NoArgs,
@@ -30,14 +30,14 @@ func newStorage(g *globals) *cobra.Command {
 			if size.bytes == 0 {
 				return usageError{errors.New("--size is required (e.g. --size 40GiB)")}
 			}
-			var res daemon.StorageResizeResult
-			if err := g.client().Do(cmd.Context(), "POST", "/v1/storage/resize", daemon.StorageResizeRequest{SizeBytes: size.bytes}, &res); err != nil {
+			res, err := g.client().ResizeStorage(cmd.Context(), size.bytes)
+			if err != nil {
 				return err
 			}
 			return emit(cmd.OutOrStdout(), g, res, func(tw *tabwriter.Writer) {
 				gr := res.Grow
 				how := "online, PostgreSQL kept running"
-				if gr.Method == daemon.GrowOffline {
+				if gr.Method == apitype.GrowOffline {
 					how = fmt.Sprintf("offline: PostgreSQL was stopped for %s (online growth needs CAP_SYS_RESOURCE)",
 						time.Duration(gr.DowntimeSeconds*float64(time.Second)).Round(100*time.Millisecond))
 				}
@@ -52,11 +52,11 @@ func newStorage(g *globals) *cobra.Command {
 
 func mib(n uint64) string { return fmt.Sprintf("%d MiB", n>>20) }
 
-func storageTable(tw *tabwriter.Writer, s daemon.StorageInfo) {
+func storageTable(tw *tabwriter.Writer, s apitype.StorageInfo) {
 	fmt.Fprintf(tw, "backend\t%s\n", s.Description)
 	fmt.Fprintf(tw, "state\t%s\n", s.State)
 	fmt.Fprintf(tw, "size\t%s\n", mib(s.SizeBytes))
-	if s.State == daemon.KeyAvailable {
+	if s.State == apitype.KeyAvailable {
 		fmt.Fprintf(tw, "used\t%s\n", mib(s.UsedBytes))
 		fmt.Fprintf(tw, "free\t%s\n", mib(s.FreeBytes))
 	}

@@ -13,11 +13,14 @@ import (
 )
 
 // Error is an error a client is shown as it is.
+//
+// Message comes before Code so that the management API's error body keeps
+// its key order, {"error": ..., "code": ...}.
 type Error struct {
-	// Code is a SQLSTATE (gateway) or an API code (management API).
-	Code string `json:"code"`
 	// Message is the primary, client-facing text.
 	Message string `json:"error"`
+	// Code is a SQLSTATE (gateway) or an API code (management API).
+	Code string `json:"code"`
 	// Detail is optional client-facing detail.
 	Detail string `json:"detail,omitempty"`
 	// Reason is the precise cause, for pgshield's log and audit only.

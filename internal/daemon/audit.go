@@ -1,16 +1,14 @@
 package daemon
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/mgmt"
 )
 
 // The audit stream: gateway and daemon events and PostgreSQL's log, in one
@@ -111,47 +109,19 @@ func (d *Daemon) auditDropWarn() bool {
 	return now-last >= int64(10*time.Second) && d.lastAuditWarn.CompareAndSwap(last, now)
 }
 
-// Management API calls that change something are audited with who made
-// them (the peer's uid and pid from SO_PEERCRED), what (method and path)
-// and the outcome. Reads are not: the CLI polls status.
-
-type peerKey struct{}
-
-// peer is the API caller's credentials.
-type peer struct{ uid, pid int32 }
-
-// apiConnContext stores the caller's SO_PEERCRED in the connection's context.
-func apiConnContext(ctx context.Context, c net.Conn) context.Context {
-	cred, ok := api.PeerCred(c)
-	if !ok {
-		return ctx
+// auditAPICall records a management API call that changes something
+// (mgmt.Options.OnWrite): who made it (the peer's uid and pid from
+// SO_PEERCRED), what (method and path) and the outcome. Reads are not
+// audited: the CLI polls status.
+func (d *Daemon) auditAPICall(r *http.Request, err error) {
+	e := audit.Event{Type: "api.call", Outcome: audit.OutcomeSuccess,
+		Fields: map[string]any{"method": r.Method, "path": r.URL.Path}}
+	if p, ok := mgmt.PeerFrom(r.Context()); ok {
+		e.Fields["peer_uid"], e.Fields["peer_pid"] = p.UID, p.PID
+		e.Client = fmt.Sprintf("uid=%d pid=%d", p.UID, p.PID)
 	}
-	return context.WithValue(ctx, peerKey{}, peer{uid: int32(cred.Uid), pid: cred.Pid})
-}
-
-// auditedRoutes wraps the handlers of routes that change state.
-func (d *Daemon) auditedRoutes(routes []api.Route) []api.Route {
-	out := make([]api.Route, len(routes))
-	for i, rt := range routes {
-		out[i] = rt
-		if !rt.Write {
-			continue
-		}
-		h := rt.Handler
-		out[i].Handler = func(r *http.Request) (any, error) {
-			v, err := h(r)
-			e := audit.Event{Type: "api.call", Outcome: audit.OutcomeSuccess,
-				Fields: map[string]any{"method": r.Method, "path": r.URL.Path}}
-			if p, ok := r.Context().Value(peerKey{}).(peer); ok {
-				e.Fields["peer_uid"], e.Fields["peer_pid"] = p.uid, p.pid
-				e.Client = fmt.Sprintf("uid=%d pid=%d", p.uid, p.pid)
-			}
-			if err != nil {
-				e.Outcome, e.Reason = audit.OutcomeFailure, audit.Redact(err.Error())
-			}
-			d.audit(e)
-			return v, err
-		}
+	if err != nil {
+		e.Outcome, e.Reason = audit.OutcomeFailure, audit.Redact(err.Error())
 	}
-	return out
+	d.audit(e)
 }

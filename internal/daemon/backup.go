@@ -9,7 +9,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -21,68 +20,24 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/backup"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/postgres"
 )
 
-// Backup job states.
-const (
-	JobRunning   = "running"
-	JobSucceeded = "succeeded"
-	JobFailed    = "failed"
-)
-
-// BackupJob is a backup the daemon runs in the background; GET
-// /v1/backups/job reports the current or last one.
-type BackupJob struct {
-	ID string `json:"id"`
-	// Type is what was asked for (full, diff, incr); once done, what
-	// pgBackRest took (the first backup is always full).
-	Type  string `json:"type"`
-	State string `json:"state"`
-	// Progress is the share of the cluster copied, in percent.
-	Progress   float64    `json:"progress_percent"`
-	StartedAt  time.Time  `json:"started_at"`
-	FinishedAt *time.Time `json:"finished_at,omitempty"`
-	Label      string     `json:"label,omitempty"`
-	Error      string     `json:"error,omitempty"`
-}
-
-// BackupCreateRequest is the body of POST /v1/backups.
-type BackupCreateRequest struct {
-	Type string `json:"type,omitempty"` // full (default), diff or incr
-}
-
-// BackupList is the answer of GET /v1/backups.
-type BackupList struct {
-	Repository    string          `json:"repository"`
-	Cipher        string          `json:"cipher"`
-	RetentionDays int             `json:"retention_days"`
-	WALMin        string          `json:"wal_min,omitempty"`
-	WALMax        string          `json:"wal_max,omitempty"`
-	Running       bool            `json:"backup_running"`
-	Backups       []backup.Backup `json:"backups"`
-}
-
-// ArchiveResult is the answer of POST /v1/backups/archive-wal.
-type ArchiveResult struct {
-	// WAL is the segment that held the last commit, now in the repository.
-	WAL string `json:"wal"`
-}
-
 // backupJobs runs at most one backup at a time. The zero value is ready.
 type backupJobs struct {
 	mu     sync.Mutex
-	job    *BackupJob // the current or last job; replaced, never mutated outside mu
+	job    *apitype.BackupJob // the current or last job; replaced, never mutated outside mu
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func (b *backupJobs) snapshot() *BackupJob {
+func (b *backupJobs) snapshot() *apitype.BackupJob {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.job == nil {
@@ -93,18 +48,18 @@ func (b *backupJobs) snapshot() *BackupJob {
 }
 
 // start runs fn in the background as a new job unless one is running.
-func (b *backupJobs) start(typ string, fn func(ctx context.Context, progress func(float64)) (string, error), finished func(BackupJob)) (*BackupJob, error) {
+func (b *backupJobs) start(typ string, fn func(ctx context.Context, progress func(float64)) (string, error), finished func(apitype.BackupJob)) (*apitype.BackupJob, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.job != nil && b.job.State == JobRunning {
-		return nil, api.Errorf(api.CodeInvalid, "a backup is already running (job %s, started %s)", b.job.ID, b.job.StartedAt.Format(time.RFC3339))
+	if b.job != nil && b.job.State == apitype.JobRunning {
+		return nil, clienterr.New(apitype.CodeInvalid, "a backup is already running (job %s, started %s)", b.job.ID, b.job.StartedAt.Format(time.RFC3339))
 	}
 	id := make([]byte, 6)
 	if _, err := rand.Read(id); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	job := &BackupJob{ID: hex.EncodeToString(id), Type: typ, State: JobRunning, StartedAt: time.Now().UTC()}
+	job := &apitype.BackupJob{ID: hex.EncodeToString(id), Type: typ, State: apitype.JobRunning, StartedAt: time.Now().UTC()}
 	b.job, b.cancel, b.done = job, cancel, make(chan struct{})
 	done := b.done
 	go func() {
@@ -124,9 +79,9 @@ func (b *backupJobs) start(typ string, fn func(ctx context.Context, progress fun
 		now := time.Now().UTC()
 		nj.FinishedAt = &now
 		if err != nil {
-			nj.State, nj.Error = JobFailed, err.Error()
+			nj.State, nj.Error = apitype.JobFailed, err.Error()
 		} else {
-			nj.State, nj.Label, nj.Progress = JobSucceeded, label, 100
+			nj.State, nj.Label, nj.Progress = apitype.JobSucceeded, label, 100
 			nj.Type = labelType(label, nj.Type)
 		}
 		b.job = &nj
@@ -159,15 +114,6 @@ func labelType(label, fallback string) string {
 		return "incr"
 	}
 	return fallback
-}
-
-func (d *Daemon) backupRoutes() []api.Route {
-	return []api.Route{
-		{Method: "GET", Pattern: "/v1/backups", Handler: d.listBackups},
-		{Method: "POST", Pattern: "/v1/backups", Write: true, Handler: d.createBackup},
-		{Method: "GET", Pattern: "/v1/backups/job", Handler: d.backupJob},
-		{Method: "POST", Pattern: "/v1/backups/archive-wal", Write: true, Handler: d.archiveWAL},
-	}
 }
 
 // backupTool runs pgBackRest as the postgres OS user with this server's
@@ -361,11 +307,11 @@ func lastFatal(logDir string) string {
 // PostgreSQL runs: the configuration lives on the volume.
 func (d *Daemon) backupReady(needPostgres bool) error {
 	if st := d.keyState.Load(); st.State != KeyAvailable {
-		return api.Errorf(api.CodeUnavailable, "backups are not available while the server is %s", st.State)
+		return clienterr.New(apitype.CodeUnavailable, "backups are not available while the server is %s", st.State)
 	}
 	if needPostgres {
 		if ps := d.supervisor().Status(); ps.State != postgres.StateRunning {
-			return api.Errorf(api.CodeUnavailable, "PostgreSQL is not running (%s)", ps.State)
+			return clienterr.New(apitype.CodeUnavailable, "PostgreSQL is not running (%s)", ps.State)
 		}
 	}
 	return nil
@@ -379,58 +325,56 @@ func (d *Daemon) retentionDays() int {
 	return n
 }
 
-func (d *Daemon) listBackups(r *http.Request) (any, error) {
+// Backups lists the backup repository for `pgshield backup list`.
+func (d *Daemon) Backups(ctx context.Context) (apitype.BackupList, error) {
 	if err := d.backupReady(false); err != nil {
-		return nil, err
+		return apitype.BackupList{}, err
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), time.Minute)
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	out := BackupList{Repository: d.config().BackupRepo(d.Layout), Cipher: backup.CipherType,
-		RetentionDays: d.retentionDays(), Backups: []backup.Backup{}}
+	out := apitype.BackupList{Repository: d.config().BackupRepo(d.Layout), Cipher: backup.CipherType,
+		RetentionDays: d.retentionDays(), Backups: []apitype.Backup{}}
 	info, err := d.backupTool().Info(ctx)
 	if errors.Is(err, backup.ErrNoStanza) {
 		return out, nil
 	}
 	if err != nil {
-		return nil, api.Errorf(api.CodeUnavailable, "reading the backup repository: %v", err)
+		return apitype.BackupList{}, clienterr.New(apitype.CodeUnavailable, "reading the backup repository: %v", err)
 	}
 	out.Cipher, out.WALMin, out.WALMax, out.Running = info.Cipher, info.WALMin, info.WALMax, info.BackupRunning
-	if info.Backups != nil {
-		out.Backups = info.Backups
+	for _, b := range info.Backups {
+		// The same fields: this fails to compile if one type changes alone.
+		out.Backups = append(out.Backups, apitype.Backup(b))
 	}
 	return out, nil
 }
 
-func (d *Daemon) createBackup(r *http.Request) (any, error) {
-	var req BackupCreateRequest
-	if r.ContentLength != 0 {
-		if err := api.DecodeBody(r, &req); err != nil {
-			return nil, err
-		}
+// CreateBackup starts a backup of type typ (full, diff or incr; empty is
+// full) in the background and returns its job.
+func (d *Daemon) CreateBackup(typ string) (*apitype.BackupJob, error) {
+	if typ == "" {
+		typ = "full"
 	}
-	if req.Type == "" {
-		req.Type = "full"
-	}
-	switch req.Type {
+	switch typ {
 	case "full", "diff", "incr":
 	default:
-		return nil, api.Errorf(api.CodeInvalid, "invalid backup type %q: use full, diff or incr", req.Type)
+		return nil, clienterr.New(apitype.CodeInvalid, "invalid backup type %q: use full, diff or incr", typ)
 	}
 	if err := d.backupReady(true); err != nil {
 		return nil, err
 	}
 	retention := d.retentionDays()
-	job, err := d.backups.start(req.Type, func(ctx context.Context, progress func(float64)) (string, error) {
+	job, err := d.backups.start(typ, func(ctx context.Context, progress func(float64)) (string, error) {
 		tool := d.backupTool()
 		// A repository made after `up` (or emptied) gets its stanza here.
 		if err := tool.EnsureStanza(ctx); err != nil {
 			return "", err
 		}
-		return tool.Backup(ctx, req.Type, retention, progress)
-	}, func(j BackupJob) {
+		return tool.Backup(ctx, typ, retention, progress)
+	}, func(j apitype.BackupJob) {
 		ev := audit.Event{Type: "backup.create", Outcome: audit.OutcomeSuccess,
 			Fields: map[string]any{"job": j.ID, "type": j.Type, "label": j.Label}}
-		if j.State != JobSucceeded {
+		if j.State != apitype.JobSucceeded {
 			ev.Outcome, ev.Reason = audit.OutcomeFailure, j.Error
 			d.Log.Error("Backup failed.", "job", j.ID, "error", j.Error)
 		} else {
@@ -446,37 +390,38 @@ func (d *Daemon) createBackup(r *http.Request) (any, error) {
 	return job, nil
 }
 
-func (d *Daemon) backupJob(*http.Request) (any, error) {
+// BackupJob returns the current or last backup job.
+func (d *Daemon) BackupJob() (*apitype.BackupJob, error) {
 	j := d.backups.snapshot()
 	if j == nil {
-		return nil, api.Errorf(api.CodeNotFound, "no backup was started since pgshield started")
+		return nil, clienterr.New(apitype.CodeNotFound, "no backup was started since pgshield started")
 	}
 	return j, nil
 }
 
-// archiveWAL closes the current WAL segment and waits until it is in the
+// ArchiveWAL closes the current WAL segment and waits until it is in the
 // repository, so that a restore can reach every commit made so far.
-func (d *Daemon) archiveWAL(r *http.Request) (any, error) {
+func (d *Daemon) ArchiveWAL(ctx context.Context) (apitype.ArchiveResult, error) {
 	if err := d.backupReady(true); err != nil {
-		return nil, err
+		return apitype.ArchiveResult{}, err
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 90*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	var wal string
 	// pg_walfile_name of the switch position names the segment just
 	// closed (a position on a boundary belongs to the previous segment).
 	if err := d.catalog.Pool.QueryRow(ctx, sqlSwitchWAL).Scan(&wal); err != nil {
-		return nil, api.Errorf(api.CodeUnavailable, "switching WAL: %v", err)
+		return apitype.ArchiveResult{}, clienterr.New(apitype.CodeUnavailable, "switching WAL: %v", err)
 	}
 	for {
 		var last, failed string
 		err := d.catalog.Pool.QueryRow(ctx, sqlArchiverState).Scan(&last, &failed)
 		if err != nil {
-			return nil, api.Errorf(api.CodeUnavailable, "reading the archiver's state: %v", err)
+			return apitype.ArchiveResult{}, clienterr.New(apitype.CodeUnavailable, "reading the archiver's state: %v", err)
 		}
 		// Names of one timeline sort in WAL order; a later timeline sorts after.
 		if last >= wal {
-			return ArchiveResult{WAL: wal}, nil
+			return apitype.ArchiveResult{WAL: wal}, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -484,7 +429,7 @@ func (d *Daemon) archiveWAL(r *http.Request) (any, error) {
 			if failed != "" {
 				msg += " (archiving " + failed + " failed; see PostgreSQL's log)"
 			}
-			return nil, api.Errorf(api.CodeUnavailable, "%s", msg)
+			return apitype.ArchiveResult{}, clienterr.New(apitype.CodeUnavailable, "%s", msg)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pgshield/pgshield/internal/apitype"
 )
 
 func TestBackupJobs(t *testing.T) {
@@ -13,14 +15,14 @@ func TestBackupJobs(t *testing.T) {
 		t.Fatalf("snapshot of no job is not nil")
 	}
 	release := make(chan struct{})
-	finished := make(chan BackupJob, 2)
+	finished := make(chan apitype.BackupJob, 2)
 	job, err := b.start("incr", func(ctx context.Context, progress func(float64)) (string, error) {
 		progress(40)
 		progress(30) // never goes back
 		<-release
 		return "20261125-143629F", nil
-	}, func(j BackupJob) { finished <- j })
-	if err != nil || job.State != JobRunning || job.ID == "" {
+	}, func(j apitype.BackupJob) { finished <- j })
+	if err != nil || job.State != apitype.JobRunning || job.ID == "" {
 		t.Fatalf("start = %+v, %v", job, err)
 	}
 	if _, err := b.start("full", nil, nil); err == nil {
@@ -35,7 +37,7 @@ func TestBackupJobs(t *testing.T) {
 	close(release)
 	j := <-finished
 	// The first backup is full whatever was asked: the label says so.
-	if j.State != JobSucceeded || j.Label != "20261125-143629F" || j.Type != "full" || j.Progress != 100 || j.FinishedAt == nil {
+	if j.State != apitype.JobSucceeded || j.Label != "20261125-143629F" || j.Type != "full" || j.Progress != 100 || j.FinishedAt == nil {
 		t.Fatalf("finished job = %+v", j)
 	}
 
@@ -43,7 +45,7 @@ func TestBackupJobs(t *testing.T) {
 	job2, err := b.start("full", func(ctx context.Context, _ func(float64)) (string, error) {
 		<-ctx.Done()
 		return "", ctx.Err()
-	}, func(j BackupJob) { finished <- j })
+	}, func(j apitype.BackupJob) { finished <- j })
 	if err != nil || job2.ID == job.ID {
 		t.Fatalf("second job = %+v, %v", job2, err)
 	}
@@ -54,7 +56,7 @@ func TestBackupJobs(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatalf("stop did not return")
 	}
-	if j := <-finished; j.State != JobFailed || !strings.Contains(j.Error, context.Canceled.Error()) {
+	if j := <-finished; j.State != apitype.JobFailed || !strings.Contains(j.Error, context.Canceled.Error()) {
 		t.Fatalf("cancelled job = %+v", j)
 	}
 	b.stop() // idempotent

@@ -12,22 +12,20 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/gateway"
 	"github.com/pgshield/pgshield/internal/metrics"
+	"github.com/pgshield/pgshield/internal/mgmt"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/nft"
 	"github.com/pgshield/pgshield/internal/outbound"
 	"github.com/pgshield/pgshield/internal/pgbackend"
+	"github.com/pgshield/pgshield/internal/pidfile"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 )
@@ -82,7 +80,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.cfg = cfg
 	d.serverID = cfg.ServerID
-	if err := writePIDFile(d.Layout.PIDFile()); err != nil {
+	if err := pidfile.Write(d.Layout.PIDFile()); err != nil {
 		return err
 	}
 	defer os.Remove(d.Layout.PIDFile())
@@ -193,7 +191,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}
 	}()
-	apiLn, err := api.Listen(d.Layout.APISocket())
+	apiLn, err := mgmt.Listen(d.Layout.APISocket())
 	if err != nil {
 		return err
 	}
@@ -233,8 +231,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	go d.revalidateLoop(ctx)
 	go d.storageLoop(ctx) // autogrow; remounts gocryptfs if it dies
 
-	srv := &http.Server{Handler: api.NewHandler(d.auditedRoutes(append(d.routes(), d.backupRoutes()...)), d.Log),
-		ReadHeaderTimeout: 10 * time.Second, ConnContext: apiConnContext}
+	srv := &http.Server{Handler: mgmt.NewHandler(mgmt.Routes(d), mgmt.Options{Log: d.Log, OnWrite: d.auditAPICall}),
+		ReadHeaderTimeout: 10 * time.Second, ConnContext: mgmt.ConnContext}
 	var wg sync.WaitGroup
 	wg.Add(2)
 	go func() {
@@ -246,7 +244,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}()
 	go func() {
 		defer wg.Done()
-		if err := srv.Serve(api.RootOnly{Listener: apiLn, Log: d.Log}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := srv.Serve(mgmt.RootOnly{Listener: apiLn, Log: d.Log}); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			d.Log.Error("API server stopped.", "error", err)
 		}
 	}()
@@ -258,18 +256,6 @@ func (d *Daemon) Run(ctx context.Context) error {
 	cancel()
 	wg.Wait()
 	return nil
-}
-
-// writePIDFile refuses to run twice on one data directory.
-func writePIDFile(path string) error {
-	if b, err := os.ReadFile(path); err == nil {
-		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && pid > 0 && pid != os.Getpid() {
-			if syscall.Kill(pid, 0) == nil {
-				return fmt.Errorf("pgshield is already running on this data directory (pid %d)", pid)
-			}
-		}
-	}
-	return config.WriteFileAtomic(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 }
 
 // loadOrCreateSecret reads a 32-byte secret, creating it (0600 in a 0700
@@ -290,19 +276,6 @@ func loadOrCreateSecret(l config.Layout, path string) ([]byte, error) {
 		return nil, err
 	}
 	return b, config.WriteFileAtomic(path, b, 0o600)
-}
-
-// ReadPID returns the pid recorded for a running daemon, if that process lives.
-func ReadPID(l config.Layout) (int, bool) {
-	b, err := os.ReadFile(l.PIDFile())
-	if err != nil {
-		return 0, false
-	}
-	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
-	if err != nil || pid <= 0 {
-		return 0, false
-	}
-	return pid, syscall.Kill(pid, 0) == nil
 }
 
 // audit records a security event. While the log cannot be written the

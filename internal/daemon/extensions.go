@@ -9,7 +9,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/postgres"
 )
@@ -22,11 +23,11 @@ func (d *Daemon) checkExtensionsAvailable(ctx context.Context, names []string) e
 	}
 	rows, err := d.catalog.Pool.Query(ctx, sqlAvailableExtensions)
 	if err != nil {
-		return api.Errorf(api.CodeUnavailable, "PostgreSQL is not available: %v", err)
+		return clienterr.New(apitype.CodeUnavailable, "PostgreSQL is not available: %v", err)
 	}
 	avail, err := pgx.CollectRows(rows, pgx.RowTo[string])
 	if err != nil {
-		return api.Errorf(api.CodeUnavailable, "PostgreSQL is not available: %v", err)
+		return clienterr.New(apitype.CodeUnavailable, "PostgreSQL is not available: %v", err)
 	}
 	// The difference is taken here, not in SQL: no operator, aggregate or
 	// function resolves in the privileged session.
@@ -38,7 +39,7 @@ func (d *Daemon) checkExtensionsAvailable(ctx context.Context, names []string) e
 	}
 	slices.Sort(missing)
 	if len(missing) > 0 {
-		return api.Errorf(api.CodeInvalid, "invalid value for parameter %q: not installed on this machine: %s",
+		return clienterr.New(apitype.CodeInvalid, "invalid value for parameter %q: not installed on this machine: %s",
 			"pgshield.allowed_extensions", strings.Join(missing, ", "))
 	}
 	return nil

@@ -3,12 +3,11 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"net/http"
-	"strings"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/keys"
 )
@@ -102,46 +101,35 @@ func (d *Daemon) revalidate(ctx context.Context) {
 	}
 }
 
-// revalidateKey is `pgshield key revalidate`: check now, act on the result.
-func (d *Daemon) revalidateKey(r *http.Request) (any, error) {
-	d.revalidate(r.Context())
-	return d.keyInfo(), nil
+// RevalidateKey is `pgshield key revalidate`: check now, act on the result.
+func (d *Daemon) RevalidateKey(ctx context.Context) apitype.KeyInfo {
+	d.revalidate(ctx)
+	return d.Key()
 }
 
-// KeyChangeRequest is the body of POST /v1/key/set and /v1/key/rotate.
-type KeyChangeRequest struct {
-	KeyURI string `json:"key_uri,omitempty"`
-}
-
-// setKey re-wraps the data key under another key-encryption key
+// ChangeKey re-wraps the data key under another key-encryption key
 // (`key set --key-uri`), or under the same key's newest version (`key
-// rotate`), online. The config is saved only after the new wrapping is.
-func (d *Daemon) setKey(r *http.Request) (any, error) {
-	var req KeyChangeRequest
-	if r.ContentLength != 0 {
-		if err := api.DecodeBody(r, &req); err != nil {
-			return nil, err
-		}
-	}
-	rotate := strings.HasSuffix(r.URL.Path, "/rotate")
-	if req.KeyURI == "" && !rotate {
-		return nil, api.Errorf(api.CodeInvalid, "key_uri is required")
+// rotate`, keyURI empty) or another (`key rotate --key-uri`), online. The
+// config is saved only after the new wrapping is.
+func (d *Daemon) ChangeKey(ctx context.Context, keyURI string, rotate bool) (apitype.KeyInfo, error) {
+	if keyURI == "" && !rotate {
+		return apitype.KeyInfo{}, clienterr.New(apitype.CodeInvalid, "key_uri is required")
 	}
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
 	if st := d.keyState.Load().State; st != KeyAvailable {
-		return nil, api.Errorf(api.CodeUnavailable, "the key can be changed only while the server is Available (it is %s)", st)
+		return apitype.KeyInfo{}, clienterr.New(apitype.CodeUnavailable, "the key can be changed only while the server is Available (it is %s)", st)
 	}
-	if err := d.rewrapLocked(r.Context(), req.KeyURI); err != nil {
-		return nil, err
+	if err := d.rewrapLocked(ctx, keyURI); err != nil {
+		return apitype.KeyInfo{}, err
 	}
 	d.Log.Info("Data key re-wrapped.", "key_uri", keys.RedactURI(d.config().KeyURI), "rotate", rotate)
 	d.audit(audit.Event{Type: "key.rewrap", Outcome: audit.OutcomeSuccess,
 		Fields: map[string]any{"key_uri": keys.RedactURI(d.config().KeyURI), "rotate": rotate}})
-	return d.keyInfo(), nil
+	return d.Key(), nil
 }
 
-// rewrapLocked does the work of setKey; callers hold keyMu.
+// rewrapLocked does the work of ChangeKey; callers hold keyMu.
 func (d *Daemon) rewrapLocked(ctx context.Context, newURI string) error {
 	d.cfgMu.Lock()
 	defer d.cfgMu.Unlock()
@@ -154,10 +142,10 @@ func (d *Daemon) rewrapLocked(ctx context.Context, newURI string) error {
 	// prepared (and proved) first so that a failure changes nothing.
 	saveBackupKey, err := d.rewrapBackupKey(ctx, d.cfg.KeyURI, newURI)
 	if err != nil {
-		return api.Errorf(api.CodeInvalid, "%v", err)
+		return clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
 	if err := d.atRest.Rewrap(ctx, newURI); err != nil {
-		return api.Errorf(api.CodeInvalid, "%v", err)
+		return clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
 	if err := saveBackupKey(); err != nil {
 		return fmt.Errorf("saving the re-wrapped backup passphrase: %w", err)

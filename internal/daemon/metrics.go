@@ -3,7 +3,6 @@ package daemon
 import (
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
 	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/metrics"
 	"github.com/pgshield/pgshield/internal/postgres"
@@ -71,8 +70,4 @@ func revalidationResult(err error) string {
 		return "corrupt"
 	}
 	return "unreachable"
-}
-
-func (d *Daemon) metricsRoutes() []api.Route {
-	return []api.Route{{Method: "GET", Pattern: "/v1/metrics", Raw: d.metrics.Handler()}}
 }

@@ -4,15 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 )
@@ -92,12 +92,12 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
-func toAPIFirewall(r netpolicy.FirewallRule, st netpolicy.RuleStats) api.FirewallRule {
-	return api.FirewallRule{Name: r.Name, StartIPAddress: r.StartIP.String(), EndIPAddress: r.EndIP.String(),
+func toAPIFirewall(r netpolicy.FirewallRule, st netpolicy.RuleStats) apitype.FirewallRule {
+	return apitype.FirewallRule{Name: r.Name, StartIPAddress: r.StartIP.String(), EndIPAddress: r.EndIP.String(),
 		ExpiresAt: timePtr(r.ExpiresAt), CreatedAt: r.CreatedAt, Hits: st.Hits, LastUsed: timePtr(st.LastUsed)}
 }
 
-func toAPINetwork(r netpolicy.NetworkRule, st netpolicy.RuleStats) api.NetworkRule {
+func toAPINetwork(r netpolicy.NetworkRule, st netpolicy.RuleStats) apitype.NetworkRule {
 	src, dst, ports := r.SourcePrefix, r.DestinationPrefix, r.DestinationPorts
 	if src == "" {
 		src = netpolicy.Any
@@ -105,58 +105,43 @@ func toAPINetwork(r netpolicy.NetworkRule, st netpolicy.RuleStats) api.NetworkRu
 	if ports == "" {
 		ports = netpolicy.Any
 	}
-	return api.NetworkRule{Name: r.Name, Priority: r.Priority, Access: r.Access, Direction: r.Direction,
+	return apitype.NetworkRule{Name: r.Name, Priority: r.Priority, Access: r.Access, Direction: r.Direction,
 		SourceAddressPrefix: src, DestinationAddressPrefix: dst, DestinationPortRange: ports,
 		ExpiresAt: timePtr(r.ExpiresAt), CreatedAt: r.CreatedAt, Hits: st.Hits, LastUsed: timePtr(st.LastUsed)}
 }
 
-func (d *Daemon) networkRoutes() []api.Route {
-	return []api.Route{
-		{Method: "GET", Pattern: "/v1/network", Handler: d.showNetworkMode},
-		{Method: "POST", Pattern: "/v1/network", Write: true, Handler: d.setNetworkMode},
-		{Method: "GET", Pattern: "/v1/firewall-rules", Handler: d.listFirewall},
-		{Method: "GET", Pattern: "/v1/firewall-rules/{name}", Handler: d.showFirewall},
-		{Method: "POST", Pattern: "/v1/firewall-rules", Write: true, Handler: d.writeFirewall},
-		{Method: "PATCH", Pattern: "/v1/firewall-rules/{name}", Write: true, Handler: d.writeFirewall},
-		{Method: "DELETE", Pattern: "/v1/firewall-rules/{name}", Write: true, Handler: d.deleteFirewall},
-		{Method: "GET", Pattern: "/v1/network-rules", Handler: d.listNetwork},
-		{Method: "GET", Pattern: "/v1/network-rules/{name}", Handler: d.showNetwork},
-		{Method: "POST", Pattern: "/v1/network-rules", Write: true, Handler: d.createNetwork},
-		{Method: "DELETE", Pattern: "/v1/network-rules/{name}", Write: true, Handler: d.deleteNetwork},
-	}
-}
-
-func (d *Daemon) listFirewall(*http.Request) (any, error) {
+// FirewallRules lists the public-access rules with their hits.
+func (d *Daemon) FirewallRules() []apitype.FirewallRule {
 	st := d.ruleStats()
-	out := []api.FirewallRule{}
+	out := []apitype.FirewallRule{}
 	for _, r := range d.policy.Snapshot().FirewallRules {
 		out = append(out, toAPIFirewall(r, st[netpolicy.KindFirewall+"/"+strings.ToLower(r.Name)]))
 	}
-	return out, nil
+	return out
 }
 
-func (d *Daemon) showFirewall(r *http.Request) (any, error) {
-	name := r.PathValue("name")
+// FirewallRule returns the public-access rule name (any case).
+func (d *Daemon) FirewallRule(name string) (apitype.FirewallRule, error) {
 	for _, fr := range d.policy.Snapshot().FirewallRules {
 		if strings.EqualFold(fr.Name, name) {
 			return toAPIFirewall(fr, d.ruleStats()[netpolicy.KindFirewall+"/"+strings.ToLower(fr.Name)]), nil
 		}
 	}
-	return nil, api.Errorf(api.CodeNotFound, "firewall rule %q does not exist", name)
+	return apitype.FirewallRule{}, clienterr.New(apitype.CodeNotFound, "firewall rule %q does not exist", name)
 }
 
 // expiry turns the request's expiry fields into a time (zero: never).
-func (d *Daemon) expiry(req api.RuleRequest) (time.Time, error) {
+func (d *Daemon) expiry(req apitype.RuleRequest) (time.Time, error) {
 	if req.ExpiresIn != "" {
 		dur, err := time.ParseDuration(req.ExpiresIn)
 		if err != nil || dur <= 0 {
-			return time.Time{}, api.Errorf(api.CodeInvalid, "invalid expires_in %q", req.ExpiresIn)
+			return time.Time{}, clienterr.New(apitype.CodeInvalid, "invalid expires_in %q", req.ExpiresIn)
 		}
 		return time.Now().Add(dur).UTC(), nil
 	}
 	if req.ExpiresAt != nil {
 		if !req.ExpiresAt.After(time.Now()) {
-			return time.Time{}, api.Errorf(api.CodeInvalid, "expires_at %s is in the past", req.ExpiresAt.Format(time.RFC3339))
+			return time.Time{}, clienterr.New(apitype.CodeInvalid, "expires_at %s is in the past", req.ExpiresAt.Format(time.RFC3339))
 		}
 		return req.ExpiresAt.UTC(), nil
 	}
@@ -166,36 +151,28 @@ func (d *Daemon) expiry(req api.RuleRequest) (time.Time, error) {
 func parseIP(field, s string) (netip.Addr, error) {
 	a, err := netip.ParseAddr(strings.TrimSpace(s))
 	if err != nil {
-		return netip.Addr{}, api.Errorf(api.CodeInvalid, "invalid %s %q: not an IPv4 or IPv6 address", field, s)
+		return netip.Addr{}, clienterr.New(apitype.CodeInvalid, "invalid %s %q: not an IPv4 or IPv6 address", field, s)
 	}
 	return a, nil
 }
 
-// writeFirewall creates (POST) or updates (PATCH) a firewall rule. The
-// engine validates the whole new policy and persists it before swapping it
-// in, and ends sessions the new rules no longer allow.
-func (d *Daemon) writeFirewall(r *http.Request) (any, error) {
-	var req api.RuleRequest
-	if err := api.DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
-	create := r.Method == "POST"
-	if !create {
-		req.Name = r.PathValue("name")
-	}
+// WriteFirewallRule creates (create) or updates the firewall rule
+// req.Name. The engine validates the whole new policy and persists it
+// before swapping it in, and ends sessions the new rules no longer allow.
+func (d *Daemon) WriteFirewallRule(req apitype.RuleRequest, create bool) (apitype.FirewallRule, error) {
 	exp, err := d.expiry(req)
 	if err != nil {
-		return nil, err
+		return apitype.FirewallRule{}, err
 	}
 	var start, end netip.Addr
 	if req.StartIPAddress != "" {
 		if start, err = parseIP("start_ip_address", req.StartIPAddress); err != nil {
-			return nil, err
+			return apitype.FirewallRule{}, err
 		}
 	}
 	if req.EndIPAddress != "" {
 		if end, err = parseIP("end_ip_address", req.EndIPAddress); err != nil {
-			return nil, err
+			return apitype.FirewallRule{}, err
 		}
 	}
 	var result netpolicy.FirewallRule
@@ -208,11 +185,11 @@ func (d *Daemon) writeFirewall(r *http.Request) (any, error) {
 		}
 		switch {
 		case create && cur != nil:
-			return api.Errorf(api.CodeInvalid, "firewall rule %q already exists (use update)", req.Name)
+			return clienterr.New(apitype.CodeInvalid, "firewall rule %q already exists (use update)", req.Name)
 		case !create && cur == nil:
-			return api.Errorf(api.CodeNotFound, "firewall rule %q does not exist", req.Name)
+			return clienterr.New(apitype.CodeNotFound, "firewall rule %q does not exist", req.Name)
 		case create && (!start.IsValid() || !end.IsValid()):
-			return api.Errorf(api.CodeInvalid, "start_ip_address and end_ip_address are required")
+			return clienterr.New(apitype.CodeInvalid, "start_ip_address and end_ip_address are required")
 		}
 		rule := netpolicy.FirewallRule{Name: req.Name, StartIP: start, EndIP: end, ExpiresAt: exp}
 		if cur != nil {
@@ -232,56 +209,54 @@ func (d *Daemon) writeFirewall(r *http.Request) (any, error) {
 		return nil
 	})
 	if err != nil {
-		return nil, policyError(err)
+		return apitype.FirewallRule{}, policyError(err)
 	}
 	d.Log.Info("Firewall rule written.", "name", result.Name, "start", result.StartIP, "end", result.EndIP)
 	d.audit(audit.Event{Type: "firewall_rule.write", Outcome: audit.OutcomeSuccess, Rule: result.Name, Fields: map[string]any{"start_ip": result.StartIP.String(), "end_ip": result.EndIP.String()}})
-	return d.showFirewall(withName(r, result.Name))
+	return d.FirewallRule(result.Name)
 }
 
-func (d *Daemon) deleteFirewall(r *http.Request) (any, error) {
-	name := r.PathValue("name")
+// DeleteFirewallRule deletes a firewall rule; sessions it allowed end.
+func (d *Daemon) DeleteFirewallRule(name string) error {
 	err := d.policy.Update(func(p *netpolicy.Policy) error {
 		if !p.DeleteFirewallRule(name) {
-			return api.Errorf(api.CodeNotFound, "firewall rule %q does not exist", name)
+			return clienterr.New(apitype.CodeNotFound, "firewall rule %q does not exist", name)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, policyError(err)
+		return policyError(err)
 	}
 	d.Log.Info("Firewall rule deleted.", "name", name)
 	d.audit(audit.Event{Type: "firewall_rule.delete", Outcome: audit.OutcomeSuccess, Rule: name})
-	return map[string]string{"deleted": name}, nil
+	return nil
 }
 
-func (d *Daemon) listNetwork(*http.Request) (any, error) {
+// NetworkRules lists the private-access rules with their hits.
+func (d *Daemon) NetworkRules() []apitype.NetworkRule {
 	st := d.ruleStats()
-	out := []api.NetworkRule{}
+	out := []apitype.NetworkRule{}
 	for _, r := range d.policy.Snapshot().NetworkRules {
 		out = append(out, toAPINetwork(r, st[netpolicy.KindNetwork+"/"+strings.ToLower(r.Name)]))
 	}
-	return out, nil
+	return out
 }
 
-func (d *Daemon) showNetwork(r *http.Request) (any, error) {
-	name := r.PathValue("name")
+// NetworkRule returns the private-access rule name (any case).
+func (d *Daemon) NetworkRule(name string) (apitype.NetworkRule, error) {
 	for _, nr := range d.policy.Snapshot().NetworkRules {
 		if strings.EqualFold(nr.Name, name) {
 			return toAPINetwork(nr, d.ruleStats()[netpolicy.KindNetwork+"/"+strings.ToLower(nr.Name)]), nil
 		}
 	}
-	return nil, api.Errorf(api.CodeNotFound, "network rule %q does not exist", name)
+	return apitype.NetworkRule{}, clienterr.New(apitype.CodeNotFound, "network rule %q does not exist", name)
 }
 
-func (d *Daemon) createNetwork(r *http.Request) (any, error) {
-	var req api.RuleRequest
-	if err := api.DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
+// CreateNetworkRule adds the network security rule req.Name.
+func (d *Daemon) CreateNetworkRule(req apitype.RuleRequest) (apitype.NetworkRule, error) {
 	exp, err := d.expiry(req)
 	if err != nil {
-		return nil, err
+		return apitype.NetworkRule{}, err
 	}
 	rule := netpolicy.NetworkRule{Name: req.Name, Priority: req.Priority, Access: req.Access, Direction: req.Direction,
 		SourcePrefix: req.SourceAddressPrefix, DestinationPrefix: req.DestinationAddressPrefix,
@@ -296,52 +271,46 @@ func (d *Daemon) createNetwork(r *http.Request) (any, error) {
 	err = d.policy.Update(func(p *netpolicy.Policy) error {
 		for _, cur := range p.NetworkRules {
 			if strings.EqualFold(cur.Name, req.Name) {
-				return api.Errorf(api.CodeInvalid, "network rule %q already exists", req.Name)
+				return clienterr.New(apitype.CodeInvalid, "network rule %q already exists", req.Name)
 			}
 		}
 		p.SetNetworkRule(rule)
 		return nil
 	})
 	if err != nil {
-		return nil, policyError(err)
+		return apitype.NetworkRule{}, policyError(err)
 	}
 	d.Log.Info("Network rule created.", "name", rule.Name, "priority", rule.Priority, "access", rule.Access)
 	d.audit(audit.Event{Type: "network_rule.create", Outcome: audit.OutcomeSuccess, Rule: rule.Name, Fields: map[string]any{"priority": rule.Priority, "access": rule.Access, "direction": rule.Direction}})
-	return d.showNetwork(withName(r, rule.Name))
+	return d.NetworkRule(rule.Name)
 }
 
-func (d *Daemon) deleteNetwork(r *http.Request) (any, error) {
-	name := r.PathValue("name")
+// DeleteNetworkRule deletes a network security rule; sessions it allowed
+// end.
+func (d *Daemon) DeleteNetworkRule(name string) error {
 	err := d.policy.Update(func(p *netpolicy.Policy) error {
 		if !p.DeleteNetworkRule(name) {
-			return api.Errorf(api.CodeNotFound, "network rule %q does not exist", name)
+			return clienterr.New(apitype.CodeNotFound, "network rule %q does not exist", name)
 		}
 		return nil
 	})
 	if err != nil {
-		return nil, policyError(err)
+		return policyError(err)
 	}
 	d.Log.Info("Network rule deleted.", "name", name)
 	d.audit(audit.Event{Type: "network_rule.delete", Outcome: audit.OutcomeSuccess, Rule: name})
-	return map[string]string{"deleted": name}, nil
+	return nil
 }
 
 // policyError maps validation failures to "invalid" for the CLI.
 func policyError(err error) error {
-	var ae *api.Error
-	if errors.As(err, &ae) {
+	if ae, ok := clienterr.As(err); ok {
 		return ae
 	}
 	if errors.Is(err, netpolicy.ErrInvalidPolicy) {
-		return api.Errorf(api.CodeInvalid, "%v", err)
+		return clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
 	return fmt.Errorf("updating network policy: %w", err)
-}
-
-func withName(r *http.Request, name string) *http.Request {
-	r2 := r.Clone(r.Context())
-	r2.SetPathValue("name", name)
-	return r2
 }
 
 // postmasterPID is the running postmaster's pid, 0 if none.
@@ -352,41 +321,27 @@ func (d *Daemon) postmasterPID() int {
 	return 0
 }
 
-// NetworkInfo is the answer of GET/POST /v1/network.
-type NetworkInfo struct {
-	Mode   string `json:"mode"`
-	Listen string `json:"listen"`
+// Network reports the network mode and the gateway's address.
+func (d *Daemon) Network() apitype.NetworkInfo {
+	return apitype.NetworkInfo{Mode: string(d.policy.Snapshot().Mode), Listen: d.listen}
 }
 
-// ModeRequest is the body of POST /v1/network.
-type ModeRequest struct {
-	Mode string `json:"mode"`
-}
-
-func (d *Daemon) showNetworkMode(*http.Request) (any, error) {
-	return NetworkInfo{Mode: string(d.policy.Snapshot().Mode), Listen: d.listen}, nil
-}
-
-// setNetworkMode switches between public access (firewall rules) and
+// SetNetworkMode switches between public access (firewall rules) and
 // private access (network security rules). Both rule sets are kept, so a
 // switch loses nothing; the listen address must suit the new mode, and
 // sessions the new mode does not allow are ended.
-func (d *Daemon) setNetworkMode(r *http.Request) (any, error) {
-	var req ModeRequest
-	if err := api.DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
-	mode, err := netpolicy.ParseMode(req.Mode)
+func (d *Daemon) SetNetworkMode(modeName string) (apitype.NetworkInfo, error) {
+	mode, err := netpolicy.ParseMode(modeName)
 	if err != nil {
-		return nil, api.Errorf(api.CodeInvalid, "%v", err)
+		return apitype.NetworkInfo{}, clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
 	if err := netpolicy.CheckListen(mode, d.config().Listen); err != nil {
-		return nil, api.Errorf(api.CodeInvalid, "%v", err)
+		return apitype.NetworkInfo{}, clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
 	if err := d.policy.Update(func(p *netpolicy.Policy) error { p.Mode = mode; return nil }); err != nil {
-		return nil, policyError(err)
+		return apitype.NetworkInfo{}, policyError(err)
 	}
 	d.Log.Info("Network mode changed.", "mode", mode)
 	d.audit(audit.Event{Type: "network.mode", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"mode": string(mode)}})
-	return d.showNetworkMode(r)
+	return d.Network(), nil
 }

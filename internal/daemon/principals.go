@@ -4,50 +4,37 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"slices"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/postgres"
 )
 
-// PrincipalRequest creates a token principal.
-type PrincipalRequest struct {
-	Name     string `json:"name"`
-	ObjectID string `json:"object_id"`
-	Type     string `json:"type"`
-	Admin    bool   `json:"admin"`
-}
+// toAPIPrincipal converts a principal for the API; the two types have the
+// same fields, so this fails to compile if one changes alone.
+func toAPIPrincipal(p pgbackend.TokenPrincipal) apitype.Principal { return apitype.Principal(p) }
 
-func (d *Daemon) principalRoutes() []api.Route {
-	return []api.Route{
-		{Method: "GET", Pattern: "/v1/principals", Handler: d.listPrincipals},
-		{Method: "POST", Pattern: "/v1/principals", Write: true, Handler: d.createPrincipal},
-		{Method: "DELETE", Pattern: "/v1/principals/{name}", Write: true, Handler: d.deletePrincipal},
-	}
-}
-
-func (d *Daemon) listPrincipals(r *http.Request) (any, error) {
-	ps, err := d.catalog.ListPrincipals(r.Context())
+// Principals lists the token principals.
+func (d *Daemon) Principals(ctx context.Context) ([]apitype.Principal, error) {
+	ps, err := d.catalog.ListPrincipals(ctx)
 	if err != nil {
 		return nil, principalAPIErr(err)
 	}
-	if ps == nil {
-		ps = []pgbackend.TokenPrincipal{}
+	out := make([]apitype.Principal, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, toAPIPrincipal(p))
 	}
-	return ps, nil
+	return out, nil
 }
 
-func (d *Daemon) createPrincipal(r *http.Request) (any, error) {
-	var req PrincipalRequest
-	if err := api.DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
-	ctx := r.Context()
+// CreatePrincipal creates a token principal's role; an administrator is
+// listed with pgshield_guard first.
+func (d *Daemon) CreatePrincipal(ctx context.Context, req apitype.PrincipalRequest) (apitype.Principal, error) {
 	want := pgbackend.TokenPrincipal{Name: req.Name, ObjectID: req.ObjectID, Kind: req.Type, Admin: req.Admin}
 	reserved := d.config().IsReserved
 	listed := false
@@ -56,11 +43,11 @@ func (d *Daemon) createPrincipal(r *http.Request) (any, error) {
 		// the administrator made could otherwise take it over before
 		// pgshield_guard lists it. No protection, no principal.
 		if err := postgres.CheckPrincipal(want, reserved); err != nil {
-			return nil, principalAPIErr(err)
+			return apitype.Principal{}, principalAPIErr(err)
 		}
 		var err error
 		if listed, err = d.setAdminPrincipal(ctx, want.Name, true, true); err != nil {
-			return nil, fmt.Errorf("principal %q not created: pgshield_guard would not protect it: %w", want.Name, err)
+			return apitype.Principal{}, fmt.Errorf("principal %q not created: pgshield_guard would not protect it: %w", want.Name, err)
 		}
 	}
 	p, err := d.catalog.CreatePrincipal(ctx, want, reserved)
@@ -75,30 +62,32 @@ func (d *Daemon) createPrincipal(r *http.Request) (any, error) {
 					"name", want.Name, "error", uerr)
 			}
 		}
-		return nil, principalAPIErr(err)
+		return apitype.Principal{}, principalAPIErr(err)
 	}
 	d.Log.Info("Token principal created.", "name", p.Name, "type", p.Kind, "admin", p.Admin)
 	d.audit(audit.Event{Type: "principal.create", Outcome: audit.OutcomeSuccess, User: p.Name,
 		Fields: map[string]any{"object_id": p.ObjectID, "type": p.Kind, "admin": p.Admin}})
-	return p, nil
+	return toAPIPrincipal(p), nil
 }
 
-func (d *Daemon) deletePrincipal(r *http.Request) (any, error) {
-	p, err := d.catalog.DeletePrincipal(r.Context(), r.PathValue("name"))
+// DeletePrincipal drops a token principal's role, refused while it owns
+// objects, and returns what it was.
+func (d *Daemon) DeletePrincipal(ctx context.Context, name string) (apitype.Principal, error) {
+	p, err := d.catalog.DeletePrincipal(ctx, name)
 	if err != nil {
-		return nil, principalAPIErr(err)
+		return apitype.Principal{}, principalAPIErr(err)
 	}
 	if p.Admin {
 		// The role is gone: the list without it is right, and PostgreSQL
 		// takes it at its next start if not now.
-		if _, err := d.setAdminPrincipal(r.Context(), p.Name, false, false); err != nil {
-			return nil, fmt.Errorf("principal %q deleted, but pgshield_guard still lists it: %w", p.Name, err)
+		if _, err := d.setAdminPrincipal(ctx, p.Name, false, false); err != nil {
+			return apitype.Principal{}, fmt.Errorf("principal %q deleted, but pgshield_guard still lists it: %w", p.Name, err)
 		}
 	}
 	d.Log.Info("Token principal deleted.", "name", p.Name)
 	d.audit(audit.Event{Type: "principal.delete", Outcome: audit.OutcomeSuccess, User: p.Name,
 		Fields: map[string]any{"object_id": p.ObjectID, "type": p.Kind}})
-	return p, nil
+	return toAPIPrincipal(p), nil
 }
 
 // setAdminPrincipal adds name to (or removes it from) the administrator
@@ -144,11 +133,11 @@ func principalAPIErr(err error) error {
 	var pe *postgres.PrincipalError
 	switch {
 	case errors.As(err, &pe) && pe.NotFound:
-		return api.Errorf(api.CodeNotFound, "%s", pe.Msg)
+		return clienterr.New(apitype.CodeNotFound, "%s", pe.Msg)
 	case errors.As(err, &pe):
-		return api.Errorf(api.CodeInvalid, "%s", pe.Msg)
+		return clienterr.New(apitype.CodeInvalid, "%s", pe.Msg)
 	case errors.Is(err, postgres.ErrPrincipalSchema):
-		return api.Errorf(api.CodeInvalid, "%v", err)
+		return clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
-	return api.Errorf(api.CodeUnavailable, "PostgreSQL is not available: %v", err)
+	return clienterr.New(apitype.CodeUnavailable, "PostgreSQL is not available: %v", err)
 }

@@ -11,8 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/backup"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/storage"
 )
@@ -192,9 +193,9 @@ func parseTargetTime(s string) (time.Time, error) {
 func planError(err error) error {
 	switch {
 	case errors.Is(err, backup.ErrUnknownLabel), errors.Is(err, backup.ErrNoBackups):
-		return api.Errorf(api.CodeNotFound, "%v", err)
+		return clienterr.New(apitype.CodeNotFound, "%v", err)
 	case errors.Is(err, backup.ErrTargetTooEarly):
-		return api.Errorf(api.CodeInvalid, "%v", err)
+		return clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
 	return err
 }

@@ -12,8 +12,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apiclient"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/backup"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/daemon"
 	"github.com/pgshield/pgshield/internal/keys"
@@ -90,14 +92,14 @@ func (r *restore) check() error {
 	}
 	if fi, err := os.Stat(dst); err == nil {
 		if !fi.IsDir() {
-			return api.Errorf(api.CodeInvalid, "target data directory %s exists and is not a directory", dst)
+			return clienterr.New(apitype.CodeInvalid, "target data directory %s exists and is not a directory", dst)
 		}
 		entries, err := os.ReadDir(dst)
 		if err != nil {
 			return err
 		}
 		if len(entries) > 0 {
-			return api.Errorf(api.CodeInvalid, "target data directory %s is not empty: restore makes a new server and needs an empty or new directory", dst)
+			return clienterr.New(apitype.CodeInvalid, "target data directory %s is not empty: restore makes a new server and needs an empty or new directory", dst)
 		}
 	} else if !errors.Is(err, os.ErrNotExist) {
 		return err
@@ -109,7 +111,7 @@ func (r *restore) check() error {
 			return &OptionError{err}
 		}
 		if t.After(time.Now()) {
-			return api.Errorf(api.CodeInvalid, "--to-time %s is in the future", t.Format(time.RFC3339Nano))
+			return clienterr.New(apitype.CodeInvalid, "--to-time %s is in the future", t.Format(time.RFC3339Nano))
 		}
 		r.target = t
 	}
@@ -138,13 +140,12 @@ func (r *restore) check() error {
 
 func (r *restore) run(ctx context.Context) (Result, error) {
 	say := &reporter{f: r.o.Report}
-	client := api.NewClient(r.src.APISocket())
+	client := apiclient.New(r.src.APISocket())
 	// Ask the source, if it runs, to archive its current WAL: then every
 	// commit made so far can be reached.
-	var ar daemon.ArchiveResult
-	switch err := client.Do(ctx, "POST", "/v1/backups/archive-wal", nil, &ar); {
+	switch _, err := client.ArchiveWAL(ctx); {
 	case err == nil:
-	case errors.Is(err, api.ErrNotRunning):
+	case errors.Is(err, apiclient.ErrNotRunning):
 		say.notice("The source server is not running: restoring from the WAL archived so far.")
 	default:
 		say.notice(fmt.Sprintf("Warning: the source's current WAL could not be archived (%v); restoring from the WAL archived so far.", err))
@@ -158,7 +159,7 @@ func (r *restore) run(ctx context.Context) (Result, error) {
 	pass, err := backup.UnwrapPassphrase(ctx, srcK, r.src.WrappedBackupKey())
 	srcK.Close()
 	if errors.Is(err, os.ErrNotExist) {
-		return Result{}, api.Errorf(api.CodeNotFound, "the source server has no backup repository yet (take a backup with 'pgshield backup create')")
+		return Result{}, clienterr.New(apitype.CodeNotFound, "the source server has no backup repository yet (take a backup with 'pgshield backup create')")
 	}
 	if err != nil {
 		return Result{}, fmt.Errorf("unwrapping the source's backup passphrase: %w", err)
@@ -168,9 +169,8 @@ func (r *restore) run(ctx context.Context) (Result, error) {
 	// Choose the backup from the running source's list when it answers,
 	// so that a bad label or time fails before anything is made; it is
 	// chosen again from the repository itself below.
-	var bl daemon.BackupList
-	if err := client.Do(ctx, "GET", "/v1/backups", nil, &bl); err == nil {
-		if _, err := backup.ChooseBackup(bl.Backups, r.o.Backup, r.target); err != nil {
+	if bl, err := client.Backups(ctx); err == nil {
+		if _, err := backup.ChooseBackup(fromAPIBackups(bl.Backups), r.o.Backup, r.target); err != nil {
 			return Result{}, planError(err)
 		}
 	}
@@ -228,7 +228,7 @@ func (r *restore) run(ctx context.Context) (Result, error) {
 		{Name: "choice of backup", Do: func(ctx context.Context) error {
 			info, err := tool.Info(ctx)
 			if errors.Is(err, backup.ErrNoStanza) {
-				return api.Errorf(api.CodeNotFound, "%v", backup.ErrNoBackups)
+				return clienterr.New(apitype.CodeNotFound, "%v", backup.ErrNoBackups)
 			}
 			if err != nil {
 				return err
@@ -279,4 +279,15 @@ func (r *restore) run(ctx context.Context) (Result, error) {
 	}
 	return Result{DataDir: dst.Root, ServerID: cfg.ServerID, Listen: cfg.Listen, AdminUser: cfg.AdminUser,
 		KeyURI: cfg.KeyURI, Restore: &plan}, nil
+}
+
+// fromAPIBackups turns the source daemon's list back into backup.Backups;
+// the two types have the same fields, so a change to one fails to compile
+// here until the other follows.
+func fromAPIBackups(bs []apitype.Backup) []backup.Backup {
+	out := make([]backup.Backup, len(bs))
+	for i, b := range bs {
+		out[i] = backup.Backup(b)
+	}
+	return out
 }

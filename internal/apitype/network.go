@@ -1,8 +1,20 @@
-package api
+package apitype
 
 import "time"
 
-// FirewallRule is a public-access rule as the API shows it.
+// NetworkInfo is the answer of GET and POST /v1/network.
+type NetworkInfo struct {
+	Mode   string `json:"mode"` // public or private
+	Listen string `json:"listen"`
+}
+
+// ModeRequest is the body of POST /v1/network.
+type ModeRequest struct {
+	Mode string `json:"mode"`
+}
+
+// FirewallRule is a public-access rule as the API shows it: an element of
+// GET /v1/firewall-rules, and the answer of GET, POST and PATCH on a rule.
 type FirewallRule struct {
 	Name           string     `json:"name"`
 	StartIPAddress string     `json:"start_ip_address"`
@@ -13,7 +25,8 @@ type FirewallRule struct {
 	LastUsed       *time.Time `json:"last_used,omitempty"`
 }
 
-// NetworkRule is a private-access network security rule.
+// NetworkRule is a private-access network security rule: an element of GET
+// /v1/network-rules, and the answer of GET and POST on a rule.
 type NetworkRule struct {
 	Name                     string     `json:"name"`
 	Priority                 int        `json:"priority"`
@@ -28,8 +41,10 @@ type NetworkRule struct {
 	LastUsed                 *time.Time `json:"last_used,omitempty"`
 }
 
-// RuleRequest creates or changes a rule; empty fields keep their value on
-// update. ExpiresIn is a Go duration ("2h"), relative to the server's clock.
+// RuleRequest is the body of POST /v1/firewall-rules, PATCH
+// /v1/firewall-rules/{name} and POST /v1/network-rules: it creates or
+// changes a rule; empty fields keep their value on update. ExpiresIn is a
+// Go duration ("2h"), relative to the server's clock.
 type RuleRequest struct {
 	Name                     string     `json:"name"`
 	StartIPAddress           string     `json:"start_ip_address,omitempty"`
@@ -42,4 +57,24 @@ type RuleRequest struct {
 	DestinationPortRange     string     `json:"destination_port_range,omitempty"`
 	ExpiresIn                string     `json:"expires_in,omitempty"`
 	ExpiresAt                *time.Time `json:"expires_at,omitempty"`
+}
+
+// PrincipalRequest is the body of POST /v1/principals: it creates a token
+// principal.
+type PrincipalRequest struct {
+	Name     string `json:"name"`
+	ObjectID string `json:"object_id"`
+	Type     string `json:"type"`
+	Admin    bool   `json:"admin"`
+}
+
+// Principal is a token principal: a role that logs in with an OIDC access
+// token. An element of GET /v1/principals, and the answer of POST
+// /v1/principals and DELETE /v1/principals/{name}.
+type Principal struct {
+	Name      string    `json:"name"`
+	ObjectID  string    `json:"object_id"`
+	Kind      string    `json:"type"` // user, group or service
+	Admin     bool      `json:"admin"`
+	CreatedAt time.Time `json:"created_at"`
 }

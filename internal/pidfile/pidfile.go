@@ -1,0 +1,36 @@
+// Package pidfile is the daemon's pid file: written by the daemon so that
+// it refuses to run twice on one data directory, read by the CLI (`up`,
+// `down`) to find the daemon without asking it.
+package pidfile
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"syscall"
+
+	"github.com/pgshield/pgshield/internal/config"
+)
+
+// Write records this process in the pid file at path, unless the pid it
+// holds is another live process.
+func Write(path string) error {
+	if pid, alive := Read(path); alive && pid != os.Getpid() {
+		return fmt.Errorf("pgshield is already running on this data directory (pid %d)", pid)
+	}
+	return config.WriteFileAtomic(path, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+}
+
+// Read returns the pid recorded at path, and whether that process lives.
+func Read(path string) (int, bool) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil || pid <= 0 {
+		return 0, false
+	}
+	return pid, syscall.Kill(pid, 0) == nil
+}
