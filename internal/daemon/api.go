@@ -24,7 +24,7 @@ func (d *Daemon) Status(context.Context) apitype.Status {
 	p, _ := config.ResolveParams(cfg.Parameters)
 	ps := d.supervisor().Status()
 	state := "Available"
-	if ks := d.keyState.Load(); ks.State != KeyAvailable {
+	if ks := d.keyState.Load(); ks.State != apitype.KeyAvailable {
 		state = ks.State
 	} else if ps.State != postgres.StateRunning {
 		state = "Unavailable"

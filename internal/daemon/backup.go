@@ -306,7 +306,7 @@ func lastFatal(logDir string) string {
 // backupReady refuses backup work unless the data is available and
 // PostgreSQL runs: the configuration lives on the volume.
 func (d *Daemon) backupReady(needPostgres bool) error {
-	if st := d.keyState.Load(); st.State != KeyAvailable {
+	if st := d.keyState.Load(); st.State != apitype.KeyAvailable {
 		return clienterr.New(apitype.CodeUnavailable, "backups are not available while the server is %s", st.State)
 	}
 	if needPostgres {

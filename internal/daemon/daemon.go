@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/gateway"
@@ -54,7 +55,7 @@ type Daemon struct {
 	atRest   *AtRest
 	// keyMu serializes lock and unlock; keyState is read without it.
 	keyMu    sync.Mutex
-	keyState atomic.Pointer[KeyState] // set through storeKeyState
+	keyState atomic.Pointer[apitype.KeyState] // set through storeKeyState
 	metrics  *metrics.Metrics
 	// metricsLn serves the metrics on pgshield.metrics_listen.
 	metricsLn *metrics.Listener
@@ -103,11 +104,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	switch {
 	case errors.As(startErr, &keyErr):
 		d.Log.Error("The data key cannot be unwrapped; starting Inaccessible.", "error", startErr)
-		d.storeKeyState(&KeyState{State: KeyInaccessible, Since: time.Now(), Reason: startErr.Error()})
+		d.storeKeyState(&apitype.KeyState{State: apitype.KeyInaccessible, Since: time.Now(), Reason: startErr.Error()})
 	case startErr != nil:
 		return startErr
 	default:
-		d.storeKeyState(&KeyState{State: KeyAvailable, Since: time.Now()})
+		d.storeKeyState(&apitype.KeyState{State: apitype.KeyAvailable, Since: time.Now()})
 	}
 	defer func() {
 		if err := d.atRest.Close(context.Background()); err != nil {

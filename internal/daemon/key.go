@@ -4,49 +4,19 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"os/exec"
 	"strings"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/wire"
 )
-
-// Key states, as `key show` and `status` report them.
-const (
-	KeyAvailable = "Available"
-	KeyLocked    = "Locked" // the operator asked: pgshield key lock
-	// KeyInaccessible: the customer-managed key was revoked, disabled or
-	// deleted, or stayed unreachable past the grace period.
-	KeyInaccessible = "Inaccessible"
-)
-
-// KeyState is the state of the server's data key.
-type KeyState struct {
-	State  string    `json:"state"`
-	Since  time.Time `json:"since"`
-	Reason string    `json:"reason,omitempty"`
-}
-
-// KeyInfo is the answer of GET /v1/key.
-type KeyInfo struct {
-	KeyState
-	LastValidated *time.Time `json:"last_validated,omitempty"`
-	LastError     string     `json:"last_error,omitempty"`
-	// GraceSince is set while the KMS cannot be reached.
-	GraceSince *time.Time `json:"grace_since,omitempty"`
-	Backend    string     `json:"backend"`
-	KeySource  string     `json:"key_source"` // system-managed or customer-managed
-	KeyURI     string     `json:"key_uri"`    // redacted
-	TotalBytes uint64     `json:"volume_total_bytes,omitempty"`
-	FreeBytes  uint64     `json:"volume_free_bytes,omitempty"`
-}
 
 func (d *Daemon) supervisor() *postgres.Supervisor {
 	d.supMu.Lock()
@@ -90,8 +60,8 @@ func (d *Daemon) startPostgres(ctx context.Context) error {
 // available refuses new sessions while the key is not usable.
 func (d *Daemon) available() error {
 	switch st := d.keyState.Load(); {
-	case st == nil || st.State == KeyAvailable:
-	case st.State == KeyInaccessible:
+	case st == nil || st.State == apitype.KeyAvailable:
+	case st.State == apitype.KeyInaccessible:
 		return errors.New("server is inaccessible: its customer-managed key is unavailable")
 	default:
 		return errors.New("server is locked: its data key was removed from the kernel (run 'pgshield key unlock')")
@@ -106,9 +76,11 @@ func (d *Daemon) config() *config.Config {
 	return d.cfg
 }
 
-func (d *Daemon) keyInfo() KeyInfo {
+// Key reports the data key's state, source and backend for `key show` and
+// `status`.
+func (d *Daemon) Key() apitype.KeyInfo {
 	cfg := d.config()
-	ki := KeyInfo{KeyState: *d.keyState.Load(), Backend: d.atRest.volume().Description(),
+	ki := apitype.KeyInfo{KeyState: *d.keyState.Load(), Backend: d.atRest.volume().Description(),
 		KeySource: "customer-managed", KeyURI: keys.RedactURI(cfg.KeyURI)}
 	if cfg.KeyURI == keys.SystemKeyURI(SystemKEKPath(cfg.ServerID)) {
 		ki.KeySource = "system-managed"
@@ -116,39 +88,37 @@ func (d *Daemon) keyInfo() KeyInfo {
 	d.revalMu.Lock()
 	ki.LastValidated, ki.LastError, ki.GraceSince = timePtr(d.reval.lastOK), d.reval.lastErr, timePtr(d.reval.graceStart)
 	d.revalMu.Unlock()
-	if ki.State == KeyAvailable {
+	if ki.State == apitype.KeyAvailable {
 		ki.TotalBytes, ki.FreeBytes, _ = d.atRest.volume().Usage()
 	}
 	return ki
 }
 
-func (d *Daemon) showKey(*http.Request) (any, error) { return d.keyInfo(), nil }
-
-// lockKey ends every session, stops PostgreSQL cleanly and removes the key
+// LockKey ends every session, stops PostgreSQL cleanly and removes the key
 // from the kernel, after which even root reads only ciphertext.
-func (d *Daemon) lockKey(r *http.Request) (any, error) {
+func (d *Daemon) LockKey() (apitype.KeyInfo, error) {
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
-	if d.keyState.Load().State == KeyLocked {
-		return d.keyInfo(), nil
+	if d.keyState.Load().State == apitype.KeyLocked {
+		return d.Key(), nil
 	}
-	if err := d.shutAwayLocked(KeyLocked, "locked by the operator",
+	if err := d.shutAwayLocked(apitype.KeyLocked, "locked by the operator",
 		"terminating connection because the server is being locked"); err != nil {
-		return nil, err
+		return apitype.KeyInfo{}, err
 	}
-	return d.keyInfo(), nil
+	return d.Key(), nil
 }
 
 // shutAwayLocked moves the server to a state where its data cannot be read:
 // new sessions are refused, open ones ended, PostgreSQL stopped, the key
 // removed from the kernel. Callers hold keyMu.
 func (d *Daemon) shutAwayLocked(state, reason, clientMsg string) error {
-	if cur := d.keyState.Load(); cur.State != KeyAvailable {
+	if cur := d.keyState.Load(); cur.State != apitype.KeyAvailable {
 		// Already shut away; only the state and reason change.
-		d.storeKeyState(&KeyState{State: state, Since: cur.Since, Reason: reason})
+		d.storeKeyState(&apitype.KeyState{State: state, Since: cur.Since, Reason: reason})
 		return nil
 	}
-	d.storeKeyState(&KeyState{State: state, Since: time.Now(), Reason: reason})
+	d.storeKeyState(&apitype.KeyState{State: state, Since: time.Now(), Reason: reason})
 	d.gw.TerminateAll(wire.ErrorMessage(wire.CodeAdminShutdown, "%s", clientMsg))
 	d.backups.stop() // its configuration is on the volume about to be locked
 	// Stopping PostgreSQL also drains its last log lines into the stream.
@@ -169,23 +139,24 @@ func (d *Daemon) shutAwayLocked(state, reason, clientMsg string) error {
 	return nil
 }
 
-// unlockKey unwraps the data key again, unlocks the volume and starts PostgreSQL.
-func (d *Daemon) unlockKey(r *http.Request) (any, error) {
+// UnlockKey unwraps the data key again, unlocks the volume and starts
+// PostgreSQL.
+func (d *Daemon) UnlockKey() (apitype.KeyInfo, error) {
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
 	if err := d.restoreLocked(); err != nil {
 		var ke *KeyError
 		if errors.As(err, &ke) {
-			return nil, api.Errorf(api.CodeUnavailable, "%v", err)
+			return apitype.KeyInfo{}, clienterr.New(apitype.CodeUnavailable, "%v", err)
 		}
-		return nil, err
+		return apitype.KeyInfo{}, err
 	}
-	return d.keyInfo(), nil
+	return d.Key(), nil
 }
 
 // restoreLocked brings a shut-away server back. Callers hold keyMu.
 func (d *Daemon) restoreLocked() error {
-	if d.keyState.Load().State == KeyAvailable {
+	if d.keyState.Load().State == apitype.KeyAvailable {
 		return nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
@@ -200,9 +171,9 @@ func (d *Daemon) restoreLocked() error {
 	if err := d.startPostgres(ctx); err != nil {
 		return err
 	}
-	d.storeKeyState(&KeyState{State: KeyAvailable, Since: time.Now()})
+	d.storeKeyState(&apitype.KeyState{State: apitype.KeyAvailable, Since: time.Now()})
 	d.Log.Info("Server data available again.")
-	d.audit(audit.Event{Type: "key.state", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"state": KeyAvailable}})
+	d.audit(audit.Event{Type: "key.state", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"state": apitype.KeyAvailable}})
 	return nil
 }
 

@@ -46,7 +46,7 @@ func (d *Daemon) revalidateLoop(ctx context.Context) {
 }
 
 func (d *Daemon) revalidate(ctx context.Context) {
-	if d.keyState.Load().State == KeyLocked {
+	if d.keyState.Load().State == apitype.KeyLocked {
 		return // the operator's lock is undone only by the operator
 	}
 	d.keyMu.Lock()
@@ -75,7 +75,7 @@ func (d *Daemon) revalidate(ctx context.Context) {
 	}
 	d.revalMu.Unlock()
 	if err == nil {
-		if d.keyState.Load().State == KeyInaccessible {
+		if d.keyState.Load().State == apitype.KeyInaccessible {
 			if err := d.restoreLocked(); err != nil {
 				d.Log.Error("Restoring the server after the key came back failed.", "error", err)
 			}
@@ -84,16 +84,16 @@ func (d *Daemon) revalidate(ctx context.Context) {
 	}
 	switch kind {
 	case keys.KindDenied, keys.KindCorrupt:
-		if d.keyState.Load().State != KeyInaccessible {
+		if d.keyState.Load().State != apitype.KeyInaccessible {
 			d.Log.Error("The key-encryption key is unavailable; shutting the data away.", "kind", kind.String(), "error", err)
 		}
-		if serr := d.shutAwayLocked(KeyInaccessible, "key-encryption key unavailable ("+kind.String()+"): "+err.Error(),
+		if serr := d.shutAwayLocked(apitype.KeyInaccessible, "key-encryption key unavailable ("+kind.String()+"): "+err.Error(),
 			"terminating connection because the server's customer-managed key is unavailable"); serr != nil {
 			d.Log.Error("Shutting the data away failed.", "error", serr)
 		}
 	default:
-		if grace := d.currentParams().KeyGrace; now.Sub(graceStart) >= grace && d.keyState.Load().State == KeyAvailable {
-			if serr := d.shutAwayLocked(KeyInaccessible, "key-encryption key unreachable for longer than "+grace.String()+": "+err.Error(),
+		if grace := d.currentParams().KeyGrace; now.Sub(graceStart) >= grace && d.keyState.Load().State == apitype.KeyAvailable {
+			if serr := d.shutAwayLocked(apitype.KeyInaccessible, "key-encryption key unreachable for longer than "+grace.String()+": "+err.Error(),
 				"terminating connection because the server's customer-managed key is unavailable"); serr != nil {
 				d.Log.Error("Shutting the data away failed.", "error", serr)
 			}
@@ -117,7 +117,7 @@ func (d *Daemon) ChangeKey(ctx context.Context, keyURI string, rotate bool) (api
 	}
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
-	if st := d.keyState.Load().State; st != KeyAvailable {
+	if st := d.keyState.Load().State; st != apitype.KeyAvailable {
 		return apitype.KeyInfo{}, clienterr.New(apitype.CodeUnavailable, "the key can be changed only while the server is Available (it is %s)", st)
 	}
 	if err := d.rewrapLocked(ctx, keyURI); err != nil {

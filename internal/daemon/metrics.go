@@ -3,6 +3,7 @@ package daemon
 import (
 	"time"
 
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/metrics"
 	"github.com/pgshield/pgshield/internal/postgres"
@@ -49,7 +50,7 @@ func (d *Daemon) newMetrics() *metrics.Metrics {
 }
 
 // storeKeyState sets the data key's state and records the transition.
-func (d *Daemon) storeKeyState(ks *KeyState) {
+func (d *Daemon) storeKeyState(ks *apitype.KeyState) {
 	from := ""
 	if cur := d.keyState.Load(); cur != nil {
 		from = cur.State

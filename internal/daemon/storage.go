@@ -4,14 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"strconv"
 	"sync"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/storage"
 	"github.com/pgshield/pgshield/internal/wire"
@@ -37,90 +37,21 @@ const (
 	autogrowWarnEvery = time.Hour
 )
 
-// Growth methods reported by resize.
-const (
-	GrowOnline  = "online"  // resize2fs on the mounted filesystem
-	GrowOffline = "offline" // PostgreSQL stopped, volume unmounted, e2fsck + resize2fs, remounted
-)
-
-// StorageInfo is the answer of GET /v1/storage.
-type StorageInfo struct {
-	Backend     string `json:"backend"` // fscrypt or gocryptfs
-	Description string `json:"description"`
-	// State is the data key's state (Available, Locked, Inaccessible).
-	State      string `json:"state"`
-	MountPoint string `json:"mount_point"`
-	// SizeBytes, UsedBytes and FreeBytes describe the mounted filesystem
-	// (with gocryptfs: the host filesystem holding the cipher directory).
-	SizeBytes uint64 `json:"size_bytes"`
-	UsedBytes uint64 `json:"used_bytes"`
-	FreeBytes uint64 `json:"free_bytes"`
-	// Image-backed fscrypt volumes.
-	ImagePath           string `json:"image_path,omitempty"`
-	ImageBytes          int64  `json:"image_bytes,omitempty"`
-	ImageAllocatedBytes int64  `json:"image_allocated_bytes,omitempty"`
-	LoopDevice          string `json:"loop_device,omitempty"`
-	// StoragePath is the existing ext4 filesystem's directory (--storage-path).
-	StoragePath string `json:"storage_path,omitempty"`
-	// CipherDir, FUSEPID and FUSERestarts describe gocryptfs.
-	CipherDir    string `json:"cipher_dir,omitempty"`
-	FUSEPID      int    `json:"fuse_pid,omitempty"`
-	FUSERestarts int    `json:"fuse_restarts"`
-	// HostFreeBytes is what the filesystem holding the image or the cipher
-	// directory has left.
-	HostFreeBytes uint64 `json:"host_free_bytes,omitempty"`
-	// Autogrow is pgshield.storage_autogrow; AutogrowNote says when it
-	// cannot apply.
-	Autogrow     bool        `json:"autogrow"`
-	AutogrowNote string      `json:"autogrow_note,omitempty"`
-	Resizable    bool        `json:"resizable"`
-	LastGrow     *GrowRecord `json:"last_grow,omitempty"`
-}
-
-// GrowRecord describes one growth of the volume.
-type GrowRecord struct {
-	At              time.Time `json:"at"`
-	FromBytes       int64     `json:"from_bytes"`
-	ToBytes         int64     `json:"to_bytes"`
-	Method          string    `json:"method"` // online or offline
-	Automatic       bool      `json:"automatic"`
-	DowntimeSeconds float64   `json:"downtime_seconds"`
-}
-
-// StorageResizeRequest is the body of POST /v1/storage/resize.
-type StorageResizeRequest struct {
-	SizeBytes int64 `json:"size_bytes"`
-}
-
-// StorageResizeResult is its answer.
-type StorageResizeResult struct {
-	Grow    GrowRecord  `json:"grow"`
-	Storage StorageInfo `json:"storage"`
-}
-
 // storageState is the daemon's storage bookkeeping (AtRest.stats).
 type storageState struct {
 	mu           sync.Mutex
-	lastGrow     *GrowRecord
+	lastGrow     *apitype.GrowRecord
 	lastWarn     time.Time // of "cannot grow"
 	fuseRestarts int
 }
 
 // --- API ---
 
-func (d *Daemon) storageRoutes() []api.Route {
-	return []api.Route{
-		{Method: "GET", Pattern: "/v1/storage", Handler: d.showStorage},
-		{Method: "POST", Pattern: "/v1/storage/resize", Write: true, Handler: d.resizeStorage},
-	}
-}
-
-func (d *Daemon) showStorage(r *http.Request) (any, error) { return d.storageInfo(r.Context()), nil }
-
-func (d *Daemon) storageInfo(ctx context.Context) StorageInfo {
+// Storage describes the volume for `pgshield storage show`.
+func (d *Daemon) Storage(ctx context.Context) apitype.StorageInfo {
 	b := d.atRest.volume()
 	st := b.Status(ctx)
-	info := StorageInfo{Backend: b.Kind(), Description: b.Description(), State: d.keyState.Load().State,
+	info := apitype.StorageInfo{Backend: b.Kind(), Description: b.Description(), State: d.keyState.Load().State,
 		MountPoint: d.Layout.VolumeMount(), Autogrow: d.autogrowOn(),
 		ImagePath: st.Image, LoopDevice: st.LoopDevice, StoragePath: st.Path, CipherDir: st.CipherDir, FUSEPID: st.PID}
 	if st.FixedSize != "" {
@@ -150,23 +81,21 @@ func (d *Daemon) autogrowOn() bool {
 	return d.config().Parameters["pgshield.storage_autogrow"] != "off"
 }
 
-func (d *Daemon) resizeStorage(r *http.Request) (any, error) {
-	var req StorageResizeRequest
-	if err := api.DecodeBody(r, &req); err != nil {
-		return nil, err
-	}
-	if req.SizeBytes <= 0 {
-		return nil, api.Errorf(api.CodeInvalid, "give the new size (size_bytes > 0)")
+// ResizeStorage grows the volume to sizeBytes (rounded up to whole
+// blocks); the answer says how, and describes the volume after.
+func (d *Daemon) ResizeStorage(sizeBytes int64) (apitype.StorageResizeResult, error) {
+	if sizeBytes <= 0 {
+		return apitype.StorageResizeResult{}, clienterr.New(apitype.CodeInvalid, "give the new size (size_bytes > 0)")
 	}
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rec, err := d.growLocked(ctx, req.SizeBytes, false)
+	rec, err := d.growLocked(ctx, sizeBytes, false)
 	if err != nil {
-		return nil, err
+		return apitype.StorageResizeResult{}, err
 	}
-	return StorageResizeResult{Grow: rec, Storage: d.storageInfo(ctx)}, nil
+	return apitype.StorageResizeResult{Grow: rec, Storage: d.Storage(ctx)}, nil
 }
 
 // hostLimit is the largest size the volume may have so that, filled to the
@@ -189,40 +118,40 @@ func hostLimit(b storage.Backend) (limit, avail, margin int64, err error) {
 // growLocked grows a resizable volume (an image) to size: online when the
 // kernel lets pgshield (CAP_SYS_RESOURCE), otherwise with PostgreSQL
 // stopped for the moment of an offline resize2fs. Callers hold keyMu.
-func (d *Daemon) growLocked(ctx context.Context, size int64, automatic bool) (GrowRecord, error) {
+func (d *Daemon) growLocked(ctx context.Context, size int64, automatic bool) (apitype.GrowRecord, error) {
 	b := d.atRest.volume()
 	if err := b.CanResize(); err != nil {
-		return GrowRecord{}, api.Errorf(api.CodeInvalid, "%v", err)
+		return apitype.GrowRecord{}, clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
-	if st := d.keyState.Load().State; st != KeyAvailable {
-		return GrowRecord{}, api.Errorf(api.CodeUnavailable, "the server is %s: the volume can be resized only while it is Available", st)
+	if st := d.keyState.Load().State; st != apitype.KeyAvailable {
+		return apitype.GrowRecord{}, clienterr.New(apitype.CodeUnavailable, "the server is %s: the volume can be resized only while it is Available", st)
 	}
 	size = (size + storage.SizeAlign - 1) &^ (storage.SizeAlign - 1)
 	cur, _, err := b.Size()
 	if err != nil {
-		return GrowRecord{}, fmt.Errorf("reading the volume image: %w", err)
+		return apitype.GrowRecord{}, fmt.Errorf("reading the volume image: %w", err)
 	}
 	if size < cur {
-		return GrowRecord{}, api.Errorf(api.CodeInvalid,
+		return apitype.GrowRecord{}, clienterr.New(apitype.CodeInvalid,
 			"refusing to shrink the volume from %s to %s: volumes only grow (to shrink, restore a backup into a smaller server)", bytesText(cur), bytesText(size))
 	}
 	if size == cur {
-		return GrowRecord{}, api.Errorf(api.CodeInvalid, "the volume is %s already", bytesText(cur))
+		return apitype.GrowRecord{}, clienterr.New(apitype.CodeInvalid, "the volume is %s already", bytesText(cur))
 	}
 	limit, avail, margin, err := hostLimit(b)
 	if err != nil {
-		return GrowRecord{}, fmt.Errorf("reading the host filesystem's free space: %w", err)
+		return apitype.GrowRecord{}, fmt.Errorf("reading the host filesystem's free space: %w", err)
 	}
 	if size > limit {
-		return GrowRecord{}, api.Errorf(api.CodeInvalid,
+		return apitype.GrowRecord{}, clienterr.New(apitype.CodeInvalid,
 			"the filesystem holding %s has %s free: a volume of %s could outgrow it (at most %s keeps %s free there); free space there first",
 			b.Status(ctx).Image, bytesText(avail), bytesText(size), bytesText(max(limit, cur)), bytesText(margin))
 	}
-	rec := GrowRecord{At: time.Now(), FromBytes: cur, ToBytes: size, Method: GrowOnline, Automatic: automatic}
+	rec := apitype.GrowRecord{At: time.Now(), FromBytes: cur, ToBytes: size, Method: apitype.GrowOnline, Automatic: automatic}
 	err = b.Resize(ctx, size)
 	if errors.Is(err, storage.ErrOnlineResizeNotPermitted) {
 		d.Log.Info("Online resize is not permitted here (no CAP_SYS_RESOURCE); growing the volume offline with PostgreSQL stopped briefly.")
-		rec.Method = GrowOffline
+		rec.Method = apitype.GrowOffline
 		start := time.Now()
 		err = d.offlineGrowLocked(ctx, size)
 		rec.DowntimeSeconds = time.Since(start).Seconds()
@@ -287,7 +216,7 @@ func (d *Daemon) reopenLocked(ctx context.Context) error {
 	if err := d.atRest.Open(ctx); err != nil {
 		var ke *KeyError
 		if errors.As(err, &ke) {
-			d.storeKeyState(&KeyState{State: KeyInaccessible, Since: time.Now(), Reason: err.Error()})
+			d.storeKeyState(&apitype.KeyState{State: apitype.KeyInaccessible, Since: time.Now(), Reason: err.Error()})
 		}
 		return err
 	}
@@ -351,7 +280,7 @@ func (d *Daemon) remountAfterFUSEExit(ctx context.Context, cause error, backoff 
 	}
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
-	if st := d.keyState.Load().State; st != KeyAvailable {
+	if st := d.keyState.Load().State; st != apitype.KeyAvailable {
 		return nil // locked or inaccessible: unmounted on purpose; unlock mounts again
 	}
 	if alive, _ := d.atRest.volume().Unlocked(); alive && cause == nil {
@@ -414,7 +343,7 @@ func autogrowTarget(cur, limit int64) (target int64, ok bool) {
 // 25% (at least 1 GiB), within what the host filesystem can hold.
 func (d *Daemon) autogrow(ctx context.Context) {
 	b := d.atRest.volume()
-	if !d.autogrowOn() || b.CanResize() != nil || d.keyState.Load().State != KeyAvailable {
+	if !d.autogrowOn() || b.CanResize() != nil || d.keyState.Load().State != apitype.KeyAvailable {
 		return
 	}
 	total, free, err := b.Usage()
@@ -423,7 +352,7 @@ func (d *Daemon) autogrow(ctx context.Context) {
 	}
 	d.keyMu.Lock()
 	defer d.keyMu.Unlock()
-	if d.keyState.Load().State != KeyAvailable {
+	if d.keyState.Load().State != apitype.KeyAvailable {
 		return
 	}
 	cur, _, err := b.Size()

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/api"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/storage"
 )
@@ -62,7 +62,7 @@ func testDaemon(t *testing.T, fake *fakeBackend, state string) *Daemon {
 	d := &Daemon{Layout: l, Log: slog.New(slog.DiscardHandler), cfg: cfg}
 	d.atRest = &AtRest{Layout: l, Cfg: cfg, vol: fake}
 	d.metrics = d.newMetrics()
-	d.keyState.Store(&KeyState{State: state, Since: time.Now()})
+	d.keyState.Store(&apitype.KeyState{State: state, Since: time.Now()})
 	return d
 }
 
@@ -103,33 +103,33 @@ func growableFake() *fakeBackend {
 func TestStorageInfo(t *testing.T) {
 	ctx := context.Background()
 	t.Run("resizable", func(t *testing.T) {
-		d := testDaemon(t, growableFake(), KeyAvailable)
-		info := d.storageInfo(ctx)
-		want := StorageInfo{Backend: "fake", Description: "fake volume", State: KeyAvailable, MountPoint: d.Layout.VolumeMount(),
+		d := testDaemon(t, growableFake(), apitype.KeyAvailable)
+		info := d.Storage(ctx)
+		want := apitype.StorageInfo{Backend: "fake", Description: "fake volume", State: apitype.KeyAvailable, MountPoint: d.Layout.VolumeMount(),
 			SizeBytes: uint64(2 * gib), UsedBytes: uint64(2*gib - gib/10), FreeBytes: uint64(gib / 10),
 			ImagePath: "/data/storage/volume.img", ImageBytes: 2 * gib, ImageAllocatedBytes: gib, LoopDevice: "/dev/loop9",
 			HostFreeBytes: uint64(50 * gib), Autogrow: true, Resizable: true}
 		if info != want {
-			t.Errorf("storageInfo() = %+v; want %+v", info, want)
+			t.Errorf("Storage() = %+v; want %+v", info, want)
 		}
 	})
 	t.Run("fixed size", func(t *testing.T) {
 		fake := &fakeBackend{unlocked: true, fixed: "the host owns it", total: 100, free: 40}
-		d := testDaemon(t, fake, KeyAvailable)
+		d := testDaemon(t, fake, apitype.KeyAvailable)
 		d.cfg.Parameters["pgshield.storage_autogrow"] = "off"
-		info := d.storageInfo(ctx)
+		info := d.Storage(ctx)
 		if info.Resizable || info.ImageBytes != 0 || info.AutogrowNote != "not applicable: the host owns it" || info.Autogrow ||
 			info.SizeBytes != 100 || info.UsedBytes != 60 {
-			t.Errorf("storageInfo() = %+v; want not resizable, the note, autogrow off, 60 of 100 used", info)
+			t.Errorf("Storage() = %+v; want not resizable, the note, autogrow off, 60 of 100 used", info)
 		}
 	})
 	t.Run("locked", func(t *testing.T) {
 		fake := growableFake()
 		fake.usageErr = storage.ErrNotMounted
-		d := testDaemon(t, fake, KeyLocked)
-		info := d.storageInfo(ctx)
-		if info.State != KeyLocked || info.SizeBytes != uint64(2*gib) || info.UsedBytes != 0 {
-			t.Errorf("storageInfo() = %+v; want Locked with the image's size", info)
+		d := testDaemon(t, fake, apitype.KeyLocked)
+		info := d.Storage(ctx)
+		if info.State != apitype.KeyLocked || info.SizeBytes != uint64(2*gib) || info.UsedBytes != 0 {
+			t.Errorf("Storage() = %+v; want Locked with the image's size", info)
 		}
 	})
 }
@@ -145,12 +145,12 @@ func TestGrowLockedRefuses(t *testing.T) {
 		contains string
 	}{
 		{name: "not resizable", fake: func() *fakeBackend { f := growableFake(); f.fixed = "gocryptfs"; return f },
-			state: KeyAvailable, size: 4 * gib, code: api.CodeInvalid, contains: "cannot resize: gocryptfs"},
-		{name: "locked", fake: growableFake, state: KeyLocked, size: 4 * gib, code: api.CodeUnavailable, contains: "the server is Locked"},
-		{name: "shrink", fake: growableFake, state: KeyAvailable, size: gib, code: api.CodeInvalid, contains: "refusing to shrink the volume from 2 GiB to 1 GiB"},
-		{name: "same size", fake: growableFake, state: KeyAvailable, size: 2*gib - 100, code: api.CodeInvalid, contains: "the volume is 2 GiB already"},
+			state: apitype.KeyAvailable, size: 4 * gib, code: apitype.CodeInvalid, contains: "cannot resize: gocryptfs"},
+		{name: "locked", fake: growableFake, state: apitype.KeyLocked, size: 4 * gib, code: apitype.CodeUnavailable, contains: "the server is Locked"},
+		{name: "shrink", fake: growableFake, state: apitype.KeyAvailable, size: gib, code: apitype.CodeInvalid, contains: "refusing to shrink the volume from 2 GiB to 1 GiB"},
+		{name: "same size", fake: growableFake, state: apitype.KeyAvailable, size: 2*gib - 100, code: apitype.CodeInvalid, contains: "the volume is 2 GiB already"},
 		// 1 GiB allocated + 50 GiB available - 5 GiB margin = 46 GiB at most.
-		{name: "beyond the host", fake: growableFake, state: KeyAvailable, size: 47 * gib, code: api.CodeInvalid,
+		{name: "beyond the host", fake: growableFake, state: apitype.KeyAvailable, size: 47 * gib, code: apitype.CodeInvalid,
 			contains: "the filesystem holding /data/storage/volume.img has 50 GiB free: a volume of 47 GiB could outgrow it (at most 46 GiB keeps 5 GiB free there)"},
 	}
 	for _, tt := range tests {
@@ -158,7 +158,7 @@ func TestGrowLockedRefuses(t *testing.T) {
 			fake := tt.fake()
 			d := testDaemon(t, fake, tt.state)
 			_, err := d.growLocked(ctx, tt.size, false)
-			var ae *api.Error
+			var ae *apitype.Error
 			if !errors.As(err, &ae) || ae.Code != tt.code || !strings.Contains(ae.Message, tt.contains) {
 				t.Fatalf("growLocked(%d) error = %v; want %s containing %q", tt.size, err, tt.code, tt.contains)
 			}
@@ -171,13 +171,13 @@ func TestGrowLockedRefuses(t *testing.T) {
 
 func TestGrowLockedOnline(t *testing.T) {
 	fake := growableFake()
-	d := testDaemon(t, fake, KeyAvailable)
+	d := testDaemon(t, fake, apitype.KeyAvailable)
 	rec, err := d.growLocked(context.Background(), 3*gib+1, false)
 	if err != nil {
 		t.Fatalf("growLocked() error = %v", err)
 	}
 	want := 3*gib + storage.SizeAlign // rounded up to the block size
-	if fake.resizedTo != want || rec.FromBytes != 2*gib || rec.ToBytes != want || rec.Method != GrowOnline || rec.Automatic {
+	if fake.resizedTo != want || rec.FromBytes != 2*gib || rec.ToBytes != want || rec.Method != apitype.GrowOnline || rec.Automatic {
 		t.Errorf("growLocked() = %+v, resized to %d; want online from 2 GiB to %d", rec, fake.resizedTo, want)
 	}
 	saved, err := os.ReadFile(d.Layout.ConfigFile())
@@ -187,8 +187,8 @@ func TestGrowLockedOnline(t *testing.T) {
 	if d.config().StorageSize != want || d.atRest.Cfg.StorageSize != want {
 		t.Errorf("configuration in memory has size %d, %d; want %d", d.config().StorageSize, d.atRest.Cfg.StorageSize, want)
 	}
-	if info := d.storageInfo(context.Background()); info.LastGrow == nil || *info.LastGrow != rec {
-		t.Errorf("storageInfo().LastGrow = %+v; want %+v", info.LastGrow, rec)
+	if info := d.Storage(context.Background()); info.LastGrow == nil || *info.LastGrow != rec {
+		t.Errorf("Storage().LastGrow = %+v; want %+v", info.LastGrow, rec)
 	}
 	if n := auditCount(t, d, "storage.resize", "success"); n != 1 {
 		t.Errorf("storage.resize success events = %v; want 1", n)
@@ -210,7 +210,7 @@ func TestAutogrow(t *testing.T) {
 	ctx := context.Background()
 	t.Run("grows a full volume by a step", func(t *testing.T) {
 		fake := growableFake()
-		d := testDaemon(t, fake, KeyAvailable)
+		d := testDaemon(t, fake, apitype.KeyAvailable)
 		d.autogrow(ctx)
 		if want := autogrowStep(2 * gib); fake.resizedTo != want {
 			t.Errorf("autogrow resized to %d; want %d", fake.resizedTo, want)
@@ -228,12 +228,12 @@ func TestAutogrow(t *testing.T) {
 		{name: "room enough", setup: func(f *fakeBackend, _ *Daemon) { f.free = f.total / 5 }},
 		{name: "not resizable", setup: func(f *fakeBackend, _ *Daemon) { f.fixed = "storage path" }, untouched: true},
 		{name: "switched off", setup: func(_ *fakeBackend, d *Daemon) { d.cfg.Parameters["pgshield.storage_autogrow"] = "off" }, untouched: true},
-		{name: "locked", setup: func(_ *fakeBackend, d *Daemon) { d.keyState.Store(&KeyState{State: KeyLocked}) }, untouched: true},
+		{name: "locked", setup: func(_ *fakeBackend, d *Daemon) { d.keyState.Store(&apitype.KeyState{State: apitype.KeyLocked}) }, untouched: true},
 	}
 	for _, tt := range tests {
 		t.Run("leaves alone: "+tt.name, func(t *testing.T) {
 			fake := growableFake()
-			d := testDaemon(t, fake, KeyAvailable)
+			d := testDaemon(t, fake, apitype.KeyAvailable)
 			tt.setup(fake, d)
 			d.autogrow(ctx)
 			calls := fake.Calls()
@@ -245,7 +245,7 @@ func TestAutogrow(t *testing.T) {
 	t.Run("host full: warns once an hour", func(t *testing.T) {
 		fake := growableFake()
 		fake.hostAvail = 5 * gib // limit: 1 + 5 - 5 = 1 GiB, below the image
-		d := testDaemon(t, fake, KeyAvailable)
+		d := testDaemon(t, fake, apitype.KeyAvailable)
 		d.autogrow(ctx)
 		d.autogrow(ctx)
 		if slices.Contains(fake.Calls(), "Resize") {
