@@ -162,10 +162,18 @@ func TestHostileTenant(t *testing.T) {
 			s.pinnedSQL(t, `SELECT string_agg(DISTINCT what, '; ') FROM public.trojan_log`))
 	}
 
-	// A role with pg_write_all_data and pg_read_all_data (the administrator
-	// may grant them, as on a managed server) against pgshield's catalog.
+	// A role with pg_read_all_data (the administrator may grant it, as on a
+	// managed server) and pg_write_all_data against pgshield's catalog.
+	// pg_write_all_data is reserved (it writes pg_authid and pg_database
+	// through the updatable views pg_group and pg_stat_database_conflicts):
+	// here a superuser grants it, as on a server made before it was, and
+	// the next start takes it back.
 	mustExec(t, a, `CREATE ROLE hostile_rw LOGIN PASSWORD 'Hostile-RW-1' CREATEROLE`)
-	mustExec(t, a, `GRANT pg_write_all_data, pg_read_all_data TO hostile_rw`)
+	mustExec(t, a, `GRANT pg_read_all_data TO hostile_rw`)
+	if err := execSQL(a, `GRANT pg_write_all_data TO hostile_rw`); sqlState(err) != "42501" {
+		t.Errorf("the administrator granting pg_write_all_data: %v; want 42501", err)
+	}
+	s.pinnedSQL(t, `GRANT pg_write_all_data TO hostile_rw`)
 	mustCLI(t, s, "principal", "create", "--name", "Mary.Smith@Contoso.com", "--object-id", "oid-mary", "--admin")
 	mustCLI(t, s, "principal", "create", "--name", `Contoso "DBAs" Team`, "--object-id", "oid-dbas", "--type", "group", "--admin")
 	mustCLI(t, s, "principal", "create", "--name", "Carl O'Neil@contoso.com", "--object-id", "oid-carl")
@@ -191,6 +199,13 @@ func TestHostileTenant(t *testing.T) {
 			if err := rw.QueryRow(context.Background(), q).Scan(&n); err != nil || n != 0 {
 				t.Errorf("%s = %d, %v; want 0 rows", q, n, err)
 			}
+		}
+		// pg_statistic, which pg_read_all_data reads, holds no value of the
+		// table (pg_stats would respect row-level security; it does not).
+		s.pinnedSQL(t, `ANALYZE pgshield.principals`)
+		var nstats int
+		if err := rw.QueryRow(context.Background(), `SELECT count(*) FROM pg_catalog.pg_statistic WHERE starelid OPERATOR(pg_catalog.=) 'pgshield.principals'::pg_catalog.regclass`).Scan(&nstats); err != nil || nstats != 0 {
+			t.Errorf("pg_statistic rows of pgshield.principals read by pg_read_all_data: %d, %v; want 0", nstats, err)
 		}
 		if got := s.pinnedSQL(t, `SELECT count(*) FROM pgshield.principals`); got != "3" {
 			t.Errorf("pgshield.principals has %s rows; want the 3 principals", got)
@@ -241,6 +256,24 @@ func TestHostileTenant(t *testing.T) {
 		mustExec(t, a, `CREATE EXTENSION citext SCHEMA pgshield_service`)
 		mustCLI(t, s, "principal", "list")
 	})
+	t.Run("a statement older than a new admin principal cannot take it over", func(t *testing.T) {
+		// A backend reads its settings between statements only: this DO
+		// block, begun before the principal exists, would see the old list.
+		a2 := actorConn(t, s, admin, adminPassword, "")
+		done := make(chan error, 1)
+		go func() {
+			done <- execSQL(a2, `DO $$ BEGIN FOR i IN 1..90 LOOP
+				IF EXISTS (SELECT FROM pg_catalog.pg_roles WHERE rolname = 'Zed@Contoso.com') THEN
+					EXECUTE 'GRANT "Zed@Contoso.com" TO pgadmin'; RETURN; END IF;
+				PERFORM pg_catalog.pg_sleep(0.2); END LOOP; END $$`)
+		}()
+		time.Sleep(500 * time.Millisecond)
+		mustCLI(t, s, "principal", "create", "--name", "Zed@Contoso.com", "--object-id", "oid-zed", "--admin")
+		err := <-done
+		if got := s.pinnedSQL(t, `SELECT pg_has_role('pgadmin', 'Zed@Contoso.com', 'MEMBER')`); got != "false" {
+			t.Errorf("a DO block begun before principal create made pgadmin a member of the new admin principal (its error: %v)", err)
+		}
+	})
 	t.Run("principal delete of an admin principal", func(t *testing.T) {
 		mustCLI(t, s, "principal", "delete", "--name", "Mary.Smith@Contoso.com")
 		if got := s.pinnedSQL(t, `SELECT count(*) FROM pg_roles WHERE rolname = 'Mary.Smith@Contoso.com'`); got != "0" {
@@ -258,6 +291,9 @@ func TestHostileTenant(t *testing.T) {
 		mustCLI(t, s, "up", "--timeout", "2m")
 		if out, err := psql(t, s.dsn("user="+admin+" sslmode=verify-full"), adminPassword, "-c", "SELECT 1"); err != nil {
 			t.Fatalf("administrator login after up: %v %s", err, out)
+		}
+		if got := s.pinnedSQL(t, `SELECT pg_has_role('hostile_rw', 'pg_write_all_data', 'MEMBER')`); got != "false" {
+			t.Errorf("hostile_rw still holds pg_write_all_data after a start")
 		}
 		r, _ := restoredServer(t, s, "hostile-restored")
 		if out, err := r.cli("up", "--timeout", "2m"); err != nil {

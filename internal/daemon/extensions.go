@@ -77,7 +77,7 @@ func (d *Daemon) applyGuardSettings(ctx context.Context, cfg *config.Config) err
 			}
 		}
 		if bad.Name == "" {
-			return nil
+			return d.endStaleStatements(ctx)
 		}
 		select {
 		case <-ctx.Done():
@@ -86,4 +86,48 @@ func (d *Daemon) applyGuardSettings(ctx context.Context, cfg *config.Config) err
 		}
 	}
 	return fmt.Errorf("PostgreSQL did not take pgshield_guard's settings within 5s: %s is %q, pgshield wrote %q", bad.Name, got, bad.Value)
+}
+
+// staleGrace is how long a statement that began before a change of
+// pgshield_guard's settings may run on before it is ended.
+const staleGrace = 5 * time.Second
+
+// endStaleStatements waits for the statements of non-superusers that began
+// before the reload, then terminates those still running: a backend reads
+// its configuration only between statements, so a long DO block started
+// earlier would still see the old lists (and could, say, take over an
+// administrator principal created in the meantime).
+func (d *Daemon) endStaleStatements(ctx context.Context) error {
+	var since time.Time
+	if err := d.catalog.Pool.QueryRow(ctx, sqlClock).Scan(&since); err != nil {
+		return fmt.Errorf("reading the server's clock: %w", err)
+	}
+	deadline := time.Now().Add(staleGrace)
+	for {
+		rows, err := d.catalog.Pool.Query(ctx, sqlStaleStatements, since)
+		if err != nil {
+			return fmt.Errorf("listing statements older than the new settings: %w", err)
+		}
+		pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+		if err != nil {
+			return fmt.Errorf("listing statements older than the new settings: %w", err)
+		}
+		if len(pids) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			for _, pid := range pids {
+				if _, err := d.catalog.Pool.Exec(ctx, sqlTerminate, pid); err != nil {
+					return fmt.Errorf("ending a statement older than the new settings: %w", err)
+				}
+				d.Log.Warn("Ended a statement that began before pgshield_guard's settings changed.", "pid", pid)
+			}
+			deadline = time.Now().Add(staleGrace)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }

@@ -12,9 +12,20 @@ const (
 	sqlSettingByName   = sqlSettings + ` WHERE s.name OPERATOR(pg_catalog.=) pg_catalog.lower($1::pg_catalog.text)`
 	// sqlCurrentSetting reads a setting as a session of the pool sees it.
 	sqlCurrentSetting = `SELECT pg_catalog.current_setting($1::pg_catalog.text)`
-	sqlInRecovery     = `SELECT pg_catalog.pg_is_in_recovery()`
-	sqlSwitchWAL      = `SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())`
-	sqlArchiverState  = `SELECT COALESCE(a.last_archived_wal, ''), COALESCE(a.last_failed_wal, '')
+	sqlClock          = `SELECT pg_catalog.clock_timestamp()`
+	// sqlStaleStatements lists the backends of non-superusers running a
+	// statement that began before $1.
+	sqlStaleStatements = `SELECT a.pid FROM pg_catalog.pg_stat_activity a
+  JOIN pg_catalog.pg_authid r ON r.oid OPERATOR(pg_catalog.=) a.usesysid
+ WHERE a.backend_type OPERATOR(pg_catalog.=) 'client backend'::pg_catalog.text
+   AND a.state OPERATOR(pg_catalog.=) 'active'::pg_catalog.text
+   AND a.query_start OPERATOR(pg_catalog.<) $1::pg_catalog.timestamptz
+   AND NOT r.rolsuper
+   AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()`
+	sqlTerminate     = `SELECT pg_catalog.pg_terminate_backend($1::pg_catalog.int4)`
+	sqlInRecovery    = `SELECT pg_catalog.pg_is_in_recovery()`
+	sqlSwitchWAL     = `SELECT pg_catalog.pg_walfile_name(pg_catalog.pg_switch_wal())`
+	sqlArchiverState = `SELECT COALESCE(a.last_archived_wal, ''), COALESCE(a.last_failed_wal, '')
   FROM pg_catalog.pg_stat_archiver a`
 )
 

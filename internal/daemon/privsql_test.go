@@ -16,7 +16,8 @@ func TestPrivilegedStatementsQualified(t *testing.T) {
 	for name, stmt := range map[string]string{
 		"sqlAvailableExtensions": sqlAvailableExtensions, "sqlReloadConf": sqlReloadConf,
 		"sqlSettingsOrdered": sqlSettingsOrdered, "sqlSettingByName": sqlSettingByName,
-		"sqlInRecovery": sqlInRecovery, "sqlCurrentSetting": sqlCurrentSetting, "sqlSwitchWAL": sqlSwitchWAL, "sqlArchiverState": sqlArchiverState,
+		"sqlInRecovery": sqlInRecovery, "sqlCurrentSetting": sqlCurrentSetting,
+		"sqlClock": sqlClock, "sqlStaleStatements": sqlStaleStatements, "sqlTerminate": sqlTerminate, "sqlSwitchWAL": sqlSwitchWAL, "sqlArchiverState": sqlArchiverState,
 		"sqlAlterSystemSet": sqlAlterSystemSet(id, quoteLiteral("64MB")), "sqlAlterSystemReset": sqlAlterSystemReset(id),
 	} {
 		if probs := sqlqual.Check(stmt); len(probs) > 0 {

@@ -55,4 +55,15 @@ func pinSearchPath(cc *pgx.ConnConfig) {
 		cc.RuntimeParams = map[string]string{}
 	}
 	cc.RuntimeParams["search_path"] = PinnedSearchPath
+	// A tenant may hold locks that pgshield's statements would wait on
+	// (a table it can lock, a role row in a long transaction): none may
+	// wait forever and take logins or the management API down with it.
+	cc.RuntimeParams["lock_timeout"] = PinnedLockTimeout
+	cc.RuntimeParams["statement_timeout"] = PinnedStatementTimeout
 }
+
+// Bounds of every privileged statement, sent in the startup packet.
+const (
+	PinnedLockTimeout      = "10s"
+	PinnedStatementTimeout = "60s"
+)

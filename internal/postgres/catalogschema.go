@@ -65,6 +65,9 @@ func EnsureCatalog(ctx context.Context, conn querier, serviceRole string, pgaudi
 	if err := revokeLookupMemberships(ctx, conn); err != nil {
 		return err
 	}
+	if err := revokeReservedMemberships(ctx, conn); err != nil {
+		return err
+	}
 	for _, s := range []string{sqlCreateSchema, sqlSchemaOwner(svc), sqlRevokeSchema} {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			return fmt.Errorf("creating schema pgshield: %w", err)
@@ -77,7 +80,8 @@ func EnsureCatalog(ctx context.Context, conn querier, serviceRole string, pgaudi
 		return fmt.Errorf("checking table pgshield.principals: %w", err)
 	}
 	if tableOK == nil || *tableOK {
-		for _, s := range []string{sqlCreatePrincipals, sqlRevokePrincipals, sqlPrincipalsRLS, sqlPrincipalsForceRLS} {
+		for _, s := range []string{sqlCreatePrincipals, sqlRevokePrincipals, sqlPrincipalsRLS, sqlPrincipalsForceRLS,
+			sqlPrincipalsNoStats, sqlPrincipalsDropStats} {
 			if _, err := conn.Exec(ctx, s); err != nil {
 				return fmt.Errorf("creating the principal table: %w", err)
 			}
@@ -136,6 +140,31 @@ func checkPrincipalTable(ctx context.Context, q querier) error {
 	}
 	if !schemaOK || !tableOK {
 		return ErrPrincipalSchema
+	}
+	return nil
+}
+
+// revokeReservedMemberships takes pg_write_all_data back from every role
+// that is not a superuser: pgshield_guard keeps it from being granted now,
+// but a server made before may hold such grants, and the role writes the
+// system catalogs (see ReservedMemberships).
+func revokeReservedMemberships(ctx context.Context, conn querier) error {
+	rows, err := conn.Query(ctx, sqlReservedMembers, "pg_write_all_data")
+	if err != nil {
+		return fmt.Errorf("reading who holds pg_write_all_data: %w", err)
+	}
+	pairs, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) ([2]string, error) {
+		var p [2]string
+		err := r.Scan(&p[0], &p[1])
+		return p, err
+	})
+	if err != nil {
+		return fmt.Errorf("reading who holds pg_write_all_data: %w", err)
+	}
+	for _, p := range pairs {
+		if _, err := conn.Exec(ctx, sqlRevokeMembership(pgx.Identifier{p[0]}.Sanitize(), pgx.Identifier{p[1]}.Sanitize())); err != nil {
+			return fmt.Errorf("revoking pg_write_all_data from %q: %w", p[1], err)
+		}
 	}
 	return nil
 }

@@ -155,6 +155,14 @@ func (c *Cluster) guardSettings() string {
 	return b.String()
 }
 
+// ReservedMemberships are the predefined roles only a superuser may grant:
+// the server's files and programs, and pg_write_all_data, because in
+// PostgreSQL 15 it also writes the system catalogs through the
+// automatically updatable system views pg_group (pg_authid) and
+// pg_stat_database_conflicts (pg_database): a holder could rename
+// pg_execute_server_program or swap database postgres for its own.
+var ReservedMemberships = []string{"pg_execute_server_program", "pg_read_server_files", "pg_write_server_files", "pg_write_all_data"}
+
 // GuardSetting is one pgshield_guard parameter and its value as
 // current_setting reports it once PostgreSQL has read it.
 type GuardSetting struct{ Name, Value string }
@@ -174,7 +182,7 @@ func (c *Cluster) GuardValues() []GuardSetting {
 	}
 	return []GuardSetting{
 		{"pgshield_guard.reserved_roles", guardList(c.Cfg.ReservedRoles())},
-		{"pgshield_guard.reserved_memberships", guardList([]string{"pg_execute_server_program", "pg_read_server_files", "pg_write_server_files"})},
+		{"pgshield_guard.reserved_memberships", guardList(ReservedMemberships)},
 		{"pgshield_guard.admin_roles", guardList(append([]string{cfg.AdminUser}, cfg.AdminPrincipals...))},
 		{"pgshield_guard.allowed_extensions", guardList(exts)},
 	}

@@ -37,7 +37,7 @@ func TestGuardSettingsRoundTrip(t *testing.T) {
 
 	want := map[string][]string{
 		"pgshield_guard.reserved_roles":       {"postgres", "pgshield_service", "pgshield_auth"},
-		"pgshield_guard.reserved_memberships": {"pg_execute_server_program", "pg_read_server_files", "pg_write_server_files"},
+		"pgshield_guard.reserved_memberships": {"pg_execute_server_program", "pg_read_server_files", "pg_write_server_files", "pg_write_all_data"},
 		"pgshield_guard.admin_roles":          append([]string{"pgadmin"}, c.Cfg.AdminPrincipals...),
 		"pgshield_guard.allowed_extensions":   {"citext", "hstore", "pg_stat_statements", "uuid-ossp"},
 	}
@@ -263,7 +263,7 @@ func ExampleCluster_GuardValues() {
 	}
 	// Output:
 	// pgshield_guard.reserved_roles = '"postgres","pgshield_service","pgshield_auth"'
-	// pgshield_guard.reserved_memberships = '"pg_execute_server_program","pg_read_server_files","pg_write_server_files"'
+	// pgshield_guard.reserved_memberships = '"pg_execute_server_program","pg_read_server_files","pg_write_server_files","pg_write_all_data"'
 	// pgshield_guard.admin_roles = '"pgadmin","Contoso DBAs","Mary.Smith@Contoso.com","O''Brien","say ""hi""","back\\slash","Ünïcødé 管理者","a,b"'
 	// pgshield_guard.allowed_extensions = '"citext","hstore","pg_stat_statements","uuid-ossp"'
 }

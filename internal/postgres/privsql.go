@@ -46,6 +46,22 @@ const (
 	// it, so they see no row and can write none. Superusers bypass it.
 	sqlPrincipalsRLS      = `ALTER TABLE pgshield.principals ENABLE ROW LEVEL SECURITY`
 	sqlPrincipalsForceRLS = `ALTER TABLE pgshield.principals FORCE ROW LEVEL SECURITY`
+	// No statistics: pg_statistic, which pg_read_all_data reads, would
+	// hold the table's values (the pg_stats view respects row-level
+	// security, pg_statistic does not).
+	sqlPrincipalsNoStats = `ALTER TABLE pgshield.principals
+	ALTER COLUMN role_oid SET STATISTICS 0, ALTER COLUMN object_id SET STATISTICS 0,
+	ALTER COLUMN kind SET STATISTICS 0, ALTER COLUMN admin SET STATISTICS 0,
+	ALTER COLUMN created_at SET STATISTICS 0`
+	sqlPrincipalsDropStats = `DELETE FROM pg_catalog.pg_statistic s
+ WHERE s.starelid OPERATOR(pg_catalog.=) 'pgshield.principals'::pg_catalog.regclass::pg_catalog.oid`
+	// sqlReservedMembers lists who holds a reserved membership ($1) and is
+	// not a superuser: granted before pgshield reserved it, or by hand.
+	sqlReservedMembers = `SELECT g.rolname::pg_catalog.text, u.rolname::pg_catalog.text
+  FROM pg_catalog.pg_auth_members m
+  JOIN pg_catalog.pg_authid g ON g.oid OPERATOR(pg_catalog.=) m.roleid
+  JOIN pg_catalog.pg_authid u ON u.oid OPERATOR(pg_catalog.=) m.member
+ WHERE g.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text AND NOT u.rolsuper`
 
 	// sqlLoginRoleFunc is the only thing the lookup role may run. It runs
 	// as its owner (the service role) with a fixed search_path, and reads

@@ -244,7 +244,7 @@ check_grantable(Oid roleid, const char *label)
 	via = reserved_membership_of(roleid);
 	if (via != NULL && strcmp(via, label) == 0)
 		DENY(("permission denied to grant role \"%s\"", label),
-			 ("Membership in \"%s\" gives access to the server's files or programs: only superusers can grant it.", label));
+			 ("Membership in \"%s\" reaches the server's files, programs or system catalogs: only superusers can grant it.", label));
 	if (via != NULL)
 		DENY(("permission denied to grant role \"%s\"", label),
 			 ("\"%s\" is a member of \"%s\": only superusers can grant it.", label, via));

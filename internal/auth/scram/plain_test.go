@@ -4,6 +4,8 @@ import (
 	"encoding/base64"
 	"fmt"
 	"testing"
+
+	"github.com/xdg-go/scram"
 )
 
 func TestVerifyPassword(t *testing.T) {
@@ -52,5 +54,27 @@ func TestVerifyPassword(t *testing.T) {
 	}
 	if VerifyPassword(MockCredentials(testSalt, "alice"), "s3cret") {
 		t.Errorf("VerifyPassword(mock credentials) = true; want false")
+	}
+}
+
+// TestVerifyPasswordIterationCap: a verifier with an iteration count over
+// the cap (a role sets its own) never matches, and costs only the capped work.
+func TestVerifyPasswordIterationCap(t *testing.T) {
+	const pw = "Capped-Pass-1"
+	c, err := scram.SHA256.NewClient("", pw, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	kf := scram.KeyFactors{Salt: "0123456789abcdef", Iters: MaxVerifyIterations + 1}
+	sc := c.GetStoredCredentials(kf)
+	creds := Credentials{KeyFactors: kf, StoredKey: sc.StoredKey, ServerKey: sc.ServerKey}
+	if VerifyPassword(creds, pw) {
+		t.Errorf("VerifyPassword with %d iterations = true; want false (over the cap)", kf.Iters)
+	}
+	kf.Iters = MaxVerifyIterations
+	sc = c.GetStoredCredentials(kf)
+	creds = Credentials{KeyFactors: kf, StoredKey: sc.StoredKey, ServerKey: sc.ServerKey}
+	if !VerifyPassword(creds, pw) {
+		t.Errorf("VerifyPassword with %d iterations = false; want true (at the cap)", kf.Iters)
 	}
 }

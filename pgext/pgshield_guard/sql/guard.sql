@@ -54,6 +54,9 @@ ALTER ROLE pgadmin SUPERUSER;
 GRANT pg_execute_server_program TO regress_x;
 GRANT pg_read_server_files TO regress_x;
 GRANT pg_write_server_files TO pgadmin;
+-- pg_write_all_data writes pg_authid and pg_database through the updatable
+-- system views pg_group and pg_stat_database_conflicts.
+GRANT pg_write_all_data TO pgadmin;
 GRANT pg_execute_server_program TO regress_x WITH ADMIN OPTION;
 CREATE ROLE regress_bad IN ROLE pg_execute_server_program;
 CREATE ROLE regress_bad IN ROLE pg_monitor, pg_write_server_files;
@@ -233,7 +236,7 @@ ALTER ROLE regress_app SET work_mem = '8MB';
 ALTER ROLE regress_app IN DATABASE regression SET statement_timeout = '1min';
 ALTER ROLE regress_app RESET ALL;
 GRANT pg_monitor, pg_read_all_stats, pg_read_all_settings, pg_signal_backend TO regress_app;
-GRANT pg_read_all_data, pg_write_all_data TO regress_app;
+GRANT pg_read_all_data TO regress_app;
 GRANT regress_x TO regress_app WITH ADMIN OPTION;
 REVOKE regress_x FROM regress_app;
 REVOKE pg_monitor FROM regress_app;
