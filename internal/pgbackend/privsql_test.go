@@ -1,8 +1,6 @@
 package pgbackend
 
 import (
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -12,32 +10,12 @@ import (
 )
 
 func TestPrivilegedStatementsQualified(t *testing.T) {
-	for name, stmt := range map[string]string{"sqlLookupRole": sqlLookupRole} {
-		if probs := sqlqual.Check(stmt); len(probs) > 0 {
-			t.Errorf("%s resolves names outside pg_catalog:\n  %s\n%s", name, strings.Join(probs, "\n  "), stmt)
-		}
-	}
+	sqlqual.CheckStatements(t, map[string]string{"sqlLookupRole": sqlLookupRole})
 }
 
 // TestNoInlineSQL keeps every statement of the package in privsql.go,
 // where TestPrivilegedStatementsQualified sees it.
-func TestNoInlineSQL(t *testing.T) {
-	files, _ := filepath.Glob("*.go")
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") || f == "privsql.go" {
-			continue
-		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, line := range strings.Split(string(b), "\n") {
-			if sqlqual.InlineSQL.MatchString(line) {
-				t.Errorf("%s:%d runs an inline statement; put it in privsql.go: %s", f, i+1, strings.TrimSpace(line))
-			}
-		}
-	}
-}
+func TestNoInlineSQL(t *testing.T) { sqlqual.CheckNoInlineSQL(t) }
 
 func TestPinnedConfig(t *testing.T) {
 	cc, err := PinnedConfig("host=/tmp port=5432 user='a b' dbname=postgres options='-c search_path=public'")

@@ -1,9 +1,6 @@
 package postgres
 
 import (
-	"os"
-	"path/filepath"
-	"strings"
 	"testing"
 
 	"github.com/jackc/pgx/v5"
@@ -43,29 +40,9 @@ func privilegedStatements() map[string]string {
 }
 
 func TestPrivilegedStatementsQualified(t *testing.T) {
-	for name, stmt := range privilegedStatements() {
-		if probs := sqlqual.Check(stmt); len(probs) > 0 {
-			t.Errorf("%s resolves names outside pg_catalog:\n  %s\n%s", name, strings.Join(probs, "\n  "), stmt)
-		}
-	}
+	sqlqual.CheckStatements(t, privilegedStatements())
 }
 
 // TestNoInlineSQL keeps every statement of the package in privsql.go,
 // where TestPrivilegedStatementsQualified sees it.
-func TestNoInlineSQL(t *testing.T) {
-	files, _ := filepath.Glob("*.go")
-	for _, f := range files {
-		if strings.HasSuffix(f, "_test.go") || f == "privsql.go" {
-			continue
-		}
-		b, err := os.ReadFile(f)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for i, line := range strings.Split(string(b), "\n") {
-			if sqlqual.InlineSQL.MatchString(line) {
-				t.Errorf("%s:%d runs an inline statement; put it in privsql.go: %s", f, i+1, strings.TrimSpace(line))
-			}
-		}
-	}
-}
+func TestNoInlineSQL(t *testing.T) { sqlqual.CheckNoInlineSQL(t) }
