@@ -120,7 +120,9 @@ RETURNING created_at`
  WHERE r.oid OPERATOR(pg_catalog.=) p.role_oid AND r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text
 RETURNING p.object_id, p.kind, p.admin, p.created_at`
 
-	sqlCreatePgaudit = `CREATE EXTENSION IF NOT EXISTS pgaudit`
+	// In pg_catalog, where no tenant can reach its event-trigger functions
+	// (the pinned search path would put it there anyway).
+	sqlCreatePgaudit = `CREATE EXTENSION IF NOT EXISTS pgaudit SCHEMA pg_catalog`
 
 	// Liveness probe of the supervisor.
 	sqlPing = `SELECT 1`
