@@ -11,17 +11,13 @@ import (
 func TestDeps(t *testing.T) {
 	deptest.DepChecker{
 		Pkg: ".",
-		BadPrefixes: []string{
+		BadPrefixes: append([]string{
 			"github.com/pgshield/pgshield/internal/daemon",
 			"github.com/pgshield/pgshield/internal/mgmt",
 			"github.com/pgshield/pgshield/internal/gateway",
 			"github.com/pgshield/pgshield/internal/postgres",
 			"github.com/pgshield/pgshield/internal/keys",
 			"github.com/pgshield/pgshield/internal/storage",
-			"gocloud.dev",
-			"github.com/aws",
-			"github.com/Azure",
-			"cloud.google.com",
-		},
+		}, deptest.CloudSDKs...),
 	}.Check(t)
 }

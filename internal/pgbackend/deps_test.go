@@ -11,17 +11,12 @@ import (
 func TestDeps(t *testing.T) {
 	deptest.DepChecker{
 		Pkg: ".",
-		BadPrefixes: []string{
+		BadPrefixes: append([]string{
 			"github.com/pgshield/pgshield/internal/postgres",
 			"github.com/pgshield/pgshield/internal/keys",
 			"github.com/pgshield/pgshield/internal/backup",
 			"github.com/pgshield/pgshield/internal/storage",
 			"github.com/pgshield/pgshield/internal/audit",
-			"gocloud.dev",
-			"github.com/aws",
-			"github.com/Azure",
-			"cloud.google.com",
-			"github.com/hashicorp/vault",
-		},
+		}, deptest.CloudSDKs...),
 	}.Check(t)
 }

@@ -80,3 +80,7 @@ func goTool() string {
 	}
 	return ""
 }
+
+// CloudSDKs are the module prefixes of the cloud KMS SDKs the key drivers
+// link: a package that must stay lean lists them among its BadPrefixes.
+var CloudSDKs = []string{"gocloud.dev", "github.com/aws", "github.com/Azure", "cloud.google.com", "github.com/hashicorp/vault"}
