@@ -250,3 +250,14 @@ func (a *AtRest) Rewrap(ctx context.Context, newURI string) error {
 	keys.Wipe(check)
 	return nw.Save(a.Layout.WrappedDataKey())
 }
+
+// Description describes the volume's backend, for key show and status.
+func (a *AtRest) Description() string { return a.volume().Description() }
+
+// Usage is the volume's size and free space; an error while it is locked.
+func (a *AtRest) Usage() (total, free uint64, err error) { return a.volume().Usage() }
+
+// SetConfig replaces the configuration the keys are read from (after a
+// key change); callers hold the key lock, under which every other use of
+// Cfg runs once the server is up.
+func (a *AtRest) SetConfig(c *config.Config) { a.Cfg = c }
