@@ -78,6 +78,37 @@ var gatewayParams = []Param{
 		Description: "PEM file of CA certificates trusted for the issuer's HTTPS, in addition to the system's."},
 	{Name: "pgshield.oidc_jwks_refresh_interval", Default: "1m0s", Check: checkDuration,
 		Description: "Least time between two fetches of the issuer's signing keys caused by a token with an unknown key ID."},
+	// Threat protection (internal/threat): what may try to log in, and how often.
+	{Name: "pgshield.preauth_timeout", Default: "10s", Check: checkPreAuthTimeout,
+		Description: "Absolute deadline from accept for a client's first byte, TLS handshake and startup packet (a byte a second does not extend it); the whole login stays bounded by the authentication timeout (60s)."},
+	{Name: "pgshield.max_preauth_connections", Default: "256", Check: checkCount,
+		Description: "Connections still authenticating, from all sources; over it a new connection is closed without a word, before TLS. 0 turns the cap off."},
+	{Name: "pgshield.max_preauth_connections_per_source", Default: "32", Check: checkCount,
+		Description: "Connections still authenticating from one source (IPv6: per /64); over it a new connection is closed without a word, before TLS. 0 turns the cap off."},
+	{Name: "pgshield.preauth_reserved_connections", Default: "64", Check: checkCount,
+		Description: "Of pgshield.max_preauth_connections, how many only known-good sources (a successful login within pgshield.known_source_ttl) may use, so a flood from elsewhere cannot keep them out."},
+	{Name: "pgshield.known_source_ttl", Default: "168h0m0s", Check: checkDuration,
+		Description: "How long a successful login keeps its source known-good: it may use the reserved pre-authentication slots, and is not slowed by attacks on the role it logged in as."},
+	{Name: "pgshield.bruteforce_max_failures", Default: "5", Check: checkFailures,
+		Description: "Failed logins from one source (IPv6: per /64) within pgshield.bruteforce_window that ban it (as fail2ban's maxretry); a banned source is closed at accept, before TLS. 0 turns bans off."},
+	{Name: "pgshield.bruteforce_window", Default: "10m0s", Check: checkDuration,
+		Description: "Sliding window in which failed logins are counted (as fail2ban's findtime)."},
+	{Name: "pgshield.bruteforce_ban_time", Default: "10m0s", Check: checkDuration,
+		Description: "Length of a first ban (as fail2ban's bantime); each repeat within a day of the last doubles it."},
+	{Name: "pgshield.bruteforce_max_ban_time", Default: "24h0m0s", Check: checkDuration,
+		Description: "Longest a doubled ban can be (as fail2ban's bantime.maxtime)."},
+	{Name: "pgshield.bruteforce_role_max_failures", Default: "20", Check: checkFailures,
+		Description: "Failed logins for one role within pgshield.bruteforce_window, from all sources, after which attempts at it from sources not known-good for it go one at a time, each a doubling delay apart. The role is slowed, never locked: its known-good sources are not. 0 turns it off."},
+	{Name: "pgshield.bruteforce_role_max_delay", Default: "10s", Check: checkRoleDelay,
+		Description: "Longest delay between two attempts at a role under attack; attempts that would wait more than twice this are refused (53300)."},
+	{Name: "pgshield.max_connections", Default: "90", Check: checkCount,
+		Description: "Sessions the gateway lets in, all roles together; the last pgshield.reserved_admin_connections of them are for the administrator. Keep it below PostgreSQL's max_connections minus superuser_reserved_connections (100 - 3 by default), which also serve pgshield itself. 0 turns the cap off."},
+	{Name: "pgshield.max_connections_per_source", Default: "0", Check: checkCount,
+		Description: "Sessions from one source (IPv6: per /64), on top of PostgreSQL's own limits; refused with 53300 after TLS. 0 turns the cap off."},
+	{Name: "pgshield.max_connections_per_role", Default: "0", Check: checkCount,
+		Description: "Sessions per role, on top of the role's own CONNECTION LIMIT; refused with 53300 after TLS. 0 turns the cap off."},
+	{Name: "pgshield.reserved_admin_connections", Default: "3", Check: checkCount,
+		Description: "Sessions of pgshield.max_connections kept for the administrator, so it can always get in to act; the per-source and per-role caps do not apply to it."},
 	{Name: "pgshield.allowed_extensions", Default: DefaultAllowedExtensions, Check: checkExtensions,
 		Description: "Comma-separated extensions the administrator and the roles it creates may CREATE EXTENSION (like Azure's azure.extensions); each must be installed on the machine."},
 }
@@ -106,6 +137,38 @@ func checkRate(v string) (string, error) {
 		return "", errors.New("use a whole number of connections per second from 0 (no limit) to 1000000")
 	}
 	return strconv.Itoa(n), nil
+}
+
+func checkCount(v string) (string, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 1000000 {
+		return "", errors.New("use a whole number from 0 (no limit) to 1000000")
+	}
+	return strconv.Itoa(n), nil
+}
+
+func checkFailures(v string) (string, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 0 || n > 1000 {
+		return "", errors.New("use a whole number of failed logins from 0 (off) to 1000")
+	}
+	return strconv.Itoa(n), nil
+}
+
+func checkPreAuthTimeout(v string) (string, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < time.Second || d > time.Minute {
+		return "", errors.New("use a duration from 1s to 60s (the authentication timeout), such as 10s")
+	}
+	return d.String(), nil
+}
+
+func checkRoleDelay(v string) (string, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 100*time.Millisecond || d > 20*time.Second {
+		return "", errors.New("use a duration from 100ms to 20s (two of them must fit in the authentication timeout)")
+	}
+	return d.String(), nil
 }
 
 func checkRetentionDays(v string) (string, error) {
@@ -260,7 +323,22 @@ type Params struct {
 	AuditSyslog string
 	// AuditFailClosed refuses new sessions while the audit log fails.
 	AuditFailClosed bool
-	Values          map[string]string
+	// PreAuthTimeout bounds the first byte, TLS and the startup packet.
+	PreAuthTimeout time.Duration
+	Threat         ThreatParams
+	Values         map[string]string
+}
+
+// ThreatParams are the pgshield.* parameters of threat protection, as
+// internal/threat's Config takes them (0: off).
+type ThreatParams struct {
+	MaxPreAuth, MaxPreAuthPerSource, PreAuthReserved  int
+	KnownTTL                                          time.Duration
+	MaxFailures                                       int
+	Window, BanTime, MaxBanTime                       time.Duration
+	RoleMaxFailures                                   int
+	RoleMaxDelay                                      time.Duration
+	MaxConnections, PerSource, PerRole, ReservedAdmin int
 }
 
 // OIDCParams configure token authentication.
@@ -319,6 +397,30 @@ func ResolveParams(set map[string]string) (Params, error) {
 	out.AuditRetention = time.Duration(days) * 24 * time.Hour
 	out.AuditSyslog = vals["pgshield.audit_syslog"]
 	out.AuditFailClosed = vals["pgshield.audit_fail_closed"] == "on"
+	atoi := func(name string) int { n, _ := strconv.Atoi(vals[name]); return n }
+	dur := func(name string) time.Duration { d, _ := time.ParseDuration(vals[name]); return d }
+	out.PreAuthTimeout = dur("pgshield.preauth_timeout")
+	out.Threat = ThreatParams{
+		MaxPreAuth: atoi("pgshield.max_preauth_connections"), MaxPreAuthPerSource: atoi("pgshield.max_preauth_connections_per_source"),
+		PreAuthReserved: atoi("pgshield.preauth_reserved_connections"), KnownTTL: dur("pgshield.known_source_ttl"),
+		MaxFailures: atoi("pgshield.bruteforce_max_failures"), Window: dur("pgshield.bruteforce_window"),
+		BanTime: dur("pgshield.bruteforce_ban_time"), MaxBanTime: dur("pgshield.bruteforce_max_ban_time"),
+		RoleMaxFailures: atoi("pgshield.bruteforce_role_max_failures"), RoleMaxDelay: dur("pgshield.bruteforce_role_max_delay"),
+		MaxConnections: atoi("pgshield.max_connections"), PerSource: atoi("pgshield.max_connections_per_source"),
+		PerRole: atoi("pgshield.max_connections_per_role"), ReservedAdmin: atoi("pgshield.reserved_admin_connections"),
+	}
+	if t := out.Threat; t.MaxPreAuth > 0 && t.PreAuthReserved >= t.MaxPreAuth {
+		return Params{}, fmt.Errorf("invalid value for parameter \"pgshield.preauth_reserved_connections\": %d is not below pgshield.max_preauth_connections %d",
+			t.PreAuthReserved, t.MaxPreAuth)
+	}
+	if t := out.Threat; t.MaxConnections > 0 && t.ReservedAdmin >= t.MaxConnections {
+		return Params{}, fmt.Errorf("invalid value for parameter \"pgshield.reserved_admin_connections\": %d is not below pgshield.max_connections %d",
+			t.ReservedAdmin, t.MaxConnections)
+	}
+	if t := out.Threat; t.BanTime > t.MaxBanTime {
+		return Params{}, fmt.Errorf("invalid value for parameter \"pgshield.bruteforce_ban_time\": %s is longer than pgshield.bruteforce_max_ban_time %s",
+			t.BanTime, t.MaxBanTime)
+	}
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {
 		out.MaxTLS = tlsVersions[mx]

@@ -1,0 +1,41 @@
+package config
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestThreatParams(t *testing.T) {
+	p, err := ResolveParams(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := ThreatParams{MaxPreAuth: 256, MaxPreAuthPerSource: 32, PreAuthReserved: 64, KnownTTL: 168 * time.Hour,
+		MaxFailures: 5, Window: 10 * time.Minute, BanTime: 10 * time.Minute, MaxBanTime: 24 * time.Hour,
+		RoleMaxFailures: 20, RoleMaxDelay: 10 * time.Second, MaxConnections: 90, ReservedAdmin: 3}
+	if p.Threat != want || p.PreAuthTimeout != 10*time.Second {
+		t.Errorf("ResolveParams(nil).Threat = %+v, preauth %v; want %+v, 10s (fail2ban's defaults)", p.Threat, p.PreAuthTimeout, want)
+	}
+	for _, tt := range []struct {
+		set     map[string]string
+		wantErr string
+	}{
+		{map[string]string{"pgshield.bruteforce_max_failures": "0"}, ""},
+		{map[string]string{"pgshield.bruteforce_max_failures": "-1"}, "invalid value"},
+		{map[string]string{"pgshield.bruteforce_max_failures": "1001"}, "invalid value"},
+		{map[string]string{"pgshield.preauth_timeout": "0s"}, "invalid value"},
+		{map[string]string{"pgshield.preauth_timeout": "2m"}, "invalid value"},
+		{map[string]string{"pgshield.bruteforce_role_max_delay": "1m"}, "invalid value"},
+		{map[string]string{"pgshield.max_preauth_connections": "64"}, "preauth_reserved_connections"},
+		{map[string]string{"pgshield.max_preauth_connections": "0"}, ""},
+		{map[string]string{"pgshield.max_connections": "3"}, "reserved_admin_connections"},
+		{map[string]string{"pgshield.bruteforce_ban_time": "48h"}, "bruteforce_ban_time"},
+		{map[string]string{"pgshield.max_connections_per_role": "abc"}, "invalid value"},
+	} {
+		_, err := ResolveParams(tt.set)
+		if tt.wantErr == "" && err != nil || tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)) {
+			t.Errorf("ResolveParams(%v) error = %v; want %q", tt.set, err, tt.wantErr)
+		}
+	}
+}
