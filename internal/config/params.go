@@ -409,17 +409,18 @@ func ResolveParams(set map[string]string) (Params, error) {
 		MaxConnections: atoi("pgshield.max_connections"), PerSource: atoi("pgshield.max_connections_per_source"),
 		PerRole: atoi("pgshield.max_connections_per_role"), ReservedAdmin: atoi("pgshield.reserved_admin_connections"),
 	}
-	if t := out.Threat; t.MaxPreAuth > 0 && t.PreAuthReserved >= t.MaxPreAuth {
-		return Params{}, fmt.Errorf("invalid value for parameter \"pgshield.preauth_reserved_connections\": %d is not below pgshield.max_preauth_connections %d",
-			t.PreAuthReserved, t.MaxPreAuth)
+	// Each value is valid alone (parameter set checks one at a time), so
+	// combinations that contradict are settled here, not refused: a
+	// reserve never takes every slot, a first ban is never longer than
+	// the longest.
+	if t := &out.Threat; t.MaxPreAuth > 0 && t.PreAuthReserved >= t.MaxPreAuth {
+		t.PreAuthReserved = t.MaxPreAuth - 1
 	}
-	if t := out.Threat; t.MaxConnections > 0 && t.ReservedAdmin >= t.MaxConnections {
-		return Params{}, fmt.Errorf("invalid value for parameter \"pgshield.reserved_admin_connections\": %d is not below pgshield.max_connections %d",
-			t.ReservedAdmin, t.MaxConnections)
+	if t := &out.Threat; t.MaxConnections > 0 && t.ReservedAdmin >= t.MaxConnections {
+		t.ReservedAdmin = t.MaxConnections - 1
 	}
-	if t := out.Threat; t.BanTime > t.MaxBanTime {
-		return Params{}, fmt.Errorf("invalid value for parameter \"pgshield.bruteforce_ban_time\": %s is longer than pgshield.bruteforce_max_ban_time %s",
-			t.BanTime, t.MaxBanTime)
+	if t := &out.Threat; t.BanTime > t.MaxBanTime {
+		t.MaxBanTime = t.BanTime
 	}
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {

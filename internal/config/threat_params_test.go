@@ -17,6 +17,12 @@ func TestThreatParams(t *testing.T) {
 	if p.Threat != want || p.PreAuthTimeout != 10*time.Second {
 		t.Errorf("ResolveParams(nil).Threat = %+v, preauth %v; want %+v, 10s (fail2ban's defaults)", p.Threat, p.PreAuthTimeout, want)
 	}
+	// Contradicting values are settled, not refused (each is valid alone).
+	p, err = ResolveParams(map[string]string{"pgshield.max_preauth_connections": "64", "pgshield.max_connections": "3",
+		"pgshield.bruteforce_ban_time": "48h"})
+	if err != nil || p.Threat.PreAuthReserved != 63 || p.Threat.ReservedAdmin != 2 || p.Threat.MaxBanTime != 48*time.Hour {
+		t.Errorf("ResolveParams(contradictions) = %+v, %v; want reserve 63, admin reserve 2, longest ban 48h", p.Threat, err)
+	}
 	for _, tt := range []struct {
 		set     map[string]string
 		wantErr string
@@ -27,10 +33,10 @@ func TestThreatParams(t *testing.T) {
 		{map[string]string{"pgshield.preauth_timeout": "0s"}, "invalid value"},
 		{map[string]string{"pgshield.preauth_timeout": "2m"}, "invalid value"},
 		{map[string]string{"pgshield.bruteforce_role_max_delay": "1m"}, "invalid value"},
-		{map[string]string{"pgshield.max_preauth_connections": "64"}, "preauth_reserved_connections"},
+		{map[string]string{"pgshield.max_preauth_connections": "64"}, ""},
 		{map[string]string{"pgshield.max_preauth_connections": "0"}, ""},
-		{map[string]string{"pgshield.max_connections": "3"}, "reserved_admin_connections"},
-		{map[string]string{"pgshield.bruteforce_ban_time": "48h"}, "bruteforce_ban_time"},
+		{map[string]string{"pgshield.max_connections": "3"}, ""},
+		{map[string]string{"pgshield.bruteforce_ban_time": "48h"}, ""},
 		{map[string]string{"pgshield.max_connections_per_role": "abc"}, "invalid value"},
 	} {
 		_, err := ResolveParams(tt.set)
