@@ -33,6 +33,18 @@
  */
 #include "postgres.h"
 
+/*
+ * libpq-be.h would pull in the Kerberos headers for Port's GSS state, a
+ * pointer either way (pg_gssinfo * or void *): without them the layout is
+ * the same and the build needs no libkrb5-dev.
+ */
+#undef ENABLE_GSS
+
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -43,8 +55,21 @@
 #include "commands/alter.h"
 #include "commands/defrem.h"
 #include "commands/extension.h"
+#include "common/hmac.h"
+#include "common/sha2.h"
+#include "common/ip.h"
 #include "fmgr.h"
+#include "funcapi.h"
+#include "libpq/auth.h"
+#include "libpq/libpq-be.h"
 #include "miscadmin.h"
+#include "postmaster/postmaster.h"
+#include "storage/ipc.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "utils/backend_status.h"
+#include "utils/inet.h"
+#include "utils/timestamp.h"
 #include "nodes/parsenodes.h"
 #include "storage/fd.h"
 #include "tcop/utility.h"
@@ -817,6 +842,762 @@ LIST_HOOKS(reserved_memberships)
 LIST_HOOKS(admin_roles)
 LIST_HOOKS(allowed_extensions)
 
+/*
+ * ---- The real client ----
+ *
+ * Every gateway session reaches PostgreSQL over the private Unix socket, so
+ * PostgreSQL would show each one as [local]. The gateway (root, the only
+ * process that may talk to that socket besides the postgres OS user) puts
+ * what it knows into one startup parameter, pgshield_guard.client: the
+ * client's address and port, its TLS session, how it logged in, and a
+ * random per-backend key for rebinding. ClientAuthentication_hook takes it
+ * out of the startup options (so no GUC ever holds it: SET, RESET ALL and
+ * DISCARD ALL have nothing to change) before "connection authorized" is
+ * logged and before pgstat_bestart copies MyProcPort into pg_stat_activity.
+ *
+ * It is believed only from a peer with uid pgshield_guard.gateway_uid
+ * (root): the postgres OS user can reach the socket too, and its sessions
+ * show what PostgreSQL would. A value from anyone else, or one that does
+ * not parse, ends the connection with FATAL.
+ *
+ * Record: "v=1&addr=A&port=P[&tls=V&cipher=C&bits=N]&method=M[&oid=O]
+ * [&iss=I][&exp=UNIX]&key=HEX64", values percent-encoded. A later
+ * "SET pgshield_guard.bind_client = 'v=1&seq=N&pid=PID&addr=...&mac=HEX64'"
+ * rebinds the backend to a new client (a pooled backend): the MAC is
+ * HMAC-SHA-256 under the backend's key over everything before "&mac=", and
+ * seq must grow, so a tenant who reads the statement in pg_stat_activity
+ * can neither replay it nor forge another.
+ */
+#define CLIENT_PARAM "pgshield_guard.client"
+#define MAX_RECORD 4096
+#define KEY_LEN 32
+
+typedef struct ClientIdentity
+{
+	struct sockaddr_storage addr;
+	socklen_t	salen;
+	char		host[INET6_ADDRSTRLEN];
+	char		port[8];
+	char		hostname[NI_MAXHOST];
+	char		tls_version[16];	/* "" without TLS */
+	char		cipher[NAMEDATALEN];
+	int			bits;
+	char		method[24];
+	char		principal[129];
+	char		issuer[257];
+	int64		expiry;			/* unix seconds, 0 if none */
+	uint64		seq;
+	int			pid;
+} ClientIdentity;
+
+/* One slot per backend, for pgshield.sessions. */
+typedef struct ClientSlot
+{
+	int			pid;			/* 0: unused */
+	Oid			userid;
+	TimestampTz bound_at;
+	int64		expiry;
+	char		method[24];
+	char		identity[129];
+	char		principal[129];
+	char		issuer[257];
+} ClientSlot;
+
+static int	gateway_uid = 0;
+static char *bind_client = NULL;
+
+static bool client_bound = false;	/* a trusted record was applied */
+static ClientIdentity client;
+static uint8 client_key[KEY_LEN];
+static uint64 client_seq = 0;
+static char client_identity[129];
+static bool publish_pending = false;
+static bool exit_registered = false;
+
+static ClientSlot *client_slots = NULL;
+static LWLock *client_lock = NULL;
+static shmem_request_hook_type prev_shmem_request_hook = NULL;
+static shmem_startup_hook_type prev_shmem_startup_hook = NULL;
+static ClientAuthentication_hook_type prev_client_auth_hook = NULL;
+
+static const char *const login_methods[] = {"scram-sha-256", "scram-sha-256-plus", "token", "password"};
+
+static int
+hexval(unsigned char c)
+{
+	if (c >= '0' && c <= '9')
+		return c - '0';
+	if (c >= 'a' && c <= 'f')
+		return c - 'a' + 10;
+	if (c >= 'A' && c <= 'F')
+		return c - 'A' + 10;
+	return -1;
+}
+
+/*
+ * pct_decode decodes src[0..len) into dst (dstsize with its NUL). Control
+ * characters are refused: the values reach the server log.
+ */
+static bool
+pct_decode(const char *src, size_t len, char *dst, size_t dstsize)
+{
+	size_t		o = 0;
+	size_t		i;
+
+	for (i = 0; i < len; i++)
+	{
+		int			c = (unsigned char) src[i];
+
+		if (c == '%')
+		{
+			int			h,
+						l;
+
+			if (len - i < 3 || (h = hexval(src[i + 1])) < 0 || (l = hexval(src[i + 2])) < 0)
+				return false;
+			c = h * 16 + l;
+			i += 2;
+		}
+		if (c < 0x20 || c == 0x7f || o + 1 >= dstsize)
+			return false;
+		dst[o++] = (char) c;
+	}
+	dst[o] = '\0';
+	return true;
+}
+
+static bool
+parse_int64(const char *s, int64 min, int64 max, int64 *out)
+{
+	char	   *end;
+	long long	v;
+
+	if (s[0] < '0' || s[0] > '9')
+		return false;
+	errno = 0;
+	v = strtoll(s, &end, 10);
+	if (errno != 0 || *end != '\0' || v < min || v > max)
+		return false;
+	*out = v;
+	return true;
+}
+
+static bool
+parse_hex(const char *s, uint8 *out, size_t n)
+{
+	size_t		i;
+
+	if (strlen(s) != 2 * n)
+		return false;
+	for (i = 0; i < n; i++)
+	{
+		int			h = hexval(s[2 * i]),
+					l = hexval(s[2 * i + 1]);
+
+		if (h < 0 || l < 0)
+			return false;
+		out[i] = (uint8) (h * 16 + l);
+	}
+	return true;
+}
+
+static bool
+token_chars(const char *s)
+{
+	if (s[0] == '\0')
+		return false;
+	for (; *s; s++)
+		if (!((*s >= 'A' && *s <= 'Z') || (*s >= 'a' && *s <= 'z') || (*s >= '0' && *s <= '9') ||
+			  *s == '_' || *s == '-'))
+			return false;
+	return true;
+}
+
+#define FLD_V			(1 << 0)
+#define FLD_ADDR		(1 << 1)
+#define FLD_PORT		(1 << 2)
+#define FLD_TLS		(1 << 3)
+#define FLD_CIPHER	(1 << 4)
+#define FLD_BITS		(1 << 5)
+#define FLD_METHOD	(1 << 6)
+#define FLD_OID		(1 << 7)
+#define FLD_ISS		(1 << 8)
+#define FLD_EXP		(1 << 9)
+#define FLD_KEY		(1 << 10)
+#define FLD_SEQ		(1 << 11)
+#define FLD_PID		(1 << 12)
+
+/*
+ * parse_record parses rec[0..len) into id (and key, for a startup record).
+ * On failure it returns false and sets *why, which never quotes the value:
+ * the record carries the backend's key.
+ */
+static bool
+parse_record(const char *rec, size_t len, bool startup, ClientIdentity *id, uint8 *key, const char **why)
+{
+	const char *p = rec,
+			   *end = rec + len;
+	int			seen = 0;
+	char		val[MAX_RECORD + 1];
+	int64		n;
+	int			portnum = 0;
+
+	memset(id, 0, sizeof(*id));
+	*why = "malformed record";
+	if (len == 0 || len > MAX_RECORD)
+	{
+		*why = len == 0 ? "empty record" : "record too long";
+		return false;
+	}
+	while (p < end)
+	{
+		const char *amp = memchr(p, '&', end - p);
+		const char *fend = amp ? amp : end;
+		const char *eq = memchr(p, '=', fend - p);
+		size_t		klen;
+		int			bit;
+		char	   *dst = val;
+		size_t		dstsize = sizeof(val);
+
+		if (eq == NULL)
+			return false;
+		klen = eq - p;
+#define KEY_IS(k) (klen == strlen(k) && strncmp(p, k, klen) == 0)
+		if (KEY_IS("v"))
+			bit = FLD_V;
+		else if (KEY_IS("addr"))
+			bit = FLD_ADDR;
+		else if (KEY_IS("port"))
+			bit = FLD_PORT;
+		else if (KEY_IS("tls"))
+			bit = FLD_TLS, dst = id->tls_version, dstsize = sizeof(id->tls_version);
+		else if (KEY_IS("cipher"))
+			bit = FLD_CIPHER, dst = id->cipher, dstsize = sizeof(id->cipher);
+		else if (KEY_IS("bits"))
+			bit = FLD_BITS;
+		else if (KEY_IS("method"))
+			bit = FLD_METHOD, dst = id->method, dstsize = sizeof(id->method);
+		else if (KEY_IS("oid"))
+			bit = FLD_OID, dst = id->principal, dstsize = sizeof(id->principal);
+		else if (KEY_IS("iss"))
+			bit = FLD_ISS, dst = id->issuer, dstsize = sizeof(id->issuer);
+		else if (KEY_IS("exp"))
+			bit = FLD_EXP;
+		else if (KEY_IS("key") && startup)
+			bit = FLD_KEY;
+		else if (KEY_IS("seq") && !startup)
+			bit = FLD_SEQ;
+		else if (KEY_IS("pid") && !startup)
+			bit = FLD_PID;
+		else
+		{
+			*why = "unknown field";
+			return false;
+		}
+#undef KEY_IS
+		if (seen & bit)
+		{
+			*why = "duplicate field";
+			return false;
+		}
+		seen |= bit;
+		if (!pct_decode(eq + 1, fend - eq - 1, dst, dstsize))
+		{
+			*why = "field value malformed or too long";
+			return false;
+		}
+		switch (bit)
+		{
+			case FLD_V:
+				if (strcmp(val, "1") != 0)
+				{
+					*why = "unsupported version";
+					return false;
+				}
+				break;
+			case FLD_ADDR:
+				{
+					struct sockaddr_in *a4 = (struct sockaddr_in *) &id->addr;
+					struct sockaddr_in6 *a6 = (struct sockaddr_in6 *) &id->addr;
+
+					if (inet_pton(AF_INET, val, &a4->sin_addr) == 1)
+					{
+						a4->sin_family = AF_INET;
+						id->salen = sizeof(*a4);
+					}
+					else if (inet_pton(AF_INET6, val, &a6->sin6_addr) == 1)
+					{
+						a6->sin6_family = AF_INET6;
+						id->salen = sizeof(*a6);
+					}
+					else
+					{
+						*why = "addr is not an IP address";
+						return false;
+					}
+					break;
+				}
+			case FLD_PORT:
+				if (!parse_int64(val, 1, 65535, &n))
+				{
+					*why = "port out of range";
+					return false;
+				}
+				portnum = (int) n;
+				snprintf(id->port, sizeof(id->port), "%d", portnum);
+				break;
+			case FLD_BITS:
+				if (!parse_int64(val, 1, 1024, &n))
+				{
+					*why = "bits out of range";
+					return false;
+				}
+				id->bits = (int) n;
+				break;
+			case FLD_EXP:
+				if (!parse_int64(val, 0, PG_INT64_MAX / 2, &id->expiry))
+				{
+					*why = "exp out of range";
+					return false;
+				}
+				break;
+			case FLD_KEY:
+				if (!parse_hex(val, key, KEY_LEN))
+				{
+					*why = "key is not 64 hex digits";
+					return false;
+				}
+				break;
+			case FLD_SEQ:
+				if (!parse_int64(val, 1, PG_INT64_MAX, &n))
+				{
+					*why = "seq out of range";
+					return false;
+				}
+				id->seq = (uint64) n;
+				break;
+			case FLD_PID:
+				if (!parse_int64(val, 1, PG_INT32_MAX, &n))
+				{
+					*why = "pid out of range";
+					return false;
+				}
+				id->pid = (int) n;
+				break;
+		}
+		p = amp ? amp + 1 : end;
+		if (amp != NULL && p == end)
+			return false;		/* trailing '&' */
+	}
+	if ((seen & (FLD_V | FLD_ADDR | FLD_PORT | FLD_METHOD)) != (FLD_V | FLD_ADDR | FLD_PORT | FLD_METHOD))
+	{
+		*why = "v, addr, port or method missing";
+		return false;
+	}
+	if (startup ? !(seen & FLD_KEY) : (seen & (FLD_SEQ | FLD_PID)) != (FLD_SEQ | FLD_PID))
+	{
+		*why = startup ? "key missing" : "seq or pid missing";
+		return false;
+	}
+	if (id->addr.ss_family == AF_INET6)
+		((struct sockaddr_in6 *) &id->addr)->sin6_port = htons((uint16) portnum);
+	else
+		((struct sockaddr_in *) &id->addr)->sin_port = htons((uint16) portnum);
+	if (seen & FLD_TLS)
+	{
+		if (strcmp(id->tls_version, "TLSv1.2") != 0 && strcmp(id->tls_version, "TLSv1.3") != 0)
+		{
+			*why = "unknown TLS version";
+			return false;
+		}
+		if ((seen & (FLD_CIPHER | FLD_BITS)) != (FLD_CIPHER | FLD_BITS) || !token_chars(id->cipher))
+		{
+			*why = "TLS cipher or bits missing or malformed";
+			return false;
+		}
+	}
+	else if (seen & (FLD_CIPHER | FLD_BITS))
+	{
+		*why = "cipher or bits without tls";
+		return false;
+	}
+	{
+		int			i;
+		bool		ok = false;
+
+		for (i = 0; i < (int) lengthof(login_methods); i++)
+			ok = ok || strcmp(id->method, login_methods[i]) == 0;
+		if (!ok)
+		{
+			*why = "unknown login method";
+			return false;
+		}
+	}
+	/* The numeric form, as PostgreSQL writes it in BackendInitialize. */
+	if (pg_getnameinfo_all(&id->addr, id->salen, id->host, sizeof(id->host), NULL, 0,
+						   NI_NUMERICHOST) != 0)
+	{
+		*why = "address cannot be rendered";
+		return false;
+	}
+	return true;
+}
+
+/* publish_status puts the bound client into pg_stat_activity, pg_stat_ssl and pgshield.sessions. */
+static bool
+publish_status(void)
+{
+	volatile PgBackendStatus *be = MyBEEntry;
+
+	/* pgstat_bestart fills the entry, and would overwrite what is written before it. */
+	if (be == NULL || be->st_procpid != MyProcPid || MyProcPort == NULL)
+		return false;
+	PGSTAT_BEGIN_WRITE_ACTIVITY(be);
+	memcpy((SockAddr *) &be->st_clientaddr, &MyProcPort->raddr, sizeof(SockAddr));
+	if (be->st_clienthostname != NULL)
+		strlcpy(be->st_clienthostname, MyProcPort->remote_hostname ? MyProcPort->remote_hostname : "", NAMEDATALEN);
+	/* st_sslstatus is NULL in a build without SSL: then pg_stat_ssl stays f. */
+	be->st_ssl = client.tls_version[0] != '\0' && be->st_sslstatus != NULL;
+	if (be->st_sslstatus != NULL)
+	{
+		PgBackendSSLStatus *ss = be->st_sslstatus;
+
+		memset(ss, 0, sizeof(*ss));
+		if (be->st_ssl)
+		{
+			ss->ssl_bits = client.bits;
+			strlcpy(ss->ssl_version, client.tls_version, NAMEDATALEN);
+			strlcpy(ss->ssl_cipher, client.cipher, NAMEDATALEN);
+		}
+	}
+	PGSTAT_END_WRITE_ACTIVITY(be);
+
+	if (client_slots != NULL && MyBackendId >= 1 && MyBackendId <= MaxBackends)
+	{
+		ClientSlot *s = &client_slots[MyBackendId - 1];
+
+		LWLockAcquire(client_lock, LW_EXCLUSIVE);
+		memset(s, 0, sizeof(*s));
+		s->pid = MyProcPid;
+		s->userid = GetSessionUserId();
+		s->bound_at = GetCurrentTimestamp();
+		s->expiry = client.expiry;
+		strlcpy(s->method, client.method, sizeof(s->method));
+		strlcpy(s->identity, client_identity, sizeof(s->identity));
+		strlcpy(s->principal, client.principal, sizeof(s->principal));
+		strlcpy(s->issuer, client.issuer, sizeof(s->issuer));
+		LWLockRelease(client_lock);
+	}
+	return true;
+}
+
+static void
+clear_slot(int code, Datum arg)
+{
+	if (client_slots != NULL && MyBackendId >= 1 && MyBackendId <= MaxBackends)
+	{
+		LWLockAcquire(client_lock, LW_EXCLUSIVE);
+		if (client_slots[MyBackendId - 1].pid == MyProcPid)
+			memset(&client_slots[MyBackendId - 1], 0, sizeof(ClientSlot));
+		LWLockRelease(client_lock);
+	}
+}
+
+/*
+ * publish_at_commit runs at the commit that ends InitPostgres, right after
+ * pgstat_bestart (which resets st_ssl) and before the backend sends
+ * ReadyForQuery: from then on other sessions see the TLS facts.
+ */
+static void
+publish_at_commit(XactEvent event, void *arg)
+{
+	if (!publish_pending || event != XACT_EVENT_COMMIT)
+		return;
+	if (publish_status())
+	{
+		publish_pending = false;
+		if (!exit_registered)
+		{
+			before_shmem_exit(clear_slot, (Datum) 0);
+			exit_registered = true;
+		}
+	}
+}
+
+/* apply_client points MyProcPort at the bound client, as if it had connected directly. */
+static void
+apply_client(const ClientIdentity *id, const char *user)
+{
+	Port	   *port = MyProcPort;
+
+	client = *id;
+	if (strcmp(client.method, "token") == 0 && client.principal[0] != '\0')
+		strlcpy(client_identity, client.principal, sizeof(client_identity));
+	else
+		strlcpy(client_identity, user ? user : "", sizeof(client_identity));
+	memset(&port->raddr, 0, sizeof(port->raddr));
+	memcpy(&port->raddr.addr, &client.addr, client.salen);
+	port->raddr.salen = client.salen;
+	port->remote_host = client.host;
+	port->remote_port = client.port;
+	port->remote_hostname = NULL;
+	/*
+	 * As BackendInitialize does: a name only if the reverse lookup gives
+	 * one. PostgreSQL runs in a network namespace with no network, so
+	 * only names in /etc/hosts resolve.
+	 */
+	if (log_hostname &&
+		pg_getnameinfo_all(&client.addr, client.salen, client.hostname, sizeof(client.hostname),
+						   NULL, 0, NI_NAMEREQD) == 0)
+		port->remote_hostname = client.hostname;
+}
+
+static void
+log_client(const char *what)
+{
+	if (!Log_connections)
+		return;
+	ereport(LOG,
+			(errmsg("%s: identity=\"%s\" method=%s (pgshield gateway)", what, client_identity, client.method),
+			 client.tls_version[0] != '\0' ?
+			 errdetail("Client %s port %s, %s, cipher %s, %d bits%s%s.", client.host, client.port,
+					   client.tls_version, client.cipher, client.bits,
+					   client.issuer[0] ? ", token issuer " : "", client.issuer) :
+			 errdetail("Client %s port %s, no TLS%s%s.", client.host, client.port,
+					   client.issuer[0] ? ", token issuer " : "", client.issuer)));
+}
+
+static bool
+peer_is_gateway(Port *port)
+{
+	struct ucred cred;
+	socklen_t	len = sizeof(cred);
+
+	if (port->laddr.addr.ss_family != AF_UNIX)
+		return false;
+	if (getsockopt(port->sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred))
+		return false;
+	return cred.uid == (uid_t) gateway_uid;
+}
+
+/*
+ * guard_client_auth takes pgshield_guard.client out of the startup
+ * options, checks who sent it and binds the session to the client it names.
+ */
+static void
+guard_client_auth(Port *port, int status)
+{
+	ListCell   *lc;
+	int			idx = 0,
+				found = -1;
+	char	   *value = NULL;
+	ClientIdentity id;
+	const char *why;
+	size_t		len;
+
+	if (prev_client_auth_hook)
+		prev_client_auth_hook(port, status);
+	if (status != STATUS_OK)
+		return;
+	foreach(lc, port->guc_options)
+	{
+		/* names and values alternate */
+		if (idx % 2 == 0 && strcmp((char *) lfirst(lc), CLIENT_PARAM) == 0)
+		{
+			if (found >= 0 || lnext(port->guc_options, lc) == NULL)
+				ereport(FATAL, (errcode(ERRCODE_PROTOCOL_VIOLATION),
+								errmsg("invalid parameter \"%s\": given more than once", CLIENT_PARAM)));
+			found = idx;
+			value = (char *) lfirst(lnext(port->guc_options, lc));
+		}
+		idx++;
+	}
+	if (found < 0)
+		return;
+	/* Consumed: no GUC ever holds it, so nothing in the session can change or show it. */
+	port->guc_options = list_delete_nth_cell(port->guc_options, found + 1);
+	port->guc_options = list_delete_nth_cell(port->guc_options, found);
+	len = strnlen(value, MAX_RECORD + 1);
+	if (!peer_is_gateway(port))
+	{
+		explicit_bzero(value, len);
+		ereport(FATAL, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+						errmsg("parameter \"%s\" can only be set by the pgshield gateway", CLIENT_PARAM),
+						errdetail("The connection does not come from the gateway's user.")));
+	}
+	if (!parse_record(value, len, true, &id, client_key, &why))
+	{
+		explicit_bzero(value, len);
+		ereport(FATAL, (errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION),
+						errmsg("invalid parameter \"%s\": %s", CLIENT_PARAM, why)));
+	}
+	explicit_bzero(value, len);
+	apply_client(&id, port->user_name);
+	port->authn_id = MemoryContextStrdup(TopMemoryContext, client_identity);
+	client_bound = true;
+	client_seq = 0;
+	publish_pending = true;
+	log_client("connection authenticated");
+}
+
+/* mac_ok checks mac (hex) against HMAC-SHA-256(client_key, msg), in constant time. */
+static bool
+mac_ok(const char *msg, size_t len, const char *machex)
+{
+	uint8		want[PG_SHA256_DIGEST_LENGTH],
+				got[PG_SHA256_DIGEST_LENGTH];
+	pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
+	bool		ok;
+
+	if (ctx == NULL)
+		return false;
+	ok = pg_hmac_init(ctx, client_key, KEY_LEN) == 0 &&
+		pg_hmac_update(ctx, (const uint8 *) msg, len) == 0 &&
+		pg_hmac_final(ctx, want, sizeof(want)) == 0;
+	pg_hmac_free(ctx);
+	if (!ok || !parse_hex(machex, got, sizeof(got)))
+		return false;
+	return timingsafe_bcmp(want, got, sizeof(want)) == 0;
+}
+
+/*
+ * check_bind_client verifies and applies a rebind. It acts in the check
+ * hook, once per SET, and keeps "" as the value: the GUC then never holds
+ * an identity that a RESET, a rollback or a parallel worker's copy of the
+ * settings could bring back. Only SET and set_config in the session may
+ * rebind (not ALTER ROLE/DATABASE/FUNCTION ... SET).
+ */
+static bool
+check_bind_client(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+	const char *mac;
+	size_t		len;
+	ClientIdentity id;
+	const char *why;
+	char	   *empty;
+
+	if (v == NULL || v[0] == '\0')
+		return true;
+	if (source != PGC_S_SESSION || MyProcPort == NULL)
+	{
+		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+		GUC_check_errmsg("pgshield_guard.bind_client can only be set with SET in a session the pgshield gateway opened");
+		return false;
+	}
+	if (!client_bound)
+	{
+		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
+		GUC_check_errmsg("this session was not opened by the pgshield gateway");
+		return false;
+	}
+	len = strnlen(v, MAX_RECORD + 1);
+	mac = len <= MAX_RECORD ? strstr(v, "&mac=") : NULL;
+	if (mac == NULL || !mac_ok(v, mac - v, mac + 5))
+	{
+		GUC_check_errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION);
+		GUC_check_errmsg("pgshield_guard.bind_client: not authenticated by the gateway");
+		return false;
+	}
+	if (!parse_record(v, mac - v, false, &id, NULL, &why))
+	{
+		GUC_check_errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION);
+		GUC_check_errmsg("pgshield_guard.bind_client: %s", why);
+		return false;
+	}
+	if (id.pid != MyProcPid || id.seq <= client_seq)
+	{
+		GUC_check_errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION);
+		GUC_check_errmsg("pgshield_guard.bind_client: %s", id.pid != MyProcPid ? "for another backend" : "replayed (sequence number not above the last one)");
+		return false;
+	}
+	empty = strdup("");
+	if (empty == NULL)
+		return false;
+	client_seq = id.seq;
+	apply_client(&id, MyProcPort->user_name);
+	(void) publish_status();
+	log_client("session rebound to a new client");
+	free(*newval);
+	*newval = empty;
+	return true;
+}
+
+static void
+guard_shmem_request(void)
+{
+	if (prev_shmem_request_hook)
+		prev_shmem_request_hook();
+	RequestAddinShmemSpace(mul_size(MaxBackends, sizeof(ClientSlot)));
+	RequestNamedLWLockTranche("pgshield_guard", 1);
+}
+
+static void
+guard_shmem_startup(void)
+{
+	bool		found;
+
+	if (prev_shmem_startup_hook)
+		prev_shmem_startup_hook();
+	LWLockAcquire(AddinShmemInitLock, LW_EXCLUSIVE);
+	client_slots = ShmemInitStruct("pgshield_guard clients", mul_size(MaxBackends, sizeof(ClientSlot)), &found);
+	if (!found)
+		memset(client_slots, 0, mul_size(MaxBackends, sizeof(ClientSlot)));
+	client_lock = &(GetNamedLWLockTranche("pgshield_guard"))->lock;
+	LWLockRelease(AddinShmemInitLock);
+}
+
+/*
+ * pgshield_guard_client_sessions lists how each gateway session logged in,
+ * under pg_stat_activity's rules: a row is shown to members of
+ * pg_read_all_stats and to roles with the privileges of the session's role.
+ */
+PG_FUNCTION_INFO_V1(pgshield_guard_client_sessions);
+Datum
+pgshield_guard_client_sessions(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	ClientSlot *copy;
+	int			i,
+				n = 0;
+	bool		all_stats;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (client_slots == NULL)
+		PG_RETURN_VOID();
+	copy = palloc(mul_size(MaxBackends, sizeof(ClientSlot)));
+	LWLockAcquire(client_lock, LW_SHARED);
+	for (i = 0; i < MaxBackends; i++)
+		if (client_slots[i].pid != 0)
+			copy[n++] = client_slots[i];
+	LWLockRelease(client_lock);
+	all_stats = has_privs_of_role(GetUserId(), ROLE_PG_READ_ALL_STATS);
+	for (i = 0; i < n; i++)
+	{
+		ClientSlot *s = &copy[i];
+		Datum		values[7];
+		bool		nulls[7] = {0};
+
+		if (!all_stats && !has_privs_of_role(GetUserId(), s->userid))
+			continue;
+		values[0] = Int32GetDatum(s->pid);
+		values[1] = CStringGetTextDatum(s->method);
+		values[2] = CStringGetTextDatum(s->identity);
+		nulls[3] = s->principal[0] == '\0';
+		if (!nulls[3])
+			values[3] = CStringGetTextDatum(s->principal);
+		nulls[4] = s->issuer[0] == '\0';
+		if (!nulls[4])
+			values[4] = CStringGetTextDatum(s->issuer);
+		nulls[5] = s->expiry == 0;
+		if (!nulls[5])
+			values[5] = TimestampTzGetDatum(time_t_to_timestamptz((pg_time_t) s->expiry));
+		values[6] = TimestampTzGetDatum(s->bound_at);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	PG_RETURN_VOID();
+}
+
 void
 _PG_init(void)
 {
@@ -841,10 +1622,27 @@ _PG_init(void)
 							   "Extensions non-superusers may create.",
 							   NULL, &allowed_extensions, "", PGC_SIGHUP, GUC_LIST_INPUT,
 							   check_allowed_extensions, assign_allowed_extensions, NULL);
+	DefineCustomIntVariable("pgshield_guard.gateway_uid",
+							"The OS user whose connections may carry the real client (pgshield_guard.client).",
+							"The gateway runs as root; the postgres OS user's sessions show what PostgreSQL would.",
+							&gateway_uid, 0, 0, INT_MAX, PGC_POSTMASTER, GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
+							NULL, NULL, NULL);
+	DefineCustomStringVariable("pgshield_guard.bind_client",
+							   "Rebinds a gateway session to a new client; authenticated by the gateway.",
+							   NULL, &bind_client, "", PGC_USERSET,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE | GUC_NO_RESET_ALL,
+							   check_bind_client, NULL, NULL);
 	MarkGUCPrefixReserved("pgshield_guard");
 
 	prev_utility_hook = ProcessUtility_hook;
 	ProcessUtility_hook = guard_ProcessUtility;
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = guard_object_access;
+	prev_client_auth_hook = ClientAuthentication_hook;
+	ClientAuthentication_hook = guard_client_auth;
+	prev_shmem_request_hook = shmem_request_hook;
+	shmem_request_hook = guard_shmem_request;
+	prev_shmem_startup_hook = shmem_startup_hook;
+	shmem_startup_hook = guard_shmem_startup;
+	RegisterXactCallback(publish_at_commit, NULL);
 }
