@@ -16,8 +16,8 @@ import (
 	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/ctl/conf"
+	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/storage"
 )
 
@@ -88,7 +88,10 @@ type fakeServer struct {
 }
 
 func (s *fakeServer) Quiesce(msg string, _ *audit.Event) { s.calls = append(s.calls, "Quiesce: "+msg) }
-func (s *fakeServer) Resume(context.Context) error      { s.calls = append(s.calls, "Resume"); return s.resumeErr }
+func (s *fakeServer) Resume(context.Context) error {
+	s.calls = append(s.calls, "Resume")
+	return s.resumeErr
+}
 
 // testCtl is a storage controller over a fake volume, a fake key gate and
 // a fake server; events go to a list. It runs no PostgreSQL and no

@@ -1,0 +1,31 @@
+package params
+
+// The statements the parameters controller runs as the service role or the superuser,
+// each resolving only pg_catalog objects (see internal/postgres/privsql.go
+// for why; privsql_test.go checks them). Connections pin the search path.
+const (
+	sqlAvailableExtensions = `SELECT a.name::pg_catalog.text FROM pg_catalog.pg_available_extensions a`
+	sqlReloadConf          = `SELECT pg_catalog.pg_reload_conf()`
+	sqlSettings            = `SELECT s.name, s.setting, COALESCE(s.unit, ''), s.context, s.pending_restart, s.short_desc, COALESCE(s.boot_val, '')
+  FROM pg_catalog.pg_settings s`
+	sqlSettingsOrdered = sqlSettings + ` ORDER BY s.name COLLATE pg_catalog."C"`
+	sqlSettingByName   = sqlSettings + ` WHERE s.name OPERATOR(pg_catalog.=) pg_catalog.lower($1::pg_catalog.text)`
+	// sqlCurrentSetting reads a setting as a session of the pool sees it.
+	sqlCurrentSetting = `SELECT pg_catalog.current_setting($1::pg_catalog.text)`
+	sqlClock          = `SELECT pg_catalog.clock_timestamp()`
+	// sqlStaleStatements lists the backends of non-superusers running a
+	// statement that began before $1.
+	sqlStaleStatements = `SELECT a.pid FROM pg_catalog.pg_stat_activity a
+  JOIN pg_catalog.pg_authid r ON r.oid OPERATOR(pg_catalog.=) a.usesysid
+ WHERE a.backend_type OPERATOR(pg_catalog.=) 'client backend'::pg_catalog.text
+   AND a.state OPERATOR(pg_catalog.=) 'active'::pg_catalog.text
+   AND a.query_start OPERATOR(pg_catalog.<) $1::pg_catalog.timestamptz
+   AND NOT r.rolsuper
+   AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()`
+	sqlTerminate = `SELECT pg_catalog.pg_terminate_backend($1::pg_catalog.int4)`
+)
+
+// sqlAlterSystemSet takes a quoted identifier and a quoted literal.
+func sqlAlterSystemSet(name, literal string) string {
+	return "ALTER SYSTEM SET " + name + " TO " + literal
+}
