@@ -6,6 +6,11 @@
 #                    then a reload to an unparsable list and back
 #   failclosed       regress-broken.conf: the server starts with an
 #                    unparsable list and refuses role management
+#   clientid_untrusted  the gateway's parameter from the postgres OS user
+#                    is refused (gateway_uid stays 0, root)
+#   clientid         regress.conf with pgshield_guard.gateway_uid set to the
+#                    postgres OS user, whose regress_client.pl then plays
+#                    the gateway: the real client, rebinding, visibility
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "pgregress.sh must run as root" >&2; exit 1; }
@@ -24,7 +29,8 @@ regress=$libdir/pgxs/src/test/regress/pg_regress
 # initdb refuses root: everything runs as postgres, in a directory of its own.
 work=$(mktemp -d /tmp/pgshield-regress.XXXXXX)
 trap 'rm -rf "$work"' EXIT
-cp -r "$src/sql" "$src/expected" "$src/regress.conf" "$src/regress-broken.conf" "$work/"
+cp -r "$src/sql" "$src/expected" "$src/regress.conf" "$src/regress-broken.conf" "$src/regress_client.pl" "$work/"
+{ cat "$src/regress.conf"; echo "pgshield_guard.gateway_uid = $(id -u postgres)"; echo "log_connections = on"; } >"$work/regress-client.conf"
 chown -R postgres:postgres "$work"
 
 status=0
@@ -42,6 +48,7 @@ run() { # run NAME CONF TEST...
     tail -n 20 "$work/$name/log/postmaster.log" 2>/dev/null || true
   fi
 }
-run main regress.conf guard reload_break reload_broken reload_fixed
+run main regress.conf guard reload_break reload_broken reload_fixed clientid_untrusted
 run broken regress-broken.conf failclosed
+run client regress-client.conf clientid
 exit $status
