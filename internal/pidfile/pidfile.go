@@ -23,6 +23,8 @@ func Write(path string) error {
 }
 
 // Read returns the pid recorded at path, and whether that process lives.
+// A zombie does not: a daemon killed -9 stays one until its parent (init,
+// once `up` has exited) reaps it, and `up` right after must not refuse.
 func Read(path string) (int, bool) {
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -32,5 +34,17 @@ func Read(path string) (int, bool) {
 	if err != nil || pid <= 0 {
 		return 0, false
 	}
-	return pid, syscall.Kill(pid, 0) == nil
+	return pid, syscall.Kill(pid, 0) == nil && !zombie(pid)
+}
+
+// zombie reports whether pid has exited and awaits reaping.
+func zombie(pid int) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return false
+	}
+	// The state follows the command name, which is in parentheses and may
+	// hold any byte.
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && (b[i+2] == 'Z' || b[i+2] == 'X')
 }
