@@ -14,12 +14,10 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgshield/pgshield/internal/audit"
-	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/tlsconf"
-	"github.com/pgshield/pgshield/internal/wire"
 )
 
 // RoleLookup finds a role's authentication facts.
@@ -56,10 +54,19 @@ type Config struct {
 	Audit func(audit.Event)
 	// Policy admits sources and ends sessions it stops allowing; nil allows all.
 	Policy AccessPolicy
-	// MaxConnections caps concurrent client connections.
+	// MaxConnections caps concurrent client connections. Up to
+	// capacityOverflow more are taken only to be told so inside TLS.
 	MaxConnections int
-	Now            func() time.Time
+	// Threat bans, budgets and limits logins (internal/threat); nil: none.
+	Threat Threat
+	Now    func() time.Time
 }
+
+// capacityOverflow is how many connections beyond MaxConnections are taken
+// to refuse them after TLS, where libpq shows the 53300; beyond it they are
+// closed without a word. Never a plaintext error before TLS: a client that
+// sends SSLRequest discards it (libpq ≥ 17.1; CVE-2024-10977).
+const capacityOverflow = 64
 
 // CheckAndSetDefaults validates the config and fills in defaults.
 func (c *Config) CheckAndSetDefaults() error {
@@ -123,10 +130,14 @@ type Server struct {
 	// lastThrottleLog rate-limits the throttling log line (unix nanos).
 	lastThrottleLog atomic.Int64
 	clientLogs      logBudget
+	// floodAudits caps the audit records a flood of refused connections
+	// (pre-authentication budgets) writes.
+	floodAudits logBudget
 
 	mu struct {
 		sync.Mutex
-		conns    map[net.Conn]struct{}
+		// conns maps each connection to whether it came over capacity.
+		conns    map[net.Conn]bool
 		sessions map[*session]struct{}
 	}
 }
@@ -137,7 +148,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg}
-	s.mu.conns = map[net.Conn]struct{}{}
+	s.mu.conns = map[net.Conn]bool{}
 	s.mu.sessions = map[*session]struct{}{}
 	s.SetParams(cfg.Params)
 	return s, nil
@@ -212,17 +223,22 @@ func (s *Server) track(conn net.Conn) bool {
 	if s.mu.conns == nil {
 		return false // shutting down
 	}
-	if len(s.mu.conns) >= s.cfg.MaxConnections {
-		_ = conn.SetWriteDeadline(time.Now().Add(time.Second))
-		// Before TLS we cannot say more than a plaintext error; it reveals
-		// nothing and matches PostgreSQL's own behaviour.
-		_ = wire.SendError(conn, clienterr.New(wire.CodeTooManyConnections, "sorry, too many clients already"))
-		return false
+	over := len(s.mu.conns) >= s.cfg.MaxConnections
+	if len(s.mu.conns) >= s.cfg.MaxConnections+capacityOverflow {
+		return false // closed without a word; see capacityOverflow
 	}
-	s.mu.conns[conn] = struct{}{}
+	s.mu.conns[conn] = over
 	s.active.Add(1)
 	s.total.Add(1)
 	return true
+}
+
+// overCapacity reports whether conn was taken over MaxConnections, to be
+// refused once it has TLS.
+func (s *Server) overCapacity(conn net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.conns[conn]
 }
 
 func (s *Server) untrack(conn net.Conn) {

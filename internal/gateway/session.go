@@ -29,12 +29,13 @@ import (
 func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	defer raw.Close() // every early return below ends the connection
 	c := s.newClientConn(raw)
-	if !c.readProxyHeader() || !c.underRateLimit() || !c.allowedByPolicy() {
+	if !c.readProxyHeader() || !c.underRateLimit() || !c.allowedByPolicy() || !c.admitThreat() {
 		return
 	}
+	defer c.threatDone()
 	stopWatch := c.watchPolicy()
 	defer stopWatch()
-	_ = raw.SetDeadline(c.start.Add(s.cfg.AuthTimeout))
+	_ = raw.SetDeadline(c.preauthDeadline())
 
 	err := c.admit()
 	defer c.conn.Close() // TLS or plain: admit always returns one
@@ -47,6 +48,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		return
 	}
 	c.named()
+	if err := c.afterAdmission(); err != nil {
+		c.refuse(err)
+		return
+	}
 	if err := c.negotiateProtocol(); err != nil {
 		c.refuse(err)
 		return
@@ -59,12 +64,23 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		c.refuse(err)
 		return
 	}
+	if err := c.throttle(ctx); err != nil {
+		c.refuse(err)
+		return
+	}
 	login, err := c.login(ctx)
+	c.loginOutcome(err)
 	if err != nil {
 		c.refuse(err)
 		return
 	}
-	b, err := c.connectBackend(ctx)
+	endSlot, err := c.sessionSlot()
+	if err != nil {
+		c.refuse(err, login.done...)
+		return
+	}
+	defer endSlot()
+	b, err := c.connectBackend(ctx, login)
 	if err != nil {
 		c.refuse(err, login.done...) // the login succeeded: the client hears so first
 		return
@@ -104,11 +120,14 @@ type clientConn struct {
 	rt  *runtime
 	log *slog.Logger
 	// src is the client's address: the peer's, or the one a trusted
-	// proxy's PROXY header gives.
-	src netip.Addr
+	// proxy's PROXY header gives; srcPort its port.
+	src     netip.Addr
+	srcPort uint16
 	// rule is the network rule that allowed src ("" for the default).
 	rule  string
 	watch *policyWatch
+	// threat is what the threat protection steps keep (threat.go).
+	threat threatState
 	// admitted is set by admit; conn is then the connection to talk on.
 	admitted
 	// user and db are what the startup packet asks for.
@@ -116,9 +135,16 @@ type clientConn struct {
 }
 
 func (s *Server) newClientConn(raw net.Conn) *clientConn {
-	return &clientConn{srv: s, raw: raw, start: s.cfg.Now(), rt: s.rt.Load(),
+	c := &clientConn{srv: s, raw: raw, start: s.cfg.Now(), rt: s.rt.Load(),
 		log: s.cfg.Log.With("client", raw.RemoteAddr().String()), src: remoteAddr(raw)}
+	if ap, err := netip.ParseAddrPort(raw.RemoteAddr().String()); err == nil {
+		c.srcPort = ap.Port()
+	}
+	return c
 }
+
+// srcAddrPort is the client's address and port, as PostgreSQL shows them.
+func (c *clientConn) srcAddrPort() netip.AddrPort { return netip.AddrPortFrom(c.src, c.srcPort) }
 
 // readProxyHeader reads the PROXY header a trusted load balancer sends
 // before the client speaks: it carries the client's address, to which
@@ -135,7 +161,7 @@ func (c *clientConn) readProxyHeader() bool {
 		return false
 	}
 	if h.Command == proxyproto.Proxy && h.HasAddresses() {
-		c.src = h.Source.Addr().Unmap()
+		c.src, c.srcPort = h.Source.Addr().Unmap(), h.Source.Port()
 		c.log = c.srv.cfg.Log.With("client", h.Source.String(), "proxy", c.raw.RemoteAddr().String())
 	}
 	return true
@@ -245,13 +271,20 @@ func (c *clientConn) checkTransport() error {
 }
 
 // connectBackend opens the backend session as the logged-in role, within
-// Config.DialTimeout. The backend's own refusal (a *pgbackend.BackendError)
-// comes back as it is, for refuse to relay verbatim; any other failure is
-// logged and reaches the client as "not available".
-func (c *clientConn) connectBackend(ctx context.Context) (*pgbackend.Backend, error) {
+// Config.DialTimeout, telling pgshield_guard who the client is
+// (pgbackend.SetClient). The backend's own refusal (a
+// *pgbackend.BackendError) comes back as it is, for refuse to relay
+// verbatim; any other failure is logged and reaches the client as "not
+// available".
+func (c *clientConn) connectBackend(ctx context.Context, login loginResult) (*pgbackend.Backend, error) {
 	dctx, cancel := context.WithTimeout(ctx, c.srv.cfg.DialTimeout)
 	defer cancel()
-	b, err := c.srv.cfg.Backend.Connect(dctx, backendParams(c.startup))
+	params := backendParams(c.startup)
+	if err := pgbackend.SetClient(params, c.clientIdentity(login)); err != nil {
+		c.log.Error("Backend connection failed.", "error", err)
+		return nil, errUnavailable()
+	}
+	b, err := c.srv.cfg.Backend.Connect(dctx, params)
 	if err != nil {
 		var be *pgbackend.BackendError
 		if errors.As(err, &be) {
@@ -264,11 +297,12 @@ func (c *clientConn) connectBackend(ctx context.Context) (*pgbackend.Backend, er
 }
 
 // backendParams passes the client's startup parameters through; the
-// protocol-level ones were consumed by admission.
+// protocol-level ones were consumed by admission, and pgshield's own
+// (refused by checkParams) never pass.
 func backendParams(st *wire.Startup) map[string]string {
-	m := make(map[string]string, len(st.Params)+1)
+	m := make(map[string]string, len(st.Params)+2)
 	for _, p := range st.Params {
-		if p.Key == "replication" {
+		if p.Key == "replication" || reservedParam(p.Key) {
 			continue
 		}
 		m[p.Key] = p.Value

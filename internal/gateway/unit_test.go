@@ -363,6 +363,12 @@ type gatewayEnv struct {
 // startGateway serves a gateway on loopback until the test ends.
 func startGateway(t *testing.T, params map[string]string, backend *fakeBackend, maxConns int) *gatewayEnv {
 	t.Helper()
+	return startGatewayWith(t, params, backend, maxConns, nil)
+}
+
+// startGatewayWith is startGateway with mod applied to the Config.
+func startGatewayWith(t *testing.T, params map[string]string, backend *fakeBackend, maxConns int, mod func(*Config)) *gatewayEnv {
+	t.Helper()
 	dir := t.TempDir()
 	pth := func(n string) string { return filepath.Join(dir, n) }
 	p := newTestPKI(t)
@@ -387,8 +393,12 @@ func startGateway(t *testing.T, params map[string]string, backend *fakeBackend, 
 		"locked@contoso.com": {CanLogin: false, Principal: &pgbackend.TokenPrincipal{ObjectID: "oid-locked", Kind: "user"}},
 	}
 	env := &gatewayEnv{caFile: caFile, backend: backend}
-	srv, err := New(Config{Cert: p.cert, Roles: roles, Backend: backend, MockSecret: []byte("0123456789abcdef"),
-		Params: resolved, AuthTimeout: 5 * time.Second, MaxConnections: maxConns, Audit: env.record})
+	cfg := Config{Cert: p.cert, Roles: roles, Backend: backend, MockSecret: []byte("0123456789abcdef"),
+		Params: resolved, AuthTimeout: 5 * time.Second, MaxConnections: maxConns, Audit: env.record}
+	if mod != nil {
+		mod(&cfg)
+	}
+	srv, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -555,6 +565,10 @@ func TestServeWithPgconn(t *testing.T) {
 	}
 }
 
+// TestServeTooManyConnections checks that a connection over MaxConnections
+// is told so inside TLS when it asked for TLS (never in plaintext before
+// it, which libpq ≥ 17.1 discards: CVE-2024-10977), and in plaintext only
+// to a client that never asked for TLS.
 func TestServeTooManyConnections(t *testing.T) {
 	checkGoroutines(t)
 	env := startGateway(t, nil, &fakeBackend{}, 1)
@@ -570,20 +584,47 @@ func TestServeTooManyConnections(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	second, err := net.Dial("tcp", env.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer second.Close()
-	_ = second.SetDeadline(time.Now().Add(5 * time.Second))
-	m, err := pgproto3.NewFrontend(second, second).Receive()
-	er, ok := m.(*pgproto3.ErrorResponse)
-	if err != nil || !ok || er.Code != "53300" {
-		t.Fatalf("second connection got %#v, %v; want ErrorResponse 53300", m, err)
-	}
-	if s := env.srv.Stats(); s.Active != 1 || s.Total != 1 {
-		t.Errorf("Stats() = %+v; want 1 active, 1 total (the refused one is not counted)", s)
-	}
+	t.Run("SSLRequest: answered after TLS", func(t *testing.T) {
+		second, err := net.Dial("tcp", env.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer second.Close()
+		_ = second.SetDeadline(time.Now().Add(5 * time.Second))
+		write(t, second, sslRequest())
+		if b := readByte(t, second); b != 'S' {
+			t.Fatalf("answer to SSLRequest over capacity = %q; want 'S' (no plaintext error before TLS)", b)
+		}
+		tc := tls.Client(second, &tls.Config{InsecureSkipVerify: true})
+		write(t, tc, startupMessage(t, map[string]string{"user": "alice", "database": "shop"}))
+		m, err := pgproto3.NewFrontend(tc, tc).Receive()
+		er, ok := m.(*pgproto3.ErrorResponse)
+		if err != nil || !ok || er.Code != "53300" {
+			t.Fatalf("over capacity, inside TLS: got %#v, %v; want ErrorResponse 53300", m, err)
+		}
+	})
+	t.Run("pgconn shows it", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := pgconn.Connect(ctx, env.connString("alice", goodPassword, "sslmode=verify-full"))
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "53300" || pe.Message != "sorry, too many clients already" {
+			t.Fatalf("pgconn.Connect() over capacity = %v; want 53300 sorry, too many clients already", err)
+		}
+	})
+	t.Run("plaintext client: plaintext answer", func(t *testing.T) {
+		second, err := net.Dial("tcp", env.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer second.Close()
+		_ = second.SetDeadline(time.Now().Add(5 * time.Second))
+		write(t, second, startupMessage(t, map[string]string{"user": "alice"}))
+		m, err := pgproto3.NewFrontend(second, second).Receive()
+		if er, ok := m.(*pgproto3.ErrorResponse); err != nil || !ok || er.Code != "53300" {
+			t.Fatalf("plaintext startup over capacity: got %#v, %v; want ErrorResponse 53300", m, err)
+		}
+	})
 }
 
 // TestServeUnknownCancelKey checks that a CancelRequest with a guessed key
