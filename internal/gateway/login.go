@@ -27,9 +27,10 @@ import (
 type loginResult struct {
 	method string
 	done   []pgproto3.BackendMessage
-	// expiry and principal are set for token logins.
+	// expiry, principal and issuer are set for token logins.
 	expiry    time.Time
 	principal string
+	issuer    string
 }
 
 // Login methods in the log and audit records, next to the SCRAM mechanism
@@ -302,7 +303,7 @@ func (s *Server) cleartextLogin(ctx context.Context, a admitted, rt *runtime, ro
 		return fail("%s", why)
 	}
 	return loginResult{method: MethodToken, done: []pgproto3.BackendMessage{&pgproto3.AuthenticationOk{}},
-		expiry: id.Expiry, principal: id.Principal}, nil
+		expiry: id.Expiry, principal: id.Principal, issuer: rt.params.OIDC.Issuer}, nil
 }
 
 // readSecret reads the PasswordMessage that answers

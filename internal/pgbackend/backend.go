@@ -37,6 +37,11 @@ type Backend struct {
 	Params []*pgproto3.ParameterStatus
 	// TxStatus is the ReadyForQuery status byte.
 	TxStatus byte
+
+	// bindKey is the key SetClient gave pgshield_guard for this backend
+	// (nil without one), bindSeq the last BindClient's number.
+	bindKey []byte
+	bindSeq uint64
 }
 
 // SocketPath is the path of the postmaster's Unix socket for port in dir,
@@ -52,8 +57,9 @@ type Dialer struct {
 }
 
 // Connect opens a backend session with the client's startup parameters
-// (the role among them). The socket is private and trusted, and asks for
-// no authentication: see the hba comment in internal/postgres.
+// (the role among them, and the client's identity if SetClient put it
+// there). The socket is private and trusted, and asks for no
+// authentication: see the hba comment in internal/postgres.
 func (d *Dialer) Connect(ctx context.Context, params map[string]string) (*Backend, error) {
 	var nd net.Dialer
 	conn, err := nd.DialContext(ctx, "unix", d.Socket)
@@ -82,7 +88,7 @@ func handshake(ctx context.Context, conn net.Conn, params map[string]string) (*B
 	if _, err := conn.Write(buf); err != nil {
 		return nil, fmt.Errorf("sending startup to PostgreSQL: %w", err)
 	}
-	b := &Backend{Conn: conn}
+	b := &Backend{Conn: conn, bindKey: bindKeyFrom(params)}
 	authed := false
 	for i := 0; i < 1000; i++ { // a backend sends a few dozen messages at most
 		typ, body, err := readBackendMessage(conn)
