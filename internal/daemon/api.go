@@ -4,36 +4,38 @@ import (
 	"context"
 	"crypto/fips140"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/pgshield/pgshield/internal/apitype"
-	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/mgmt"
 	"github.com/pgshield/pgshield/internal/postgres"
 )
 
-// The daemon is the management API's backend: mgmt.Routes decodes each
-// request and calls one of the methods below or in the files of their
-// areas (parameters.go, key.go, keywatch.go, backup.go, network.go,
-// principals.go, storage.go).
-var _ mgmt.Backend = (*Daemon)(nil)
+// api is the management API's backend: mgmt.Routes decodes each request
+// and calls one of these methods, each of which hands the request to the
+// controller that owns it. Nothing here holds state or a lock.
+type api struct{ d *Daemon }
+
+var _ mgmt.Backend = api{}
 
 // Status reports the server's state for `pgshield status`.
-func (d *Daemon) Status(context.Context) apitype.Status {
-	cfg := d.config()
-	p, _ := config.ResolveParams(cfg.Parameters)
-	ps := d.supervisor().Status()
+func (a api) Status(context.Context) apitype.Status {
+	d := a.d
+	cfg := d.conf.Get()
+	p := d.conf.Params()
+	ps := d.pg.Status()
 	state := "Available"
-	if ks := d.keyState.Load(); ks.State != apitype.KeyAvailable {
-		state = ks.State
+	if ks := d.keys.State(); ks != apitype.KeyAvailable {
+		state = ks
 	} else if ps.State != postgres.StateRunning {
 		state = "Unavailable"
 	}
 	return apitype.Status{
-		State: state, Listen: d.listen, StartedAt: d.started,
-		UptimeSeconds: int64(time.Since(d.started).Seconds()), PID: osGetpid(),
+		State: state, Listen: d.network.Listen(), StartedAt: d.started,
+		UptimeSeconds: int64(time.Since(d.started).Seconds()), PID: os.Getpid(),
 		Postgres:    toAPIPostgresStatus(d.version, ps),
-		Connections: apitype.ConnectionStats(d.gw.Stats()), AdminUser: cfg.AdminUser, DataDir: d.Layout.Root, Key: d.Key(),
+		Connections: apitype.ConnectionStats(d.gateway().Stats()), AdminUser: cfg.AdminUser, DataDir: d.Layout.Root, Key: d.keys.Info(),
 		FIPS140: fips140.Enabled(),
 		TLS: apitype.TLSStatus{
 			RequireSecureTransport: p.Values["require_secure_transport"],
@@ -50,9 +52,72 @@ func toAPIPostgresStatus(version string, ps postgres.Status) apitype.PostgresSta
 
 // Shutdown stops the daemon shortly: the API answers first, and the
 // caller waits for the pid file to go.
-func (d *Daemon) Shutdown() {
-	go func() { time.Sleep(50 * time.Millisecond); d.stop() }()
+func (a api) Shutdown() {
+	go func() { time.Sleep(50 * time.Millisecond); a.d.stop() }()
 }
 
 // MetricsHandler serves the metrics in Prometheus' text format.
-func (d *Daemon) MetricsHandler() http.Handler { return d.metrics.Handler() }
+func (a api) MetricsHandler() http.Handler { return a.d.metrics.Handler() }
+
+func (a api) Parameters(ctx context.Context) ([]apitype.ParameterValue, error) {
+	return a.d.params.Parameters(ctx)
+}
+func (a api) Parameter(ctx context.Context, name string) (apitype.ParameterValue, error) {
+	return a.d.params.Parameter(ctx, name)
+}
+func (a api) SetParameter(ctx context.Context, name, value string) (apitype.ParameterValue, error) {
+	return a.d.params.SetParameter(ctx, name, value)
+}
+
+func (a api) Key() apitype.KeyInfo                { return a.d.keys.Info() }
+func (a api) LockKey() (apitype.KeyInfo, error)   { return a.d.keys.Lock() }
+func (a api) UnlockKey() (apitype.KeyInfo, error) { return a.d.keys.Unlock() }
+func (a api) RevalidateKey(ctx context.Context) apitype.KeyInfo {
+	return a.d.keys.Revalidate(ctx)
+}
+func (a api) ChangeKey(ctx context.Context, keyURI string, rotate bool) (apitype.KeyInfo, error) {
+	return a.d.keys.Change(ctx, keyURI, rotate)
+}
+
+func (a api) Backups(ctx context.Context) (apitype.BackupList, error) { return a.d.backups.List(ctx) }
+func (a api) CreateBackup(typ string) (*apitype.BackupJob, error)     { return a.d.backups.Create(typ) }
+func (a api) BackupJob() (*apitype.BackupJob, error)                  { return a.d.backups.Job() }
+func (a api) ArchiveWAL(ctx context.Context) (apitype.ArchiveResult, error) {
+	return a.d.backups.ArchiveWAL(ctx)
+}
+
+func (a api) Network() apitype.NetworkInfo { return a.d.network.Info() }
+func (a api) SetNetworkMode(mode string) (apitype.NetworkInfo, error) {
+	return a.d.network.SetMode(mode)
+}
+func (a api) FirewallRules() []apitype.FirewallRule { return a.d.network.FirewallRules() }
+func (a api) FirewallRule(name string) (apitype.FirewallRule, error) {
+	return a.d.network.FirewallRule(name)
+}
+func (a api) WriteFirewallRule(req apitype.RuleRequest, create bool) (apitype.FirewallRule, error) {
+	return a.d.network.WriteFirewallRule(req, create)
+}
+func (a api) DeleteFirewallRule(name string) error { return a.d.network.DeleteFirewallRule(name) }
+func (a api) NetworkRules() []apitype.NetworkRule  { return a.d.network.NetworkRules() }
+func (a api) NetworkRule(name string) (apitype.NetworkRule, error) {
+	return a.d.network.NetworkRule(name)
+}
+func (a api) CreateNetworkRule(req apitype.RuleRequest) (apitype.NetworkRule, error) {
+	return a.d.network.CreateNetworkRule(req)
+}
+func (a api) DeleteNetworkRule(name string) error { return a.d.network.DeleteNetworkRule(name) }
+
+func (a api) Principals(ctx context.Context) ([]apitype.Principal, error) {
+	return a.d.principals.List(ctx)
+}
+func (a api) CreatePrincipal(ctx context.Context, req apitype.PrincipalRequest) (apitype.Principal, error) {
+	return a.d.principals.Create(ctx, req)
+}
+func (a api) DeletePrincipal(ctx context.Context, name string) (apitype.Principal, error) {
+	return a.d.principals.Delete(ctx, name)
+}
+
+func (a api) Storage(ctx context.Context) apitype.StorageInfo { return a.d.volume.Info(ctx) }
+func (a api) ResizeStorage(sizeBytes int64) (apitype.StorageResizeResult, error) {
+	return a.d.volume.Resize(sizeBytes)
+}

@@ -1,5 +1,23 @@
-// Package daemon composes a running pgshield server: the supervised
-// PostgreSQL, the gateway and the management API, for one data directory.
+// Package daemon is the composition root of a running pgshield server:
+// it builds the controllers of internal/ctl for one data directory, wires
+// them together, starts them in one listed order (Run) and stops them in
+// the reverse order, and serves the management API through a thin adapter
+// (api.go).
+//
+// Lock order, from outermost to innermost (each controller documents its
+// own; this is the whole):
+//
+//  1. keys.Controller.mu: every transition of the volume (lock, unlock,
+//     rewrap, revalidation, and the volume controller's grow and remount
+//     through keys.Locked).
+//  2. conf.Store's lock: every change of the configuration (parameters,
+//     administrator principals, the key URI, the volume's size).
+//  3. Leaves, held only briefly and never around a call into another
+//     controller: keys' revalMu, volume's stats, backup's job, instance's
+//     supervisor pointer, the audit stream's and the netpolicy engine's own.
+//
+// Nothing takes a lock of a higher rank while holding a lower one:
+// conf.Store.Edit's functions never reach the keys controller.
 package daemon
 
 import (
@@ -10,25 +28,31 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/pgshield/pgshield/internal/apitype"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/ctl/auditlog"
+	backupctl "github.com/pgshield/pgshield/internal/ctl/backup"
+	"github.com/pgshield/pgshield/internal/ctl/conf"
+	"github.com/pgshield/pgshield/internal/ctl/instance"
+	"github.com/pgshield/pgshield/internal/ctl/keys"
+	"github.com/pgshield/pgshield/internal/ctl/network"
+	"github.com/pgshield/pgshield/internal/ctl/params"
+	"github.com/pgshield/pgshield/internal/ctl/principals"
+	"github.com/pgshield/pgshield/internal/ctl/volume"
 	"github.com/pgshield/pgshield/internal/gateway"
 	"github.com/pgshield/pgshield/internal/metrics"
 	"github.com/pgshield/pgshield/internal/mgmt"
-	"github.com/pgshield/pgshield/internal/netpolicy"
-	"github.com/pgshield/pgshield/internal/nft"
-	"github.com/pgshield/pgshield/internal/outbound"
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/pidfile"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/tlsconf"
+	"github.com/pgshield/pgshield/internal/wire"
 )
 
 // Daemon is one running server.
@@ -36,41 +60,32 @@ type Daemon struct {
 	Layout config.Layout
 	Log    *slog.Logger
 
-	cfgMu   sync.Mutex // serializes config changes; guards cfg
-	cfg     *config.Config
-	cluster *postgres.Cluster
-	sup     *postgres.Supervisor
-	catalog *postgres.Catalog
+	stop context.CancelFunc
+
+	// The controllers, built by Run before anything starts.
+	conf       *conf.Store
+	audit      *auditlog.Log
+	metrics    *metrics.Metrics
+	metricsLn  *metrics.Listener
+	volume     *volume.Controller
+	keys       *keys.Controller
+	pg         *instance.Instance
+	backups    *backupctl.Controller
+	network    *network.Controller
+	params     *params.Controller
+	principals *principals.Controller
+	// gw is set by the "gateway" component; read by the API and metrics
+	// only after that (the API starts later) or through gateway().
+	gwMu    sync.Mutex
 	gw      *gateway.Server
-	policy  *netpolicy.Engine
-	// auditStream is the audit sink (see audit.go); auditFwd forwards it
-	// to syslog when pgshield.audit_syslog is set.
-	auditStream   *audit.Stream
-	auditFwd      atomic.Pointer[audit.Forwarder]
-	lastAuditWarn atomic.Int64
-	// outbound opens PostgreSQL's namespace to allowed destinations.
-	outbound *outbound.Path
-	// serverID names per-server resources (the nftables table); fixed at start.
-	serverID string
-	atRest   *AtRest
-	// keyMu serializes lock and unlock; keyState is read without it.
-	keyMu    sync.Mutex
-	keyState atomic.Pointer[apitype.KeyState] // set through storeKeyState
-	metrics  *metrics.Metrics
-	// metricsLn serves the metrics on pgshield.metrics_listen.
-	metricsLn *metrics.Listener
-	revalMu   sync.Mutex // guards reval; taken inside keyMu, never around it
-	reval     revalidation
-	supMu     sync.Mutex // guards sup, replaced on unlock
-	backups   backupJobs // at most one backup running
-	started   time.Time
-	version   string
-	listen    string
-	stop      context.CancelFunc
+	started time.Time
+	version string
 }
 
-// Run starts everything and blocks until ctx ends or shutdown is asked for
-// through the API; then it drains and stops PostgreSQL.
+// Run builds the controllers, starts them in the order of components, and
+// blocks until ctx ends or shutdown is asked for through the API; then it
+// stops them in the reverse order: the API and the gateway first, the
+// volume and the pid file last.
 func (d *Daemon) Run(ctx context.Context) error {
 	if d.Log == nil {
 		d.Log = slog.New(slog.DiscardHandler)
@@ -79,184 +94,303 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.cfg = cfg
-	d.serverID = cfg.ServerID
-	if err := pidfile.Write(d.Layout.PIDFile()); err != nil {
-		return err
-	}
-	defer os.Remove(d.Layout.PIDFile())
 	ctx, d.stop = context.WithCancel(ctx)
 	defer d.stop()
-
 	u, err := postgres.LookupOSUser(cfg.PGOSUser)
 	if err != nil {
 		return err
 	}
-	d.metrics = d.newMetrics()
-	d.metricsLn = &metrics.Listener{Handler: d.metrics.Handler()}
-	defer d.metricsLn.Close()
-	d.atRest = &AtRest{Layout: d.Layout, Cfg: cfg, Log: d.Log.With("component", "storage")}
-	// A key that cannot unwrap the data key (revoked, or a KMS that cannot be
-	// reached) does not stop the daemon: it starts Inaccessible, refusing
-	// sessions with a clear message, and revalidation brings it back.
-	var keyErr *KeyError
-	startErr := d.atRest.Open(ctx)
-	switch {
-	case errors.As(startErr, &keyErr):
-		d.Log.Error("The data key cannot be unwrapped; starting Inaccessible.", "error", startErr)
-		d.storeKeyState(&apitype.KeyState{State: apitype.KeyInaccessible, Since: time.Now(), Reason: startErr.Error()})
-	case startErr != nil:
-		return startErr
-	default:
-		d.storeKeyState(&apitype.KeyState{State: apitype.KeyAvailable, Since: time.Now()})
-	}
-	defer func() {
-		if err := d.atRest.Close(context.Background()); err != nil {
-			d.Log.Error("Closing the encrypted volume failed.", "error", err)
-		}
-	}()
-	d.cluster = &postgres.Cluster{Layout: d.Layout, Cfg: cfg, User: u, Guard: d.atRest.Guard,
-		// Managed files are rewritten when PostgreSQL starts again (unlock):
-		// with the configuration of then. No caller holds cfgMu.
-		Live: d.config}
-	// While Inaccessible the volume is locked: startPostgres writes them
-	// once the key works again.
-	if startErr == nil {
-		if err := d.cluster.WriteManagedFiles(); err != nil {
-			return err
-		}
-	}
-	cert, err := tlsconf.LoadCert(cfg.TLSCertFile, cfg.TLSKeyFile)
+	d.build(cfg, u)
+	stopAll, err := startAll(ctx, d.components(cfg))
 	if err != nil {
 		return err
 	}
-	params, err := config.ResolveParams(cfg.Parameters)
-	if err != nil {
-		return err
-	}
-	mock, err := loadOrCreateSecret(d.Layout, d.Layout.MockAuthKey())
-	if err != nil {
-		return err
-	}
-	// The audit log lives on the volume: it is closed (deferred calls run
-	// last in, first out) after PostgreSQL has stopped and before the
-	// volume is locked and detached.
-	if err := d.openAudit(params, startErr == nil); err != nil {
-		return err
-	}
-	defer d.closeAudit()
-	d.audit(audit.Event{Type: "server.start", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"pid": os.Getpid()}})
-	defer d.audit(audit.Event{Type: "server.stop"})
-	d.outbound = &outbound.Path{ID: cfg.ServerID, Log: d.Log.With("component", "outbound"),
-		Allow: func(dst netip.Addr, port uint16) bool { return d.policy.CheckOutbound(dst, port).Allowed }}
-	defer func() {
-		if err := d.outbound.Close(); err != nil {
-			d.Log.Error("Removing the outbound path failed.", "error", err)
-		}
-	}()
-	pol, err := LoadPolicy(d.Layout)
-	if err != nil {
-		return fmt.Errorf("network policy: %w", err)
-	}
-	if err := netpolicy.CheckListen(pol.Mode, cfg.Listen); err != nil {
-		return err
-	}
-	d.policy, err = netpolicy.NewEngine(pol, netpolicy.WithLogger(d.Log.With("component", "netpolicy")),
-		netpolicy.WithPersist(func(p *netpolicy.Policy) error {
-			if err := d.applyKernelFirewall(p, d.currentParams()); err != nil {
-				return err
-			}
-			if err := d.outbound.Apply(d.postmasterPID(), p.NetworkRules); err != nil {
-				return err
-			}
-			return SavePolicy(d.Layout, p)
-		}))
-	if err != nil {
-		return err
-	}
-	go d.policy.Run(ctx)
-	// Bind the public port before starting PostgreSQL so a clash fails fast.
-	ln, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("gateway cannot listen on %s: %w", cfg.Listen, err)
-	}
-	defer ln.Close()
-	d.listen = ln.Addr().String()
-	if err := d.applyKernelFirewall(d.policy.Snapshot(), params); err != nil {
-		return fmt.Errorf("kernel firewall: %w", err)
-	}
-	defer func() {
-		if params := d.currentParams(); params.KernelFirewall {
-			if err := nft.Remove(d.kernelTable()); err != nil {
-				d.Log.Error("Removing the kernel firewall failed.", "error", err)
-			}
-		}
-	}()
-	apiLn, err := mgmt.Listen(d.Layout.APISocket())
-	if err != nil {
-		return err
-	}
-	defer apiLn.Close()
-
-	if startErr == nil {
-		if err := d.startPostgres(ctx); err != nil {
-			return err
-		}
-	} else {
-		d.sup = &postgres.Supervisor{Cluster: d.cluster} // not started
-	}
-	// The supervisor is replaced on unlock: stop whichever runs at the end.
-	defer func() { d.supervisor().Stop(30 * time.Second) }()
-	defer d.backups.stop() // before PostgreSQL stops (deferred calls run last in, first out)
-	d.catalog, err = postgres.NewCatalog(ctx, d.cluster, d.Log.With("component", "catalog"))
-	if err != nil {
-		return err
-	}
-	defer d.catalog.Close()
-	d.version = postgresVersion(d.cluster)
-	d.gw, err = gateway.New(gateway.Config{
-		Cert: cert, Roles: d.catalog.Logins(), Backend: &pgbackend.Dialer{Socket: d.cluster.SocketPath()},
-		IsReserved: cfg.IsReserved,
-		MockSecret: mock, Params: params, Log: d.Log.With("component", "gateway"),
-		Policy:    d.policy.ForPort(listenPort(d.listen)),
-		Audit:     d.audit,
-		Available: d.available,
-	})
-	if err != nil {
-		return err
-	}
-	d.started = time.Now()
-	if err := d.metricsLn.Set(params.Values["pgshield.metrics_listen"]); err != nil {
-		d.Log.Error("Metrics endpoint not started.", "error", err)
-	}
-	go d.revalidateLoop(ctx)
-	go d.storageLoop(ctx) // autogrow; remounts gocryptfs if it dies
-
-	srv := &http.Server{Handler: mgmt.NewHandler(mgmt.Routes(d), mgmt.Options{Log: d.Log, OnWrite: d.auditAPICall}),
-		ReadHeaderTimeout: 10 * time.Second, ConnContext: mgmt.ConnContext}
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := d.gw.Serve(ctx, ln); err != nil {
-			d.Log.Error("Gateway stopped.", "error", err)
-			d.stop()
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		if err := srv.Serve(mgmt.RootOnly{Listener: apiLn, Log: d.Log}); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.Log.Error("API server stopped.", "error", err)
-		}
-	}()
-	d.Log.Info("pgshield is up.", "listen", d.listen, "postgres", d.version)
+	d.Log.Info("pgshield is up.", "listen", d.network.Listen(), "postgres", d.version)
 	<-ctx.Done()
 	d.Log.Info("Shutting down.")
-	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	_ = srv.Shutdown(sctx)
-	cancel()
-	wg.Wait()
+	stopAll()
 	return nil
+}
+
+// build makes the controllers and wires them together; nothing starts.
+func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
+	l, log := d.Layout, d.Log
+	d.conf = conf.New(l, cfg)
+	d.metrics = d.newMetrics()
+	d.metricsLn = &metrics.Listener{Handler: d.metrics.Handler()}
+	d.audit = auditlog.New(auditlog.Config{Layout: l, Log: log, Count: d.metrics.Event,
+		FailClosed: func() bool { return d.conf.Params().AuditFailClosed }})
+	d.volume = volume.New(volume.Config{Layout: l, Log: log, Conf: d.conf, Audit: d.audit.Record,
+		Volume: &volume.AtRest{Layout: l, Cfg: cfg, Log: log.With("component", "storage")}})
+	cluster := &postgres.Cluster{Layout: l, Cfg: cfg, User: u, Guard: d.volume.AtRest().Guard,
+		// Managed files are rewritten when PostgreSQL starts again (unlock):
+		// with the configuration of then. No caller holds the store's lock.
+		Live: d.conf.Get}
+	d.backups = backupctl.New(backupctl.Config{Layout: l, Log: log, Conf: d.conf, Cluster: cluster, Audit: d.audit.Record,
+		KeyState: func() string { return d.keys.State() }, PGStatus: func() postgres.Status { return d.pg.Status() },
+		Pool: func() *pgxpool.Pool { return d.pg.Pool() }})
+	d.keys = keys.New(keys.Config{Log: log, Conf: d.conf, Volume: d.volume.AtRest(), Audit: d.audit.Record,
+		Metrics: d.metrics, RewrapBackupKey: d.backups.RewrapKey})
+	d.pg = instance.New(instance.Config{Cluster: cluster, Log: log.With("component", "postgres"), ServerLog: d.audit.ServerLog,
+		BeforeStart: d.backups.Prepare, AfterStart: d.backups.AfterStart,
+		OnReady: func(pid int) {
+			if err := d.network.ApplyOutbound(pid); err != nil {
+				log.Error("Opening the outbound path failed; PostgreSQL has no network access.", "error", err)
+			}
+		},
+		ExplainStartFailure: func(err error) error {
+			if _, serr := os.Stat(l.BackupRestoreConfig()); serr == nil {
+				return fmt.Errorf("%w; recovery of the restored cluster: %s", err, backupctl.LastFatal(l.PGLogDir()))
+			}
+			return err
+		}})
+	d.params = params.New(params.Config{Log: log, Conf: d.conf, Cluster: cluster, Audit: d.audit.Record, Pool: d.pg.Pool,
+		Apply: func(name string, p config.Params) {
+			d.gateway().SetParams(p)
+			d.audit.ApplyParam(name, p)
+		},
+		KernelFirewall: func(p config.Params) error { return d.network.ApplyKernelFirewall(p) },
+		MetricsListen:  d.metricsLn.Set})
+	d.principals = principals.New(principals.Config{Log: log, Conf: d.conf, Catalog: d.pg.Catalog,
+		ApplyGuard: d.params.ApplyGuardSettings, Audit: d.audit.Record})
+	d.volume.Bind(d.keys, server{d})
+	d.keys.Bind(server{d})
+}
+
+// components lists the steps of a start, in order; Run stops them in the
+// reverse order. The order is the server's invariants: the volume is
+// open before anything writes to it and closed after everything that
+// writes to it has stopped; the audit log (on the volume) is closed after
+// PostgreSQL has stopped; the public port is bound before PostgreSQL
+// starts so that a clash fails fast; backups stop before PostgreSQL does.
+func (d *Daemon) components(cfg *config.Config) []component {
+	var (
+		volumeOpen bool
+		cert       *tlsconf.Cert
+		mock       []byte
+		gwLn       net.Listener
+		apiLn      net.Listener
+		apiSrv     *http.Server
+		serving    sync.WaitGroup
+	)
+	p, err := config.ResolveParams(cfg.Parameters)
+	resolveErr := err
+	return []component{
+		{name: "pid file",
+			start: func(context.Context) error { return pidfile.Write(d.Layout.PIDFile()) },
+			stop:  func() { os.Remove(d.Layout.PIDFile()) }},
+		{name: "metrics", stop: d.metricsLn.Close},
+		{name: "volume",
+			// A key that cannot unwrap the data key starts the server
+			// Inaccessible (keys.Open); the volume stays closed until then.
+			start: func(ctx context.Context) (err error) {
+				volumeOpen, err = d.keys.Open(ctx)
+				return err
+			},
+			stop: func() {
+				if err := d.volume.AtRest().Close(context.Background()); err != nil {
+					d.Log.Error("Closing the encrypted volume failed.", "error", err)
+				}
+			}},
+		{name: "settings", start: func(context.Context) (err error) {
+			// While Inaccessible the volume is locked: the instance writes
+			// the managed files once the key works again.
+			if volumeOpen {
+				if err := d.pg.Cluster().WriteManagedFiles(); err != nil {
+					return err
+				}
+			}
+			if cert, err = tlsconf.LoadCert(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+				return err
+			}
+			if resolveErr != nil {
+				return resolveErr
+			}
+			mock, err = loadOrCreateSecret(d.Layout, d.Layout.MockAuthKey())
+			return err
+		}},
+		{name: "audit log",
+			start: func(context.Context) error { return d.audit.Open(p, volumeOpen) },
+			stop:  d.audit.Close},
+		{name: "server events",
+			start: func(context.Context) error {
+				d.audit.Record(audit.Event{Type: "server.start", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"pid": os.Getpid()}})
+				return nil
+			},
+			stop: func() { d.audit.Record(audit.Event{Type: "server.stop"}) }},
+		{name: "network policy",
+			start: func(context.Context) (err error) {
+				d.network, err = network.New(network.Config{Layout: d.Layout, Log: d.Log, Conf: d.conf, Audit: d.audit.Record, PostmasterPID: d.pg.PID})
+				return err
+			},
+			stop: func() { d.network.StopOutbound() }},
+		{name: "gateway listener",
+			start: func(context.Context) (err error) {
+				if gwLn, err = net.Listen("tcp", cfg.Listen); err != nil {
+					return fmt.Errorf("gateway cannot listen on %s: %w", cfg.Listen, err)
+				}
+				return nil
+			},
+			stop: func() { gwLn.Close() }},
+		{name: "kernel firewall",
+			start: func(ctx context.Context) error { return d.network.Start(ctx, gwLn.Addr().String()) },
+			stop:  func() { d.network.StopKernelFirewall() }},
+		{name: "API listener",
+			start: func(context.Context) (err error) { apiLn, err = mgmt.Listen(d.Layout.APISocket()); return err },
+			stop:  func() { apiLn.Close() }},
+		{name: "postgres",
+			start: func(ctx context.Context) error {
+				if volumeOpen {
+					return d.pg.Start(ctx)
+				}
+				return nil
+			},
+			// The supervisor is replaced on unlock: whichever runs stops.
+			stop: func() { d.pg.Stop(30 * time.Second) }},
+		{name: "backups", stop: d.backups.Stop},
+		{name: "catalog",
+			start: func(ctx context.Context) error { return d.pg.OpenCatalog(ctx, d.Log.With("component", "catalog")) },
+			stop:  d.pg.CloseCatalog},
+		{name: "gateway", start: func(context.Context) error {
+			d.version = d.pg.Version()
+			gw, err := gateway.New(gateway.Config{
+				Cert: cert, Roles: d.pg.Catalog().Logins(), Backend: &pgbackend.Dialer{Socket: d.pg.Cluster().SocketPath()},
+				IsReserved: cfg.IsReserved,
+				MockSecret: mock, Params: p, Log: d.Log.With("component", "gateway"),
+				Policy:    d.network.ForPort(network.ListenPort(d.network.Listen())),
+				Audit:     d.audit.Record,
+				Available: d.available,
+			})
+			if err != nil {
+				return err
+			}
+			d.gwMu.Lock()
+			d.gw = gw
+			d.gwMu.Unlock()
+			d.started = time.Now()
+			return nil
+		}},
+		{name: "background loops", start: func(ctx context.Context) error {
+			if err := d.metricsLn.Set(p.Values["pgshield.metrics_listen"]); err != nil {
+				d.Log.Error("Metrics endpoint not started.", "error", err)
+			}
+			go d.keys.Run(ctx)   // revalidation
+			go d.volume.Run(ctx) // autogrow; remounts gocryptfs if it dies
+			return nil
+		}},
+		{name: "serving",
+			start: func(ctx context.Context) error {
+				apiSrv = &http.Server{Handler: mgmt.NewHandler(mgmt.Routes(api{d}), mgmt.Options{Log: d.Log, OnWrite: d.audit.APICall}),
+					ReadHeaderTimeout: 10 * time.Second, ConnContext: mgmt.ConnContext}
+				serving.Add(2)
+				go func() {
+					defer serving.Done()
+					if err := d.gateway().Serve(ctx, gwLn); err != nil {
+						d.Log.Error("Gateway stopped.", "error", err)
+						d.stop()
+					}
+				}()
+				go func() {
+					defer serving.Done()
+					if err := apiSrv.Serve(mgmt.RootOnly{Listener: apiLn, Log: d.Log}); err != nil && !errors.Is(err, http.ErrServerClosed) {
+						d.Log.Error("API server stopped.", "error", err)
+					}
+				}()
+				return nil
+			},
+			// The gateway stops with ctx, which has ended by now.
+			stop: func() {
+				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_ = apiSrv.Shutdown(sctx)
+				cancel()
+				serving.Wait()
+			}},
+	}
+}
+
+// gateway is the gateway, nil before its component started.
+func (d *Daemon) gateway() *gateway.Server {
+	d.gwMu.Lock()
+	defer d.gwMu.Unlock()
+	return d.gw
+}
+
+// available refuses new sessions while the key is not usable, or while the
+// audit log cannot be written and pgshield.audit_fail_closed is on.
+func (d *Daemon) available() error {
+	if err := d.keys.SessionsAllowed(); err != nil {
+		return err
+	}
+	return d.audit.Refusal()
+}
+
+// server is the rest of the server as the keys and volume controllers see
+// it (keys.Server, volume.Server).
+type server struct{ d *Daemon }
+
+// Quiesce ends every session, stops what writes to the volume, records
+// last and closes the audit log on the volume.
+func (s server) Quiesce(clientMsg string, last *audit.Event) {
+	d := s.d
+	if gw := d.gateway(); gw != nil {
+		gw.TerminateAll(wire.ErrorMessage(wire.CodeAdminShutdown, "%s", clientMsg))
+	}
+	d.backups.Stop() // its configuration is on the volume
+	// Stopping PostgreSQL also drains its last log lines into the stream.
+	d.pg.Stop(30 * time.Second)
+	d.pg.ResetPool()
+	if last != nil {
+		d.audit.Record(*last)
+	}
+	if err := d.audit.Detach(); err != nil {
+		d.Log.Error("Closing the audit log before the volume goes failed; its events wait in memory.", "error", err)
+	}
+}
+
+// Resume reopens the audit log (what happened meanwhile is written now,
+// in order) and starts PostgreSQL.
+func (s server) Resume(ctx context.Context) error {
+	if err := s.d.audit.Attach(); err != nil {
+		s.d.Log.Error("The audit log cannot be opened again; retrying.", "error", err)
+	}
+	return s.d.pg.Start(ctx)
+}
+
+// newMetrics makes the daemon's metrics; the gauges read live state at
+// scrape time and tolerate parts not started yet.
+func (d *Daemon) newMetrics() *metrics.Metrics {
+	return metrics.New(map[string]func() float64{
+		"pgshield_gateway_connections_active": func() float64 {
+			if gw := d.gateway(); gw != nil {
+				return float64(gw.Stats().Active)
+			}
+			return 0
+		},
+		"pgshield_gateway_connections_total": func() float64 {
+			if gw := d.gateway(); gw != nil {
+				return float64(gw.Stats().Total)
+			}
+			return 0
+		},
+		"pgshield_postgres_restarts_total": func() float64 {
+			if d.pg != nil {
+				return float64(d.pg.Status().Restarts)
+			}
+			return 0
+		},
+		"pgshield_postgres_up": func() float64 {
+			if d.pg != nil && d.pg.Status().State == postgres.StateRunning {
+				return 1
+			}
+			return 0
+		},
+		"pgshield_key_grace_remaining_seconds": func() float64 {
+			if d.keys != nil {
+				return d.keys.GraceRemaining()
+			}
+			return 0
+		},
+	})
 }
 
 // loadOrCreateSecret reads a 32-byte secret, creating it (0600 in a 0700
@@ -277,17 +411,4 @@ func loadOrCreateSecret(l config.Layout, path string) ([]byte, error) {
 		return nil, err
 	}
 	return b, config.WriteFileAtomic(path, b, 0o600)
-}
-
-// audit records a security event. While the log cannot be written the
-// stream keeps events in memory; an error means one was dropped (logged,
-// rate-limited) and a gap record will say so.
-func (d *Daemon) audit(e audit.Event) {
-	d.metrics.Event(e.Type, e.Outcome)
-	if d.auditStream == nil {
-		return
-	}
-	if err := d.auditStream.Write(e); err != nil && d.auditDropWarn() {
-		d.Log.Error("Writing the audit log failed.", "error", err, "event", e.Type)
-	}
 }

@@ -12,7 +12,7 @@ import (
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/backup"
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/daemon"
+	"github.com/pgshield/pgshield/internal/ctl/network"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/postgres"
 )
@@ -81,7 +81,7 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 	if err != nil {
 		return Result{}, optionErrorf("invalid --network: %v", err)
 	}
-	policy, err := daemon.InitialPolicy(mode, o.Listen)
+	policy, err := network.InitialPolicy(mode, o.Listen)
 	if err != nil {
 		return Result{}, &OptionError{err}
 	}

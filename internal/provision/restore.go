@@ -17,7 +17,9 @@ import (
 	"github.com/pgshield/pgshield/internal/backup"
 	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/daemon"
+	backupctl "github.com/pgshield/pgshield/internal/ctl/backup"
+	"github.com/pgshield/pgshield/internal/ctl/network"
+	"github.com/pgshield/pgshield/internal/ctl/volume"
 	"github.com/pgshield/pgshield/internal/keys"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/postgres"
@@ -194,7 +196,7 @@ func (r *restore) run(ctx context.Context) (Result, error) {
 	// A customer-managed key wraps the new data key too; a system-managed
 	// key is per server, so the new server gets its own (an empty KeyURI)
 	// and does not depend on the source's.
-	if r.srcCfg.KeyURI != keys.SystemKeyURI(daemon.SystemKEKPath(r.srcCfg.ServerID)) {
+	if r.srcCfg.KeyURI != keys.SystemKeyURI(volume.SystemKEKPath(r.srcCfg.ServerID)) {
 		cfg.KeyURI = r.srcCfg.KeyURI
 	}
 
@@ -215,7 +217,7 @@ func (r *restore) run(ctx context.Context) (Result, error) {
 			// the new volume until the new server has recovered (the daemon
 			// then removes it): PostgreSQL's restore_command needs it at the
 			// first start.
-			settings := daemon.BackupSettings(dst, cfg)
+			settings := backupctl.Settings(dst, cfg)
 			settings.RepoPath = r.srcCfg.BackupRepo(r.src)
 			conf, err := backup.Render(settings, pass)
 			if err != nil {
@@ -262,7 +264,7 @@ func (r *restore) run(ctx context.Context) (Result, error) {
 		}},
 		// The network rules come along, as on a managed service's restore.
 		s.networkStep(func() (*netpolicy.Policy, error) {
-			pol, err := daemon.LoadPolicy(r.src)
+			pol, err := network.LoadPolicy(r.src)
 			if err != nil {
 				return nil, fmt.Errorf("the source's network rules: %w", err)
 			}

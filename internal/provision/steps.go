@@ -12,7 +12,8 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/daemon"
+	"github.com/pgshield/pgshield/internal/ctl/network"
+	"github.com/pgshield/pgshield/internal/ctl/volume"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/storage"
@@ -23,14 +24,14 @@ import (
 type server struct {
 	l       config.Layout
 	cfg     *config.Config
-	atRest  *daemon.AtRest
+	atRest  *volume.AtRest
 	cluster *postgres.Cluster
 	// volumeName is how messages name the volume ("the encrypted volume").
 	volumeName string
 }
 
 func newServer(l config.Layout, cfg *config.Config, u postgres.OSUser, volumeName string) *server {
-	s := &server{l: l, cfg: cfg, atRest: &daemon.AtRest{Layout: l, Cfg: cfg}, volumeName: volumeName}
+	s := &server{l: l, cfg: cfg, atRest: &volume.AtRest{Layout: l, Cfg: cfg}, volumeName: volumeName}
 	s.cluster = &postgres.Cluster{Layout: l, Cfg: cfg, User: u, Guard: s.atRest.Guard}
 	return s
 }
@@ -126,7 +127,7 @@ func (s *server) volumeStep() Step {
 		Undo: func(ctx context.Context) error {
 			errs := []error{s.atRest.Close(ctx)}
 			if systemKey {
-				if err := os.Remove(daemon.SystemKEKPath(s.cfg.ServerID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				if err := os.Remove(volume.SystemKEKPath(s.cfg.ServerID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					errs = append(errs, err)
 				}
 			}
@@ -149,7 +150,7 @@ func (s *server) networkStep(policy func() (*netpolicy.Policy, error)) Step {
 		if err != nil {
 			return err
 		}
-		return daemon.SavePolicy(s.l, p)
+		return network.SavePolicy(s.l, p)
 	}}
 }
 
