@@ -64,6 +64,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		c.refuse(err)
 		return
 	}
+	if err := c.checkParams(); err != nil {
+		c.refuse(err)
+		return
+	}
 	if err := c.throttle(ctx); err != nil {
 		c.refuse(err)
 		return

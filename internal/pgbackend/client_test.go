@@ -1,0 +1,54 @@
+package pgbackend
+
+import (
+	"crypto/tls"
+	"net/netip"
+	"regexp"
+	"testing"
+	"time"
+)
+
+func TestSetClient(t *testing.T) {
+	id := ClientIdentity{Addr: netip.MustParseAddrPort("[fd77::2%eth0]:40001"), Method: ClientMethodToken,
+		PrincipalObjectID: "0b5e 2c1a&x=y", Issuer: "https://login.example/t/v2.0?a=b",
+		TokenExpiry: time.Unix(1893456000, 0)}
+	id.SetTLS(&tls.ConnectionState{Version: tls.VersionTLS12, CipherSuite: tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384})
+	p := map[string]string{}
+	if err := SetClient(p, id); err != nil {
+		t.Fatal(err)
+	}
+	want := regexp.MustCompile(`^v=1&addr=fd77%3A%3A2&port=40001&tls=TLSv1\.2&cipher=ECDHE-ECDSA-AES256-GCM-SHA384&bits=256` +
+		`&method=token&oid=0b5e%202c1a%26x%3Dy&iss=https%3A%2F%2Flogin\.example%2Ft%2Fv2\.0%3Fa%3Db&exp=1893456000&key=[0-9a-f]{64}$`)
+	if !want.MatchString(p[ClientParam]) {
+		t.Errorf("record = %q; want %s", p[ClientParam], want)
+	}
+	if k := bindKeyFrom(p); len(k) != bindKeyLen {
+		t.Errorf("bindKeyFrom = %x; want the record's 32-byte key", k)
+	}
+	for _, bad := range []ClientIdentity{{Method: ClientMethodSCRAM}, {Addr: id.Addr, Method: "trust"},
+		{Addr: netip.MustParseAddrPort("10.0.0.1:0"), Method: ClientMethodSCRAM}} {
+		if err := SetClient(map[string]string{}, bad); err == nil {
+			t.Errorf("SetClient(%+v) = nil; want an error", bad)
+		}
+	}
+}
+
+func TestSetTLSNames(t *testing.T) {
+	for _, tt := range []struct {
+		v, suite uint16
+		ver, c   string
+		bits     int
+	}{
+		{tls.VersionTLS13, tls.TLS_AES_128_GCM_SHA256, "TLSv1.3", "TLS_AES_128_GCM_SHA256", 128},
+		{tls.VersionTLS13, tls.TLS_CHACHA20_POLY1305_SHA256, "TLSv1.3", "TLS_CHACHA20_POLY1305_SHA256", 256},
+		{tls.VersionTLS12, tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256, "TLSv1.2", "ECDHE-RSA-AES128-GCM-SHA256", 128},
+		{tls.VersionTLS12, tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256, "TLSv1.2", "ECDHE-RSA-CHACHA20-POLY1305", 256},
+		{tls.VersionTLS11, tls.TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA, "", "", 0},
+	} {
+		var id ClientIdentity
+		id.SetTLS(&tls.ConnectionState{Version: tt.v, CipherSuite: tt.suite})
+		if id.TLSVersion != tt.ver || id.Cipher != tt.c || id.Bits != tt.bits {
+			t.Errorf("SetTLS(%x, %x) = %q %q %d; want %q %q %d", tt.v, tt.suite, id.TLSVersion, id.Cipher, id.Bits, tt.ver, tt.c, tt.bits)
+		}
+	}
+}
