@@ -25,7 +25,10 @@ var ErrPrincipalSchema = errors.New("schema pgshield or its table principals in 
 //     created it at init) is renamed out of the way, never used;
 //   - the principals table with row-level security forced and no policy;
 //   - the lookup role (config.LookupRole): LOGIN and nothing else, member
-//     of no role; and pgshield.login_role, the one function it may run.
+//     of no role; and pgshield.login_role, the one function it may run;
+//   - pgshield.sessions (over the C function pgshield.client_sessions):
+//     how each gateway session logged in, for everyone under
+//     pg_stat_activity's rules, the one thing PUBLIC's USAGE reaches.
 //
 // It returns ErrPrincipalSchema if the principals table is not a
 // superuser's plain table (it is left alone: only a superuser could have
@@ -91,6 +94,14 @@ func EnsureCatalog(ctx context.Context, conn querier, serviceRole string, pgaudi
 		sqlGrantLookupUsage(lookup), sqlGrantLookupExecute(lookup)} {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			return fmt.Errorf("creating the login lookup function: %w", err)
+		}
+	}
+	// After the table is revoked and locked: USAGE lets PUBLIC reach the
+	// sessions view, and nothing else in the schema.
+	for _, s := range []string{sqlClientSessionsFunc, sqlClientSessionsRevoke, sqlClientSessionsGrant,
+		sqlSessionsView, sqlSessionsRevoke, sqlSessionsGrant, sqlSchemaUsagePublic} {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return fmt.Errorf("creating the sessions view: %w", err)
 		}
 	}
 	if tableOK != nil && !*tableOK {

@@ -98,6 +98,28 @@ END
 $fn$`
 	sqlLoginRoleRevoke = `REVOKE ALL ON FUNCTION pgshield.login_role(pg_catalog.text) FROM PUBLIC`
 
+	// The real client of each gateway session (pgshield_guard): how it
+	// logged in, under pg_stat_activity's visibility rules, which the C
+	// function applies itself (its own role's sessions, every session for
+	// pg_read_all_stats). PUBLIC gets USAGE on the schema for it, and
+	// nothing more: pgshield.principals stays revoked from PUBLIC with
+	// row-level security forced, pgshield.login_role stays the lookup
+	// role's alone, and only superusers create in the schema.
+	sqlClientSessionsFunc = `CREATE OR REPLACE FUNCTION pgshield.client_sessions(
+	OUT pid pg_catalog.int4, OUT method pg_catalog.text, OUT identity pg_catalog.text,
+	OUT principal_object_id pg_catalog.text, OUT issuer pg_catalog.text,
+	OUT token_expires_at pg_catalog.timestamptz, OUT bound_at pg_catalog.timestamptz)
+RETURNS SETOF pg_catalog.record LANGUAGE c VOLATILE PARALLEL RESTRICTED
+AS '$libdir/pgshield_guard', 'pgshield_guard_client_sessions'`
+	sqlClientSessionsRevoke = `REVOKE ALL ON FUNCTION pgshield.client_sessions() FROM PUBLIC`
+	sqlClientSessionsGrant  = `GRANT EXECUTE ON FUNCTION pgshield.client_sessions() TO PUBLIC`
+	sqlSessionsView         = `CREATE OR REPLACE VIEW pgshield.sessions AS
+SELECT s.pid, s.method, s.identity, s.principal_object_id, s.issuer, s.token_expires_at, s.bound_at
+  FROM pgshield.client_sessions() AS s`
+	sqlSessionsRevoke    = `REVOKE ALL ON pgshield.sessions FROM PUBLIC`
+	sqlSessionsGrant     = `GRANT SELECT ON pgshield.sessions TO PUBLIC`
+	sqlSchemaUsagePublic = `GRANT USAGE ON SCHEMA pgshield TO PUBLIC`
+
 	sqlLookupRoleExists = `SELECT EXISTS (SELECT FROM pg_catalog.pg_authid r WHERE r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.text)`
 
 	// sqlLookupRoleMemberships lists the memberships of the lookup role in
