@@ -273,3 +273,14 @@ func (c *Client) roundTrip(ctx context.Context, method, route string, in any) ([
 	}
 	return b, nil
 }
+
+// Bans lists the sources banned after repeated failed logins.
+func (c *Client) Bans(ctx context.Context) ([]apitype.Ban, error) {
+	return list[apitype.Ban](ctx, c, "/v1/bans")
+}
+
+// Unban lifts the ban on source (an address, or the prefix Bans lists)
+// and returns the ban it was.
+func (c *Client) Unban(ctx context.Context, source string) (*apitype.Ban, error) {
+	return call[apitype.Ban](ctx, c, "DELETE", "/v1/bans/"+url.PathEscape(source), nil)
+}

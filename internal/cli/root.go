@@ -59,6 +59,7 @@ func newRoot() *cobra.Command {
 		newFirewallRule(g), newNetworkRule(g), newNetwork(g), newKey(g), newAudit(g), newPrincipal(g), newMetrics(g))
 	root.AddCommand(newBackup(g))
 	root.AddCommand(newStorage(g))
+	root.AddCommand(newBan(g))
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

@@ -121,3 +121,9 @@ func (a api) Storage(ctx context.Context) apitype.StorageInfo { return a.d.volum
 func (a api) ResizeStorage(sizeBytes int64) (apitype.StorageResizeResult, error) {
 	return a.d.volume.Resize(sizeBytes)
 }
+
+// Bans lists the sources banned after repeated failed logins.
+func (a api) Bans() []apitype.Ban { return a.d.threat.Bans() }
+
+// Unban lifts the ban on source.
+func (a api) Unban(source string) (apitype.Ban, error) { return a.d.threat.Unban(source) }

@@ -44,6 +44,7 @@ import (
 	"github.com/pgshield/pgshield/internal/ctl/network"
 	"github.com/pgshield/pgshield/internal/ctl/params"
 	"github.com/pgshield/pgshield/internal/ctl/principals"
+	threatctl "github.com/pgshield/pgshield/internal/ctl/threat"
 	"github.com/pgshield/pgshield/internal/ctl/volume"
 	"github.com/pgshield/pgshield/internal/gateway"
 	"github.com/pgshield/pgshield/internal/metrics"
@@ -51,6 +52,7 @@ import (
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/pidfile"
 	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/threat"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 	"github.com/pgshield/pgshield/internal/wire"
 )
@@ -74,6 +76,7 @@ type Daemon struct {
 	network    *network.Controller
 	params     *params.Controller
 	principals *principals.Controller
+	threat     *threatctl.Controller
 	// gw is set by the "gateway" component; read by the API and metrics
 	// only after that (the API starts later) or through gateway().
 	gwMu    sync.Mutex
@@ -146,11 +149,17 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 		}})
 	d.params = params.New(params.Config{Log: log, Conf: d.conf, Cluster: cluster, Audit: d.audit.Record, Pool: d.pg.Pool,
 		Apply: func(name string, p config.Params) {
+			d.threat.Apply(p)
 			d.gateway().SetParams(p)
 			d.audit.ApplyParam(name, p)
 		},
 		KernelFirewall: func(p config.Params) error { return d.network.ApplyKernelFirewall(p) },
 		MetricsListen:  d.metricsLn.Set})
+	// Bans and known-good sources, kept outside the volume: they hold
+	// while it is locked.
+	d.threat = threatctl.New(threatctl.Config{Layout: l, Log: log.With("component", "threat"), Audit: d.audit.Record,
+		Params: d.conf.Params(),
+		Policy: func(p config.Params) threat.Config { return gateway.ThreatConfig(p, cfg.AdminUser) }})
 	d.principals = principals.New(principals.Config{Log: log, Conf: d.conf, Catalog: d.pg.Catalog,
 		ApplyGuard: d.params.ApplyGuardSettings, Audit: d.audit.Record})
 	d.volume.Bind(d.keys, server{d})
@@ -251,6 +260,15 @@ func (d *Daemon) components(cfg *config.Config) []component {
 		{name: "catalog",
 			start: func(ctx context.Context) error { return d.pg.OpenCatalog(ctx, d.Log.With("component", "catalog")) },
 			stop:  d.pg.CloseCatalog},
+		// Started before the gateway and so stopped after it: the last
+		// bans of a run are written once nothing makes more.
+		{name: "threat state",
+			start: func(ctx context.Context) error { go d.threat.Run(ctx); return nil },
+			stop: func() {
+				if err := d.threat.Save(); err != nil {
+					d.Log.Error("Saving the threat state failed.", "error", err)
+				}
+			}},
 		{name: "gateway", start: func(context.Context) error {
 			d.version = d.pg.Version()
 			gw, err := gateway.New(gateway.Config{
@@ -260,6 +278,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 				Policy:    d.network.ForPort(network.ListenPort(d.network.Listen())),
 				Audit:     d.audit.Record,
 				Available: d.available,
+				Threat:    d.threat.Guard(),
 			})
 			if err != nil {
 				return err

@@ -58,6 +58,11 @@ type Backend interface {
 	// Storage.
 	Storage(ctx context.Context) apitype.StorageInfo
 	ResizeStorage(sizeBytes int64) (apitype.StorageResizeResult, error)
+
+	// Bans (threat protection).
+	Bans() []apitype.Ban
+	// Unban lifts the ban on source (an address, or a listed prefix).
+	Unban(source string) (apitype.Ban, error)
 }
 
 // Routes is the route table: every route of the management API, the
@@ -101,6 +106,12 @@ func Routes(b Backend) []Route {
 		}},
 		{Method: "GET", Pattern: "/v1/backups/job", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.BackupJob() }},
 		{Method: "POST", Pattern: "/v1/backups/archive-wal", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) { return b.ArchiveWAL(r.Context()) }},
+
+		{Method: "GET", Pattern: "/v1/bans", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Bans(), nil }},
+		// {source...}: an IPv4 /32 or IPv6 /64 prefix holds a slash.
+		{Method: "DELETE", Pattern: "/v1/bans/{source...}", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
+			return b.Unban(r.PathValue("source"))
+		}},
 
 		{Method: "GET", Pattern: "/v1/network", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Network(), nil }},
 		{Method: "POST", Pattern: "/v1/network", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {

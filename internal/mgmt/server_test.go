@@ -46,11 +46,13 @@ func TestRouteTable(t *testing.T) {
 		"POST /v1/network-rules", "DELETE /v1/network-rules/{name}",
 		"POST /v1/principals", "DELETE /v1/principals/{name}",
 		"POST /v1/storage/resize",
+		"DELETE /v1/bans/{source...}",
 	}
 	reads := []string{
 		"GET /v1/status", "GET /v1/metrics", "GET /v1/parameters", "GET /v1/parameters/{name}", "GET /v1/key",
 		"GET /v1/backups", "GET /v1/backups/job", "GET /v1/network", "GET /v1/firewall-rules", "GET /v1/firewall-rules/{name}",
 		"GET /v1/network-rules", "GET /v1/network-rules/{name}", "GET /v1/principals", "GET /v1/storage",
+		"GET /v1/bans",
 	}
 	for _, key := range append(writes, reads...) {
 		if !seen[key] {
@@ -214,3 +216,5 @@ func (nopBackend) CreatePrincipal(context.Context, apitype.PrincipalRequest) (ap
 func (nopBackend) DeletePrincipal(context.Context, string) (apitype.Principal, error) {
 	return apitype.Principal{}, nil
 }
+func (nopBackend) Bans() []apitype.Ban               { return nil }
+func (nopBackend) Unban(string) (apitype.Ban, error) { return apitype.Ban{}, nil }
