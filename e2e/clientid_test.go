@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -95,22 +96,12 @@ func TestClientIdentity(t *testing.T) {
 	}
 
 	// A pgaudit record and the log_connections line name the client.
-	deadline := time.Now().Add(20 * time.Second)
-	want := []string{"connection authenticated: identity=\\\"pgadmin\\\" method=scram-sha-256-plus", "cid_audited"}
-	for _, w := range want {
-		for {
-			all := mustCLI(t, s, "audit", "search", "--since", "1h", "-o", "json")
-			found := false
-			for _, l := range strings.Split(all, "\n") {
-				if strings.Contains(l, w) && strings.Contains(l, `"`+ns.ClientV4[0]+":"+port+`"`) {
-					found = true
-				}
-			}
-			if found {
-				break
-			}
+	client := ns.ClientV4[0] + ":" + port
+	for _, w := range []string{`connection authenticated: identity="pgadmin" method=scram-sha-256-plus`, "cid_audited"} {
+		deadline := time.Now().Add(20 * time.Second)
+		for !auditHas(t, s, client, w) {
 			if time.Now().After(deadline) {
-				t.Fatalf("no audit record with %q from %s:%s", w, ns.ClientV4[0], port)
+				t.Fatalf("no audit record with %q from %s", w, client)
 			}
 			time.Sleep(500 * time.Millisecond)
 		}
@@ -172,4 +163,27 @@ func proxyV1(t *testing.T, target, hdr string) int {
 		}
 	}()
 	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// auditHas reports whether an audit record from client mentions what.
+func auditHas(t *testing.T, s *server, client, what string) bool {
+	t.Helper()
+	dec := json.NewDecoder(strings.NewReader(mustCLI(t, s, "audit", "search", "--since", "1h", "-o", "json")))
+	for {
+		var v any
+		if err := dec.Decode(&v); err != nil {
+			return false
+		}
+		recs, ok := v.([]any)
+		if !ok {
+			recs = []any{v}
+		}
+		for _, r := range recs {
+			m, _ := r.(map[string]any)
+			b, _ := json.Marshal(m)
+			if m["client"] == client && strings.Contains(string(b), strings.ReplaceAll(what, `"`, `\"`)) {
+				return true
+			}
+		}
+	}
 }
