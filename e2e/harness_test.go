@@ -127,6 +127,7 @@ func newServerEnv(name string, env []string, initArgs ...string) (*server, error
 		log, _ := os.ReadFile(filepath.Join(s.dataDir, "log", "pgshield.log"))
 		return s, fmt.Errorf("up: %v\n%s\n%s", err, out, log)
 	}
+	registerServerSecrets(s) // for the secrets sweep (secrets_test.go)
 	return s, nil
 }
 

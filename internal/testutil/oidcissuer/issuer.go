@@ -201,5 +201,9 @@ func Sign(k Key, typ string, c Claims) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return obj.CompactSerialize()
+	tok, err := obj.CompactSerialize()
+	if err == nil {
+		observe(tok)
+	}
+	return tok, err
 }
