@@ -12,8 +12,8 @@ package postgres
 // login lookup role runs is in internal/pgbackend/privsql.go.
 
 // Catalog schema: pgshield's own objects in database postgres. The schema
-// belongs to the service role (a superuser); nobody else has any right on
-// it but the lookup role's USAGE.
+// belongs to the service role (a superuser); PUBLIC has USAGE on it for
+// the sessions view alone, and no right on anything else in it.
 const (
 	sqlCreateSchema = `CREATE SCHEMA IF NOT EXISTS pgshield`
 	// sqlSchemaTrust answers whether schema pgshield is a superuser's (no
