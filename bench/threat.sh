@@ -68,6 +68,9 @@ shield 300 init --listen "127.0.0.1:$PORT" --admin-user "$ROLE" --admin-password
 shield 180 up --timeout 2m
 shield 60 firewall-rule create --name Loopback8 --start-ip-address 127.0.0.0 --end-ip-address 127.255.255.255
 shield 60 parameter set pgshield.max_connection_rate_per_ip 0
+# The legitimate client is 127.0.0.1, ignored by default: measure the
+# known-good reservations, not the exemption.
+shield 60 parameter set pgshield.bruteforce_ignore_sources ""
 DPID=$(pidfile_pid "$WORK/pgshield/run/pgshield.pid") || die "no daemon pid"
 
 load() { # LABEL ARGS...: threatload, its output kept, its values recorded as KEY:LABEL

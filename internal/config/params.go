@@ -91,6 +91,8 @@ var gatewayParams = []Param{
 		Description: "How long a successful login keeps its source known-good: it may use the reserved pre-authentication slots, and is not slowed by attacks on the role it logged in as."},
 	{Name: "pgshield.bruteforce_max_failures", Default: "5", Check: checkFailures,
 		Description: "Failed logins from one source (IPv6: per /64) within pgshield.bruteforce_window that ban it (as fail2ban's maxretry); a banned source is closed at accept, before TLS. 0 turns bans off."},
+	{Name: "pgshield.bruteforce_ignore_sources", Default: "127.0.0.1/32, ::1/128", Check: checkTrusted,
+		Description: "Comma-separated addresses or CIDRs threat protection leaves alone, as fail2ban's ignoreself: never banned, slowed or held to the per-source caps (their failures still count against the role). The default is the host's own loopback, which every client of a local proxy without PROXY protocol looks like; empty protects against every source."},
 	{Name: "pgshield.bruteforce_window", Default: "10m0s", Check: checkDuration,
 		Description: "Sliding window in which failed logins are counted (as fail2ban's findtime)."},
 	{Name: "pgshield.bruteforce_ban_time", Default: "10m0s", Check: checkDuration,
@@ -339,6 +341,9 @@ type ThreatParams struct {
 	RoleMaxFailures                                   int
 	RoleMaxDelay                                      time.Duration
 	MaxConnections, PerSource, PerRole, ReservedAdmin int
+	// IgnoreSources is pgshield.bruteforce_ignore_sources, checked and
+	// canonical (a string keeps ThreatParams comparable).
+	IgnoreSources string
 }
 
 // OIDCParams configure token authentication.
@@ -408,6 +413,7 @@ func ResolveParams(set map[string]string) (Params, error) {
 		RoleMaxFailures: atoi("pgshield.bruteforce_role_max_failures"), RoleMaxDelay: dur("pgshield.bruteforce_role_max_delay"),
 		MaxConnections: atoi("pgshield.max_connections"), PerSource: atoi("pgshield.max_connections_per_source"),
 		PerRole: atoi("pgshield.max_connections_per_role"), ReservedAdmin: atoi("pgshield.reserved_admin_connections"),
+		IgnoreSources: vals["pgshield.bruteforce_ignore_sources"],
 	}
 	// Each value is valid alone (parameter set checks one at a time), so
 	// combinations that contradict are settled here, not refused: a

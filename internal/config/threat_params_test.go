@@ -13,7 +13,8 @@ func TestThreatParams(t *testing.T) {
 	}
 	want := ThreatParams{MaxPreAuth: 256, MaxPreAuthPerSource: 32, PreAuthReserved: 64, KnownTTL: 168 * time.Hour,
 		MaxFailures: 5, Window: 10 * time.Minute, BanTime: 10 * time.Minute, MaxBanTime: 24 * time.Hour,
-		RoleMaxFailures: 20, RoleMaxDelay: 10 * time.Second, MaxConnections: 90, ReservedAdmin: 3}
+		RoleMaxFailures: 20, RoleMaxDelay: 10 * time.Second, MaxConnections: 90, ReservedAdmin: 3,
+		IgnoreSources: "127.0.0.1/32, ::1/128"}
 	if p.Threat != want || p.PreAuthTimeout != 10*time.Second {
 		t.Errorf("ResolveParams(nil).Threat = %+v, preauth %v; want %+v, 10s (fail2ban's defaults)", p.Threat, p.PreAuthTimeout, want)
 	}

@@ -8,6 +8,7 @@ import (
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/proxyproto"
 	"github.com/pgshield/pgshield/internal/threat"
 	"github.com/pgshield/pgshield/internal/wire"
 )
@@ -37,13 +38,16 @@ var _ Threat = (*threat.Guard)(nil)
 // as the administrator whose sessions are reserved.
 func ThreatConfig(p config.Params, admin string) threat.Config {
 	t := p.Threat
+	// The value was checked when it was set; a list that no longer parses
+	// ignores nothing, the safe side.
+	ignore, _ := proxyproto.ParseTrusted(t.IgnoreSources)
 	return threat.Config{
 		MaxPreAuth: t.MaxPreAuth, PreAuthReservedKnown: t.PreAuthReserved, MaxPreAuthPerSource: t.MaxPreAuthPerSource,
 		KnownTTL:    t.KnownTTL,
 		MaxFailures: t.MaxFailures, Window: t.Window, BanTime: t.BanTime, MaxBanTime: t.MaxBanTime,
 		RoleMaxFailures: t.RoleMaxFailures, RoleMaxDelay: t.RoleMaxDelay,
 		MaxSessions: t.MaxConnections, ReservedAdmin: t.ReservedAdmin, MaxSessionsPerSource: t.PerSource,
-		MaxSessionsPerRole: t.PerRole, AdminRole: admin,
+		MaxSessionsPerRole: t.PerRole, AdminRole: admin, Ignore: ignore.Prefixes(),
 	}
 }
 

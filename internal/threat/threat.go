@@ -57,6 +57,25 @@ type Config struct {
 	MaxSessions   int
 	ReservedAdmin int
 	AdminRole     string
+
+	// Ignore lists sources threat protection leaves alone (as fail2ban's
+	// ignoreself/ignoreip): never banned, never slowed, not held to the
+	// per-source caps. By default the host's own loopback, which is what
+	// every client of a local reverse proxy without PROXY protocol looks
+	// like: banning it would let one guesser lock everyone out. Their
+	// failures still count against the role they guess.
+	Ignore []netip.Prefix
+}
+
+// ignored reports whether src is on the ignore list.
+func (c *Config) ignored(src netip.Addr) bool {
+	src = src.Unmap()
+	for _, p := range c.Ignore {
+		if p.Contains(src) {
+			return true
+		}
+	}
+	return false
 }
 
 // DefaultConfig is the policy with pgshield's defaults (those of the
@@ -67,6 +86,7 @@ func DefaultConfig() Config {
 		MaxFailures: 5, Window: 10 * time.Minute, BanTime: 10 * time.Minute, MaxBanTime: 24 * time.Hour,
 		RoleMaxFailures: 20, RoleMaxDelay: 10 * time.Second,
 		ReservedAdmin: 3,
+		Ignore:        []netip.Prefix{netip.MustParsePrefix("127.0.0.1/32"), netip.MustParsePrefix("::1/128")},
 	}
 }
 
@@ -335,7 +355,8 @@ func (g *Guard) Admit(src netip.Addr) Admission {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cfg := g.mu.cfg
-	if b, ok := g.mu.bans.peek(k); ok && now.Before(b.until) {
+	ignored := cfg.ignored(src)
+	if b, ok := g.mu.bans.peek(k); ok && now.Before(b.until) && !ignored {
 		report := now.Sub(b.reported) >= reportEvery
 		if report {
 			b.reported = now
@@ -343,7 +364,7 @@ func (g *Guard) Admit(src netip.Addr) Admission {
 		return Admission{Refusal: Banned, BanUntil: b.until, Report: report}
 	}
 	known := g.knownLocked(k, now)
-	if cfg.MaxPreAuthPerSource > 0 && g.mu.preauth[k] >= cfg.MaxPreAuthPerSource {
+	if cfg.MaxPreAuthPerSource > 0 && g.mu.preauth[k] >= cfg.MaxPreAuthPerSource && !ignored {
 		return Admission{Refusal: PreAuthSource, Known: known}
 	}
 	if cfg.MaxPreAuth > 0 {
@@ -393,7 +414,7 @@ func (g *Guard) Throttle(src netip.Addr, role string) (wait time.Duration, ok bo
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cfg := g.mu.cfg
-	if cfg.RoleMaxFailures <= 0 {
+	if cfg.RoleMaxFailures <= 0 || cfg.ignored(src) {
 		return 0, true
 	}
 	pk := pairKey{SourceKey(src), RoleKey(role)}
@@ -459,7 +480,7 @@ func (g *Guard) LoginFailed(src netip.Addr, role string) *Ban {
 		rs.roll(now, cfg.Window)
 		rs.cur++
 	}
-	if cfg.MaxFailures <= 0 || cfg.Window <= 0 || cfg.BanTime <= 0 {
+	if cfg.MaxFailures <= 0 || cfg.Window <= 0 || cfg.BanTime <= 0 || cfg.ignored(src) {
 		return nil
 	}
 	sf, ok := g.mu.srcFail.get(pk.src)
@@ -532,7 +553,7 @@ func (g *Guard) SessionStart(src netip.Addr, role string) (release func(), refus
 	case admin:
 	case cfg.MaxSessions > 0 && g.mu.sessTotal >= cfg.MaxSessions-cfg.ReservedAdmin:
 		return nil, SessionsReserved
-	case cfg.MaxSessionsPerSource > 0 && g.mu.sessSrc[k] >= cfg.MaxSessionsPerSource:
+	case cfg.MaxSessionsPerSource > 0 && g.mu.sessSrc[k] >= cfg.MaxSessionsPerSource && !cfg.ignored(src):
 		return nil, SessionsSource
 	case cfg.MaxSessionsPerRole > 0 && g.mu.sessRole[rk] >= cfg.MaxSessionsPerRole:
 		return nil, SessionsRole

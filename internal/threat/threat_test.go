@@ -507,3 +507,52 @@ func TestConcurrent(t *testing.T) {
 		t.Errorf("Stats() = %+v; want no live slots", s)
 	}
 }
+
+// The host's own loopback is left alone by default (fail2ban's
+// ignoreself): a guesser behind a local proxy must not lock out every
+// client of that proxy. Its failures still count against the role, and
+// 127.0.0.2 (not the host's address a proxy uses) is protected as usual.
+func TestIgnoredSources(t *testing.T) {
+	cfg := DefaultConfig()
+	cfg.MaxPreAuthPerSource = 2
+	cfg.MaxSessionsPerSource = 1
+	cfg.RoleMaxFailures = 6
+	g, _ := newGuard(t, cfg)
+	for _, lo := range []string{"127.0.0.1", "::1", "::ffff:127.0.0.1"} {
+		src := netip.MustParseAddr(lo)
+		if b := fail(g, src, "alice", 10); b != nil {
+			t.Fatalf("10 failures from %s banned it: %+v; want ignored", lo, b)
+		}
+		if a := g.Admit(src); a.Refusal != OK {
+			t.Errorf("Admit(%s) after 10 failures = %v; want OK", lo, a.Refusal)
+		}
+		for i := 0; i < 3; i++ {
+			if a := g.Admit(src); a.Refusal != OK {
+				t.Errorf("Admit(%s) #%d = %v; want no per-source pre-authentication cap", lo, i+2, a.Refusal)
+			}
+		}
+		if wait, ok := g.Throttle(src, "alice"); wait != 0 || !ok {
+			t.Errorf("Throttle(%s, alice) = %v, %v; want not slowed", lo, wait, ok)
+		}
+		for i := 0; i < 2; i++ {
+			if _, why := g.SessionStart(src, "bob"); why != OK {
+				t.Errorf("SessionStart(%s) #%d = %v; want no per-source session cap", lo, i+1, why)
+			}
+		}
+	}
+	// The role was guessed at 30 times: others are slowed.
+	if _, ok := g.Throttle(attacker, "alice"); !ok {
+		t.Fatal("Throttle(attacker) refused outright; want a place in the queue")
+	}
+	if wait, _ := g.Throttle(attacker, "alice"); wait == 0 {
+		t.Error("second Throttle(attacker, alice) = 0; want slowed: ignored sources' failures count against the role")
+	}
+	if b := fail(g, netip.MustParseAddr("127.0.0.2"), "carol", 5); b == nil {
+		t.Error("5 failures from 127.0.0.2 banned nothing; want a ban (only the listed loopback is ignored)")
+	}
+	cfg.Ignore = nil
+	g.SetConfig(cfg)
+	if b := fail(g, netip.MustParseAddr("127.0.0.1"), "dave", 5); b == nil {
+		t.Error("with an empty ignore list, 5 failures from 127.0.0.1 banned nothing; want a ban")
+	}
+}
