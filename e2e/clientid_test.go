@@ -73,7 +73,7 @@ func TestClientIdentity(t *testing.T) {
 	}
 
 	// IPv6 from the namespace, SCRAM without channel binding.
-	out, err = ns.psqlFrom(t, "", ns.HostV6, s.port, "pgadmin", adminPassword, "-c", "SET client_min_messages = warning", "-c", clientQuery)
+	out, err = ns.psqlFrom(t, "", ns.HostV6, s.port, "pgadmin", adminPassword, "-c", clientQuery)
 	if err != nil {
 		t.Fatalf("psql over IPv6: %v\n%s", err, out)
 	}
