@@ -320,7 +320,8 @@ func secretsSweep(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	child := exec.CommandContext(ctx, "sleep", "30", string(password.value))
+	// sh stays (a command follows sleep) with the secret as its $1.
+	child := exec.CommandContext(ctx, "sh", "-c", `sleep 30; : "$1"`, "planted-control", string(password.value))
 	child.Env = append(os.Environ(), "PLANTED="+string(password.value))
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
