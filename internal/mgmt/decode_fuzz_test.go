@@ -23,12 +23,9 @@ var requestTypes = []func() any{
 	func() any { return new(apitype.KeyChangeRequest) },
 }
 
-// trailingDataRefused: DecodeBody reads the first JSON value and ignores
-// what follows, so `{"name":"a"}{"name":"b"}` or `{} junk` is accepted as
-// the first object. A strict decoder refuses it; the check below is off
-// until DecodeBody does (reported with issue #17's fuzzing; mgmt's owners
-// to fix: after Decode, dec.More() or a second Decode must hit io.EOF).
-const trailingDataRefused = false
+// trailingDataRefused: DecodeBody refuses anything after the first JSON
+// value (`{"name":"a"}{"name":"b"}`, `{} junk`); found by this target.
+const trailingDataRefused = true
 
 // FuzzDecodeBody feeds every request type of the management API arbitrary
 // bodies and checks DecodeBody's contract: never a panic; a refusal is a

@@ -137,12 +137,16 @@ func writeError(w http.ResponseWriter, err error, log *slog.Logger) {
 }
 
 // DecodeBody strictly decodes a JSON request body: an unknown field is an
-// error, and so is a body over 1 MiB.
+// error, and so are a body over 1 MiB and anything after the first value
+// (`{"name":"a"}{"name":"b"}` would otherwise act on "a" alone).
 func DecodeBody(r *http.Request, v any) error {
 	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return clienterr.New(apitype.CodeInvalid, "invalid request body: %v", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return clienterr.New(apitype.CodeInvalid, "invalid request body: data after the JSON value")
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -91,6 +92,13 @@ func (c *Catalog) Ensure(ctx context.Context) error {
 
 // LookupRole returns the named role (Exists false if there is none).
 func (c *Catalog) LookupRole(ctx context.Context, name string) (Role, error) {
+	if !utf8.ValidString(name) {
+		// The cluster is UTF8 (initdb -E UTF8), so no role has this name;
+		// sent as text, PostgreSQL would refuse the parameter (22021) and
+		// the client would read "not available" instead of the wrong
+		// password every unknown name gets.
+		return Role{Name: name}, nil
+	}
 	now := c.cfg.Now()
 	c.mu.Lock()
 	if e, ok := c.mu.cache[name]; ok && now.Sub(e.at) < c.cfg.TTL {

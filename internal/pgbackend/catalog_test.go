@@ -36,3 +36,21 @@ func TestLookupRoleEnsuresFirst(t *testing.T) {
 		}
 	}
 }
+
+// A name that is not UTF-8 names no role in a UTF8 cluster: an unknown
+// role (the mock exchange, then 28P01), never a query PostgreSQL refuses
+// and the client reads as "not available".
+func TestLookupRoleNotUTF8(t *testing.T) {
+	c, err := NewCatalog(context.Background(), CatalogConfig{SocketDir: t.TempDir(), Port: 5432, Role: "pgshield_auth",
+		Ensure: func(context.Context) error { t.Error("Ensure called for a name that is not UTF-8"); return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for _, name := range []string{"\xff\xff", "é\xc3", string([]byte{0xc0, 0x80})} {
+		r, err := c.LookupRole(context.Background(), name)
+		if err != nil || r.Exists {
+			t.Errorf("LookupRole(%q) = %+v, %v; want an unknown role, no error", name, r, err)
+		}
+	}
+}
