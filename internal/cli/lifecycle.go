@@ -146,7 +146,7 @@ func newDown(g *globals) *cobra.Command {
 			}
 			deadline := time.Now().Add(timeout)
 			for time.Now().Before(deadline) {
-				if syscall.Kill(pid, 0) != nil {
+				if !pidfile.Alive(pid) {
 					fmt.Fprintln(cmd.OutOrStdout(), "pgshield stopped.")
 					return nil
 				}

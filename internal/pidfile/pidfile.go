@@ -34,7 +34,13 @@ func Read(path string) (int, bool) {
 	if err != nil || pid <= 0 {
 		return 0, false
 	}
-	return pid, syscall.Kill(pid, 0) == nil && !zombie(pid)
+	return pid, Alive(pid)
+}
+
+// Alive reports whether process pid exists and has not exited: a zombie
+// (exited, not yet reaped by its parent) is not alive.
+func Alive(pid int) bool {
+	return pid > 0 && syscall.Kill(pid, 0) == nil && !zombie(pid)
 }
 
 // zombie reports whether pid has exited and awaits reaping.

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/pidfile"
 	"github.com/pgshield/pgshield/internal/config"
 )
 
@@ -390,7 +391,9 @@ func (s *Supervisor) stopStale() error {
 	for i, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGKILL} {
 		_ = p.Signal(sig)
 		for j := 0; j < 100; j++ { // 10 s per signal
-			if err := p.Signal(syscall.Signal(0)); err != nil {
+			// A postmaster killed and not yet reaped (its parent was the
+			// pgshield that died) is a zombie: gone, for this purpose.
+			if !pidfile.Alive(pid) {
 				return nil
 			}
 			time.Sleep(100 * time.Millisecond)
