@@ -123,7 +123,7 @@ func TestClientIdentity(t *testing.T) {
 	for _, stmt := range []string{"SELECT * FROM pgshield.principals", "INSERT INTO pgshield.principals (role_oid, object_id, kind) VALUES (1, 'x', 'user')",
 		"DELETE FROM pgshield.principals", "SELECT * FROM pgshield.login_role('postgres')", "CREATE TABLE pgshield.t (x int)",
 		"CREATE OR REPLACE VIEW pgshield.sessions AS SELECT 1 AS pid", "DROP VIEW pgshield.sessions"} {
-		out, err := psql(t, s.dsn("user=pgadmin sslmode=require"), adminPassword, "-c", stmt)
+		out, err := ns.psqlFrom(t, ns.ClientV4[0], ns.HostV4, s.port, "pgadmin", adminPassword, "-c", stmt)
 		if err == nil || !strings.Contains(out, "permission denied") && !strings.Contains(out, "must be owner") {
 			t.Errorf("%s as the administrator = %v %q; want permission denied", stmt, err, out)
 		}
