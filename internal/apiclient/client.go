@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"time"
 
 	"github.com/pgshield/pgshield/internal/apitype"
@@ -55,6 +56,23 @@ func (c *Client) Shutdown(ctx context.Context) error {
 // Metrics returns the daemon's metrics in Prometheus' text format.
 func (c *Client) Metrics(ctx context.Context) ([]byte, error) {
 	return c.roundTrip(ctx, "GET", "/v1/metrics", nil)
+}
+
+// Profile returns one of the daemon's Go profiles (net/http/pprof) in
+// pprof's format: "profile" (CPU) or "trace" over seconds (0: 30 s), or a
+// named runtime profile ("heap", "allocs", "goroutine", ...), a delta over
+// seconds if not 0.
+func (c *Client) Profile(ctx context.Context, name string, seconds int) ([]byte, error) {
+	route := "/debug/pprof/" + url.PathEscape(name)
+	if seconds > 0 {
+		route += "?seconds=" + strconv.Itoa(seconds)
+	}
+	// The answer takes seconds to come: the usual timeout must not cut it.
+	hc := *c.http
+	hc.Timeout = time.Duration(max(seconds, 30))*time.Second + 2*time.Minute
+	lc := *c
+	lc.http = &hc
+	return lc.roundTrip(ctx, "GET", route, nil)
 }
 
 // Parameters lists pgshield's and PostgreSQL's parameters.

@@ -3,6 +3,7 @@ package mgmt
 import (
 	"context"
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/pgshield/pgshield/internal/apitype"
 )
@@ -76,6 +77,9 @@ func Routes(b Backend) []Route {
 			return apitype.ShutdownResult{Result: "shutting down"}, nil
 		}},
 		{Method: "GET", Pattern: "/v1/metrics", Permission: PermitRead, Raw: b.MetricsHandler()},
+		// Go's profiles of the daemon (net/http/pprof), for diagnosing it:
+		// root-only like every route.
+		{Method: "GET", Pattern: "/debug/pprof/{name}", Permission: PermitRead, Raw: http.HandlerFunc(servePprof)},
 
 		{Method: "GET", Pattern: "/v1/parameters", Permission: PermitRead, Handler: func(r *http.Request) (any, error) { return b.Parameters(r.Context()) }},
 		{Method: "GET", Pattern: "/v1/parameters/{name}", Permission: PermitRead, Handler: func(r *http.Request) (any, error) {
@@ -196,5 +200,23 @@ func changeKey(b Backend, rotate bool) HandlerFunc {
 			return nil, err
 		}
 		return b.ChangeKey(r.Context(), req.KeyURI, rotate)
+	}
+}
+
+// servePprof serves the profile the path names: "profile" (CPU) and
+// "trace" for ?seconds=N (30 by default), the runtime's named profiles
+// (heap, allocs, goroutine, block, mutex, threadcreate) otherwise.
+func servePprof(w http.ResponseWriter, r *http.Request) {
+	switch name := r.PathValue("name"); name {
+	case "profile":
+		pprof.Profile(w, r)
+	case "trace":
+		pprof.Trace(w, r)
+	case "cmdline":
+		pprof.Cmdline(w, r)
+	case "symbol":
+		pprof.Symbol(w, r)
+	default:
+		pprof.Handler(name).ServeHTTP(w, r) // 404 for an unknown name
 	}
 }

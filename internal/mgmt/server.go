@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/pprof"
 	"os"
 	"time"
 
@@ -81,10 +80,6 @@ func NewHandler(routes []Route, o Options) http.Handler {
 		log = slog.New(slog.DiscardHandler)
 	}
 	mux := http.NewServeMux()
-	// Profiles for diagnosing the daemon; the socket is root-only.
-	mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	for _, rt := range routes {
 		if rt.Raw != nil {
 			mux.Handle(rt.Method+" "+rt.Pattern, rt.Raw)

@@ -52,7 +52,7 @@ func TestRouteTable(t *testing.T) {
 		"GET /v1/status", "GET /v1/metrics", "GET /v1/parameters", "GET /v1/parameters/{name}", "GET /v1/key",
 		"GET /v1/backups", "GET /v1/backups/job", "GET /v1/network", "GET /v1/firewall-rules", "GET /v1/firewall-rules/{name}",
 		"GET /v1/network-rules", "GET /v1/network-rules/{name}", "GET /v1/principals", "GET /v1/storage",
-		"GET /v1/bans",
+		"GET /v1/bans", "GET /debug/pprof/{name}",
 	}
 	for _, key := range append(writes, reads...) {
 		if !seen[key] {
