@@ -148,7 +148,9 @@ func TestRateLimitAndBound(t *testing.T) {
 	}
 }
 
-func itoa(i int) string { return strings.TrimSpace(strings.Replace(time.Duration(i).String(), "ns", "", 1)) }
+func itoa(i int) string {
+	return strings.TrimSpace(strings.Replace(time.Duration(i).String(), "ns", "", 1))
+}
 
 func TestPersistAndDismiss(t *testing.T) {
 	c, rec, clk := newController(t, nil)

@@ -79,7 +79,9 @@ func sqlDropRole(role string) string { return `DROP ROLE ` + role }
 
 func sqlCreateSchema(schema string) string { return `CREATE SCHEMA ` + schema }
 
-func sqlGrantSchemaUsage(schema string) string { return `GRANT USAGE ON SCHEMA ` + schema + ` TO PUBLIC` }
+func sqlGrantSchemaUsage(schema string) string {
+	return `GRANT USAGE ON SCHEMA ` + schema + ` TO PUBLIC`
+}
 
 // sqlCreateDecoyTable: columns that look worth stealing.
 func sqlCreateDecoyTable(table string) string {

@@ -17,9 +17,9 @@ func TestPrivilegedStatementsQualified(t *testing.T) {
 		"sqlRoleExists": sqlRoleExists, "sqlDecoyRoles": sqlDecoyRoles, "sqlDecoyTables": sqlDecoyTables,
 		"sqlTableOID": sqlTableOID, "sqlSchemaTrust": sqlSchemaTrust, "sqlAuditRoleSetting": sqlAuditRoleSetting,
 		"sqlReloadConf": sqlReloadConf, "sqlCreateAuditRole": sqlCreateAuditRole(r),
-		"sqlSetAuditRole": sqlSetAuditRole("'pgshield_decoy_audit'"),
+		"sqlSetAuditRole":    sqlSetAuditRole("'pgshield_decoy_audit'"),
 		"sqlCreateDecoyRole": sqlCreateDecoyRole(r, "'SCRAM-SHA-256$4096:c2FsdA==$YQ==:Yg=='"),
-		"sqlDropRole": sqlDropRole(r), "sqlCreateSchema": sqlCreateSchema(s), "sqlGrantSchemaUsage": sqlGrantSchemaUsage(s),
+		"sqlDropRole":        sqlDropRole(r), "sqlCreateSchema": sqlCreateSchema(s), "sqlGrantSchemaUsage": sqlGrantSchemaUsage(s),
 		"sqlCreateDecoyTable": sqlCreateDecoyTable(tb), "sqlFillDecoyTable": sqlFillDecoyTable(tb),
 		"sqlGrantDecoyRead": sqlGrantDecoyRead(tb, "PUBLIC"), "sqlDropTable": sqlDropTable(tb), "sqlDropSchema": sqlDropSchema(s),
 	})
