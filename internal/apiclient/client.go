@@ -302,3 +302,33 @@ func (c *Client) Bans(ctx context.Context) ([]apitype.Ban, error) {
 func (c *Client) Unban(ctx context.Context, source string) (*apitype.Ban, error) {
 	return call[apitype.Ban](ctx, c, "DELETE", "/v1/bans/"+url.PathEscape(source), nil)
 }
+
+// Alerts lists the security alerts, newest first.
+func (c *Client) Alerts(ctx context.Context) ([]apitype.Alert, error) {
+	return list[apitype.Alert](ctx, c, "/v1/alerts")
+}
+
+// Alert returns one alert.
+func (c *Client) Alert(ctx context.Context, id string) (*apitype.Alert, error) {
+	return call[apitype.Alert](ctx, c, "GET", "/v1/alerts/"+url.PathEscape(id), nil)
+}
+
+// DismissAlert marks an alert dismissed and returns it.
+func (c *Client) DismissAlert(ctx context.Context, id string) (*apitype.Alert, error) {
+	return call[apitype.Alert](ctx, c, "POST", "/v1/alerts/"+url.PathEscape(id)+"/dismiss", nil)
+}
+
+// Decoys lists the decoy roles and tables.
+func (c *Client) Decoys(ctx context.Context) ([]apitype.Decoy, error) {
+	return list[apitype.Decoy](ctx, c, "/v1/decoys")
+}
+
+// CreateDecoy makes a decoy role or table.
+func (c *Client) CreateDecoy(ctx context.Context, kind, name string) (*apitype.Decoy, error) {
+	return call[apitype.Decoy](ctx, c, "POST", "/v1/decoys", apitype.DecoyRequest{Kind: kind, Name: name})
+}
+
+// DeleteDecoy removes a decoy and returns it.
+func (c *Client) DeleteDecoy(ctx context.Context, name string) (*apitype.Decoy, error) {
+	return call[apitype.Decoy](ctx, c, "DELETE", "/v1/decoys/"+url.PathEscape(name), nil)
+}

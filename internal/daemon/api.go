@@ -127,3 +127,25 @@ func (a api) Bans() []apitype.Ban { return a.d.threat.Bans() }
 
 // Unban lifts the ban on source.
 func (a api) Unban(source string) (apitype.Ban, error) { return a.d.threat.Unban(source) }
+
+// Alerts lists the security alerts, newest first.
+func (a api) Alerts() []apitype.Alert { return a.d.alerts.List() }
+
+// Alert returns one alert.
+func (a api) Alert(id string) (apitype.Alert, error) { return a.d.alerts.Get(id) }
+
+// DismissAlert marks an alert dismissed.
+func (a api) DismissAlert(id string) (apitype.Alert, error) { return a.d.alerts.Dismiss(id) }
+
+// Decoys lists the decoys.
+func (a api) Decoys() []apitype.Decoy { return a.d.alerts.Decoys() }
+
+// CreateDecoy makes a decoy role or table.
+func (a api) CreateDecoy(ctx context.Context, req apitype.DecoyRequest) (apitype.Decoy, error) {
+	return a.d.alerts.CreateDecoy(ctx, req)
+}
+
+// DeleteDecoy removes a decoy.
+func (a api) DeleteDecoy(ctx context.Context, name string) (apitype.Decoy, error) {
+	return a.d.alerts.DeleteDecoy(ctx, name)
+}

@@ -36,6 +36,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
+	alertsctl "github.com/pgshield/pgshield/internal/ctl/alerts"
 	"github.com/pgshield/pgshield/internal/ctl/auditlog"
 	backupctl "github.com/pgshield/pgshield/internal/ctl/backup"
 	"github.com/pgshield/pgshield/internal/ctl/conf"
@@ -77,6 +78,7 @@ type Daemon struct {
 	params     *params.Controller
 	principals *principals.Controller
 	threat     *threatctl.Controller
+	alerts     *alertsctl.Controller
 	// gw is set by the "gateway" component; read by the API and metrics
 	// only after that (the API starts later) or through gateway().
 	gwMu    sync.Mutex
@@ -123,6 +125,17 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 	d.metricsLn = &metrics.Listener{Handler: d.metrics.Handler()}
 	d.audit = auditlog.New(auditlog.Config{Layout: l, Log: log, Count: d.metrics.Event,
 		FailClosed: func() bool { return d.conf.Params().AuditFailClosed }})
+	// Alerts are fed what the gateway records (observe) and PostgreSQL's
+	// log; they record their own alert.* events straight to the log.
+	d.alerts = alertsctl.New(alertsctl.Config{Layout: l, Log: log.With("component", "alerts"), Audit: d.audit.Record,
+		Params: d.conf.Params(), IsReserved: cfg.IsReserved,
+		Pool: func() *pgxpool.Pool {
+			if c := d.pg.Catalog(); c != nil {
+				return c.Pool
+			}
+			return nil
+		}})
+	d.metrics.Registry.MustRegister(d.alerts.Collectors()...)
 	d.volume = volume.New(volume.Config{Layout: l, Log: log, Conf: d.conf, Audit: d.audit.Record,
 		Volume: &volume.AtRest{Layout: l, Cfg: cfg, Log: log.With("component", "storage")}})
 	cluster := &postgres.Cluster{Layout: l, Cfg: cfg, User: u, Guard: d.volume.AtRest().Guard,
@@ -134,7 +147,10 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 		Pool: func() *pgxpool.Pool { return d.pg.Pool() }})
 	d.keys = keys.New(keys.Config{Log: log, Conf: d.conf, Volume: d.volume.AtRest(), Audit: d.audit.Record,
 		Metrics: d.metrics, RewrapBackupKey: d.backups.RewrapKey})
-	d.pg = instance.New(instance.Config{Cluster: cluster, Log: log.With("component", "postgres"), ServerLog: d.audit.ServerLog,
+	d.pg = instance.New(instance.Config{Cluster: cluster, Log: log.With("component", "postgres"), ServerLog: func(es []audit.Event) {
+		d.audit.ServerLog(es)
+		d.alerts.ObserveBatch(es)
+	},
 		BeforeStart: d.backups.Prepare, AfterStart: d.backups.AfterStart,
 		OnReady: func(pid int) {
 			if err := d.network.ApplyOutbound(pid); err != nil {
@@ -150,6 +166,7 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 	d.params = params.New(params.Config{Log: log, Conf: d.conf, Cluster: cluster, Audit: d.audit.Record, Pool: d.pg.Pool,
 		Apply: func(name string, p config.Params) {
 			d.threat.Apply(p)
+			d.alerts.Apply(p)
 			d.gateway().SetParams(p)
 			d.audit.ApplyParam(name, p)
 		},
@@ -260,6 +277,15 @@ func (d *Daemon) components(cfg *config.Config) []component {
 		{name: "catalog",
 			start: func(ctx context.Context) error { return d.pg.OpenCatalog(ctx, d.Log.With("component", "catalog")) },
 			stop:  d.pg.CloseCatalog},
+		// After the catalog (privilege and decoy checks use its pool);
+		// stopped after the gateway, so the last alerts are saved.
+		{name: "alerts",
+			start: func(ctx context.Context) error { go d.alerts.Run(ctx); return nil },
+			stop: func() {
+				if err := d.alerts.Save(); err != nil {
+					d.Log.Error("Saving the alerts failed.", "error", err)
+				}
+			}},
 		// Started before the gateway and so stopped after it: the last
 		// bans of a run are written once nothing makes more.
 		{name: "threat state",
@@ -276,7 +302,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 				IsReserved: cfg.IsReserved,
 				MockSecret: mock, Params: p, Log: d.Log.With("component", "gateway"),
 				Policy:    d.network.ForPort(network.ListenPort(d.network.Listen())),
-				Audit:     d.audit.Record,
+				Audit:     d.observe,
 				Available: d.available,
 				Threat:    d.threat.Guard(),
 			})
@@ -332,6 +358,12 @@ func (d *Daemon) gateway() *gateway.Server {
 	d.gwMu.Lock()
 	defer d.gwMu.Unlock()
 	return d.gw
+}
+
+// observe records a gateway event and runs the alert detectors on it.
+func (d *Daemon) observe(e audit.Event) {
+	d.audit.Record(e)
+	d.alerts.Observe(e)
 }
 
 // available refuses new sessions while the key is not usable, or while the

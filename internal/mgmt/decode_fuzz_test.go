@@ -21,6 +21,7 @@ var requestTypes = []func() any{
 	func() any { return new(apitype.PrincipalRequest) },
 	func() any { return new(apitype.StorageResizeRequest) },
 	func() any { return new(apitype.KeyChangeRequest) },
+	func() any { return new(apitype.DecoyRequest) },
 }
 
 // trailingDataRefused: DecodeBody refuses anything after the first JSON

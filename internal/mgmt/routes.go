@@ -64,6 +64,14 @@ type Backend interface {
 	Bans() []apitype.Ban
 	// Unban lifts the ban on source (an address, or a listed prefix).
 	Unban(source string) (apitype.Ban, error)
+
+	// Alerts and decoys.
+	Alerts() []apitype.Alert
+	Alert(id string) (apitype.Alert, error)
+	DismissAlert(id string) (apitype.Alert, error)
+	Decoys() []apitype.Decoy
+	CreateDecoy(ctx context.Context, req apitype.DecoyRequest) (apitype.Decoy, error)
+	DeleteDecoy(ctx context.Context, name string) (apitype.Decoy, error)
 }
 
 // Routes is the route table: every route of the management API, the
@@ -115,6 +123,25 @@ func Routes(b Backend) []Route {
 		// {source...}: an IPv4 /32 or IPv6 /64 prefix holds a slash.
 		{Method: "DELETE", Pattern: "/v1/bans/{source...}", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
 			return b.Unban(r.PathValue("source"))
+		}},
+
+		{Method: "GET", Pattern: "/v1/alerts", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Alerts(), nil }},
+		{Method: "GET", Pattern: "/v1/alerts/{id}", Permission: PermitRead, Handler: func(r *http.Request) (any, error) {
+			return b.Alert(r.PathValue("id"))
+		}},
+		{Method: "POST", Pattern: "/v1/alerts/{id}/dismiss", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
+			return b.DismissAlert(r.PathValue("id"))
+		}},
+		{Method: "GET", Pattern: "/v1/decoys", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Decoys(), nil }},
+		{Method: "POST", Pattern: "/v1/decoys", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
+			var req apitype.DecoyRequest
+			if err := DecodeBody(r, &req); err != nil {
+				return nil, err
+			}
+			return b.CreateDecoy(r.Context(), req)
+		}},
+		{Method: "DELETE", Pattern: "/v1/decoys/{name}", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
+			return b.DeleteDecoy(r.Context(), r.PathValue("name"))
 		}},
 
 		{Method: "GET", Pattern: "/v1/network", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Network(), nil }},

@@ -47,12 +47,14 @@ func TestRouteTable(t *testing.T) {
 		"POST /v1/principals", "DELETE /v1/principals/{name}",
 		"POST /v1/storage/resize",
 		"DELETE /v1/bans/{source...}",
+		"POST /v1/alerts/{id}/dismiss", "POST /v1/decoys", "DELETE /v1/decoys/{name}",
 	}
 	reads := []string{
 		"GET /v1/status", "GET /v1/metrics", "GET /v1/parameters", "GET /v1/parameters/{name}", "GET /v1/key",
 		"GET /v1/backups", "GET /v1/backups/job", "GET /v1/network", "GET /v1/firewall-rules", "GET /v1/firewall-rules/{name}",
 		"GET /v1/network-rules", "GET /v1/network-rules/{name}", "GET /v1/principals", "GET /v1/storage",
 		"GET /v1/bans", "GET /debug/pprof/{name}",
+		"GET /v1/alerts", "GET /v1/alerts/{id}", "GET /v1/decoys",
 	}
 	for _, key := range append(writes, reads...) {
 		if !seen[key] {
