@@ -475,10 +475,13 @@ func (d *Detector) refused(e Event) []Finding {
 	if !strings.Contains(loc, " pgshield_guard.c:") {
 		return nil
 	}
-	f := base(TypeEscalationRefused, "user="+Bound(e.User, MaxName), e)
+	// Keyed by statement too: each distinct attempt keeps its evidence;
+	// the per-type rate limit bounds a flood of them.
+	stmt := str(e.Fields, "statement")
+	f := base(TypeEscalationRefused, "user="+Bound(e.User, MaxName)+"|stmt="+Bound(stmt, 256), e)
 	f.Details["sqlstate"] = str(e.Fields, "sqlstate")
 	f.Evidence["message"] = Bound(e.Reason, 1024)
-	f.Evidence["statement"] = Bound(str(e.Fields, "statement"), 2048)
+	f.Evidence["statement"] = Bound(stmt, 2048)
 	return []Finding{f}
 }
 
