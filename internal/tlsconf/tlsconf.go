@@ -15,6 +15,7 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/xdg-go/scram"
@@ -160,16 +161,49 @@ var aeadSuites = []uint16{
 
 // ServerConfig builds the gateway's tls.Config for the given version bounds
 // (maxVersion 0 means the highest Go supports).
+//
+// TLS 1.3 session resumption is on: a client that keeps its session ticket
+// (pgx with a ClientSessionCache, JDBC, .NET) skips the certificate and its
+// signature on the next connection; libpq keeps none and always does a full
+// handshake. It weakens nothing the gateway relies on:
+//   - Go's server accepts only psk_dhe_ke: a resumed session still does a
+//     fresh ECDHE exchange, so its traffic stays forward-secret even if a
+//     ticket key leaks. There is no 0-RTT data (Go's server never accepts
+//     early data), so nothing can be replayed.
+//   - The ticket keys are random, in memory only, made per Config and
+//     rotated by crypto/tls (a new key every 24 h, none older than 7 days;
+//     tickets live at most 7 days). The gateway builds a new Config, hence
+//     new keys, at every parameter change, so a change of the TLS version
+//     bounds, or a restart (with a new certificate), invalidates every
+//     ticket. A future certificate reload must build a new Config too.
+//   - Authentication is not carried over: every session, resumed or not,
+//     logs in again with SCRAM or a token; no client certificates are used.
+//     SCRAM-SHA-256-PLUS binds to the gateway's certificate
+//     (tls-server-end-point), which a resuming client still holds from its
+//     session and which cannot have changed while the ticket keys lived.
+//
+// TLS 1.2 gets no tickets: its ticket wraps the session's master secret
+// itself, so a leaked ticket key would decrypt recorded TLS 1.2 sessions.
 func ServerConfig(c *Cert, minVersion, maxVersion uint16) *tls.Config {
-	return &tls.Config{
+	cfg := &tls.Config{
 		Certificates:     []tls.Certificate{c.TLS},
 		MinVersion:       minVersion,
 		MaxVersion:       maxVersion,
 		CipherSuites:     aeadSuites,
 		CurvePreferences: []tls.CurveID{tls.X25519, tls.CurveP256, tls.CurveP384},
 		NextProtos:       []string{ALPN},
-		// Session tickets would let a resumed session skip the certificate;
-		// tls-server-end-point binding still holds, but keep it simple.
-		SessionTicketsDisabled: true,
 	}
+	if maxVersion != 0 && maxVersion < tls.VersionTLS13 {
+		cfg.SessionTicketsDisabled = true
+		return cfg
+	}
+	noTickets := cfg.Clone()
+	noTickets.SessionTicketsDisabled = true
+	cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		if slices.Contains(hello.SupportedVersions, tls.VersionTLS13) {
+			return nil, nil // TLS 1.3 will be negotiated: tickets as above
+		}
+		return noTickets, nil
+	}
+	return cfg
 }

@@ -282,8 +282,9 @@ func TestServerConfigSuites(t *testing.T) {
 			t.Errorf("ServerConfig() allows %s; want ECDHE with AEAD only", name)
 		}
 	}
-	if !slices.Equal(cfg.NextProtos, []string{"postgresql"}) || !cfg.SessionTicketsDisabled {
-		t.Errorf("ServerConfig() NextProtos %q SessionTicketsDisabled %v; want [postgresql] and true",
+	// Tickets are on for TLS 1.3 only (TestServerConfigResumption).
+	if !slices.Equal(cfg.NextProtos, []string{"postgresql"}) || cfg.SessionTicketsDisabled {
+		t.Errorf("ServerConfig() NextProtos %q SessionTicketsDisabled %v; want [postgresql] and false",
 			cfg.NextProtos, cfg.SessionTicketsDisabled)
 	}
 	if cfg.MinVersion != tls.VersionTLS12 || cfg.MaxVersion != 0 {
@@ -423,4 +424,75 @@ func TestServerConfigALPN(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestServerConfigResumption: a TLS 1.3 client that keeps its ticket
+// resumes, still sees the certificate its SCRAM-PLUS binding needs; TLS 1.2
+// never resumes (no tickets), and a new Config (as every parameter change
+// makes) does not accept the old one's tickets.
+func TestServerConfigResumption(t *testing.T) {
+	p := newPKI(t, "localhost")
+	client := func(max uint16) *tls.Config {
+		return &tls.Config{RootCAs: p.roots, ServerName: "localhost", MaxVersion: max,
+			ClientSessionCache: tls.NewLRUClientSessionCache(4)}
+	}
+	tests := []struct {
+		name       string
+		srvMax     uint16
+		cliMax     uint16
+		newConfig  bool // the second connection meets a fresh ServerConfig
+		wantResume bool
+	}{
+		{name: "TLS 1.3", wantResume: true},
+		{name: "TLS 1.3, new config", newConfig: true},
+		{name: "TLS 1.2 client", cliMax: tls.VersionTLS12},
+		{name: "server max TLS 1.2", srvMax: tls.VersionTLS12},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, cli := ServerConfig(p.cert, tls.VersionTLS12, tt.srvMax), client(tt.cliMax)
+			first := resumeHandshake(t, srv, cli)
+			if first.DidResume {
+				t.Fatal("first connection resumed")
+			}
+			if tt.newConfig {
+				srv = ServerConfig(p.cert, tls.VersionTLS12, tt.srvMax)
+			}
+			second := resumeHandshake(t, srv, cli)
+			if second.DidResume != tt.wantResume {
+				t.Errorf("second connection (%s) DidResume = %v; want %v", tls.VersionName(second.Version), second.DidResume, tt.wantResume)
+			}
+			cb, err := scram.NewTLSServerEndpointBinding(&second)
+			if err != nil || !cb.Matches(p.cert.EndPoint) {
+				t.Errorf("tls-server-end-point after resumption %x (%v); want LoadCert's %x", cb.Data, err, p.cert.EndPoint.Data)
+			}
+		})
+	}
+}
+
+// resumeHandshake connects once over a pipe, with one byte from the server
+// so that a TLS 1.3 client reads the session ticket sent after the
+// handshake, and returns the client's view.
+func resumeHandshake(t *testing.T, srvCfg, cliCfg *tls.Config) tls.ConnectionState {
+	t.Helper()
+	a, b := net.Pipe()
+	defer a.Close()
+	defer b.Close()
+	deadline := time.Now().Add(10 * time.Second) // a bound, not a measurement
+	_ = a.SetDeadline(deadline)
+	_ = b.SetDeadline(deadline)
+	errc := make(chan error, 1)
+	go func() {
+		s := tls.Server(a, srvCfg)
+		_, err := s.Write([]byte{'x'}) // handshake, ticket, then the byte
+		errc <- err
+	}()
+	c := tls.Client(b, cliCfg)
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Fatalf("client read: %v", err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+	return c.ConnectionState()
 }
