@@ -10,11 +10,27 @@
 # Workloads, on a pgbench database of scale $SCALE:
 #   select-only      pgbench -S    -c $CLIENTS -j $THREADS -T $DURATION
 #   connect per txn  pgbench -S -C -c $CLIENTS -j $THREADS -T $DURATION
+#   token            connect per txn as an OIDC token principal (pgshield only)
+#   latency          one session, SELECT 1 over the simple protocol, one at a
+#                    time for $LAT_DURATION: median and p99 round trip
+#                    (bench/cmd/gwload); pgshield's and PgBouncer's added
+#                    latency over direct TLS
+#   idle             $IDLE_CONNS TLS+SCRAM sessions opened and held idle
+#                    (bench/cmd/gwload): how many were held, and the gateway's
+#                    RSS growth per session (VmRSS before and after). PgBouncer
+#                    in transaction mode; pgshield with pgshield.pool_mode
+#                    transaction if this build has it, else (every session
+#                    holding a backend) $IDLE_NOPOOL_CONNS sessions with
+#                    PostgreSQL's max_connections raised to fit them
 #
 # Run as root from anywhere:   bash bench/gateway.sh
 # Environment (all optional):
 #   DURATION=30           seconds per measured run
 #   BENCH_ONLY=direct,pgbouncer,pgshield   a comma-separated subset to run
+#   BENCH_ROWS=select,connect,token,latency,idle   the rows to measure
+#   LAT_DURATION=10       seconds of the latency row per path
+#   IDLE_CONNS=10000      sessions of the idle row (pooled)
+#   IDLE_NOPOOL_CONNS=900 sessions of the idle row when pgshield cannot pool
 #   SCALE=20  CLIENTS=8  THREADS=2  WARMUP=5 (seconds of -S before each path; 0 = none)
 #   PGSHIELD_BIN=path     use this pgshield binary instead of building bin/pgshield
 #   BENCH_TMPDIR=/tmp     where the temporary directory is made
@@ -39,17 +55,24 @@ RAW_OUT=$RAW_LOG
 DURATION=${DURATION:-30}
 WARMUP=${WARMUP:-5}
 BENCH_ONLY=${BENCH_ONLY:-direct,pgbouncer,pgshield}
+BENCH_ROWS=${BENCH_ROWS:-select,connect,token,latency,idle}
+LAT_DURATION=${LAT_DURATION:-$((DURATION < 10 ? DURATION : 10))}
+IDLE_CONNS=${IDLE_CONNS:-10000}
+IDLE_NOPOOL_CONNS=${IDLE_NOPOOL_CONNS:-900}
 BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
 
 ROLE=bench # the SCRAM login role used on all three paths, owner of $DB
 PATHS=(direct pgbouncer pgshield)
 WORKLOADS=(select connect)
+ROWS=(select connect token latency idle)
+row() { [[ ",$BENCH_ROWS," == *",$1,"* ]]; } # ROW: BENCH_ROWS asks for it
 
 # ---------------------------------------------------------------- checks ----
 
 need_root
-check_run_opts WARMUP
+check_run_opts WARMUP LAT_DURATION IDLE_CONNS IDLE_NOPOOL_CONNS
 check_only path "${PATHS[@]}"
+BENCH_ONLY=$BENCH_ROWS check_only row "${ROWS[@]}"
 check_pg
 need_cmds openssl runuser ss timeout awk
 
@@ -57,10 +80,10 @@ need_cmds openssl runuser ss timeout awk
 # Everything lives at fixed paths under $WORK so that cleanup finds it no
 # matter which (sub)shell started it.
 
-stop_pgbouncer() {
+stop_pgbouncer() { # [DIR]: the pgbouncer of $WORK/DIR (default pgbouncer)
 	local pid
 	[[ -n $WORK ]] || return 0
-	pid=$(pidfile_pid "$WORK/pgbouncer/pgbouncer.pid") || return 0
+	pid=$(pidfile_pid "$WORK/${1:-pgbouncer}/pgbouncer.pid") || return 0
 	stop_pid "$pid" TERM INT
 }
 
@@ -69,6 +92,7 @@ stop_direct() { [[ -n $WORK ]] && stop_cluster "$WORK/direct/data"; }
 teardown_all() {
 	stop_pgshield "$WORK/pgshield"
 	stop_pgbouncer
+	stop_pgbouncer pgbouncer-idle
 	stop_direct
 	kill_leftovers
 }
@@ -124,12 +148,73 @@ measure() {
 # run_path PATH PORT: warm-up, then both measured workloads.
 run_path() {
 	local path=$1 port=$2
-	if ((WARMUP > 0)); then
+	if ((WARMUP > 0)) && { row select || row connect; }; then
 		step "$path: warm-up, -S for ${WARMUP}s"
 		pgbench_tls "$port" "$ROLE" "$PW" "$WORK/$path-warmup.out" -S -T "$WARMUP" || log "$path: warm-up run failed (continuing)"
 	fi
-	measure "$path" select "$port" "$ROLE" "$PW" -S -T "$DURATION"
-	measure "$path" connect "$port" "$ROLE" "$PW" -S -T "$DURATION" -C
+	if row select; then measure "$path" select "$port" "$ROLE" "$PW" -S -T "$DURATION"; fi
+	if row connect; then measure "$path" connect "$port" "$ROLE" "$PW" -S -T "$DURATION" -C; fi
+	if row latency; then measure_latency "$path" "$port"; fi
+}
+
+# gwload KEY ARGS...: bench/cmd/gwload as $ROLE on $DB (the password only in
+# its environment); its "key value" lines are recorded as KEY's workloads
+# (latency_*, idle_*), its output kept in the raw log.
+gwload() {
+	local key=$1 out=$WORK/$1-gwload.out rc k v
+	shift
+	PGPASSWORD="$PW" timeout --kill-after=10 900 "$WORK/gwload" -user "$ROLE" -db "$DB" "$@" >"$out" 2>&1 && rc=0 || rc=$?
+	raw "$key: gwload $*" "$out"
+	if ((rc != 0)); then
+		log "$key: gwload failed; it said:"
+		tail -n 5 "$out" >&2
+		return 1
+	fi
+	while read -r k v; do
+		case $k in
+		median_us | p99_us) record "$key" "latency_${k%_us}" "$v" ;;
+		asked | held | rss_per_conn_kib) record "$key" "idle_$k" "$v" ;;
+		first_error) note "$key idle: first error: $v" ;;
+		esac
+	done <"$out"
+	log "$key: $(tr '\n' ' ' <"$out")"
+}
+
+# measure_latency PATH PORT: the latency row, one session on PATH.
+measure_latency() {
+	step "$1: SELECT 1 round trips, one session, ${LAT_DURATION}s"
+	gwload "$1" -addr "127.0.0.1:$2" -mode latency -duration "${LAT_DURATION}s" || record "$1" latency_median error
+}
+
+# measure_idle KEY PORT PID N: the idle row, N sessions held on PORT,
+# the RSS of PID (the gateway) read before and after.
+measure_idle() {
+	step "$1: opening $4 TLS+SCRAM sessions and holding them idle"
+	gwload "$1" -addr "127.0.0.1:$2" -mode idle -n "$4" -pid "$3" || record "$1" idle_held error
+}
+
+# pgbouncer_idle SOCKDIR SOCKPORT: a second pgbouncer, in transaction mode
+# with a pool of 20 and room for $IDLE_CONNS clients, on the same cluster
+# and userlist, for the idle row; then the row.
+pgbouncer_idle() {
+	local dir=$WORK/pgbouncer-idle port pid
+	free_port port
+	step "pgbouncer (transaction pool of 20, max_client_conn $((IDLE_CONNS + 100))): 127.0.0.1:$port"
+	mkdir -p "$dir"
+	cp "$WORK/pgbouncer/userlist.txt" "$dir/"
+	sed -e "s|^listen_port = .*|listen_port = $port|" -e "s|^pool_mode = .*|pool_mode = transaction|" \
+		-e "s|^default_pool_size = .*|default_pool_size = 20|" \
+		-e "s|^max_client_conn = .*|max_client_conn = $((IDLE_CONNS + 100))|" \
+		-e "s|$WORK/pgbouncer/|$dir/|g" "$WORK/pgbouncer/pgbouncer.ini" >"$dir/pgbouncer.ini"
+	chown -R "$PG_OS_USER": "$dir"
+	chmod 700 "$dir"
+	chmod 600 "$dir/userlist.txt" "$dir/pgbouncer.ini"
+	as_pg "$PGBOUNCER" -d "$dir/pgbouncer.ini" >>"$dir/start.log" 2>&1
+	wait_until "pgbouncer (idle) TLS login" tls_ready "$port"
+	pid=$(pidfile_pid "$dir/pgbouncer.pid") || die "no pgbouncer pid"
+	note "pgbouncer idle row: transaction mode, default_pool_size 20, max_client_conn $((IDLE_CONNS + 100)), RLIMIT_NOFILE $(awk '/open files/ {print $4}' /proc/"$pid"/limits)"
+	measure_idle pgbouncer "$port" "$pid" "$IDLE_CONNS"
+	stop_pgbouncer pgbouncer-idle
 }
 
 make_cert() { # DIR: self-signed ECDSA P-256 certificate for 127.0.0.1
@@ -239,6 +324,7 @@ phase_cluster() {
 		as_pg "$PGBOUNCER" -d "$WORK/pgbouncer/pgbouncer.ini" >>"$WORK/pgbouncer/start.log" 2>&1
 		wait_until "pgbouncer TLS login" tls_ready "$bport"
 		run_path pgbouncer "$bport"
+		if row idle; then pgbouncer_idle; fi
 	fi
 }
 
@@ -297,7 +383,36 @@ phase_pgshield() {
 	init_pgbench "$sock" "$sport"
 	wait_until "pgshield TLS login to $DB" tls_ready "$port"
 	run_path pgshield "$port"
-	token_path "$d" "$port" "$sock" "$sport"
+	if row token; then token_path "$d" "$port" "$sock" "$sport"; fi
+	if row idle; then pgshield_idle "$d" "$port"; fi
+}
+
+# pgshield_idle DATADIR PORT: the idle row through pgshield, in transaction
+# pooling if this build has it (pool of 20); otherwise every session holds a
+# backend, so PostgreSQL's max_connections is raised and
+# $IDLE_NOPOOL_CONNS sessions are asked for.
+pgshield_idle() {
+	local d=$1 port=$2 pid n mode
+	# Threat protection caps sessions (90 in all) and logins in progress per
+	# source; all of the row's sessions come from 127.0.0.1: caps off.
+	shield 60 parameter set --data-dir "$d" pgshield.max_connections 0
+	shield 60 parameter set --data-dir "$d" pgshield.max_preauth_connections_per_source 0
+	if shield 60 parameter set --data-dir "$d" pgshield.pool_mode transaction &&
+		shield 60 parameter set --data-dir "$d" pgshield.pool_size 20; then
+		n=$IDLE_CONNS
+		mode="pgshield.pool_mode transaction, pool_size 20"
+	else
+		n=$IDLE_NOPOOL_CONNS
+		mode="no pooling in this build: a backend per session, PostgreSQL max_connections $((n + 100))"
+		step "pgshield: no transaction pooling; max_connections $((n + 100)), restart"
+		shield 60 parameter set --data-dir "$d" max_connections $((n + 100)) ||
+			log "WARNING: pgshield refused max_connections=$((n + 100))"
+		shield 180 down --data-dir "$d"
+		shield_up "$d" "$port"
+	fi
+	pid=$(pidfile_pid "$d/run/pgshield.pid") || die "no pgshield pid file"
+	note "pgshield idle row: $mode; pgshield.max_connections 0 and pgshield.max_preauth_connections_per_source 0 (caps off), RLIMIT_NOFILE $(awk '/open files/ {print $4}' /proc/"$pid"/limits)"
+	measure_idle pgshield "$port" "$pid" "$n"
 }
 
 # token_path DATADIR PORT SOCKDIR SOCKPORT: connect per transaction as a
@@ -335,12 +450,17 @@ token_path() {
 
 make_work pgshield-bench 755
 : >"$RAW_LOG"
-log "work dir $WORK; DURATION=${DURATION}s scale=$SCALE clients=$CLIENTS threads=$THREADS paths=$BENCH_ONLY"
+log "work dir $WORK; DURATION=${DURATION}s scale=$SCALE clients=$CLIENTS threads=$THREADS paths=$BENCH_ONLY rows=$BENCH_ROWS"
 
 # One random password for $ROLE everywhere, in a 0600 file.
 PW=$(openssl rand -hex 24)
 (umask 077 && printf '%s' "$PW" >"$WORK/bench.password")
 make_cert "$WORK/tls"
+
+if row latency || row idle; then
+	step "gwload: go build"
+	go_build "$WORK/gwload" ./bench/cmd/gwload || die "bench/cmd/gwload did not build"
+fi
 
 PGBOUNCER=""
 if want pgbouncer; then
@@ -393,6 +513,7 @@ render() {
 	printf '|---|---:|---:|---:|---:|---:|\n'
 	local w label
 	for w in select connect; do
+		row "$w" || continue
 		case $w in
 		select) label="select-only (\`-S\`)" ;;
 		connect) label="connect per txn (\`-S -C\`)" ;;
@@ -402,12 +523,45 @@ render() {
 			"$(ratio pgshield "$w")" "$(ratio pgbouncer "$w")"
 	done
 	# shellcheck disable=SC2016 # backticks are Markdown
-	printf '| connect per txn, OIDC access token instead of SCRAM (pgshield only) | %s (SCRAM) | n/a | %s | %s | n/a |\n' \
-		"$(cell direct connect)" "$(cell pgshield-token connect)" "$(ratio pgshield-token connect)"
+	if row token; then
+		printf '| connect per txn, OIDC access token instead of SCRAM (pgshield only) | %s (SCRAM) | n/a | %s | %s | n/a |\n' \
+			"$(cell direct connect)" "$(cell pgshield-token connect)" "$(ratio pgshield-token connect)"
+	fi
 	# shellcheck disable=SC2016 # backticks are Markdown
 	printf '\nAll paths: role `%s` with a SCRAM-SHA-256 password, `sslmode=require`, pgbench -n -c %s -j %s -T %s (+%ss -S warm-up per path).\n' \
 		"$ROLE" "$CLIENTS" "$THREADS" "$DURATION" "$WARMUP"
+	if row latency; then render_latency; fi
+	if row idle; then render_idle; fi
+	printf '\n'
 	print_notes
+}
+
+added() { # PATH WORKLOAD: PATH's value minus direct's, as "+12.3"
+	local a=${VAL[$1:$2]:-} b=${VAL[direct:$2]:-}
+	if is_num "$a" && is_num "$b"; then awk -v a="$a" -v b="$b" 'BEGIN { printf "%+.1f", a - b }'; else echo "n/a"; fi
+}
+
+render_latency() {
+	# shellcheck disable=SC2016 # backticks are Markdown
+	printf '\n| 1 client, `SELECT 1` round trip (µs) | direct TLS | pgbouncer TLS (session) | pgshield | pgshield added over direct | pgbouncer added over direct |\n'
+	printf '|---|---:|---:|---:|---:|---:|\n'
+	local w
+	for w in median p99; do
+		printf '| %s | %s | %s | %s | %s | %s |\n' "$w" \
+			"$(cell direct "latency_$w")" "$(cell pgbouncer "latency_$w")" "$(cell pgshield "latency_$w")" \
+			"$(added pgshield "latency_$w")" "$(added pgbouncer "latency_$w")"
+	done
+	printf '\nOne session per path, SELECT 1 over the simple protocol one at a time for %ss after 2,000 unmeasured (bench/cmd/gwload).\n' "$LAT_DURATION"
+}
+
+render_idle() {
+	printf '\n| idle TLS + SCRAM sessions | pgbouncer TLS (transaction) | pgshield |\n'
+	printf '|---|---:|---:|\n'
+	printf '| asked for | %s | %s |\n' "${VAL[pgbouncer:idle_asked]:-n/a}" "${VAL[pgshield:idle_asked]:-n/a}"
+	printf '| held (each answered a SELECT 1 after the hold) | %s | %s |\n' "${VAL[pgbouncer:idle_held]:-n/a}" "${VAL[pgshield:idle_held]:-n/a}"
+	printf '| gateway RSS growth per session (KiB) | %s | %s |\n' \
+		"$(cell pgbouncer idle_rss_per_conn_kib)" "$(cell pgshield idle_rss_per_conn_kib)"
+	printf '\nSessions opened 16 at a time from 127.0.0.1 (bench/cmd/gwload), held idle 5 s; RSS is VmRSS of the gateway process (pgbouncer; the pgshield daemon) before the first and with all held, over the sessions held.\n'
 }
 publish render
 finish "$SHIELD_NOTE"
