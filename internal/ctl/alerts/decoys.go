@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"sort"
 	"strings"
@@ -383,8 +384,10 @@ func (c *Controller) Poll(ctx context.Context) {
 	for _, f := range alerting.DiffPrivileges(c.mu.snap, snap) {
 		out = append(out, c.raiseLocked(f)...)
 	}
-	c.mu.snap = snap
-	c.mu.dirty = true
+	if !reflect.DeepEqual(c.mu.snap, snap) {
+		c.mu.snap = snap
+		c.mu.dirty = true
+	}
 	for _, d := range c.mu.decoys {
 		st, ok := states[d]
 		if !ok {
@@ -393,9 +396,11 @@ func (c *Controller) Poll(ctx context.Context) {
 		if st.name != "" && st.name != d.Name {
 			// Followed by OID: the detector matches the new name.
 			d.Name = st.name
+			c.mu.dirty = true
 		}
 		if st.state != d.State {
 			d.State = st.state
+			c.mu.dirty = true
 			if st.state != "ok" {
 				f := alerting.Finding{Type: alerting.TypeDecoyTampered, Key: d.Kind + "=" + d.Name + "|" + st.state,
 					Details: map[string]string{"kind": d.Kind, "decoy": alerting.Bound(d.Name, alerting.MaxName), "found": st.state}}
