@@ -124,9 +124,16 @@ func TestOIDCTokenAuthentication(t *testing.T) {
 
 	t.Run("psql and pgx log in with a token", func(t *testing.T) {
 		out, err := psql(t, dsnFor("alice@contoso.com", ""), tok("oid-alice", nil), "-c", "SELECT current_user, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-		if err != nil || out != "alice@contoso.com|f" {
-			// ssl is f: TLS ends at the gateway; the backend hop is the private socket.
-			t.Fatalf("psql with a token = %q, %v; want alice@contoso.com|f", out, err)
+		if err != nil || out != "alice@contoso.com|t" {
+			// ssl is t: the client's TLS session with the gateway, carried
+			// into PostgreSQL by pgshield_guard (issue #14).
+			t.Fatalf("psql with a token = %q, %v; want alice@contoso.com|t", out, err)
+		}
+		// How the session logged in, as the session itself reads it.
+		out, err = psql(t, dsnFor("alice@contoso.com", "dbname=postgres"), tok("oid-alice", nil), "-c",
+			"SELECT method, principal_object_id, issuer <> '' FROM pgshield.sessions WHERE pid = pg_backend_pid()")
+		if err != nil || out != "token|oid-alice|t" {
+			t.Fatalf("pgshield.sessions for a token login = %q, %v; want token|oid-alice|t", out, err)
 		}
 		conn, err := pgxConnect(t, s.dsn("user=ingest-app sslmode=verify-full password="+tok("oid-app", nil)))
 		if err != nil {
