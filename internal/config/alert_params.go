@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // alertParams are the pgshield.alert_* parameters (internal/ctl/alerts,
@@ -24,7 +25,7 @@ var alertParams = []Param{
 		Description: "A role or token principal that has not logged in for this many days raises an alert when it does; 0 turns it off."},
 	{Name: "pgshield.alert_source_unseen_days", Default: "60", Check: checkAlertDays,
 		Description: "A login from a source prefix (IPv4 /24, IPv6 /48) the role has not logged in from for this many days raises an alert; 0 turns it off."},
-	{Name: "pgshield.alert_learning_period", Default: "168h0m0s", Check: checkDuration,
+	{Name: "pgshield.alert_learning_period", Default: "168h0m0s", Check: checkLearning,
 		Description: "How long logins are learned before a role or source prefix never seen at all raises a not-seen alert (0s: from the first login)."},
 	{Name: "pgshield.alert_harmful_applications", Default: DefaultHarmfulApplications, Check: checkToolList,
 		Description: "Comma-separated application names of attack tools: a login or attempt whose application_name holds one (a word; with punctuation, a substring; any case) raises a High alert."},
@@ -48,6 +49,15 @@ func checkAlertDays(v string) (string, error) {
 		return "", errors.New("use a whole number of days from 0 (off) to 3650")
 	}
 	return strconv.Itoa(n), nil
+}
+
+// checkLearning takes 0s (no learning) to a year.
+func checkLearning(v string) (string, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 0 || d > 8760*time.Hour {
+		return "", errors.New("use a duration from 0s (alert from the first login) to 8760h, such as 168h")
+	}
+	return d.String(), nil
 }
 
 var toolRE = regexp.MustCompile(`^[a-z0-9][a-z0-9._-]{0,63}$`)
