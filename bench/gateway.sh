@@ -33,6 +33,8 @@
 #   IDLE_NOPOOL_CONNS=900 sessions of the idle row when pgshield cannot pool
 #   SCALE=20  CLIENTS=8  THREADS=2  WARMUP=5 (seconds of -S before each path; 0 = none)
 #   PGSHIELD_BIN=path     use this pgshield binary instead of building bin/pgshield
+#   PROFILE_DIR=dir       save a CPU profile of the pgshield daemon during its
+#                         select-only run there (pgshield debug pprof)
 #   BENCH_TMPDIR=/tmp     where the temporary directory is made
 #   PG_BIN=/usr/lib/postgresql/15/bin
 #
@@ -74,7 +76,7 @@ check_run_opts WARMUP LAT_DURATION IDLE_CONNS IDLE_NOPOOL_CONNS
 check_only path "${PATHS[@]}"
 BENCH_ONLY=$BENCH_ROWS check_only row "${ROWS[@]}"
 check_pg
-need_cmds openssl runuser ss timeout awk
+need_cmds openssl runuser ss timeout awk prlimit
 
 # ---------------------------------------------------------------- cleanup ----
 # Everything lives at fixed paths under $WORK so that cleanup finds it no
@@ -152,7 +154,18 @@ run_path() {
 		step "$path: warm-up, -S for ${WARMUP}s"
 		pgbench_tls "$port" "$ROLE" "$PW" "$WORK/$path-warmup.out" -S -T "$WARMUP" || log "$path: warm-up run failed (continuing)"
 	fi
+	local prof=""
+	if row select && [[ $path == pgshield && -n ${PROFILE_DIR:-} ]]; then
+		# The daemon's CPU profile over the select-only run (it starts
+		# with pgbench's connections; the last second is left out).
+		mkdir -p "$PROFILE_DIR"
+		timeout $((DURATION + 120)) "$SHIELD_BIN" debug pprof --data-dir "$WORK/pgshield" --profile cpu \
+			--seconds $((DURATION > 2 ? DURATION - 1 : 1)) -f "$PROFILE_DIR/pgshield-select.cpu.pprof" \
+			>>"$WORK/pgshield-cli.log" 2>&1 &
+		prof=$!
+	fi
 	if row select; then measure "$path" select "$port" "$ROLE" "$PW" -S -T "$DURATION"; fi
+	if [[ -n $prof ]]; then wait "$prof" || log "WARNING: the CPU profile failed (see pgshield-cli.log)"; fi
 	if row connect; then measure "$path" connect "$port" "$ROLE" "$PW" -S -T "$DURATION" -C; fi
 	if row latency; then measure_latency "$path" "$port"; fi
 }
@@ -197,7 +210,7 @@ measure_idle() {
 # with a pool of 20 and room for $IDLE_CONNS clients, on the same cluster
 # and userlist, for the idle row; then the row.
 pgbouncer_idle() {
-	local dir=$WORK/pgbouncer-idle port pid
+	local dir=$WORK/pgbouncer-idle port pid nofile
 	free_port port
 	step "pgbouncer (transaction pool of 20, max_client_conn $((IDLE_CONNS + 100))): 127.0.0.1:$port"
 	mkdir -p "$dir"
@@ -209,7 +222,11 @@ pgbouncer_idle() {
 	chown -R "$PG_OS_USER": "$dir"
 	chmod 700 "$dir"
 	chmod 600 "$dir/userlist.txt" "$dir/pgbouncer.ini"
-	as_pg "$PGBOUNCER" -d "$dir/pgbouncer.ini" >>"$dir/start.log" 2>&1
+	# A descriptor per client: runuser leaves pgbouncer PAM's soft limit of
+	# 1,024, which it may raise up to the hard limit itself.
+	nofile=$(ulimit -Hn)
+	[[ $nofile == unlimited ]] || nofile=$((nofile < IDLE_CONNS + 1024 ? nofile : IDLE_CONNS + 1024))
+	as_pg prlimit --nofile="$nofile" "$PGBOUNCER" -d "$dir/pgbouncer.ini" >>"$dir/start.log" 2>&1
 	wait_until "pgbouncer (idle) TLS login" tls_ready "$port"
 	pid=$(pidfile_pid "$dir/pgbouncer.pid") || die "no pgbouncer pid"
 	note "pgbouncer idle row: transaction mode, default_pool_size 20, max_client_conn $((IDLE_CONNS + 100)), RLIMIT_NOFILE $(awk '/open files/ {print $4}' /proc/"$pid"/limits)"

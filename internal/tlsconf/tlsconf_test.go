@@ -27,7 +27,7 @@ type pki struct {
 }
 
 // newPKI generates a CA and a server certificate in a temporary directory.
-func newPKI(t *testing.T, hosts ...string) *pki {
+func newPKI(t testing.TB, hosts ...string) *pki {
 	t.Helper()
 	dir := t.TempDir()
 	p := &pki{dir: dir, caCert: filepath.Join(dir, "ca.crt"), caKey: filepath.Join(dir, "ca.key"),
@@ -473,7 +473,7 @@ func TestServerConfigResumption(t *testing.T) {
 // resumeHandshake connects once over a pipe, with one byte from the server
 // so that a TLS 1.3 client reads the session ticket sent after the
 // handshake, and returns the client's view.
-func resumeHandshake(t *testing.T, srvCfg, cliCfg *tls.Config) tls.ConnectionState {
+func resumeHandshake(t testing.TB, srvCfg, cliCfg *tls.Config) tls.ConnectionState {
 	t.Helper()
 	a, b := net.Pipe()
 	defer a.Close()
