@@ -111,6 +111,23 @@ var gatewayParams = []Param{
 		Description: "Sessions per role, on top of the role's own CONNECTION LIMIT; refused with 53300 after TLS. 0 turns the cap off."},
 	{Name: "pgshield.reserved_admin_connections", Default: "3", Check: checkCount,
 		Description: "Sessions of pgshield.max_connections kept for the administrator, so it can always get in to act; the per-source and per-role caps do not apply to it."},
+	// Backend pooling (internal/pool; README "Pooling").
+	{Name: "pgshield.pool_mode", Default: "session", Allowed: []string{"session", "transaction", "off"},
+		Description: "Reuse backends: session hands a client's backend, reset with DISCARD ALL, to the next client of the same role, database and startup parameters; transaction shares backends between clients transaction by transaction (session features pin the client to its backend); off opens one backend per client."},
+	{Name: "pgshield.pool_transaction_roles", Default: "", Check: checkNameList,
+		Description: "Comma-separated roles whose sessions use transaction pooling while pgshield.pool_mode is session; empty: none."},
+	{Name: "pgshield.pool_transaction_databases", Default: "", Check: checkNameList,
+		Description: "Comma-separated databases whose sessions use transaction pooling while pgshield.pool_mode is session; empty: none."},
+	{Name: "pgshield.pool_size", Default: "20", Check: checkPoolSize,
+		Description: "Backends per role, database and startup parameters: in session mode the idle ones kept, in transaction mode all of them (clients wait for one)."},
+	{Name: "pgshield.pool_max_total", Default: "90", Check: checkPoolSize,
+		Description: "Backends open through the gateway, in use and idle; an idle one is closed to make room before a client waits. Keep it below PostgreSQL's max_connections minus what pgshield itself uses."},
+	{Name: "pgshield.pool_idle_timeout", Default: "10m0s", Check: checkDuration,
+		Description: "An idle pooled backend is closed after this long."},
+	{Name: "pgshield.pool_lifetime", Default: "1h0m0s", Check: checkDuration,
+		Description: "A pooled backend is closed when it returns after being open this long (so ALTER ROLE/DATABASE ... SET reach pooled sessions within it)."},
+	{Name: "pgshield.pool_wait_timeout", Default: "30s", Check: checkPoolWait,
+		Description: "Longest a client waits for a backend when the pool is full; then it gets 53300."},
 	{Name: "pgshield.allowed_extensions", Default: DefaultAllowedExtensions, Check: checkExtensions,
 		Description: "Comma-separated extensions the administrator and the roles it creates may CREATE EXTENSION (like Azure's azure.extensions); each must be installed on the machine."},
 }
@@ -328,7 +345,67 @@ type Params struct {
 	// PreAuthTimeout bounds the first byte, TLS and the startup packet.
 	PreAuthTimeout time.Duration
 	Threat         ThreatParams
+	Pool           PoolParams
 	Values         map[string]string
+}
+
+// PoolParams are the pgshield.pool_* parameters (internal/pool).
+type PoolParams struct {
+	// Mode is "session", "transaction" or "off".
+	Mode                            string
+	Size, MaxTotal                  int
+	IdleTimeout, Lifetime           time.Duration
+	WaitTimeout                     time.Duration
+	// TransactionRoles and TransactionDatabases are canonical
+	// comma-separated lists (a string keeps Params comparable).
+	TransactionRoles, TransactionDatabases string
+}
+
+// TransactionPooled reports whether a session of role on database uses
+// transaction pooling.
+func (p PoolParams) TransactionPooled(role, database string) bool {
+	switch p.Mode {
+	case "transaction":
+		return true
+	case "session":
+		return inList(p.TransactionRoles, role) || inList(p.TransactionDatabases, database)
+	}
+	return false
+}
+
+func inList(list, name string) bool {
+	for _, n := range splitList(list) {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+func checkNameList(v string) (string, error) {
+	names := splitList(v)
+	for _, n := range names {
+		if len(n) > 63 || strings.ContainsRune(n, 0) {
+			return "", errors.New("use comma-separated role or database names")
+		}
+	}
+	return strings.Join(names, ","), nil
+}
+
+func checkPoolSize(v string) (string, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 10000 {
+		return "", errors.New("use a whole number of backends from 1 to 10000")
+	}
+	return strconv.Itoa(n), nil
+}
+
+func checkPoolWait(v string) (string, error) {
+	d, err := time.ParseDuration(v)
+	if err != nil || d < 100*time.Millisecond || d > 10*time.Minute {
+		return "", errors.New("use a duration from 100ms to 10m, such as 30s")
+	}
+	return d.String(), nil
 }
 
 // ThreatParams are the pgshield.* parameters of threat protection, as
@@ -428,6 +505,9 @@ func ResolveParams(set map[string]string) (Params, error) {
 	if t := &out.Threat; t.BanTime > t.MaxBanTime {
 		t.MaxBanTime = t.BanTime
 	}
+	out.Pool = PoolParams{Mode: vals["pgshield.pool_mode"], Size: atoi("pgshield.pool_size"), MaxTotal: atoi("pgshield.pool_max_total"),
+		IdleTimeout: dur("pgshield.pool_idle_timeout"), Lifetime: dur("pgshield.pool_lifetime"), WaitTimeout: dur("pgshield.pool_wait_timeout"),
+		TransactionRoles: vals["pgshield.pool_transaction_roles"], TransactionDatabases: vals["pgshield.pool_transaction_databases"]}
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {
 		out.MaxTLS = tlsVersions[mx]

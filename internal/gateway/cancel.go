@@ -11,20 +11,29 @@ import (
 	"github.com/pgshield/pgshield/internal/wire"
 )
 
-// handleCancel delivers a client's CancelRequest to the backend its key
-// names. An unknown key is ignored: PostgreSQL answers a CancelRequest
-// with nothing either way.
+// handleCancel delivers a client's CancelRequest to the backend serving
+// it now (with pooling, not necessarily the one it started with). An
+// unknown key, or a client no backend serves at the moment, is ignored:
+// PostgreSQL answers a CancelRequest with nothing either way.
 func (s *Server) handleCancel(ctx context.Context, st *wire.Startup, log *slog.Logger) {
 	var key [4]byte
 	putUint32(key[:], st.CancelKey)
-	b, ok := s.cancels.lookup(cancelKey{pid: st.CancelPID, key: key})
+	t, ok := s.cancels.lookup(cancelKey{pid: st.CancelPID, key: key})
 	if !ok {
 		s.logClient(log, "Cancel request with an unknown key ignored.")
 		return
 	}
 	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	if err := s.cfg.Backend.Cancel(cctx, b.PID, b.Key); err != nil {
+	// Held across the delivery: a backend leaves its client (set) only
+	// once no cancel for that client is on its way to it, so a late cancel
+	// never reaches the backend's next client.
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.b == nil {
+		return
+	}
+	if err := s.cfg.Backend.Cancel(cctx, t.b.PID, t.b.Key); err != nil {
 		log.Warn("Cancel request failed.", "error", err)
 	}
 }
@@ -33,43 +42,66 @@ func putUint32(b []byte, v uint32) {
 	b[0], b[1], b[2], b[3] = byte(v>>24), byte(v>>16), byte(v>>8), byte(v)
 }
 
-// cancelKey is what a client holds: the backend PID with pgshield's own
+// cancelKey is what a client holds: a backend PID with pgshield's own
 // random secret in place of the backend's.
 type cancelKey struct {
 	pid uint32
 	key [4]byte
 }
 
-// cancelRegistry maps the keys clients hold to their backends, whose own
-// keys never leave the gateway.
-type cancelRegistry struct {
+// cancelTarget is the backend serving one client now; nil between
+// transactions (transaction pooling) and once the session ends.
+type cancelTarget struct {
 	mu sync.Mutex
-	m  map[cancelKey]*pgbackend.Backend
+	b  *pgbackend.Backend
 }
 
-func (r *cancelRegistry) register(b *pgbackend.Backend) (cancelKey, error) {
+// set points the client's key at b (nil: none), after any cancel being
+// delivered to the previous backend has been.
+func (t *cancelTarget) set(b *pgbackend.Backend) {
+	t.mu.Lock()
+	t.b = b
+	t.mu.Unlock()
+}
+
+// cancelRegistry maps the keys clients hold to the backends serving them,
+// whose own keys never leave the gateway.
+type cancelRegistry struct {
+	mu sync.Mutex
+	m  map[cancelKey]*cancelTarget
+}
+
+// register gives a client a new key, pointing at b; pid is what the
+// client is told (the first backend's).
+func (r *cancelRegistry) register(b *pgbackend.Backend) (cancelKey, *cancelTarget, error) {
 	ck := cancelKey{pid: b.PID}
 	if _, err := rand.Read(ck.key[:]); err != nil {
-		return ck, err
+		return ck, nil, err
 	}
+	t := &cancelTarget{b: b}
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.m == nil {
-		r.m = map[cancelKey]*pgbackend.Backend{}
+		r.m = map[cancelKey]*cancelTarget{}
 	}
-	r.m[ck] = b
-	return ck, nil
+	r.m[ck] = t
+	return ck, t, nil
 }
 
-func (r *cancelRegistry) lookup(ck cancelKey) (*pgbackend.Backend, bool) {
+func (r *cancelRegistry) lookup(ck cancelKey) (*cancelTarget, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	b, ok := r.m[ck]
-	return b, ok
+	t, ok := r.m[ck]
+	return t, ok
 }
 
+// remove forgets ck, and waits for a cancel being delivered through it.
 func (r *cancelRegistry) remove(ck cancelKey) {
 	r.mu.Lock()
-	defer r.mu.Unlock()
+	t := r.m[ck]
 	delete(r.m, ck)
+	r.mu.Unlock()
+	if t != nil {
+		t.set(nil)
+	}
 }

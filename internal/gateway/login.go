@@ -52,6 +52,11 @@ func (c *clientConn) login(ctx context.Context) (loginResult, error) {
 		c.log.Error("Role lookup failed.", "error", err)
 		return loginResult{}, errUnavailable()
 	}
+	if !role.Exists || !role.CanLogin || (role.ValidUntil != nil && !role.ValidUntil.After(c.srv.cfg.Now())) {
+		// The catalog says so, not the client: pooled backends of a role
+		// that was dropped or may no longer log in are closed.
+		c.srv.pool.DrainRole(c.user)
+	}
 	var res loginResult
 	if firstRequest(c.tls != nil, c.rt.params, c.user) == askPassword {
 		res, err = c.srv.cleartextLogin(ctx, c.admitted, c.rt, role)

@@ -27,15 +27,19 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
 // startRealGateway serves a gateway on loopback, wired as the daemon wires
-// it, until the test ends.
-func startRealGateway(t *testing.T, srv *pgtest.Server) *gatewayEnv {
+// it, until the test ends; set overrides parameters.
+func startRealGateway(t *testing.T, srv *pgtest.Server, set ...map[string]string) *gatewayEnv {
 	t.Helper()
 	p := newTestPKI(t)
 	caFile := filepath.Join(t.TempDir(), "root.crt")
 	if err := os.WriteFile(caFile, pemCerts(t, p.cert.TLS.Certificate[1]), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	params, err := config.ResolveParams(nil)
+	var m map[string]string
+	if len(set) > 0 {
+		m = set[0]
+	}
+	params, err := config.ResolveParams(m)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"bufio"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -18,12 +20,28 @@ import (
 // stream to reach a message boundary before it is cut without a message.
 const killGrace = time.Second
 
+// maxClientMsg bounds one message from an authenticated client, as
+// PostgreSQL's PQ_LARGE_MESSAGE_LIMIT (1 GB) does; larger is a protocol
+// violation and ends the session.
+const maxClientMsg = 1 << 30
+
 // session is the relaying state of one established connection that policy
 // may end from outside.
 type session struct {
 	client, backend net.Conn
 	kill            atomic.Pointer[pgproto3.ErrorResponse]
 	once            sync.Once
+
+	// stopping is set when the client has ended its session, to wake the
+	// downstream copy without closing the backend (it may be pooled).
+	stopping atomic.Bool
+	// pending counts the Query, Sync and FunctionCall messages sent
+	// whose ReadyForQuery has not come back; status is the last
+	// ReadyForQuery's status byte. The upstream copy adds before it
+	// forwards; the downstream copy subtracts before the client can see
+	// the reply, so a client's Terminate always finds pending current.
+	pending atomic.Int64
+	status  atomic.Uint32
 }
 
 // terminate asks the relay to end the session with msg at the next message
@@ -37,38 +55,133 @@ func (s *session) terminate(msg *pgproto3.ErrorResponse) {
 	})
 }
 
-// relay copies both ways until either side ends. Upstream bytes are copied
-// as they come. Downstream, a Tracker follows message boundaries (a header
-// read per message, no copying) so that terminate can inject its
-// ErrorResponse between two messages.
-func (s *session) relay() (up, down int64) {
-	done := make(chan struct{}, 2)
+// relay copies both ways until either side ends. Upstream, messages are
+// read whole (a header, then the body) and forwarded in batches; the
+// client's Terminate is kept from the backend. Downstream, a scanner
+// follows message boundaries (a header read per message, no copying) so
+// that terminate can inject its ErrorResponse between two messages, and
+// notes each ReadyForQuery. reusable reports that the client ended the
+// session cleanly with the backend idle at a message boundary, nothing
+// outstanding and no transaction open: the backend is then left open, for
+// the pool; otherwise both connections are closed.
+func (s *session) relay() (up, down int64, reusable bool) {
+	s.status.Store('I')
+	var clientEnded, downClean bool
+	upDone := make(chan struct{})
+	downDone := make(chan struct{})
 	go func() {
-		up, _ = io.Copy(s.backend, s.client)
-		done <- struct{}{}
+		defer close(upDone)
+		up, clientEnded = s.upstream()
 	}()
 	go func() {
-		down = s.downstream()
-		done <- struct{}{}
+		defer close(downDone)
+		down, downClean = s.downstream()
 	}()
-	<-done
+	select {
+	case <-upDone:
+		if clientEnded {
+			s.stopping.Store(true)
+			_ = s.backend.SetReadDeadline(time.Now())
+			<-downDone
+			reusable = downClean && s.kill.Load() == nil && s.pending.Load() == 0 && s.status.Load() == 'I'
+		}
+	case <-downDone:
+	}
 	s.client.Close()
-	s.backend.Close()
-	<-done
-	return up, down
+	if !reusable {
+		s.backend.Close()
+	}
+	<-upDone
+	<-downDone
+	if reusable {
+		_ = s.backend.SetDeadline(time.Time{})
+	}
+	return up, down, reusable
 }
 
-func (s *session) downstream() int64 {
+// upstream forwards the client's messages until it ends the session.
+// clientEnded is true for a Terminate or a hangup at a message boundary
+// with no extended-protocol message after the last Sync (a Bind or Execute
+// without its Sync would otherwise be committed by the pool's reset).
+func (s *session) upstream() (total int64, clientEnded bool) {
+	br := bufio.NewReaderSize(s.client, 32<<10)
+	out := make([]byte, 0, 32<<10)
+	dirty := false // an extended-protocol message since the last Sync
+	flush := func() bool {
+		if len(out) == 0 {
+			return true
+		}
+		n, err := s.backend.Write(out)
+		total += int64(n)
+		out = out[:0]
+		return err == nil
+	}
+	for {
+		if br.Buffered() < 5 && !flush() {
+			return total, false
+		}
+		hdr, err := br.Peek(5)
+		if err != nil {
+			flush()
+			return total, isHangup(err) && len(hdr) == 0 && !dirty
+		}
+		typ, n := hdr[0], binary.BigEndian.Uint32(hdr[1:])
+		if n < 4 || n > maxClientMsg {
+			flush()
+			return total, false
+		}
+		switch typ {
+		case 'X':
+			return total, flush() && !dirty
+		case 'Q', 'F':
+			s.pending.Add(1)
+		case 'S':
+			s.pending.Add(1)
+			dirty = false
+		case 'P', 'B', 'E', 'D', 'C', 'H':
+			dirty = true
+		}
+		size := int(n) + 1
+		if size <= br.Size() {
+			if br.Buffered() < size && !flush() {
+				return total, false
+			}
+			msg, err := br.Peek(size)
+			if err != nil {
+				flush()
+				return total, false
+			}
+			out = append(out, msg...)
+			_, _ = br.Discard(size)
+			if len(out) >= 32<<10 && !flush() {
+				return total, false
+			}
+			continue
+		}
+		if !flush() {
+			return total, false
+		}
+		w, err := io.CopyN(s.backend, br, int64(size))
+		total += w
+		if err != nil {
+			return total, false
+		}
+	}
+}
+
+// downstream forwards the backend's messages. clean is true when it
+// stopped because the client ended the session (stopping) at a message
+// boundary.
+func (s *session) downstream() (total int64, clean bool) {
 	buf := make([]byte, 32<<10)
-	var tr wire.Tracker
-	var total int64
+	var sc scanner
 	var killBy time.Time
 	for {
 		n, err := s.backend.Read(buf)
 		msg := s.kill.Load()
 		if n > 0 {
-			wasBoundary := tr.AtBoundary()
-			last := tr.Advance(buf[:n])
+			wasBoundary := sc.atBoundary()
+			last := sc.advance(buf[:n], s)
 			if msg != nil && (last > 0 || wasBoundary) {
 				// Cut at the last boundary in this chunk and end here.
 				if last > 0 {
@@ -76,27 +189,33 @@ func (s *session) downstream() int64 {
 					total += int64(w)
 				}
 				s.sendFinal(msg)
-				return total
+				return total, false
 			}
 			w, werr := s.client.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
-				return total
+				return total, false
 			}
 		}
 		if err != nil {
-			if msg == nil || !isTimeout(err) {
-				return total
+			if !isTimeout(err) {
+				return total, false
+			}
+			if msg == nil {
+				if s.stopping.Load() {
+					return total, sc.atBoundary()
+				}
+				continue // a stale deadline; not ours to act on
 			}
 			if killBy.IsZero() {
 				killBy = time.Now().Add(killGrace)
 			}
-			if tr.AtBoundary() {
+			if sc.atBoundary() {
 				s.sendFinal(msg)
-				return total
+				return total, false
 			}
 			if time.Now().After(killBy) {
-				return total // no boundary in time: cut without a message
+				return total, false // no boundary in time: cut without a message
 			}
 			_ = s.backend.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 		}
@@ -106,6 +225,60 @@ func (s *session) downstream() int64 {
 func (s *session) sendFinal(msg *pgproto3.ErrorResponse) {
 	_ = s.client.SetWriteDeadline(time.Now().Add(time.Second))
 	_ = wire.Send(s.client, msg)
+}
+
+// scanner follows message boundaries in the backend's stream as
+// wire.Tracker does, and also notes each ReadyForQuery (its status byte)
+// in the session.
+type scanner struct {
+	hdr    [5]byte
+	hdrLen int
+	body   uint64
+	// rfq is set while the body of a ReadyForQuery is to come.
+	rfq bool
+}
+
+func (t *scanner) atBoundary() bool { return t.hdrLen == 0 && t.body == 0 }
+
+// advance consumes p and returns the offset just past the last message
+// boundary inside p (0 if none).
+func (t *scanner) advance(p []byte, s *session) int {
+	last, i := 0, 0
+	for i < len(p) {
+		if t.hdrLen < 5 {
+			k := copy(t.hdr[t.hdrLen:], p[i:])
+			t.hdrLen += k
+			i += k
+			if t.hdrLen < 5 {
+				break
+			}
+			n := binary.BigEndian.Uint32(t.hdr[1:])
+			if n < 4 {
+				n = 4 // malformed from the backend; treat as empty body
+			}
+			t.body = uint64(n) - 4
+			t.rfq = t.hdr[0] == 'Z'
+			if t.rfq && t.body == 0 {
+				t.rfq = false // malformed: no status byte
+			}
+		}
+		if t.rfq && i < len(p) {
+			s.status.Store(uint32(p[i]))
+			s.pending.Add(-1)
+			t.rfq = false
+		}
+		rest := uint64(len(p) - i)
+		if t.body > rest {
+			t.body -= rest
+			i = len(p)
+			break
+		}
+		i += int(t.body)
+		t.body = 0
+		t.hdrLen = 0
+		last = i
+	}
+	return last
 }
 
 func isTimeout(err error) bool {

@@ -17,6 +17,7 @@ import (
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/pgbackend"
+	"github.com/pgshield/pgshield/internal/pool"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 )
 
@@ -59,7 +60,10 @@ type Config struct {
 	MaxConnections int
 	// Threat bans, budgets and limits logins (internal/threat); nil: none.
 	Threat Threat
-	Now    func() time.Time
+	// PoolWait observes how long each client waited for a pooled backend
+	// (metrics); nil: not observed.
+	PoolWait func(time.Duration)
+	Now      func() time.Time
 }
 
 // capacityOverflow is how many connections beyond MaxConnections are taken
@@ -125,6 +129,7 @@ type Server struct {
 	cfg     Config
 	rt      atomic.Pointer[runtime]
 	cancels cancelRegistry
+	pool    *backendPool
 	active  atomic.Int64
 	total   atomic.Int64
 	// lastThrottleLog rate-limits the throttling log line (unix nanos).
@@ -148,6 +153,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg}
+	s.pool = pool.New[*pooled](poolConfig(cfg.Params.Pool, cfg.Now, cfg.PoolWait))
 	s.mu.conns = map[net.Conn]bool{}
 	s.mu.sessions = map[*session]struct{}{}
 	s.SetParams(cfg.Params)
@@ -165,6 +171,7 @@ func (s *Server) SetParams(p config.Params) {
 		rt.limiter = netpolicy.NewRateLimiter(float64(p.RatePerIP), p.RatePerIP, s.cfg.Now)
 	}
 	s.rt.Store(rt)
+	s.pool.SetConfig(poolConfig(p.Pool, s.cfg.Now, s.cfg.PoolWait))
 }
 
 // Stats are counters for status.
@@ -185,6 +192,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.closeAll()
 	})
 	defer stop()
+	// The pool's eviction ends with Serve; its end closes the idle backends.
+	ectx, stopEvict := context.WithCancel(ctx)
+	defer stopEvict()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.evictLoop(ectx)
+	}()
 	var tempDelay time.Duration
 	for {
 		conn, err := ln.Accept()
@@ -200,6 +215,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 				time.Sleep(tempDelay)
 				continue
 			}
+			stopEvict()
 			wg.Wait()
 			return err
 		}

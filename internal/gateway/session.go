@@ -84,13 +84,16 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		return
 	}
 	defer endSlot()
-	b, err := c.connectBackend(ctx, login)
+	h, err := c.acquireBackend(ctx, login)
 	if err != nil {
 		c.refuse(err, login.done...) // the login succeeded: the client hears so first
 		return
 	}
-	defer b.Conn.Close()
-	ck, err := s.cancels.register(b)
+	b := h.b
+	// Runs last: the cancel key no longer points at b, the relay is over.
+	reusable := false
+	defer func() { c.releaseBackend(h, reusable) }()
+	ck, _, err := s.cancels.register(b)
 	if err != nil {
 		c.refuse(err)
 		return
@@ -100,7 +103,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		c.refuse(err)
 		return
 	}
-	c.opened(login, b)
+	c.opened(login, h)
 	sess := &session{client: c.conn, backend: b.Conn}
 	if !c.watch.relaying(sess) {
 		return // policy ended the connection while it was being set up
@@ -108,7 +111,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	stopExpiry := c.endAtExpiry(sess, login)
 	defer stopExpiry()
 	defer s.addSession(sess)()
-	c.relay(sess, b)
+	reusable = c.relay(sess, b)
 }
 
 // clientConn is one connection on its way through handle: what each step
@@ -330,15 +333,17 @@ func (c *clientConn) sendReady(login loginResult, b *pgbackend.Backend, ck cance
 
 // opened lifts the authentication deadline, and logs and audits the start
 // of the session.
-func (c *clientConn) opened(login loginResult, b *pgbackend.Backend) {
+func (c *clientConn) opened(login loginResult, h *held) {
+	b := h.b
 	_ = c.raw.SetDeadline(time.Time{})
 	tlsVer := "none"
 	if c.tls != nil {
 		tlsVer = tls.VersionName(c.tls.Version)
 	}
 	c.log = c.log.With("pg_backend_pid", b.PID)
-	c.log.Info("Session opened.", "tls", tlsVer, "direct_tls", c.direct)
-	fields := map[string]any{"method": login.method, "tls": tlsVer, "pg_backend_pid": b.PID}
+	reused := h.lease != nil && h.lease.Reused
+	c.log.Info("Session opened.", "tls", tlsVer, "direct_tls", c.direct, "pooled_backend", reused)
+	fields := map[string]any{"method": login.method, "tls": tlsVer, "pg_backend_pid": b.PID, "pooled_backend": reused}
 	if login.principal != "" {
 		fields["principal_object_id"] = login.principal
 	}
@@ -365,13 +370,14 @@ func (c *clientConn) endAtExpiry(sess *session, login loginResult) (stop func())
 }
 
 // relay relays sess until either side ends it, then logs and audits the
-// end of the session.
-func (c *clientConn) relay(sess *session, b *pgbackend.Backend) {
-	up, down := sess.relay()
+// end of the session; it reports whether the backend may be pooled.
+func (c *clientConn) relay(sess *session, b *pgbackend.Backend) (reusable bool) {
+	up, down, reusable := sess.relay()
 	dur := c.srv.cfg.Now().Sub(c.start).Seconds()
 	c.log.Info("Session closed.", "duration", fmt.Sprintf("%.2fs", dur), "bytes_in", up, "bytes_out", down)
 	c.srv.cfg.Audit(audit.Event{Type: "session.end", Client: c.src.String(), User: c.user, Database: c.db,
 		Fields: map[string]any{"duration_seconds": dur, "bytes_in": up, "bytes_out": down, "pg_backend_pid": b.PID}})
+	return reusable
 }
 
 // refuse ends the connection after a failed step, sending the client only

@@ -99,18 +99,18 @@ func TestCancelRegistry(t *testing.T) {
 	var r cancelRegistry
 	b1 := &pgbackend.Backend{PID: 10}
 	b2 := &pgbackend.Backend{PID: 10} // same PID, another session's key
-	k1, err := r.register(b1)
+	k1, _, err := r.register(b1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k2, err := r.register(b2)
+	k2, t2, err := r.register(b2)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if k1.pid != 10 || k1 == k2 {
 		t.Fatalf("register() keys %+v and %+v; want PID 10 and distinct random secrets", k1, k2)
 	}
-	if got, ok := r.lookup(k1); !ok || got != b1 {
+	if got, ok := r.lookup(k1); !ok || got.b != b1 {
 		t.Errorf("lookup(k1) = %p, %v; want b1", got, ok)
 	}
 	wrong := k1
@@ -122,8 +122,18 @@ func TestCancelRegistry(t *testing.T) {
 	if _, ok := r.lookup(k1); ok {
 		t.Errorf("lookup(k1) after remove found a backend")
 	}
-	if got, ok := r.lookup(k2); !ok || got != b2 {
+	if got, ok := r.lookup(k2); !ok || got.b != b2 {
 		t.Errorf("lookup(k2) = %p, %v after removing k1; want b2", got, ok)
+	}
+	// With pooling the key follows the backend serving the client.
+	b3 := &pgbackend.Backend{PID: 11}
+	t2.set(b3)
+	if got, ok := r.lookup(k2); !ok || got.b != b3 {
+		t.Errorf("lookup(k2) after set(b3) = %v; want b3", got.b)
+	}
+	r.remove(k2)
+	if t2.b != nil {
+		t.Errorf("target still points at a backend after remove")
 	}
 }
 

@@ -1,0 +1,248 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/internal/clienterr"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/pgbackend"
+	"github.com/pgshield/pgshield/internal/pool"
+	"github.com/pgshield/pgshield/internal/wire"
+)
+
+// Backend pooling. A client's backend, when its session ends cleanly
+// (relay's reusable), is reset and kept for the next client of the same
+// pool.Key: role, database and every startup parameter the gateway passes
+// on (application_name, options, client_encoding, any GUC), so that the
+// session defaults DISCARD ALL returns to, and the ParameterStatus values
+// the next client is sent, are exactly what its own startup would have
+// given. The client's TLS and authentication at the gateway are the same
+// either way; the next client's identity reaches pgshield_guard through
+// Backend.BindClient.
+
+// pooled is a backend as the pool holds it.
+type pooled struct{ b *pgbackend.Backend }
+
+func (p *pooled) Close() error { return p.b.Conn.Close() }
+
+type backendPool = pool.Pool[*pooled]
+
+// poolKey is the key of a client's backend: its role, its database and
+// its startup parameters (without the gateway's client record, which
+// differs for every client and is rebound by BindClient).
+func poolKey(user, db string, params map[string]string) pool.Key {
+	keys := make([]string, 0, len(params))
+	for k := range params {
+		if k != pgbackend.ClientParam {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		// NUL cannot occur in a startup packet's strings: unambiguous.
+		b.WriteString(k)
+		b.WriteByte(0)
+		b.WriteString(params[k])
+		b.WriteByte(0)
+	}
+	return pool.Key{Role: user, Database: db, Params: b.String()}
+}
+
+// poolConfig maps the pgshield.pool_* parameters onto the pool's limits:
+// in session mode pool_size caps the idle backends kept per key (sessions
+// in use are capped by pgshield.max_connections), in transaction mode the
+// backends per key.
+func poolConfig(p config.PoolParams, now func() time.Time, onWait func(time.Duration)) pool.Config {
+	c := pool.Config{MaxIdlePerKey: p.Size, MaxTotal: p.MaxTotal, IdleTimeout: p.IdleTimeout,
+		Lifetime: p.Lifetime, Now: now, OnWait: onWait}
+	if p.Mode == "transaction" {
+		c.MaxPerKey = p.Size
+	}
+	return c
+}
+
+// resetSQL returns a backend to the state a new session of the same
+// startup would have: DISCARD ALL is CLOSE ALL (WITH HOLD cursors), SET
+// SESSION AUTHORIZATION DEFAULT, RESET ALL (every GUC, SET ROLE and
+// set_config(..., false) included), DEALLOCATE ALL, UNLISTEN *,
+// pg_advisory_unlock_all(), DISCARD PLANS, TEMP and SEQUENCES.
+const resetSQL = "DISCARD ALL"
+
+// resetCheckSQL runs after it, in the same round trip: the backend must
+// again be its login role, and a database where dblink or postgres_fdw
+// exist is never pooled (their open connections survive DISCARD ALL).
+const resetCheckSQL = `SELECT session_user OPERATOR(pg_catalog.=) current_user, session_user::pg_catalog.text,
+ EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) ANY ('{dblink,postgres_fdw}'::pg_catalog.name[]))`
+
+// resetTimeout bounds the reset of a backend on its way back to the pool.
+const resetTimeout = 5 * time.Second
+
+// errNotReusable is a backend that failed its reset or check.
+var errNotReusable = errors.New("backend cannot be reused")
+
+// resetBackend runs resetSQL and resetCheckSQL on b (idle, at a message
+// boundary) in one round trip. Any error, notice of failure, unexpected
+// answer or transaction state other than idle makes it unusable.
+func resetBackend(b *pgbackend.Backend, role string) error {
+	_ = b.Conn.SetDeadline(time.Now().Add(resetTimeout))
+	defer b.Conn.SetDeadline(time.Time{})
+	var buf []byte
+	for _, q := range []string{resetSQL, resetCheckSQL} {
+		var err error
+		if buf, err = (&pgproto3.Query{String: q}).Encode(buf); err != nil {
+			return err
+		}
+	}
+	if _, err := b.Conn.Write(buf); err != nil {
+		return err
+	}
+	fe := pgproto3.NewFrontend(b.Conn, nil)
+	fe.SetMaxBodyLen(1 << 20)
+	var row []string
+	rfq := 0
+	for i := 0; i < 1000 && rfq < 2; i++ { // two statements: a handful of messages
+		msg, err := fe.Receive()
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			return fmt.Errorf("%w: %s %s", errNotReusable, m.Code, m.Message)
+		case *pgproto3.DataRow:
+			row = row[:0]
+			for _, v := range m.Values {
+				row = append(row, string(v))
+			}
+		case *pgproto3.ReadyForQuery:
+			rfq++
+			b.TxStatus = m.TxStatus
+			if m.TxStatus != 'I' {
+				return fmt.Errorf("%w: transaction status %q after reset", errNotReusable, m.TxStatus)
+			}
+		case *pgproto3.CopyInResponse, *pgproto3.CopyOutResponse, *pgproto3.CopyBothResponse:
+			return fmt.Errorf("%w: COPY during reset", errNotReusable)
+		}
+		// Notices, ParameterStatus (reset GUCs report their startup
+		// values again), notifications received before UNLISTEN: dropped.
+	}
+	if rfq < 2 {
+		return fmt.Errorf("%w: no reply to the reset", errNotReusable)
+	}
+	if len(row) != 3 || row[0] != "t" || row[1] != role || row[2] != "f" {
+		return fmt.Errorf("%w: check after reset = %q", errNotReusable, row)
+	}
+	return nil
+}
+
+// held is the backend serving a client, and its pool lease (nil when
+// pooling is off).
+type held struct {
+	b     *pgbackend.Backend
+	lease *pool.Lease[*pooled]
+	key   pool.Key
+}
+
+// maxStaleTries bounds how many idle backends a checkout tries (a pooled
+// backend may have died: PostgreSQL restarted, pg_terminate_backend)
+// before it opens a new one.
+const maxStaleTries = 4
+
+// acquireBackend gives the client a backend: a pooled one of its key,
+// rebound to this client, or a new one (connectBackend). A full pool
+// makes it wait up to pgshield.pool_wait_timeout, then 53300.
+func (c *clientConn) acquireBackend(ctx context.Context, login loginResult) (*held, error) {
+	pp := c.rt.params.Pool
+	if pp.Mode == "off" {
+		b, err := c.connectBackend(ctx, login)
+		if err != nil {
+			return nil, err
+		}
+		return &held{b: b}, nil
+	}
+	key := poolKey(c.user, c.db, backendParams(c.startup))
+	for try := 0; ; try++ {
+		wctx, cancel := context.WithTimeout(ctx, pp.WaitTimeout)
+		l, err := c.srv.pool.Get(wctx, key)
+		cancel()
+		if err != nil {
+			c.log.Warn("No backend available in the pool.", "wait_timeout", pp.WaitTimeout.String())
+			return nil, clienterr.New(wire.CodeTooManyConnections,
+				"sorry, too many clients already: no backend became free within %s (pgshield.pool_wait_timeout)", pp.WaitTimeout)
+		}
+		if l.Reused && try < maxStaleTries {
+			bctx, cancel := context.WithTimeout(ctx, c.srv.cfg.DialTimeout)
+			err := l.Conn.b.BindClient(bctx, c.clientIdentity(login))
+			cancel()
+			if err == nil {
+				c.srv.pool.ClientStart(key)
+				return &held{b: l.Conn.b, lease: l, key: key}, nil
+			}
+			c.log.Info("A pooled backend could not be rebound; closed.", "pg_backend_pid", l.Conn.b.PID, "error", err)
+			c.srv.pool.Discard(l)
+			continue
+		}
+		if l.Reused {
+			c.srv.pool.Discard(l)
+			continue // too many stale ones: the next Get opens a slot
+		}
+		b, err := c.connectBackend(ctx, login)
+		if err != nil {
+			c.srv.pool.Discard(l)
+			return nil, err
+		}
+		l.Conn = &pooled{b: b}
+		c.srv.pool.ClientStart(key)
+		return &held{b: b, lease: l, key: key}, nil
+	}
+}
+
+// releaseBackend ends the client's use of h: a backend that the relay
+// found reusable is reset and returned to the pool, any other closed.
+func (c *clientConn) releaseBackend(h *held, reusable bool) {
+	if h.lease == nil {
+		h.b.Conn.Close()
+		return
+	}
+	defer c.srv.pool.ClientEnd(h.key)
+	if !reusable || c.srv.rt.Load().params.Pool.Mode == "off" {
+		c.srv.pool.Discard(h.lease)
+		return
+	}
+	if err := resetBackend(h.b, c.user); err != nil {
+		c.log.Info("A backend failed its reset; closed, not pooled.", "pg_backend_pid", h.b.PID, "error", err)
+		c.srv.pool.Discard(h.lease)
+		return
+	}
+	c.srv.pool.Put(h.lease)
+}
+
+// PoolStats lists the pool's counters per role and database.
+func (s *Server) PoolStats() []pool.KeyStats { return s.pool.Stats() }
+
+// DrainPool closes every idle pooled backend, and those in use when they
+// come back: PostgreSQL restarted, or the server is being locked.
+func (s *Server) DrainPool() { s.pool.Drain() }
+
+// evictLoop closes pooled backends past their idle timeout or lifetime
+// until ctx ends, then closes every idle one.
+func (s *Server) evictLoop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			s.pool.Drain()
+			return
+		case <-t.C:
+			s.pool.Evict()
+		}
+	}
+}
