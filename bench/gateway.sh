@@ -405,31 +405,52 @@ phase_pgshield() {
 }
 
 # pgshield_idle DATADIR PORT: the idle row through pgshield, in transaction
-# pooling if this build has it (pool of 20); otherwise every session holds a
-# backend, so PostgreSQL's max_connections is raised and
-# $IDLE_NOPOOL_CONNS sessions are asked for.
+# pooling (a pool of 20) if this build multiplexes clients over backends;
+# otherwise every session holds a backend, so PostgreSQL's max_connections
+# and pgshield.pool_max_total are raised and $IDLE_NOPOOL_CONNS sessions
+# are asked for.
 pgshield_idle() {
 	local d=$1 port=$2 pid n mode
 	# Threat protection caps sessions (90 in all) and logins in progress per
 	# source; all of the row's sessions come from 127.0.0.1: caps off.
 	shield 60 parameter set --data-dir "$d" pgshield.max_connections 0
 	shield 60 parameter set --data-dir "$d" pgshield.max_preauth_connections_per_source 0
-	if shield 60 parameter set --data-dir "$d" pgshield.pool_mode transaction &&
-		shield 60 parameter set --data-dir "$d" pgshield.pool_size 20; then
+	pid=$(pidfile_pid "$d/run/pgshield.pid") || die "no pgshield pid file"
+	if multiplexes "$d" "$port" "$pid"; then
+		shield 60 parameter set --data-dir "$d" pgshield.pool_size 20
 		n=$IDLE_CONNS
 		mode="pgshield.pool_mode transaction, pool_size 20"
 	else
 		n=$IDLE_NOPOOL_CONNS
-		mode="no pooling in this build: a backend per session, PostgreSQL max_connections $((n + 100))"
+		mode="no transaction pooling in this build (two idle sessions cannot share one backend): a backend per session, PostgreSQL max_connections $((n + 100)), pgshield.pool_max_total $((n + 50))"
 		step "pgshield: no transaction pooling; max_connections $((n + 100)), restart"
+		shield 60 parameter set --data-dir "$d" pgshield.pool_mode session || true
+		shield 60 parameter set --data-dir "$d" pgshield.pool_wait_timeout 30s || true
+		shield 60 parameter set --data-dir "$d" pgshield.pool_max_total $((n + 50)) || true
 		shield 60 parameter set --data-dir "$d" max_connections $((n + 100)) ||
 			log "WARNING: pgshield refused max_connections=$((n + 100))"
 		shield 180 down --data-dir "$d"
 		shield_up "$d" "$port"
+		pid=$(pidfile_pid "$d/run/pgshield.pid") || die "no pgshield pid file"
 	fi
-	pid=$(pidfile_pid "$d/run/pgshield.pid") || die "no pgshield pid file"
 	note "pgshield idle row: $mode; pgshield.max_connections 0 and pgshield.max_preauth_connections_per_source 0 (caps off), RLIMIT_NOFILE $(awk '/open files/ {print $4}' /proc/"$pid"/limits)"
 	measure_idle pgshield "$port" "$pid" "$n"
+}
+
+# multiplexes DATADIR PORT PID: pgshield.pool_mode transaction is accepted
+# and two idle sessions, each answering a SELECT 1, share a pool of one
+# backend (a client waits at most 2 s for it); a pool that gives each
+# session its own backend fails this.
+multiplexes() {
+	local d=$1 port=$2 pid=$3 out=$WORK/pgshield-probe.out
+	shield 60 parameter set --data-dir "$d" pgshield.pool_mode transaction || return 1
+	shield 60 parameter set --data-dir "$d" pgshield.pool_size 1 || return 1
+	shield 60 parameter set --data-dir "$d" pgshield.pool_wait_timeout 2s || return 1
+	step "pgshield: do two idle sessions share a pool of one backend?"
+	PGPASSWORD="$PW" timeout 120 "$WORK/gwload" -user "$ROLE" -db "$DB" -addr "127.0.0.1:$port" -mode idle \
+		-n 2 -conc 2 -hold 0s -max-failures 1 -pid "$pid" >"$out" 2>&1 || true
+	raw "pgshield: transaction pooling probe" "$out"
+	grep -qx 'held 2' "$out"
 }
 
 # token_path DATADIR PORT SOCKDIR SOCKPORT: connect per transaction as a
