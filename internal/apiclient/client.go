@@ -292,6 +292,11 @@ func (c *Client) roundTrip(ctx context.Context, method, route string, in any) ([
 	return b, nil
 }
 
+// Pool lists the gateway's backend pools.
+func (c *Client) Pool(ctx context.Context) (*apitype.PoolInfo, error) {
+	return call[apitype.PoolInfo](ctx, c, "GET", "/v1/pool", nil)
+}
+
 // Bans lists the sources banned after repeated failed logins.
 func (c *Client) Bans(ctx context.Context) ([]apitype.Ban, error) {
 	return list[apitype.Ban](ctx, c, "/v1/bans")

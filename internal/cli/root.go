@@ -60,6 +60,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newBackup(g))
 	root.AddCommand(newStorage(g))
 	root.AddCommand(newBan(g))
+	root.AddCommand(newPool(g))
 	root.AddCommand(newAlert(g), newDecoy(g))
 	root.AddCommand(newDebug(g))
 	for _, c := range root.Commands() {

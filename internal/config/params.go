@@ -352,10 +352,10 @@ type Params struct {
 // PoolParams are the pgshield.pool_* parameters (internal/pool).
 type PoolParams struct {
 	// Mode is "session", "transaction" or "off".
-	Mode                            string
-	Size, MaxTotal                  int
-	IdleTimeout, Lifetime           time.Duration
-	WaitTimeout                     time.Duration
+	Mode                  string
+	Size, MaxTotal        int
+	IdleTimeout, Lifetime time.Duration
+	WaitTimeout           time.Duration
 	// TransactionRoles and TransactionDatabases are canonical
 	// comma-separated lists (a string keeps Params comparable).
 	TransactionRoles, TransactionDatabases string

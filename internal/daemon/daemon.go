@@ -52,6 +52,7 @@ import (
 	"github.com/pgshield/pgshield/internal/mgmt"
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/pidfile"
+	"github.com/pgshield/pgshield/internal/pool"
 	"github.com/pgshield/pgshield/internal/postgres"
 	"github.com/pgshield/pgshield/internal/threat"
 	"github.com/pgshield/pgshield/internal/tlsconf"
@@ -153,6 +154,10 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 	},
 		BeforeStart: d.backups.Prepare, AfterStart: d.backups.AfterStart,
 		OnReady: func(pid int) {
+			// Pooled backends of the postmaster before are gone.
+			if gw := d.gateway(); gw != nil {
+				gw.DrainPool()
+			}
 			if err := d.network.ApplyOutbound(pid); err != nil {
 				log.Error("Opening the outbound path failed; PostgreSQL has no network access.", "error", err)
 			}
@@ -305,6 +310,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 				Audit:     d.observe,
 				Available: d.available,
 				Threat:    d.threat.Guard(),
+				PoolWait:  d.metrics.PoolWait,
 			})
 			if err != nil {
 				return err
@@ -385,6 +391,7 @@ func (s server) Quiesce(clientMsg string, last *audit.Event) {
 	d := s.d
 	if gw := d.gateway(); gw != nil {
 		gw.TerminateAll(wire.ErrorMessage(wire.CodeAdminShutdown, "%s", clientMsg))
+		gw.DrainPool() // no backend outlives the lock; those in use close as their sessions end
 	}
 	d.backups.Stop() // its configuration is on the volume
 	// Stopping PostgreSQL also drains its last log lines into the stream.
@@ -435,6 +442,10 @@ func (d *Daemon) newMetrics() *metrics.Metrics {
 			}
 			return 0
 		},
+		"pgshield_pool_backends_active": d.poolGauge(func(s pool.KeyStats) int { return s.Active }),
+		"pgshield_pool_backends_idle":   d.poolGauge(func(s pool.KeyStats) int { return s.Idle }),
+		"pgshield_pool_clients":         d.poolGauge(func(s pool.KeyStats) int { return s.Clients }),
+		"pgshield_pool_clients_waiting": d.poolGauge(func(s pool.KeyStats) int { return s.Waiting }),
 		"pgshield_key_grace_remaining_seconds": func() float64 {
 			if d.keys != nil {
 				return d.keys.GraceRemaining()
@@ -442,6 +453,19 @@ func (d *Daemon) newMetrics() *metrics.Metrics {
 			return 0
 		},
 	})
+}
+
+// poolGauge sums one counter of the gateway's pools at scrape time.
+func (d *Daemon) poolGauge(f func(pool.KeyStats) int) func() float64 {
+	return func() float64 {
+		n := 0
+		if gw := d.gateway(); gw != nil {
+			for _, s := range gw.PoolStats() {
+				n += f(s)
+			}
+		}
+		return float64(n)
+	}
 }
 
 // loadOrCreateSecret reads a 32-byte secret, creating it (0600 in a 0700

@@ -29,6 +29,7 @@ type Metrics struct {
 	keySince       prometheus.Gauge
 	revalidations  *prometheus.CounterVec
 	events         *prometheus.CounterVec
+	poolWait       prometheus.Histogram
 }
 
 // New registers pgshield's metrics and the Go runtime's in a new registry.
@@ -45,7 +46,10 @@ func New(gauges map[string]func() float64) *Metrics {
 		Help: "Proofs that the key-encryption key still unwraps the data key, by result (ok, denied, unreachable, corrupt)."}, []string{"result"})
 	m.events = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "pgshield_audit_events_total",
 		Help: "Audit events by type and outcome."}, []string{"type", "outcome"})
-	m.Registry.MustRegister(m.keyState, m.keyTransitions, m.keySince, m.revalidations, m.events,
+	m.poolWait = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "pgshield_pool_wait_seconds",
+		Help:    "How long clients that found the backend pool full waited for a backend (a timeout counts too).",
+		Buckets: []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60}})
+	m.Registry.MustRegister(m.keyState, m.keyTransitions, m.keySince, m.revalidations, m.events, m.poolWait,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	for name, f := range gauges {
 		m.Registry.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: name, Help: gaugeHelp[name]}, f))
@@ -63,6 +67,10 @@ var gaugeHelp = map[string]string{
 	"pgshield_postgres_restarts_total":     "Times the supervisor restarted a postmaster that died (a counter).",
 	"pgshield_postgres_up":                 "1 while PostgreSQL runs and accepts connections.",
 	"pgshield_key_grace_remaining_seconds": "While the KMS cannot be reached: seconds of grace left before Inaccessible; 0 otherwise.",
+	"pgshield_pool_backends_active":        "Pooled backends serving a client now.",
+	"pgshield_pool_backends_idle":          "Pooled backends reset and waiting for the next client of their role and database.",
+	"pgshield_pool_clients":                "Client sessions served through the backend pool.",
+	"pgshield_pool_clients_waiting":        "Clients waiting for a backend from a full pool.",
 }
 
 // KeyState records the data key's state; from is "" at start.
@@ -87,6 +95,13 @@ func (m *Metrics) KeyState(from, to string, since time.Time) {
 func (m *Metrics) Revalidation(result string) {
 	if m != nil {
 		m.revalidations.WithLabelValues(result).Inc()
+	}
+}
+
+// PoolWait observes one client's wait for a pooled backend.
+func (m *Metrics) PoolWait(d time.Duration) {
+	if m != nil {
+		m.poolWait.Observe(d.Seconds())
 	}
 }
 

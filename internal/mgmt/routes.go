@@ -60,6 +60,9 @@ type Backend interface {
 	Storage(ctx context.Context) apitype.StorageInfo
 	ResizeStorage(sizeBytes int64) (apitype.StorageResizeResult, error)
 
+	// Backend pool (pool show).
+	Pool() apitype.PoolInfo
+
 	// Bans (threat protection).
 	Bans() []apitype.Ban
 	// Unban lifts the ban on source (an address, or a listed prefix).
@@ -118,6 +121,8 @@ func Routes(b Backend) []Route {
 		}},
 		{Method: "GET", Pattern: "/v1/backups/job", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.BackupJob() }},
 		{Method: "POST", Pattern: "/v1/backups/archive-wal", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) { return b.ArchiveWAL(r.Context()) }},
+
+		{Method: "GET", Pattern: "/v1/pool", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Pool(), nil }},
 
 		{Method: "GET", Pattern: "/v1/bans", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Bans(), nil }},
 		// {source...}: an IPv4 /32 or IPv6 /64 prefix holds a slash.

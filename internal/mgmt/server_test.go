@@ -53,7 +53,7 @@ func TestRouteTable(t *testing.T) {
 		"GET /v1/status", "GET /v1/metrics", "GET /v1/parameters", "GET /v1/parameters/{name}", "GET /v1/key",
 		"GET /v1/backups", "GET /v1/backups/job", "GET /v1/network", "GET /v1/firewall-rules", "GET /v1/firewall-rules/{name}",
 		"GET /v1/network-rules", "GET /v1/network-rules/{name}", "GET /v1/principals", "GET /v1/storage",
-		"GET /v1/bans", "GET /debug/pprof/{name}",
+		"GET /v1/bans", "GET /debug/pprof/{name}", "GET /v1/pool",
 		"GET /v1/alerts", "GET /v1/alerts/{id}", "GET /v1/decoys",
 	}
 	for _, key := range append(writes, reads...) {
@@ -219,4 +219,5 @@ func (nopBackend) DeletePrincipal(context.Context, string) (apitype.Principal, e
 	return apitype.Principal{}, nil
 }
 func (nopBackend) Bans() []apitype.Ban               { return nil }
+func (nopBackend) Pool() apitype.PoolInfo            { return apitype.PoolInfo{} }
 func (nopBackend) Unban(string) (apitype.Ban, error) { return apitype.Ban{}, nil }

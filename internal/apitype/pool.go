@@ -1,0 +1,25 @@
+package apitype
+
+// PoolInfo is what pool show prints: the pooling parameters in force and,
+// per role and database, the gateway's clients and backends.
+type PoolInfo struct {
+	// Mode is pgshield.pool_mode: session, transaction or off.
+	Mode     string      `json:"mode"`
+	Size     int         `json:"pool_size"`
+	MaxTotal int         `json:"pool_max_total"`
+	Pools    []PoolEntry `json:"pools"`
+}
+
+// PoolEntry is one role and database (startup parameter variants summed).
+type PoolEntry struct {
+	Role     string `json:"role"`
+	Database string `json:"database"`
+	// Clients are client sessions served from this pool now.
+	Clients int `json:"clients"`
+	// Active backends serve a client; Idle ones wait, reset, for the next.
+	Active int `json:"active_backends"`
+	Idle   int `json:"idle_backends"`
+	// Waiting clients wait for a backend now; Waits counts every wait.
+	Waiting int    `json:"waiting_clients"`
+	Waits   uint64 `json:"waits"`
+}
