@@ -112,14 +112,12 @@ var gatewayParams = []Param{
 	{Name: "pgshield.reserved_admin_connections", Default: "3", Check: checkCount,
 		Description: "Sessions of pgshield.max_connections kept for the administrator, so it can always get in to act; the per-source and per-role caps do not apply to it."},
 	// Backend pooling (internal/pool; README "Pooling").
-	{Name: "pgshield.pool_mode", Default: "session", Allowed: []string{"session", "transaction", "off"},
-		Description: "Reuse backends: session hands a client's backend, reset with DISCARD ALL, to the next client of the same role, database and startup parameters; transaction shares backends between clients transaction by transaction (session features pin the client to its backend); off opens one backend per client."},
-	{Name: "pgshield.pool_transaction_roles", Default: "", Check: checkNameList,
-		Description: "Comma-separated roles whose sessions use transaction pooling while pgshield.pool_mode is session; empty: none."},
-	{Name: "pgshield.pool_transaction_databases", Default: "", Check: checkNameList,
-		Description: "Comma-separated databases whose sessions use transaction pooling while pgshield.pool_mode is session; empty: none."},
+	// TODO(issue 16, item 2): "transaction" once the relay multiplexes
+	// clients over backends; until then it is refused, not faked.
+	{Name: "pgshield.pool_mode", Default: "session", Allowed: []string{"session", "off"},
+		Description: "Reuse backends: session hands a client's backend, reset with DISCARD ALL, to the next client of the same role, database and startup parameters; off opens one backend per client."},
 	{Name: "pgshield.pool_size", Default: "20", Check: checkPoolSize,
-		Description: "Backends per role, database and startup parameters: in session mode the idle ones kept, in transaction mode all of them (clients wait for one)."},
+		Description: "Idle backends kept per role, database and startup parameters."},
 	{Name: "pgshield.pool_max_total", Default: "90", Check: checkPoolSize,
 		Description: "Backends open through the gateway, in use and idle; an idle one is closed to make room before a client waits. Keep it below PostgreSQL's max_connections minus what pgshield itself uses."},
 	{Name: "pgshield.pool_idle_timeout", Default: "10m0s", Check: checkDuration,
@@ -351,45 +349,11 @@ type Params struct {
 
 // PoolParams are the pgshield.pool_* parameters (internal/pool).
 type PoolParams struct {
-	// Mode is "session", "transaction" or "off".
+	// Mode is "session" or "off".
 	Mode                  string
 	Size, MaxTotal        int
 	IdleTimeout, Lifetime time.Duration
 	WaitTimeout           time.Duration
-	// TransactionRoles and TransactionDatabases are canonical
-	// comma-separated lists (a string keeps Params comparable).
-	TransactionRoles, TransactionDatabases string
-}
-
-// TransactionPooled reports whether a session of role on database uses
-// transaction pooling.
-func (p PoolParams) TransactionPooled(role, database string) bool {
-	switch p.Mode {
-	case "transaction":
-		return true
-	case "session":
-		return inList(p.TransactionRoles, role) || inList(p.TransactionDatabases, database)
-	}
-	return false
-}
-
-func inList(list, name string) bool {
-	for _, n := range splitList(list) {
-		if n == name {
-			return true
-		}
-	}
-	return false
-}
-
-func checkNameList(v string) (string, error) {
-	names := splitList(v)
-	for _, n := range names {
-		if len(n) > 63 || strings.ContainsRune(n, 0) {
-			return "", errors.New("use comma-separated role or database names")
-		}
-	}
-	return strings.Join(names, ","), nil
 }
 
 func checkPoolSize(v string) (string, error) {
@@ -506,8 +470,7 @@ func ResolveParams(set map[string]string) (Params, error) {
 		t.MaxBanTime = t.BanTime
 	}
 	out.Pool = PoolParams{Mode: vals["pgshield.pool_mode"], Size: atoi("pgshield.pool_size"), MaxTotal: atoi("pgshield.pool_max_total"),
-		IdleTimeout: dur("pgshield.pool_idle_timeout"), Lifetime: dur("pgshield.pool_lifetime"), WaitTimeout: dur("pgshield.pool_wait_timeout"),
-		TransactionRoles: vals["pgshield.pool_transaction_roles"], TransactionDatabases: vals["pgshield.pool_transaction_databases"]}
+		IdleTimeout: dur("pgshield.pool_idle_timeout"), Lifetime: dur("pgshield.pool_lifetime"), WaitTimeout: dur("pgshield.pool_wait_timeout")}
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {
 		out.MaxTLS = tlsVersions[mx]

@@ -58,15 +58,10 @@ func poolKey(user, db string, params map[string]string) pool.Key {
 
 // poolConfig maps the pgshield.pool_* parameters onto the pool's limits:
 // in session mode pool_size caps the idle backends kept per key (sessions
-// in use are capped by pgshield.max_connections), in transaction mode the
-// backends per key.
+// in use are capped by pgshield.max_connections and pool_max_total).
 func poolConfig(p config.PoolParams, now func() time.Time, onWait func(time.Duration)) pool.Config {
-	c := pool.Config{MaxIdlePerKey: p.Size, MaxTotal: p.MaxTotal, IdleTimeout: p.IdleTimeout,
+	return pool.Config{MaxIdlePerKey: p.Size, MaxTotal: p.MaxTotal, IdleTimeout: p.IdleTimeout,
 		Lifetime: p.Lifetime, Now: now, OnWait: onWait}
-	if p.Mode == "transaction" {
-		c.MaxPerKey = p.Size
-	}
-	return c
 }
 
 // resetSQL returns a backend to the state a new session of the same
