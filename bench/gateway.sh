@@ -34,7 +34,8 @@
 #   SCALE=20  CLIENTS=8  THREADS=2  WARMUP=5 (seconds of -S before each path; 0 = none)
 #   PGSHIELD_BIN=path     use this pgshield binary instead of building bin/pgshield
 #   PROFILE_DIR=dir       save a CPU profile of the pgshield daemon during its
-#                         select-only run there (pgshield debug pprof)
+#                         select-only run there, and a heap profile while the
+#                         idle row's sessions are held (pgshield debug pprof)
 #   BENCH_TMPDIR=/tmp     where the temporary directory is made
 #   PG_BIN=/usr/lib/postgresql/15/bin
 #
@@ -202,8 +203,24 @@ measure_latency() {
 # measure_idle KEY PORT PID N: the idle row, N sessions held on PORT,
 # the RSS of PID (the gateway) read before and after.
 measure_idle() {
+	local hp=""
 	step "$1: opening $4 TLS+SCRAM sessions and holding them idle"
-	gwload "$1" -addr "127.0.0.1:$2" -mode idle -n "$4" -pid "$3" || record "$1" idle_held error
+	if [[ $1 == pgshield && -n ${PROFILE_DIR:-} ]]; then
+		# The daemon's heap while the sessions are held: what each costs.
+		mkdir -p "$PROFILE_DIR"
+		(
+			for ((i = 0; i < 4 * TRIES; i++)); do
+				[[ -e $WORK/idle.ready ]] && break
+				sleep 0.5
+			done
+			[[ -e $WORK/idle.ready ]] && timeout 60 "$SHIELD_BIN" debug pprof --data-dir "$WORK/pgshield" \
+				--profile heap -f "$PROFILE_DIR/pgshield-idle.heap.pprof"
+		) >>"$WORK/pgshield-cli.log" 2>&1 &
+		hp=$!
+	fi
+	gwload "$1" -addr "127.0.0.1:$2" -mode idle -n "$4" -pid "$3" -ready-file "$WORK/idle.ready" || record "$1" idle_held error
+	if [[ -n $hp ]]; then wait "$hp" || log "WARNING: no heap profile of the idle sessions"; fi
+	rm -f "$WORK/idle.ready"
 }
 
 # pgbouncer_idle SOCKDIR SOCKPORT: a second pgbouncer, in transaction mode

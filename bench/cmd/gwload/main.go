@@ -62,6 +62,7 @@ var (
 	hold     = flag.Duration("hold", 5*time.Second, "how long the sessions sit idle before RSS is read (idle)")
 	pid      = flag.Int("pid", 0, "the process whose VmRSS is read (idle)")
 	maxFail  = flag.Int("max-failures", 50, "stop opening sessions after this many failed logins (idle)")
+	ready    = flag.String("ready-file", "", "file created when every session is open, at the start of the hold (idle)")
 )
 
 func main() {
@@ -292,6 +293,13 @@ func idle(client *scram.Client) error {
 			s.close()
 		}
 	}()
+	if *ready != "" {
+		// Lets the caller look at the gateway while the sessions sit idle
+		// (bench/gateway.sh takes a heap profile).
+		if err := os.WriteFile(*ready, nil, 0o600); err != nil {
+			return err
+		}
+	}
 	time.Sleep(*hold)
 	after, err := rssKiB(*pid)
 	if err != nil {
