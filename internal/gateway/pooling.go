@@ -72,10 +72,15 @@ func poolConfig(p config.PoolParams, now func() time.Time, onWait func(time.Dura
 const resetSQL = "DISCARD ALL"
 
 // resetCheckSQL runs after it, in the same round trip: the backend must
-// again be its login role, and a database where dblink or postgres_fdw
-// exist is never pooled (their open connections survive DISCARD ALL).
+// again be its login role, and a database with an extension whose session
+// state DISCARD ALL does not reach is never pooled: dblink and
+// postgres_fdw keep their open connections; the procedural languages other
+// than plpgsql keep interpreter globals a function can stash data in
+// (PL/Perl's %_SHARED, PL/Tcl's globals, PL/Python's GD and SD, PL/v8's
+// globals).
 const resetCheckSQL = `SELECT session_user OPERATOR(pg_catalog.=) current_user, session_user::pg_catalog.text,
- EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) ANY ('{dblink,postgres_fdw}'::pg_catalog.name[]))`
+ EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) ANY
+  ('{dblink,postgres_fdw,plperl,plperlu,pltcl,pltclu,plpython3u,plv8}'::pg_catalog.name[]))`
 
 // resetTimeout bounds the reset of a backend on its way back to the pool.
 const resetTimeout = 5 * time.Second
