@@ -112,12 +112,10 @@ var gatewayParams = []Param{
 	{Name: "pgshield.reserved_admin_connections", Default: "3", Check: checkCount,
 		Description: "Sessions of pgshield.max_connections kept for the administrator, so it can always get in to act; the per-source and per-role caps do not apply to it."},
 	// Backend pooling (internal/pool; README "Pooling").
-	// TODO(issue 16, item 2): "transaction" once the relay multiplexes
-	// clients over backends; until then it is refused, not faked.
-	{Name: "pgshield.pool_mode", Default: "session", Allowed: []string{"session", "off"},
-		Description: "Reuse backends: session hands a client's backend, reset with DISCARD ALL, to the next client of the same role, database and startup parameters; off opens one backend per client."},
+	{Name: "pgshield.pool_mode", Default: "session", Allowed: []string{"session", "transaction", "off"},
+		Description: "Reuse backends: session hands a client's backend, reset with DISCARD ALL, to the next client of the same role, database and startup parameters; transaction holds a backend only for a transaction (reset when it changes clients; session features pin the client to it); off opens one backend per client."},
 	{Name: "pgshield.pool_size", Default: "20", Check: checkPoolSize,
-		Description: "Idle backends kept per role, database and startup parameters."},
+		Description: "Idle backends kept per role, database and startup parameters; in transaction mode, the backends open for them."},
 	{Name: "pgshield.pool_max_total", Default: "90", Check: checkPoolSize,
 		Description: "Backends open through the gateway, in use and idle; an idle one is closed to make room before a client waits. Keep it below PostgreSQL's max_connections minus what pgshield itself uses."},
 	{Name: "pgshield.pool_idle_timeout", Default: "10m0s", Check: checkDuration,

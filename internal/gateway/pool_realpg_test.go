@@ -69,6 +69,12 @@ func simple(t *testing.T, c *pgx.Conn, sql string, dst ...any) {
 // make in a backend, then checks that the next client of the same role
 // gets the same backend with none of it.
 func TestRealPoolIsolation(t *testing.T) {
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) { testRealPoolIsolation(t, mode) })
+	}
+}
+
+func testRealPoolIsolation(t *testing.T, mode string) {
 	srv := pgtest.Shared(t)
 	checkGoroutines(t)
 	srv.CreateRole(t, "gw_pool_target", "", "NOLOGIN")
@@ -83,7 +89,7 @@ func TestRealPoolIsolation(t *testing.T) {
 		}
 	}
 	t.Cleanup(func() { _, _ = srv.Conn(t).Exec(ctx, "DROP SEQUENCE public.gw_pool_seq; DROP TABLE public.gw_pool_t") })
-	env := startRealGateway(t, srv)
+	env := startRealGateway(t, srv, map[string]string{"pgshield.pool_mode": mode})
 
 	a, err := env.connectPgx(t, "gw_pool", goodPassword, "application_name=app1")
 	if err != nil {
@@ -205,6 +211,12 @@ func itoa(n int) string {
 // TestRealPoolNotReused ends sessions in ways that leave the backend
 // unfit for another client: it is closed, never pooled.
 func TestRealPoolNotReused(t *testing.T) {
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) { testRealPoolNotReused(t, mode) })
+	}
+}
+
+func testRealPoolNotReused(t *testing.T, mode string) {
 	srv := pgtest.Shared(t)
 	checkGoroutines(t)
 	srv.CreateRole(t, "gw_pool_nr", goodPassword, "LOGIN")
@@ -214,7 +226,7 @@ func TestRealPoolNotReused(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _, _ = srv.Conn(t).Exec(ctx, "DROP TABLE public.gw_pool_nr_t") })
-	env := startRealGateway(t, srv)
+	env := startRealGateway(t, srv, map[string]string{"pgshield.pool_mode": mode})
 	gone := func(t *testing.T, pid uint32) {
 		t.Helper()
 		deadline := time.Now().Add(10 * time.Second)
@@ -299,12 +311,18 @@ func TestRealPoolNotReused(t *testing.T) {
 // backend or not; pooled backends of a role that may no longer log in are
 // closed at its next attempt, and a terminated pooled backend is replaced.
 func TestRealPoolRoleChanges(t *testing.T) {
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) { testRealPoolRoleChanges(t, mode) })
+	}
+}
+
+func testRealPoolRoleChanges(t *testing.T, mode string) {
 	srv := pgtest.Shared(t)
 	checkGoroutines(t)
 	srv.CreateRole(t, "gw_pool_rc", goodPassword, "LOGIN")
 	super := srv.Conn(t)
 	ctx := context.Background()
-	env := startRealGateway(t, srv)
+	env := startRealGateway(t, srv, map[string]string{"pgshield.pool_mode": mode})
 	forget := func() { env.srv.cfg.Roles.(interface{ Forget(string) }).Forget("gw_pool_rc") }
 	pooledPID := func() uint32 {
 		t.Helper()
@@ -384,10 +402,16 @@ func TestRealPoolRoleChanges(t *testing.T) {
 // TestRealPoolCancel cancels a query on a reused backend: the key the
 // second client holds reaches the backend serving it.
 func TestRealPoolCancel(t *testing.T) {
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) { testRealPoolCancel(t, mode) })
+	}
+}
+
+func testRealPoolCancel(t *testing.T, mode string) {
 	srv := pgtest.Shared(t)
 	checkGoroutines(t)
 	srv.CreateRole(t, "gw_pool_cx", goodPassword, "LOGIN")
-	env := startRealGateway(t, srv)
+	env := startRealGateway(t, srv, map[string]string{"pgshield.pool_mode": mode})
 	a, err := env.connectPgx(t, "gw_pool_cx", goodPassword, "")
 	if err != nil {
 		t.Fatal(err)

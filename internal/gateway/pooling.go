@@ -27,8 +27,15 @@ import (
 // either way; the next client's identity reaches pgshield_guard through
 // Backend.BindClient.
 
-// pooled is a backend as the pool holds it.
-type pooled struct{ b *pgbackend.Backend }
+// pooled is a backend as the pool holds it. owner is the transaction-mode
+// client it was last bound to and not reset since (0: reset, or bound at
+// checkout as session pooling does); stmts the named statements that
+// client prepared on it (name -> Parse body), for re-preparing.
+type pooled struct {
+	b     *pgbackend.Backend
+	owner uint64
+	stmts map[string][]byte
+}
 
 func (p *pooled) Close() error { return p.b.Conn.Close() }
 
@@ -58,10 +65,16 @@ func poolKey(user, db string, params map[string]string) pool.Key {
 
 // poolConfig maps the pgshield.pool_* parameters onto the pool's limits:
 // in session mode pool_size caps the idle backends kept per key (sessions
-// in use are capped by pgshield.max_connections and pool_max_total).
+// in use are capped by pgshield.max_connections and pool_max_total); in
+// transaction mode it also caps the backends open per key, as PgBouncer's
+// default_pool_size, and clients wait for one between transactions.
 func poolConfig(p config.PoolParams, now func() time.Time, onWait func(time.Duration)) pool.Config {
-	return pool.Config{MaxIdlePerKey: p.Size, MaxTotal: p.MaxTotal, IdleTimeout: p.IdleTimeout,
+	c := pool.Config{MaxIdlePerKey: p.Size, MaxTotal: p.MaxTotal, IdleTimeout: p.IdleTimeout,
 		Lifetime: p.Lifetime, Now: now, OnWait: onWait}
+	if p.Mode == "transaction" {
+		c.MaxPerKey = p.Size
+	}
+	return c
 }
 
 // resetSQL returns a backend to the state a new session of the same
@@ -178,6 +191,15 @@ func (c *clientConn) acquireBackend(ctx context.Context, login loginResult) (*he
 				"sorry, too many clients already: no backend became free within %s (pgshield.pool_wait_timeout)", pp.WaitTimeout)
 		}
 		if l.Reused && try < maxStaleTries {
+			if l.Conn.owner != 0 {
+				// Left by a transaction-mode client without a reset
+				// (the mode changed since): reset it as any other.
+				if err := resetBackend(l.Conn.b, c.user); err != nil {
+					c.srv.pool.Discard(l)
+					continue
+				}
+				l.Conn.owner, l.Conn.stmts = 0, nil
+			}
 			bctx, cancel := context.WithTimeout(ctx, c.srv.cfg.DialTimeout)
 			err := l.Conn.b.BindClient(bctx, c.clientIdentity(login))
 			cancel()
@@ -207,6 +229,10 @@ func (c *clientConn) acquireBackend(ctx context.Context, login loginResult) (*he
 // releaseBackend ends the client's use of h: a backend that the relay
 // found reusable is reset and returned to the pool, any other closed.
 func (c *clientConn) releaseBackend(h *held, reusable bool) {
+	if h.b == nil { // transaction pooling, between transactions
+		c.srv.pool.ClientEnd(h.key)
+		return
+	}
 	if h.lease == nil {
 		h.b.Conn.Close()
 		return
@@ -221,6 +247,7 @@ func (c *clientConn) releaseBackend(h *held, reusable bool) {
 		c.srv.pool.Discard(h.lease)
 		return
 	}
+	h.lease.Conn.owner, h.lease.Conn.stmts = 0, nil
 	c.srv.pool.Put(h.lease)
 }
 

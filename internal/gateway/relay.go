@@ -42,6 +42,9 @@ type session struct {
 	// the reply, so a client's Terminate always finds pending current.
 	pending atomic.Int64
 	status  atomic.Uint32
+	// wake, if set, replaces waking the backend reader in terminate
+	// (transaction pooling: the backend changes, or there is none).
+	wake func()
 }
 
 // terminate asks the relay to end the session with msg at the next message
@@ -50,6 +53,10 @@ type session struct {
 func (s *session) terminate(msg *pgproto3.ErrorResponse) {
 	s.once.Do(func() {
 		s.kill.Store(msg)
+		if s.wake != nil {
+			s.wake()
+			return
+		}
 		// Wake the downstream copy if it is waiting for the backend.
 		_ = s.backend.SetReadDeadline(time.Now())
 	})

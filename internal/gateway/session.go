@@ -93,7 +93,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	// Runs last: the cancel key no longer points at b, the relay is over.
 	reusable := false
 	defer func() { c.releaseBackend(h, reusable) }()
-	ck, _, err := s.cancels.register(b)
+	ck, target, err := s.cancels.register(b)
 	if err != nil {
 		c.refuse(err)
 		return
@@ -105,12 +105,25 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	}
 	c.opened(login, h)
 	sess := &session{client: c.conn, backend: b.Conn}
+	var tx *txRelay
+	if c.rt.params.Pool.Mode == "transaction" && h.lease != nil {
+		// The backend goes back to the pool until the client's first
+		// message; nothing of it is held here any more.
+		tx = c.newTxRelay(sess, h, login, target)
+		h = &held{key: h.key}
+	}
 	if !c.watch.relaying(sess) {
 		return // policy ended the connection while it was being set up
 	}
 	stopExpiry := c.endAtExpiry(sess, login)
 	defer stopExpiry()
 	defer s.addSession(sess)()
+	if tx != nil {
+		if last, r := tx.run(); last != nil {
+			h, reusable = last, r
+		}
+		return
+	}
 	reusable = c.relay(sess, b)
 }
 

@@ -193,6 +193,26 @@ func bindKeyFrom(params map[string]string) []byte {
 // not idle.
 var ErrNotBindable = errors.New("backend cannot be rebound to a new client")
 
+// BindQuery is the statement BindClient sends, for a caller that
+// pipelines it with others on an idle backend (transaction pooling) and
+// reads its answer itself: any ErrorResponse means the backend is unusable.
+// Each call uses the next sequence number.
+func (b *Backend) BindQuery(id ClientIdentity) (*pgproto3.Query, error) {
+	if b.bindKey == nil || b.TxStatus != 'I' {
+		return nil, ErrNotBindable
+	}
+	f, err := id.fields()
+	if err != nil {
+		return nil, err
+	}
+	b.bindSeq++
+	payload := fmt.Sprintf("v=1&seq=%d&pid=%d%s", b.bindSeq, b.PID, f)
+	m := hmac.New(sha256.New, b.bindKey)
+	m.Write([]byte(payload))
+	// Percent-encoding leaves no quote or backslash to escape.
+	return &pgproto3.Query{String: "SET " + bindSetting + " = '" + payload + "&mac=" + hex.EncodeToString(m.Sum(nil)) + "'"}, nil
+}
+
 // BindClient rebinds an idle backend opened with SetClient to a new client
 // session (a pooled backend handed to its next client): one SET, which
 // pgshield_guard accepts only with an HMAC-SHA-256 under this backend's key
@@ -201,19 +221,10 @@ var ErrNotBindable = errors.New("backend cannot be rebound to a new client")
 // it can be neither replayed (the number) nor forged or used on another
 // backend (the key). Not safe for concurrent use with the relay.
 func (b *Backend) BindClient(ctx context.Context, id ClientIdentity) error {
-	if b.bindKey == nil || b.TxStatus != 'I' {
-		return ErrNotBindable
-	}
-	f, err := id.fields()
+	q, err := b.BindQuery(id)
 	if err != nil {
 		return err
 	}
-	b.bindSeq++
-	payload := fmt.Sprintf("v=1&seq=%d&pid=%d%s", b.bindSeq, b.PID, f)
-	m := hmac.New(sha256.New, b.bindKey)
-	m.Write([]byte(payload))
-	// Percent-encoding leaves no quote or backslash to escape.
-	q := &pgproto3.Query{String: "SET " + bindSetting + " = '" + payload + "&mac=" + hex.EncodeToString(m.Sum(nil)) + "'"}
 	if dl, ok := ctx.Deadline(); ok {
 		_ = b.Conn.SetDeadline(dl)
 	} else {
