@@ -15,6 +15,15 @@
 #                    time for $LAT_DURATION: median and p99 round trip
 #                    (bench/cmd/gwload); pgshield's and PgBouncer's added
 #                    latency over direct TLS
+#   txpool           $TXPOOL_CLIENTS clients over 20 backends in transaction
+#                    pooling, pgbench -S -c $TXPOOL_CLIENTS -j $THREADS -T
+#                    $DURATION, once with -M extended (the default: unnamed
+#                    statements) and once with -M prepared (named ones, which
+#                    the gateway re-prepares when a client changes backends):
+#                    PgBouncer (pool_mode transaction, default_pool_size 20,
+#                    a second pgbouncer) against pgshield (pgshield.pool_mode
+#                    transaction, pool_size 20); direct is not run (200
+#                    backends)
 #   idle             $IDLE_CONNS TLS+SCRAM sessions opened and held idle
 #                    (bench/cmd/gwload): how many were held, and the gateway's
 #                    RSS growth per session (VmRSS before and after). PgBouncer
@@ -27,7 +36,8 @@
 # Environment (all optional):
 #   DURATION=30           seconds per measured run
 #   BENCH_ONLY=direct,pgbouncer,pgshield   a comma-separated subset to run
-#   BENCH_ROWS=select,connect,token,latency,idle   the rows to measure
+#   BENCH_ROWS=select,connect,token,latency,txpool,idle   the rows to measure
+#   TXPOOL_CLIENTS=200    clients of the txpool row
 #   LAT_DURATION=10       seconds of the latency row per path
 #   IDLE_CONNS=10000      sessions of the idle row (pooled)
 #   IDLE_NOPOOL_CONNS=900 sessions of the idle row when pgshield cannot pool
@@ -58,7 +68,8 @@ RAW_OUT=$RAW_LOG
 DURATION=${DURATION:-30}
 WARMUP=${WARMUP:-5}
 BENCH_ONLY=${BENCH_ONLY:-direct,pgbouncer,pgshield}
-BENCH_ROWS=${BENCH_ROWS:-select,connect,token,latency,idle}
+BENCH_ROWS=${BENCH_ROWS:-select,connect,token,latency,txpool,idle}
+TXPOOL_CLIENTS=${TXPOOL_CLIENTS:-200}
 LAT_DURATION=${LAT_DURATION:-$((DURATION < 10 ? DURATION : 10))}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 IDLE_NOPOOL_CONNS=${IDLE_NOPOOL_CONNS:-900}
@@ -67,13 +78,13 @@ BENCH_TMPDIR=${BENCH_TMPDIR:-/tmp}
 ROLE=bench # the SCRAM login role used on all three paths, owner of $DB
 PATHS=(direct pgbouncer pgshield)
 WORKLOADS=(select connect)
-ROWS=(select connect token latency idle)
+ROWS=(select connect token latency txpool idle)
 row() { [[ ",$BENCH_ROWS," == *",$1,"* ]]; } # ROW: BENCH_ROWS asks for it
 
 # ---------------------------------------------------------------- checks ----
 
 need_root
-check_run_opts WARMUP LAT_DURATION IDLE_CONNS IDLE_NOPOOL_CONNS
+check_run_opts WARMUP LAT_DURATION IDLE_CONNS IDLE_NOPOOL_CONNS TXPOOL_CLIENTS
 check_only path "${PATHS[@]}"
 BENCH_ONLY=$BENCH_ROWS check_only row "${ROWS[@]}"
 check_pg
@@ -251,6 +262,40 @@ pgbouncer_idle() {
 	stop_pgbouncer pgbouncer-idle
 }
 
+# measure_txpool KEY PORT: the txpool row on PORT, -M extended and -M
+# prepared, $TXPOOL_CLIENTS clients.
+measure_txpool() {
+	local CLIENTS=$TXPOOL_CLIENTS # measure and pgbench_tls read it
+	if ((WARMUP > 0)); then
+		step "$1: txpool warm-up, -S for ${WARMUP}s"
+		pgbench_tls "$2" "$ROLE" "$PW" "$WORK/$1-txpool-warmup.out" -S -T "$WARMUP" || log "$1: txpool warm-up failed (continuing)"
+	fi
+	measure "$1" txpool "$2" "$ROLE" "$PW" -S -T "$DURATION"
+	measure "$1" txpool_prepared "$2" "$ROLE" "$PW" -S -M prepared -T "$DURATION"
+}
+
+# pgbouncer_txpool: a second pgbouncer, in transaction mode with a pool of
+# 20 and room for $TXPOOL_CLIENTS clients, on the same cluster and
+# userlist; then the txpool row.
+pgbouncer_txpool() {
+	local dir=$WORK/pgbouncer-txpool port
+	free_port port
+	step "pgbouncer (transaction pool of 20, max_client_conn $((TXPOOL_CLIENTS + 100))): 127.0.0.1:$port"
+	mkdir -p "$dir"
+	cp "$WORK/pgbouncer/userlist.txt" "$dir/"
+	sed -e "s|^listen_port = .*|listen_port = $port|" -e "s|^pool_mode = .*|pool_mode = transaction|" \
+		-e "s|^default_pool_size = .*|default_pool_size = 20|" \
+		-e "s|^max_client_conn = .*|max_client_conn = $((TXPOOL_CLIENTS + 100))|" \
+		-e "s|$WORK/pgbouncer/|$dir/|g" "$WORK/pgbouncer/pgbouncer.ini" >"$dir/pgbouncer.ini"
+	chown -R "$PG_OS_USER": "$dir"
+	chmod 700 "$dir"
+	chmod 600 "$dir/userlist.txt" "$dir/pgbouncer.ini"
+	as_pg "$PGBOUNCER" -d "$dir/pgbouncer.ini" >>"$dir/start.log" 2>&1
+	wait_until "pgbouncer (txpool) TLS login" tls_ready "$port"
+	measure_txpool pgbouncer "$port"
+	stop_pgbouncer pgbouncer-txpool
+}
+
 make_cert() { # DIR: self-signed ECDSA P-256 certificate for 127.0.0.1
 	local dir=$1
 	mkdir -p "$dir"
@@ -358,6 +403,7 @@ phase_cluster() {
 		as_pg "$PGBOUNCER" -d "$WORK/pgbouncer/pgbouncer.ini" >>"$WORK/pgbouncer/start.log" 2>&1
 		wait_until "pgbouncer TLS login" tls_ready "$bport"
 		run_path pgbouncer "$bport"
+		if row txpool; then pgbouncer_txpool; fi
 		if row idle; then pgbouncer_idle; fi
 	fi
 }
@@ -418,7 +464,27 @@ phase_pgshield() {
 	wait_until "pgshield TLS login to $DB" tls_ready "$port"
 	run_path pgshield "$port"
 	if row token; then token_path "$d" "$port" "$sock" "$sport"; fi
+	if row txpool; then pgshield_txpool "$d" "$port"; fi
 	if row idle; then pgshield_idle "$d" "$port"; fi
+}
+
+# pgshield_txpool DATADIR PORT: the txpool row through pgshield in
+# transaction pooling, pool_size 20; the session caps (90 sessions, 32
+# logins in progress per source) off, as pgbouncer's max_client_conn is
+# raised. Session pooling again after.
+pgshield_txpool() {
+	local d=$1 port=$2
+	shield 60 parameter set --data-dir "$d" pgshield.max_connections 0
+	shield 60 parameter set --data-dir "$d" pgshield.max_preauth_connections_per_source 0
+	shield 60 parameter set --data-dir "$d" pgshield.pool_size 20
+	if ! shield 60 parameter set --data-dir "$d" pgshield.pool_mode transaction; then
+		note "pgshield txpool row: pgshield.pool_mode transaction refused by this build"
+		record pgshield txpool error
+		return 0
+	fi
+	note "pgshield txpool row: pgshield.pool_mode transaction, pool_size 20, pgshield.max_connections 0, max_preauth_connections_per_source 0"
+	measure_txpool pgshield "$port"
+	shield 60 parameter set --data-dir "$d" pgshield.pool_mode session
 }
 
 # pgshield_idle DATADIR PORT: the idle row through pgshield, in transaction
@@ -586,6 +652,7 @@ render() {
 	printf '\nAll paths: role `%s` with a SCRAM-SHA-256 password, `sslmode=require`, pgbench -n -c %s -j %s -T %s (+%ss -S warm-up per path).\n' \
 		"$ROLE" "$CLIENTS" "$THREADS" "$DURATION" "$WARMUP"
 	if row latency; then render_latency; fi
+	if row txpool; then render_txpool; fi
 	if row idle; then render_idle; fi
 	printf '\n'
 	print_notes
@@ -607,6 +674,23 @@ render_latency() {
 			"$(added pgshield "latency_$w")" "$(added pgbouncer "latency_$w")"
 	done
 	printf '\nOne session per path, SELECT 1 over the simple protocol one at a time for %ss after 2,000 unmeasured (bench/cmd/gwload).\n' "$LAT_DURATION"
+}
+
+# shellcheck disable=SC2016 # backticks are Markdown
+render_txpool() {
+	printf '\n| %s clients, transaction pooling over 20 backends, `pgbench -S` (tps) | pgbouncer TLS (transaction) | pgshield | pgshield / pgbouncer |\n' "$TXPOOL_CLIENTS"
+	printf '|---|---:|---:|---:|\n'
+	local w label
+	for w in txpool txpool_prepared; do
+		case $w in
+		txpool) label='`-M extended` (unnamed statements)' ;;
+		txpool_prepared) label='`-M prepared` (named, re-prepared on a change of backend)' ;;
+		esac
+		printf '| %s | %s | %s | %s |\n' "$label" "$(cell pgbouncer "$w")" "$(cell pgshield "$w")" \
+			"$(ratio_of "${VAL[pgshield:$w]:-}" "${VAL[pgbouncer:$w]:-}")"
+	done
+	printf '\npgbench -n -S -c %s -j %s -T %s; PgBouncer pool_mode transaction, default_pool_size 20; pgshield.pool_mode transaction, pool_size 20.\n' \
+		"$TXPOOL_CLIENTS" "$THREADS" "$DURATION"
 }
 
 render_idle() {

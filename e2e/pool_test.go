@@ -156,3 +156,110 @@ func TestPool(t *testing.T) {
 		t.Errorf("after lock and unlock the old backend %s served again", pid1)
 	}
 }
+
+// TestPoolTransaction drives transaction pooling through the daemon: 20
+// pgx clients (named statements from pgx's cache, transactions) over a
+// pool of 2 all succeed, pool show reports at most 2 backends; session
+// features pin a client; a removed firewall rule still ends a client that
+// holds no backend between transactions, and one that holds one.
+func TestPoolTransaction(t *testing.T) {
+	s := startedServer(t, "pooltx")
+	mustCLI(t, s, "parameter", "set", "pgshield.pool_mode", "transaction")
+	mustCLI(t, s, "parameter", "set", "pgshield.pool_size", "2")
+	if _, err := psql(t, s.dsn("user=pgadmin sslmode=verify-full"), adminPassword,
+		"-c", "CREATE ROLE pooltx LOGIN PASSWORD 'pooltx-pw'", "-c", "CREATE TABLE pooltx_t (c int, v int)",
+		"-c", "GRANT SELECT, INSERT ON pooltx_t TO pooltx"); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	connect := func() *pgx.Conn {
+		t.Helper()
+		c, err := pgxConnect(t, s.dsn("user=pooltx password=pooltx-pw sslmode=verify-full"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close(context.Background()) })
+		return c
+	}
+	const n = 20
+	conns := make([]*pgx.Conn, n)
+	for i := range conns {
+		conns[i] = connect()
+	}
+	errs := make(chan error, n)
+	for i, c := range conns {
+		go func() {
+			for k := 0; k < 20; k++ {
+				tx, err := c.Begin(ctx)
+				if err == nil {
+					_, err = tx.Exec(ctx, "INSERT INTO pooltx_t VALUES ($1, $2)", i, k)
+				}
+				if err == nil {
+					err = tx.Commit(ctx)
+				}
+				var got int
+				if err == nil {
+					err = c.QueryRow(ctx, "SELECT count(*) FROM pooltx_t WHERE c = $1", i).Scan(&got)
+				}
+				if err == nil && got != k+1 {
+					err = fmt.Errorf("client %d sees %d rows of its own; want %d", i, got, k+1)
+				}
+				if err != nil {
+					errs <- err
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range conns {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	var info struct {
+		Mode  string `json:"mode"`
+		Pools []struct {
+			Role    string `json:"role"`
+			Clients int    `json:"clients"`
+			Active  int    `json:"active_backends"`
+			Idle    int    `json:"idle_backends"`
+		} `json:"pools"`
+	}
+	out := mustCLI(t, s, "pool", "show", "-o", "json")
+	if err := json.Unmarshal([]byte(out), &info); err != nil || info.Mode != "transaction" {
+		t.Fatalf("pool show -o json = %q (%v); want JSON in transaction mode", out, err)
+	}
+	for _, p := range info.Pools {
+		if p.Role == "pooltx" && (p.Active+p.Idle > 2 || p.Clients != n) {
+			t.Errorf("pool show: %+v; want %d clients on at most 2 backends", p, n)
+		}
+	}
+
+	// SET pins the client: its setting holds across transactions while
+	// the others go on over the remaining backend.
+	a := conns[0]
+	if _, err := a.Exec(ctx, "SET work_mem = '9MB'"); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns[1:4] {
+		if _, err := c.Exec(ctx, "SELECT 1"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var wm string
+	if err := a.QueryRow(ctx, "SHOW work_mem").Scan(&wm); err != nil || wm != "9MB" {
+		t.Errorf("pinned client's work_mem = %q, %v; want 9MB", wm, err)
+	}
+
+	// A removed firewall rule ends a client between transactions (no
+	// backend) and the pinned one (its backend) with 57P01.
+	b := conns[1]
+	mustCLI(t, s, "firewall-rule", "delete", "--name", "AllowLocalhost")
+	_, errA := a.Exec(ctx, "SELECT 1")
+	_, errB := b.Exec(ctx, "SELECT 1")
+	mustCLI(t, s, "firewall-rule", "create", "--name", "AllowLocalhost", "--start-ip-address", "127.0.0.1", "--end-ip-address", "127.0.0.1")
+	if sqlState(errA) != "57P01" || sqlState(errB) != "57P01" {
+		t.Errorf("queries after the rule was removed = %v, %v; want 57P01", errA, errB)
+	}
+}
