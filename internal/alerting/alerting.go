@@ -60,6 +60,10 @@ const (
 	TypeDecoyTable = "alert.decoy_table_read"
 	// TypeDecoyTampered: a decoy object was changed, dropped or renamed.
 	TypeDecoyTampered = "alert.decoy_tampered"
+	// TypeOversizedRecord: a pgaudit record or a refusal too long for
+	// pgshield to read (a statement padded past the server log's line
+	// limit); what it was cannot be checked, so it is raised itself.
+	TypeOversizedRecord = "alert.oversized_record"
 	// TypeSuppressed: alerts of one type came faster than the rate limit;
 	// the excess is counted here instead of stored one by one.
 	TypeSuppressed = "alert.suppressed"
@@ -84,6 +88,7 @@ var kinds = []Kind{
 	{TypeDecoyRole, High, "Login attempt as a decoy role"},
 	{TypeDecoyTable, High, "Read of a decoy table"},
 	{TypeDecoyTampered, High, "A decoy object was changed or removed"},
+	{TypeOversizedRecord, High, "An audit record or refusal too long to inspect (possible evasion)"},
 	{TypeSuppressed, Medium, "Alerts suppressed by the rate limit"},
 }
 
@@ -267,8 +272,34 @@ func (d *Detector) Observe(e Event, decoys Decoys) []Finding {
 		return d.refused(e)
 	case "postgres.audit":
 		return d.audited(e, decoys)
+	case "postgres.oversized":
+		return d.oversized(e)
 	}
 	return nil
+}
+
+// oversized raises an alert for a pgaudit record or a privilege refusal
+// that was too long to read: padding a statement past the server log's
+// line limit would otherwise hide a decoy read or an escalation attempt.
+// Who and where come from the record's first bytes, which PostgreSQL
+// writes before the message.
+func (d *Detector) oversized(e Event) []Finding {
+	if str(e.Fields, "audit_type") == "" && str(e.Fields, "sqlstate") != "42501" {
+		return nil
+	}
+	src := "local"
+	if addr, ok := ParseClientPort(e.Client); ok {
+		src = SourceKey(addr).String()
+	}
+	f := base(TypeOversizedRecord, "user="+Bound(e.User, MaxName)+"|src="+src, e)
+	f.Details["source"] = src
+	for _, k := range []string{"audit_type", "sqlstate", "severity"} {
+		if v := str(e.Fields, k); v != "" {
+			f.Details[k] = v
+		}
+	}
+	f.Evidence["reason"] = Bound(e.Reason, 512)
+	return []Finding{f}
 }
 
 // base is a finding with the event's names, bounded.

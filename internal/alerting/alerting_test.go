@@ -348,3 +348,28 @@ func TestParseClient(t *testing.T) {
 		}
 	}
 }
+
+// A pgaudit record or a refusal padded past the server log's line limit
+// cannot be read, so it is an alert itself, blamed on who wrote it; other
+// oversized records (a huge failed INSERT) are not.
+func TestOversizedRecord(t *testing.T) {
+	d, _ := newTest()
+	e := Event{Type: "postgres.oversized", User: "t1", Database: "postgres", Client: "10.77.5.2:51234",
+		Reason: "a record of 17826538 bytes in PostgreSQL's log was too long to inspect and was dropped",
+		Fields: map[string]any{"audit_type": "OBJECT", "bytes": 17826538}}
+	f := has(d.Observe(e, nil), TypeOversizedRecord)
+	if f == nil || f.User != "t1" || f.Details["source"] != "10.77.5.2/32" || f.Details["audit_type"] != "OBJECT" {
+		t.Fatalf("padded pgaudit record: finding %+v; want %s for t1 from 10.77.5.2/32", f, TypeOversizedRecord)
+	}
+	if k, ok := Lookup(TypeOversizedRecord); !ok || k.Severity != High {
+		t.Errorf("Lookup(%s) = %+v; want High", TypeOversizedRecord, k)
+	}
+	e.Fields = map[string]any{"sqlstate": "42501", "severity": "ERROR"}
+	if has(d.Observe(e, nil), TypeOversizedRecord) == nil {
+		t.Error("padded refusal (42501) not alerted")
+	}
+	e.Fields = map[string]any{"sqlstate": "22001", "severity": "ERROR"}
+	if fs := d.Observe(e, nil); len(fs) != 0 {
+		t.Errorf("an oversized ordinary error alerted: %v", types(fs))
+	}
+}

@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"regexp"
@@ -24,7 +25,65 @@ const (
 	// pgshield_guard refuses (GRANT pg_execute_server_program, ALTER ROLE
 	// ... SUPERUSER, COPY ... PROGRAM, ...), with the role and statement.
 	TypePrivilegeRefused = "privilege.refused"
+	// TypePostgresOversized is a jsonlog line longer than ServerLog.MaxLine:
+	// too long to keep, so only who wrote it and what kind of record it
+	// began as are kept (ParseOversizedHead). A statement padded past the
+	// limit must not make a pgaudit record or a refusal vanish unseen.
+	TypePostgresOversized = "postgres.oversized"
 )
+
+// oversizedHead is how much of an oversized jsonlog line is kept to find
+// out who wrote it: PostgreSQL writes user, dbname, pid, remote_host,
+// remote_port, error_severity and state_code before the message.
+const oversizedHead = 64 << 10
+
+// ParseOversizedHead makes the event for a jsonlog line of total bytes that
+// was too long to keep, from its first bytes. The message itself is not
+// kept (it may hold a secret the redaction would need the whole line to
+// find); only its kind: a pgaudit record (and its class), or not.
+func ParseOversizedHead(head []byte, total int, now time.Time) Event {
+	e := Event{Time: now, Type: TypePostgresOversized, Outcome: OutcomeFailure,
+		Reason: fmt.Sprintf("a record of %d bytes in PostgreSQL's log was too long to inspect and was dropped", total)}
+	f := map[string]any{"bytes": total}
+	e.Fields = f
+	const key = `,"message":"`
+	i := bytes.Index(head, []byte(key))
+	if i < 0 {
+		return e
+	}
+	var j pgJSON
+	if err := json.Unmarshal(append(append([]byte(nil), head[:i]...), '}'), &j); err != nil {
+		return e
+	}
+	e.User, e.Database = j.User, j.DBName
+	if t, err := time.Parse(pgTimeLayout, j.Timestamp); err == nil {
+		e.Time = t.UTC()
+	}
+	if j.RemoteHost != "" && j.RemoteHost != "[local]" {
+		e.Client = j.RemoteHost
+		if j.RemotePort != 0 {
+			e.Client = fmt.Sprintf("%s:%d", j.RemoteHost, j.RemotePort)
+		}
+	}
+	if j.PID != 0 {
+		f["pid"] = j.PID
+	}
+	if j.Severity != "" {
+		f["severity"] = j.Severity
+	}
+	if j.StateCode != "" {
+		f["sqlstate"] = j.StateCode
+	}
+	// pgaudit's records begin "AUDIT: SESSION," or "AUDIT: OBJECT,": the
+	// first bytes say which, without decoding the rest of the message.
+	msg := head[i+len(key):]
+	for _, k := range []string{"SESSION", "OBJECT"} {
+		if bytes.HasPrefix(msg, []byte("AUDIT: "+k+",")) {
+			f["audit_type"] = k
+		}
+	}
+	return e
+}
 
 // pgJSON is one line of PostgreSQL 15's jsonlog (src/backend/utils/error/
 // jsonlog.c). Absent keys stay zero.

@@ -129,12 +129,12 @@ func (s *ServerLog) Start() (err error) {
 		}
 		s.readers = append(s.readers, r)
 		s.keepers = append(s.keepers, k)
-		parse := s.jsonLine
+		parse, oversized := s.jsonLine, ParseOversizedHead
 		if name == ServerLogName {
-			parse = s.stderrLine
+			parse, oversized = s.stderrLine, nil
 		}
 		s.wg.Add(1)
-		go s.read(r, name, parse)
+		go s.read(r, name, parse, oversized)
 	}
 	r, w, err := os.Pipe()
 	if err != nil {
@@ -143,7 +143,7 @@ func (s *ServerLog) Start() (err error) {
 	s.readers = append(s.readers, r)
 	s.stderrW = w
 	s.wg.Add(1)
-	go s.read(r, "stderr", s.stderrLine)
+	go s.read(r, "stderr", s.stderrLine, nil)
 	return nil
 }
 
@@ -223,19 +223,33 @@ func (s *ServerLog) openFIFO(path string) (r, keeper *os.File, err error) {
 
 // read turns lines into events until EOF (every writer gone) or the read
 // end is closed.
-func (s *ServerLog) read(r *os.File, name string, parse func([]byte, time.Time) Event) {
+//
+// oversized, if not nil, makes the event for a line longer than MaxLine
+// from its first bytes (jsonlog: who wrote it); without it such a line
+// becomes a TypePostgresStderr failure.
+func (s *ServerLog) read(r *os.File, name string, parse func([]byte, time.Time) Event,
+	oversized func(head []byte, total int, now time.Time) Event) {
 	defer s.wg.Done()
 	br := bufio.NewReaderSize(r, 256<<10)
 	var (
 		batch []Event
 		long  []byte // a line longer than the reader's buffer, so far
 		drop  int    // bytes of an oversized line being skipped
+		head  []byte // the first bytes of the line being skipped
 	)
+	keepHead := func(b ...[]byte) {
+		for _, p := range b {
+			if n := oversizedHead - len(head); n > 0 {
+				head = append(head, p[:min(n, len(p))]...)
+			}
+		}
+	}
 	for {
 		frag, err := br.ReadSlice('\n')
 		switch {
 		case errors.Is(err, bufio.ErrBufferFull):
 			if drop > 0 || len(long)+len(frag) > s.MaxLine {
+				keepHead(long, frag)
 				drop += len(long) + len(frag)
 				long = long[:0]
 			} else {
@@ -245,9 +259,14 @@ func (s *ServerLog) read(r *os.File, name string, parse func([]byte, time.Time) 
 		case len(frag) > 0 || len(long) > 0 || drop > 0:
 			now := s.Now()
 			if total := drop + len(long) + len(frag); drop > 0 || total > s.MaxLine+1 {
-				batch = append(batch, Event{Time: now, Type: TypePostgresStderr, Outcome: OutcomeFailure,
-					Reason: fmt.Sprintf("a line of %d bytes in PostgreSQL's %s was longer than %d bytes and was dropped", total, name, s.MaxLine)})
-				drop = 0
+				keepHead(long, frag)
+				if oversized != nil {
+					batch = append(batch, oversized(head, total, now))
+				} else {
+					batch = append(batch, Event{Time: now, Type: TypePostgresStderr, Outcome: OutcomeFailure,
+						Reason: fmt.Sprintf("a line of %d bytes in PostgreSQL's %s was longer than %d bytes and was dropped", total, name, s.MaxLine)})
+				}
+				drop, head = 0, head[:0]
 			} else {
 				line := frag
 				if len(long) > 0 {

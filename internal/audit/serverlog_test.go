@@ -1,6 +1,7 @@
 package audit
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -71,8 +72,12 @@ func TestServerLogPipes(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// An oversized line is dropped with a record saying so, the next kept.
-	js.WriteString(`{"message":"` + strings.Repeat("y", 10000) + `"}` + "\n")
+	// An oversized line is dropped with a record saying who wrote it and
+	// what it began as (a pgaudit record padded past the limit must not
+	// vanish unattributed); the secret in it is not kept; the next line is.
+	js.WriteString(`{"timestamp":"2026-12-06 10:00:00.000 UTC","user":"t1","dbname":"postgres","pid":4242,` +
+		`"remote_host":"10.77.5.2","remote_port":51234,"error_severity":"LOG","message":"AUDIT: OBJECT,1,1,READ,SELECT,TABLE,payroll.salaries,` +
+		`select 1 /* PASSWORD 'Unique-Secret-42' ` + strings.Repeat("y", 10000) + ` */,<none>"}` + "\n")
 	js.WriteString(`{"error_severity":"ERROR","message":"after the long line","statement":"ALTER ROLE r PASSWORD 'Unique-Secret-42'"}` + "\n")
 	errf.WriteString("raw stderr with password 'Unique-Secret-42'\n")
 	sl.Stderr().WriteString("FATAL:  bad config\n")
@@ -87,8 +92,15 @@ func TestServerLogPipes(t *testing.T) {
 		switch {
 		case e.Type == TypePostgresAudit:
 			audits++
-		case e.Type == TypePostgresStderr && strings.Contains(e.Reason, "was dropped"):
+		case e.Type == TypePostgresOversized:
 			dropped++
+			if e.User != "t1" || e.Client != "10.77.5.2:51234" || e.Database != "postgres" ||
+				e.Fields["audit_type"] != "OBJECT" || e.Fields["pid"] != int64(4242) || e.Fields["bytes"] == nil {
+				t.Errorf("oversized record = %+v; want t1 at 10.77.5.2:51234 in postgres, pgaudit OBJECT, pid 4242, its size", e)
+			}
+			if b, _ := json.Marshal(e); strings.Contains(string(b), "Unique-Secret-42") {
+				t.Errorf("oversized record %s carries the secret", b)
+			}
 		case e.Reason == "after the long line":
 			after++
 			if e.Fields["statement"] != "ALTER ROLE r PASSWORD <redacted>" {
@@ -129,5 +141,30 @@ func TestServerLogStopWithWriter(t *testing.T) {
 	}
 	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("Stop() took %s", d)
+	}
+}
+
+// ParseOversizedHead takes any first bytes: cut anywhere, not JSON, a
+// message key inside a string. It attributes only what parses.
+func TestParseOversizedHead(t *testing.T) {
+	now := time.Date(2026, 12, 6, 0, 0, 0, 0, time.UTC)
+	full := `{"timestamp":"2026-12-06 10:00:00.000 UTC","user":"u","dbname":"d","pid":7,"remote_host":"[local]",` +
+		`"error_severity":"ERROR","state_code":"42501","message":"permission denied`
+	for _, tt := range []struct {
+		name, head, user, sqlstate string
+	}{
+		{"whole head", full, "u", "42501"},
+		{"cut before the message", full[:40], "", ""},
+		{"not JSON", `garbage,"message":"x`, "", ""},
+		{"empty", ``, "", ""},
+		{"message key in a value", `{"user":"a,\"message\":\"b","message":"AUDIT: OBJECT,`, `a,"message":"b`, ""},
+	} {
+		e := ParseOversizedHead([]byte(tt.head), 1<<25, now)
+		if e.Type != TypePostgresOversized || e.User != tt.user || (e.Fields["sqlstate"] != nil) != (tt.sqlstate != "") {
+			t.Errorf("%s: ParseOversizedHead = %+v; want user %q, sqlstate %q", tt.name, e, tt.user, tt.sqlstate)
+		}
+		if e.Client != "" {
+			t.Errorf("%s: client = %q; want none ([local] or unknown)", tt.name, e.Client)
+		}
 	}
 }
