@@ -26,7 +26,7 @@ func privilegedStatements() map[string]string {
 		"sqlClientSessionsGrant": sqlClientSessionsGrant, "sqlSessionsView": sqlSessionsView,
 		"sqlSessionsRevoke": sqlSessionsRevoke, "sqlSessionsGrant": sqlSessionsGrant,
 		"sqlSchemaUsagePublic": sqlSchemaUsagePublic,
-		"sqlCreateLookupRole": sqlCreateLookupRole(id), "sqlNormalizeLookupRole": sqlNormalizeLookupRole(id),
+		"sqlCreateLookupRole":  sqlCreateLookupRole(id), "sqlNormalizeLookupRole": sqlNormalizeLookupRole(id),
 		"sqlResetRoleSettings": sqlResetRoleSettings(id), "sqlRevokeMembership": sqlRevokeMembership(id, id),
 		"sqlGrantLookupUsage": sqlGrantLookupUsage(id), "sqlGrantLookupExecute": sqlGrantLookupExecute(id),
 		"sqlSchemaOwner": sqlSchemaOwner(id), "sqlFuncOwner": sqlFuncOwner(id),

@@ -15,8 +15,8 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/audit"
-	"github.com/pgshield/pgshield/internal/pidfile"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/pidfile"
 )
 
 // State is the postmaster's lifecycle state as the supervisor sees it.
