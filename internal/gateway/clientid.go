@@ -29,10 +29,11 @@ func reservedParam(name string) bool {
 
 // optionsNameReserved reports whether an options value ("-c name=value",
 // "--name=value") mentions a reserved setting. PostgreSQL's pg_split_opts
-// drops a backslash before any character, so backslashes are dropped
+// drops a backslash before any character, and ParseLongOption reads '-' in
+// a name as '_' ("-c pgshield-guard.client=..."), so both are undone
 // first; any mention is refused, wherever it is.
 func optionsNameReserved(opts string) bool {
-	o := strings.ToLower(strings.ReplaceAll(opts, `\`, ""))
+	o := strings.ToLower(strings.ReplaceAll(strings.ReplaceAll(opts, `\`, ""), "-", "_"))
 	for _, p := range reservedParamPrefixes {
 		if strings.Contains(o, p) {
 			return true

@@ -28,6 +28,8 @@ func TestClientCarrierRefused(t *testing.T) {
 		`options='--pgshield.client=v=1'`,
 		`options='-c search_path=public -c PgShield_Guard.client=x'`,
 		`options='-c pgshield_guard\\.client=x'`,
+		`options='-c pgshield-guard.client=x'`, // ParseLongOption reads '-' as '_'
+		`options='--pgshield-guard.client=x'`,
 	} {
 		t.Run(extra, func(t *testing.T) {
 			env := startGateway(t, nil, &fakeBackend{}, 0)
