@@ -293,6 +293,7 @@ pgbouncer_txpool() {
 	as_pg "$PGBOUNCER" -d "$dir/pgbouncer.ini" >>"$dir/start.log" 2>&1
 	wait_until "pgbouncer (txpool) TLS login" tls_ready "$port"
 	measure_txpool pgbouncer "$port"
+	note "pgbouncer txpool row: PgBouncer before 1.21 does not track protocol-level prepared statements in transaction mode, so -M prepared fails there (prepared statement \"P_0\" already exists)"
 	stop_pgbouncer pgbouncer-txpool
 }
 
