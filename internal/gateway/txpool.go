@@ -41,8 +41,13 @@ import (
 // pinned, as its statements then live on its backend alone.
 const maxPreparedStatements = 200
 
-// maxOutstanding bounds the answers a client may await at once.
-const maxOutstanding = 1 << 20
+// maxOutstanding bounds the answers a client may await at once (a client
+// pipelining more without reading is ended).
+const maxOutstanding = 1 << 16
+
+// maxPreparedBytes bounds the Parse bodies kept per client; past it the
+// client is pinned, as past maxPreparedStatements.
+const maxPreparedBytes = 1 << 20
 
 // holdBack is how much of an extended-protocol batch without its Sync
 // the gateway keeps before forwarding it anyway (statements it references
@@ -63,7 +68,8 @@ type txRelay struct {
 	pid0   uint32 // the login's backend, for the audit
 	// stmts are the client's named statements (name -> Parse body); only
 	// upstream touches it.
-	stmts map[string][]byte
+	stmts     map[string][]byte
+	stmtBytes int // the sum of stmts' bodies
 
 	up, down atomic.Int64
 	failOnce sync.Once
@@ -186,7 +192,7 @@ func (t *txRelay) park(h *held) {
 // needed; true when the client ended cleanly (see session.upstream).
 func (t *txRelay) upstream() (clientEnded bool) {
 	br := bufio.NewReaderSize(t.sess.client, 32<<10)
-	out := make([]byte, 0, 32<<10)
+	out := make([]byte, 0, 4<<10) // grows with the batches; small while idle
 	var cur *held
 	segStart := 0       // where the client's current batch begins in out
 	segFlushed := false // part of it was written already
@@ -439,16 +445,19 @@ func (t *txRelay) trackExtended(typ byte, msg []byte, cur *held) *injection {
 		if name == "" {
 			return nil
 		}
-		if _, ok := t.stmts[name]; !ok && len(t.stmts) >= maxPreparedStatements {
+		old, had := t.stmts[name]
+		if (!had && len(t.stmts) >= maxPreparedStatements) || t.stmtBytes-len(old)+len(body) > maxPreparedBytes {
 			t.mu.pinned = true // its statements then live on this backend only
 			return nil
 		}
 		b := bytes.Clone(body)
+		t.stmtBytes += len(b) - len(old)
 		t.stmts[name] = b
 		bstmts[name] = b
 	case 'C':
 		if len(body) > 0 && body[0] == 'S' {
 			name := cstr(body[1:])
+			t.stmtBytes -= len(t.stmts[name])
 			delete(t.stmts, name)
 			delete(bstmts, name)
 		}
@@ -707,7 +716,10 @@ func (t *txRelay) acquire() (*held, *pgproto3.ErrorResponse) {
 	c := t.c
 	pp := c.srv.rt.Load().params.Pool
 	ctx := t.ctx
-	for try := 0; try <= maxStaleTries; try++ {
+	// A database whose backends fail the check (resetCheckSQL's
+	// extensions) fails it on every idle one: room to go through them and
+	// open a new one.
+	for try := 0; try <= maxStaleTries+pp.Size; try++ {
 		wctx, cancel := context.WithTimeout(ctx, pp.WaitTimeout)
 		l, err := c.srv.pool.Get(wctx, t.key)
 		cancel()
