@@ -64,6 +64,17 @@ func (t *cancelTarget) set(b *pgbackend.Backend) {
 	t.mu.Unlock()
 }
 
+// clear points the client's key at nothing if it still points at b (the
+// client may already have taken another backend), after any cancel being
+// delivered.
+func (t *cancelTarget) clear(b *pgbackend.Backend) {
+	t.mu.Lock()
+	if t.b == b {
+		t.b = nil
+	}
+	t.mu.Unlock()
+}
+
 // cancelRegistry maps the keys clients hold to the backends serving them,
 // whose own keys never leave the gateway.
 type cancelRegistry struct {

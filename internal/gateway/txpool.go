@@ -184,7 +184,7 @@ func (t *txRelay) wake() {
 // park returns h to the pool, still bound to this client; the client's
 // cancel key first stops pointing at it (after a cancel on its way).
 func (t *txRelay) park(h *held) {
-	t.target.set(nil)
+	t.target.clear(h.b)
 	t.c.srv.pool.Put(h.lease)
 }
 
@@ -742,6 +742,10 @@ func (t *txRelay) acquire() (*held, *pgproto3.ErrorResponse) {
 				return nil, wire.ErrorResponse(errUnavailable())
 			}
 			l.Conn = &pooled{b: b, owner: t.id, stmts: map[string][]byte{}}
+		} else if peerGone(l.Conn.b.Conn) {
+			c.log.Info("A pooled backend was closed by PostgreSQL; replaced.", "pg_backend_pid", l.Conn.b.PID)
+			c.srv.pool.Discard(l)
+			continue
 		} else if err := t.setup(l.Conn); err != nil {
 			c.log.Info("A pooled backend failed its setup; closed.", "pg_backend_pid", l.Conn.b.PID, "error", err)
 			c.srv.pool.Discard(l)

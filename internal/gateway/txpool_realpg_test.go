@@ -316,9 +316,20 @@ func TestRealTxPoolCancelAndTerminate(t *testing.T) {
 		t.Fatal("cancel did not reach a's backend")
 	}
 
+	// b's last backend, parked, is terminated: b's next query gets
+	// another, unharmed.
+	super := srv.Conn(t)
+	bpid, _ := backendOf(t, b)
+	var okb bool
+	if err := super.QueryRow(ctx, "SELECT pg_catalog.pg_terminate_backend($1, 10000)", bpid).Scan(&okb); err != nil || !okb {
+		t.Fatal(err)
+	}
+	if p, _ := backendOf(t, b); p == bpid {
+		t.Fatal("b was served by its terminated backend")
+	}
+
 	mustExec(t, a, "BEGIN")
 	pid, _ := backendOf(t, a)
-	super := srv.Conn(t)
 	var ok bool
 	if err := super.QueryRow(ctx, "SELECT pg_catalog.pg_terminate_backend($1, 10000)", pid).Scan(&ok); err != nil || !ok {
 		t.Fatal(err)
