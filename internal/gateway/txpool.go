@@ -291,6 +291,21 @@ func (t *txRelay) upstream() (clientEnded bool) {
 				return false
 			}
 		}
+		// A message too large to hold whole: a Bind or Describe (large
+		// parameters) still names its statement at its start.
+		head := msg
+		if msg == nil && (typ == 'B' || typ == 'D' || typ == 'C') {
+			if head, err = br.Peek(br.Size()); err != nil {
+				if isTimeout(err) {
+					_ = t.sess.client.SetReadDeadline(time.Time{})
+					if killed() {
+						return false
+					}
+					continue
+				}
+				return false
+			}
+		}
 		if killed() {
 			return false
 		}
@@ -361,8 +376,8 @@ func (t *txRelay) upstream() (clientEnded bool) {
 			if typ == 'H' {
 				sawFlush = true
 			}
-			if !t.mu.pinned && msg != nil {
-				if inj := t.trackExtended(typ, msg, cur); inj != nil {
+			if !t.mu.pinned && head != nil && (msg != nil || typ != 'P') {
+				if inj := t.trackExtended(typ, head, cur); inj != nil {
 					if !startBatch && segFlushed {
 						// Too late to re-prepare ahead: the client gets
 						// PostgreSQL's 26000, as without pooling after a

@@ -145,6 +145,17 @@ func TestRealTxPoolPrepared(t *testing.T) {
 			}
 		}
 	}
+	// A Bind too large for the gateway to hold whole (100 KB parameter)
+	// still gets its statement re-prepared.
+	big := make([]byte, 100<<10)
+	for round := 0; round < 3; round++ {
+		for i, c := range conns {
+			var n int
+			if err := c.QueryRow(ctx, "SELECT pg_catalog.length($1::bytea)", big).Scan(&n); err != nil || n != len(big) {
+				t.Fatalf("round %d client %d: large Bind: %d, %v", round, i, n, err)
+			}
+		}
+	}
 	// A statement closed and prepared again under its name with other
 	// text: the backend that kept the old one gets it closed first.
 	a := conns[0]
