@@ -736,7 +736,8 @@ func (t *txRelay) acquire() (*held, *pgproto3.ErrorResponse) {
 	// open a new one.
 	for try := 0; try <= maxStaleTries+pp.Size; try++ {
 		wctx, cancel := context.WithTimeout(ctx, pp.WaitTimeout)
-		l, err := c.srv.pool.Get(wctx, t.key)
+		// The backend this client used last needs no reset for it.
+		l, err := c.srv.pool.GetPrefer(wctx, t.key, func(p *pooled) bool { return p.owner == t.id })
 		cancel()
 		if err != nil {
 			c.log.Warn("No backend available in the pool.", "wait_timeout", pp.WaitTimeout.String())

@@ -161,6 +161,13 @@ func (p *Pool[T]) dropIdleLocked(ks *keyState[T], i int) T {
 // is at its limit, it closes an idle backend of another key to make room,
 // or waits until ctx ends (ErrTimeout).
 func (p *Pool[T]) Get(ctx context.Context, k Key) (*Lease[T], error) {
+	return p.GetPrefer(ctx, k, nil)
+}
+
+// GetPrefer is Get, taking an idle backend prefer accepts (newest first)
+// over the most recently used one if there is any (transaction pooling:
+// the backend a client used last needs no reset for it).
+func (p *Pool[T]) GetPrefer(ctx context.Context, k Key, prefer func(T) bool) (*Lease[T], error) {
 	var start time.Time
 	waited := false
 	for {
@@ -169,6 +176,14 @@ func (p *Pool[T]) Get(ctx context.Context, k Key) (*Lease[T], error) {
 		ks := p.stateLocked(k)
 		now := cfg.Now()
 		var victims []T
+		for i := len(ks.idle) - 1; prefer != nil && i >= 0; i-- {
+			if it := ks.idle[i]; it.gen == p.mu.gen && !p.expiredLocked(it, now) && prefer(it.conn) {
+				ks.idle = append(ks.idle[:i], ks.idle[i+1:]...)
+				p.gotLocked(ks, waited, start)
+				p.mu.Unlock()
+				return &Lease[T]{Key: k, Conn: it.conn, Reused: true, created: it.created, gen: it.gen}, nil
+			}
+		}
 		// Newest first: the oldest age out (IdleTimeout) when load drops.
 		for len(ks.idle) > 0 {
 			it := ks.idle[len(ks.idle)-1]

@@ -273,3 +273,23 @@ func statsOf(p *Pool[*fakeConn], role string) KeyStats {
 	}
 	return KeyStats{}
 }
+
+// TestGetPrefer: the preferred idle backend of the key is taken over the
+// most recent one; none preferred, Get's choice; never another key's.
+func TestGetPrefer(t *testing.T) {
+	p, _ := newPool(Config{})
+	n := 0
+	a, b, o := get(t, p, alice, &n), get(t, p, alice, &n), get(t, p, bob, &n)
+	p.Put(a)
+	p.Put(b)
+	p.Put(o)
+	ctx := context.Background()
+	is := func(want *fakeConn) func(*fakeConn) bool { return func(c *fakeConn) bool { return c == want } }
+	l, err := p.GetPrefer(ctx, alice, is(a.Conn))
+	if err != nil || l.Conn != a.Conn || !l.Reused {
+		t.Fatalf("GetPrefer(a) = %v, %v; want a's backend", l, err)
+	}
+	if l2, err := p.GetPrefer(ctx, alice, is(o.Conn)); err != nil || l2.Conn != b.Conn {
+		t.Fatalf("GetPrefer(bob's) for alice = %v, %v; want alice's other backend", l2, err)
+	}
+}
