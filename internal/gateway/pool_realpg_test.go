@@ -399,6 +399,118 @@ func testRealPoolRoleChanges(t *testing.T, mode string) {
 	}
 }
 
+// TestRealPoolConnectChecks: what PostgreSQL decides only at connect
+// (CONNECT on the database, ALLOW_CONNECTIONS, CONNECTION LIMIT, the role
+// and database settings) is decided again for a pooled backend, so a
+// revocation is not dodged by being handed a backend opened before it;
+// and random()'s seed is not handed over (setseed survives DISCARD ALL).
+func TestRealPoolConnectChecks(t *testing.T) {
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) { testRealPoolConnectChecks(t, mode) })
+	}
+}
+
+func testRealPoolConnectChecks(t *testing.T, mode string) {
+	srv := pgtest.Shared(t)
+	checkGoroutines(t)
+	role, db := "gw_pool_cc_"+mode[:1], "gw_pool_cc_db_"+mode[:1]
+	srv.CreateRole(t, role, goodPassword, "LOGIN")
+	super := srv.Conn(t)
+	ctx := context.Background()
+	sup := func(sql string) {
+		t.Helper()
+		if _, err := super.Exec(ctx, sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	// A database of its own, so that revoking CONNECT touches no other test.
+	sup("CREATE DATABASE " + db)
+	t.Cleanup(func() { _, _ = super.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)") })
+	sup("REVOKE CONNECT ON DATABASE " + db + " FROM PUBLIC")
+	sup("GRANT CONNECT ON DATABASE " + db + " TO " + role)
+	env := startRealGateway(t, srv, map[string]string{"pgshield.pool_mode": mode})
+	// session logs in, runs query (the backend's pid by default) and ends
+	// the session, its backend going back to the pool; err is the login's
+	// or the query's.
+	session := func(query string) (pid, val string, err error) {
+		t.Helper()
+		c, err := env.connectPgx(t, role, goodPassword, "dbname="+db)
+		if err != nil {
+			return "", "", err
+		}
+		qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+		if err := c.QueryRow(qctx, "SELECT pg_catalog.pg_backend_pid()::text", pgx.QueryExecModeSimpleProtocol).Scan(&pid); err != nil {
+			return "", "", err
+		}
+		if query != "" {
+			if err := c.QueryRow(qctx, query, pgx.QueryExecModeSimpleProtocol).Scan(&val); err != nil {
+				return "", "", err
+			}
+		}
+		closeConn(t, c)
+		env.waitIdle(t, role, 1)
+		return pid, val, nil
+	}
+	first, _, err := session("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again, _, err := session(""); err != nil || again != first {
+		t.Fatalf("second session = backend %s, %v; want the pooled backend %s", again, err, first)
+	}
+
+	// setseed() in one session says nothing of the next one's random().
+	var want string
+	if _, _, err := session("SELECT pg_catalog.setseed(0.5)::text"); err != nil {
+		t.Fatal(err)
+	}
+	c, err := env.connectPgx(t, role, goodPassword, "dbname="+db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	simple(t, c, "SELECT pg_catalog.setseed(0.5)::text", new(string))
+	simple(t, c, "SELECT pg_catalog.random()::text", &want)
+	simple(t, c, "SELECT pg_catalog.setseed(0.5)::text", new(string))
+	closeConn(t, c)
+	env.waitIdle(t, role, 1)
+	if _, got, err := session("SELECT pg_catalog.random()::text"); err != nil || got == want {
+		t.Errorf("random() after another client's setseed(0.5) = %q, %v; want not %q (the seed must not be handed over)", got, err, want)
+	}
+
+	for _, tt := range []struct{ desc, revoke, restore string }{
+		{"REVOKE CONNECT", "REVOKE CONNECT ON DATABASE " + db + " FROM " + role, "GRANT CONNECT ON DATABASE " + db + " TO " + role},
+		{"ALLOW_CONNECTIONS false", "ALTER DATABASE " + db + " ALLOW_CONNECTIONS false", "ALTER DATABASE " + db + " ALLOW_CONNECTIONS true"},
+		{"role CONNECTION LIMIT 0", "ALTER ROLE " + role + " CONNECTION LIMIT 0", "ALTER ROLE " + role + " CONNECTION LIMIT -1"},
+		{"database CONNECTION LIMIT 0", "ALTER DATABASE " + db + " CONNECTION LIMIT 0", "ALTER DATABASE " + db + " CONNECTION LIMIT -1"},
+	} {
+		pooled, _, err := session("")
+		if err != nil {
+			t.Fatalf("%s: session before: %v", tt.desc, err)
+		}
+		sup(tt.revoke)
+		pid, _, err := session("")
+		sup(tt.restore)
+		var pe *pgconn.PgError
+		if err == nil || !errors.As(err, &pe) {
+			t.Errorf("%s: session = backend %s, %v; want PostgreSQL's refusal, not pooled backend %s", tt.desc, pid, err, pooled)
+		}
+	}
+
+	// ALTER ROLE ... SET applies at connect: a pooled backend from before
+	// it is not handed out.
+	before, _, err := session("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup("ALTER ROLE " + role + " IN DATABASE " + db + " SET default_transaction_read_only = on")
+	defer sup("ALTER ROLE " + role + " IN DATABASE " + db + " RESET ALL")
+	pid, got, err := session("SHOW default_transaction_read_only")
+	if err != nil || got != "on" || pid == before {
+		t.Errorf("after ALTER ROLE SET: backend %s (pooled %s), default_transaction_read_only = %q, %v; want a new backend with on", pid, before, got, err)
+	}
+}
+
 // TestRealPoolCancel cancels a query on a reused backend: the key the
 // second client holds reaches the backend serving it.
 func TestRealPoolCancel(t *testing.T) {

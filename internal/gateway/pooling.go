@@ -2,9 +2,12 @@ package gateway
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -35,6 +38,31 @@ type pooled struct {
 	b     *pgbackend.Backend
 	owner uint64
 	stmts map[string][]byte
+	// settings is the digest of the ALTER ROLE/DATABASE ... SET rows that
+	// apply to the backend, as its first check saw them; a backend whose
+	// rows changed since is not handed out (they apply only at connect).
+	settings     string
+	settingsSeen bool
+}
+
+// checkPass reports whether row, resetCheckSQL's answer, lets p serve role:
+// it is still role, in a database without session state DISCARD ALL
+// misses, which role may still connect to as PostgreSQL would decide at a
+// new connection (CONNECT, ALLOW_CONNECTIONS, both CONNECTION LIMITs,
+// LOGIN, VALID UNTIL), with the role and database settings it started with.
+func (p *pooled) checkPass(row []string, role string) error {
+	if len(row) != 6 || row[0] != "t" || row[1] != role || row[2] != "f" {
+		return fmt.Errorf("%w: check after reset = %q", errNotReusable, row)
+	}
+	if row[3] != "t" || row[4] != "t" {
+		return fmt.Errorf("%w: the role may no longer connect to this database (database %s, role %s)", errNotReusable, row[3], row[4])
+	}
+	if !p.settingsSeen {
+		p.settings, p.settingsSeen = row[5], true
+	} else if row[5] != p.settings {
+		return fmt.Errorf("%w: ALTER ROLE or DATABASE ... SET changed since the backend started", errNotReusable)
+	}
+	return nil
 }
 
 func (p *pooled) Close() error { return p.b.Conn.Close() }
@@ -84,6 +112,17 @@ func poolConfig(p config.PoolParams, now func() time.Time, onWait func(time.Dura
 // pg_advisory_unlock_all(), DISCARD PLANS, TEMP and SEQUENCES.
 const resetSQL = "DISCARD ALL"
 
+// seedSQL reseeds random(), whose state DISCARD ALL keeps: a client could
+// otherwise setseed() a backend and know what the next client's random()
+// returns. The seed is the gateway's (crypto/rand, 53 bits), not one the
+// backend's own, possibly seeded, generator could supply.
+func seedSQL() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	x := float64(binary.BigEndian.Uint64(b[:])>>11)/(1<<53)*2 - 1
+	return "SELECT pg_catalog.setseed(" + strconv.FormatFloat(x, 'f', -1, 64) + ")"
+}
+
 // resetCheckSQL runs after it, in the same round trip: the backend must
 // again be its login role, and a database with an extension whose session
 // state DISCARD ALL does not reach is never pooled: dblink and
@@ -91,9 +130,54 @@ const resetSQL = "DISCARD ALL"
 // than plpgsql keep interpreter globals a function can stash data in
 // (PL/Perl's %_SHARED, PL/Tcl's globals, PL/Python's GD and SD, PL/v8's
 // globals).
+//
+// Then what PostgreSQL checks only at connect, which a reused backend never
+// passes again (see pooled.checkPass): the database's CONNECT privilege,
+// ALLOW_CONNECTIONS and CONNECTION LIMIT; the role's LOGIN, VALID UNTIL and
+// CONNECTION LIMIT (client backends counted as PostgreSQL counts them,
+// this one included; other roles' sessions show a tenant no backend_type,
+// so they all count: the check errs towards a new connection, which
+// PostgreSQL then decides); and a digest of the ALTER ROLE/DATABASE ... SET
+// rows that apply.
 const resetCheckSQL = `SELECT session_user OPERATOR(pg_catalog.=) current_user, session_user::pg_catalog.text,
  EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) ANY
-  ('{dblink,postgres_fdw,plperl,plperlu,pltcl,pltclu,plpython3u,plv8}'::pg_catalog.name[]))`
+  ('{dblink,postgres_fdw,plperl,plperlu,pltcl,pltclu,plpython3u,plv8}'::pg_catalog.name[])),
+ (SELECT pg_catalog.has_database_privilege(d.oid, 'CONNECT') AND d.datallowconn
+    AND (d.datconnlimit OPERATOR(pg_catalog.<) 0 OR (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+      WHERE a.datid OPERATOR(pg_catalog.=) d.oid AND (a.backend_type IS NULL OR a.backend_type OPERATOR(pg_catalog.=) 'client backend'))
+      OPERATOR(pg_catalog.<=) d.datconnlimit)
+   FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()),
+ (SELECT r.rolcanlogin AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil OPERATOR(pg_catalog.>) pg_catalog.now())
+    AND (r.rolconnlimit OPERATOR(pg_catalog.<) 0 OR (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a
+      WHERE a.usesysid OPERATOR(pg_catalog.=) r.oid AND a.backend_type OPERATOR(pg_catalog.=) 'client backend') OPERATOR(pg_catalog.<=) r.rolconnlimit)
+   FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_user),
+ ` + settingsDigest + ``
+
+// settingsDigest is the digest of the ALTER ROLE/DATABASE ... SET rows that
+// apply to the session's role in its database: recorded when a backend is
+// opened (recordSettings), compared at every check (pooled.checkPass).
+const settingsDigest = `(SELECT pg_catalog.md5(pg_catalog.string_agg(s.setdatabase::pg_catalog.text OPERATOR(pg_catalog.||) '/'
+      OPERATOR(pg_catalog.||) s.setrole::pg_catalog.text OPERATOR(pg_catalog.||) '=' OPERATOR(pg_catalog.||) s.setconfig::pg_catalog.text,
+      ',' ORDER BY s.setdatabase, s.setrole))
+   FROM pg_catalog.pg_db_role_setting s
+  WHERE s.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0::pg_catalog.oid,
+          (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())])
+    AND s.setrole OPERATOR(pg_catalog.=) ANY (ARRAY[0::pg_catalog.oid,
+          (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_user)]))`
+
+// recordSettings records the settings digest of a backend just opened, so
+// that a change made while its first client still holds it is caught.
+func recordSettings(p *pooled) error {
+	row, err := pipeline(p, []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT " + settingsDigest}}, 1)
+	if err != nil {
+		return err
+	}
+	if len(row) != 1 {
+		return fmt.Errorf("%w: settings digest = %q", errNotReusable, row)
+	}
+	p.settings, p.settingsSeen = row[0], true
+	return nil
+}
 
 // resetTimeout bounds the reset of a backend on its way back to the pool.
 const resetTimeout = 5 * time.Second
@@ -101,14 +185,15 @@ const resetTimeout = 5 * time.Second
 // errNotReusable is a backend that failed its reset or check.
 var errNotReusable = errors.New("backend cannot be reused")
 
-// resetBackend runs resetSQL and resetCheckSQL on b (idle, at a message
-// boundary) in one round trip. Any error, notice of failure, unexpected
-// answer or transaction state other than idle makes it unusable.
-func resetBackend(b *pgbackend.Backend, role string) error {
+// resetBackend runs resetSQL, seedSQL and resetCheckSQL on p (idle, at a
+// message boundary) in one round trip. Any error, notice of failure,
+// unexpected answer or transaction state other than idle makes it unusable.
+func resetBackend(p *pooled, role string) error {
+	b := p.b
 	_ = b.Conn.SetDeadline(time.Now().Add(resetTimeout))
 	defer b.Conn.SetDeadline(time.Time{})
 	var buf []byte
-	for _, q := range []string{resetSQL, resetCheckSQL} {
+	for _, q := range []string{resetSQL, seedSQL(), resetCheckSQL} {
 		var err error
 		if buf, err = (&pgproto3.Query{String: q}).Encode(buf); err != nil {
 			return err
@@ -121,7 +206,7 @@ func resetBackend(b *pgbackend.Backend, role string) error {
 	fe.SetMaxBodyLen(1 << 20)
 	var row []string
 	rfq := 0
-	for i := 0; i < 1000 && rfq < 2; i++ { // two statements: a handful of messages
+	for i := 0; i < 1000 && rfq < 3; i++ { // three statements: a handful of messages
 		msg, err := fe.Receive()
 		if err != nil {
 			return err
@@ -146,13 +231,10 @@ func resetBackend(b *pgbackend.Backend, role string) error {
 		// Notices, ParameterStatus (reset GUCs report their startup
 		// values again), notifications received before UNLISTEN: dropped.
 	}
-	if rfq < 2 {
+	if rfq < 3 {
 		return fmt.Errorf("%w: no reply to the reset", errNotReusable)
 	}
-	if len(row) != 3 || row[0] != "t" || row[1] != role || row[2] != "f" {
-		return fmt.Errorf("%w: check after reset = %q", errNotReusable, row)
-	}
-	return nil
+	return p.checkPass(row, role)
 }
 
 // held is the backend serving a client, and its pool lease (nil when
@@ -194,15 +276,21 @@ func (c *clientConn) acquireBackend(ctx context.Context, login loginResult) (*he
 			if l.Conn.owner != 0 {
 				// Left by a transaction-mode client without a reset
 				// (the mode changed since): reset it as any other.
-				if err := resetBackend(l.Conn.b, c.user); err != nil {
+				if err := resetBackend(l.Conn, c.user); err != nil {
 					c.srv.pool.Discard(l)
 					continue
 				}
 				l.Conn.owner, l.Conn.stmts = 0, nil
 			}
-			bctx, cancel := context.WithTimeout(ctx, c.srv.cfg.DialTimeout)
-			err := l.Conn.b.BindClient(bctx, c.clientIdentity(login))
-			cancel()
+			// What PostgreSQL checks only at connect is checked again now
+			// (the reset's check may be minutes old), with the rebind in
+			// the same round trip.
+			var err error
+			if bind, berr := l.Conn.b.BindQuery(c.clientIdentity(login)); berr != nil {
+				err = berr
+			} else {
+				err = runPipeline(l.Conn, []pgproto3.FrontendMessage{&pgproto3.Query{String: resetCheckSQL}, bind}, 2, c.user, true)
+			}
 			if err == nil {
 				c.srv.pool.ClientStart(key)
 				return &held{b: l.Conn.b, lease: l, key: key}, nil
@@ -221,6 +309,11 @@ func (c *clientConn) acquireBackend(ctx context.Context, login loginResult) (*he
 			return nil, err
 		}
 		l.Conn = &pooled{b: b}
+		if err := recordSettings(l.Conn); err != nil {
+			c.log.Info("A new backend did not answer the settings query; closed.", "pg_backend_pid", b.PID, "error", err)
+			c.srv.pool.Discard(l)
+			return nil, errUnavailable()
+		}
 		c.srv.pool.ClientStart(key)
 		return &held{b: b, lease: l, key: key}, nil
 	}
@@ -242,7 +335,7 @@ func (c *clientConn) releaseBackend(h *held, reusable bool) {
 		c.srv.pool.Discard(h.lease)
 		return
 	}
-	if err := resetBackend(h.b, c.user); err != nil {
+	if err := resetBackend(h.lease.Conn, c.user); err != nil {
 		c.log.Info("A backend failed its reset; closed, not pooled.", "pg_backend_pid", h.b.PID, "error", err)
 		c.srv.pool.Discard(h.lease)
 		return

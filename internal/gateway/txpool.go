@@ -758,6 +758,10 @@ func (t *txRelay) acquire() (*held, *pgproto3.ErrorResponse) {
 				return nil, wire.ErrorResponse(errUnavailable())
 			}
 			l.Conn = &pooled{b: b, owner: t.id, stmts: map[string][]byte{}}
+			if err := recordSettings(l.Conn); err != nil {
+				c.srv.pool.Discard(l)
+				return nil, wire.ErrorResponse(errUnavailable())
+			}
 		} else if peerGone(l.Conn.b.Conn) {
 			c.log.Info("A pooled backend was closed by PostgreSQL; replaced.", "pg_backend_pid", l.Conn.b.PID)
 			c.srv.pool.Discard(l)
@@ -786,7 +790,8 @@ func (t *txRelay) setup(p *pooled) error {
 		if err != nil {
 			return err
 		}
-		msgs = append(msgs, &pgproto3.Query{String: resetSQL}, &pgproto3.Query{String: resetCheckSQL}, bind)
+		msgs = append(msgs, &pgproto3.Query{String: resetSQL}, &pgproto3.Query{String: seedSQL()},
+			&pgproto3.Query{String: resetCheckSQL}, bind)
 		checkRow = true
 		p.owner, p.stmts = 0, map[string][]byte{} // until it passes
 	} else {
@@ -803,9 +808,9 @@ func (t *txRelay) setup(p *pooled) error {
 	}
 	rfqs := 1
 	if checkRow {
-		rfqs = 3
+		rfqs = 4
 	}
-	if err := runPipeline(p.b, msgs, rfqs, t.c.user, checkRow); err != nil {
+	if err := runPipeline(p, msgs, rfqs, t.c.user, checkRow); err != nil {
 		return err
 	}
 	if checkRow {
@@ -818,18 +823,33 @@ func (t *txRelay) setup(p *pooled) error {
 // the rfqs-th ReadyForQuery, within resetTimeout; any ErrorResponse, COPY or
 // status but idle fails it. With checkRow, the last DataRow must be
 // resetCheckSQL's pass for role.
-func runPipeline(b *pgbackend.Backend, msgs []pgproto3.FrontendMessage, rfqs int, role string, checkRow bool) error {
+func runPipeline(p *pooled, msgs []pgproto3.FrontendMessage, rfqs int, role string, checkRow bool) error {
+	row, err := pipeline(p, msgs, rfqs)
+	if err != nil {
+		return err
+	}
+	if checkRow {
+		return p.checkPass(row, role)
+	}
+	return nil
+}
+
+// pipeline writes msgs to an idle backend and reads the answers up to the
+// rfqs-th ReadyForQuery, within resetTimeout; any ErrorResponse, COPY or
+// status but idle fails it. It returns the last DataRow.
+func pipeline(p *pooled, msgs []pgproto3.FrontendMessage, rfqs int) ([]string, error) {
+	b := p.b
 	_ = b.Conn.SetDeadline(time.Now().Add(resetTimeout))
 	defer b.Conn.SetDeadline(time.Time{})
 	var buf []byte
 	for _, m := range msgs {
 		var err error
 		if buf, err = m.Encode(buf); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	if _, err := b.Conn.Write(buf); err != nil {
-		return err
+		return nil, err
 	}
 	fe := pgproto3.NewFrontend(b.Conn, nil)
 	fe.SetMaxBodyLen(1 << 20)
@@ -838,11 +858,11 @@ func runPipeline(b *pgbackend.Backend, msgs []pgproto3.FrontendMessage, rfqs int
 	for i := 0; i < 1000 && seen < rfqs; i++ {
 		msg, err := fe.Receive()
 		if err != nil {
-			return err
+			return nil, err
 		}
 		switch m := msg.(type) {
 		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("%w: %s %s", errNotReusable, m.Code, m.Message)
+			return nil, fmt.Errorf("%w: %s %s", errNotReusable, m.Code, m.Message)
 		case *pgproto3.DataRow:
 			row = row[:0]
 			for _, v := range m.Values {
@@ -852,19 +872,16 @@ func runPipeline(b *pgbackend.Backend, msgs []pgproto3.FrontendMessage, rfqs int
 			seen++
 			b.TxStatus = m.TxStatus
 			if m.TxStatus != 'I' {
-				return fmt.Errorf("%w: transaction status %q", errNotReusable, m.TxStatus)
+				return nil, fmt.Errorf("%w: transaction status %q", errNotReusable, m.TxStatus)
 			}
 		case *pgproto3.CopyInResponse, *pgproto3.CopyOutResponse, *pgproto3.CopyBothResponse:
-			return fmt.Errorf("%w: COPY during setup", errNotReusable)
+			return nil, fmt.Errorf("%w: COPY during setup", errNotReusable)
 		}
 	}
 	if seen < rfqs {
-		return fmt.Errorf("%w: no reply to the setup", errNotReusable)
+		return nil, fmt.Errorf("%w: no reply to the setup", errNotReusable)
 	}
-	if checkRow && (len(row) != 3 || row[0] != "t" || row[1] != role || row[2] != "f") {
-		return fmt.Errorf("%w: check after reset = %q", errNotReusable, row)
-	}
-	return nil
+	return row, nil
 }
 
 // auditEnd is the session.end event of a transaction-mode session.
