@@ -356,3 +356,46 @@ func TestRealTxPoolCancelAndTerminate(t *testing.T) {
 		}
 	}
 }
+
+// TestRealTxPoolCopy: COPY in and out through transaction pooling, two
+// clients alternating on one backend; each COPY's data reaches its own
+// table and the backend is released after it.
+func TestRealTxPoolCopy(t *testing.T) {
+	srv := pgtest.Shared(t)
+	checkGoroutines(t)
+	srv.CreateRole(t, "gw_tx_copy", goodPassword, "LOGIN")
+	super := srv.Conn(t)
+	ctx := context.Background()
+	if _, err := super.Exec(ctx, "CREATE TABLE IF NOT EXISTS public.gw_tx_copy_t (c int, v int); GRANT INSERT, SELECT ON public.gw_tx_copy_t TO gw_tx_copy"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = srv.Conn(t).Exec(ctx, "DROP TABLE public.gw_tx_copy_t") })
+	env := txEnv(t, srv, "1")
+	var conns []*pgx.Conn
+	for i := 0; i < 2; i++ {
+		c, err := env.connectPgx(t, "gw_tx_copy", goodPassword, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for round := 0; round < 3; round++ {
+		for i, c := range conns {
+			rows := make([][]any, 100)
+			for k := range rows {
+				rows[k] = []any{int32(i), int32(k)}
+			}
+			n, err := c.CopyFrom(ctx, pgx.Identifier{"public", "gw_tx_copy_t"}, []string{"c", "v"}, pgx.CopyFromRows(rows))
+			if err != nil || n != 100 {
+				t.Fatalf("round %d client %d: CopyFrom = %d, %v", round, i, n, err)
+			}
+			var buf strings.Builder
+			if _, err := c.PgConn().CopyTo(ctx, &buf, "COPY (SELECT count(*) FROM public.gw_tx_copy_t WHERE c = "+itoa(i)+") TO STDOUT"); err != nil {
+				t.Fatal(err)
+			}
+			if got, want := strings.TrimSpace(buf.String()), itoa(100*(round+1)); got != want {
+				t.Fatalf("client %d has %s rows; want %s", i, got, want)
+			}
+		}
+	}
+}
