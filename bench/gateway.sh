@@ -43,6 +43,9 @@
 #   IDLE_NOPOOL_CONNS=900 sessions of the idle row when pgshield cannot pool
 #   SCALE=20  CLIENTS=8  THREADS=2  WARMUP=5 (seconds of -S before each path; 0 = none)
 #   PGSHIELD_BIN=path     use this pgshield binary instead of building bin/pgshield
+#   PGSHIELD_POOL_MODE=off|session   pgshield.pool_mode for the select/connect/token
+#                         rows (default: the build's default, session); off measures
+#                         a backend per client, as builds before pooling did
 #   PROFILE_DIR=dir       save a CPU profile of the pgshield daemon during its
 #                         select-only run there, and a heap profile while the
 #                         idle row's sessions are held (pgshield debug pprof)
@@ -440,6 +443,11 @@ phase_pgshield() {
 	# no such limit, so it is off for the comparison.
 	shield 60 parameter set --data-dir "$d" pgshield.max_connection_rate_per_ip 0
 	shield 60 parameter set --data-dir "$d" shared_buffers 256MB
+	if [[ -n ${PGSHIELD_POOL_MODE:-} ]]; then
+		shield 60 parameter set --data-dir "$d" pgshield.pool_mode "$PGSHIELD_POOL_MODE" ||
+			log "note: pgshield.pool_mode $PGSHIELD_POOL_MODE refused (a build without pooling?)"
+		note "pgshield: pgshield.pool_mode ${PGSHIELD_POOL_MODE} for the select/connect/token rows"
+	fi
 	shield 60 parameter set --data-dir "$d" max_connections 200 ||
 		log "note: pgshield refused max_connections=200 (only matters beyond its default)"
 	shield 180 down --data-dir "$d"
