@@ -341,7 +341,11 @@ func secretsSweep(t *testing.T) {
 		files += n
 		all = append(all, found...)
 		for _, s := range skipped {
-			if !strings.HasSuffix(strings.Fields(s)[0], ".img") {
+			// Volume images (fscrypt) and the files of a gocryptfs cipher
+			// directory are ciphertext by construction (the at-rest tests
+			// check that); any other large file must be looked at.
+			name := strings.Fields(s)[0]
+			if !strings.HasSuffix(name, ".img") && !strings.Contains(name, "/storage/gocryptfs/") {
 				t.Errorf("secrets sweep: skipped a large file that is not a volume image: %s", s)
 			}
 		}

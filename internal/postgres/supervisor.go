@@ -16,7 +16,6 @@ import (
 
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
-	"github.com/pgshield/pgshield/internal/pidfile"
 )
 
 // State is the postmaster's lifecycle state as the supervisor sees it.
@@ -391,9 +390,12 @@ func (s *Supervisor) stopStale() error {
 	for i, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGQUIT, syscall.SIGKILL} {
 		_ = p.Signal(sig)
 		for j := 0; j < 100; j++ { // 10 s per signal
-			// A postmaster killed and not yet reaped (its parent was the
-			// pgshield that died) is a zombie: gone, for this purpose.
-			if !pidfile.Alive(pid) {
+			// Signal 0, not pidfile.Alive: PostgreSQL's own lock-file
+			// check (kill(pid, 0)) counts a zombie as running, so the
+			// start must wait until the old postmaster is reaped too (by
+			// init after a whole-tree kill, or by this daemon when it was
+			// its own child).
+			if err := p.Signal(syscall.Signal(0)); err != nil {
 				return nil
 			}
 			time.Sleep(100 * time.Millisecond)
