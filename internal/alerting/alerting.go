@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 	"unicode/utf8"
+
+	"github.com/pgshield/pgshield/internal/lru"
 )
 
 // Severities, as the cloud's alerts have them.
@@ -186,11 +188,11 @@ type Detector struct {
 	cfg Config
 	now func() time.Time
 
-	pairFails    *lru[string, *window] // source + role (existing roles)
-	sourceFails  *lru[string, *window] // source, any role
-	invalidFails *lru[string, *window] // source, roles that do not exist
-	roleFails    *lru[string, *window] // role, all sources
-	roles        *lru[string, *roleSeen]
+	pairFails    *lru.Map[string, *window] // source + role (existing roles)
+	sourceFails  *lru.Map[string, *window] // source, any role
+	invalidFails *lru.Map[string, *window] // source, roles that do not exist
+	roleFails    *lru.Map[string, *window] // role, all sources
+	roles        *lru.Map[string, *roleSeen]
 	since        time.Time // history collected since
 }
 
@@ -205,9 +207,9 @@ func New(cfg Config, now func() time.Time) *Detector {
 		now = time.Now
 	}
 	return &Detector{cfg: cfg, now: now,
-		pairFails: newLRU[string, *window](maxFailKeys), sourceFails: newLRU[string, *window](maxFailKeys),
-		invalidFails: newLRU[string, *window](maxFailKeys), roleFails: newLRU[string, *window](maxFailKeys),
-		roles: newLRU[string, *roleSeen](maxRoles), since: now()}
+		pairFails: lru.New[string, *window](maxFailKeys), sourceFails: lru.New[string, *window](maxFailKeys),
+		invalidFails: lru.New[string, *window](maxFailKeys), roleFails: lru.New[string, *window](maxFailKeys),
+		roles: lru.New[string, *roleSeen](maxRoles), since: now()}
 }
 
 // SetConfig changes the policy; counts and history carry over.
@@ -238,17 +240,17 @@ func (w *window) prune(now time.Time, span time.Duration) {
 	w.t = w.t[i:]
 }
 
-func bump(l *lru[string, *window], key string, now time.Time, span time.Duration) int {
-	w, ok := l.get(key)
+func bump(l *lru.Map[string, *window], key string, now time.Time, span time.Duration) int {
+	w, ok := l.Get(key)
 	if !ok {
 		w = &window{}
-		l.put(key, w)
+		l.Put(key, w)
 	}
 	return w.add(now, span)
 }
 
-func peekCount(l *lru[string, *window], key string, now time.Time, span time.Duration) int {
-	if w, ok := l.get(key); ok {
+func peekCount(l *lru.Map[string, *window], key string, now time.Time, span time.Duration) int {
+	if w, ok := l.Get(key); ok {
 		return w.count(now, span)
 	}
 	return 0
@@ -388,8 +390,8 @@ func (d *Detector) sessionStart(e Event, decoys Decoys) []Finding {
 			f.Details["source"], f.Details["failures_before"] = src, itoa(max(pair, any))
 			out = append(out, f)
 			// The success is reported once; a later one needs new failures.
-			d.pairFails.del(src + "\x00" + role)
-			d.sourceFails.del(src)
+			d.pairFails.Del(src + "\x00" + role)
+			d.sourceFails.Del(src)
 		}
 	}
 	return append(out, d.history(e, addr, role, now)...)
@@ -400,7 +402,7 @@ func (d *Detector) history(e Event, addr netip.Addr, role string, now time.Time)
 	var out []Finding
 	prefix := HistoryPrefix(addr).String()
 	learned := now.Sub(d.since) >= d.cfg.Learning
-	rs, known := d.roles.get(role)
+	rs, known := d.roles.Get(role)
 	if d.cfg.PrincipalUnseen > 0 {
 		switch {
 		case known && now.Sub(rs.Last) >= d.cfg.PrincipalUnseen:
@@ -418,7 +420,7 @@ func (d *Detector) history(e Event, addr netip.Addr, role string, now time.Time)
 	}
 	if !known {
 		rs = &roleSeen{Sources: map[string]time.Time{}}
-		d.roles.put(role, rs)
+		d.roles.Put(role, rs)
 	}
 	if d.cfg.SourceUnseen > 0 && known {
 		last, seen := rs.Sources[prefix]
@@ -627,7 +629,7 @@ type RoleHistory struct {
 // History returns the history to save, oldest role first.
 func (d *Detector) History() History {
 	h := History{Since: d.since, Roles: []RoleHistory{}}
-	d.roles.each(func(k string, v *roleSeen) {
+	d.roles.Each(func(k string, v *roleSeen) {
 		src := make(map[string]time.Time, len(v.Sources))
 		for p, t := range v.Sources {
 			src[p] = t
@@ -657,6 +659,6 @@ func (d *Detector) LoadHistory(h History) {
 			}
 			rs.Sources[p] = r.Sources[p]
 		}
-		d.roles.put(Bound(r.Role, MaxName), rs)
+		d.roles.Put(Bound(r.Role, MaxName), rs)
 	}
 }

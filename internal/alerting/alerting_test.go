@@ -299,8 +299,8 @@ func TestBound(t *testing.T) {
 	for i := 0; i < maxFailKeys+100; i++ {
 		d.Observe(fail("10.0.0.1", "n"+itoa(i), true), nil)
 	}
-	if d.pairFails.len() > maxFailKeys {
-		t.Errorf("pairFails has %d entries; want at most %d", d.pairFails.len(), maxFailKeys)
+	if d.pairFails.Len() > maxFailKeys {
+		t.Errorf("pairFails has %d entries; want at most %d", d.pairFails.Len(), maxFailKeys)
 	}
 }
 

@@ -27,7 +27,7 @@ func FuzzDecodeState(f *testing.F) {
 			if err != nil {
 				t.Fatalf("decodeState accepted source %q that parseKey refuses: %v", b.Source, err)
 			}
-			g.mu.bans.put(k, &ban{at: b.At, until: b.Until, count: b.Count})
+			g.mu.bans.Put(k, &ban{at: b.At, until: b.Until, count: b.Count})
 		}
 		g.mu.Unlock()
 		again, err := json.Marshal(st)

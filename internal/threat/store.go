@@ -142,15 +142,15 @@ func (g *Guard) Load() error {
 			continue
 		}
 		k, _ := parseKey(b.Source)
-		g.mu.bans.put(k, &ban{at: b.At, until: b.Until, count: b.Count})
+		g.mu.bans.Put(k, &ban{at: b.At, until: b.Until, count: b.Count})
 	}
 	for _, kn := range st.Known {
 		k, _ := parseKey(kn.Source)
-		g.mu.known.put(k, kn.At)
+		g.mu.known.Put(k, kn.At)
 	}
 	for _, kn := range st.KnownRole {
 		k, _ := parseKey(kn.Source)
-		g.mu.knownPair.put(pairKey{k, kn.Role}, kn.At)
+		g.mu.knownPair.Put(pairKey{k, kn.Role}, kn.At)
 	}
 	return nil
 }
@@ -170,17 +170,17 @@ func (g *Guard) Save() error {
 	}
 	st := fileState{Version: fileVersion, Bans: []fileBan{}, Known: []fileKnown{}, KnownRole: []fileKnown{}}
 	ttl := g.mu.cfg.KnownTTL
-	g.mu.bans.each(func(k netip.Prefix, b *ban) {
+	g.mu.bans.Each(func(k netip.Prefix, b *ban) {
 		if now.Sub(b.until) <= banForget {
 			st.Bans = append(st.Bans, fileBan{Source: k.String(), At: b.at, Until: b.until, Count: b.count})
 		}
 	})
-	g.mu.known.each(func(k netip.Prefix, at time.Time) {
+	g.mu.known.Each(func(k netip.Prefix, at time.Time) {
 		if now.Sub(at) < ttl {
 			st.Known = append(st.Known, fileKnown{Source: k.String(), At: at})
 		}
 	})
-	g.mu.knownPair.each(func(k pairKey, at time.Time) {
+	g.mu.knownPair.Each(func(k pairKey, at time.Time) {
 		// A name that is not UTF-8 would come back as another (JSON
 		// replaces its bytes): it is not kept.
 		if now.Sub(at) < ttl && utf8.ValidString(k.role) {

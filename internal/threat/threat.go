@@ -21,6 +21,8 @@ import (
 	"sync"
 	"time"
 	"unicode/utf8"
+
+	"github.com/pgshield/pgshield/internal/lru"
 )
 
 // Config is the policy; the gateway's parameters resolve into it (see
@@ -291,12 +293,12 @@ type Guard struct {
 		// bans, known and knownPair change only on a ban or a successful
 		// login and are what the state file keeps; the failure tables
 		// start empty after a restart.
-		bans      *lru[netip.Prefix, *ban]
-		known     *lru[netip.Prefix, time.Time]
-		knownPair *lru[pairKey, time.Time]
-		srcFail   *lru[netip.Prefix, *failures]
-		pairFail  *lru[pairKey, *failures]
-		roleFail  *lru[string, *roleState]
+		bans      *lru.Map[netip.Prefix, *ban]
+		known     *lru.Map[netip.Prefix, time.Time]
+		knownPair *lru.Map[pairKey, time.Time]
+		srcFail   *lru.Map[netip.Prefix, *failures]
+		pairFail  *lru.Map[pairKey, *failures]
+		roleFail  *lru.Map[string, *roleState]
 		// Live counts; entries exist only while non-zero, so they are
 		// bounded by the open connections.
 		preauth      map[netip.Prefix]int
@@ -328,12 +330,12 @@ func New(cfg Config, opts ...Option) *Guard {
 		o(g)
 	}
 	g.mu.cfg = cfg
-	g.mu.bans = newLRU[netip.Prefix, *ban](g.max)
-	g.mu.known = newLRU[netip.Prefix, time.Time](g.max)
-	g.mu.knownPair = newLRU[pairKey, time.Time](g.max)
-	g.mu.srcFail = newLRU[netip.Prefix, *failures](g.max)
-	g.mu.pairFail = newLRU[pairKey, *failures](g.max)
-	g.mu.roleFail = newLRU[string, *roleState](g.max)
+	g.mu.bans = lru.New[netip.Prefix, *ban](g.max)
+	g.mu.known = lru.New[netip.Prefix, time.Time](g.max)
+	g.mu.knownPair = lru.New[pairKey, time.Time](g.max)
+	g.mu.srcFail = lru.New[netip.Prefix, *failures](g.max)
+	g.mu.pairFail = lru.New[pairKey, *failures](g.max)
+	g.mu.roleFail = lru.New[string, *roleState](g.max)
 	g.mu.preauth = map[netip.Prefix]int{}
 	g.mu.sessSrc = map[netip.Prefix]int{}
 	g.mu.sessRole = map[string]int{}
@@ -356,7 +358,7 @@ func (g *Guard) Admit(src netip.Addr) Admission {
 	defer g.mu.Unlock()
 	cfg := g.mu.cfg
 	ignored := cfg.ignored(src)
-	if b, ok := g.mu.bans.peek(k); ok && now.Before(b.until) && !ignored {
+	if b, ok := g.mu.bans.Peek(k); ok && now.Before(b.until) && !ignored {
 		report := now.Sub(b.reported) >= reportEvery
 		if report {
 			b.reported = now
@@ -392,7 +394,7 @@ func (g *Guard) Admit(src netip.Addr) Admission {
 }
 
 func (g *Guard) knownLocked(k netip.Prefix, now time.Time) bool {
-	at, ok := g.mu.known.peek(k)
+	at, ok := g.mu.known.Peek(k)
 	return ok && now.Sub(at) < g.mu.cfg.KnownTTL
 }
 
@@ -421,7 +423,7 @@ func (g *Guard) Throttle(src netip.Addr, role string) (wait time.Duration, ok bo
 	if g.knownPairLocked(pk, now) {
 		return 0, true
 	}
-	rs, found := g.mu.roleFail.peek(pk.role)
+	rs, found := g.mu.roleFail.Peek(pk.role)
 	if !found {
 		return 0, true
 	}
@@ -446,11 +448,11 @@ func (g *Guard) Throttle(src netip.Addr, role string) (wait time.Duration, ok bo
 }
 
 func (g *Guard) knownPairLocked(pk pairKey, now time.Time) bool {
-	at, ok := g.mu.knownPair.peek(pk)
+	at, ok := g.mu.knownPair.Peek(pk)
 	if !ok || now.Sub(at) >= g.mu.cfg.KnownTTL {
 		return false
 	}
-	if f, ok := g.mu.pairFail.peek(pk); ok && g.mu.cfg.MaxFailures > 0 && f.count(now, g.mu.cfg.Window) >= g.mu.cfg.MaxFailures {
+	if f, ok := g.mu.pairFail.Peek(pk); ok && g.mu.cfg.MaxFailures > 0 && f.count(now, g.mu.cfg.Window) >= g.mu.cfg.MaxFailures {
 		return false // a known host that turned to guessing is slowed like any other
 	}
 	return true
@@ -465,17 +467,17 @@ func (g *Guard) LoginFailed(src netip.Addr, role string) *Ban {
 	cfg := g.mu.cfg
 	pk := pairKey{SourceKey(src), RoleKey(role)}
 	keep := max(cfg.MaxFailures, 1)
-	pf, ok := g.mu.pairFail.get(pk)
+	pf, ok := g.mu.pairFail.Get(pk)
 	if !ok {
 		pf = &failures{}
-		g.mu.pairFail.put(pk, pf)
+		g.mu.pairFail.Put(pk, pf)
 	}
 	pf.add(now, cfg.Window, keep)
 	if cfg.RoleMaxFailures > 0 && cfg.Window > 0 {
-		rs, ok := g.mu.roleFail.get(pk.role)
+		rs, ok := g.mu.roleFail.Get(pk.role)
 		if !ok {
 			rs = &roleState{start: now}
-			g.mu.roleFail.put(pk.role, rs)
+			g.mu.roleFail.Put(pk.role, rs)
 		}
 		rs.roll(now, cfg.Window)
 		rs.cur++
@@ -483,10 +485,10 @@ func (g *Guard) LoginFailed(src netip.Addr, role string) *Ban {
 	if cfg.MaxFailures <= 0 || cfg.Window <= 0 || cfg.BanTime <= 0 || cfg.ignored(src) {
 		return nil
 	}
-	sf, ok := g.mu.srcFail.get(pk.src)
+	sf, ok := g.mu.srcFail.Get(pk.src)
 	if !ok {
 		sf = &failures{}
-		g.mu.srcFail.put(pk.src, sf)
+		g.mu.srcFail.Put(pk.src, sf)
 	}
 	if sf.add(now, cfg.Window, keep) < cfg.MaxFailures {
 		return nil
@@ -499,7 +501,7 @@ func (g *Guard) LoginFailed(src netip.Addr, role string) *Ban {
 // more than banForget ago.
 func (g *Guard) banLocked(k netip.Prefix, now time.Time) *Ban {
 	cfg := g.mu.cfg
-	b, ok := g.mu.bans.get(k)
+	b, ok := g.mu.bans.Get(k)
 	if !ok || now.Sub(b.until) > banForget {
 		b = &ban{}
 	}
@@ -517,7 +519,7 @@ func (g *Guard) banLocked(k netip.Prefix, now time.Time) *Ban {
 		d = cfg.MaxBanTime
 	}
 	b.at, b.until, b.reported = now, now.Add(d), time.Time{}
-	g.mu.bans.put(k, b)
+	g.mu.bans.Put(k, b)
 	g.mu.dirty = true
 	return &Ban{Source: k, At: b.at, Until: b.until, Count: b.count}
 }
@@ -529,10 +531,10 @@ func (g *Guard) LoginSucceeded(src netip.Addr, role string) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	pk := pairKey{SourceKey(src), RoleKey(role)}
-	g.mu.known.put(pk.src, now)
-	g.mu.knownPair.put(pk, now)
+	g.mu.known.Put(pk.src, now)
+	g.mu.knownPair.Put(pk, now)
 	// The pair's own failures were the user's typing, not an attack.
-	g.mu.pairFail.del(pk)
+	g.mu.pairFail.Del(pk)
 	g.mu.dirty = true
 }
 
@@ -583,7 +585,7 @@ func (g *Guard) Bans() []Ban {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	var out []Ban
-	g.mu.bans.each(func(k netip.Prefix, b *ban) {
+	g.mu.bans.Each(func(k netip.Prefix, b *ban) {
 		if now.Before(b.until) {
 			out = append(out, Ban{Source: k, At: b.at, Until: b.until, Count: b.count})
 		}
@@ -599,10 +601,10 @@ func (g *Guard) Unban(src netip.Prefix) bool {
 	k := SourceKey(src.Addr())
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	b, ok := g.mu.bans.peek(k)
+	b, ok := g.mu.bans.Peek(k)
 	active := ok && now.Before(b.until)
-	g.mu.bans.del(k)
-	g.mu.srcFail.del(k)
+	g.mu.bans.Del(k)
+	g.mu.srcFail.Del(k)
 	if ok {
 		g.mu.dirty = true
 	}
@@ -618,7 +620,7 @@ type Stats struct {
 func (g *Guard) Stats() Stats {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	return Stats{PreAuth: g.mu.preauthTotal, Sessions: g.mu.sessTotal, Bans: g.mu.bans.len(),
-		Entries: g.mu.bans.len() + g.mu.known.len() + g.mu.knownPair.len() + g.mu.srcFail.len() +
-			g.mu.pairFail.len() + g.mu.roleFail.len()}
+	return Stats{PreAuth: g.mu.preauthTotal, Sessions: g.mu.sessTotal, Bans: g.mu.bans.Len(),
+		Entries: g.mu.bans.Len() + g.mu.known.Len() + g.mu.knownPair.Len() + g.mu.srcFail.Len() +
+			g.mu.pairFail.Len() + g.mu.roleFail.Len()}
 }
