@@ -504,10 +504,30 @@ func testRealPoolConnectChecks(t *testing.T, mode string) {
 		t.Fatal(err)
 	}
 	sup("ALTER ROLE " + role + " IN DATABASE " + db + " SET default_transaction_read_only = on")
-	defer sup("ALTER ROLE " + role + " IN DATABASE " + db + " RESET ALL")
 	pid, got, err := session("SHOW default_transaction_read_only")
 	if err != nil || got != "on" || pid == before {
 		t.Errorf("after ALTER ROLE SET: backend %s (pooled %s), default_transaction_read_only = %q, %v; want a new backend with on", pid, before, got, err)
+	}
+	sup("ALTER ROLE " + role + " IN DATABASE " + db + " RESET ALL")
+
+	// A role dropped and created again under its name: the old role's
+	// pooled backend (its session user a dead OID) is never handed to the
+	// new one (found by the e2e suite: the new role ran with no privileges).
+	before, _, err = session("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sup("REVOKE CONNECT ON DATABASE " + db + " FROM " + role)
+	sup("DROP ROLE " + role)
+	srv.CreateRole(t, role, goodPassword, "LOGIN")
+	sup("GRANT CONNECT ON DATABASE " + db + " TO " + role)
+	// Cleanups run last in, first out: the new role's drop comes before
+	// the database's, so its grant goes first.
+	t.Cleanup(func() { _, _ = super.Exec(ctx, "DROP DATABASE IF EXISTS "+db+" WITH (FORCE)") })
+	env.srv.cfg.Roles.(interface{ Forget(string) }).Forget(role)
+	pid, got, err = session("SELECT (current_user OPERATOR(pg_catalog.=) '" + role + "')::text")
+	if err != nil || got != "true" || pid == before {
+		t.Errorf("after DROP and CREATE ROLE: backend %s (pooled %s), current_user is the role: %q, %v; want a new backend of the new role", pid, before, got, err)
 	}
 }
 
