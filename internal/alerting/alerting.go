@@ -515,6 +515,14 @@ func (d *Detector) refused(e Event) []Finding {
 	f.Details["sqlstate"] = str(e.Fields, "sqlstate")
 	f.Evidence["message"] = Bound(e.Reason, 1024)
 	f.Evidence["statement"] = Bound(stmt, 2048)
+	// A refusal inside a function, view or trigger may be someone else's
+	// code that the user only called (the administrator can plant one to
+	// frame a tenant): PostgreSQL's CONTEXT says where it ran, and the
+	// alert says the user's statement was not the refused one.
+	if ctx := str(e.Fields, "context"); ctx != "" {
+		f.Evidence["context"] = Bound(ctx, 1024)
+		f.Details["refused_in"] = "called code (see context), not necessarily the user's own statement"
+	}
 	return []Finding{f}
 }
 

@@ -254,6 +254,14 @@ func TestEscalationRefused(t *testing.T) {
 	if f := has(d.Observe(e, nil), TypeEscalationRefused); f == nil || f.Evidence["statement"] == "" {
 		t.Errorf("guard refusal not alerted")
 	}
+	// Refused inside a function the user only called: the alert says so,
+	// with PostgreSQL's CONTEXT (a planted function must not read as the
+	// user's own attempt).
+	e.Fields["context"] = "SQL statement \"GRANT pg_write_server_files TO session_user\"\nPL/pgSQL function public.trap2() line 3 at EXECUTE"
+	if f := has(d.Observe(e, nil), TypeEscalationRefused); f == nil || f.Evidence["context"] == "" || f.Details["refused_in"] == "" {
+		t.Errorf("refusal inside called code: finding %+v; want its context and refused_in", f)
+	}
+	delete(e.Fields, "context")
 	// A tenant's RAISE with 42501 comes from PL/pgSQL: not the guard.
 	e.Fields["location"] = "exec_stmt_raise, pl_exec.c:3889"
 	if fs := d.Observe(e, nil); len(fs) != 0 {
