@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
@@ -34,6 +35,11 @@ func (s *Server) handleCancel(ctx context.Context, st *wire.Startup, log *slog.L
 		return
 	}
 	if err := s.cfg.Backend.Cancel(cctx, t.b.PID, t.b.Key); err != nil {
+		if errors.Is(err, pgbackend.ErrCancelUnconfirmed) {
+			// The signal may land after the backend has changed hands: it
+			// serves this client to the end and is then closed.
+			t.b.MarkCancelUnconfirmed()
+		}
 		log.Warn("Cancel request failed.", "error", err)
 	}
 }

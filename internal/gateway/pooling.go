@@ -51,6 +51,9 @@ type pooled struct {
 // new connection (CONNECT, ALLOW_CONNECTIONS, both CONNECTION LIMITs,
 // LOGIN, VALID UNTIL), with the role and database settings it started with.
 func (p *pooled) checkPass(row []string, role string) error {
+	if p.b.CancelUnconfirmed() {
+		return fmt.Errorf("%w: a cancel for it may still arrive", errNotReusable)
+	}
 	if len(row) != 6 || row[0] != "t" || row[1] != role || row[2] != "f" {
 		return fmt.Errorf("%w: check after reset = %q", errNotReusable, row)
 	}

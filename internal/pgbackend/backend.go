@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -42,7 +43,23 @@ type Backend struct {
 	// (nil without one), bindSeq the last BindClient's number.
 	bindKey []byte
 	bindSeq uint64
+	// cancelUnconfirmed: a CancelRequest for this backend was sent but the
+	// postmaster did not confirm it (close the connection) in time, so the
+	// signal may still arrive: the backend must serve no other client.
+	cancelUnconfirmed atomic.Bool
 }
+
+// MarkCancelUnconfirmed records that a cancel for b may still be on its way.
+func (b *Backend) MarkCancelUnconfirmed() { b.cancelUnconfirmed.Store(true) }
+
+// CancelUnconfirmed reports whether a cancel for b may still be on its way
+// (see MarkCancelUnconfirmed): such a backend is never handed to another
+// client.
+func (b *Backend) CancelUnconfirmed() bool { return b.cancelUnconfirmed.Load() }
+
+// ErrCancelUnconfirmed is Cancel's error when the postmaster did not close
+// the connection in time: the cancel may still be delivered later.
+var ErrCancelUnconfirmed = errors.New("the postmaster did not confirm the cancel request in time")
 
 // SocketPath is the path of the postmaster's Unix socket for port in dir,
 // named as libpq names it.
@@ -54,6 +71,9 @@ func SocketPath(dir string, port int) string {
 type Dialer struct {
 	// Socket is the socket's path (SocketPath).
 	Socket string
+	// CancelWait bounds how long Cancel waits for the postmaster to confirm
+	// a cancel by closing the connection; 0 means 5 s.
+	CancelWait time.Duration
 }
 
 // Connect opens a backend session with the client's startup parameters
@@ -168,8 +188,17 @@ func (d *Dialer) Cancel(ctx context.Context, pid uint32, key []byte) error {
 	if err != nil {
 		return err
 	}
-	// Wait for the postmaster to close, so the cancel is delivered before we return.
-	_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-	_, _ = conn.Read(make([]byte, 1))
+	// Wait for the postmaster to close, so the cancel is delivered before we
+	// return; a timeout means it may still be, later.
+	wait := d.CancelWait
+	if wait <= 0 {
+		wait = 5 * time.Second
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(wait))
+	_, err = conn.Read(make([]byte, 1))
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return ErrCancelUnconfirmed
+	}
 	return nil
 }

@@ -147,6 +147,39 @@ func TestCancel(t *testing.T) {
 	}
 }
 
+// A postmaster that does not close the cancel connection in time has not
+// confirmed the cancel: it may still be delivered, which the gateway must
+// know (such a backend never serves another client).
+func TestCancelUnconfirmed(t *testing.T) {
+	checkGoroutines(t)
+	sock := filepath.Join(t.TempDir(), ".s.PGSQL.5432")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	held := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err == nil {
+			held <- c // read nothing, close nothing
+		}
+	}()
+	err = (&Dialer{Socket: sock, CancelWait: 50 * time.Millisecond}).Cancel(context.Background(), 42, []byte{1, 2, 3, 4})
+	if !errors.Is(err, ErrCancelUnconfirmed) {
+		t.Errorf("Cancel() to a postmaster that does not close = %v; want ErrCancelUnconfirmed", err)
+	}
+	(<-held).Close()
+	var b Backend
+	if b.CancelUnconfirmed() {
+		t.Fatal("a new Backend reports an unconfirmed cancel")
+	}
+	b.MarkCancelUnconfirmed()
+	if !b.CancelUnconfirmed() {
+		t.Error("MarkCancelUnconfirmed did not stick")
+	}
+}
+
 func TestConnectNoSocket(t *testing.T) {
 	_, err := (&Dialer{Socket: filepath.Join(t.TempDir(), ".s.PGSQL.5432")}).Connect(context.Background(), nil)
 	if err == nil || !strings.Contains(err.Error(), "connecting to PostgreSQL") {
