@@ -326,7 +326,15 @@ func secretsSweep(t *testing.T) {
 	if err := child.Start(); err != nil {
 		t.Fatal(err)
 	}
-	found = scanProcs([]int{child.Process.Pid}, secrets)
+	// Read again for a while if a side is missing: a scan just after the
+	// start once saw the environment but not yet the arguments (a CI run).
+	for i := 0; i < 20; i++ {
+		found = scanProcs([]int{child.Process.Pid}, secrets)
+		if hasFinding(found, "cmdline", "password") && hasFinding(found, "environ", "password") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	_ = child.Process.Signal(syscall.SIGKILL)
 	_ = child.Wait()
 	if !hasFinding(found, "cmdline", "password") || !hasFinding(found, "environ", "password") {
