@@ -558,15 +558,7 @@ func ParseClient(s string) (netip.Addr, bool) {
 	if a, err := netip.ParseAddr(s); err == nil {
 		return a.Unmap().WithZone(""), true
 	}
-	if ap, err := netip.ParseAddrPort(s); err == nil {
-		return ap.Addr().Unmap().WithZone(""), true
-	}
-	if i := strings.LastIndexByte(s, ':'); i > 0 {
-		if a, err := netip.ParseAddr(s[:i]); err == nil {
-			return a.Unmap().WithZone(""), true
-		}
-	}
-	return netip.Addr{}, false
+	return ParseClientPort(s)
 }
 
 // ParseClientPort reads PostgreSQL's "address:port" (jsonlog joins
