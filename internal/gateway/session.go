@@ -9,11 +9,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/auth/oidc"
 	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/proxyproto"
@@ -368,18 +370,47 @@ func (c *clientConn) opened(login loginResult, h *held) {
 }
 
 // endAtExpiry ends sess when the access token it logged in with expires,
-// under pgshield.oidc_enforce_expiry; stop cancels.
+// under pgshield.oidc_enforce_expiry; stop cancels. exp is a wall-clock
+// time and timers run on the monotonic clock, so the timer wakes at least
+// every oidc.RecheckEvery to compare again (a jump of the system clock
+// neither keeps the session past exp nor ends it early; the login's
+// tolerance, oidc.Skew, is not added).
 func (c *clientConn) endAtExpiry(sess *session, login loginResult) (stop func()) {
 	if login.expiry.IsZero() || !c.rt.params.OIDC.EnforceExpiry {
 		return func() {}
 	}
-	t := time.AfterFunc(login.expiry.Sub(c.srv.cfg.Now()), func() {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		t       *time.Timer
+	)
+	check := func() {
+		wait, expired := oidc.UntilExpiry(login.expiry, c.srv.cfg.Now())
+		mu.Lock()
+		if stopped || !expired {
+			if !stopped {
+				t.Reset(wait)
+			}
+			mu.Unlock()
+			return
+		}
+		stopped = true
+		mu.Unlock()
 		c.srv.cfg.Audit(audit.Event{Type: "session.terminated", Outcome: audit.OutcomeFailure, Client: c.src.String(),
 			User: c.user, Database: c.db, Reason: "access token expired (pgshield.oidc_enforce_expiry = on)"})
 		sess.terminate(wire.ErrorMessage(wire.CodeAdminShutdown,
 			"terminating connection because its access token expired"))
-	})
-	return func() { t.Stop() }
+	}
+	wait, _ := oidc.UntilExpiry(login.expiry, c.srv.cfg.Now())
+	mu.Lock()
+	t = time.AfterFunc(wait, check)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
+	}
 }
 
 // relay relays sess until either side ends it, then logs and audits the

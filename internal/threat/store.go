@@ -142,17 +142,38 @@ func (g *Guard) Load() error {
 			continue
 		}
 		k, _ := parseKey(b.Source)
-		g.mu.bans.Put(k, &ban{at: b.At, until: b.Until, count: b.Count})
+		at, until := rebaseBan(now, b.At, b.Until)
+		g.mu.bans.Put(k, &ban{at: at, until: until, count: b.Count})
 	}
 	for _, kn := range st.Known {
 		k, _ := parseKey(kn.Source)
-		g.mu.known.Put(k, kn.At)
+		g.mu.known.Put(k, rebaseAt(now, kn.At))
 	}
 	for _, kn := range st.KnownRole {
 		k, _ := parseKey(kn.Source)
-		g.mu.knownPair.Put(pairKey{k, kn.Role}, kn.At)
+		g.mu.knownPair.Put(pairKey{k, kn.Role}, rebaseAt(now, kn.At))
 	}
 	return nil
+}
+
+// rebaseBan turns a ban read from the file (wall-clock times: the only
+// clock that survives a restart) into times on now's clock. Within a run,
+// times from time.Now carry the monotonic clock, so a ban is a duration
+// that wall-clock jumps do not stretch or cut; the file's times are
+// compared with the wall clock once, here. A ban never lasts longer than
+// it was set for: if the clock went back before the ban began, it runs
+// its whole length from now, not until its old end.
+func rebaseBan(now, at, until time.Time) (time.Time, time.Time) {
+	length := until.Sub(at)
+	left := min(until.Sub(now), length)
+	u := now.Add(left)
+	return u.Add(-length), u
+}
+
+// rebaseAt is rebaseBan for a known-good source's time of login: an age
+// that the clock made negative counts as zero.
+func rebaseAt(now, at time.Time) time.Time {
+	return now.Add(-max(now.Sub(at), 0))
 }
 
 // Save writes the state file if anything it keeps changed since the last
