@@ -185,6 +185,38 @@ func TestAlerts(t *testing.T) {
 		}
 	})
 
+	t.Run("attack tool fingerprint", func(t *testing.T) {
+		// ncrack's startup packet byte for byte (modules/ncrack_psql.cc),
+		// in plaintext as ncrack sends it: require_secure_transport
+		// refuses it before any login, and the refusal still names the
+		// tool (a default fingerprint, no application_name match: "psql").
+		var pkt []byte
+		pkt = append(pkt, 0, 0, 0, 0, 0, 3, 0, 0)
+		for _, kv := range []string{"user", "scanme", "database", "postgres", "application_name", "psql", "client_encoding", "UTF8"} {
+			pkt = append(append(pkt, kv...), 0)
+		}
+		pkt = append(pkt, 0)
+		pkt[3] = byte(len(pkt))
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: loopbackIP(0, 0, 9)}, Timeout: 5 * time.Second}
+		c, err := d.Dial("tcp", s.addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = c.Write(pkt)
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		reply, _ := io.ReadAll(c)
+		c.Close()
+		if !strings.Contains(string(reply), "SSL connection is required") {
+			t.Errorf("plaintext tool got %q; want the require_secure_transport refusal", reply)
+		}
+		a := s.waitAlert(t, "harmful_application (fingerprint)", 10*time.Second, func(a apitype.Alert) bool {
+			return a.Type == "alert.harmful_application" && a.Details["tool"] == "ncrack"
+		})
+		if a.Severity != "High" || a.Client != "127.0.0.9" || a.Details["matched_by"] != "startup_fingerprint" || a.User != "scanme" {
+			t.Errorf("fingerprint alert = %+v", a)
+		}
+	})
+
 	t.Run("source not seen", func(t *testing.T) {
 		if err := s.connectFrom(loopbackIP(0, 1, 7), admin, adminPassword); err != nil {
 			t.Fatalf("admin from 127.0.1.7: %v", err)

@@ -170,8 +170,8 @@ type Config struct {
 	// plain word matches a word of application_name, anything with
 	// punctuation ("pgsql-brute") a substring.
 	HarmfulApps []string
-	// HarmfulFingerprints are startup-parameter key lists ("user,database")
-	// that mark a tool even without an application_name.
+	// HarmfulFingerprints are startup packet shapes (see
+	// MatchFingerprint) that mark a tool even without an application_name.
 	HarmfulFingerprints []string
 }
 
@@ -270,6 +270,10 @@ func (d *Detector) Observe(e Event, decoys Decoys) []Finding {
 		return d.authFailure(e, decoys)
 	case "session.start":
 		return d.sessionStart(e, decoys)
+	case "connection.refused":
+		// A tool refused before authentication (plaintext under
+		// require_secure_transport) still showed its startup packet.
+		return d.refusedStartup(e)
 	case "privilege.refused":
 		return d.refused(e)
 	case "postgres.audit":
@@ -447,18 +451,29 @@ func (d *Detector) history(e Event, addr netip.Addr, role string, now time.Time)
 	return out
 }
 
+// refusedStartup looks for an attack tool in a connection the gateway
+// refused after reading its startup packet.
+func (d *Detector) refusedStartup(e Event) []Finding {
+	if str(e.Fields, "startup_keys") == "" {
+		return nil
+	}
+	addr, ok := ParseClient(e.Client)
+	if !ok {
+		return nil
+	}
+	return d.harmful(e, SourceKey(addr).String())
+}
+
 // harmful checks application_name and the startup fingerprint.
 func (d *Detector) harmful(e Event, src string) []Finding {
 	app := strings.ToLower(str(e.Fields, "application_name"))
-	keys := str(e.Fields, "startup_keys")
 	tool := MatchApp(app, d.cfg.HarmfulApps)
 	how := "application_name"
-	if tool == "" && keys != "" {
-		for _, fp := range d.cfg.HarmfulFingerprints {
-			if keys == fp {
-				tool, how = fp, "startup_keys"
-				break
-			}
+	if tool == "" {
+		st := Startup{Keys: str(e.Fields, "startup_keys"), User: e.User, Database: e.Database,
+			Application: str(e.Fields, "application_name"), ClientEncoding: str(e.Fields, "client_encoding")}
+		if tool = MatchFingerprint(st, d.cfg.HarmfulFingerprints); tool != "" {
+			how = "startup_fingerprint"
 		}
 	}
 	if tool == "" {

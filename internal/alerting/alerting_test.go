@@ -177,7 +177,7 @@ func TestHarmfulApplication(t *testing.T) {
 	d.SetConfig(cfg)
 	e := login("10.0.0.1", "app")
 	e.Fields["startup_keys"] = "user,database"
-	if f := has(d.Observe(e, nil), TypeHarmfulApplication); f == nil || f.Details["matched_by"] != "startup_keys" {
+	if f := has(d.Observe(e, nil), TypeHarmfulApplication); f == nil || f.Details["matched_by"] != "startup_fingerprint" {
 		t.Errorf("fingerprint user,database not matched")
 	}
 }

@@ -4,16 +4,21 @@ package apitype
 // per role and database, the gateway's clients and backends.
 type PoolInfo struct {
 	// Mode is pgshield.pool_mode: session, transaction or off.
-	Mode     string      `json:"mode"`
-	Size     int         `json:"pool_size"`
-	MaxTotal int         `json:"pool_max_total"`
-	Pools    []PoolEntry `json:"pools"`
+	Mode string `json:"mode"`
+	// ModeOverrides is pgshield.pool_mode_overrides (canonical), the
+	// per-database and per-role modes over Mode.
+	ModeOverrides string      `json:"mode_overrides"`
+	Size          int         `json:"pool_size"`
+	MaxTotal      int         `json:"pool_max_total"`
+	Pools         []PoolEntry `json:"pools"`
 }
 
 // PoolEntry is one role and database (startup parameter variants summed).
 type PoolEntry struct {
 	Role     string `json:"role"`
 	Database string `json:"database"`
+	// Mode is the pool mode in force for this role and database.
+	Mode string `json:"mode"`
 	// Clients are client sessions served from this pool now.
 	Clients int `json:"clients"`
 	// Active backends serve a client; Idle ones wait, reset, for the next.

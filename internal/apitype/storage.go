@@ -34,6 +34,11 @@ type StorageInfo struct {
 	// HostFreeBytes is what the filesystem holding the image or the cipher
 	// directory has left.
 	HostFreeBytes uint64 `json:"host_free_bytes,omitempty"`
+	// Full names the filesystem that is full, "volume" or
+	// "host_filesystem" (the one holding the image or cipher directory),
+	// and FullDetail what to do; empty when neither is.
+	Full       string `json:"full,omitempty"`
+	FullDetail string `json:"full_detail,omitempty"`
 	// Autogrow is pgshield.storage_autogrow; AutogrowNote says when it
 	// cannot apply.
 	Autogrow     bool        `json:"autogrow"`

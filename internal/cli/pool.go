@@ -17,9 +17,12 @@ func newPool(g *globals) *cobra.Command {
 			}
 			return emit(cmd.OutOrStdout(), g, info, func(tw *tabwriter.Writer) {
 				fmt.Fprintf(tw, "mode %s, pool_size %d, pool_max_total %d\n", info.Mode, info.Size, info.MaxTotal)
-				fmt.Fprintln(tw, "ROLE\tDATABASE\tCLIENTS\tACTIVE\tIDLE\tWAITING\tWAITS")
+				if info.ModeOverrides != "" {
+					fmt.Fprintf(tw, "mode overrides: %s\n", info.ModeOverrides)
+				}
+				fmt.Fprintln(tw, "ROLE\tDATABASE\tMODE\tCLIENTS\tACTIVE\tIDLE\tWAITING\tWAITS")
 				for _, p := range info.Pools {
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Role, p.Database, p.Clients, p.Active, p.Idle, p.Waiting, p.Waits)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Role, p.Database, p.Mode, p.Clients, p.Active, p.Idle, p.Waiting, p.Waits)
 				}
 			})
 		}}

@@ -78,6 +78,9 @@ func storageTable(tw *tabwriter.Writer, s apitype.StorageInfo) {
 	if s.HostFreeBytes > 0 {
 		fmt.Fprintf(tw, "host free\t%s\n", mib(s.HostFreeBytes))
 	}
+	if s.Full != "" {
+		fmt.Fprintf(tw, "FULL\t%s: %s\n", s.Full, s.FullDetail)
+	}
 	auto := "off"
 	switch {
 	case s.AutogrowNote != "":

@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/pgshield/pgshield/internal/alerting"
 )
 
 // alertParams are the pgshield.alert_* parameters (internal/ctl/alerts,
@@ -29,8 +32,8 @@ var alertParams = []Param{
 		Description: "How long logins are learned before a role or source prefix never seen at all raises a not-seen alert (0s: from the first login)."},
 	{Name: "pgshield.alert_harmful_applications", Default: DefaultHarmfulApplications, Check: checkToolList,
 		Description: "Comma-separated application names of attack tools: a login or attempt whose application_name holds one (a word; with punctuation, a substring; any case) raises a High alert."},
-	{Name: "pgshield.alert_harmful_fingerprints", Default: "", Check: checkFingerprints,
-		Description: "Semicolon-separated startup-parameter key lists (e.g. user,database) that mark an attack tool even without an application_name; empty: none."},
+	{Name: "pgshield.alert_harmful_fingerprints", Default: alerting.DefaultHarmfulFingerprints, Check: checkFingerprints,
+		Description: "Semicolon-separated startup packet shapes that mark an attack tool even without an application_name: [NAME:]KEY[=VALUE],... with the keys in the order sent (values only for user, database, application_name, client_encoding); the default holds nmap's and ncrack's (README \"Alerts and decoys\"); empty: none."},
 	{Name: "pgshield.alert_webhook_url", Default: "", Check: checkWebhookURL,
 		Description: "https:// URL every new alert is POSTed to as JSON (retried with backoff, never delaying a login); empty turns it off."},
 	{Name: "pgshield.alert_webhook_ca_file", Default: "", Check: checkCAFile,
@@ -84,7 +87,10 @@ func checkToolList(v string) (string, error) {
 	return strings.Join(out, ","), nil
 }
 
-var keyListRE = regexp.MustCompile(`^[a-z_][a-z0-9_.]{0,63}(,[a-z_][a-z0-9_.]{0,63})*$`)
+// fingerprintRE: [NAME:]KEY[=VALUE],... (alerting.MatchFingerprint).
+var fingerprintRE = regexp.MustCompile(`^([a-z0-9][a-z0-9._-]{0,31}:)?` + fpElem + `(,` + fpElem + `)*$`)
+
+const fpElem = `[a-z_][a-z0-9_.]{0,63}(=[A-Za-z0-9_.-]{1,63})?`
 
 func checkFingerprints(v string) (string, error) {
 	var out []string
@@ -93,8 +99,17 @@ func checkFingerprints(v string) (string, error) {
 		if f == "" {
 			continue
 		}
-		if !keyListRE.MatchString(f) || len(f) > 1024 {
-			return "", fmt.Errorf("%q is not a startup key list (e.g. user,database)", f)
+		if !fingerprintRE.MatchString(f) || len(f) > 1024 {
+			return "", fmt.Errorf("%q is not a startup packet shape ([NAME:]KEY[=VALUE],..., e.g. tool:user,database=postgres)", f)
+		}
+		_, shape, named := strings.Cut(f, ":")
+		if !named {
+			shape = f
+		}
+		for _, e := range strings.Split(shape, ",") {
+			if k, _, valued := strings.Cut(e, "="); valued && !slices.Contains(alerting.FingerprintValueKeys, k) {
+				return "", fmt.Errorf("%q: only %s can be given a value", f, strings.Join(alerting.FingerprintValueKeys, ", "))
+			}
 		}
 		out = append(out, f)
 	}

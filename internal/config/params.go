@@ -114,6 +114,8 @@ var gatewayParams = []Param{
 	// Backend pooling (internal/pool; README "Pooling").
 	{Name: "pgshield.pool_mode", Default: "session", Allowed: []string{"session", "transaction", "off"},
 		Description: "Reuse backends: session hands a client's backend, reset with DISCARD ALL, to the next client of the same role, database and startup parameters; transaction holds a backend only for a transaction (reset when it changes clients; session features pin the client to it); off opens one backend per client."},
+	{Name: "pgshield.pool_mode_overrides", Default: "", Check: checkPoolOverrides,
+		Description: "Pool modes for some databases and roles, over pgshield.pool_mode: comma-separated db:NAME=MODE or role:NAME=MODE (session, transaction or off); a role's beats its database's. Names are the catalog's, exact; others than letters, digits and _$.- in double quotes."},
 	{Name: "pgshield.pool_size", Default: "20", Check: checkPoolSize,
 		Description: "Idle backends kept per role, database and startup parameters; in transaction mode, the backends open for them."},
 	{Name: "pgshield.pool_max_total", Default: "90", Check: checkPoolSize,
@@ -347,8 +349,10 @@ type Params struct {
 
 // PoolParams are the pgshield.pool_* parameters (internal/pool).
 type PoolParams struct {
-	// Mode is "session" or "off".
+	// Mode is "session", "transaction" or "off"; Overrides holds the
+	// per-role and per-database modes (ModeFor).
 	Mode                  string
+	Overrides             PoolOverrides
 	Size, MaxTotal        int
 	IdleTimeout, Lifetime time.Duration
 	WaitTimeout           time.Duration
@@ -467,7 +471,11 @@ func ResolveParams(set map[string]string) (Params, error) {
 	if t := &out.Threat; t.BanTime > t.MaxBanTime {
 		t.MaxBanTime = t.BanTime
 	}
-	out.Pool = PoolParams{Mode: vals["pgshield.pool_mode"], Size: atoi("pgshield.pool_size"), MaxTotal: atoi("pgshield.pool_max_total"),
+	overrides, err := ParsePoolOverrides(vals["pgshield.pool_mode_overrides"])
+	if err != nil {
+		return Params{}, fmt.Errorf("invalid value for parameter \"pgshield.pool_mode_overrides\": %w", err)
+	}
+	out.Pool = PoolParams{Mode: vals["pgshield.pool_mode"], Overrides: overrides, Size: atoi("pgshield.pool_size"), MaxTotal: atoi("pgshield.pool_max_total"),
 		IdleTimeout: dur("pgshield.pool_idle_timeout"), Lifetime: dur("pgshield.pool_lifetime"), WaitTimeout: dur("pgshield.pool_wait_timeout")}
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {

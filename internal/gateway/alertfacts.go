@@ -12,21 +12,19 @@ const maxFact = 128
 // clientFacts adds to an auth.failure or session.start record what the
 // alert detectors read of the startup packet: application_name (bounded,
 // valid UTF-8) and the startup keys in the order sent (a tool's
-// fingerprint). Values other than application_name are never copied.
+// fingerprint). Values other than application_name and client_encoding
+// are never copied.
 func (c *clientConn) clientFacts(f map[string]any) map[string]any {
 	if c.startup == nil {
 		return f
 	}
 	if app, ok := c.startup.Get("application_name"); ok && app != "" {
-		app = strings.ToValidUTF8(app, "\uFFFD")
-		if len(app) > maxFact {
-			cut := maxFact
-			for cut > 0 && !utf8.RuneStart(app[cut]) {
-				cut--
-			}
-			app = app[:cut]
-		}
-		f["application_name"] = app
+		f["application_name"] = boundFact(app, maxFact)
+	}
+	// client_encoding's value is part of some tools' fixed packets; an
+	// encoding name, nothing private.
+	if enc, ok := c.startup.Get("client_encoding"); ok && enc != "" {
+		f["client_encoding"] = boundFact(enc, 64)
 	}
 	keys := make([]string, 0, len(c.startup.Params))
 	n := 0
@@ -38,4 +36,17 @@ func (c *clientConn) clientFacts(f map[string]any) map[string]any {
 	}
 	f["startup_keys"] = strings.Join(keys, ",")
 	return f
+}
+
+// boundFact makes s valid UTF-8 of at most max bytes.
+func boundFact(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) > max {
+		cut := max
+		for cut > 0 && !utf8.RuneStart(s[cut]) {
+			cut--
+		}
+		s = s[:cut]
+	}
+	return s
 }

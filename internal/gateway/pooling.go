@@ -96,17 +96,26 @@ func poolKey(user, db string, params map[string]string) pool.Key {
 
 // poolConfig maps the pgshield.pool_* parameters onto the pool's limits:
 // in session mode pool_size caps the idle backends kept per key (sessions
-// in use are capped by pgshield.max_connections and pool_max_total); in
-// transaction mode it also caps the backends open per key, as PgBouncer's
-// default_pool_size, and clients wait for one between transactions.
+// in use are capped by pgshield.max_connections and pool_max_total); for a
+// key in transaction mode (its role's, database's or the global mode) it
+// also caps the backends open, as PgBouncer's default_pool_size, and
+// clients wait for one between transactions.
 func poolConfig(p config.PoolParams, now func() time.Time, onWait func(time.Duration)) pool.Config {
 	c := pool.Config{MaxIdlePerKey: p.Size, MaxTotal: p.MaxTotal, IdleTimeout: p.IdleTimeout,
 		Lifetime: p.Lifetime, Now: now, OnWait: onWait}
-	if p.Mode == "transaction" {
-		c.MaxPerKey = p.Size
+	c.MaxPerKeyOf = func(k pool.Key) int {
+		if p.ModeFor(k.Role, k.Database) == "transaction" {
+			return p.Size
+		}
+		return 0
 	}
 	return c
 }
+
+// poolMode is the pool mode of this client's role and database in the
+// parameters it arrived under (pgshield.pool_mode_overrides, then
+// pgshield.pool_mode).
+func (c *clientConn) poolMode() string { return c.rt.params.Pool.ModeFor(c.user, c.db) }
 
 // resetSQL returns a backend to the state a new session of the same
 // startup would have: DISCARD ALL is CLOSE ALL (WITH HOLD cursors), SET
@@ -258,7 +267,7 @@ const maxStaleTries = 4
 // makes it wait up to pgshield.pool_wait_timeout, then 53300.
 func (c *clientConn) acquireBackend(ctx context.Context, login loginResult) (*held, error) {
 	pp := c.rt.params.Pool
-	if pp.Mode == "off" {
+	if c.poolMode() == "off" {
 		b, err := c.connectBackend(ctx, login)
 		if err != nil {
 			return nil, err
@@ -334,7 +343,7 @@ func (c *clientConn) releaseBackend(h *held, reusable bool) {
 		return
 	}
 	defer c.srv.pool.ClientEnd(h.key)
-	if !reusable || c.srv.rt.Load().params.Pool.Mode == "off" {
+	if !reusable || c.srv.rt.Load().params.Pool.ModeFor(c.user, c.db) == "off" {
 		c.srv.pool.Discard(h.lease)
 		return
 	}

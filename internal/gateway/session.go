@@ -108,7 +108,7 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	c.opened(login, h)
 	sess := &session{client: c.conn, backend: b.Conn}
 	var tx *txRelay
-	if c.rt.params.Pool.Mode == "transaction" && h.lease != nil {
+	if c.poolMode() == "transaction" && h.lease != nil {
 		// The backend goes back to the pool until the client's first
 		// message; nothing of it is held here any more.
 		tx = c.newTxRelay(sess, h, login, target)
@@ -286,7 +286,10 @@ func (c *clientConn) checkTransport() error {
 	}
 	c.srv.logClient(c.log, "Refused plaintext connection.", "reason", "require_secure_transport")
 	c.srv.cfg.Audit(audit.Event{Type: "connection.refused", Outcome: audit.OutcomeFailure, Client: c.src.String(),
-		User: c.user, Database: c.db, Reason: "require_secure_transport: plaintext connection"})
+		User: c.user, Database: c.db, Reason: "require_secure_transport: plaintext connection",
+		// Attack tools speak plaintext: their startup packet is their
+		// fingerprint (internal/alerting).
+		Fields: c.clientFacts(map[string]any{})})
 	return clienterr.New(wire.CodeInvalidAuthSpec,
 		"no pgshield entry for host %q, user %q, database %q, no encryption: SSL connection is required (require_secure_transport = on)",
 		c.src.String(), c.user, c.db)

@@ -29,6 +29,9 @@ type Config struct {
 	// MaxIdlePerKey the idle ones kept for it. 0: no cap.
 	MaxPerKey     int
 	MaxIdlePerKey int
+	// MaxPerKeyOf, if set, is MaxPerKey for each key (a cap for the keys
+	// in transaction pooling only, when modes differ per role or database).
+	MaxPerKeyOf func(Key) int
 	// MaxTotal caps the backends open for all keys; an idle backend of
 	// another key is closed to make room before anyone waits. 0: no cap.
 	MaxTotal int
@@ -39,6 +42,13 @@ type Config struct {
 	Now func() time.Time
 	// OnWait observes how long each Get that had to wait waited.
 	OnWait func(time.Duration)
+}
+
+func (c *Config) maxPerKey(k Key) int {
+	if c.MaxPerKeyOf != nil {
+		return c.MaxPerKeyOf(k)
+	}
+	return c.MaxPerKey
 }
 
 // ErrTimeout is returned by Get when no backend became available before
@@ -199,7 +209,8 @@ func (p *Pool[T]) GetPrefer(ctx context.Context, k Key, prefer func(T) bool) (*L
 			closeAll(victims)
 			return &Lease[T]{Key: k, Conn: it.conn, Reused: true, created: it.created, gen: it.gen}, nil
 		}
-		keyFull := cfg.MaxPerKey > 0 && ks.open >= cfg.MaxPerKey
+		maxPerKey := cfg.maxPerKey(k)
+		keyFull := maxPerKey > 0 && ks.open >= maxPerKey
 		if !keyFull && cfg.MaxTotal > 0 && p.mu.total >= cfg.MaxTotal {
 			if v, ok := p.evictOldestIdleLocked(); ok {
 				victims = append(victims, v)
@@ -285,7 +296,7 @@ func (p *Pool[T]) Put(l *Lease[T]) {
 	it := idle[T]{conn: l.Conn, created: l.created, since: now, gen: l.gen}
 	if it.gen != p.mu.gen || p.expiredLocked(it, now) ||
 		(cfg.MaxIdlePerKey > 0 && len(ks.idle) >= cfg.MaxIdlePerKey) ||
-		(cfg.MaxPerKey > 0 && ks.open > cfg.MaxPerKey) || (cfg.MaxTotal > 0 && p.mu.total > cfg.MaxTotal) {
+		(cfg.maxPerKey(l.Key) > 0 && ks.open > cfg.maxPerKey(l.Key)) || (cfg.MaxTotal > 0 && p.mu.total > cfg.MaxTotal) {
 		ks.open--
 		p.mu.total--
 		p.forgetLocked(l.Key)

@@ -293,3 +293,35 @@ func TestGetPrefer(t *testing.T) {
 		t.Fatalf("GetPrefer(bob's) for alice = %v, %v; want alice's other backend", l2, err)
 	}
 }
+
+// TestMaxPerKeyOf: a per-key cap (transaction pooling for one database)
+// holds that key to it while another key opens as many as it likes.
+func TestMaxPerKeyOf(t *testing.T) {
+	capped := Key{Role: "alice", Database: "reports"}
+	p, _ := newPool(Config{MaxPerKey: 1, MaxPerKeyOf: func(k Key) int {
+		if k.Database == "reports" {
+			return 1
+		}
+		return 0
+	}})
+	n := 0
+	c1 := get(t, p, capped, &n)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	_, err := p.Get(ctx, capped)
+	cancel()
+	if err != ErrTimeout {
+		t.Fatalf("second Get of the capped key = %v; want ErrTimeout", err)
+	}
+	// alice in db has no cap, though MaxPerKey says 1: MaxPerKeyOf wins.
+	for i := 0; i < 3; i++ {
+		get(t, p, alice, &n)
+	}
+	if s := statsOf(p, "alice"); s.Database != "db" || s.Active != 3 {
+		t.Fatalf("alice's backends in db = %+v; want 3 active", s)
+	}
+	// Put of the capped key keeps it (open 1 = cap), the next Get reuses it.
+	p.Put(c1)
+	if l := get(t, p, capped, &n); !l.Reused || l.Conn != c1.Conn {
+		t.Fatal("the capped key's backend was not kept and reused")
+	}
+}

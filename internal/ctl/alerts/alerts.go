@@ -214,7 +214,7 @@ func (c *Controller) Apply(p config.Params) {
 
 // interesting are the event types a detector reads; others are passed
 // over before any lock.
-var interesting = map[string]bool{"auth.failure": true, "session.start": true,
+var interesting = map[string]bool{"auth.failure": true, "session.start": true, "connection.refused": true,
 	audit.TypePrivilegeRefused: true, audit.TypePostgresAudit: true, audit.TypePostgresOversized: true}
 
 // Observe runs the detectors on one audit event (the gateway's and the

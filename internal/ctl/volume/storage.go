@@ -44,6 +44,9 @@ const (
 	hostMarginMin int64 = 1 << 30
 	// autogrowWarnEvery rate-limits the warning that growth is impossible.
 	autogrowWarnEvery = time.Hour
+	// fullCheckInterval is how often checkFull looks for a full volume or
+	// host filesystem.
+	fullCheckInterval = 5 * time.Second
 )
 
 // KeyGate is the keys controller as the volume sees it.
@@ -93,6 +96,7 @@ type Controller struct {
 		lastGrow     *apitype.GrowRecord
 		lastWarn     time.Time // of "cannot grow"
 		fuseRestarts int
+		full         string // FullVolume, FullHost or "": at the last checkFull
 	}
 }
 
@@ -141,6 +145,9 @@ func (s *Controller) Info(ctx context.Context) apitype.StorageInfo {
 		info.UsedBytes = total - min(free, total)
 	} else if info.ImageBytes > 0 {
 		info.SizeBytes = uint64(info.ImageBytes)
+	}
+	if info.State == apitype.KeyAvailable {
+		info.Full, info.FullDetail = fullness(b)
 	}
 	s.stats.mu.Lock()
 	info.LastGrow = s.stats.lastGrow
@@ -310,6 +317,8 @@ func (s *Controller) Run(ctx context.Context) {
 	}
 	tick := time.NewTicker(interval)
 	defer tick.Stop()
+	fullTick := time.NewTicker(fullCheckInterval)
+	defer fullTick.Stop()
 	// Nil, never ready, unless a process serves the volume (gocryptfs).
 	exited := s.atRest.volume().Exited()
 	var retry <-chan time.Time // set while a remount failed
@@ -324,6 +333,8 @@ func (s *Controller) Run(ctx context.Context) {
 			retry = s.remountAfterFUSEExit(ctx, nil, &backoff)
 		case <-tick.C:
 			s.autogrow(ctx)
+		case <-fullTick.C:
+			s.checkFull()
 		}
 	}
 }
