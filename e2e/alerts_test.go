@@ -244,11 +244,29 @@ func TestAlerts(t *testing.T) {
 
 	t.Run("decoy table", func(t *testing.T) {
 		mustCLI(t, s, "decoy", "create", "table", "finance.payroll")
+		if out, err := psql(t, s.dsn("user="+admin+" sslmode=verify-full"), adminPassword, "-c", "CREATE DATABASE alerts_own"); err != nil {
+			t.Fatalf("create database: %v %s", err, out)
+		}
+		// The operator cannot switch the decoys off either: pgaudit.role
+		// is pgshield's.
+		if out, err := s.cli("parameter", "set", "pgaudit.role", "none"); exitCodeOf(err) != 5 || !strings.Contains(out, "managed by pgshield") {
+			t.Errorf("parameter set pgaudit.role: exit %d %q; want 5, managed by pgshield", exitCodeOf(err), out)
+		}
+		if got := s.pinnedSQL(t, `SELECT pg_catalog.current_setting('pgaudit.role')`); got != "pgshield_decoy_audit" {
+			t.Errorf("pgaudit.role = %q", got)
+		}
 		// The administrator cannot take the decoy or its auditing apart.
 		for _, stmt := range []string{
 			"DROP TABLE finance.payroll", "ALTER TABLE finance.payroll RENAME TO x", "REVOKE SELECT ON finance.payroll FROM pgshield_decoy_audit",
 			"ALTER SCHEMA finance RENAME TO y", "DROP ROLE pgshield_decoy_audit", "ALTER ROLE pgshield_decoy_audit RENAME TO z",
-			"SET pgaudit.role = 'none'",
+			"SET pgaudit.role = 'none'", "SELECT pg_catalog.set_config('pgaudit.role', 'none', false)",
+			// pgaudit.role is a superuser's setting (PGC_SUSET): no per-role
+			// or per-database default either, not even in a database the
+			// administrator owns.
+			"ALTER ROLE " + admin + " SET pgaudit.role = 'none'", "ALTER ROLE ALL SET pgaudit.role = 'none'",
+			"ALTER ROLE " + admin + " IN DATABASE postgres SET pgaudit.role = 'none'",
+			"ALTER DATABASE postgres SET pgaudit.role = 'none'", "ALTER DATABASE alerts_own SET pgaudit.role = 'none'",
+			"ALTER SYSTEM SET pgaudit.role = 'none'", "GRANT SET ON PARAMETER pgaudit.role TO " + admin,
 		} {
 			if out, err := psql(t, s.dsn("user="+admin+" sslmode=verify-full"), adminPassword, "-c", stmt); err == nil &&
 				!strings.Contains(out, "WARNING") {

@@ -320,6 +320,9 @@ var protected = map[string]bool{
 	"log_destination": true, "log_rotation_age": true, "log_rotation_size": true,
 	"log_truncate_on_rotation": true, "log_timezone": true, "pg_stat_statements.track_utility": true,
 	"log_error_verbosity": true,
+	// The audit role table decoys are granted to (internal/ctl/alerts
+	// sets it): another value turns every decoy table off.
+	"pgaudit.role": true,
 }
 
 // ProtectedParameter reports whether a PostgreSQL parameter is managed by
