@@ -139,10 +139,22 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 		cfg.StorageSize = 0 // no image
 	}
 
+	root, err := filepath.Abs(l.Root)
+	if err != nil {
+		return Result{}, err
+	}
+	if perr := realHost.check(hostCheck{Root: root, StoragePath: storagePath, BackupPath: backupPath,
+		Storage: o.Storage, ImageSize: cfg.StorageSize, SizeAsked: o.StorageSize != 0,
+		Listen: o.Listen, PGBinDir: cfg.PGBinDir, User: u}); perr != nil {
+		return Result{}, perr.asClientError()
+	}
+
 	s := newServer(l, cfg, u, "the encrypted volume")
 	plan := &Plan{Report: o.Report, Steps: []Step{
 		s.idStep(),
-		s.layoutStep(host, o.TLSCert == "", false),
+		// The directory was checked to be new or empty: all it holds after
+		// a failure is this run's.
+		s.layoutStep(host, o.TLSCert == "", true),
 		s.volumeStep(),
 		s.clusterDirsStep(),
 		{Name: "PostgreSQL cluster", Say: "Creating the PostgreSQL cluster...", Do: s.cluster.InitDB},
@@ -162,6 +174,9 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 		s.configStep(),
 		s.closeStep(),
 	}}
+	if testFault != nil {
+		plan.Steps = withFault(plan.Steps, s)
+	}
 	if err := plan.Run(ctx); err != nil {
 		return Result{}, err
 	}

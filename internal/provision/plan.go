@@ -124,3 +124,23 @@ func (r *reporter) send(e Event) {
 }
 
 func (r *reporter) notice(msg string) { r.send(Event{Kind: Notice, Message: msg}) }
+
+// testFault, set only by tests, is called after each step's Do that
+// succeeded; an error it returns fails the step there, after all its work
+// was done, so that tests see every step's Undo take back a complete Do.
+var testFault func(s *server, step string) error
+
+func withFault(steps []Step, s *server) []Step {
+	out := make([]Step, len(steps))
+	for i, st := range steps {
+		do := st.Do
+		st.Do = func(ctx context.Context) error {
+			if err := do(ctx); err != nil {
+				return err
+			}
+			return testFault(s, st.Name)
+		}
+		out[i] = st
+	}
+	return out
+}

@@ -54,16 +54,29 @@ func (s *server) idStep() Step {
 // removes the directory if the step made it. With ownsEntries (the
 // directory was checked to be empty) it otherwise removes what is in it.
 func (s *server) layoutStep(host string, makeCerts, ownsEntries bool) Step {
-	made := false
+	// top is the outermost directory this step made: the data directory,
+	// or a missing parent of it.
+	top := ""
 	return Step{Name: "data directory",
 		Do: func(context.Context) error {
-			_, err := os.Stat(s.l.Root)
-			made = errors.Is(err, fs.ErrNotExist)
+			root, err := filepath.Abs(s.l.Root)
+			if err != nil {
+				return err
+			}
+			for d := root; ; d = filepath.Dir(d) {
+				if _, err := os.Lstat(d); !errors.Is(err, fs.ErrNotExist) || d == filepath.Dir(d) {
+					break
+				}
+				top = d
+			}
+			if err := makeParents(root); err != nil {
+				return err
+			}
 			return createLayout(s.l, s.cfg, host, makeCerts)
 		},
 		Undo: func(context.Context) error {
-			if made {
-				return os.RemoveAll(s.l.Root)
+			if top != "" {
+				return os.RemoveAll(top)
 			}
 			if !ownsEntries {
 				return nil
@@ -78,6 +91,23 @@ func (s *server) layoutStep(host string, makeCerts, ownsEntries bool) Step {
 			}
 			return errors.Join(errs...)
 		}}
+}
+
+// makeParents makes the missing parents of dir searchable by all (0755,
+// as mkdir -p with the usual umask): PostgreSQL runs as its own user and
+// must reach the data directory through them.
+func makeParents(dir string) error {
+	parent := filepath.Dir(dir)
+	if _, err := os.Stat(parent); err == nil {
+		return nil
+	}
+	if err := makeParents(parent); err != nil {
+		return err
+	}
+	if err := os.Mkdir(parent, 0o755); err != nil {
+		return err
+	}
+	return os.Chmod(parent, 0o755) // whatever the umask
 }
 
 // createLayout makes the data directory and, unless the user brought a
