@@ -64,7 +64,7 @@ func (s *session) terminate(msg *pgproto3.ErrorResponse) {
 
 // relay copies both ways until either side ends. Upstream, messages are
 // read whole (a header, then the body) and forwarded in batches; the
-// client's Terminate is kept from the backend. Downstream, a scanner
+// client's Terminate is kept from the backend. Downstream, a wire.Tracker
 // follows message boundaries (a header read per message, no copying) so
 // that terminate can inject its ErrorResponse between two messages, and
 // notes each ReadyForQuery. reusable reports that the client ended the
@@ -181,14 +181,20 @@ func (s *session) upstream() (total int64, clientEnded bool) {
 // boundary.
 func (s *session) downstream() (total int64, clean bool) {
 	buf := make([]byte, 32<<10)
-	var sc scanner
+	var tr wire.Tracker
 	var killBy time.Time
 	for {
 		n, err := s.backend.Read(buf)
 		msg := s.kill.Load()
 		if n > 0 {
-			wasBoundary := sc.atBoundary()
-			last := sc.advance(buf[:n], s)
+			wasBoundary := tr.AtBoundary()
+			ready := tr.Ready
+			last := tr.Advance(buf[:n])
+			if d := tr.Ready - ready; d > 0 {
+				// Before the client can see the reply (see pending).
+				s.status.Store(uint32(tr.Status))
+				s.pending.Add(-d)
+			}
 			if msg != nil && (last > 0 || wasBoundary) {
 				// Cut at the last boundary in this chunk and end here.
 				if last > 0 {
@@ -210,14 +216,14 @@ func (s *session) downstream() (total int64, clean bool) {
 			}
 			if msg == nil {
 				if s.stopping.Load() {
-					return total, sc.atBoundary()
+					return total, tr.AtBoundary()
 				}
 				continue // a stale deadline; not ours to act on
 			}
 			if killBy.IsZero() {
 				killBy = time.Now().Add(killGrace)
 			}
-			if sc.atBoundary() {
+			if tr.AtBoundary() {
 				s.sendFinal(msg)
 				return total, false
 			}
@@ -232,60 +238,6 @@ func (s *session) downstream() (total int64, clean bool) {
 func (s *session) sendFinal(msg *pgproto3.ErrorResponse) {
 	_ = s.client.SetWriteDeadline(time.Now().Add(time.Second))
 	_ = wire.Send(s.client, msg)
-}
-
-// scanner follows message boundaries in the backend's stream as
-// wire.Tracker does, and also notes each ReadyForQuery (its status byte)
-// in the session.
-type scanner struct {
-	hdr    [5]byte
-	hdrLen int
-	body   uint64
-	// rfq is set while the body of a ReadyForQuery is to come.
-	rfq bool
-}
-
-func (t *scanner) atBoundary() bool { return t.hdrLen == 0 && t.body == 0 }
-
-// advance consumes p and returns the offset just past the last message
-// boundary inside p (0 if none).
-func (t *scanner) advance(p []byte, s *session) int {
-	last, i := 0, 0
-	for i < len(p) {
-		if t.hdrLen < 5 {
-			k := copy(t.hdr[t.hdrLen:], p[i:])
-			t.hdrLen += k
-			i += k
-			if t.hdrLen < 5 {
-				break
-			}
-			n := binary.BigEndian.Uint32(t.hdr[1:])
-			if n < 4 {
-				n = 4 // malformed from the backend; treat as empty body
-			}
-			t.body = uint64(n) - 4
-			t.rfq = t.hdr[0] == 'Z'
-			if t.rfq && t.body == 0 {
-				t.rfq = false // malformed: no status byte
-			}
-		}
-		if t.rfq && i < len(p) {
-			s.status.Store(uint32(p[i]))
-			s.pending.Add(-1)
-			t.rfq = false
-		}
-		rest := uint64(len(p) - i)
-		if t.body > rest {
-			t.body -= rest
-			i = len(p)
-			break
-		}
-		i += int(t.body)
-		t.body = 0
-		t.hdrLen = 0
-		last = i
-	}
-	return last
 }
 
 func isTimeout(err error) bool {

@@ -27,10 +27,33 @@ func tmsg(typ byte, body string) []byte {
 	return append(b, body...)
 }
 
+// readies counts the ReadyForQuery messages in stream whose status byte
+// is in it, and returns the last status.
+func readies(stream []byte) (n int64, status byte) {
+	for i := 0; i+5 <= len(stream); {
+		l := int(binary.BigEndian.Uint32(stream[i+1:]))
+		if l < 4 {
+			l = 4
+		}
+		if stream[i] == 'Z' && l > 4 && i+5 < len(stream) {
+			n, status = n+1, stream[i+5]
+		}
+		i += 1 + l
+	}
+	return n, status
+}
+
 func checkTracker(t *testing.T, stream []byte, chunk int) {
 	t.Helper()
 	want := boundaries(stream)
+	wantReady, wantStatus := readies(stream)
 	var tr Tracker
+	defer func() {
+		// Every ReadyForQuery counted once, whatever the chunking.
+		if tr.Ready != wantReady || tr.Status != wantStatus {
+			t.Fatalf("chunk %d: Ready, Status = %d, %q; want %d, %q", chunk, tr.Ready, tr.Status, wantReady, wantStatus)
+		}
+	}()
 	for off := 0; off < len(stream); off += chunk {
 		end := min(off+chunk, len(stream))
 		last := tr.Advance(stream[off:end])
@@ -57,6 +80,10 @@ func TestTracker(t *testing.T) {
 	stream = append(stream, tmsg('D', string(make([]byte, 70000)))...)
 	stream = append(stream, tmsg('C', "SELECT 1")...)
 	stream = append(stream, tmsg('Z', "I")...)
+	stream = append(stream, tmsg('Z', "T")...)
+	stream = append(stream, tmsg('Z', "")...) // malformed: no status, not counted
+	stream = append(stream, tmsg('C', "BEGIN")...)
+	stream = append(stream, tmsg('Z', "E")...)
 	for _, chunk := range []int{1, 2, 3, 5, 7, 64, 4096, len(stream)} {
 		checkTracker(t, stream, chunk)
 	}
@@ -65,6 +92,7 @@ func TestTracker(t *testing.T) {
 func FuzzTracker(f *testing.F) {
 	f.Add([]byte("Z\x00\x00\x00\x05I"), 3)
 	f.Add(append(tmsg('D', "abc"), tmsg('C', "x")...), 1)
+	f.Add(append(append(tmsg('Z', "T"), tmsg('Z', "")...), tmsg('Z', "Ixx")...), 5)
 	f.Fuzz(func(t *testing.T, stream []byte, chunk int) {
 		if chunk <= 0 || chunk > 1<<16 || len(stream) > 1<<16 {
 			return
