@@ -327,6 +327,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			}
 			go d.keys.Run(ctx)   // revalidation
 			go d.volume.Run(ctx) // autogrow; remounts gocryptfs if it dies
+			go d.reloadOnHUP(ctx) // SIGHUP: pgshield.json again (reload.go)
 			return nil
 		}},
 		{name: "serving",
