@@ -66,6 +66,10 @@ const (
 	// pgshield to read (a statement padded past the server log's line
 	// limit); what it was cannot be checked, so it is raised itself.
 	TypeOversizedRecord = "alert.oversized_record"
+	// TypeCertificateExpiring: the server certificate (user-supplied, or
+	// one pgshield failed to renew) or its CA expires within
+	// pgshield.certificate_renew_before: Medium, High in the last 7 days.
+	TypeCertificateExpiring = "alert.certificate_expiring"
 	// TypeSuppressed: alerts of one type came faster than the rate limit;
 	// the excess is counted here instead of stored one by one.
 	TypeSuppressed = "alert.suppressed"
@@ -91,6 +95,7 @@ var kinds = []Kind{
 	{TypeDecoyTable, High, "Read of a decoy table"},
 	{TypeDecoyTampered, High, "A decoy object was changed or removed"},
 	{TypeOversizedRecord, High, "An audit record or refusal too long to inspect (possible evasion)"},
+	{TypeCertificateExpiring, Medium, "The server certificate or its CA expires soon"},
 	{TypeSuppressed, Medium, "Alerts suppressed by the rate limit"},
 }
 
@@ -114,6 +119,9 @@ type Finding struct {
 	// repeat instead of storing another alert.
 	Key                                 string
 	Client, User, Database, Application string
+	// Severity, when set, overrides the kind's (an expiry nearing grows
+	// from Medium to High).
+	Severity string
 	// Details are facts safe to send anywhere (the webhook).
 	Details map[string]string
 	// Evidence is kept in the store and the audit log only: statements

@@ -39,6 +39,7 @@ import (
 	alertsctl "github.com/pgshield/pgshield/internal/ctl/alerts"
 	"github.com/pgshield/pgshield/internal/ctl/auditlog"
 	backupctl "github.com/pgshield/pgshield/internal/ctl/backup"
+	"github.com/pgshield/pgshield/internal/ctl/certs"
 	"github.com/pgshield/pgshield/internal/ctl/conf"
 	"github.com/pgshield/pgshield/internal/ctl/instance"
 	"github.com/pgshield/pgshield/internal/ctl/keys"
@@ -80,6 +81,7 @@ type Daemon struct {
 	principals *principals.Controller
 	threat     *threatctl.Controller
 	alerts     *alertsctl.Controller
+	certs      *certs.Controller
 	// gw is set by the "gateway" component; read by the API and metrics
 	// only after that (the API starts later) or through gateway().
 	gwMu    sync.Mutex
@@ -137,6 +139,7 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 			return nil
 		}})
 	d.metrics.Registry.MustRegister(d.alerts.Collectors()...)
+	d.certs = d.newCerts()
 	d.volume = volume.New(volume.Config{Layout: l, Log: log, Conf: d.conf, Audit: d.audit.Record,
 		Volume: &volume.AtRest{Layout: l, Cfg: cfg, Log: log.With("component", "storage")}})
 	cluster := &postgres.Cluster{Layout: l, Cfg: cfg, User: u, Guard: d.volume.AtRest().Guard,
@@ -231,7 +234,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 					return err
 				}
 			}
-			if cert, err = tlsconf.LoadCert(cfg.TLSCertFile, cfg.TLSKeyFile); err != nil {
+			if cert, err = d.certs.Load(); err != nil {
 				return err
 			}
 			if resolveErr != nil {
@@ -327,7 +330,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			}
 			go d.keys.Run(ctx)   // revalidation
 			go d.volume.Run(ctx) // autogrow; remounts gocryptfs if it dies
-			go d.reloadOnHUP(ctx) // SIGHUP: pgshield.json again (reload.go)
+			go d.certs.Run(ctx)  // renewal and expiry alerts; SIGHUP reloads
 			return nil
 		}},
 		{name: "serving",

@@ -131,10 +131,11 @@ func (s *Server) refusal(role pgbackend.Role) string {
 // NOLOGIN, expired, token principal, no SCRAM secret, password logins off)
 // still runs the full exchange with mock credentials and ends in the same
 // 28P01.
-func (s *Server) scramExchange(role pgbackend.Role, cs *tls.ConnectionState, p config.Params) *scram.Exchange {
+func (s *Server) scramExchange(role pgbackend.Role, cs *tls.ConnectionState, rt *runtime) *scram.Exchange {
+	p := rt.params
 	x := &scram.Exchange{User: role.Name}
 	if cs != nil {
-		x.Binding = &s.cfg.Cert.EndPoint
+		x.Binding = &rt.cert.EndPoint
 	}
 	x.Why = s.refusal(role)
 	switch {
@@ -167,7 +168,7 @@ func (s *Server) scramExchange(role pgbackend.Role, cs *tls.ConnectionState, p c
 // converts scram's AuthError, which internal/auth/scram keeps as its own
 // type, into the gateway's clienterr.Error here, at the edge.
 func (s *Server) scramLogin(a admitted, rt *runtime, role pgbackend.Role) (loginResult, error) {
-	x := s.scramExchange(role, a.tls, rt.params)
+	x := s.scramExchange(role, a.tls, rt)
 	final, err := x.Run(a.conn)
 	if err != nil {
 		var ae *scram.AuthError
@@ -289,7 +290,7 @@ func (s *Server) cleartextLogin(ctx context.Context, a admitted, rt *runtime, ro
 	// Both checks run for every name, so the time to the answer depends on
 	// the mode only; each verdict counts only for the kind of role it is for.
 	id, tokenErr := rt.tokens.verify(ctx, secret)
-	x := s.scramExchange(role, a.tls, rt.params)
+	x := s.scramExchange(role, a.tls, rt)
 	match := rt.params.PasswordAuth && verifyPassword(x.Creds, secret)
 
 	if why := s.refusal(role); why != "" {

@@ -117,7 +117,10 @@ func (c *Config) CheckAndSetDefaults() error {
 // runtime is the parameters and what is built from them; SetParams
 // replaces it whole, so a connection that loaded one sees it consistent.
 type runtime struct {
-	params  config.Params
+	params config.Params
+	// cert is the certificate tls presents: a session's SCRAM-SHA-256-PLUS
+	// binds to the one its handshake used, even if a rotation came since.
+	cert    *tlsconf.Cert
 	tls     *tls.Config
 	limiter *netpolicy.RateLimiter // nil: no limit
 	tokens  *tokenVerifier
@@ -126,8 +129,11 @@ type runtime struct {
 // Server is the gateway. Its parameters can change while it runs; each new
 // connection uses the values current when it arrives.
 type Server struct {
-	cfg     Config
-	rt      atomic.Pointer[runtime]
+	cfg Config
+	rt  atomic.Pointer[runtime]
+	// rtMu serializes SetParams and SetCert, each of which builds the
+	// next runtime from the last.
+	rtMu    sync.Mutex
 	cancels cancelRegistry
 	pool    *backendPool
 	active  atomic.Int64
@@ -163,8 +169,14 @@ func New(cfg Config) (*Server, error) {
 // SetParams swaps in new parameters for connections that arrive from now on;
 // open sessions are left alone.
 func (s *Server) SetParams(p config.Params) {
+	s.rtMu.Lock()
+	defer s.rtMu.Unlock()
 	old := s.rt.Load()
-	rt := &runtime{params: p, tls: tlsconf.ServerConfig(s.cfg.Cert, p.MinTLS, p.MaxTLS), tokens: newTokenVerifier(p.OIDC, old)}
+	cert := s.cfg.Cert
+	if old != nil {
+		cert = old.cert
+	}
+	rt := &runtime{params: p, cert: cert, tls: tlsconf.ServerConfig(cert, p.MinTLS, p.MaxTLS), tokens: newTokenVerifier(p.OIDC, old)}
 	if old != nil && old.params.RatePerIP == p.RatePerIP {
 		rt.limiter = old.limiter // keep the buckets: the limit did not change
 	} else if p.RatePerIP > 0 {
@@ -172,6 +184,19 @@ func (s *Server) SetParams(p config.Params) {
 	}
 	s.rt.Store(rt)
 	s.pool.SetConfig(poolConfig(p.Pool, s.cfg.Now, s.cfg.PoolWait))
+}
+
+// SetCert makes new handshakes present c (a rotation or a reload); open
+// sessions keep theirs. The new tls.Config has new session-ticket keys, so
+// no session resumes across the change.
+func (s *Server) SetCert(c *tlsconf.Cert) {
+	s.rtMu.Lock()
+	defer s.rtMu.Unlock()
+	old := s.rt.Load()
+	rt := *old
+	rt.cert = c
+	rt.tls = tlsconf.ServerConfig(c, old.params.MinTLS, old.params.MaxTLS)
+	s.rt.Store(&rt)
 }
 
 // Stats are counters for status.

@@ -254,7 +254,7 @@ func TestScramExchange(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				x := s.scramExchange(role, cs, config.Params{PasswordAuth: true})
+				x := s.scramExchange(role, cs, &runtime{params: config.Params{PasswordAuth: true}, cert: s.cfg.Cert})
 				if x.User != tt.user || x.Valid != tt.wantValid || x.Why != tt.wantWhy {
 					t.Errorf("scramExchange(%q) = user %q valid %v why %q; want valid %v why %q", tt.user, x.User,
 						x.Valid, x.Why, tt.wantValid, tt.wantWhy)
@@ -276,7 +276,7 @@ func TestScramExchange(t *testing.T) {
 	}
 	// pgshield.password_auth = off: the same mock exchange, its own reason.
 	alice, _ := roles.LookupRole(context.Background(), "alice")
-	if x := s.scramExchange(alice, nil, config.Params{}); x.Valid || !strings.Contains(x.Why, "password_auth = off") ||
+	if x := s.scramExchange(alice, nil, &runtime{cert: s.cfg.Cert}); x.Valid || !strings.Contains(x.Why, "password_auth = off") ||
 		x.Creds.Salt != scram.MockCredentials(s.cfg.MockSecret, "alice").Salt {
 		t.Errorf("scramExchange(alice, password auth off) = valid %v why %q; want the mock exchange, refused", x.Valid, x.Why)
 	}
@@ -296,7 +296,7 @@ func TestScramExchange(t *testing.T) {
 		{name: "no issuer", cs: &tls.ConnectionState{}, p: config.Params{PasswordAuth: true}, why: "oidc_issuer is not set"},
 		{name: "plain name", cs: &tls.ConnectionState{}, p: withIssuer, why: "plain lower-case name"},
 	} {
-		if x := s.scramExchange(principal, tt.cs, tt.p); x.Valid || !strings.Contains(x.Why, tt.why) ||
+		if x := s.scramExchange(principal, tt.cs, &runtime{params: tt.p, cert: s.cfg.Cert}); x.Valid || !strings.Contains(x.Why, tt.why) ||
 			x.Creds.Salt != scram.MockCredentials(s.cfg.MockSecret, "tok").Salt {
 			t.Errorf("scramExchange(principal, %s) = valid %v why %q; want the mock exchange, refused with %q", tt.name, x.Valid, x.Why, tt.why)
 		}

@@ -75,13 +75,16 @@ type Backend interface {
 	Decoys() []apitype.Decoy
 	CreateDecoy(ctx context.Context, req apitype.DecoyRequest) (apitype.Decoy, error)
 	DeleteDecoy(ctx context.Context, name string) (apitype.Decoy, error)
+
+	// Server certificate.
+	CertificateBackend
 }
 
 // Routes is the route table: every route of the management API, the
 // permission it needs and its handler. The client's methods
 // (internal/apiclient) follow it one for one.
 func Routes(b Backend) []Route {
-	return []Route{
+	return append([]Route{
 		{Method: "GET", Pattern: "/v1/status", Permission: PermitRead, Handler: func(r *http.Request) (any, error) { return b.Status(r.Context()), nil }},
 		{Method: "POST", Pattern: "/v1/shutdown", Permission: PermitWrite, Handler: func(*http.Request) (any, error) {
 			b.Shutdown()
@@ -222,7 +225,7 @@ func Routes(b Backend) []Route {
 			}
 			return b.ResizeStorage(req.SizeBytes)
 		}},
-	}
+	}, certificateRoutes(b)...)
 }
 
 func changeKey(b Backend, rotate bool) HandlerFunc {

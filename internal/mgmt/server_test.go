@@ -48,6 +48,7 @@ func TestRouteTable(t *testing.T) {
 		"POST /v1/storage/resize",
 		"DELETE /v1/bans/{source...}",
 		"POST /v1/alerts/{id}/dismiss", "POST /v1/decoys", "DELETE /v1/decoys/{name}",
+		"POST /v1/certificate/rotate", "POST /v1/certificate/rollover/finish",
 	}
 	reads := []string{
 		"GET /v1/status", "GET /v1/metrics", "GET /v1/parameters", "GET /v1/parameters/{name}", "GET /v1/key",
@@ -55,6 +56,7 @@ func TestRouteTable(t *testing.T) {
 		"GET /v1/network-rules", "GET /v1/network-rules/{name}", "GET /v1/principals", "GET /v1/storage",
 		"GET /v1/bans", "GET /debug/pprof/{name}", "GET /v1/pool",
 		"GET /v1/alerts", "GET /v1/alerts/{id}", "GET /v1/decoys",
+		"GET /v1/certificate",
 	}
 	for _, key := range append(writes, reads...) {
 		if !seen[key] {

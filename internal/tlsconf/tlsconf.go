@@ -3,17 +3,15 @@
 package tlsconf
 
 import (
+	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"math/big"
-	"net"
 	"os"
 	"slices"
 	"time"
@@ -26,33 +24,16 @@ const ALPN = "postgresql"
 
 // GenerateCA writes a new private CA (certificate 0644, key 0600).
 func GenerateCA(certPath, keyPath, commonName string) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca, key, err := NewCA(commonName, time.Now())
 	if err != nil {
 		return err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          randomSerial(),
-		Subject:               pkix.Name{CommonName: commonName, Organization: []string{"pgshield"}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().AddDate(10, 0, 0),
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		MaxPathLenZero:        true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		return err
-	}
-	return writePair(certPath, keyPath, [][]byte{der}, key)
+	return writePair(certPath, keyPath, [][]byte{ca.Raw}, key)
 }
 
 // GenerateServer issues a server certificate signed by the CA for the given
 // hosts (DNS names or IP addresses).
 func GenerateServer(caCertPath, caKeyPath, certPath, keyPath string, hosts []string) error {
-	if len(hosts) == 0 {
-		return errors.New("server certificate needs at least one host name")
-	}
 	caPair, err := tls.LoadX509KeyPair(caCertPath, caKeyPath)
 	if err != nil {
 		return fmt.Errorf("loading CA: %w", err)
@@ -61,35 +42,18 @@ func GenerateServer(caCertPath, caKeyPath, certPath, keyPath string, hosts []str
 	if err != nil {
 		return err
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	signer, ok := caPair.PrivateKey.(crypto.Signer)
+	if !ok {
+		return errors.New("CA key cannot sign")
+	}
+	certPEM, keyPEM, err := IssueServer(caCert, signer, hosts, time.Now())
 	if err != nil {
 		return err
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: randomSerial(),
-		Subject:      pkix.Name{CommonName: hosts[0], Organization: []string{"pgshield"}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().AddDate(2, 0, 0),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	seen := map[string]bool{}
-	for _, h := range hosts {
-		if h == "" || seen[h] {
-			continue
-		}
-		seen[h] = true
-		if ip := net.ParseIP(h); ip != nil {
-			tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
-		} else {
-			tmpl.DNSNames = append(tmpl.DNSNames, h)
-		}
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caPair.PrivateKey)
-	if err != nil {
+	if err := os.WriteFile(keyPath, keyPEM, 0o600); err != nil {
 		return err
 	}
-	return writePair(certPath, keyPath, [][]byte{der, caPair.Certificate[0]}, key)
+	return os.WriteFile(certPath, certPEM, 0o644)
 }
 
 func randomSerial() *big.Int {
@@ -175,12 +139,15 @@ var aeadSuites = []uint16{
 //     tickets live at most 7 days). The gateway builds a new Config, hence
 //     new keys, at every parameter change, so a change of the TLS version
 //     bounds, or a restart (with a new certificate), invalidates every
-//     ticket. A future certificate reload must build a new Config too.
+//     ticket, as does a certificate rotation.
 //   - Authentication is not carried over: every session, resumed or not,
 //     logs in again with SCRAM or a token; no client certificates are used.
 //     SCRAM-SHA-256-PLUS binds to the gateway's certificate
 //     (tls-server-end-point), which a resuming client still holds from its
-//     session and which cannot have changed while the ticket keys lived.
+//     session and which cannot have changed while the ticket keys lived:
+//     a certificate rotation builds a new Config (gateway.SetCert), hence
+//     new ticket keys, so a resumed session always saw the certificate
+//     the binding is computed over.
 //
 // TLS 1.2 gets no tickets: its ticket wraps the session's master secret
 // itself, so a leaked ticket key would decrypt recorded TLS 1.2 sessions.

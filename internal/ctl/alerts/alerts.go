@@ -244,6 +244,16 @@ func (c *Controller) ObserveBatch(es []audit.Event) {
 	c.emit(out)
 }
 
+// Raise stores a finding of the daemon's own (not from the event stream),
+// such as a certificate nearing its expiry: repeats, rate limits and
+// eviction as for the detectors' findings.
+func (c *Controller) Raise(f alerting.Finding) {
+	c.mu.Lock()
+	out := c.raiseLocked(f)
+	c.mu.Unlock()
+	c.emit(out)
+}
+
 // emitted is what a raise makes known once the lock is released.
 type emitted struct {
 	ev      audit.Event
@@ -284,7 +294,11 @@ func (c *Controller) raiseLocked(f alerting.Finding) []emitted {
 		out := c.raiseLocked(s)
 		return append(out, emitted{typ: f.Type, dropped: true})
 	}
-	a := &apitype.Alert{ID: newID(), Type: f.Type, Severity: kind.Severity, Title: kind.Title,
+	sev := kind.Severity
+	if f.Severity != "" {
+		sev = f.Severity
+	}
+	a := &apitype.Alert{ID: newID(), Type: f.Type, Severity: sev, Title: kind.Title,
 		FirstSeen: now, LastSeen: now, Count: 1, Client: f.Client, User: f.User, Database: f.Database,
 		Application: f.Application, Details: nonEmpty(f.Details), Evidence: nonEmpty(f.Evidence)}
 	if a.Details == nil {

@@ -1,0 +1,428 @@
+package certs
+
+import (
+	"crypto/x509"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/alerting"
+	"github.com/pgshield/pgshield/internal/apitype"
+	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/clienterr"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/ctl/conf"
+	"github.com/pgshield/pgshield/internal/tlsconf"
+)
+
+func TestDecide(t *testing.T) {
+	now := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	day := 24 * time.Hour
+	rb := 30 * day
+	tests := []struct {
+		name     string
+		own      bool
+		notAfter time.Time
+		caEnd    time.Time
+		want     Decision
+	}{
+		{"own, far", true, now.Add(31 * day), now.Add(365 * day), Decision{}},
+		{"own, at the lead time", true, now.Add(30 * day), now.Add(365 * day), Decision{Renew: true}},
+		{"own, expired", true, now.Add(-day), now.Add(365 * day), Decision{Renew: true}},
+		{"own, CA ends with it", true, now.Add(20 * day), now.Add(20 * day), Decision{Alert: alerting.Medium}},
+		{"own, CA ends with it, last week", true, now.Add(3 * day), now.Add(3 * day), Decision{Alert: alerting.High}},
+		{"user, far", false, now.Add(31 * day), time.Time{}, Decision{}},
+		{"user, within", false, now.Add(29 * day), time.Time{}, Decision{Alert: alerting.Medium}},
+		{"user, 8 days", false, now.Add(8 * day), time.Time{}, Decision{Alert: alerting.Medium}},
+		{"user, 7 days", false, now.Add(7 * day), time.Time{}, Decision{Alert: alerting.High}},
+		{"user, expired", false, now.Add(-time.Hour), time.Time{}, Decision{Alert: alerting.High}},
+	}
+	for _, tt := range tests {
+		if got := Decide(tt.own, tt.notAfter, tt.caEnd, now, rb); got != tt.want {
+			t.Errorf("%s: Decide = %+v; want %+v", tt.name, got, tt.want)
+		}
+	}
+}
+
+// fixture is a server with pgshield's own CA, a fake clock, and what the
+// controller records.
+type fixture struct {
+	t       *testing.T
+	l       config.Layout
+	store   *conf.Store
+	c       *Controller
+	now     time.Time
+	mu      sync.Mutex
+	events  []audit.Event
+	alerts  []alerting.Finding
+	applied []*tlsconf.Cert
+}
+
+func newFixture(t *testing.T) *fixture {
+	t.Helper()
+	l := config.Layout{Root: t.TempDir()}
+	if err := os.MkdirAll(l.TLSDir(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconf.GenerateCA(l.CACert(), l.CAKey(), "test CA"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconf.GenerateServer(l.CACert(), l.CAKey(), l.ServerCert(), l.ServerKey(), []string{"db.example", "127.0.0.1"}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := &config.Config{ServerID: "t", TLSCertFile: l.ServerCert(), TLSKeyFile: l.ServerKey(), CAFile: l.CACert(),
+		Parameters: map[string]string{}}
+	f := &fixture{t: t, l: l, store: conf.New(l, cfg), now: time.Now()}
+	f.c = New(Config{Layout: l, Conf: f.store, Now: f.clock,
+		Audit: func(e audit.Event) { f.mu.Lock(); f.events = append(f.events, e); f.mu.Unlock() },
+		Alert: func(a alerting.Finding) { f.mu.Lock(); f.alerts = append(f.alerts, a); f.mu.Unlock() },
+		Apply: func(c *tlsconf.Cert) { f.mu.Lock(); f.applied = append(f.applied, c); f.mu.Unlock() }})
+	if _, err := f.c.Load(); err != nil {
+		t.Fatal(err)
+	}
+	return f
+}
+
+func (f *fixture) clock() time.Time { return f.now }
+
+func (f *fixture) lastEvent(typ string) audit.Event {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for i := len(f.events) - 1; i >= 0; i-- {
+		if f.events[i].Type == typ {
+			return f.events[i]
+		}
+	}
+	f.t.Fatalf("no %s event in %+v", typ, f.events)
+	return audit.Event{}
+}
+
+// userPair writes a certificate and key issued by a CA of the test's own
+// into dir (0700, key 0600) and returns the paths and the CA's file.
+func userPair(t *testing.T, dir string, now time.Time) (certPath, keyPath, caPath string) {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	ca, caKey, err := tlsconf.NewCA("user CA", now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPEM, keyPEM, err := tlsconf.IssueServer(ca, caKey, []string{"db.example"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	certPath, keyPath, caPath = filepath.Join(dir, "fullchain.pem"), filepath.Join(dir, "privkey.pem"), filepath.Join(dir, "ca.pem")
+	for p, b := range map[string][]byte{certPath: certPEM, keyPath: keyPEM, caPath: tlsconf.EncodeCert(ca.Raw)} {
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return certPath, keyPath, caPath
+}
+
+func fingerprint(c *tlsconf.Cert) string { return tlsconf.Fingerprint(c.Leaf()) }
+
+func TestCheckRenewsOwnCertificate(t *testing.T) {
+	f := newFixture(t)
+	old := f.c.Current()
+	f.c.Check()
+	if len(f.applied) != 0 {
+		t.Fatalf("a certificate two years from its end was renewed")
+	}
+	// 29 days before its end (the default lead time is 30 days).
+	f.now = old.Leaf().NotAfter.Add(-29 * 24 * time.Hour)
+	f.c.Check()
+	if len(f.applied) != 1 {
+		t.Fatalf("Check within the lead time applied %d certificates; want 1", len(f.applied))
+	}
+	cur := f.c.Current()
+	if fingerprint(cur) == fingerprint(old) || !cur.Leaf().NotAfter.After(old.Leaf().NotAfter) {
+		t.Fatalf("renewed certificate ends %v; want after %v", cur.Leaf().NotAfter, old.Leaf().NotAfter)
+	}
+	if strings.Join(tlsconf.Hosts(cur.Leaf()), ",") != strings.Join(tlsconf.Hosts(old.Leaf()), ",") {
+		t.Errorf("renewed for %v; want the same names %v", tlsconf.Hosts(cur.Leaf()), tlsconf.Hosts(old.Leaf()))
+	}
+	if cur.EndPoint.Matches(old.EndPoint) {
+		t.Errorf("channel binding unchanged across a renewal")
+	}
+	// What is on disk is what is in force (a restart keeps it).
+	disk, err := readPair(f.l.ServerCert(), f.l.ServerKey())
+	if err != nil || fingerprint(disk) != fingerprint(cur) {
+		t.Fatalf("on disk: %v, err %v; want the renewed certificate", disk, err)
+	}
+	if fi, err := os.Stat(f.l.ServerKey()); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Errorf("server key mode %v (%v); want 0600", fi.Mode(), err)
+	}
+	if e := f.lastEvent("certificate.rotate"); e.Outcome != audit.OutcomeSuccess || e.Fields["trigger"] != "renewal" ||
+		e.Fields["previous_sha256"] != fingerprint(old) {
+		t.Errorf("audit event %+v; want a successful renewal naming the previous certificate", e)
+	}
+	if len(f.alerts) != 0 {
+		t.Errorf("alerts %+v for a renewal that worked", f.alerts)
+	}
+	// The new one is far from its end again: the next check does nothing.
+	f.c.Check()
+	if len(f.applied) != 1 {
+		t.Errorf("a second check renewed again")
+	}
+}
+
+func TestCheckRenewBeforeParameter(t *testing.T) {
+	f := newFixture(t)
+	if err := f.store.Edit(func(cur *config.Config, commit func(*config.Config) error) error {
+		n := *cur
+		n.Parameters = map[string]string{"pgshield.certificate_renew_before": "2400h"}
+		return commit(&n)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	f.now = f.c.Current().Leaf().NotAfter.Add(-99 * 24 * time.Hour)
+	f.c.Check()
+	if len(f.applied) != 1 {
+		t.Fatalf("99 days before the end with a 100-day lead time: %d renewals; want 1", len(f.applied))
+	}
+}
+
+func TestCheckAlertsUserSupplied(t *testing.T) {
+	f := newFixture(t)
+	certPath, keyPath, caPath := userPair(t, filepath.Join(t.TempDir(), "live"), f.now)
+	if _, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath, CAFile: caPath}); err != nil {
+		t.Fatal(err)
+	}
+	leaf := f.c.Current().Leaf()
+	f.now = leaf.NotAfter.Add(-20 * 24 * time.Hour)
+	f.c.Check()
+	f.now = leaf.NotAfter.Add(-2 * 24 * time.Hour)
+	f.c.Check()
+	if len(f.applied) != 1 {
+		t.Errorf("a user-supplied certificate was renewed by pgshield (%d applied)", len(f.applied))
+	}
+	if len(f.alerts) != 2 || f.alerts[0].Severity != alerting.Medium || f.alerts[1].Severity != alerting.High ||
+		f.alerts[0].Type != alerting.TypeCertificateExpiring || f.alerts[1].Details["sha256"] != fingerprint(f.c.Current()) {
+		t.Fatalf("alerts %+v; want certificate_expiring Medium at 20 days, then High at 2", f.alerts)
+	}
+	if f.alerts[0].Key == f.alerts[1].Key {
+		t.Errorf("the High alert shares the Medium one's key: it would be counted on it, not raised")
+	}
+}
+
+func wantInvalid(t *testing.T, err error, substr string) {
+	t.Helper()
+	ce, ok := clienterr.As(err)
+	if !ok || ce.Code != apitype.CodeInvalid || !strings.Contains(err.Error(), substr) {
+		t.Fatalf("err = %v; want an invalid-request error containing %q", err, substr)
+	}
+}
+
+func TestRotateRefusals(t *testing.T) {
+	f := newFixture(t)
+	before := fingerprint(f.c.Current())
+	dir := filepath.Join(t.TempDir(), "a")
+	certA, keyA, caA := userPair(t, dir, f.now)
+	_, keyB, _ := userPair(t, filepath.Join(t.TempDir(), "b"), f.now)
+
+	_, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certA, KeyFile: keyB})
+	wantInvalid(t, err, "do not match")
+	// An expired and a not-yet-valid certificate.
+	past := userDir(t, f.now.Add(-3*365*24*time.Hour))
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: past[0], KeyFile: past[1]})
+	wantInvalid(t, err, "expired")
+	future := userDir(t, f.now.Add(48*time.Hour))
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: future[0], KeyFile: future[1]})
+	wantInvalid(t, err, "not valid before")
+	// A key file others can read, and one in a directory others can enter.
+	if err := os.Chmod(keyA, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certA, KeyFile: keyA})
+	wantInvalid(t, err, "wider than 0600")
+	if err := os.Chmod(keyA, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certA, KeyFile: keyA})
+	wantInvalid(t, err, "wider than 0700")
+	if err := os.Chmod(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A CA file the certificate does not verify with.
+	_, _, otherCA := userPair(t, filepath.Join(t.TempDir(), "c"), f.now)
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certA, KeyFile: keyA, CAFile: otherCA})
+	wantInvalid(t, err, "does not verify")
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: "relative.pem", KeyFile: keyA})
+	wantInvalid(t, err, "absolute")
+
+	if got := fingerprint(f.c.Current()); got != before || len(f.applied) != 0 {
+		t.Fatalf("a refused rotation changed the certificate in force")
+	}
+	if cfg := f.store.Get(); cfg.TLSCertFile != f.l.ServerCert() || cfg.CAFile != f.l.CACert() {
+		t.Fatalf("a refused rotation changed the configuration: %+v", cfg)
+	}
+	e := f.lastEvent("certificate.rotate")
+	if e.Outcome != audit.OutcomeFailure {
+		t.Errorf("refusal audited as %+v", e)
+	}
+	for _, ev := range f.events {
+		if strings.Contains(ev.Reason, "PRIVATE KEY") {
+			t.Errorf("key material in an audit event: %+v", ev)
+		}
+	}
+
+	// The good pair is taken, and its paths and CA saved.
+	info, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certA, KeyFile: keyA, CAFile: caA})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Source != apitype.CertUserSupplied || info.CAFile != caA || len(f.applied) != 1 {
+		t.Fatalf("info %+v after a user rotation", info)
+	}
+	if cfg := f.store.Get(); cfg.TLSCertFile != certA || cfg.TLSKeyFile != keyA || cfg.CAFile != caA {
+		t.Fatalf("configuration %+v; want the user's files", cfg)
+	}
+	// pgshield does not issue over a user's certificate.
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{})
+	wantInvalid(t, err, "user-supplied")
+}
+
+// userDir is userPair's certificate and key, issued as of now.
+func userDir(t *testing.T, now time.Time) [2]string {
+	c, k, _ := userPair(t, filepath.Join(t.TempDir(), "u"), now)
+	return [2]string{c, k}
+}
+
+// verifies reports whether a client trusting caPEM accepts the chain.
+func verifies(t *testing.T, c *tlsconf.Cert, caPEM []byte, now time.Time) bool {
+	t.Helper()
+	cas, err := tlsconf.ParseCerts(caPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, ca := range cas {
+		roots.AddCert(ca)
+	}
+	for _, der := range c.TLS.Certificate[1:] {
+		ic, _ := x509.ParseCertificate(der)
+		inter.AddCert(ic)
+	}
+	_, err = c.Leaf().Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, DNSName: "db.example", CurrentTime: now})
+	return err == nil
+}
+
+func TestCARollover(t *testing.T) {
+	f := newFixture(t)
+	oldCA, err := os.ReadFile(f.l.CACert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.c.FinishRollover()
+	wantInvalid(t, err, "no CA rollover")
+
+	info, err := f.c.Rotate(apitype.CertificateRotateRequest{CA: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !info.Rollover || len(info.CABundle) != 2 {
+		t.Fatalf("after rotate --ca: rollover %v, bundle of %d; want a transition with old and new", info.Rollover, len(info.CABundle))
+	}
+	bundle, _ := os.ReadFile(f.l.CACert())
+	mid := f.c.Current()
+	if !verifies(t, mid, oldCA, f.now) || !verifies(t, mid, bundle, f.now) {
+		t.Fatalf("during the transition a client with the old CA (%v) or the bundle (%v) does not verify",
+			verifies(t, mid, oldCA, f.now), verifies(t, mid, bundle, f.now))
+	}
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CA: true})
+	wantInvalid(t, err, "already")
+	// A renewal during the transition still works (the old CA signs).
+	if _, err := f.c.Rotate(apitype.CertificateRotateRequest{}); err != nil {
+		t.Fatal(err)
+	}
+
+	info, err = f.c.FinishRollover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	newCA, _ := os.ReadFile(f.l.CACert())
+	end := f.c.Current()
+	if info.Rollover || len(info.CABundle) != 1 || info.CABundle[0].SHA256 != info.Chain[0].SHA256 {
+		t.Fatalf("after finish: %+v; want the new CA only, issuing the server certificate", info)
+	}
+	if !verifies(t, end, newCA, f.now) || !verifies(t, end, bundle, f.now) {
+		t.Fatalf("after the transition a client with the new CA or the transition's bundle does not verify")
+	}
+	if verifies(t, end, oldCA, f.now) {
+		t.Fatalf("after the transition the old CA alone still verifies: it was not dropped")
+	}
+	for _, p := range []string{nextCA(f.l), nextCAKey(f.l)} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("%s left after the transition (%v)", p, err)
+		}
+	}
+	// The new CA renews from now on.
+	f.now = end.Leaf().NotAfter.Add(-time.Hour)
+	f.c.Check()
+	if !verifies(t, f.c.Current(), newCA, f.now) || fingerprint(f.c.Current()) == fingerprint(end) {
+		t.Fatalf("renewal after the rollover is not from the new CA")
+	}
+}
+
+func TestReload(t *testing.T) {
+	f := newFixture(t)
+	dir := filepath.Join(t.TempDir(), "live")
+	certPath, keyPath, caPath := userPair(t, dir, f.now)
+	if _, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath, CAFile: caPath}); err != nil {
+		t.Fatal(err)
+	}
+	first := fingerprint(f.c.Current())
+	// Unchanged files: nothing applied.
+	if err := f.c.Reload("SIGHUP"); err != nil || len(f.applied) != 1 {
+		t.Fatalf("reload of unchanged files: err %v, %d applied; want nothing new", err, len(f.applied))
+	}
+	// The files renewed in place (certbot): the new pair is taken.
+	c2, k2, _ := userPair(t, filepath.Join(t.TempDir(), "renewed"), f.now)
+	copyFile(t, c2, certPath)
+	copyFile(t, k2, keyPath)
+	if err := f.c.Reload("SIGHUP"); err != nil {
+		t.Fatal(err)
+	}
+	second := fingerprint(f.c.Current())
+	if second == first || len(f.applied) != 2 {
+		t.Fatalf("reload after renewal kept %s", first)
+	}
+	// Half a renewal (a new certificate, the old key): refused, kept.
+	c3, _, _ := userPair(t, filepath.Join(t.TempDir(), "half"), f.now)
+	copyFile(t, c3, certPath)
+	err := f.c.Reload("SIGHUP")
+	wantInvalid(t, err, "do not match")
+	if fingerprint(f.c.Current()) != second || len(f.applied) != 2 {
+		t.Fatalf("a mismatched pair on reload replaced the certificate in force")
+	}
+	if e := f.lastEvent("certificate.reload"); e.Outcome != audit.OutcomeFailure || e.Fields["trigger"] != "SIGHUP" {
+		t.Errorf("refused reload audited as %+v", e)
+	}
+	// An expired certificate: refused, kept.
+	old := userDir(t, f.now.Add(-3*365*24*time.Hour))
+	copyFile(t, old[0], certPath)
+	copyFile(t, old[1], keyPath)
+	wantInvalid(t, f.c.Reload("SIGHUP"), "expired")
+	if fingerprint(f.c.Current()) != second {
+		t.Fatalf("an expired certificate on reload replaced the certificate in force")
+	}
+}
+
+func copyFile(t *testing.T, from, to string) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(to, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
