@@ -1,0 +1,277 @@
+package provision
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/ctl/volume"
+	"github.com/pgshield/pgshield/internal/keys"
+	"github.com/pgshield/pgshield/internal/pidfile"
+	"github.com/pgshield/pgshield/internal/storage"
+)
+
+// Deletion says what `pgshield delete` removes and what it keeps.
+type Deletion struct {
+	DataDir  string `json:"data_dir"`
+	ServerID string `json:"server_id"`
+	// Volume is the ciphertext removed: the image, the gocryptfs cipher
+	// directory, or the volume's directory on --storage-path.
+	Volume string `json:"volume"`
+	// WrappedDataKey is the only copy of the volume's data key (wrapped);
+	// removing it is what makes the volume's blocks unreadable for good.
+	WrappedDataKey string `json:"wrapped_data_key"`
+	// SystemKey is the system-managed key-encryption key file; "" when
+	// there is none. KeptSystemKey: it stays, as the kept backups need it.
+	SystemKey     string `json:"system_key,omitempty"`
+	KeptSystemKey bool   `json:"kept_system_key,omitempty"`
+	// CustomerKey is the customer-managed key (redacted): pgshield cannot
+	// delete it; only the data key it wrapped is removed.
+	CustomerKey string `json:"customer_key,omitempty"`
+	// Backups is the backup repository; BackupsKept: it stays, with what
+	// restoring it needs (Kept).
+	Backups     string   `json:"backups,omitempty"`
+	BackupsKept bool     `json:"backups_kept"`
+	Kept        []string `json:"kept,omitempty"`
+	// Audited is false when the deletion could not be recorded as the
+	// audit log's last record; AuditNote says why.
+	Audited   bool   `json:"audited"`
+	AuditNote string `json:"audit_note,omitempty"`
+}
+
+var serverIDPattern = regexp.MustCompile(`^[0-9a-f]{16}$`)
+
+// restoreKit is what `backup restore` reads from a source's data directory
+// besides the repository and the key-encryption key.
+func restoreKit(l config.Layout) []string {
+	return []string{l.ConfigFile(), l.NetworkFile(), l.WrappedBackupKey()}
+}
+
+// PlanDelete says what deleting the server in l would remove and keep.
+func PlanDelete(l config.Layout, deleteBackups bool) (Deletion, *config.Config, error) {
+	cfg, err := config.Load(l)
+	if err != nil {
+		return Deletion{}, nil, err
+	}
+	if !serverIDPattern.MatchString(cfg.ServerID) {
+		// The id names a file to delete in /etc/pgshield/keys.
+		return Deletion{}, nil, fmt.Errorf("the configuration in %s has an invalid server id %q", l.Root, cfg.ServerID)
+	}
+	root, err := filepath.Abs(l.Root)
+	if err != nil {
+		return Deletion{}, nil, err
+	}
+	d := Deletion{DataDir: root, ServerID: cfg.ServerID, WrappedDataKey: l.WrappedDataKey()}
+	switch {
+	case cfg.StorageBackend() == storage.BackendGocryptfs:
+		d.Volume = l.GocryptfsDir()
+	case cfg.StoragePath != "":
+		d.Volume = filepath.Join(cfg.StoragePath, storage.DataDirName)
+	default:
+		d.Volume = l.VolumeImage()
+	}
+	kek := volume.SystemKEKPath(cfg.ServerID)
+	if _, err := os.Stat(kek); err == nil {
+		d.SystemKey = kek
+	}
+	if cfg.KeyURI != keys.SystemKeyURI(kek) {
+		d.CustomerKey = keys.RedactURI(cfg.KeyURI)
+	}
+	d.Backups = cfg.BackupPath
+	if d.Backups == "" {
+		d.Backups = l.DefaultBackupRepo()
+	}
+	if entries, err := os.ReadDir(d.Backups); err == nil && len(entries) > 0 && !deleteBackups {
+		d.BackupsKept = true
+		d.Kept = append(restoreKit(l), d.Backups)
+		// The backup passphrase is wrapped by the key-encryption key.
+		d.KeptSystemKey = d.SystemKey != ""
+		if d.KeptSystemKey {
+			d.Kept = append(d.Kept, d.SystemKey)
+		}
+	}
+	return d, cfg, nil
+}
+
+// Delete destroys the stopped server in l: its volume (locked and
+// detached, then its ciphertext removed), the wrapped data key (the only
+// copy of the key that encrypts it, so its blocks stay unreadable wherever
+// they survive), its network state in the kernel and its data directory.
+// Its system-managed key-encryption key is removed too, unless backups are
+// kept (deleteBackups false and the repository not empty): then the
+// repository, the key and the few files restoring it needs stay. Before the
+// volume is closed, a server.deleted record is appended to its audit log
+// (and so is its last). Delete can be run again after a failure.
+func Delete(ctx context.Context, l config.Layout, deleteBackups bool, report func(Event)) (Deletion, error) {
+	d, cfg, err := PlanDelete(l, deleteBackups)
+	if err != nil {
+		return d, err
+	}
+	r := &reporter{f: report}
+	if pid, alive := pidfile.Read(l.PIDFile()); alive {
+		return d, fmt.Errorf("pgshield is running on %s (pid %d): stop it first", l.Root, pid)
+	}
+	if err := stopOrphanPostmaster(l); err != nil {
+		return d, err
+	}
+	at := &volume.AtRest{Layout: l, Cfg: cfg}
+	if _, err := os.Stat(d.WrappedDataKey); err == nil {
+		r.send(Event{Kind: StepStarted, Step: "audit", Message: "Recording the deletion in the audit log..."})
+		d.Audited, d.AuditNote = recordDeletion(ctx, l, at, d)
+	} else {
+		d.AuditNote = "the volume was already destroyed"
+	}
+	r.send(Event{Kind: StepStarted, Step: "volume", Message: "Destroying the encrypted volume..."})
+	if err := at.Close(ctx); err != nil {
+		return d, fmt.Errorf("closing the volume: %w", err)
+	}
+	// Removing a directory with a mount below it would reach into that
+	// filesystem: Close must have left none.
+	if m := mountedUnder(d.DataDir); m != "" {
+		return d, fmt.Errorf("%s is still mounted: unmount it, then run delete again", m)
+	}
+	// The data key goes first: from here the ciphertext is noise.
+	if err := removeSynced(d.WrappedDataKey); err != nil {
+		return d, err
+	}
+	if err := os.RemoveAll(d.Volume); err != nil {
+		return d, err
+	}
+	removeKernelState(cfg.ServerID)
+	if d.SystemKey != "" && !d.KeptSystemKey {
+		if err := removeSynced(d.SystemKey); err != nil {
+			return d, err
+		}
+	}
+	if !d.BackupsKept {
+		if !filepath.IsAbs(d.Backups) || filepath.Dir(d.Backups) == d.Backups {
+			return d, fmt.Errorf("refusing to remove the backup path %q", d.Backups)
+		}
+		if err := os.RemoveAll(d.Backups); err != nil {
+			return d, err
+		}
+		return d, os.RemoveAll(l.Root)
+	}
+	return d, removeAllBut(l.Root, d.Kept)
+}
+
+// recordDeletion appends server.deleted to the volume's audit log, opening
+// the volume for it. It reports whether that worked and, if not, why.
+func recordDeletion(ctx context.Context, l config.Layout, at *volume.AtRest, d Deletion) (bool, string) {
+	if err := at.Open(ctx); err != nil {
+		return false, fmt.Sprintf("the volume could not be opened: %v", err)
+	}
+	log, err := audit.Open(l.AuditDir())
+	if err != nil {
+		return false, fmt.Sprintf("the audit log could not be opened: %v", err)
+	}
+	fields := map[string]any{"server_id": d.ServerID, "backups_kept": d.BackupsKept}
+	if d.SystemKey != "" && !d.KeptSystemKey {
+		fields["system_key"] = "deleted"
+	}
+	if d.CustomerKey != "" {
+		fields["customer_key"] = "kept by its owner; the wrapped data key is deleted"
+	}
+	werr := log.Write(audit.Event{Type: "server.deleted", Outcome: audit.OutcomeSuccess, Fields: fields})
+	if err := errors.Join(werr, log.Close()); err != nil {
+		return false, fmt.Sprintf("the audit log could not be written: %v", err)
+	}
+	return true, ""
+}
+
+// stopOrphanPostmaster stops a PostgreSQL left running on the volume by a
+// daemon that died, so the volume can be closed.
+func stopOrphanPostmaster(l config.Layout) error {
+	b, err := os.ReadFile(filepath.Join(l.PGData(), "postmaster.pid"))
+	if err != nil {
+		return nil
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
+	if err != nil || pid <= 1 || !pidfile.Alive(pid) {
+		return nil
+	}
+	// Its data is about to be destroyed: an immediate shutdown will do.
+	_ = syscall.Kill(pid, syscall.SIGQUIT)
+	for i := 0; i < 300 && syscall.Kill(pid, 0) == nil; i++ {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if syscall.Kill(pid, 0) == nil {
+		return fmt.Errorf("PostgreSQL (pid %d) still runs on the volume after 30 s", pid)
+	}
+	return nil
+}
+
+// removeKernelState removes the nftables tables and the outbound path's
+// interface that a daemon that died could not (a clean stop removes them).
+func removeKernelState(id string) {
+	for _, table := range []string{"pgshield_" + id, "pgshield_out_" + id} {
+		if exec.Command("nft", "list", "table", "inet", table).Run() == nil {
+			_ = exec.Command("nft", "delete", "table", "inet", table).Run()
+		}
+	}
+	if dev := "pgso" + id[:8]; exec.Command("ip", "link", "show", dev).Run() == nil {
+		_ = exec.Command("ip", "link", "del", dev).Run()
+	}
+}
+
+func removeSynced(path string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if f, err := os.Open(filepath.Dir(path)); err == nil {
+		_ = f.Sync()
+		f.Close()
+	}
+	return nil
+}
+
+// removeAllBut empties dir except for the paths in keep (and the
+// directories that lead to them).
+func removeAllBut(dir string, keep []string) error {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, e := range entries {
+		p := filepath.Join(dir, e.Name())
+		if slices.Contains(keep, p) {
+			continue
+		}
+		if slices.ContainsFunc(keep, func(k string) bool { return strings.HasPrefix(k, p+"/") }) {
+			if e.IsDir() && e.Type()&fs.ModeSymlink == 0 {
+				errs = append(errs, removeAllBut(p, keep))
+				continue
+			}
+		}
+		errs = append(errs, os.RemoveAll(p))
+	}
+	return errors.Join(errs...)
+}
+
+// mountedUnder returns a mount point at or below dir, or "".
+func mountedUnder(dir string) string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return ""
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		// Field 5 is the mount point, with spaces and the like octal-escaped.
+		if f := strings.Fields(l); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
+			return f[4]
+		}
+	}
+	return ""
+}
