@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"encoding/binary"
 	"errors"
 	"io"
@@ -111,8 +110,9 @@ func (s *session) relay() (up, down int64, reusable bool) {
 // with no extended-protocol message after the last Sync (a Bind or Execute
 // without its Sync would otherwise be committed by the pool's reset).
 func (s *session) upstream() (total int64, clientEnded bool) {
-	br := bufio.NewReaderSize(s.client, 32<<10)
-	out := make([]byte, 0, 32<<10)
+	br := newMsgReader(s.client)
+	defer br.Close()
+	var out []byte // grows with the batches; small while idle
 	dirty := false // an extended-protocol message since the last Sync
 	flush := func() bool {
 		if len(out) == 0 {
@@ -180,11 +180,33 @@ func (s *session) upstream() (total int64, clientEnded bool) {
 // stopped because the client ended the session (stopping) at a message
 // boundary.
 func (s *session) downstream() (total int64, clean bool) {
-	buf := make([]byte, 32<<10)
+	// A small buffer while idle, a borrowed large one while reads fill
+	// it (relaybuf.go).
+	small := smallBufs.Get().(*[]byte)
+	var big *[]byte
+	defer func() {
+		smallBufs.Put(small)
+		if big != nil {
+			bigBufs.Put(big)
+		}
+	}()
 	var tr wire.Tracker
 	var killBy time.Time
+	full := false // the last read filled its buffer
 	for {
+		switch {
+		case full && big == nil:
+			big = bigBufs.Get().(*[]byte) // a stream: read it in large chunks
+		case !full && big != nil:
+			bigBufs.Put(big)
+			big = nil
+		}
+		buf := *small
+		if big != nil {
+			buf = *big
+		}
 		n, err := s.backend.Read(buf)
+		full = n == len(buf)
 		msg := s.kill.Load()
 		if n > 0 {
 			wasBoundary := tr.AtBoundary()

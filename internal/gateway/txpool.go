@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -191,7 +190,8 @@ func (t *txRelay) park(h *held) {
 // upstream forwards the client's messages, taking a backend when one is
 // needed; true when the client ended cleanly (see session.upstream).
 func (t *txRelay) upstream() (clientEnded bool) {
-	br := bufio.NewReaderSize(t.sess.client, 32<<10)
+	br := newMsgReader(t.sess.client) // small while idle (relaybuf.go)
+	defer br.Close()
 	out := make([]byte, 0, 4<<10) // grows with the batches; small while idle
 	var cur *held
 	segStart := 0       // where the client's current batch begins in out
@@ -524,8 +524,16 @@ func cstr(b []byte) string {
 // injected re-preparations, and gives h back to the pool at an idle point.
 func (t *txRelay) downstream(h *held, done chan struct{}) {
 	defer close(done)
-	br := bufio.NewReaderSize(h.b.Conn, 32<<10)
-	out := make([]byte, 0, 32<<10)
+	// Buffers borrowed per transaction, not allocated (relaybuf.go).
+	br := newMsgReader(h.b.Conn)
+	defer br.Close()
+	outBuf := bigBufs.Get().(*[]byte)
+	out := (*outBuf)[:0]
+	defer func() {
+		if cap(out) == bigBuf { // not outgrown (append made a new one)
+			bigBufs.Put(outBuf)
+		}
+	}()
 	var killBy time.Time
 	inSeg, swallow, segErr := false, false, false
 	flush := func() bool {
@@ -667,7 +675,7 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 
 // releasableLocked: the backend may go back to the pool, all answered,
 // nothing pending to it, at an idle point.
-func (t *txRelay) releasableLocked(br *bufio.Reader) bool {
+func (t *txRelay) releasableLocked(br *msgReader) bool {
 	return len(t.mu.segs) == 0 && !t.mu.dirty && !t.mu.unsent && !t.mu.pinned && !t.mu.stopping &&
 		t.mu.status == 'I' && br.Buffered() == 0 && t.sess.kill.Load() == nil
 }
@@ -706,7 +714,7 @@ func (t *txRelay) waitMore(h *held, killBy *time.Time) bool {
 	return true
 }
 
-func (t *txRelay) copyN(h *held, br *bufio.Reader, n int64, killBy *time.Time) error {
+func (t *txRelay) copyN(h *held, br *msgReader, n int64, killBy *time.Time) error {
 	for n > 0 {
 		w, err := io.CopyN(t.sess.client, br, n)
 		t.down.Add(w)
