@@ -63,6 +63,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newPool(g))
 	root.AddCommand(newAlert(g), newDecoy(g))
 	root.AddCommand(newDebug(g))
+	root.AddCommand(newDelete(g))
 	root.AddCommand(newCertificate(g))
 	for _, c := range root.Commands() {
 		wrapArgs(c)
