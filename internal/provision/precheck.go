@@ -111,7 +111,7 @@ func (h host) check(c hostCheck) *PreconditionError {
 		}
 		if dir, fi := h.untraversable(d.path, c.User); dir != "" {
 			add("the %s user cannot reach %s %s: %s is %s (uid %d, gid %d); choose a path under directories it may traverse (e.g. /var/lib/pgshield), or give it search permission (chmod o+x %s)",
-				c.User.Name, d.what, d.path, dir, fi.Mode().Perm(), owner(fi), group(fi), dir)
+				c.User.Name, d.what, d.path, dir, fi.Mode(), owner(fi), group(fi), dir)
 		}
 	}
 	// Programs.

@@ -108,7 +108,7 @@ func TestHostCheckRefusals(t *testing.T) {
 		edit func(*hostCheck)
 		want string
 	}{
-		{"0700 parent", goodHost(), func(c *hostCheck) { c.Root = filepath.Join(private, "d") }, "cannot reach the data directory " + filepath.Join(private, "d") + ": " + private + " is -rwx------"},
+		{"0700 parent", goodHost(), func(c *hostCheck) { c.Root = filepath.Join(private, "d") }, "cannot reach the data directory " + filepath.Join(private, "d") + ": " + private + " is drwx------"},
 		{"0700 grandparent", goodHost(), func(c *hostCheck) { c.Root = filepath.Join(private, "a", "d") }, "cannot reach the data directory"},
 		{"0700 above the backup path", goodHost(), func(c *hostCheck) { c.BackupPath = filepath.Join(private, "b") }, "cannot reach --backup-path"},
 		{"0700 above the storage path", goodHost(), func(c *hostCheck) { c.StoragePath = filepath.Join(private, "s") }, "cannot reach --storage-path"},
