@@ -20,6 +20,7 @@ package certs
 import (
 	"context"
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -105,15 +106,44 @@ func nextCAKey(l config.Layout) string { return filepath.Join(l.TLSDir(), "ca-ne
 // its dates here: an expired certificate alerts (Check) rather than
 // keeping the whole server down.
 func (c *Controller) Load() (*tlsconf.Cert, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	cfg := c.cfg.Conf.Get()
 	cert, err := readPair(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if errors.Is(err, tlsconf.ErrMismatch) && c.ownCA(cfg) {
+		// A rotation cut short between its two writes (the key is written
+		// first): the own CA issues again for the names on file.
+		cert, err = c.recoverLocked(err)
+	}
 	if err != nil {
 		return nil, err
 	}
-	c.mu.Lock()
 	c.mu.cur, c.mu.loadedAt = cert, c.cfg.Now()
-	c.mu.Unlock()
 	return cert, nil
+}
+
+// recoverLocked issues a new pair when server.key no longer matches
+// server.crt at start.
+func (c *Controller) recoverLocked(cause error) (*tlsconf.Cert, error) {
+	l := c.cfg.Layout
+	b, err := readBounded(l.ServerCert())
+	if err != nil {
+		return nil, cause
+	}
+	chain, err := tlsconf.ParseCerts(b)
+	if err != nil {
+		return nil, cause
+	}
+	ca, caKey, err := c.signer()
+	if err != nil {
+		return nil, fmt.Errorf("%w; the own CA cannot issue a new one: %v", cause, err)
+	}
+	c.mu.cur = &tlsconf.Cert{TLS: tls.Certificate{Leaf: chain[0]}} // the names to issue for
+	if err := c.issueLocked(ca, caKey, "recovery"); err != nil {
+		return nil, fmt.Errorf("%w; issuing a new one failed: %v", cause, err)
+	}
+	c.cfg.Log.Warn("The server key did not match its certificate (a rotation was cut short); a new pair was issued.")
+	return c.mu.cur, nil
 }
 
 // Current is the certificate in force.

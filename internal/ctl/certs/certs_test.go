@@ -2,6 +2,7 @@ package certs
 
 import (
 	"crypto/x509"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -424,5 +425,41 @@ func copyFile(t *testing.T, from, to string) {
 	}
 	if err := os.WriteFile(to, b, 0o600); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestLoadRecoversCutRotation: a rotation cut short after writing the new
+// key but not the certificate leaves a pair that does not match; at start
+// the own CA issues a new one for the same names. A user's mismatched
+// pair is an error (pgshield cannot issue for it).
+func TestLoadRecoversCutRotation(t *testing.T) {
+	f := newFixture(t)
+	old := f.c.Current()
+	otherKey := userDir(t, f.now)[1]
+	copyFile(t, otherKey, f.l.ServerKey())
+	c := New(Config{Layout: f.l, Conf: f.store, Now: f.clock,
+		Audit: func(e audit.Event) { f.mu.Lock(); f.events = append(f.events, e); f.mu.Unlock() }})
+	cur, err := c.Load()
+	if err != nil {
+		t.Fatalf("Load after a cut rotation: %v", err)
+	}
+	if fingerprint(cur) == fingerprint(old) || strings.Join(tlsconf.Hosts(cur.Leaf()), ",") != strings.Join(tlsconf.Hosts(old.Leaf()), ",") {
+		t.Fatalf("recovered certificate %v; want a new one for %v", tlsconf.Hosts(cur.Leaf()), tlsconf.Hosts(old.Leaf()))
+	}
+	if disk, err := readPair(f.l.ServerCert(), f.l.ServerKey()); err != nil || fingerprint(disk) != fingerprint(cur) {
+		t.Fatalf("on disk after recovery: %v", err)
+	}
+	if e := f.lastEvent("certificate.rotate"); e.Fields["trigger"] != "recovery" || e.Fields["previous_sha256"] != fingerprint(old) {
+		t.Errorf("recovery audited as %+v", e)
+	}
+
+	u := newFixture(t)
+	certPath, keyPath, _ := userPair(t, filepath.Join(t.TempDir(), "live"), u.now)
+	if _, err := u.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath}); err != nil {
+		t.Fatal(err)
+	}
+	copyFile(t, otherKey, keyPath)
+	if _, err := New(Config{Layout: u.l, Conf: u.store}).Load(); !errors.Is(err, tlsconf.ErrMismatch) {
+		t.Fatalf("Load of a mismatched user pair: %v; want ErrMismatch", err)
 	}
 }
