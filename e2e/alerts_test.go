@@ -305,6 +305,25 @@ func TestAlerts(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%d decoy read alerts after reading a look-alike; want 1", n)
 		}
+
+		// A decoy in another database (one the administrator owns), read
+		// there through the gateway.
+		mustCLI(t, s, "decoy", "create", "table", "--database", "alerts_own", "vault.api_keys")
+		if out := mustCLI(t, s, "decoy", "list", "-o", "json"); !strings.Contains(out, `"database": "alerts_own"`) &&
+			!strings.Contains(out, `"database":"alerts_own"`) {
+			t.Errorf("decoy list does not show the database:\n%s", out)
+		}
+		out, err = psql(t, s.dsn("user="+admin+" sslmode=verify-full dbname=alerts_own"), adminPassword, "-c", "SELECT count(*) FROM vault.api_keys")
+		if err != nil || out != "3" {
+			t.Fatalf("reading the decoy in alerts_own: %v %s", err, out)
+		}
+		a = s.waitAlert(t, "decoy_table_read in alerts_own", 15*time.Second, func(a apitype.Alert) bool {
+			return a.Type == "alert.decoy_table_read" && a.Database == "alerts_own"
+		})
+		if a.Details["table"] != "vault.api_keys" || a.User != admin {
+			t.Errorf("decoy table alert in alerts_own = %+v", a)
+		}
+		mustCLI(t, s, "decoy", "delete", "--database", "alerts_own", "vault.api_keys")
 	})
 
 	t.Run("privilege change and refused escalation", func(t *testing.T) {
@@ -317,6 +336,17 @@ func TestAlerts(t *testing.T) {
 		})
 		if a.Severity != "High" {
 			t.Errorf("privilege alert = %+v", a)
+		}
+		// In a database of the administrator's own, through the gateway.
+		if out, err := psql(t, s.dsn("user="+admin+" sslmode=verify-full dbname=alerts_own"), adminPassword, "-c",
+			"GRANT CREATE ON SCHEMA public TO PUBLIC"); err != nil {
+			t.Fatalf("grant in alerts_own: %v %s", err, out)
+		}
+		a = s.waitAlert(t, "privilege_change in alerts_own", 20*time.Second, func(a apitype.Alert) bool {
+			return a.Type == "alert.privilege_change" && a.Database == "alerts_own" && a.Details["role"] == "PUBLIC"
+		})
+		if a.Details["privilege"] != "CREATE on schema public" || a.Severity != "High" {
+			t.Errorf("privilege alert in alerts_own = %+v", a)
 		}
 		out, err := psql(t, s.dsn("user="+admin+" sslmode=verify-full"), adminPassword, "-c", "GRANT pg_execute_server_program TO "+admin)
 		if err == nil || !strings.Contains(out, "42501") && !strings.Contains(out, "permission denied") && !strings.Contains(out, "pgshield") {

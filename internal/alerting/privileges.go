@@ -20,9 +20,22 @@ type Snapshot struct {
 	// Members maps a powerful predefined role to the roles that have its
 	// privileges (directly or through other roles).
 	Members map[string][]string `json:"members"`
-	// PublicCreate lists who holds CREATE on schema public in database
-	// postgres ("PUBLIC" for everyone).
+	// PublicCreate lists who holds CREATE on schema public in the pool's
+	// database, postgres ("PUBLIC" for everyone).
 	PublicCreate []string `json:"public_create"`
+	// PublicCreateIn is the same for the other databases that allow
+	// connections, by name: those read so far (they are read a few at a
+	// time).
+	PublicCreateIn map[string][]string `json:"public_create_in,omitempty"`
+	// Listed are the other databases that allowed connections at the
+	// last look; one not listed then is new.
+	Listed []string `json:"listed,omitempty"`
+	// Fresh are new databases not read yet: still compared with nothing
+	// when they are.
+	Fresh []string `json:"fresh,omitempty"`
+	// NewlyRead are the new databases read in this look (compared with
+	// nothing, not taken as the baseline).
+	NewlyRead []string `json:"-"`
 }
 
 // DiffPrivileges returns an alert for every privilege in cur that was not
@@ -57,6 +70,25 @@ func DiffPrivileges(old, cur *Snapshot) []Finding {
 	for _, g := range cur.PublicCreate {
 		if !had[g] {
 			add(g, "CREATE on schema public")
+		}
+	}
+	newly := set(cur.NewlyRead)
+	for _, db := range sortedKeys(cur.PublicCreateIn) {
+		prev, ok := old.PublicCreateIn[db]
+		if !ok && !newly[db] {
+			continue // first read of a database that is not new: the baseline
+		}
+		had := set(prev)
+		dbName := Bound(db, MaxName)
+		for _, g := range cur.PublicCreateIn[db] {
+			if had[g] {
+				continue
+			}
+			role := Bound(g, MaxName)
+			out = append(out, Finding{Type: TypePrivilegeChange, Key: "role=" + role + "|CREATE on schema public|db=" + dbName,
+				User: role, Database: dbName,
+				Details:  map[string]string{"role": role, "privilege": "CREATE on schema public", "database": dbName},
+				Evidence: map[string]string{}})
 		}
 	}
 	return out

@@ -329,11 +329,16 @@ func (c *Client) Decoys(ctx context.Context) ([]apitype.Decoy, error) {
 }
 
 // CreateDecoy makes a decoy role or table.
-func (c *Client) CreateDecoy(ctx context.Context, kind, name string) (*apitype.Decoy, error) {
-	return call[apitype.Decoy](ctx, c, "POST", "/v1/decoys", apitype.DecoyRequest{Kind: kind, Name: name})
+func (c *Client) CreateDecoy(ctx context.Context, kind, name, database string) (*apitype.Decoy, error) {
+	return call[apitype.Decoy](ctx, c, "POST", "/v1/decoys", apitype.DecoyRequest{Kind: kind, Name: name, Database: database})
 }
 
-// DeleteDecoy removes a decoy and returns it.
-func (c *Client) DeleteDecoy(ctx context.Context, name string) (*apitype.Decoy, error) {
-	return call[apitype.Decoy](ctx, c, "DELETE", "/v1/decoys/"+url.PathEscape(name), nil)
+// DeleteDecoy removes a decoy and returns it; database names a table's
+// database ("" when there is one decoy of that name).
+func (c *Client) DeleteDecoy(ctx context.Context, name, database string) (*apitype.Decoy, error) {
+	p := "/v1/decoys/" + url.PathEscape(name)
+	if database != "" {
+		p += "?" + url.Values{"database": {database}}.Encode()
+	}
+	return call[apitype.Decoy](ctx, c, "DELETE", p, nil)
 }

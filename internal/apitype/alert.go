@@ -41,7 +41,9 @@ const (
 type Decoy struct {
 	Kind string `json:"kind"` // role or table
 	// Name is the role's name, or the table's schema-qualified name.
-	Name      string    `json:"name"`
+	Name string `json:"name"`
+	// Database is a table's database.
+	Database  string    `json:"database,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	// State is "ok", or what the last check found wrong with it in
 	// PostgreSQL ("missing", "renamed", "can log in with a changed
@@ -53,4 +55,6 @@ type Decoy struct {
 type DecoyRequest struct {
 	Kind string `json:"kind"`
 	Name string `json:"name"`
+	// Database of a table; empty: postgres.
+	Database string `json:"database,omitempty"`
 }

@@ -159,6 +159,6 @@ func (a api) CreateDecoy(ctx context.Context, req apitype.DecoyRequest) (apitype
 }
 
 // DeleteDecoy removes a decoy.
-func (a api) DeleteDecoy(ctx context.Context, name string) (apitype.Decoy, error) {
-	return a.d.alerts.DeleteDecoy(ctx, name)
+func (a api) DeleteDecoy(ctx context.Context, name, database string) (apitype.Decoy, error) {
+	return a.d.alerts.DeleteDecoy(ctx, name, database)
 }

@@ -74,7 +74,7 @@ type Backend interface {
 	DismissAlert(id string) (apitype.Alert, error)
 	Decoys() []apitype.Decoy
 	CreateDecoy(ctx context.Context, req apitype.DecoyRequest) (apitype.Decoy, error)
-	DeleteDecoy(ctx context.Context, name string) (apitype.Decoy, error)
+	DeleteDecoy(ctx context.Context, name, database string) (apitype.Decoy, error)
 
 	// Server certificate.
 	CertificateBackend
@@ -149,7 +149,7 @@ func Routes(b Backend) []Route {
 			return b.CreateDecoy(r.Context(), req)
 		}},
 		{Method: "DELETE", Pattern: "/v1/decoys/{name}", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
-			return b.DeleteDecoy(r.Context(), r.PathValue("name"))
+			return b.DeleteDecoy(r.Context(), r.PathValue("name"), r.URL.Query().Get("database"))
 		}},
 
 		{Method: "GET", Pattern: "/v1/network", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Network(), nil }},

@@ -101,6 +101,9 @@ type Controller struct {
 		snap    *alerting.Snapshot
 		buckets map[string]*bucket
 		dirty   bool
+		// dbCursor: the database whose schema public was read last
+		// (readPublicCreateIn goes through them in turn).
+		dbCursor string
 	}
 }
 
@@ -567,6 +570,9 @@ func (c *Controller) load() error {
 	sort.SliceStable(c.mu.alerts, func(i, j int) bool { return c.mu.alerts[i].FirstSeen.Before(c.mu.alerts[j].FirstSeen) })
 	c.evictLocked()
 	for _, d := range st.Decoys {
+		if d != nil && d.Kind == apitype.DecoyTable && d.Database == "" {
+			d.Database = "postgres" // saved before decoys could be elsewhere
+		}
 		if d != nil && len(c.mu.decoys) < maxDecoys {
 			c.mu.decoys = append(c.mu.decoys, d)
 		}

@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgshield/pgshield/internal/alerting"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/config"
 )
@@ -200,8 +201,19 @@ func TestPersistAndDismiss(t *testing.T) {
 func TestDecoyIndex(t *testing.T) {
 	c, _, _ := newController(t, nil)
 	c.mu.decoys = []*decoy{{OID: 1}}
-	c.mu.decoys[0].Kind, c.mu.decoys[0].Name = "table", "finance.payroll"
+	c.mu.decoys[0].Kind, c.mu.decoys[0].Name, c.mu.decoys[0].Database = "table", "finance.payroll", "postgres"
+	// The same table name as a decoy in a database with a hostile name.
+	hostile := "evil\" db'; DROP DATABASE postgres; --\n"
+	c.mu.decoys = append(c.mu.decoys, &decoy{OID: 2, Decoy: apitype.Decoy{Kind: "table", Name: "hr.salaries", Database: hostile}})
 	x := decoyIndex{c}
+	if name, ok := x.DecoyTable(hostile, `hr."salaries"`); !ok || name != "hr.salaries" {
+		t.Errorf("the decoy in database %q: %q %v", hostile, name, ok)
+	}
+	for _, db := range []string{"postgres", "evil", strings.TrimSuffix(hostile, "\n")} {
+		if _, ok := x.DecoyTable(db, "hr.salaries"); ok {
+			t.Errorf("hr.salaries matched in database %q", db)
+		}
+	}
 	for obj, want := range map[string]bool{"finance.payroll": true, `"finance"."payroll"`: true, `finance."payroll"`: true,
 		"public.payroll": false, `"finance.payroll"`: false, "finance.payroll.x": false} {
 		if _, got := x.DecoyTable("postgres", obj); got != want {

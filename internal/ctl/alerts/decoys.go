@@ -62,15 +62,12 @@ func (x decoyIndex) DecoyRole(name string) bool {
 }
 
 func (x decoyIndex) DecoyTable(database, object string) (string, bool) {
-	if database != "postgres" {
-		return "", false
-	}
 	schema, table, ok := splitQualified(object)
 	if !ok {
 		return "", false
 	}
 	for _, d := range x.c.mu.decoys {
-		if d.Kind == apitype.DecoyTable && d.Name == schema+"."+table {
+		if d.Kind == apitype.DecoyTable && d.Database == database && d.Name == schema+"."+table {
 			return d.Name, true
 		}
 	}
@@ -130,10 +127,22 @@ func (c *Controller) pool() (*pgxpool.Pool, error) {
 
 // CreateDecoy makes a decoy role or table.
 func (c *Controller) CreateDecoy(ctx context.Context, req apitype.DecoyRequest) (apitype.Decoy, error) {
+	pool, err := c.pool()
+	if err != nil {
+		return apitype.Decoy{}, err
+	}
+	db := ""
+	if req.Kind == apitype.DecoyTable {
+		if db, err = decoyDatabase(pool, req.Database); err != nil {
+			return apitype.Decoy{}, err
+		}
+	} else if req.Database != "" {
+		return apitype.Decoy{}, clienterr.New(apitype.CodeInvalid, "a decoy role is in every database: no database to name")
+	}
 	c.mu.Lock()
 	n := len(c.mu.decoys)
 	for _, d := range c.mu.decoys {
-		if d.Kind == req.Kind && d.Name == canonical(req) {
+		if d.Kind == req.Kind && d.Name == canonical(req) && d.Database == db {
 			c.mu.Unlock()
 			return apitype.Decoy{}, clienterr.New(apitype.CodeInvalid, "decoy %s %q already exists", req.Kind, d.Name)
 		}
@@ -142,16 +151,12 @@ func (c *Controller) CreateDecoy(ctx context.Context, req apitype.DecoyRequest) 
 	if n >= maxDecoys {
 		return apitype.Decoy{}, clienterr.New(apitype.CodeInvalid, "at most %d decoys", maxDecoys)
 	}
-	pool, err := c.pool()
-	if err != nil {
-		return apitype.Decoy{}, err
-	}
 	var d *decoy
 	switch req.Kind {
 	case apitype.DecoyRole:
 		d, err = c.createRole(ctx, pool, req.Name)
 	case apitype.DecoyTable:
-		d, err = c.createTable(ctx, pool, req.Name)
+		d, err = c.createTable(ctx, pool, req.Name, db)
 	default:
 		err = clienterr.New(apitype.CodeInvalid, "decoy kind %q: use role or table", alerting.Bound(req.Kind, 32))
 	}
@@ -167,7 +172,7 @@ func (c *Controller) CreateDecoy(ctx context.Context, req apitype.DecoyRequest) 
 		c.cfg.Log.Error("Saving the alerts failed.", "error", err)
 	}
 	c.cfg.Audit(audit.Event{Type: "decoy.create", Outcome: audit.OutcomeSuccess, Reason: "decoy created by the operator",
-		Fields: map[string]any{"kind": d.Kind, "name": d.Name}})
+		Fields: decoyFields(d)})
 	return d.Decoy, nil
 }
 
@@ -210,7 +215,16 @@ func digest(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-func (c *Controller) createTable(ctx context.Context, pool *pgxpool.Pool, name string) (*decoy, error) {
+// decoyFields are a decoy's audit record fields.
+func decoyFields(d *decoy) map[string]any {
+	f := map[string]any{"kind": d.Kind, "name": d.Name}
+	if d.Database != "" {
+		f["database"] = d.Database
+	}
+	return f
+}
+
+func (c *Controller) createTable(ctx context.Context, pool *pgxpool.Pool, name, db string) (*decoy, error) {
 	schema, table, ok := strings.Cut(name, ".")
 	if !ok {
 		schema, table = "public", name
@@ -225,51 +239,56 @@ func (c *Controller) createTable(ctx context.Context, pool *pgxpool.Pool, name s
 		return nil, fmt.Errorf("reading pgaudit.role: %w", err)
 	}
 	var d *decoy
-	err := pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
-		var trusted bool
-		createdSchema := false
-		switch err := tx.QueryRow(ctx, sqlSchemaTrust, schema).Scan(&trusted); {
-		case errors.Is(err, pgx.ErrNoRows):
-			qs := pgx.Identifier{schema}.Sanitize()
-			for _, s := range []string{sqlCreateSchema(qs), sqlGrantSchemaUsage(qs)} {
+	err := withDatabase(ctx, pool, db, func(q sqlConn) error {
+		return pgx.BeginFunc(ctx, q, func(tx pgx.Tx) error {
+			var trusted bool
+			createdSchema := false
+			switch err := tx.QueryRow(ctx, sqlSchemaTrust, schema).Scan(&trusted); {
+			case errors.Is(err, pgx.ErrNoRows):
+				qs := pgx.Identifier{schema}.Sanitize()
+				for _, s := range []string{sqlCreateSchema(qs), sqlGrantSchemaUsage(qs)} {
+					if _, err := tx.Exec(ctx, s); err != nil {
+						return fmt.Errorf("creating schema %q: %w", schema, err)
+					}
+				}
+				createdSchema = true
+			case err != nil:
+				return fmt.Errorf("checking schema %q: %w", schema, err)
+			case !trusted:
+				return clienterr.New(apitype.CodeInvalid,
+					"schema %q belongs to a role that is not a superuser, who could rename it away from the decoy: name a new schema (pgshield creates it)", schema)
+			}
+			var audExists bool
+			if err := tx.QueryRow(ctx, sqlRoleExists, auditRole).Scan(&audExists); err != nil {
+				return err
+			}
+			if !audExists {
+				if _, err := tx.Exec(ctx, sqlCreateAuditRole(pgx.Identifier{auditRole}.Sanitize())); err != nil {
+					return fmt.Errorf("creating the audit role: %w", err)
+				}
+			}
+			qt := pgx.Identifier{schema, table}.Sanitize()
+			for _, s := range []string{sqlCreateDecoyTable(qt), sqlFillDecoyTable(qt), sqlGrantDecoyRead(qt, "PUBLIC"),
+				sqlGrantDecoyRead(qt, pgx.Identifier{auditRole}.Sanitize())} {
 				if _, err := tx.Exec(ctx, s); err != nil {
-					return fmt.Errorf("creating schema %q: %w", schema, err)
+					var ce *clienterr.Error
+					if errors.As(err, &ce) {
+						return err
+					}
+					return fmt.Errorf("creating decoy table %s: %w", qt, err)
 				}
 			}
-			createdSchema = true
-		case err != nil:
-			return fmt.Errorf("checking schema %q: %w", schema, err)
-		case !trusted:
-			return clienterr.New(apitype.CodeInvalid,
-				"schema %q belongs to a role that is not a superuser, who could rename it away from the decoy: name a new schema (pgshield creates it)", schema)
-		}
-		var audExists bool
-		if err := tx.QueryRow(ctx, sqlRoleExists, auditRole).Scan(&audExists); err != nil {
-			return err
-		}
-		if !audExists {
-			if _, err := tx.Exec(ctx, sqlCreateAuditRole(pgx.Identifier{auditRole}.Sanitize())); err != nil {
-				return fmt.Errorf("creating the audit role: %w", err)
+			var oid int64
+			if err := tx.QueryRow(ctx, sqlTableOID, schema, table).Scan(&oid); err != nil {
+				return err
 			}
-		}
-		qt := pgx.Identifier{schema, table}.Sanitize()
-		for _, s := range []string{sqlCreateDecoyTable(qt), sqlFillDecoyTable(qt), sqlGrantDecoyRead(qt, "PUBLIC"),
-			sqlGrantDecoyRead(qt, pgx.Identifier{auditRole}.Sanitize())} {
-			if _, err := tx.Exec(ctx, s); err != nil {
-				var ce *clienterr.Error
-				if errors.As(err, &ce) {
-					return err
-				}
-				return fmt.Errorf("creating decoy table %s: %w", qt, err)
-			}
-		}
-		var oid int64
-		if err := tx.QueryRow(ctx, sqlTableOID, schema, table).Scan(&oid); err != nil {
-			return err
-		}
-		d = &decoy{Decoy: apitype.Decoy{Kind: apitype.DecoyTable, Name: schema + "." + table}, OID: oid, CreatedSchema: createdSchema}
-		return nil
+			d = &decoy{Decoy: apitype.Decoy{Kind: apitype.DecoyTable, Name: schema + "." + table, Database: db}, OID: oid, CreatedSchema: createdSchema}
+			return nil
+		})
 	})
+	if errors.Is(err, errNoDatabase) {
+		return nil, clienterr.New(apitype.CodeNotFound, "database %q does not exist or does not allow connections", db)
+	}
 	if err != nil {
 		if strings.Contains(err.Error(), "already exists") {
 			return nil, clienterr.New(apitype.CodeInvalid, "table %s.%s already exists: a decoy must be a new table", schema, table)
@@ -290,19 +309,27 @@ func (c *Controller) createTable(ctx context.Context, pool *pgxpool.Pool, name s
 	return d, nil
 }
 
-// DeleteDecoy removes a decoy from the list and from PostgreSQL.
-func (c *Controller) DeleteDecoy(ctx context.Context, name string) (apitype.Decoy, error) {
+// DeleteDecoy removes a decoy from the list and from PostgreSQL; database
+// picks among decoy tables of that name in several databases.
+func (c *Controller) DeleteDecoy(ctx context.Context, name, database string) (apitype.Decoy, error) {
 	c.mu.Lock()
 	var found *decoy
+	n := 0
 	for _, d := range c.mu.decoys {
-		if d.Name == name || d.Kind == apitype.DecoyTable && d.Name == "public."+name {
-			found = d
-			break
+		if (d.Name == name || d.Kind == apitype.DecoyTable && d.Name == "public."+name) &&
+			(database == "" || d.Database == database) {
+			if found == nil {
+				found = d
+			}
+			n++
 		}
 	}
 	c.mu.Unlock()
 	if found == nil {
 		return apitype.Decoy{}, clienterr.New(apitype.CodeNotFound, "decoy %q does not exist", alerting.Bound(name, 80))
+	}
+	if n > 1 {
+		return apitype.Decoy{}, clienterr.New(apitype.CodeInvalid, "decoy tables %q are in %d databases: name one with --database", alerting.Bound(name, 80), n)
 	}
 	pool, err := c.pool()
 	if err != nil {
@@ -320,29 +347,11 @@ func (c *Controller) DeleteDecoy(ctx context.Context, name string) (apitype.Deco
 			}
 		}
 	case apitype.DecoyTable:
-		// By OID: a renamed decoy is dropped where it is now, and a table
-		// that took its old name is left alone.
-		rows, err := pool.Query(ctx, sqlDecoyTables, []int64{found.OID})
-		if err != nil {
+		err := withDatabase(ctx, pool, found.Database, func(q sqlConn) error { return dropDecoyTable(ctx, q, found) })
+		// A database dropped or closed to connections took the table
+		// with it, or keeps it out of reach: the decoy is gone either way.
+		if err != nil && !errors.Is(err, errNoDatabase) {
 			return apitype.Decoy{}, err
-		}
-		var schema, table string
-		for rows.Next() {
-			var oid int64
-			if err := rows.Scan(&oid, &schema, &table); err != nil {
-				rows.Close()
-				return apitype.Decoy{}, err
-			}
-		}
-		rows.Close()
-		if table != "" {
-			if _, err := pool.Exec(ctx, sqlDropTable(pgx.Identifier{schema, table}.Sanitize())); err != nil {
-				return apitype.Decoy{}, fmt.Errorf("dropping decoy table: %w", err)
-			}
-			if found.CreatedSchema {
-				// Not empty (someone else's table): kept, without a word.
-				_, _ = pool.Exec(ctx, sqlDropSchema(pgx.Identifier{schema}.Sanitize()))
-			}
 		}
 	}
 	c.mu.Lock()
@@ -358,8 +367,40 @@ func (c *Controller) DeleteDecoy(ctx context.Context, name string) (apitype.Deco
 		c.cfg.Log.Error("Saving the alerts failed.", "error", err)
 	}
 	c.cfg.Audit(audit.Event{Type: "decoy.delete", Outcome: audit.OutcomeSuccess, Reason: "decoy deleted by the operator",
-		Fields: map[string]any{"kind": found.Kind, "name": found.Name}})
+		Fields: decoyFields(found)})
 	return found.Decoy, nil
+}
+
+// dropDecoyTable drops a decoy table by OID: a renamed decoy is dropped
+// where it is now, and a table that took its old name is left alone.
+func dropDecoyTable(ctx context.Context, q sqlConn, d *decoy) error {
+	rows, err := q.Query(ctx, sqlDecoyTables, []int64{d.OID})
+	if err != nil {
+		return err
+	}
+	var schema, table string
+	for rows.Next() {
+		var oid int64
+		if err := rows.Scan(&oid, &schema, &table); err != nil {
+			rows.Close()
+			return err
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	if table == "" {
+		return nil
+	}
+	if _, err := q.Exec(ctx, sqlDropTable(pgx.Identifier{schema, table}.Sanitize())); err != nil {
+		return fmt.Errorf("dropping decoy table: %w", err)
+	}
+	if d.CreatedSchema {
+		// Not empty (someone else's table): kept, without a word.
+		_, _ = q.Exec(ctx, sqlDropSchema(pgx.Identifier{schema}.Sanitize()))
+	}
+	return nil
 }
 
 // Poll compares the catalog's privileges with the last look and checks
@@ -372,15 +413,27 @@ func (c *Controller) Poll(ctx context.Context) {
 	if pool == nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	parent := ctx
+	ctx, cancel := context.WithTimeout(parent, 15*time.Second)
 	defer cancel()
+	c.mu.Lock()
+	old, cursor := c.mu.snap, c.mu.dbCursor
+	c.mu.Unlock()
 	snap, err := c.readSnapshot(ctx, pool)
 	if err != nil {
 		return
 	}
 	states := c.checkDecoys(ctx, pool)
+	// The other databases, a few per poll, on a budget of their own.
+	dctx, dcancel := context.WithTimeout(parent, dbPerPoll*dbTimeout)
+	defer dcancel()
+	cursor, err = c.readPublicCreateIn(dctx, pool, old, snap, cursor)
+	if err != nil && old != nil {
+		snap.PublicCreateIn, snap.Listed, snap.Fresh = old.PublicCreateIn, old.Listed, old.Fresh
+	}
 	var out []emitted
 	c.mu.Lock()
+	c.mu.dbCursor = cursor
 	for _, f := range alerting.DiffPrivileges(c.mu.snap, snap) {
 		out = append(out, c.raiseLocked(f)...)
 	}
@@ -402,8 +455,10 @@ func (c *Controller) Poll(ctx context.Context) {
 			d.State = st.state
 			c.mu.dirty = true
 			if st.state != "ok" {
-				f := alerting.Finding{Type: alerting.TypeDecoyTampered, Key: d.Kind + "=" + d.Name + "|" + st.state,
-					Details: map[string]string{"kind": d.Kind, "decoy": alerting.Bound(d.Name, alerting.MaxName), "found": st.state}}
+				f := alerting.Finding{Type: alerting.TypeDecoyTampered, Key: d.Kind + "=" + d.Name + "|db=" + d.Database + "|" + st.state,
+					Database: alerting.Bound(d.Database, alerting.MaxName),
+					Details: map[string]string{"kind": d.Kind, "decoy": alerting.Bound(d.Name, alerting.MaxName), "found": st.state,
+						"database": alerting.Bound(d.Database, alerting.MaxName)}}
 				out = append(out, c.raiseLocked(f)...)
 			}
 		}
@@ -526,23 +581,56 @@ func (c *Controller) checkDecoys(ctx context.Context, pool *pgxpool.Pool) map[*d
 		}
 	}
 	if len(oids) > 0 {
-		names := map[int64]string{}
-		rows, err := pool.Query(ctx, sqlDecoyTables, oids)
-		if err == nil {
-			for rows.Next() {
-				var oid int64
-				var s, t string
-				if rows.Scan(&oid, &s, &t) == nil {
+		var setting string
+		if err := pool.QueryRow(ctx, sqlAuditRoleSetting).Scan(&setting); err != nil {
+			return out
+		}
+		byDB := map[string][]*decoy{}
+		var dbs []string
+		for _, d := range ds {
+			if d.Kind == apitype.DecoyTable {
+				if byDB[d.Database] == nil {
+					dbs = append(dbs, d.Database)
+				}
+				byDB[d.Database] = append(byDB[d.Database], d)
+			}
+		}
+		// One connection per database that holds decoys (at most
+		// maxDecoys), one after another.
+		for _, db := range dbs {
+			if ctx.Err() != nil {
+				break
+			}
+			tables := byDB[db]
+			names := map[int64]string{}
+			err := withDatabase(ctx, pool, db, func(q sqlConn) error {
+				ids := make([]int64, len(tables))
+				for i, d := range tables {
+					ids[i] = d.OID
+				}
+				rows, err := q.Query(ctx, sqlDecoyTables, ids)
+				if err != nil {
+					return err
+				}
+				defer rows.Close()
+				for rows.Next() {
+					var oid int64
+					var s, t string
+					if err := rows.Scan(&oid, &s, &t); err != nil {
+						return err
+					}
 					names[oid] = s + "." + t
 				}
+				return rows.Err()
+			})
+			switch {
+			case errors.Is(err, errNoDatabase):
+				// Dropped with its database (or closed to connections,
+				// where no one reads it): reported as missing.
+			case err != nil:
+				continue // unknown is not tampered
 			}
-			rows.Close()
-			var setting string
-			_ = pool.QueryRow(ctx, sqlAuditRoleSetting).Scan(&setting)
-			for _, d := range ds {
-				if d.Kind != apitype.DecoyTable {
-					continue
-				}
+			for _, d := range tables {
 				switch n, ok := names[d.OID]; {
 				case !ok:
 					out[d] = decoyState{state: "missing"}

@@ -32,6 +32,19 @@ const (
    AND (g.oid IS NULL OR NOT g.rolsuper)
  ORDER BY 1 LIMIT 10000`
 
+	// sqlDatabases: every database that allows connections, the one
+	// being read included (the caller skips it), bounded.
+	sqlDatabases = `SELECT d.datname::pg_catalog.text FROM pg_catalog.pg_database d
+ WHERE d.datallowconn ORDER BY 1 LIMIT 10000`
+	// sqlDatabaseAllowsConn: whether database $1 exists and allows
+	// connections (no row: it does not exist).
+	sqlDatabaseAllowsConn = `SELECT d.datallowconn FROM pg_catalog.pg_database d
+ WHERE d.datname OPERATOR(pg_catalog.=) $1::pg_catalog.name`
+	// sqlSessionIsOwn: whether the connection runs as the role it logged in
+	// as (a database's owner can make its connections SET ROLE at start
+	// with ALTER DATABASE ... SET role).
+	sqlSessionIsOwn = `SELECT CURRENT_USER OPERATOR(pg_catalog.=) SESSION_USER`
+
 	// sqlRoleExists: whether a role of that name exists.
 	sqlRoleExists = `SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) $1::pg_catalog.name)`
 	// sqlDecoyRoles: the decoy roles as they are now.
