@@ -3,10 +3,14 @@ package gateway
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgshield/pgshield/internal/testutil/pgtest"
 	"github.com/pgshield/pgshield/internal/tlsconf"
@@ -86,6 +90,49 @@ func TestRealSetCert(t *testing.T) {
 	if err := queryOld(ctx); err != nil {
 		t.Fatalf("session opened before the rotation, after a new login: %v", err)
 	}
+
+	// A client keeping TLS session tickets resumes while the certificate
+	// stays, and not across a rotation: the ticket keys went with the old
+	// tls.Config, so a resumed session never binds to a certificate it
+	// did not see.
+	cache := tls.NewLRUClientSessionCache(4)
+	resumed := func() (bool, string) {
+		t.Helper()
+		host, port, _ := net.SplitHostPort(env.addr)
+		cc, err := pgx.ParseConfig(fmt.Sprintf("host=%s port=%s user=gw_rot password='%s' dbname=postgres sslmode=verify-full sslrootcert=%s channel_binding=require",
+			host, port, goodPassword, env.caFile))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cc.TLSConfig.ClientSessionCache = cache
+		conn, err := pgx.ConnectConfig(ctx, cc)
+		if err != nil {
+			t.Fatalf("SCRAM-SHA-256-PLUS login with a session cache: %v", err)
+		}
+		defer conn.Close(ctx)
+		var one int
+		if err := conn.QueryRow(ctx, "SELECT 1").Scan(&one); err != nil {
+			t.Fatal(err)
+		}
+		cs := conn.PgConn().Conn().(*tls.Conn).ConnectionState()
+		return cs.DidResume, tlsconf.Fingerprint(cs.PeerCertificates[0])
+	}
+	resumed()
+	// Go's client stores a TLS 1.3 ticket once it reads it, which may be
+	// after the first query: a few tries, bounded.
+	did := false
+	for i := 0; i < 5 && !did; i++ {
+		did, _ = resumed()
+	}
+	if !did {
+		t.Fatalf("no TLS resumption with a session cache before the rotation; the check below would prove nothing")
+	}
+	third := issue()
+	env.srv.SetCert(third)
+	if did, fp := resumed(); did || fp != tlsconf.Fingerprint(third.Leaf()) {
+		t.Fatalf("after SetCert: resumed %v, presented %s; want a full handshake with the new certificate", did, fp)
+	}
+	second = third
 
 	// A parameter change keeps the rotated certificate.
 	env.srv.SetParams(env.srv.rt.Load().params)
