@@ -72,9 +72,9 @@ func hostPath(b storage.Backend) string {
 // not on the volume) and as storage.full / storage.full_cleared audit
 // records, which wait in memory while the audit log, on the volume,
 // cannot be written (README "Audit": write failures and fail-closed).
-func (s *Controller) checkFull() {
+func (s *Controller) checkFull() (which string) {
 	if s.keys.State() != apitype.KeyAvailable {
-		return
+		return ""
 	}
 	which, detail := fullness(s.atRest.volume())
 	s.stats.mu.Lock()
@@ -82,7 +82,7 @@ func (s *Controller) checkFull() {
 	s.stats.full = which
 	s.stats.mu.Unlock()
 	if which == prev {
-		return
+		return which
 	}
 	if prev != "" {
 		s.c.Log.Info("Storage has room again.", "filesystem", prev)
@@ -94,4 +94,5 @@ func (s *Controller) checkFull() {
 		s.c.Audit(audit.Event{Type: "storage.full", Outcome: audit.OutcomeFailure, Reason: detail,
 			Fields: map[string]any{"filesystem": which}})
 	}
+	return which
 }

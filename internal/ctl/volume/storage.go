@@ -97,6 +97,7 @@ type Controller struct {
 		lastWarn     time.Time // of "cannot grow"
 		fuseRestarts int
 		full         string // FullVolume, FullHost or "": at the last checkFull
+		lastRepair   time.Time
 	}
 }
 
@@ -334,7 +335,7 @@ func (s *Controller) Run(ctx context.Context) {
 		case <-tick.C:
 			s.autogrow(ctx)
 		case <-fullTick.C:
-			s.checkFull()
+			s.repairIfFailed(ctx, s.checkFull() == FullHost)
 		}
 	}
 }
