@@ -96,10 +96,16 @@ func (s *Controller) repairIfFailed(ctx context.Context, hostFull bool) {
 	if b.CanResize() != nil || s.keys.State() != apitype.KeyAvailable || !failedReadOnly(mount) {
 		return
 	}
+	// The message while waiting and the repairs are limited apart: a
+	// repair may follow the message at once, when the host has room.
 	s.stats.mu.Lock()
-	due := time.Since(s.stats.lastRepair) >= repairRetry
+	last := &s.stats.lastRepair
+	if hostFull {
+		last = &s.stats.lastRepairWait
+	}
+	due := time.Since(*last) >= repairRetry
 	if due {
-		s.stats.lastRepair = time.Now()
+		*last = time.Now()
 	}
 	s.stats.mu.Unlock()
 	if !due {

@@ -63,7 +63,6 @@ func TestRepairIfFailed(t *testing.T) {
 	if len(d.server.calls) != 0 || slices.Contains(fake.Calls(), "Detach") {
 		t.Fatalf("host still full: server calls %q, volume calls %v; want nothing done", d.server.calls, fake.Calls())
 	}
-	d.stats.lastRepair = d.stats.lastRepair.Add(-repairRetry) // the retry interval has passed
 	fake.onDetach = func() { set("") }
 	d.repairIfFailed(ctx, false)
 	want := []string{"Quiesce: terminating connection because the storage is being repaired", "Resume"}

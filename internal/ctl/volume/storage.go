@@ -92,12 +92,13 @@ type Controller struct {
 	keys   KeyGate
 	server Server
 	stats  struct {
-		mu           sync.Mutex
-		lastGrow     *apitype.GrowRecord
-		lastWarn     time.Time // of "cannot grow"
-		fuseRestarts int
-		full         string // FullVolume, FullHost or "": at the last checkFull
-		lastRepair   time.Time
+		mu             sync.Mutex
+		lastGrow       *apitype.GrowRecord
+		lastWarn       time.Time // of "cannot grow"
+		fuseRestarts   int
+		full           string    // FullVolume, FullHost or "": at the last checkFull
+		lastRepair     time.Time // of a repair of the volume's filesystem
+		lastRepairWait time.Time // of "waiting for room to repair"
 	}
 }
 
