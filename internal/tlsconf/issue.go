@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/xdg-go/scram"
@@ -229,10 +230,11 @@ func CheckServing(leaf *x509.Certificate, now time.Time) error {
 	return nil
 }
 
-// CheckKeyFile refuses a private key file anyone but its owner could read
-// or replace: it must be a regular file of mode 0600 or narrower in a
-// directory of mode 0700 or narrower (symbolic links, as certbot's live/
-// directory has, are followed to the file they name).
+// CheckKeyFile refuses a private key file anyone but this process's user
+// could read or replace: it must be a regular file of mode 0600 or
+// narrower in a directory of mode 0700 or narrower, both owned by that
+// user (symbolic links, as certbot's live/ directory has, are followed to
+// the file they name).
 func CheckKeyFile(path string) error {
 	real, err := filepath.EvalSymlinks(path)
 	if err != nil {
@@ -248,6 +250,9 @@ func CheckKeyFile(path string) error {
 	if perm := fi.Mode().Perm(); perm&^0o600 != 0 {
 		return fmt.Errorf("key file %s has mode %04o, wider than 0600; refusing it (chmod 600 it after checking who may have read it)", path, perm)
 	}
+	if err := checkOwner(path, fi); err != nil {
+		return err
+	}
 	dir := filepath.Dir(real)
 	di, err := os.Lstat(dir)
 	if err != nil {
@@ -258,6 +263,19 @@ func CheckKeyFile(path string) error {
 	}
 	if perm := di.Mode().Perm(); perm&^0o700 != 0 {
 		return fmt.Errorf("key file directory %s has mode %04o, wider than 0700; refusing it (chmod 700 it)", dir, perm)
+	}
+	return checkOwner(dir, di)
+}
+
+// checkOwner requires fi to belong to this process's user: another user
+// could chmod it wider, or swap the key, behind pgshield's back.
+func checkOwner(path string, fi fs.FileInfo) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return nil
+	}
+	if euid := os.Geteuid(); int(st.Uid) != euid {
+		return fmt.Errorf("%s is owned by uid %d, not by uid %d that pgshield runs as; refusing it", path, st.Uid, euid)
 	}
 	return nil
 }

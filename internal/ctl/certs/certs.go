@@ -182,6 +182,12 @@ func readPair(certPath, keyPath string) (*tlsconf.Cert, error) {
 }
 
 func readBounded(path string) ([]byte, error) {
+	// A FIFO or device named by mistake must not block or stream.
+	if fi, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !fi.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, err

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -462,4 +463,41 @@ func TestLoadRecoversCutRotation(t *testing.T) {
 	if _, err := New(Config{Layout: u.l, Conf: u.store}).Load(); !errors.Is(err, tlsconf.ErrMismatch) {
 		t.Fatalf("Load of a mismatched user pair: %v; want ErrMismatch", err)
 	}
+}
+
+// TestKeyFileOwner: a key file or directory another user owns could be
+// widened or swapped by that user: refused even at 0600 in 0700.
+func TestKeyFileOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give files away")
+	}
+	f := newFixture(t)
+	dir := filepath.Join(t.TempDir(), "live")
+	certPath, keyPath, _ := userPair(t, dir, f.now)
+	if err := os.Chown(keyPath, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	_, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath})
+	wantInvalid(t, err, "owned by uid 65534")
+	if err := os.Chown(keyPath, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(dir, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath})
+	wantInvalid(t, err, "owned by uid 65534")
+	if err := os.Chown(dir, 0, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath}); err != nil {
+		t.Fatalf("root's files after the owner check: %v", err)
+	}
+	// A FIFO named as the certificate is refused, not waited on.
+	fifo := filepath.Join(dir, "fifo.pem")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: fifo, KeyFile: keyPath})
+	wantInvalid(t, err, "not a regular file")
 }
