@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -17,6 +18,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgshield/pgshield/internal/threat"
 )
 
 // Many sources on one machine: Linux routes all of 127.0.0.0/8 to lo, so a
@@ -286,4 +289,28 @@ func TestThreat(t *testing.T) {
 			t.Logf("admin after down/up in %v", took)
 		}
 	})
+}
+
+// pgshield.max_connections = auto: the daemon read PostgreSQL's limits and
+// derived the session cap (audited), and parameter show says auto.
+func TestSessionCapAuto(t *testing.T) {
+	maxConns, reserved := shared.pinnedSQL(t, "SHOW max_connections"), shared.pinnedSQL(t, "SHOW superuser_reserved_connections")
+	m, _ := strconv.Atoi(maxConns)
+	r, _ := strconv.Atoi(reserved)
+	want := threat.DeriveMaxSessions(m, r)
+	deadline := time.Now().Add(15 * time.Second) // read every 10 s
+	for {
+		out := mustCLI(t, shared, "audit", "search", "--event", "threat.session_cap", "-o", "json")
+		if strings.Contains(out, fmt.Sprintf(`"derived_max_sessions": %d`, want)) ||
+			strings.Contains(out, fmt.Sprintf(`"derived_max_sessions":%d`, want)) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no threat.session_cap record of %d sessions (max_connections %s, reserved %s):\n%s", want, maxConns, reserved, out)
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	if out := mustCLI(t, shared, "parameter", "show", "pgshield.max_connections"); !strings.Contains(out, "auto") {
+		t.Errorf("parameter show pgshield.max_connections:\n%s", out)
+	}
 }

@@ -13,7 +13,7 @@ func TestThreatParams(t *testing.T) {
 	}
 	want := ThreatParams{MaxPreAuth: 256, MaxPreAuthPerSource: 32, PreAuthReserved: 64, KnownTTL: 168 * time.Hour,
 		MaxFailures: 5, Window: 10 * time.Minute, BanTime: 10 * time.Minute, MaxBanTime: 24 * time.Hour,
-		RoleMaxFailures: 20, RoleMaxDelay: 10 * time.Second, MaxConnections: 90, ReservedAdmin: 3,
+		RoleMaxFailures: 20, RoleMaxDelay: 10 * time.Second, MaxConnections: AutoMaxConnections, ReservedAdmin: 3,
 		IgnoreSources: "127.0.0.1/32, ::1/128"}
 	if p.Threat != want || p.PreAuthTimeout != 10*time.Second {
 		t.Errorf("ResolveParams(nil).Threat = %+v, preauth %v; want %+v, 10s (fail2ban's defaults)", p.Threat, p.PreAuthTimeout, want)
@@ -37,6 +37,9 @@ func TestThreatParams(t *testing.T) {
 		{map[string]string{"pgshield.max_preauth_connections": "64"}, ""},
 		{map[string]string{"pgshield.max_preauth_connections": "0"}, ""},
 		{map[string]string{"pgshield.max_connections": "3"}, ""},
+		{map[string]string{"pgshield.max_connections": "AUTO"}, ""},
+		{map[string]string{"pgshield.max_connections": "-1"}, "invalid value"},
+		{map[string]string{"pgshield.max_connections": "automatic"}, "invalid value"},
 		{map[string]string{"pgshield.bruteforce_ban_time": "48h"}, ""},
 		{map[string]string{"pgshield.max_connections_per_role": "abc"}, "invalid value"},
 	} {

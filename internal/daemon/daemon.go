@@ -184,7 +184,14 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 	// while it is locked.
 	d.threat = threatctl.New(threatctl.Config{Layout: l, Log: log.With("component", "threat"), Audit: d.audit.Record,
 		Params: d.conf.Params(),
-		Policy: func(p config.Params) threat.Config { return gateway.ThreatConfig(p, cfg.AdminUser) }})
+		Policy: func(p config.Params) threat.Config { return gateway.ThreatConfig(p, cfg.AdminUser) },
+		// PostgreSQL's max_connections, for pgshield.max_connections = auto.
+		Pool: func() *pgxpool.Pool {
+			if c := d.pg.Catalog(); c != nil {
+				return c.Pool
+			}
+			return nil
+		}})
 	d.principals = principals.New(principals.Config{Log: log, Conf: d.conf, Catalog: d.pg.Catalog,
 		ApplyGuard: d.params.ApplyGuardSettings, Audit: d.audit.Record})
 	d.volume.Bind(d.keys, server{d})

@@ -55,7 +55,8 @@ type Config struct {
 	MaxSessionsPerSource int
 	MaxSessionsPerRole   int
 	// MaxSessions caps established sessions in all; the last
-	// ReservedAdmin of them are for AdminRole only.
+	// ReservedAdmin of them are for AdminRole only. AutoMaxSessions
+	// follows PostgreSQL's limits (SetServerLimits).
 	MaxSessions   int
 	ReservedAdmin int
 	AdminRole     string
@@ -307,6 +308,9 @@ type Guard struct {
 		sessRole     map[string]int
 		sessTotal    int
 		dirty        bool
+		// serverMax is DeriveMaxSessions of PostgreSQL's limits, 0 until
+		// SetServerLimits is told them.
+		serverMax int
 	}
 }
 
@@ -548,12 +552,13 @@ func (g *Guard) SessionStart(src netip.Addr, role string) (release func(), refus
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cfg := g.mu.cfg
+	maxS, reserved := g.sessionCapLocked()
 	admin := cfg.AdminRole != "" && role == cfg.AdminRole
 	switch {
-	case cfg.MaxSessions > 0 && g.mu.sessTotal >= cfg.MaxSessions:
+	case maxS > 0 && g.mu.sessTotal >= maxS:
 		return nil, SessionsFull
 	case admin:
-	case cfg.MaxSessions > 0 && g.mu.sessTotal >= cfg.MaxSessions-cfg.ReservedAdmin:
+	case maxS > 0 && g.mu.sessTotal >= maxS-reserved:
 		return nil, SessionsReserved
 	case cfg.MaxSessionsPerSource > 0 && g.mu.sessSrc[k] >= cfg.MaxSessionsPerSource && !cfg.ignored(src):
 		return nil, SessionsSource

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/clienterr"
@@ -34,6 +36,12 @@ type Config struct {
 	Params config.Params
 	// Now is the clock; nil is time.Now.
 	Now func() time.Time
+	// Pool is the service role's pool, for PostgreSQL's connection limits
+	// (pgshield.max_connections = auto); nil or returning nil while
+	// PostgreSQL is down.
+	Pool func() *pgxpool.Pool
+	// LimitsInterval is how often they are read (default limitsInterval).
+	LimitsInterval time.Duration
 }
 
 // Controller owns the guard.
@@ -69,9 +77,15 @@ func (c *Controller) Guard() *guard.Guard { return c.g }
 func (c *Controller) Apply(p config.Params) { c.g.SetConfig(c.cfg.Policy(p)) }
 
 // Run saves changed state every saveInterval until ctx ends, then once
-// more.
+// more, and follows PostgreSQL's connection limits.
 func (c *Controller) Run(ctx context.Context) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		c.followLimits(ctx)
+	}()
 	c.g.Run(ctx, saveInterval, func(err error) { c.cfg.Log.Error("Saving the threat state failed.", "error", err) })
+	<-done
 }
 
 // Save writes changed state now.
