@@ -10,13 +10,15 @@ import (
 // certificate to the gateway (once there is one) and raises its alerts
 // through the alerts controller.
 func (d *Daemon) newCerts() *certs.Controller {
-	return certs.New(certs.Config{Layout: d.Layout, Conf: d.conf, Log: d.Log.With("component", "certificates"),
+	c := certs.New(certs.Config{Layout: d.Layout, Conf: d.conf, Log: d.Log.With("component", "certificates"),
 		Audit: d.audit.Record, Alert: d.alerts.Raise,
 		Apply: func(c *tlsconf.Cert) {
 			if gw := d.gateway(); gw != nil {
 				gw.SetCert(c)
 			}
 		}})
+	d.metrics.Registry.MustRegister(c.Collectors()...)
+	return c
 }
 
 // Certificate describes the server certificate (certificate show).

@@ -33,6 +33,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pgshield/pgshield/internal/alerting"
 	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
@@ -144,6 +146,17 @@ func (c *Controller) recoverLocked(cause error) (*tlsconf.Cert, error) {
 	}
 	c.cfg.Log.Warn("The server key did not match its certificate (a rotation was cut short); a new pair was issued.")
 	return c.mu.cur, nil
+}
+
+// Collectors are the controller's Prometheus metrics.
+func (c *Controller) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "pgshield_certificate_expiry_timestamp_seconds",
+		Help: "When the server certificate the gateway presents expires (Unix time)."}, func() float64 {
+		if cur := c.Current(); cur != nil {
+			return float64(cur.Leaf().NotAfter.Unix())
+		}
+		return 0
+	})}
 }
 
 // Current is the certificate in force.

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/pgshield/pgshield/internal/alerting"
 	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
@@ -135,6 +137,9 @@ func TestCheckRenewsOwnCertificate(t *testing.T) {
 	if len(f.applied) != 0 {
 		t.Fatalf("a certificate two years from its end was renewed")
 	}
+	if got := testutil.ToFloat64(f.c.Collectors()[0]); got != float64(old.Leaf().NotAfter.Unix()) {
+		t.Errorf("expiry gauge = %v; want %d", got, old.Leaf().NotAfter.Unix())
+	}
 	// 29 days before its end (the default lead time is 30 days).
 	f.now = old.Leaf().NotAfter.Add(-29 * 24 * time.Hour)
 	f.c.Check()
@@ -165,6 +170,9 @@ func TestCheckRenewsOwnCertificate(t *testing.T) {
 	}
 	if len(f.alerts) != 0 {
 		t.Errorf("alerts %+v for a renewal that worked", f.alerts)
+	}
+	if got := testutil.ToFloat64(f.c.Collectors()[0]); got != float64(cur.Leaf().NotAfter.Unix()) {
+		t.Errorf("expiry gauge after renewal = %v; want %d", got, cur.Leaf().NotAfter.Unix())
 	}
 	// The new one is far from its end again: the next check does nothing.
 	f.c.Check()
