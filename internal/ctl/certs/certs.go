@@ -46,8 +46,10 @@ import (
 
 // Defaults.
 const (
-	// checkInterval is how often expiry is checked.
-	checkInterval = time.Hour
+	// checkInterval is how often expiry is checked: under the alerts
+	// store's repeat window (an hour), so a standing expiry alert is one
+	// alert whose count grows, not a new one each check.
+	checkInterval = 30 * time.Minute
 	// highWithin: an expiry this close raises a High alert, not Medium.
 	highWithin = 7 * 24 * time.Hour
 	// maxFile bounds what is read of a certificate or key file.
