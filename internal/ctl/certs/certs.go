@@ -279,6 +279,7 @@ func (c *Controller) Rotate(req apitype.CertificateRotateRequest) (apitype.Certi
 		c.refused("certificate.rotate", reason, err)
 		return apitype.CertificateInfo{}, err
 	}
+	c.checkLocked() // a certificate already near its end alerts now
 	return c.infoLocked(), nil
 }
 
@@ -447,6 +448,7 @@ func (c *Controller) Reload(trigger string) error {
 		return nil
 	}
 	c.swapLocked(next, trigger)
+	c.checkLocked()
 	return nil
 }
 
@@ -582,6 +584,10 @@ func severity(left time.Duration) string {
 func (c *Controller) Check() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.checkLocked()
+}
+
+func (c *Controller) checkLocked() {
 	if c.mu.cur == nil {
 		return
 	}

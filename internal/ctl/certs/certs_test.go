@@ -203,6 +203,9 @@ func TestCheckAlertsUserSupplied(t *testing.T) {
 	if _, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath, CAFile: caPath}); err != nil {
 		t.Fatal(err)
 	}
+	if len(f.alerts) != 0 {
+		t.Fatalf("alerts %+v for a certificate two years from its end", f.alerts)
+	}
 	leaf := f.c.Current().Leaf()
 	f.now = leaf.NotAfter.Add(-20 * 24 * time.Hour)
 	f.c.Check()
@@ -508,4 +511,21 @@ func TestKeyFileOwner(t *testing.T) {
 	}
 	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CertFile: fifo, KeyFile: keyPath})
 	wantInvalid(t, err, "not a regular file")
+}
+
+// TestRotateToExpiringAlertsAtOnce: a user certificate already within the
+// lead time alerts when it is put in force, not at the next check.
+func TestRotateToExpiringAlertsAtOnce(t *testing.T) {
+	f := newFixture(t)
+	certPath, keyPath, _ := userPair(t, filepath.Join(t.TempDir(), "live"), f.now)
+	// The same files, but the clock 3 days before their end.
+	b, _ := os.ReadFile(certPath)
+	certs, _ := tlsconf.ParseCerts(b)
+	f.now = certs[0].NotAfter.Add(-3 * 24 * time.Hour)
+	if _, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.alerts) != 1 || f.alerts[0].Severity != alerting.High || f.alerts[0].Details["days_left"] != "3" {
+		t.Fatalf("alerts after rotating to a certificate 3 days from its end: %+v; want one High", f.alerts)
+	}
 }
