@@ -292,10 +292,7 @@ func (c *Controller) raiseLocked(f alerting.Finding) []emitted {
 		return nil
 	}
 	if f.Type != alerting.TypeSuppressed && !c.takeLocked(f.Type, now) {
-		s := alerting.Finding{Type: alerting.TypeSuppressed, Key: "type=" + f.Type,
-			Details: map[string]string{"suppressed_type": f.Type}}
-		out := c.raiseLocked(s)
-		return append(out, emitted{typ: f.Type, dropped: true})
+		return append(c.suppressLocked(f), emitted{typ: f.Type, dropped: true})
 	}
 	sev := kind.Severity
 	if f.Severity != "" {

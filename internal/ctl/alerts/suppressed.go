@@ -1,0 +1,128 @@
+package alerts
+
+import (
+	"encoding/json"
+	"strconv"
+
+	"github.com/pgshield/pgshield/internal/alerting"
+	"github.com/pgshield/pgshield/internal/apitype"
+)
+
+// Suppressed alerts keep who they were about.
+//
+// A flood of one alert type (sources an attacker controls, names it makes
+// up) empties that type's bucket, and the real trigger that comes next is
+// suppressed with the flood. The alert.suppressed alert of the type
+// therefore counts what it suppressed per source (the real peer, which no
+// one can forge) and, under each source, per role, and each source or
+// role new to it is audited at once. Bounded: maxSuppressedSources
+// sources, maxSuppressedRoles roles under each; beyond, counted as
+// unlisted. A flood's made-up role names fill its own sources' lists, not
+// the real trigger's. The lists are JSON in Details (names stay exact,
+// counts survive restarts).
+const (
+	maxSuppressedSources = 32
+	maxSuppressedRoles   = 8
+)
+
+// Details keys of an alert.suppressed alert.
+const (
+	detSupSources  = "suppressed_sources"
+	detSupUnlisted = "suppressed_unlisted"
+)
+
+// noSource names findings that have none (the catalog's privilege changes).
+const noSource = "(none)"
+
+type suppressedSource struct {
+	N     int            `json:"n"`
+	Roles map[string]int `json:"roles,omitempty"`
+}
+
+// suppressLocked counts f on its type's alert.suppressed alert.
+func (c *Controller) suppressLocked(f alerting.Finding) []emitted {
+	s := alerting.Finding{Type: alerting.TypeSuppressed, Key: "type=" + f.Type,
+		Details: map[string]string{"suppressed_type": f.Type}}
+	out := c.raiseLocked(s)
+	a := c.findLocked(alerting.TypeSuppressed, s.Key)
+	if a == nil {
+		return out
+	}
+	src := f.Details["source"]
+	if src == "" {
+		src = f.Client
+	}
+	if src == "" {
+		src = noSource
+	}
+	added := countSuppressed(a, alerting.Bound(src, alerting.MaxName), alerting.Bound(f.User, alerting.MaxName))
+	c.mu.dirty = true
+	// What raiseLocked made of the alert predates the names: it records
+	// them too.
+	recorded := false
+	for i := range out {
+		if out[i].ev.Fields["alert_id"] == a.ID {
+			out[i].ev, recorded = alertEvent(a), true
+			if out[i].payload != nil {
+				p := payloadOf(a)
+				out[i].payload = &p
+			}
+		}
+	}
+	if added && !recorded {
+		// A name seen for the first time is on record now, whatever
+		// the flood does next.
+		out = append(out, emitted{ev: alertEvent(a), typ: a.Type, sev: a.Severity})
+	}
+	return out
+}
+
+// findLocked returns the live (not dismissed) alert of typ and key.
+func (c *Controller) findLocked(typ, key string) *apitype.Alert {
+	k := typ + "\x00" + key
+	for i := len(c.mu.alerts) - 1; i >= 0; i-- {
+		if a := c.mu.alerts[i]; !a.Dismissed && alertKey(a) == k {
+			return a
+		}
+	}
+	return nil
+}
+
+// countSuppressed counts a suppressed finding from src as role on a; it
+// reports whether src or role is new to the lists.
+func countSuppressed(a *apitype.Alert, src, role string) bool {
+	if a.Details == nil {
+		a.Details = map[string]string{}
+	}
+	m := map[string]*suppressedSource{}
+	_ = json.Unmarshal([]byte(a.Details[detSupSources]), &m)
+	unlisted := func() {
+		n, _ := strconv.Atoi(a.Details[detSupUnlisted])
+		a.Details[detSupUnlisted] = strconv.Itoa(n + 1)
+	}
+	e, seen := m[src]
+	if !seen || e == nil {
+		if len(m) >= maxSuppressedSources {
+			unlisted()
+			return false
+		}
+		e = &suppressedSource{}
+		m[src] = e
+	}
+	e.N++
+	added := !seen
+	if role != "" {
+		if e.Roles == nil {
+			e.Roles = map[string]int{}
+		}
+		if _, ok := e.Roles[role]; ok || len(e.Roles) < maxSuppressedRoles {
+			added = added || !ok
+			e.Roles[role]++
+		} else {
+			unlisted()
+		}
+	}
+	b, _ := json.Marshal(m)
+	a.Details[detSupSources] = string(b)
+	return added
+}
