@@ -21,6 +21,8 @@ type Status struct {
 	// FIPS140 is true when Go's cryptography runs in its FIPS 140-3 module
 	// (GODEBUG=fips140=on, or a binary built with GOFIPS140).
 	FIPS140 bool `json:"fips140"`
+	// Health is the overall health and its conditions (GET /v1/health).
+	Health *Health `json:"health,omitempty"`
 }
 
 // PostgresStatus describes the managed instance and its supervisor.

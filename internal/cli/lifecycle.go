@@ -185,6 +185,7 @@ func newStatus(g *globals) *cobra.Command {
 				if st.State == "Stopped" {
 					return
 				}
+				printHealth(tw, st.Health)
 				fmt.Fprintf(tw, "pid\t%d\n", st.PID)
 				fmt.Fprintf(tw, "uptime\t%s\n", (time.Duration(st.UptimeSeconds) * time.Second).String())
 				fmt.Fprintf(tw, "postgresql\t%s, %s since %s (pid %d)\n", st.Postgres.Version, st.Postgres.State,

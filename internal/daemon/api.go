@@ -31,8 +31,10 @@ func (a api) Status(context.Context) apitype.Status {
 	} else if ps.State != postgres.StateRunning {
 		state = "Unavailable"
 	}
+	h := a.Health()
 	return apitype.Status{
-		State: state, Listen: d.network.Listen(), StartedAt: d.started,
+		Health: &h,
+		State:  state, Listen: d.network.Listen(), StartedAt: d.started,
 		UptimeSeconds: int64(time.Since(d.started).Seconds()), PID: os.Getpid(),
 		Postgres:    toAPIPostgresStatus(d.version, ps),
 		Connections: apitype.ConnectionStats(d.gateway().Stats()), AdminUser: cfg.AdminUser, DataDir: d.Layout.Root, Key: d.keys.Info(),

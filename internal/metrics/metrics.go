@@ -124,6 +124,8 @@ func (m *Metrics) Handler() http.Handler {
 // daemon runs (pgshield.metrics_listen); "" serves nothing.
 type Listener struct {
 	Handler http.Handler
+	// Healthz, when set, is served at /healthz too (for probes).
+	Healthz http.Handler
 
 	mu   sync.Mutex
 	addr string
@@ -145,6 +147,9 @@ func (l *Listener) Set(addr string) error {
 		}
 		mux := http.NewServeMux()
 		mux.Handle("GET /metrics", l.Handler)
+		if l.Healthz != nil {
+			mux.Handle("GET /healthz", l.Healthz)
+		}
 		next = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, WriteTimeout: 30 * time.Second}
 		go func() { _ = next.Serve(ln) }() // returns when Shutdown closes it
 	}

@@ -78,6 +78,9 @@ type Backend interface {
 
 	// Server certificate.
 	CertificateBackend
+
+	// Health: GET /v1/health.
+	HealthBackend
 }
 
 // Routes is the route table: every route of the management API, the
@@ -225,7 +228,7 @@ func Routes(b Backend) []Route {
 			}
 			return b.ResizeStorage(req.SizeBytes)
 		}},
-	}, certificateRoutes(b)...)
+	}, append(certificateRoutes(b), healthRoutes(b)...)...)
 }
 
 func changeKey(b Backend, rotate bool) HandlerFunc {

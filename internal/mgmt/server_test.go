@@ -57,6 +57,7 @@ func TestRouteTable(t *testing.T) {
 		"GET /v1/bans", "GET /debug/pprof/{name}", "GET /v1/pool",
 		"GET /v1/alerts", "GET /v1/alerts/{id}", "GET /v1/decoys",
 		"GET /v1/certificate",
+		"GET /v1/health",
 	}
 	for _, key := range append(writes, reads...) {
 		if !seen[key] {
