@@ -302,7 +302,7 @@ func (c *Controller) renewLocked() error {
 	if err != nil {
 		return err
 	}
-	return c.issueLocked(ca, key, "renewed")
+	return c.issueLocked(ca, key, "manual")
 }
 
 func (c *Controller) issueLocked(ca *x509.Certificate, caKey crypto.Signer, what string) error {
@@ -320,8 +320,8 @@ func (c *Controller) issueLocked(ca *x509.Certificate, caKey crypto.Signer, what
 	}
 	l := c.cfg.Layout
 	// The key first: a crash between the two writes leaves a pair that
-	// does not match, which start refuses, rather than a certificate whose
-	// key is gone.
+	// does not match, which the next start issues anew (Load), rather than
+	// a certificate whose key is gone.
 	if err := config.WriteFileAtomic(l.ServerKey(), keyPEM, 0o600); err != nil {
 		return err
 	}

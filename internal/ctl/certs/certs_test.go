@@ -356,6 +356,9 @@ func TestCARollover(t *testing.T) {
 	if _, err := f.c.Rotate(apitype.CertificateRotateRequest{}); err != nil {
 		t.Fatal(err)
 	}
+	if e := f.lastEvent("certificate.rotate"); e.Fields["trigger"] != "manual" {
+		t.Errorf("certificate rotate audited with trigger %v; want manual", e.Fields["trigger"])
+	}
 
 	info, err = f.c.FinishRollover()
 	if err != nil {
