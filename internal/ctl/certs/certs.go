@@ -430,13 +430,19 @@ func verifiesWith(cert *tlsconf.Cert, caFile string, now time.Time) error {
 }
 
 // Reload reads the configured files again (SIGHUP: certbot renewed them
-// in place). A pair that fails a check is refused and the one in force
-// kept; the same certificate again changes nothing.
+// in place). A pair that fails a check, or that the configured CA file
+// does not verify, is refused and the one in force kept; the same
+// certificate again changes nothing.
 func (c *Controller) Reload(trigger string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	cfg := c.cfg.Conf.Get()
 	next, err := c.checkFiles(cfg.TLSCertFile, cfg.TLSKeyFile)
+	if err == nil && cfg.CAFile != "" {
+		// Clients verify with the CA file connection-string names: a
+		// renewal from another CA would lock them all out.
+		err = verifiesWith(next, cfg.CAFile, c.cfg.Now())
+	}
 	if err != nil {
 		c.refused("certificate.reload", trigger, err)
 		return err

@@ -392,6 +392,35 @@ func TestReload(t *testing.T) {
 	f := newFixture(t)
 	dir := filepath.Join(t.TempDir(), "live")
 	certPath, keyPath, caPath := userPair(t, dir, f.now)
+	b, err := os.ReadFile(caPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The user's CA signs the renewals, as a public CA would.
+	cas, _ := tlsconf.ParseCerts(b)
+	ca, caKey, err := tlsconf.NewCA("user CA", f.now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cas = append(cas, ca)
+	if err := os.WriteFile(caPath, append(tlsconf.EncodeCert(cas[0].Raw), tlsconf.EncodeCert(ca.Raw)...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	renew := func(certPath, keyPath string) {
+		t.Helper()
+		certPEM, keyPEM, err := tlsconf.IssueServer(ca, caKey, []string{"db.example"}, f.now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if keyPath != "" {
+			if err := os.WriteFile(keyPath, keyPEM, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := os.WriteFile(certPath, certPEM, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	if _, err := f.c.Rotate(apitype.CertificateRotateRequest{CertFile: certPath, KeyFile: keyPath, CAFile: caPath}); err != nil {
 		t.Fatal(err)
 	}
@@ -401,9 +430,7 @@ func TestReload(t *testing.T) {
 		t.Fatalf("reload of unchanged files: err %v, %d applied; want nothing new", err, len(f.applied))
 	}
 	// The files renewed in place (certbot): the new pair is taken.
-	c2, k2, _ := userPair(t, filepath.Join(t.TempDir(), "renewed"), f.now)
-	copyFile(t, c2, certPath)
-	copyFile(t, k2, keyPath)
+	renew(certPath, keyPath)
 	if err := f.c.Reload("SIGHUP"); err != nil {
 		t.Fatal(err)
 	}
@@ -412,15 +439,23 @@ func TestReload(t *testing.T) {
 		t.Fatalf("reload after renewal kept %s", first)
 	}
 	// Half a renewal (a new certificate, the old key): refused, kept.
-	c3, _, _ := userPair(t, filepath.Join(t.TempDir(), "half"), f.now)
-	copyFile(t, c3, certPath)
-	err := f.c.Reload("SIGHUP")
+	renew(certPath, "")
+	err = f.c.Reload("SIGHUP")
 	wantInvalid(t, err, "do not match")
 	if fingerprint(f.c.Current()) != second || len(f.applied) != 2 {
 		t.Fatalf("a mismatched pair on reload replaced the certificate in force")
 	}
 	if e := f.lastEvent("certificate.reload"); e.Outcome != audit.OutcomeFailure || e.Fields["trigger"] != "SIGHUP" {
 		t.Errorf("refused reload audited as %+v", e)
+	}
+	// A pair from another CA than the configured CA file: clients could
+	// no longer verify it; refused, kept.
+	c4, k4, _ := userPair(t, filepath.Join(t.TempDir(), "other-ca"), f.now)
+	copyFile(t, c4, certPath)
+	copyFile(t, k4, keyPath)
+	wantInvalid(t, f.c.Reload("SIGHUP"), "does not verify")
+	if fingerprint(f.c.Current()) != second {
+		t.Fatalf("a certificate the CA file does not verify replaced the certificate in force on reload")
 	}
 	// An expired certificate: refused, kept.
 	old := userDir(t, f.now.Add(-3*365*24*time.Hour))
