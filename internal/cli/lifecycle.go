@@ -53,10 +53,22 @@ func newUp(g *globals) *cobra.Command {
 }
 
 func runForeground(ctx context.Context, l config.Layout) error {
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	// One JSON object per line (journald, log shippers); the level is
+	// pgshield.log_level, set by the daemon at start and on change.
+	level := new(slog.LevelVar)
+	log := slog.New(slog.NewJSONHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	// What still logs through the log package (net/http's servers) comes
+	// out as JSON too.
+	slog.SetDefault(log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	d := &daemon.Daemon{Layout: l, Log: log}
+	// The daemon stops listening for SIGHUP (reload) when the shutdown
+	// begins; one sent during the drain (systemctl reload) must not end
+	// it: SIGHUP stays caught, and is dropped, until it exits.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	d := &daemon.Daemon{Layout: l, Log: log, LogLevel: level}
 	return d.Run(ctx)
 }
 
@@ -129,7 +141,8 @@ func newDown(g *globals) *cobra.Command {
 				return err
 			}
 			l := g.layout()
-			if _, err := config.Load(l); err != nil {
+			cfg, err := config.Load(l)
+			if err != nil {
 				return err
 			}
 			pid, alive := pidfile.Read(l.PIDFile())
@@ -142,7 +155,11 @@ func newDown(g *globals) *cobra.Command {
 				_ = syscall.Kill(pid, syscall.SIGTERM)
 			}
 			if timeout == 0 {
+				// Sessions get pgshield.shutdown_grace before anything stops.
 				timeout = 2 * time.Minute
+				if p, err := config.ResolveParams(cfg.Parameters); err == nil {
+					timeout += p.ShutdownGrace()
+				}
 			}
 			deadline := time.Now().Add(timeout)
 			for time.Now().Before(deadline) {
@@ -155,7 +172,7 @@ func newDown(g *globals) *cobra.Command {
 			return fmt.Errorf("pgshield (pid %d) did not stop within %s", pid, timeout)
 		},
 	}
-	cmd.Flags().DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for the server to stop")
+	cmd.Flags().DurationVar(&timeout, "timeout", 0, "how long to wait for the server to stop (default: pgshield.shutdown_grace + 2m)")
 	return cmd
 }
 

@@ -65,6 +65,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newDebug(g))
 	root.AddCommand(newDelete(g))
 	root.AddCommand(newCertificate(g))
+	root.AddCommand(newRestart(g), newService(g))
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

@@ -64,6 +64,8 @@ import (
 type Daemon struct {
 	Layout config.Layout
 	Log    *slog.Logger
+	// LogLevel, when set, is Log's level: pgshield.log_level sets it.
+	LogLevel *slog.LevelVar
 
 	stop context.CancelFunc
 
@@ -88,6 +90,8 @@ type Daemon struct {
 	gw      *gateway.Server
 	started time.Time
 	version string
+	// life is the state of a shutdown or restart (lifecycle.go).
+	life lifecycle
 }
 
 // Run builds the controllers, starts them in the order of components, and
@@ -109,14 +113,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return err
 	}
 	d.build(cfg, u)
+	d.initLifecycle(ctx)
+	defer d.life.endServe()
 	stopAll, err := startAll(ctx, d.components(cfg))
 	if err != nil {
 		return err
 	}
 	d.Log.Info("pgshield is up.", "listen", d.network.Listen(), "postgres", d.version)
+	d.notify("READY=1")
 	<-ctx.Done()
-	d.Log.Info("Shutting down.")
+	d.shutdown() // sessions drain before anything stops
 	stopAll()
+	d.Log.Info("pgshield stopped.")
 	return nil
 }
 
@@ -173,6 +181,7 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 		}})
 	d.params = params.New(params.Config{Log: log, Conf: d.conf, Cluster: cluster, Audit: d.audit.Record, Pool: d.pg.Pool,
 		Apply: func(name string, p config.Params) {
+			d.applyLogLevel(p.LogLevel())
 			d.threat.Apply(p)
 			d.alerts.Apply(p)
 			d.gateway().SetParams(p)
@@ -216,6 +225,9 @@ func (d *Daemon) components(cfg *config.Config) []component {
 	)
 	p, err := config.ResolveParams(cfg.Parameters)
 	resolveErr := err
+	if err == nil {
+		d.applyLogLevel(p.LogLevel())
+	}
 	return []component{
 		{name: "pid file",
 			start: func(context.Context) error { return pidfile.Write(d.Layout.PIDFile()) },
@@ -347,7 +359,8 @@ func (d *Daemon) components(cfg *config.Config) []component {
 				serving.Add(2)
 				go func() {
 					defer serving.Done()
-					if err := d.gateway().Serve(ctx, gwLn); err != nil {
+					// Its own context: sessions outlive ctx by the drain (shutdown).
+					if err := d.gateway().Serve(d.life.serveCtx, gwLn); err != nil {
 						d.Log.Error("Gateway stopped.", "error", err)
 						d.stop()
 					}
@@ -360,7 +373,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 				}()
 				return nil
 			},
-			// The gateway stops with ctx, which has ended by now.
+			// The gateway stops with its serving context, ended by shutdown.
 			stop: func() {
 				sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 				_ = apiSrv.Shutdown(sctx)
@@ -386,6 +399,9 @@ func (d *Daemon) observe(e audit.Event) {
 // available refuses new sessions while the key is not usable, or while the
 // audit log cannot be written and pgshield.audit_fail_closed is on.
 func (d *Daemon) available() error {
+	if err := d.refusal(); err != nil {
+		return err
+	}
 	if err := d.keys.SessionsAllowed(); err != nil {
 		return err
 	}

@@ -144,6 +144,8 @@ type Server struct {
 	// floodAudits caps the audit records a flood of refused connections
 	// (pre-authentication budgets) writes.
 	floodAudits logBudget
+	// drain is the state of a shutdown or restart (drain.go).
+	drain drainState
 
 	mu struct {
 		sync.Mutex
@@ -217,6 +219,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.closeAll()
 	})
 	defer stop()
+	s.drain.setListener(ln)
 	// The pool's eviction ends with Serve; its end closes the idle backends.
 	ectx, stopEvict := context.WithCancel(ctx)
 	defer stopEvict()
@@ -230,6 +233,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		conn, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil {
+				wg.Wait()
+				return nil
+			}
+			if s.drain.stopped.Load() {
+				// StopAccepting: the sessions go on until ctx ends.
+				<-ctx.Done()
 				wg.Wait()
 				return nil
 			}
@@ -296,6 +305,7 @@ func (s *Server) addSession(sess *session) (remove func()) {
 	s.mu.Lock()
 	s.mu.sessions[sess] = struct{}{}
 	s.mu.Unlock()
+	s.endIfDraining(sess)
 	return func() {
 		s.mu.Lock()
 		delete(s.mu.sessions, sess)

@@ -16,6 +16,8 @@ type Backend interface {
 	Status(ctx context.Context) apitype.Status
 	// Shutdown answers at once and stops the daemon shortly after.
 	Shutdown()
+	// Restart restarts PostgreSQL, the daemon and volume staying up.
+	Restart(ctx context.Context) (apitype.RestartResult, error)
 	MetricsHandler() http.Handler
 
 	// Parameters.
@@ -93,6 +95,7 @@ func Routes(b Backend) []Route {
 			b.Shutdown()
 			return apitype.ShutdownResult{Result: "shutting down"}, nil
 		}},
+		{Method: "POST", Pattern: "/v1/restart", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) { return b.Restart(r.Context()) }},
 		{Method: "GET", Pattern: "/v1/metrics", Permission: PermitRead, Raw: b.MetricsHandler()},
 		// Go's profiles of the daemon (net/http/pprof), for diagnosing it:
 		// root-only like every route.

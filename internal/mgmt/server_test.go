@@ -39,7 +39,7 @@ func TestRouteTable(t *testing.T) {
 	// Every route of the API before the table existed, with the ones that
 	// were marked Write.
 	writes := []string{
-		"PUT /v1/parameters/{name}", "POST /v1/shutdown",
+		"PUT /v1/parameters/{name}", "POST /v1/shutdown", "POST /v1/restart",
 		"POST /v1/key/lock", "POST /v1/key/unlock", "POST /v1/key/revalidate", "POST /v1/key/set", "POST /v1/key/rotate",
 		"POST /v1/backups", "POST /v1/backups/archive-wal",
 		"POST /v1/network", "POST /v1/firewall-rules", "PATCH /v1/firewall-rules/{name}", "DELETE /v1/firewall-rules/{name}",
@@ -167,7 +167,10 @@ var _ Backend = nopBackend{}
 
 func (nopBackend) Status(context.Context) apitype.Status { return apitype.Status{} }
 func (nopBackend) Shutdown()                             {}
-func (nopBackend) MetricsHandler() http.Handler          { return http.NotFoundHandler() }
+func (nopBackend) Restart(context.Context) (apitype.RestartResult, error) {
+	return apitype.RestartResult{}, nil
+}
+func (nopBackend) MetricsHandler() http.Handler { return http.NotFoundHandler() }
 func (nopBackend) Parameters(context.Context) ([]apitype.ParameterValue, error) {
 	return nil, nil
 }

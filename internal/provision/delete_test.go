@@ -107,7 +107,7 @@ func TestDeleteRecordsAndDestroys(t *testing.T) {
 	}
 	// The record Delete writes, read back through an opened volume.
 	at := &volume.AtRest{Layout: l, Cfg: cfg}
-	if ok, note := recordDeletion(ctx, l, cfg, at, d); !ok {
+	if ok, note := recordDeletion(ctx, l, at, d); !ok {
 		t.Fatalf("recordDeletion: %s", note)
 	}
 	last := lastAuditRecord(t, l)
