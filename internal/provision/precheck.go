@@ -101,10 +101,12 @@ func (h host) check(c hostCheck) *PreconditionError {
 			add("%s is not empty (%d entries, e.g. %s): choose a new or empty --data-dir", c.Root, len(entries), entries[0].Name())
 		}
 	}
-	// PostgreSQL runs as its own user and must traverse every directory
-	// above the ones pgshield makes for it.
+	// PostgreSQL and pgBackRest run as postgres and must traverse every
+	// directory above the data directory and the backup repository. Not
+	// above --storage-path: PostgreSQL reaches it through its bind mount
+	// in the data directory.
 	for _, d := range []struct{ what, path string }{
-		{"the data directory", c.Root}, {"--storage-path", c.StoragePath}, {"--backup-path", c.BackupPath},
+		{"the data directory", c.Root}, {"--backup-path", c.BackupPath},
 	} {
 		if d.path == "" {
 			continue
