@@ -61,7 +61,7 @@ func TestPlanDeleteRefusesBadServerID(t *testing.T) {
 
 // realServer inits a stopped server in a new directory (root, PostgreSQL
 // 15 and loop devices needed).
-func realServer(t *testing.T) config.Layout {
+func realServer(t *testing.T, storage ...string) config.Layout {
 	t.Helper()
 	if os.Getenv("PGSHIELD_E2E") != "1" || os.Geteuid() != 0 {
 		t.Skip("needs root, PostgreSQL 15 and loop devices: set PGSHIELD_E2E=1 (scripts/test.sh does)")
@@ -82,11 +82,15 @@ func realServer(t *testing.T) config.Layout {
 		t.Fatal(err)
 	}
 	l := config.Layout{Root: filepath.Join(base, "srv")}
+	o := InitOptions{Layout: l, AdminUser: "admin", AdminPasswordFile: pw,
+		Listen: "127.0.0.1:" + strconv.Itoa(port), Network: "public", Storage: config.StorageFscrypt,
+		StorageSize: 64 << 20}
+	if len(storage) > 0 && storage[0] == config.StorageGocryptfs {
+		o.Storage, o.StorageSize = config.StorageGocryptfs, 0
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if _, err := Init(ctx, InitOptions{Layout: l, AdminUser: "admin", AdminPasswordFile: pw,
-		Listen: "127.0.0.1:" + strconv.Itoa(port), Network: "public", Storage: config.StorageFscrypt,
-		StorageSize: 64 << 20}); err != nil {
+	if _, err := Init(ctx, o); err != nil {
 		t.Fatalf("Init: %v", err)
 	}
 	return l
@@ -96,7 +100,13 @@ func realServer(t *testing.T) config.Layout {
 // record says so (read from the volume just before it is destroyed), and
 // afterwards its data directory, key file, loop device and mount are gone.
 func TestDeleteRecordsAndDestroys(t *testing.T) {
-	l := realServer(t)
+	for _, backend := range []string{config.StorageFscrypt, config.StorageGocryptfs} {
+		t.Run(backend, func(t *testing.T) { testDeleteRecordsAndDestroys(t, backend) })
+	}
+}
+
+func testDeleteRecordsAndDestroys(t *testing.T, backend string) {
+	l := realServer(t, backend)
 	ctx := context.Background()
 	d, cfg, err := PlanDelete(l, false)
 	if err != nil {
@@ -107,7 +117,7 @@ func TestDeleteRecordsAndDestroys(t *testing.T) {
 	}
 	// The record Delete writes, read back through an opened volume.
 	at := &volume.AtRest{Layout: l, Cfg: cfg}
-	if ok, note := recordDeletion(ctx, l, at, d); !ok {
+	if ok, note := recordDeletion(ctx, l, cfg, at, d); !ok {
 		t.Fatalf("recordDeletion: %s", note)
 	}
 	last := lastAuditRecord(t, l)
