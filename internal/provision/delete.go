@@ -129,7 +129,7 @@ func Delete(ctx context.Context, l config.Layout, deleteBackups bool, report fun
 	at := &volume.AtRest{Layout: l, Cfg: cfg}
 	if _, err := os.Stat(d.WrappedDataKey); err == nil {
 		r.send(Event{Kind: StepStarted, Step: "audit", Message: "Recording the deletion in the audit log..."})
-		d.Audited, d.AuditNote = recordDeletion(ctx, l, at, d)
+		d.Audited, d.AuditNote = recordDeletion(ctx, l, cfg, at, d)
 	} else {
 		d.AuditNote = "the volume was already destroyed"
 	}
@@ -168,12 +168,21 @@ func Delete(ctx context.Context, l config.Layout, deleteBackups bool, report fun
 }
 
 // recordDeletion appends server.deleted to the volume's audit log, opening
-// the volume for it. It reports whether that worked and, if not, why.
-func recordDeletion(ctx context.Context, l config.Layout, at *volume.AtRest, d Deletion) (bool, string) {
+// the volume for it, and forwards it to syslog if the server does. It reports whether that worked and, if not, why.
+func recordDeletion(ctx context.Context, l config.Layout, cfg *config.Config, at *volume.AtRest, d Deletion) (bool, string) {
 	if err := at.Open(ctx); err != nil {
 		return false, fmt.Sprintf("the volume could not be opened: %v", err)
 	}
-	log, err := audit.Open(l.AuditDir())
+	// Also to syslog when the server forwards there: the log on the
+	// volume goes with the volume, the copy at the receiver stays.
+	var opts []audit.Option
+	if p, err := config.ResolveParams(cfg.Parameters); err == nil && p.AuditSyslog != "" {
+		if fwd, err := audit.NewForwarder(p.AuditSyslog, nil); err == nil {
+			defer fwd.Close() // sends what is queued, for up to 2 s
+			opts = append(opts, audit.WithObserver(fwd.Send))
+		}
+	}
+	log, err := audit.Open(l.AuditDir(), opts...)
 	if err != nil {
 		return false, fmt.Sprintf("the audit log could not be opened: %v", err)
 	}
