@@ -92,6 +92,12 @@ check_only path "${PATHS[@]}"
 BENCH_ONLY=$BENCH_ROWS check_only row "${ROWS[@]}"
 check_pg
 need_cmds openssl runuser ss timeout awk prlimit
+# The idle row holds IDLE_CONNS sessions: a descriptor each in gwload and in
+# the gateway (pgshield's daemon inherits this limit; pgbouncer is given the
+# hard limit with prlimit, runuser leaving it PAM's 1,024).
+NOFILE=$((IDLE_CONNS * 2 + 4096))
+if (($(ulimit -Hn) < NOFILE)); then ulimit -Hn "$NOFILE" || die "cannot raise RLIMIT_NOFILE to $NOFILE"; fi
+if (($(ulimit -Sn) < NOFILE)); then ulimit -Sn "$NOFILE" || die "cannot raise RLIMIT_NOFILE to $NOFILE"; fi
 
 # ---------------------------------------------------------------- cleanup ----
 # Everything lives at fixed paths under $WORK so that cleanup finds it no
@@ -510,6 +516,7 @@ pgshield_idle() {
 	pid=$(pidfile_pid "$d/run/pgshield.pid") || die "no pgshield pid file"
 	if multiplexes "$d" "$port" "$pid"; then
 		shield 60 parameter set --data-dir "$d" pgshield.pool_size 20
+		shield 60 parameter set --data-dir "$d" pgshield.pool_wait_timeout 30s
 		n=$IDLE_CONNS
 		mode="pgshield.pool_mode transaction, pool_size 20"
 	else
@@ -639,8 +646,8 @@ render() {
 	printf '%s | PostgreSQL %s | %s | DURATION=%ss | scale %s, %s clients, %s threads | pgshield %s\n\n' \
 		"$(stamp)" "$PG_VERSION" "${PGBOUNCER_VERSION:-pgbouncer n/a}" \
 		"$DURATION" "$SCALE" "$CLIENTS" "$THREADS" "$(pgshield_rev)"
-	printf '| workload | direct TLS (tps) | pgbouncer TLS (tps) | pgshield (tps) | pgshield / direct | pgbouncer / direct |\n'
-	printf '|---|---:|---:|---:|---:|---:|\n'
+	printf '| workload | direct TLS (tps) | pgbouncer TLS (tps) | pgshield (tps) | pgshield / direct | pgbouncer / direct | pgshield / pgbouncer |\n'
+	printf '|---|---:|---:|---:|---:|---:|---:|\n'
 	local w label
 	for w in select connect; do
 		row "$w" || continue
@@ -648,14 +655,16 @@ render() {
 		select) label="select-only (\`-S\`)" ;;
 		connect) label="connect per txn (\`-S -C\`)" ;;
 		esac
-		printf '| %s | %s | %s | %s | %s | %s |\n' "$label" \
+		printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$label" \
 			"$(cell direct "$w")" "$(cell pgbouncer "$w")" "$(cell pgshield "$w")" \
-			"$(ratio pgshield "$w")" "$(ratio pgbouncer "$w")"
+			"$(ratio pgshield "$w")" "$(ratio pgbouncer "$w")" \
+			"$(ratio_of "${VAL[pgshield:$w]:-}" "${VAL[pgbouncer:$w]:-}")"
 	done
 	# shellcheck disable=SC2016 # backticks are Markdown
 	if row token; then
-		printf '| connect per txn, OIDC access token instead of SCRAM (pgshield only) | %s (SCRAM) | n/a | %s | %s | n/a |\n' \
-			"$(cell direct connect)" "$(cell pgshield-token connect)" "$(ratio pgshield-token connect)"
+		printf '| connect per txn, OIDC access token to pgshield (direct and pgbouncer: SCRAM) | %s | %s | %s | %s | %s | %s |\n' \
+			"$(cell direct connect)" "$(cell pgbouncer connect)" "$(cell pgshield-token connect)" "$(ratio pgshield-token connect)" \
+			"$(ratio pgbouncer connect)" "$(ratio_of "${VAL[pgshield-token:connect]:-}" "${VAL[pgbouncer:connect]:-}")"
 	fi
 	# shellcheck disable=SC2016 # backticks are Markdown
 	printf '\nAll paths: role `%s` with a SCRAM-SHA-256 password, `sslmode=require`, pgbench -n -c %s -j %s -T %s (+%ss -S warm-up per path).\n' \

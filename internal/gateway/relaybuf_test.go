@@ -165,3 +165,46 @@ type errDeadline struct{}
 func (errDeadline) Error() string   { return "i/o timeout" }
 func (errDeadline) Timeout() bool   { return true }
 func (errDeadline) Temporary() bool { return true }
+
+// TestHandoverBatch: what may travel with a pipelined hand-over stops at
+// the first Query or Sync (the only messages that end PostgreSQL's error
+// skip) and never names a prepared statement.
+func TestHandoverBatch(t *testing.T) {
+	q := appendMsg(nil, 'Q', []byte("SELECT 1\x00"))
+	parse := appendMsg(nil, 'P', []byte("\x00SELECT $1\x00\x00\x00"))
+	namedParse := appendMsg(nil, 'P', []byte("s1\x00SELECT 1\x00\x00\x00"))
+	bind := appendMsg(nil, 'B', []byte("\x00\x00\x00\x00\x00\x00\x00\x00"))
+	namedBind := appendMsg(nil, 'B', []byte("\x00s1\x00\x00\x00\x00\x00\x00\x00"))
+	descPortal := appendMsg(nil, 'D', []byte("P\x00"))
+	descNamed := appendMsg(nil, 'D', []byte("Ss1\x00"))
+	exec := appendMsg(nil, 'E', []byte("\x00\x00\x00\x00\x00"))
+	sync := appendMsg(nil, 'S', nil)
+	cat := func(ms ...[]byte) []byte { return bytes.Join(ms, nil) }
+	for _, c := range []struct {
+		name   string
+		stream []byte
+		want   int // bytes of the batch; -1 none
+	}{
+		{"one query, then more", cat(q, q), len(q)},
+		{"extended up to its sync", cat(parse, bind, descPortal, exec, sync, q), len(cat(parse, bind, descPortal, exec, sync))},
+		{"a named parse is carried", cat(namedParse, sync), len(cat(namedParse, sync))},
+		{"a named bind is not", cat(parse, namedBind, exec, sync), -1},
+		{"a named describe is not", cat(descNamed, sync), -1},
+		{"no sync yet", cat(parse, bind, exec), -1},
+		{"a partial message", cat(parse, bind, exec, sync)[:20], -1},
+		{"a flush", cat(parse, appendMsg(nil, 'H', nil), sync), -1},
+		{"copy data", cat(appendMsg(nil, 'd', []byte("x")), q), -1},
+		{"a fastpath call", cat(appendMsg(nil, 'F', []byte("xxxx")), sync), -1},
+		{"a bad length", []byte{'Q', 0, 0, 0, 2, 'x'}, -1},
+	} {
+		m := newMsgReader(bytes.NewReader(c.stream))
+		if _, err := m.Peek(5); err != nil {
+			t.Fatal(err)
+		}
+		got := handoverBatch(m)
+		if (c.want < 0) != (got == nil) || (c.want >= 0 && !bytes.Equal(got, c.stream[:c.want])) {
+			t.Errorf("%s: batch of %d bytes; want %d", c.name, len(got), c.want)
+		}
+		m.Close()
+	}
+}

@@ -1,0 +1,160 @@
+package gateway
+
+// Pipelined hand-overs (txhandover.go) against the real PostgreSQL.
+
+import (
+	"context"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgshield/pgshield/internal/testutil/pgtest"
+)
+
+// TestRealTxHandoverRefused: a backend whose hand-over check fails (the
+// role's ALTER ROLE ... SET rows changed since it opened) never runs the
+// client's statement sent with the check; the statement runs once, on
+// another backend. Simple and extended protocol.
+func TestRealTxHandoverRefused(t *testing.T) {
+	srv := pgtest.Shared(t)
+	checkGoroutines(t)
+	const role = "gw_tx_ho"
+	srv.CreateRole(t, role, goodPassword, "LOGIN")
+	super := srv.Conn(t)
+	ctx := context.Background()
+	for _, q := range []string{"CREATE TABLE public.gw_tx_ho_t (pid int, who text)", "GRANT INSERT, SELECT ON public.gw_tx_ho_t TO " + role} {
+		if _, err := super.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() {
+		_, _ = super.Exec(ctx, "DROP TABLE IF EXISTS public.gw_tx_ho_t")
+		_, _ = super.Exec(ctx, "ALTER ROLE "+role+" RESET ALL")
+	})
+	env := txEnv(t, srv, "1")
+	a, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, mode := range []pgx.QueryExecMode{pgx.QueryExecModeSimpleProtocol, pgx.QueryExecModeExec} {
+		// a holds the one backend last; then what it started with changes.
+		pa, _ := backendOf(t, a)
+		if _, err := super.Exec(ctx, "ALTER ROLE "+role+" SET work_mem = '"+itoa(5+i)+"MB'"); err != nil {
+			t.Fatal(err)
+		}
+		who := "b" + itoa(i)
+		if _, err := b.Exec(ctx, "INSERT INTO public.gw_tx_ho_t SELECT pg_catalog.pg_backend_pid(), $1", mode, who); err != nil {
+			t.Fatalf("%v: INSERT: %v", mode, err)
+		}
+		pb, _ := backendOf(t, b)
+		var n, pid int32
+		if err := super.QueryRow(ctx, "SELECT count(*), max(pid) FROM public.gw_tx_ho_t WHERE who = $1", who).Scan(&n, &pid); err != nil {
+			t.Fatal(err)
+		}
+		if n != 1 || pid == pa || pid != pb {
+			t.Fatalf("%v: %d rows, pid %d; want 1 row from the new backend %d, never from %d (failed its check)", mode, n, pid, pb, pa)
+		}
+		var wm string
+		simple(t, b, "SELECT pg_catalog.current_setting('work_mem')", &wm)
+		if wm != itoa(5+i)+"MB" {
+			t.Fatalf("work_mem %s on the new backend; want %dMB", wm, 5+i)
+		}
+	}
+}
+
+// TestRealTxHandoverRollback: a transaction begun in the batch sent with
+// the hand-over and rolled back does not undo the rebind: the backend
+// still shows the client that holds it.
+func TestRealTxHandoverRollback(t *testing.T) {
+	srv := pgtest.Shared(t)
+	checkGoroutines(t)
+	const role = "gw_tx_hr"
+	srv.CreateRole(t, role, goodPassword, "LOGIN")
+	env := txEnv(t, srv, "1")
+	ctx := context.Background()
+	a, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mode := range []string{"simple", "extended"} {
+		exec := func(sql string) {
+			t.Helper()
+			var err error
+			if mode == "simple" {
+				_, err = b.Exec(ctx, sql)
+			} else {
+				err = b.PgConn().ExecParams(ctx, sql, nil, nil, nil, nil).Read().Err
+			}
+			if err != nil {
+				t.Fatalf("%s %s: %v", mode, sql, err)
+			}
+		}
+		backendOf(t, a) // a is the backend's last client
+		exec("BEGIN")
+		_, port := backendOf(t, b)
+		if itoa(int(port)) != localPort(b) {
+			t.Fatalf("%v: in b's transaction client_port = %d; want b's %s", mode, port, localPort(b))
+		}
+		exec("ROLLBACK")
+		// b used it last: no hand-over now, the binding is what is left.
+		_, port = backendOf(t, b)
+		if itoa(int(port)) != localPort(b) {
+			t.Fatalf("%v: after b's ROLLBACK client_port = %d; want b's %s (the rebind was undone)", mode, port, localPort(b))
+		}
+	}
+}
+
+// TestRealTxHiddenState: state a called function leaves (a GUC set with
+// set_config(..., false), a temporary table, a session advisory lock),
+// which the pin scanner cannot see, does not reach the next client of the
+// backend: the reset at every change of client is why it is never skipped.
+func TestRealTxHiddenState(t *testing.T) {
+	srv := pgtest.Shared(t)
+	checkGoroutines(t)
+	const role = "gw_tx_hs"
+	srv.CreateRole(t, role, goodPassword, "LOGIN")
+	super := srv.Conn(t)
+	ctx := context.Background()
+	if _, err := super.Exec(ctx, `CREATE FUNCTION public.gw_tx_hs_fn() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_catalog.set_config('work_mem', '7MB', false);
+  CREATE TEMP TABLE gw_tx_hs_leak (x int);
+  PERFORM pg_catalog.pg_advisory_lock(4242);
+  RETURN 1;
+END $$`); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _, _ = super.Exec(ctx, "DROP FUNCTION IF EXISTS public.gw_tx_hs_fn()") })
+	env := txEnv(t, srv, "1")
+	a, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var one int
+	simple(t, a, "SELECT public.gw_tx_hs_fn()", &one)
+	pa, _ := backendOf(t, a)
+	var wm string
+	var leak bool
+	var locks int
+	simple(t, b, `SELECT pg_catalog.current_setting('work_mem'), pg_catalog.to_regclass('pg_temp.gw_tx_hs_leak') IS NOT NULL,
+		(SELECT pg_catalog.count(*)::int FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())`, &wm, &leak, &locks)
+	pb, _ := backendOf(t, b)
+	if pa != pb {
+		t.Fatalf("backends %d and %d with pool_size 1", pa, pb)
+	}
+	if wm != "4MB" || leak || locks != 0 {
+		t.Fatalf("b on a's backend: work_mem %s, temp table %v, advisory locks %d; want 4MB, false, 0", wm, leak, locks)
+	}
+}
