@@ -47,8 +47,9 @@
 #                         rows (default: the build's default, session); off measures
 #                         a backend per client, as builds before pooling did
 #   PROFILE_DIR=dir       save a CPU profile of the pgshield daemon during its
-#                         select-only run there, and a heap profile while the
-#                         idle row's sessions are held (pgshield debug pprof)
+#                         select-only and txpool (-M extended) runs there, and a
+#                         heap profile while the idle row's sessions are held
+#                         (pgshield debug pprof)
 #   BENCH_TMPDIR=/tmp     where the temporary directory is made
 #   PG_BIN=/usr/lib/postgresql/15/bin
 #
@@ -279,7 +280,17 @@ measure_txpool() {
 		step "$1: txpool warm-up, -S for ${WARMUP}s"
 		pgbench_tls "$2" "$ROLE" "$PW" "$WORK/$1-txpool-warmup.out" -S -T "$WARMUP" || log "$1: txpool warm-up failed (continuing)"
 	fi
+	local prof=""
+	if [[ $1 == pgshield && -n ${PROFILE_DIR:-} ]]; then
+		# The daemon's CPU profile over the -M extended run.
+		mkdir -p "$PROFILE_DIR"
+		timeout $((DURATION + 120)) "$SHIELD_BIN" debug pprof --data-dir "$WORK/pgshield" --profile cpu \
+			--seconds $((DURATION > 2 ? DURATION - 1 : 1)) -f "$PROFILE_DIR/pgshield-txpool.cpu.pprof" \
+			>>"$WORK/pgshield-cli.log" 2>&1 &
+		prof=$!
+	fi
 	measure "$1" txpool "$2" "$ROLE" "$PW" -S -T "$DURATION"
+	if [[ -n $prof ]]; then wait "$prof" || log "WARNING: the txpool CPU profile failed (see pgshield-cli.log)"; fi
 	measure "$1" txpool_prepared "$2" "$ROLE" "$PW" -S -M prepared -T "$DURATION"
 }
 
