@@ -47,7 +47,7 @@
 #                         rows (default: the build's default, session); off measures
 #                         a backend per client, as builds before pooling did
 #   PROFILE_DIR=dir       save a CPU profile of the pgshield daemon during its
-#                         select-only and txpool (-M extended) runs there, and a
+#                         select-only, connect and txpool (-M extended) runs, and a
 #                         heap profile while the idle row's sessions are held
 #                         (pgshield debug pprof)
 #   BENCH_TMPDIR=/tmp     where the temporary directory is made
@@ -188,7 +188,15 @@ run_path() {
 	fi
 	if row select; then measure "$path" select "$port" "$ROLE" "$PW" -S -T "$DURATION"; fi
 	if [[ -n $prof ]]; then wait "$prof" || log "WARNING: the CPU profile failed (see pgshield-cli.log)"; fi
+	prof=""
+	if row connect && [[ $path == pgshield && -n ${PROFILE_DIR:-} ]]; then
+		timeout $((DURATION + 120)) "$SHIELD_BIN" debug pprof --data-dir "$WORK/pgshield" --profile cpu \
+			--seconds $((DURATION > 2 ? DURATION - 1 : 1)) -f "$PROFILE_DIR/pgshield-connect.cpu.pprof" \
+			>>"$WORK/pgshield-cli.log" 2>&1 &
+		prof=$!
+	fi
 	if row connect; then measure "$path" connect "$port" "$ROLE" "$PW" -S -T "$DURATION" -C; fi
+	if [[ -n $prof ]]; then wait "$prof" || log "WARNING: the connect CPU profile failed (see pgshield-cli.log)"; fi
 	if row latency; then measure_latency "$path" "$port"; fi
 }
 
