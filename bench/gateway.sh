@@ -190,6 +190,7 @@ run_path() {
 	if [[ -n $prof ]]; then wait "$prof" || log "WARNING: the CPU profile failed (see pgshield-cli.log)"; fi
 	prof=""
 	if row connect && [[ $path == pgshield && -n ${PROFILE_DIR:-} ]]; then
+		mkdir -p "$PROFILE_DIR"
 		timeout $((DURATION + 120)) "$SHIELD_BIN" debug pprof --data-dir "$WORK/pgshield" --profile cpu \
 			--seconds $((DURATION > 2 ? DURATION - 1 : 1)) -f "$PROFILE_DIR/pgshield-connect.cpu.pprof" \
 			>>"$WORK/pgshield-cli.log" 2>&1 &
