@@ -23,6 +23,9 @@ type Status struct {
 	FIPS140 bool `json:"fips140"`
 	// Health is the overall health and its conditions (GET /v1/health).
 	Health *Health `json:"health,omitempty"`
+	// PendingRestart names the PostgreSQL parameters changed but not in
+	// effect until `pgshield restart`.
+	PendingRestart []string `json:"pending_restart,omitempty"`
 }
 
 // PostgresStatus describes the managed instance and its supervisor.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"text/tabwriter"
 	"time"
@@ -207,6 +208,9 @@ func newStatus(g *globals) *cobra.Command {
 				fmt.Fprintf(tw, "uptime\t%s\n", (time.Duration(st.UptimeSeconds) * time.Second).String())
 				fmt.Fprintf(tw, "postgresql\t%s, %s since %s (pid %d)\n", st.Postgres.Version, st.Postgres.State,
 					st.Postgres.Since.Format(time.RFC3339), st.Postgres.PID)
+				if len(st.PendingRestart) > 0 {
+					fmt.Fprintf(tw, "pending restart\t%s (run 'pgshield restart')\n", strings.Join(st.PendingRestart, ", "))
+				}
 				if st.Postgres.Restarts > 0 {
 					fmt.Fprintf(tw, "postgresql restarts\t%d (last at %s: %s)\n", st.Postgres.Restarts,
 						st.Postgres.LastCrashAt.Format(time.RFC3339), st.Postgres.LastExit)

@@ -20,7 +20,7 @@ type api struct{ d *Daemon }
 var _ mgmt.Backend = api{}
 
 // Status reports the server's state for `pgshield status`.
-func (a api) Status(context.Context) apitype.Status {
+func (a api) Status(ctx context.Context) apitype.Status {
 	d := a.d
 	cfg := d.conf.Get()
 	p := d.conf.Params()
@@ -31,6 +31,7 @@ func (a api) Status(context.Context) apitype.Status {
 	} else if ps.State != postgres.StateRunning {
 		state = "Unavailable"
 	}
+	state = d.lifecycleState(state)
 	h := a.Health()
 	return apitype.Status{
 		Health: &h,
@@ -38,7 +39,8 @@ func (a api) Status(context.Context) apitype.Status {
 		UptimeSeconds: int64(time.Since(d.started).Seconds()), PID: os.Getpid(),
 		Postgres:    toAPIPostgresStatus(d.version, ps),
 		Connections: apitype.ConnectionStats(d.gateway().Stats()), AdminUser: cfg.AdminUser, DataDir: d.Layout.Root, Key: d.keys.Info(),
-		FIPS140: fips140.Enabled(),
+		FIPS140:        fips140.Enabled(),
+		PendingRestart: d.pendingRestart(ctx),
 		TLS: apitype.TLSStatus{
 			RequireSecureTransport: p.Values["require_secure_transport"],
 			MinProtocolVersion:     p.Values["ssl_min_protocol_version"],

@@ -85,10 +85,16 @@ func (d *Daemon) shutdown() {
 	d.life.phase.Store(phaseShuttingDown)
 	defer d.life.endServe()
 	gw := d.gateway()
+	if gw != nil {
+		gw.StopAccepting()
+	}
+	// A restart under way finishes first (none begins from now on): the
+	// components must not stop while it starts PostgreSQL.
+	d.life.restartMu.Lock()
+	d.life.restartMu.Unlock() // a barrier, not a critical section
 	if gw == nil {
 		return
 	}
-	gw.StopAccepting()
 	d.Log.Info("Shutting down: new connections refused; open sessions may finish.",
 		"grace", grace.String(), "sessions", gw.Stats().Active)
 	if n := gw.Drain(grace, adminShutdown()); n > 0 {
@@ -107,15 +113,17 @@ func (d *Daemon) restart(ctx context.Context) (apitype.RestartResult, error) {
 		return apitype.RestartResult{}, clienterr.New(apitype.CodeUnavailable, "a restart is already running")
 	}
 	defer d.life.restartMu.Unlock()
+	if d.life.phase.Load() == phaseShuttingDown {
+		return apitype.RestartResult{}, clienterr.New(apitype.CodeUnavailable, "the server is shutting down")
+	}
 	var res apitype.RestartResult
 	err := d.keys.Locked(func() error {
 		if st := d.keys.State(); st != apitype.KeyAvailable {
 			return clienterr.New(apitype.CodeUnavailable, "the server is %s: PostgreSQL is not running (see 'pgshield key show')", st)
 		}
-		if d.life.phase.Load() == phaseShuttingDown {
+		if !d.life.phase.CompareAndSwap(phaseRunning, phaseRestarting) {
 			return clienterr.New(apitype.CodeUnavailable, "the server is shutting down")
 		}
-		d.life.phase.Store(phaseRestarting)
 		defer d.life.phase.CompareAndSwap(phaseRestarting, phaseRunning)
 		start := time.Now()
 		grace := d.conf.Params().ShutdownGrace()
@@ -180,3 +188,36 @@ func (d *Daemon) applyLogLevel(level slog.Level) {
 
 // Restart is POST /v1/restart.
 func (a api) Restart(ctx context.Context) (apitype.RestartResult, error) { return a.d.restart(ctx) }
+
+// lifecycleState is the status' state: Restarting or ShuttingDown while
+// that runs, otherwise state.
+func (d *Daemon) lifecycleState(state string) string {
+	switch d.life.phase.Load() {
+	case phaseShuttingDown:
+		return "ShuttingDown"
+	case phaseRestarting:
+		return "Restarting"
+	}
+	return state
+}
+
+// pendingRestart names PostgreSQL's parameters that wait for a restart;
+// nil when there are none or PostgreSQL cannot say now.
+func (d *Daemon) pendingRestart(ctx context.Context) []string {
+	if d.keys.State() != apitype.KeyAvailable || d.life.phase.Load() != phaseRunning || d.pg.Catalog() == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	ps, err := d.params.Parameters(ctx)
+	if err != nil {
+		return nil
+	}
+	var names []string
+	for _, p := range ps {
+		if p.PendingRestart {
+			names = append(names, p.Name)
+		}
+	}
+	return names
+}
