@@ -22,6 +22,12 @@ func postgresHealth(st postgres.Status) []apitype.HealthCondition {
 			st.LastCrashAt.UTC().Format(time.RFC3339), st.LastExit, st.Restarts)
 		return []apitype.HealthCondition{{Name: "postgres_restarting", Severity: apitype.SeverityCritical, Message: msg, Since: st.LastCrashAt}}
 	case postgres.StateStarting:
+		if st.Restarts > 0 && !st.LastCrashAt.IsZero() {
+			// The backoff is over; the same restart goes on.
+			msg := fmt.Sprintf("PostgreSQL exited unexpectedly at %s (%s) and is starting again (restart %d since the daemon started)",
+				st.LastCrashAt.UTC().Format(time.RFC3339), st.LastExit, st.Restarts)
+			return []apitype.HealthCondition{{Name: "postgres_restarting", Severity: apitype.SeverityCritical, Message: msg, Since: st.LastCrashAt}}
+		}
 		return []apitype.HealthCondition{{Name: "postgres_starting", Severity: apitype.SeverityCritical, Message: "PostgreSQL is starting", Since: st.Since}}
 	}
 	return []apitype.HealthCondition{{Name: "postgres_stopped", Severity: apitype.SeverityCritical,

@@ -19,6 +19,11 @@ func TestPostgresHealth(t *testing.T) {
 		!h[0].Since.Equal(crash) || !strings.Contains(h[0].Message, "signal: killed") || !strings.Contains(h[0].Message, "restart 2") {
 		t.Errorf("Restarting = %+v", h)
 	}
+	// After the backoff the supervisor starts it: the same restart.
+	h = postgresHealth(postgres.Status{State: postgres.StateStarting, Restarts: 2, LastExit: "signal: killed", LastCrashAt: crash})
+	if len(h) != 1 || h[0].Name != "postgres_restarting" || !strings.Contains(h[0].Message, "starting again") {
+		t.Errorf("Starting after a crash = %+v; want postgres_restarting", h)
+	}
 	for state, name := range map[postgres.State]string{postgres.StateStarting: "postgres_starting",
 		postgres.StateStopped: "postgres_stopped", postgres.StateStopping: "postgres_stopped"} {
 		if h := postgresHealth(postgres.Status{State: state}); len(h) != 1 || h[0].Name != name || h[0].Severity != apitype.SeverityCritical {
