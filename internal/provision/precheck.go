@@ -46,6 +46,9 @@ type host struct {
 	statfs   func(string) (avail int64, err error)
 	lookPath func(string) (string, error)
 	listen   func(addr string) error
+	// freeLoop finds an unused loop device (losetup --find, which
+	// attaches nothing).
+	freeLoop func() error
 }
 
 var realHost = host{
@@ -59,6 +62,13 @@ var realHost = host{
 		return int64(s.Bavail) * s.Bsize, nil
 	},
 	lookPath: exec.LookPath,
+	freeLoop: func() error {
+		out, err := exec.Command("losetup", "--find").CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+		}
+		return nil
+	},
 	listen: func(addr string) error {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
@@ -139,6 +149,8 @@ func (h host) check(c hostCheck) *PreconditionError {
 			}
 			if _, err := h.stat("/dev/loop-control"); err != nil {
 				add("no loop devices (/dev/loop-control is missing; in a container, pass --device /dev/loop-control): use --storage-path DIR on an ext4 filesystem with the encrypt feature, or --storage gocryptfs")
+			} else if err := h.freeLoop(); err != nil {
+				add("no free loop device (losetup --find: %v): detach unused ones (losetup -a lists them), or use --storage-path DIR or --storage gocryptfs", err)
 			}
 		}
 	case config.StorageGocryptfs:

@@ -28,6 +28,7 @@ func goodHost() host {
 	h.lookPath = func(string) (string, error) { return "/usr/bin/x", nil }
 	h.statfs = func(string) (int64, error) { return 1 << 40, nil }
 	h.listen = func(string) error { return nil }
+	h.freeLoop = func() error { return nil }
 	return h
 }
 
@@ -128,6 +129,11 @@ func TestHostCheckRefusals(t *testing.T) {
 		{"no pgbackrest", missing("/pgbackrest"), nil, "pgbackrest is missing"},
 		{"no ext4 encryption", missing("/encryption"), nil, "no encryption feature"},
 		{"no loop devices", missing("/loop-control"), nil, "no loop devices"},
+		{"no free loop device", func() host {
+			h := goodHost()
+			h.freeLoop = func() error { return errors.New("exit status 1: losetup: cannot find an unused loop device") }
+			return h
+		}(), nil, "no free loop device"},
 		{"no mkfs", func() host {
 			h := goodHost()
 			h.lookPath = func(p string) (string, error) {
