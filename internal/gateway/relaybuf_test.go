@@ -180,6 +180,24 @@ func TestHandoverBatch(t *testing.T) {
 	exec := appendMsg(nil, 'E', []byte("\x00\x00\x00\x00\x00"))
 	sync := appendMsg(nil, 'S', nil)
 	cat := func(ms ...[]byte) []byte { return bytes.Join(ms, nil) }
+	// A statement the client prepared before is re-prepared for a Bind of
+	// it, once; the batch must then end with a Sync.
+	m := newMsgReader(bytes.NewReader(cat(namedBind, exec, descNamed, sync)))
+	m.Peek(5)
+	known := map[string][]byte{"s1": []byte("s1\x00SELECT 1\x00\x00\x00")}
+	if pre, reprep := handoverBatch(m, known); len(pre) != len(cat(namedBind, exec, descNamed, sync)) || len(reprep) != 1 || reprep[0] != "s1" {
+		t.Errorf("known statement: batch %d bytes, reprep %q", len(pre), reprep)
+	}
+	m = newMsgReader(bytes.NewReader(cat(namedParse, namedBind, exec, sync)))
+	m.Peek(5)
+	if pre, reprep := handoverBatch(m, known); pre == nil || len(reprep) != 0 {
+		t.Errorf("statement parsed in the batch itself: batch %d bytes, reprep %q; want no re-preparation", len(pre), reprep)
+	}
+	m = newMsgReader(bytes.NewReader(cat(namedBind, exec, q)))
+	m.Peek(5)
+	if pre, _ := handoverBatch(m, known); pre != nil {
+		t.Error("a re-preparation before a batch ending in a Query: carried")
+	}
 	for _, c := range []struct {
 		name   string
 		stream []byte
@@ -201,7 +219,7 @@ func TestHandoverBatch(t *testing.T) {
 		if _, err := m.Peek(5); err != nil {
 			t.Fatal(err)
 		}
-		got := handoverBatch(m)
+		got, _ := handoverBatch(m, nil)
 		if (c.want < 0) != (got == nil) || (c.want >= 0 && !bytes.Equal(got, c.stream[:c.want])) {
 			t.Errorf("%s: batch of %d bytes; want %d", c.name, len(got), c.want)
 		}

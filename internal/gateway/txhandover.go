@@ -40,7 +40,8 @@ import (
 // timeout, a lost connection, an answer out of place) leaves unknown
 // whether the client's messages ran, so they are never sent again: the
 // client's session ends with 08006, as on a connection lost mid-query. Named statements are not carried (a Bind of one may need
-// it re-prepared first): such a batch takes the setup's own round trip.
+// it re-prepared first) are re-prepared after the setup, before the
+// client's messages (handoverBatch).
 
 // handoverCheckSQL is resetCheckSQL made to fail: division by zero unless
 // the backend is its login role ($1), in a database without the
@@ -59,36 +60,67 @@ const handoverSetupAnswers = 5
 // handoverBatch is the prefix of the client's buffered messages that may
 // travel with a hand-over: whole messages up to and including the first
 // Query or Sync, of the types the setup's error skip covers (Query, Parse,
-// Bind, Describe, Execute, Sync), naming no prepared statement; nil if
-// there is none.
-func handoverBatch(br *msgReader) []byte {
+// Bind, Describe, Execute, Sync); nil if there is none. A Bind or Describe
+// may name a statement the client parsed earlier in the prefix, or one of
+// known (the client's statements), which the hand-over then re-prepares
+// (reprep) after the setup; then the prefix must end with a Sync, so that a
+// failed re-preparation ends in the client's own ReadyForQuery.
+func handoverBatch(br *msgReader, known map[string][]byte) (pre []byte, reprep []string) {
 	buf, _ := br.Peek(br.Buffered())
+	var parsed map[string]bool
+	need := func(name string) bool {
+		if name == "" || parsed[name] {
+			return true
+		}
+		if _, ok := known[name]; !ok {
+			return false // PostgreSQL's 26000 is the client's to get, not the hand-over's
+		}
+		for _, n := range reprep {
+			if n == name {
+				return true
+			}
+		}
+		reprep = append(reprep, name)
+		return true
+	}
 	for off := 0; off+5 <= len(buf); {
 		n := binary.BigEndian.Uint32(buf[off+1:])
 		if n < 4 || uint64(off)+1+uint64(n) > uint64(len(buf)) {
-			return nil
+			return nil, nil
 		}
 		end := off + 1 + int(n)
 		body := buf[off+5 : end]
 		switch buf[off] {
-		case 'Q', 'S':
-			return buf[:end]
-		case 'P', 'E':
+		case 'S':
+			return buf[:end], reprep
+		case 'Q':
+			if len(reprep) > 0 {
+				return nil, nil
+			}
+			return buf[:end], nil
+		case 'P':
+			if name := cstr(body); name != "" {
+				if parsed == nil {
+					parsed = map[string]bool{}
+				}
+				parsed[name] = true
+			}
+		case 'E':
 		case 'B':
 			portal := cstr(body)
-			if len(portal)+1 > len(body) || cstr(body[len(portal)+1:]) != "" {
-				return nil
+			if len(portal)+1 > len(body) || !need(cstr(body[len(portal)+1:])) {
+				return nil, nil
 			}
 		case 'D':
-			if len(body) == 0 || (body[0] == 'S' && cstr(body[1:]) != "") {
-				return nil
+			if len(body) == 0 || (body[0] == 'S' && !need(cstr(body[1:]))) {
+				return nil, nil
 			}
 		default:
-			return nil
+			return nil, nil
 		}
 		off = end
 	}
-	return nil
+	return nil, nil
 }
 
 // errHandoverLost is a pipelined hand-over that stopped where the client's
@@ -100,7 +132,7 @@ var errHandoverLost = errors.New("the backend was lost during the hand-over; the
 // the returned reader holds what was read past them (the client's first
 // answers). On an error p must be closed; unless it wraps errHandoverLost,
 // PostgreSQL refused the setup and none of pre ran.
-func (t *txRelay) setupWith(p *pooled, pre []byte) (*msgReader, error) {
+func (t *txRelay) setupWith(p *pooled, pre []byte, reprep []string) (*msgReader, error) {
 	bind, err := p.b.BindQuery(t.c.clientIdentity(t.login))
 	if err != nil {
 		return nil, err // nothing sent
@@ -123,6 +155,9 @@ func (t *txRelay) setupWith(p *pooled, pre []byte) (*msgReader, error) {
 				return nil, err
 			}
 		}
+	}
+	for _, name := range reprep {
+		buf = appendMsg(buf, 'P', t.stmts[name])
 	}
 	buf = append(buf, 'H', 0, 0, 0, 4) // Flush
 	buf = append(buf, pre...)
@@ -176,6 +211,35 @@ func (t *txRelay) setupWith(p *pooled, pre []byte) (*msgReader, error) {
 		return lost("no complete answer to the setup")
 	}
 	p.owner = t.id
+	// The re-preparations' ParseCompletes. An error is left for the
+	// client: PostgreSQL skips its messages to its Sync, whose
+	// ReadyForQuery ends the batch for it (a Bind of the statement that
+	// is missing gets 26000 next time).
+	for i := 0; i < len(reprep); {
+		hdr, err := rd.Peek(5)
+		if err != nil {
+			return lost("%v", err)
+		}
+		size := int(binary.BigEndian.Uint32(hdr[1:])) + 1
+		if size < 5 || size > rd.Size() {
+			return lost("a message of %d bytes in the re-preparations' answers", size)
+		}
+		if hdr[0] == 'E' {
+			break
+		}
+		switch hdr[0] {
+		case '1':
+			p.stmts[reprep[i]] = t.stmts[reprep[i]]
+			i++
+		case 'N', 'S', 'A':
+		default:
+			return lost("%q in the re-preparations' answers", hdr[0])
+		}
+		if _, err := rd.Peek(size); err != nil {
+			return lost("%v", err)
+		}
+		_, _ = rd.Discard(size)
+	}
 	return rd, nil
 }
 

@@ -5,6 +5,7 @@ package gateway
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -156,5 +157,53 @@ END $$`); err != nil {
 	}
 	if wm != "4MB" || leak || locks != 0 {
 		t.Fatalf("b on a's backend: work_mem %s, temp table %v, advisory locks %d; want 4MB, false, 0", wm, leak, locks)
+	}
+}
+
+// TestRealTxHandoverReprepareFails: a named statement re-prepared with a
+// hand-over that PostgreSQL now refuses (its table was dropped) gives the
+// client PostgreSQL's error for its batch, not a hang, and the session
+// goes on.
+func TestRealTxHandoverReprepareFails(t *testing.T) {
+	srv := pgtest.Shared(t)
+	checkGoroutines(t)
+	const role = "gw_tx_rp"
+	srv.CreateRole(t, role, goodPassword, "LOGIN")
+	super := srv.Conn(t)
+	ctx := context.Background()
+	for _, q := range []string{"CREATE TABLE public.gw_tx_rp_t (x int)", "GRANT SELECT ON public.gw_tx_rp_t TO " + role} {
+		if _, err := super.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _, _ = super.Exec(ctx, "DROP TABLE IF EXISTS public.gw_tx_rp_t") })
+	env := txEnv(t, srv, "1")
+	a, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const q = "SELECT count(*) FROM public.gw_tx_rp_t WHERE x > $1"
+	var n int
+	for i := 0; i < 2; i++ { // a's statement, re-prepared once b has had the backend
+		if err := a.QueryRow(ctx, q, 0).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		simple(t, b, "SELECT 1", &n)
+	}
+	if _, err := super.Exec(ctx, "DROP TABLE public.gw_tx_rp_t"); err != nil {
+		t.Fatal(err)
+	}
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := a.QueryRow(qctx, q, 0).Scan(&n); err == nil || qctx.Err() != nil {
+		t.Fatalf("a's statement on a dropped table = %v (context %v); want PostgreSQL's error, at once", err, qctx.Err())
+	}
+	simple(t, a, "SELECT 7", &n)
+	if n != 7 {
+		t.Fatalf("a after the failed statement: %d", n)
 	}
 }

@@ -790,9 +790,9 @@ func (t *txRelay) acquire(br *msgReader) (*held, []byte, *pgproto3.ErrorResponse
 			c.log.Info("A pooled backend was closed by PostgreSQL; replaced.", "pg_backend_pid", l.Conn.b.PID)
 			c.srv.pool.Discard(l)
 			continue
-		} else if pre := handoverBatch(br); pre != nil && l.Conn.owner != t.id && l.Conn.settingsSeen && !l.Conn.b.CancelUnconfirmed() {
+		} else if pre, reprep := handoverBatch(br, t.stmts); pre != nil && l.Conn.owner != t.id && l.Conn.settingsSeen && !l.Conn.b.CancelUnconfirmed() {
 			var err error
-			if rd, err = t.setupWith(l.Conn, pre); err != nil {
+			if rd, err = t.setupWith(l.Conn, pre, reprep); err != nil {
 				c.srv.pool.Discard(l)
 				if errors.Is(err, errHandoverLost) {
 					c.log.Warn("A pooled backend was lost during its hand-over; the session ends.", "pg_backend_pid", l.Conn.b.PID, "error", err)
