@@ -85,64 +85,71 @@ func TestInitFailureLeavesNothing(t *testing.T) {
 	}
 	t.Cleanup(func() { testFault = nil })
 
-	for i, step := range initSteps {
-		t.Run(strings.ReplaceAll(step, " ", "_"), func(t *testing.T) {
-			// An empty data directory made beforehand (mktemp -d) and a
-			// new one under a missing parent: both come back as they were.
-			for _, made := range []bool{true, false} {
-				root := filepath.Join(base, "d"+string(rune('a'+i)), "new", "srv")
-				if made {
-					root = filepath.Join(base, "e"+string(rune('a'+i)))
-					if err := os.Mkdir(root, 0o755); err != nil {
+	for b, backend := range []string{config.StorageFscrypt, config.StorageGocryptfs} {
+		size := int64(64 << 20)
+		if backend == config.StorageGocryptfs {
+			size = 0 // no image
+		}
+		for i, step := range initSteps {
+			i := i + b*len(initSteps) // a directory name per run
+			t.Run(backend+"/"+strings.ReplaceAll(step, " ", "_"), func(t *testing.T) {
+				// An empty data directory made beforehand (mktemp -d) and a
+				// new one under a missing parent: both come back as they were.
+				for _, made := range []bool{true, false} {
+					root := filepath.Join(base, "d"+string(rune('a'+i)), "new", "srv")
+					if made {
+						root = filepath.Join(base, "e"+string(rune('a'+i)))
+						if err := os.Mkdir(root, 0o755); err != nil {
+							t.Fatal(err)
+						}
+					}
+					before := machineState(t, root)
+					var serverID string
+					injected := errors.New("injected fault")
+					seen = nil
+					testFault = func(s *server, name string) error {
+						seen = append(seen, name)
+						serverID = s.cfg.ServerID
+						if name == step {
+							return injected
+						}
+						return nil
+					}
+					port, err := freePort("127.0.0.1")
+					if err != nil {
 						t.Fatal(err)
 					}
-				}
-				before := machineState(t, root)
-				var serverID string
-				injected := errors.New("injected fault")
-				seen = nil
-				testFault = func(s *server, name string) error {
-					seen = append(seen, name)
-					serverID = s.cfg.ServerID
-					if name == step {
-						return injected
+					ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+					_, err = Init(ctx, InitOptions{Layout: config.Layout{Root: root}, AdminUser: "admin",
+						AdminPasswordFile: pw, Listen: "127.0.0.1:" + strconv.Itoa(port), Network: "public",
+						Storage: backend, StorageSize: size})
+					cancel()
+					if !errors.Is(err, injected) {
+						t.Fatalf("Init(fault at %q) = %v; want the injected fault", step, err)
 					}
-					return nil
-				}
-				port, err := freePort("127.0.0.1")
-				if err != nil {
-					t.Fatal(err)
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-				_, err = Init(ctx, InitOptions{Layout: config.Layout{Root: root}, AdminUser: "admin",
-					AdminPasswordFile: pw, Listen: "127.0.0.1:" + strconv.Itoa(port), Network: "public",
-					Storage: config.StorageFscrypt, StorageSize: 64 << 20})
-				cancel()
-				if !errors.Is(err, injected) {
-					t.Fatalf("Init(fault at %q) = %v; want the injected fault", step, err)
-				}
-				if !slices.Equal(seen, initSteps[:i+1]) {
-					t.Fatalf("steps run %q; want %q (update initSteps with the plan)", seen, initSteps[:i+1])
-				}
-				if after := machineState(t, root); !slices.Equal(before, after) {
-					t.Errorf("after a failure at %q: machine state %q; was %q", step, after, before)
-				}
-				if serverID != "" {
-					if _, err := os.Stat(volume.SystemKEKPath(serverID)); !errors.Is(err, os.ErrNotExist) {
-						t.Errorf("after a failure at %q: key file %s left (%v)", step, volume.SystemKEKPath(serverID), err)
-						_ = os.Remove(volume.SystemKEKPath(serverID))
+					if k := i % len(initSteps); !slices.Equal(seen, initSteps[:k+1]) {
+						t.Fatalf("steps run %q; want %q (update initSteps with the plan)", seen, initSteps[:k+1])
+					}
+					if after := machineState(t, root); !slices.Equal(before, after) {
+						t.Errorf("after a failure at %q: machine state %q; was %q", step, after, before)
+					}
+					if serverID != "" {
+						if _, err := os.Stat(volume.SystemKEKPath(serverID)); !errors.Is(err, os.ErrNotExist) {
+							t.Errorf("after a failure at %q: key file %s left (%v)", step, volume.SystemKEKPath(serverID), err)
+							_ = os.Remove(volume.SystemKEKPath(serverID))
+						}
+					}
+					if made {
+						entries, err := os.ReadDir(root)
+						if err != nil || len(entries) != 0 {
+							t.Errorf("after a failure at %q: the data directory holds %v (%v); want it empty", step, entries, err)
+						}
+					} else if _, err := os.Stat(filepath.Join(base, "d"+string(rune('a'+i)))); !errors.Is(err, os.ErrNotExist) {
+						t.Errorf("after a failure at %q: the parents init made are left (%v)", step, err)
 					}
 				}
-				if made {
-					entries, err := os.ReadDir(root)
-					if err != nil || len(entries) != 0 {
-						t.Errorf("after a failure at %q: the data directory holds %v (%v); want it empty", step, entries, err)
-					}
-				} else if _, err := os.Stat(filepath.Join(base, "d"+string(rune('a'+i)))); !errors.Is(err, os.ErrNotExist) {
-					t.Errorf("after a failure at %q: the parents init made are left (%v)", step, err)
-				}
-			}
-		})
+			})
+		}
 	}
 }
 
