@@ -35,7 +35,9 @@ const (
 var ErrMismatch = errors.New("the private key does not belong to the certificate")
 
 // NewCA makes a private CA certificate and its key, valid from an hour
-// before now (clock skew) for CALifetime.
+// before now (clock skew) for CALifetime. Its path length is 1, not 0, so
+// that a CA rollover can cross-sign its successor (CrossSign); CAs made
+// before had 0, and their rollovers go without (internal/ctl/certs).
 func NewCA(commonName string, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -49,7 +51,7 @@ func NewCA(commonName string, now time.Time) (*x509.Certificate, *ecdsa.PrivateK
 		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
 		BasicConstraintsValid: true,
 		IsCA:                  true,
-		MaxPathLenZero:        true,
+		MaxPathLen:            1,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {
@@ -59,11 +61,48 @@ func NewCA(commonName string, now time.Time) (*x509.Certificate, *ecdsa.PrivateK
 	return c, key, err
 }
 
+// CanCrossSign reports whether ca may issue an intermediate CA: its path
+// length is unset or at least 1.
+func CanCrossSign(ca *x509.Certificate) bool {
+	return ca.IsCA && (ca.MaxPathLen < 0 || ca.MaxPathLen >= 1)
+}
+
+// CrossSign issues next's subject and key again, signed by prev: a client
+// that trusts only prev verifies a certificate next issued through it.
+// It ends no later than prev, and may issue end-entity certificates only.
+func CrossSign(next, prev *x509.Certificate, prevKey crypto.Signer, now time.Time) (*x509.Certificate, error) {
+	tmpl := &x509.Certificate{
+		SerialNumber:          randomSerial(),
+		Subject:               next.Subject,
+		SubjectKeyId:          next.SubjectKeyId, // what next's certificates name as their authority
+		NotBefore:             now.Add(-time.Hour),
+		NotAfter:              prev.NotAfter,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		MaxPathLenZero:        true,
+	}
+	if next.NotAfter.Before(tmpl.NotAfter) {
+		tmpl.NotAfter = next.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, prev, next.PublicKey, prevKey)
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
 // IssueServer makes a new key and a server certificate for hosts (DNS
 // names or IP addresses; the first is the subject's CN) signed by ca. It
 // never outlives the CA. It returns the PEM of the chain (leaf, then ca)
 // and of the key (PKCS #8).
 func IssueServer(ca *x509.Certificate, caKey crypto.Signer, hosts []string, now time.Time) (certPEM, keyPEM []byte, err error) {
+	return IssueServerChain(ca, caKey, hosts, now, []*x509.Certificate{ca})
+}
+
+// IssueServerChain is IssueServer with the chain sent after the leaf given
+// (a cross-signed CA instead of ca itself during a CA rollover).
+func IssueServerChain(ca *x509.Certificate, caKey crypto.Signer, hosts []string, now time.Time, chain []*x509.Certificate) (certPEM, keyPEM []byte, err error) {
 	if len(hosts) == 0 {
 		return nil, nil, errors.New("server certificate needs at least one host name")
 	}
@@ -98,7 +137,10 @@ func IssueServer(ca *x509.Certificate, caKey crypto.Signer, hosts []string, now 
 	if err != nil {
 		return nil, nil, err
 	}
-	certPEM = append(EncodeCert(der), EncodeCert(ca.Raw)...)
+	certPEM = EncodeCert(der)
+	for _, c := range chain {
+		certPEM = append(certPEM, EncodeCert(c.Raw)...)
+	}
 	keyPEM, err = EncodeKey(key)
 	return certPEM, keyPEM, err
 }

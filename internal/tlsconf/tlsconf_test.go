@@ -137,9 +137,11 @@ func TestGenerateChainVerifies(t *testing.T) {
 	if leaf.Subject.CommonName != "localhost" || leaf.IsCA {
 		t.Errorf("leaf CN %q IsCA %v; want CN localhost, not a CA", leaf.Subject.CommonName, leaf.IsCA)
 	}
-	if !ca.IsCA || !ca.MaxPathLenZero || ca.KeyUsage&x509.KeyUsageCertSign == 0 {
-		t.Errorf("CA IsCA %v MaxPathLenZero %v KeyUsage %v; want a path-length-0 signing CA", ca.IsCA,
-			ca.MaxPathLenZero, ca.KeyUsage)
+	// Path length 1: one intermediate, the cross-signed successor of a
+	// CA rollover, and no more.
+	if !ca.IsCA || ca.MaxPathLen != 1 || ca.KeyUsage&x509.KeyUsageCertSign == 0 {
+		t.Errorf("CA IsCA %v MaxPathLen %v KeyUsage %v; want a path-length-1 signing CA", ca.IsCA,
+			ca.MaxPathLen, ca.KeyUsage)
 	}
 	if err := leaf.CheckSignatureFrom(ca); err != nil {
 		t.Errorf("leaf.CheckSignatureFrom(CA) error = %v", err)

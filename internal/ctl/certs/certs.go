@@ -106,6 +106,10 @@ func New(cfg Config) *Controller {
 func nextCA(l config.Layout) string    { return filepath.Join(l.TLSDir(), "ca-next.crt") }
 func nextCAKey(l config.Layout) string { return filepath.Join(l.TLSDir(), "ca-next.key") }
 
+// crossCA is the new CA signed by the old one, during a rollover's
+// transition (an old CA of path length 1).
+func crossCA(l config.Layout) string { return filepath.Join(l.TLSDir(), "ca-cross.crt") }
+
 // Load reads the configured certificate at start. It is not refused for
 // its dates here: an expired certificate alerts (Check) rather than
 // keeping the whole server down.
@@ -307,7 +311,7 @@ func (c *Controller) renewLocked() error {
 
 func (c *Controller) issueLocked(ca *x509.Certificate, caKey crypto.Signer, what string) error {
 	now := c.cfg.Now()
-	certPEM, keyPEM, err := tlsconf.IssueServer(ca, caKey, tlsconf.Hosts(c.mu.cur.Leaf()), now)
+	certPEM, keyPEM, err := tlsconf.IssueServerChain(ca, caKey, tlsconf.Hosts(c.mu.cur.Leaf()), now, c.chainFor(ca))
 	if err != nil {
 		return err
 	}
@@ -459,10 +463,14 @@ func (c *Controller) Reload(trigger string) error {
 }
 
 // startRolloverLocked makes a new CA and publishes ca.crt as the old and
-// the new CA. The gateway keeps presenting a certificate of the old CA (a
-// new key): pgshield's CAs have path length 0, so the old one cannot
-// cross-sign the new, and a client that still holds only the old ca.crt
-// keeps verifying until FinishRollover, while clients fetch the bundle.
+// the new CA. A client that still holds only the old ca.crt must keep
+// verifying until FinishRollover, while clients fetch the bundle:
+//   - an old CA of path length 1 (NewCA's) cross-signs the new one; the
+//     new CA issues the certificate at once and the gateway sends the
+//     cross-signed CA after it, so old-only clients chain up to the old
+//     CA and the others stop at the new one;
+//   - an old CA of path length 0 (made before) cannot: the gateway keeps
+//     presenting a certificate of the old CA (a new key) until the end.
 func (c *Controller) startRolloverLocked() error {
 	cfg := c.cfg.Conf.Get()
 	if !c.ownCA(cfg) {
@@ -495,9 +503,40 @@ func (c *Controller) startRolloverLocked() error {
 	if err := config.WriteFileAtomic(l.CACert(), bundle, 0o644); err != nil {
 		return err
 	}
-	c.cfg.Audit(audit.Event{Type: "certificate.ca_rollover", Outcome: audit.OutcomeSuccess,
-		Fields: map[string]any{"phase": "start", "old_ca_sha256": tlsconf.Fingerprint(ca), "new_ca_sha256": tlsconf.Fingerprint(newCA)}})
-	return c.issueLocked(ca, caKey, "ca_rollover_start")
+	fields := map[string]any{"phase": "start", "old_ca_sha256": tlsconf.Fingerprint(ca), "new_ca_sha256": tlsconf.Fingerprint(newCA),
+		"cross_signed": false}
+	if !tlsconf.CanCrossSign(ca) {
+		c.cfg.Audit(audit.Event{Type: "certificate.ca_rollover", Outcome: audit.OutcomeSuccess, Fields: fields})
+		return c.issueLocked(ca, caKey, "ca_rollover_start")
+	}
+	cross, err := tlsconf.CrossSign(newCA, ca, caKey, now)
+	if err != nil {
+		return err
+	}
+	// The cross-signed CA first, then the new key as the issuing one: a
+	// renewal in between, or after a crash, still sends the cross chain.
+	if err := config.WriteFileAtomic(crossCA(l), tlsconf.EncodeCert(cross.Raw), 0o644); err != nil {
+		return err
+	}
+	if err := config.WriteFileAtomic(l.CAKey(), keyPEM, 0o600); err != nil {
+		return err
+	}
+	fields["cross_signed"] = true
+	c.cfg.Audit(audit.Event{Type: "certificate.ca_rollover", Outcome: audit.OutcomeSuccess, Fields: fields})
+	return c.issueLocked(newCA, newKey, "ca_rollover_start")
+}
+
+// chainFor is what the gateway sends after a leaf ca issued: ca, or during
+// a cross-signed rollover the new CA as the old one signed it.
+func (c *Controller) chainFor(ca *x509.Certificate) []*x509.Certificate {
+	if b, err := readBounded(crossCA(c.cfg.Layout)); err == nil {
+		if cs, err := tlsconf.ParseCerts(b); err == nil {
+			if k, ok := ca.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); ok && k.Equal(cs[0].PublicKey) {
+				return cs[:1]
+			}
+		}
+	}
+	return []*x509.Certificate{ca}
 }
 
 // FinishRollover ends the transition: the server certificate is issued by
@@ -542,6 +581,11 @@ func (c *Controller) finishLocked() error {
 	// ca.crt still holds both CAs here, so ca.key may change first: the
 	// signer is found by key either way.
 	if err := config.WriteFileAtomic(l.CAKey(), kb, 0o600); err != nil {
+		return err
+	}
+	// Without the cross-signed CA the new one is sent as itself. Until the
+	// new certificate is in force the one on disk still chains up to both.
+	if err := os.Remove(crossCA(l)); err != nil && !os.IsNotExist(err) {
 		return err
 	}
 	if err := c.issueLocked(newCA, key, "ca_rollover_finish"); err != nil {

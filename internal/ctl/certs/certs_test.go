@@ -1,8 +1,13 @@
 package certs
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
+	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -328,8 +333,23 @@ func verifies(t *testing.T, c *tlsconf.Cert, caPEM []byte, now time.Time) bool {
 	return err == nil
 }
 
-func TestCARollover(t *testing.T) {
+// TestCARollover: with a CA of path length 1 (what init makes now) the
+// new CA issues from the start of the transition, sent with its
+// cross-signed certificate, so a client with only the old CA, one with
+// only the new and one with the bundle all verify; after finish the new
+// CA alone and the bundle do.
+func TestCARollover(t *testing.T) { testCARollover(t, false) }
+
+// TestCARolloverPathLenZero: a CA of path length 0 (init's before) cannot
+// cross-sign; the old CA issues until finish, so old-only clients still
+// verify during the transition.
+func TestCARolloverPathLenZero(t *testing.T) { testCARollover(t, true) }
+
+func testCARollover(t *testing.T, pathLenZero bool) {
 	f := newFixture(t)
+	if pathLenZero {
+		legacyCA(t, f)
+	}
 	oldCA, err := os.ReadFile(f.l.CACert())
 	if err != nil {
 		t.Fatal(err)
@@ -345,10 +365,20 @@ func TestCARollover(t *testing.T) {
 		t.Fatalf("after rotate --ca: rollover %v, bundle of %d; want a transition with old and new", info.Rollover, len(info.CABundle))
 	}
 	bundle, _ := os.ReadFile(f.l.CACert())
+	nextPEM, _ := os.ReadFile(nextCA(f.l))
+	next, _ := tlsconf.ParseCerts(nextPEM)
 	mid := f.c.Current()
 	if !verifies(t, mid, oldCA, f.now) || !verifies(t, mid, bundle, f.now) {
 		t.Fatalf("during the transition a client with the old CA (%v) or the bundle (%v) does not verify",
 			verifies(t, mid, oldCA, f.now), verifies(t, mid, bundle, f.now))
+	}
+	newIssues := mid.Leaf().CheckSignatureFrom(next[0]) == nil
+	if newIssues == pathLenZero || verifies(t, mid, nextPEM, f.now) == pathLenZero {
+		t.Fatalf("path length 0 %v: the new CA issues %v, a client with only the new CA verifies %v; want %v",
+			pathLenZero, newIssues, verifies(t, mid, nextPEM, f.now), !pathLenZero)
+	}
+	if e := f.lastEvent("certificate.ca_rollover"); e.Fields["cross_signed"] != !pathLenZero {
+		t.Errorf("rollover start audited %+v; want cross_signed %v", e, !pathLenZero)
 	}
 	_, err = f.c.Rotate(apitype.CertificateRotateRequest{CA: true})
 	wantInvalid(t, err, "already")
@@ -358,6 +388,9 @@ func TestCARollover(t *testing.T) {
 	}
 	if e := f.lastEvent("certificate.rotate"); e.Fields["trigger"] != "manual" {
 		t.Errorf("certificate rotate audited with trigger %v; want manual", e.Fields["trigger"])
+	}
+	if !verifies(t, f.c.Current(), oldCA, f.now) || !verifies(t, f.c.Current(), bundle, f.now) {
+		t.Fatalf("a renewal during the transition lost the old CA's or the bundle's clients")
 	}
 
 	info, err = f.c.FinishRollover()
@@ -375,7 +408,7 @@ func TestCARollover(t *testing.T) {
 	if verifies(t, end, oldCA, f.now) {
 		t.Fatalf("after the transition the old CA alone still verifies: it was not dropped")
 	}
-	for _, p := range []string{nextCA(f.l), nextCAKey(f.l)} {
+	for _, p := range []string{nextCA(f.l), nextCAKey(f.l), crossCA(f.l)} {
 		if _, err := os.Stat(p); !os.IsNotExist(err) {
 			t.Errorf("%s left after the transition (%v)", p, err)
 		}
@@ -565,5 +598,39 @@ func TestRotateToExpiringAlertsAtOnce(t *testing.T) {
 	}
 	if len(f.alerts) != 1 || f.alerts[0].Severity != alerting.High || f.alerts[0].Details["days_left"] != "3" {
 		t.Fatalf("alerts after rotating to a certificate 3 days from its end: %+v; want one High", f.alerts)
+	}
+}
+
+// legacyCA replaces the fixture's CA and certificate with a CA of path
+// length 0, as init made before, and reloads.
+func legacyCA(t *testing.T, f *fixture) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "legacy CA"},
+		NotBefore: f.now.Add(-time.Hour), NotAfter: f.now.Add(tlsconf.CALifetime), IsCA: true, BasicConstraintsValid: true,
+		MaxPathLenZero: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(der)
+	if tlsconf.CanCrossSign(ca) {
+		t.Fatal("a path-length-0 CA reported as able to cross-sign")
+	}
+	keyPEM, _ := tlsconf.EncodeKey(key)
+	if err := os.WriteFile(f.l.CAKey(), keyPEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.l.CACert(), tlsconf.EncodeCert(der), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := tlsconf.GenerateServer(f.l.CACert(), f.l.CAKey(), f.l.ServerCert(), f.l.ServerKey(), []string{"db.example"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.c.Load(); err != nil {
+		t.Fatal(err)
 	}
 }
