@@ -350,6 +350,9 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			go d.keys.Run(ctx)   // revalidation
 			go d.volume.Run(ctx) // autogrow; remounts gocryptfs if it dies
 			go d.certs.Run(ctx)  // renewal and expiry alerts; SIGHUP reloads
+
+			// SIGHUP also reads pgshield.json again (reload.go).
+			go d.reloadOnHUP(ctx)
 			return nil
 		}},
 		{name: "serving",
