@@ -160,10 +160,17 @@ func TestCustomerManagedKey(t *testing.T) {
 	if out := mustCLI(t, s, "key", "show", "-o", "json"); !strings.Contains(out, "grace_since") {
 		t.Fatalf("no alert while the KMS is unreachable: %s", out)
 	}
+	// status: degraded, key_grace running, with when the grace ends.
+	if c := wantCondition(t, s, "key_grace", "warning"); !strings.Contains(c["message"].(string), "grace period ends at") {
+		t.Fatalf("key_grace = %v; want the grace's end", c)
+	}
 	kms.Restart(t)
 	time.Sleep(2 * interval)
 	if out := mustCLI(t, s, "key", "show", "-o", "json"); strings.Contains(out, "grace_since") {
 		t.Fatalf("alert not cleared after the KMS came back: %s", out)
+	}
+	if _, conds := healthOf(t, s); conds["key_grace"] != nil {
+		t.Fatalf("key_grace still reported after the KMS came back: %v", conds)
 	}
 	// With a short grace period, an unreachable KMS does end in Inaccessible.
 	mustCLI(t, s, "parameter", "set", "pgshield.key_unavailable_grace", "3s")

@@ -70,7 +70,26 @@ func run(m *testing.M) int {
 	}
 	code := m.Run()
 	shared.stop()
+	deleteLeftovers()
 	return code
+}
+
+// deleteLeftovers runs `pgshield delete --yes --delete-backups` on every
+// server still under baseDir (after the secrets sweep has read them), so
+// that no key file, image, loop device or mount outlives the suite, even
+// of a server a test made without stop().
+func deleteLeftovers() {
+	ents, _ := os.ReadDir(baseDir)
+	for _, e := range ents {
+		dir := filepath.Join(baseDir, e.Name())
+		if _, err := os.Stat(filepath.Join(dir, "pgshield.json")); err != nil {
+			continue
+		}
+		s := &server{dataDir: dir}
+		if out, err := s.cli("delete", "--yes", "--delete-backups"); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: delete %s: %v\n%s", dir, err, out)
+		}
+	}
 }
 
 // server is one pgshield data directory with its daemon.
