@@ -217,7 +217,16 @@ func TestLedgerKill9(t *testing.T) {
 	t.Logf("ledger: %d postmaster kills, %d daemon and %d whole-tree kills, seed %d (PGSHIELD_LEDGER_SEED)",
 		pmKills, (rounds+1)/2, rounds/2, seed)
 
-	s, err := newServer("ledger")
+	// The suite's 20 kills write ~100 MB; soak.sh's 300 write several GB
+	// (rows, their indexes, archived WAL), and the check's sort spills
+	// temporary files faster than autogrow's 30 s tick can follow: a 1 GiB
+	// volume then ends in PostgreSQL's 53100 (seen at cycle 161), which is
+	// the disk-full fault, not this test's. The image is sparse.
+	size := "1GiB"
+	if pmKills > 20 {
+		size = fmt.Sprintf("%dGiB", 1+pmKills/20)
+	}
+	s, err := newServer("ledger", "--storage-size", size)
 	t.Cleanup(func() {
 		if s != nil {
 			s.stop()
