@@ -152,13 +152,11 @@ func (c *Controller) readPublicCreateIn(ctx context.Context, pool *pgxpool.Pool,
 			break
 		}
 		var grantees []string
-		one, cancel := context.WithTimeout(ctx, dbTimeout)
-		err := withDatabase(one, pool, db, func(q sqlConn) error {
+		err := withDatabase(ctx, pool, db, func(q sqlConn) error {
 			var err error
-			grantees, err = c.publicCreate(one, q)
+			grantees, err = c.publicCreate(ctx, q)
 			return err
 		})
-		cancel()
 		if err != nil {
 			c.cfg.Log.Debug("Reading CREATE on schema public failed.", "database", db, "error", err)
 			continue
