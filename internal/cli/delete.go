@@ -11,12 +11,13 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgshield/pgshield/internal/ctl/volume"
 	"github.com/pgshield/pgshield/internal/pidfile"
 	"github.com/pgshield/pgshield/internal/provision"
 )
 
 func newDelete(g *globals) *cobra.Command {
-	var yes, deleteBackups bool
+	var yes, deleteBackups, orphanedKeys bool
 	var timeout time.Duration
 	cmd := &cobra.Command{
 		Use:   "delete",
@@ -25,6 +26,9 @@ func newDelete(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := requireRoot(); err != nil {
 				return err
+			}
+			if orphanedKeys {
+				return deleteOrphanedKeys(cmd, g, yes)
 			}
 			l := g.layout()
 			d, _, err := provision.PlanDelete(l, deleteBackups)
@@ -61,6 +65,7 @@ func newDelete(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.BoolVar(&yes, "yes", false, "delete without asking (required)")
 	f.BoolVar(&deleteBackups, "delete-backups", false, "delete the backup repository too (and with it the last way to restore the data)")
+	f.BoolVar(&orphanedKeys, "orphaned-keys", false, "instead: remove the system-managed key files in "+volume.SystemKeyDir+" of servers whose data directory is gone")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for a running server to stop")
 	return cmd
 }
@@ -114,4 +119,45 @@ func stopForDelete(ctx context.Context, g *globals, pidFile string, timeout time
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("pgshield (pid %d) did not stop within %s: nothing was deleted", pid, timeout)
+}
+
+// deleteOrphanedKeys lists (without --yes: exit 2) or removes the key files
+// whose server is gone. Key files with no owner file are never removed.
+func deleteOrphanedKeys(cmd *cobra.Command, g *globals, yes bool) error {
+	out := cmd.OutOrStdout()
+	scan, err := provision.OrphanedKeys(volume.SystemKeyDir)
+	if err != nil {
+		return err
+	}
+	if yes {
+		scan, err = provision.RemoveOrphanedKeys(volume.SystemKeyDir)
+		if err != nil {
+			return err
+		}
+	}
+	if g.output == "json" {
+		if err := emit(out, g, scan, nil); err != nil {
+			return err
+		}
+	} else {
+		verb := "Would remove"
+		if yes {
+			verb = "Removed"
+		}
+		for _, o := range scan.Orphans {
+			fmt.Fprintf(out, "%s %s (server %s; %s holds no such server)\n", verb, o.Path, o.ServerID, o.DataDir)
+		}
+		for _, u := range scan.Unknown {
+			fmt.Fprintf(out, "Kept %s: no owner file says which data directory it belongs to\n", u)
+		}
+		fmt.Fprintf(out, "%d orphaned, %d in use, %d of unknown owner.\n", len(scan.Orphans), scan.InUse, len(scan.Unknown))
+		if !yes && len(scan.Orphans) > 0 {
+			// The owner file holds the path init was given.
+			fmt.Fprintln(out, "A data directory moved or renamed since init is listed too: its key is its only way in. Check the list before --yes.")
+		}
+	}
+	if !yes && len(scan.Orphans) > 0 {
+		return usageError{errors.New("nothing was removed: add --yes to remove the orphaned key files")}
+	}
+	return nil
 }

@@ -154,6 +154,9 @@ func Delete(ctx context.Context, l config.Layout, deleteBackups bool, report fun
 		if err := removeSynced(d.SystemKey); err != nil {
 			return d, err
 		}
+		if err := removeOwner(volume.SystemKeyDir, cfg.ServerID); err != nil {
+			return d, err
+		}
 	}
 	if !d.BackupsKept {
 		if !filepath.IsAbs(d.Backups) || filepath.Dir(d.Backups) == d.Backups {

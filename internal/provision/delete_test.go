@@ -139,7 +139,7 @@ func testDeleteRecordsAndDestroys(t *testing.T, backend string) {
 	if st := machineState(t, l.Root); len(st) != 0 {
 		t.Errorf("after Delete: %q (before: %q); want no loop device, mount or process", st, before)
 	}
-	for _, p := range []string{l.Root, d.SystemKey} {
+	for _, p := range []string{l.Root, d.SystemKey, ownerPath(volume.SystemKeyDir, d.ServerID)} {
 		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("after Delete: %s is left (%v)", p, err)
 		}
@@ -207,4 +207,62 @@ func lastAuditRecord(t *testing.T, l config.Layout) map[string]any {
 		t.Fatalf("last audit line %q: %v", last, err)
 	}
 	return m
+}
+
+// TestOrphanedKeys: a key whose data directory is gone, or holds another
+// server, is an orphan; one in use and one without an owner file are not
+// removed.
+func TestOrphanedKeys(t *testing.T) {
+	keys := t.TempDir()
+	base := t.TempDir()
+	server := func(name, id string) string {
+		l := config.Layout{Root: filepath.Join(base, name)}
+		cfg := &config.Config{Listen: "127.0.0.1:5432", AdminUser: "admin", ServerID: id, TLSCertFile: "/x.crt", TLSKeyFile: "/x.key"}
+		if err := cfg.CheckAndSetDefaults(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(l.Root, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := config.Save(l, cfg); err != nil {
+			t.Fatal(err)
+		}
+		return l.Root
+	}
+	key := func(id, owner string) {
+		if err := os.WriteFile(filepath.Join(keys, id+".key"), []byte("k"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if owner != "" {
+			if err := os.WriteFile(ownerPath(keys, id), []byte(owner+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	const inUse, gone, replaced, legacy = "1111111111111111", "2222222222222222", "3333333333333333", "4444444444444444"
+	key(inUse, server("a", inUse))
+	key(gone, filepath.Join(base, "deleted"))
+	key(replaced, server("b", "5555555555555555")) // b was made again
+	key(legacy, "")
+	scan, err := RemoveOrphanedKeys(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, o := range scan.Orphans {
+		ids = append(ids, o.ServerID)
+	}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []string{gone, replaced}) || scan.InUse != 1 || len(scan.Unknown) != 1 {
+		t.Fatalf("scan = %+v; want orphans %s and %s, one in use, one unknown", scan, gone, replaced)
+	}
+	for id, want := range map[string]bool{inUse: true, gone: false, replaced: false, legacy: true} {
+		_, err := os.Stat(filepath.Join(keys, id+".key"))
+		if (err == nil) != want {
+			t.Errorf("key %s present = %v; want %v", id, err == nil, want)
+		}
+		if _, err := os.Stat(ownerPath(keys, id)); !want && err == nil {
+			t.Errorf("owner of removed key %s left", id)
+		}
+	}
 }

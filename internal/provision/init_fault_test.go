@@ -134,6 +134,10 @@ func TestInitFailureLeavesNothing(t *testing.T) {
 						t.Errorf("after a failure at %q: machine state %q; was %q", step, after, before)
 					}
 					if serverID != "" {
+						if _, err := os.Stat(ownerPath(volume.SystemKeyDir, serverID)); !errors.Is(err, os.ErrNotExist) {
+							t.Errorf("after a failure at %q: owner file left (%v)", step, err)
+							_ = os.Remove(ownerPath(volume.SystemKeyDir, serverID))
+						}
 						if _, err := os.Stat(volume.SystemKEKPath(serverID)); !errors.Is(err, os.ErrNotExist) {
 							t.Errorf("after a failure at %q: key file %s left (%v)", step, volume.SystemKEKPath(serverID), err)
 							_ = os.Remove(volume.SystemKEKPath(serverID))

@@ -152,6 +152,12 @@ func (s *server) volumeStep() Step {
 	return Step{Name: "encrypted volume", Say: "Creating " + s.volumeName + "...",
 		Do: func(ctx context.Context) error {
 			systemKey = s.cfg.KeyURI == ""
+			if systemKey {
+				// Written first: a key file never lacks its owner.
+				if err := writeOwner(s.cfg.ServerID, s.l.Root); err != nil {
+					return err
+				}
+			}
 			return s.atRest.Create(ctx)
 		},
 		Undo: func(ctx context.Context) error {
@@ -160,6 +166,7 @@ func (s *server) volumeStep() Step {
 				if err := os.Remove(volume.SystemKEKPath(s.cfg.ServerID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					errs = append(errs, err)
 				}
+				errs = append(errs, removeOwner(volume.SystemKeyDir, s.cfg.ServerID))
 			}
 			if p := s.cfg.StoragePath; p != "" {
 				errs = append(errs, os.RemoveAll(filepath.Join(p, storage.DataDirName)))
