@@ -95,10 +95,11 @@ check_pg
 need_cmds openssl runuser ss timeout awk prlimit
 # The idle row holds IDLE_CONNS sessions: a descriptor each in gwload and in
 # the gateway (pgshield's daemon inherits this limit; pgbouncer is given the
-# hard limit with prlimit, runuser leaving it PAM's 1,024).
-NOFILE=$((IDLE_CONNS * 2 + 4096))
-if (($(ulimit -Hn) < NOFILE)); then ulimit -Hn "$NOFILE" || die "cannot raise RLIMIT_NOFILE to $NOFILE"; fi
-if (($(ulimit -Sn) < NOFILE)); then ulimit -Sn "$NOFILE" || die "cannot raise RLIMIT_NOFILE to $NOFILE"; fi
+# hard limit with prlimit, runuser leaving it PAM's 1,024). A container may
+# not let even root raise the hard limit: then the row is held to it.
+NOFILE=$((IDLE_CONNS + 1024))
+if (($(ulimit -Hn) < NOFILE)); then ulimit -Hn "$NOFILE" 2>/dev/null || echo "WARNING: RLIMIT_NOFILE hard limit $(ulimit -Hn) < $NOFILE (not raised)" >&2; fi
+if (($(ulimit -Sn) < NOFILE)); then ulimit -Sn "$(( $(ulimit -Hn) < NOFILE ? $(ulimit -Hn) : NOFILE ))"; fi
 
 # ---------------------------------------------------------------- cleanup ----
 # Everything lives at fixed paths under $WORK so that cleanup finds it no
