@@ -150,10 +150,13 @@ func Delete(ctx context.Context, l config.Layout, deleteBackups bool, report fun
 		return d, err
 	}
 	removeKernelState(cfg.ServerID)
-	if d.SystemKey != "" && !d.KeptSystemKey {
-		if err := removeSynced(d.SystemKey); err != nil {
-			return d, err
+	if !d.KeptSystemKey {
+		if d.SystemKey != "" {
+			if err := removeSynced(d.SystemKey); err != nil {
+				return d, err
+			}
 		}
+		// Also when the key file went another way (e2e's stop).
 		if err := removeOwner(volume.SystemKeyDir, cfg.ServerID); err != nil {
 			return d, err
 		}
