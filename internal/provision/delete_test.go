@@ -244,6 +244,10 @@ func TestOrphanedKeys(t *testing.T) {
 	key(gone, filepath.Join(base, "deleted"))
 	key(replaced, server("b", "5555555555555555")) // b was made again
 	key(legacy, "")
+	dangling := ownerPath(keys, "6666666666666666") // its key went another way
+	if err := os.WriteFile(dangling, []byte("/x\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	scan, err := RemoveOrphanedKeys(keys)
 	if err != nil {
 		t.Fatal(err)
@@ -255,6 +259,9 @@ func TestOrphanedKeys(t *testing.T) {
 	slices.Sort(ids)
 	if !slices.Equal(ids, []string{gone, replaced}) || scan.InUse != 1 || len(scan.Unknown) != 1 {
 		t.Fatalf("scan = %+v; want orphans %s and %s, one in use, one unknown", scan, gone, replaced)
+	}
+	if _, err := os.Stat(dangling); err == nil {
+		t.Errorf("an owner file without its key is left")
 	}
 	for id, want := range map[string]bool{inUse: true, gone: false, replaced: false, legacy: true} {
 		_, err := os.Stat(filepath.Join(keys, id+".key"))

@@ -120,5 +120,12 @@ func RemoveOrphanedKeys(dir string) (KeyScan, error) {
 		}
 		errs = append(errs, removeOwner(dir, o.ServerID))
 	}
+	// Owner files whose key went another way say nothing any more.
+	owners, _ := filepath.Glob(filepath.Join(dir, "*.owner"))
+	for _, o := range owners {
+		if _, err := os.Stat(strings.TrimSuffix(o, ".owner") + ".key"); errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, os.Remove(o))
+		}
+	}
 	return scan, errors.Join(errs...)
 }
