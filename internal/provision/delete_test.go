@@ -240,6 +240,12 @@ func TestOrphanedKeys(t *testing.T) {
 		}
 	}
 	const inUse, gone, replaced, legacy = "1111111111111111", "2222222222222222", "3333333333333333", "4444444444444444"
+	// An init under way: its directory exists, its configuration does not yet.
+	const making = "7777777777777777"
+	if err := os.MkdirAll(filepath.Join(base, "making"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	key(making, filepath.Join(base, "making"))
 	key(inUse, server("a", inUse))
 	key(gone, filepath.Join(base, "deleted"))
 	key(replaced, server("b", "5555555555555555")) // b was made again
@@ -257,13 +263,13 @@ func TestOrphanedKeys(t *testing.T) {
 		ids = append(ids, o.ServerID)
 	}
 	slices.Sort(ids)
-	if !slices.Equal(ids, []string{gone, replaced}) || scan.InUse != 1 || len(scan.Unknown) != 1 {
+	if !slices.Equal(ids, []string{gone, replaced}) || scan.InUse != 2 || len(scan.Unknown) != 1 {
 		t.Fatalf("scan = %+v; want orphans %s and %s, one in use, one unknown", scan, gone, replaced)
 	}
 	if _, err := os.Stat(dangling); err == nil {
 		t.Errorf("an owner file without its key is left")
 	}
-	for id, want := range map[string]bool{inUse: true, gone: false, replaced: false, legacy: true} {
+	for id, want := range map[string]bool{inUse: true, gone: false, replaced: false, legacy: true, making: true} {
 		_, err := os.Stat(filepath.Join(keys, id+".key"))
 		if (err == nil) != want {
 			t.Errorf("key %s present = %v; want %v", id, err == nil, want)

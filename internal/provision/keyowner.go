@@ -90,14 +90,17 @@ func OrphanedKeys(dir string) (KeyScan, error) {
 }
 
 // orphaned reports whether the data directory root no longer holds the
-// server id: no configuration there, or another server's.
+// server id: it is gone, or holds another server's configuration. A
+// directory without one is an init or restore under way (the
+// configuration is its last step): not an orphan.
 func orphaned(root, id string) bool {
 	if !filepath.IsAbs(root) {
 		return false // not written by writeOwner: leave it
 	}
 	cfg, err := config.Load(config.Layout{Root: root})
 	if errors.Is(err, config.ErrNotInitialized) {
-		return true
+		_, serr := os.Stat(root)
+		return errors.Is(serr, fs.ErrNotExist)
 	}
 	return err == nil && cfg.ServerID != id
 }
