@@ -255,6 +255,11 @@ func TestAlerts(t *testing.T) {
 		if got := s.pinnedSQL(t, `SELECT pg_catalog.current_setting('pgaudit.role')`); got != "pgshield_decoy_audit" {
 			t.Errorf("pgaudit.role = %q", got)
 		}
+		// Nor as a startup option of the administrator's own session.
+		if out, err := psql(t, s.dsn("user="+admin+" sslmode=verify-full options='-c pgaudit.role=none'"), adminPassword,
+			"-c", "SHOW pgaudit.role"); err == nil && out != "pgshield_decoy_audit" {
+			t.Errorf("a startup option set pgaudit.role for the session: %s", out)
+		}
 		// The administrator cannot take the decoy or its auditing apart.
 		for _, stmt := range []string{
 			"DROP TABLE finance.payroll", "ALTER TABLE finance.payroll RENAME TO x", "REVOKE SELECT ON finance.payroll FROM pgshield_decoy_audit",
@@ -412,7 +417,8 @@ func TestAlerts(t *testing.T) {
 			t.Errorf("a secret or evidence reached the webhook: %s", b)
 		}
 		metrics := mustCLI(t, s, "metrics")
-		if !strings.Contains(metrics, `pgshield_alerts_total{severity="High",type="alert.decoy_table_read"} 1`) {
+		// Two decoy reads: in postgres and in alerts_own.
+		if !strings.Contains(metrics, `pgshield_alerts_total{severity="High",type="alert.decoy_table_read"} 2`) {
 			t.Errorf("metrics lack the alert counter")
 		}
 	})
