@@ -25,7 +25,9 @@ var mountsFile = "/proc/self/mounts"
 // by itself: with errors=remount-ro, ext4 does so when a write of its own
 // metadata fails, as when the host filesystem under a sparse image is
 // full (the loop device cannot allocate the image's blocks). Kernels since
-// 6.6 say "emergency_ro" and keep "rw"; older ones remount "ro".
+// 6.6 say "emergency_ro" and keep "rw"; older ones remount "ro". A
+// filesystem shut down (EXT4_IOC_SHUTDOWN, "shutdown") fails every write
+// the same way until it is mounted again.
 func failedReadOnly(mount string) bool {
 	f, err := os.Open(mountsFile)
 	if err != nil {
@@ -39,7 +41,7 @@ func failedReadOnly(mount string) bool {
 			continue
 		}
 		for _, o := range strings.Split(fields[3], ",") {
-			if o == "ro" || o == "emergency_ro" {
+			if o == "ro" || o == "emergency_ro" || o == "shutdown" {
 				return true
 			}
 		}

@@ -28,8 +28,10 @@ func TestFailedReadOnly(t *testing.T) {
 	set := withMounts(t)
 	set("/dev/loop3 /srv/my\\040data/volume ext4 rw,relatime,errors=remount-ro,emergency_ro 0 0\n" +
 		"/dev/loop4 /srv/b/volume ext4 ro,relatime 0 0\n" +
-		"/dev/loop5 /srv/c/volume ext4 rw,relatime,errors=remount-ro 0 0\n")
-	for mount, want := range map[string]bool{"/srv/my data/volume": true, "/srv/b/volume": true, "/srv/c/volume": false, "/srv/d/volume": false} {
+		"/dev/loop5 /srv/c/volume ext4 rw,relatime,errors=remount-ro 0 0\n" +
+		"/dev/loop6 /srv/e/volume ext4 rw,relatime,errors=remount-ro,shutdown 0 0\n")
+	for mount, want := range map[string]bool{"/srv/my data/volume": true, "/srv/b/volume": true, "/srv/c/volume": false,
+		"/srv/d/volume": false, "/srv/e/volume": true} {
 		if got := failedReadOnly(mount); got != want {
 			t.Errorf("failedReadOnly(%q) = %v; want %v", mount, got, want)
 		}
