@@ -281,7 +281,7 @@ func (d *Detector) Observe(e Event, decoys Decoys) []Finding {
 	case "connection.refused":
 		// A tool refused before authentication (plaintext under
 		// require_secure_transport) still showed its startup packet.
-		return d.refusedStartup(e)
+		return d.refusedStartup(e, decoys)
 	case "privilege.refused":
 		return d.refused(e)
 	case "postgres.audit":
@@ -459,9 +459,9 @@ func (d *Detector) history(e Event, addr netip.Addr, role string, now time.Time)
 	return out
 }
 
-// refusedStartup looks for an attack tool in a connection the gateway
-// refused after reading its startup packet.
-func (d *Detector) refusedStartup(e Event) []Finding {
+// refusedStartup looks for an attack tool, or a decoy role's name, in a
+// connection the gateway refused after reading its startup packet.
+func (d *Detector) refusedStartup(e Event, decoys Decoys) []Finding {
 	if str(e.Fields, "startup_keys") == "" {
 		return nil
 	}
@@ -469,7 +469,15 @@ func (d *Detector) refusedStartup(e Event) []Finding {
 	if !ok {
 		return nil
 	}
-	return d.harmful(e, SourceKey(addr).String())
+	src := SourceKey(addr).String()
+	var out []Finding
+	if decoys != nil && decoys.DecoyRole(e.User) {
+		f := base(TypeDecoyRole, "role="+e.User+"|src="+src, e)
+		f.Details["source"] = src
+		f.Evidence["reason"] = Bound(e.Reason, 512)
+		out = append(out, f)
+	}
+	return append(out, d.harmful(e, src)...)
 }
 
 // harmful checks application_name and the startup fingerprint.

@@ -129,4 +129,23 @@ func TestHarmfulFingerprintOnRefusedConnection(t *testing.T) {
 	if fs := d.Observe(e, nil); len(fs) != 0 {
 		t.Errorf("a refusal without a peer raised %+v", fs)
 	}
+	// A plaintext attempt as a decoy role is an attempt at the lure.
+	e = Event{Type: "connection.refused", Client: "192.0.2.8", User: "backup_admin", Database: "postgres",
+		Fields: map[string]any{"startup_keys": "user,database,client_encoding"}}
+	if fs := d.Observe(e, decoyRoles{"backup_admin"}); len(fs) != 1 || fs[0].Type != TypeDecoyRole {
+		t.Errorf("plaintext attempt as a decoy role: %+v", fs)
+	}
 }
+
+type decoyRoles []string
+
+func (r decoyRoles) DecoyRole(name string) bool {
+	for _, n := range r {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (decoyRoles) DecoyTable(string, string) (string, bool) { return "", false }

@@ -152,11 +152,13 @@ func (c *Controller) readPublicCreateIn(ctx context.Context, pool *pgxpool.Pool,
 			break
 		}
 		var grantees []string
-		err := withDatabase(ctx, pool, db, func(q sqlConn) error {
+		one, cancel := context.WithTimeout(ctx, dbTimeout)
+		err := withDatabase(one, pool, db, func(q sqlConn) error {
 			var err error
-			grantees, err = c.publicCreate(ctx, q)
+			grantees, err = c.publicCreate(one, q)
 			return err
 		})
+		cancel()
 		if err != nil {
 			c.cfg.Log.Debug("Reading CREATE on schema public failed.", "database", db, "error", err)
 			continue
