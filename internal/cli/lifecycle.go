@@ -70,8 +70,19 @@ func runForeground(ctx context.Context, l config.Layout) error {
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
 	d := &daemon.Daemon{Layout: l, Log: log, LogLevel: level}
-	return d.Run(ctx)
+	if err := d.Run(ctx); err != nil {
+		// Its last line is JSON like every other.
+		log.Error("pgshield stopped with an error.", "error", err)
+		return loggedError{err}
+	}
+	return nil
 }
+
+// loggedError is an error the daemon has logged already: Execute does
+// not print it again (its exit code stays the error's).
+type loggedError struct{ error }
+
+func (e loggedError) Unwrap() error { return e.error }
 
 // startBackground re-runs this binary as `up --foreground` in a new session
 // with its output in the daemon log, and waits until it answers as ready.

@@ -5,6 +5,7 @@ package cli
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -32,7 +33,8 @@ func Execute(args []string) int {
 	root := newRoot()
 	root.SetArgs(args)
 	err := root.ExecuteContext(context.Background())
-	if err != nil {
+	var logged loggedError
+	if err != nil && !errors.As(err, &logged) {
 		fmt.Fprintln(os.Stderr, "pgshield: "+err.Error())
 	}
 	return exitCode(err)
