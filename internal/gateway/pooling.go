@@ -255,9 +255,6 @@ type held struct {
 	b     *pgbackend.Backend
 	lease *pool.Lease[*pooled]
 	key   pool.Key
-	// rd, if set, holds what was read from b past a pipelined hand-over's
-	// answers: the first answers to the client (txpool.go).
-	rd *msgReader
 }
 
 // maxStaleTries bounds how many idle backends a checkout tries (a pooled

@@ -1,6 +1,7 @@
 package gateway
 
-// Pipelined hand-overs (txhandover.go) against the real PostgreSQL.
+// Transaction pooling's hand-overs (a backend changing clients) against
+// the real PostgreSQL.
 
 import (
 	"context"
@@ -14,8 +15,8 @@ import (
 
 // TestRealTxHandoverRefused: a backend whose hand-over check fails (the
 // role's ALTER ROLE ... SET rows changed since it opened) never runs the
-// client's statement sent with the check; the statement runs once, on
-// another backend. Simple and extended protocol.
+// client's statement; the statement runs once, on another backend. Simple
+// and extended protocol.
 func TestRealTxHandoverRefused(t *testing.T) {
 	srv := pgtest.Shared(t)
 	checkGoroutines(t)
@@ -67,9 +68,9 @@ func TestRealTxHandoverRefused(t *testing.T) {
 	}
 }
 
-// TestRealTxHandoverRollback: a transaction begun in the batch sent with
-// the hand-over and rolled back does not undo the rebind: the backend
-// still shows the client that holds it.
+// TestRealTxHandoverRollback: a transaction begun right after the
+// hand-over and rolled back does not undo the rebind: the backend still
+// shows the client that holds it.
 func TestRealTxHandoverRollback(t *testing.T) {
 	srv := pgtest.Shared(t)
 	checkGoroutines(t)
@@ -160,10 +161,9 @@ END $$`); err != nil {
 	}
 }
 
-// TestRealTxHandoverReprepareFails: a named statement re-prepared with a
-// hand-over that PostgreSQL now refuses (its table was dropped) gives the
-// client PostgreSQL's error for its batch, not a hang, and the session
-// goes on.
+// TestRealTxHandoverReprepareFails: a named statement re-prepared on a
+// new backend that PostgreSQL now refuses (its table was dropped) gives the
+// client an error for its batch, not a hang, and the session goes on.
 func TestRealTxHandoverReprepareFails(t *testing.T) {
 	srv := pgtest.Shared(t)
 	checkGoroutines(t)

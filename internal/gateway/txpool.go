@@ -321,7 +321,7 @@ func (t *txRelay) upstream() (clientEnded bool) {
 				continue
 			}
 			t.mu.Unlock()
-			h, sent, err := t.acquire(br)
+			h, err := t.acquire()
 			if err != nil {
 				if !killed() {
 					t.sess.sendFinal(err)
@@ -337,18 +337,8 @@ func (t *txRelay) upstream() (clientEnded bool) {
 				return false
 			}
 			t.mu.h, t.mu.down, t.mu.status = h, make(chan struct{}), 'I'
-			cur, segStart, segFlushed = h, 0, false
-			if sent != nil {
-				// The hand-over carried the client's first messages: they
-				// are tracked before their answers can be read.
-				t.trackSent(sent, cur)
-				go t.downstream(h, t.mu.down)
-				t.mu.Unlock()
-				_, _ = br.Discard(len(sent))
-				t.up.Add(int64(len(sent)))
-				continue
-			}
 			go t.downstream(h, t.mu.down)
+			cur, segStart, segFlushed = h, 0, false
 		}
 		// Track the message (under the lock the downstream decides a
 		// release by).
@@ -535,11 +525,7 @@ func cstr(b []byte) string {
 func (t *txRelay) downstream(h *held, done chan struct{}) {
 	defer close(done)
 	// Buffers borrowed per transaction, not allocated (relaybuf.go).
-	br := h.rd
-	if br == nil {
-		br = newMsgReader(h.b.Conn)
-	}
-	h.rd = nil
+	br := newMsgReader(h.b.Conn)
 	defer br.Close()
 	outBuf := bigBufs.Get().(*[]byte)
 	out := (*outBuf)[:0]
@@ -749,7 +735,7 @@ func (t *txRelay) copyN(h *held, br *msgReader, n int64, killBy *time.Time) erro
 // client in one round trip, or a new one. Bounded by
 // pgshield.pool_wait_timeout, then 53300; a backend failing its setup is
 // closed and another tried.
-func (t *txRelay) acquire(br *msgReader) (*held, []byte, *pgproto3.ErrorResponse) {
+func (t *txRelay) acquire() (*held, *pgproto3.ErrorResponse) {
 	c := t.c
 	pp := c.srv.rt.Load().params.Pool
 	ctx := t.ctx
@@ -763,57 +749,41 @@ func (t *txRelay) acquire(br *msgReader) (*held, []byte, *pgproto3.ErrorResponse
 		cancel()
 		if err != nil {
 			c.log.Warn("No backend available in the pool.", "wait_timeout", pp.WaitTimeout.String())
-			return nil, nil, wire.ErrorResponse(clienterr.New(wire.CodeTooManyConnections,
+			return nil, wire.ErrorResponse(clienterr.New(wire.CodeTooManyConnections,
 				"sorry, too many clients already: no backend became free within %s (pgshield.pool_wait_timeout)", pp.WaitTimeout))
 		}
-		var sent []byte
-		var rd *msgReader
 		if !l.Reused {
 			b, err := c.connectBackend(ctx, t.login)
 			if err != nil {
 				c.srv.pool.Discard(l)
 				var be *pgbackend.BackendError
 				if errors.As(err, &be) {
-					return nil, nil, be.Msg
+					return nil, be.Msg
 				}
 				if ce, ok := wire.ClientError(err); ok {
-					return nil, nil, wire.ErrorResponse(ce)
+					return nil, wire.ErrorResponse(ce)
 				}
-				return nil, nil, wire.ErrorResponse(errUnavailable())
+				return nil, wire.ErrorResponse(errUnavailable())
 			}
 			l.Conn = &pooled{b: b, owner: t.id, stmts: map[string][]byte{}}
 			if err := recordSettings(l.Conn); err != nil {
 				c.srv.pool.Discard(l)
-				return nil, nil, wire.ErrorResponse(errUnavailable())
+				return nil, wire.ErrorResponse(errUnavailable())
 			}
 		} else if peerGone(l.Conn.b.Conn) {
 			c.log.Info("A pooled backend was closed by PostgreSQL; replaced.", "pg_backend_pid", l.Conn.b.PID)
 			c.srv.pool.Discard(l)
 			continue
-		} else if pre, reprep := handoverBatch(br, t.stmts); pre != nil && l.Conn.owner != t.id && l.Conn.settingsSeen && !l.Conn.b.CancelUnconfirmed() {
-			var err error
-			if rd, err = t.setupWith(l.Conn, pre, reprep); err != nil {
-				c.srv.pool.Discard(l)
-				if errors.Is(err, errHandoverLost) {
-					c.log.Warn("A pooled backend was lost during its hand-over; the session ends.", "pg_backend_pid", l.Conn.b.PID, "error", err)
-					return nil, nil, wire.ErrorMessage(wire.CodeConnectionFailure,
-						"the connection to the database was lost; the last statement may or may not have run")
-				}
-				c.log.Info("A pooled backend failed its hand-over; closed (the client's messages sent with it did not run).",
-					"pg_backend_pid", l.Conn.b.PID, "error", err)
-				continue
-			}
-			sent = pre
 		} else if err := t.setup(l.Conn); err != nil {
 			c.log.Info("A pooled backend failed its setup; closed.", "pg_backend_pid", l.Conn.b.PID, "error", err)
 			c.srv.pool.Discard(l)
 			continue
 		}
-		h := &held{b: l.Conn.b, lease: l, key: t.key, rd: rd}
+		h := &held{b: l.Conn.b, lease: l, key: t.key}
 		t.target.set(h.b)
-		return h, sent, nil
+		return h, nil
 	}
-	return nil, nil, wire.ErrorResponse(errUnavailable())
+	return nil, wire.ErrorResponse(errUnavailable())
 }
 
 // setup makes p fit to serve this client: if another client (or none
