@@ -292,25 +292,46 @@ func TestThreat(t *testing.T) {
 }
 
 // pgshield.max_connections = auto: the daemon read PostgreSQL's limits and
-// derived the session cap (audited), and parameter show says auto.
+// derived the session cap (audited), parameter show says auto, and a
+// restart with another max_connections moves the cap.
 func TestSessionCapAuto(t *testing.T) {
 	maxConns, reserved := shared.pinnedSQL(t, "SHOW max_connections"), shared.pinnedSQL(t, "SHOW superuser_reserved_connections")
 	m, _ := strconv.Atoi(maxConns)
 	r, _ := strconv.Atoi(reserved)
 	want := threat.DeriveMaxSessions(m, r)
-	deadline := time.Now().Add(15 * time.Second) // read every 10 s
-	for {
-		out := mustCLI(t, shared, "audit", "search", "--event", "threat.session_cap", "-o", "json")
-		if strings.Contains(out, fmt.Sprintf(`"derived_max_sessions": %d`, want)) ||
-			strings.Contains(out, fmt.Sprintf(`"derived_max_sessions":%d`, want)) {
-			break
+	awaitCap := func(want int) {
+		t.Helper()
+		deadline := time.Now().Add(25 * time.Second) // read every 10 s
+		for {
+			out := mustCLI(t, shared, "audit", "search", "--event", "threat.session_cap", "-o", "json")
+			if strings.Contains(out, fmt.Sprintf(`"derived_max_sessions": %d`, want)) ||
+				strings.Contains(out, fmt.Sprintf(`"derived_max_sessions":%d`, want)) {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no threat.session_cap record of %d sessions:\n%s", want, out)
+			}
+			time.Sleep(500 * time.Millisecond)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no threat.session_cap record of %d sessions (max_connections %s, reserved %s):\n%s", want, maxConns, reserved, out)
-		}
-		time.Sleep(500 * time.Millisecond)
 	}
+	awaitCap(want)
 	if out := mustCLI(t, shared, "parameter", "show", "pgshield.max_connections"); !strings.Contains(out, "auto") {
 		t.Errorf("parameter show pgshield.max_connections:\n%s", out)
 	}
+
+	// PostgreSQL restarted with another max_connections: the cap follows.
+	// The shared server gets its settings back however this ends.
+	mustCLI(t, shared, "parameter", "set", "pgshield.shutdown_grace", "0s")
+	t.Cleanup(func() {
+		shared.superSQL(t, "ALTER SYSTEM RESET max_connections")
+		if out, err := shared.cli("restart"); err != nil {
+			t.Errorf("restart back to max_connections %s: %v %s", maxConns, err, out)
+		}
+		if out, err := shared.cli("parameter", "set", "pgshield.shutdown_grace", "30s"); err != nil {
+			t.Errorf("shutdown_grace back: %v %s", err, out)
+		}
+	})
+	mustCLI(t, shared, "parameter", "set", "max_connections", strconv.Itoa(m-40))
+	mustCLI(t, shared, "restart")
+	awaitCap(threat.DeriveMaxSessions(m-40, r))
 }
