@@ -201,6 +201,7 @@ func (s *server) stop() {
 		}
 		if json.Unmarshal(b, &c) == nil && c.ServerID != "" {
 			_ = os.Remove(filepath.Join("/etc/pgshield/keys", c.ServerID+".key"))
+			_ = os.Remove(filepath.Join("/etc/pgshield/keys", c.ServerID+".owner"))
 			// Kernel state a daemon that died could not remove.
 			for _, table := range []string{"pgshield_" + c.ServerID, "pgshield_out_" + c.ServerID} {
 				_ = exec.Command("nft", "delete", "table", "inet", table).Run()
