@@ -11,7 +11,8 @@ export DEBIAN_FRONTEND=noninteractive
 
 want=(postgresql-15 postgresql-client-15 postgresql-contrib postgresql-15-pgaudit pgbackrest iproute2 nftables e2fsprogs mount util-linux ca-certificates
   gocryptfs fuse  # the --storage gocryptfs backend (FUSE; fuse brings fusermount, which gocryptfs runs), for kernels without fscrypt
-  postgresql-server-dev-15 gcc make libc6-dev)  # the last four build pgshield_guard
+  postgresql-server-dev-15 gcc make libc6-dev  # these four build pgshield_guard
+  patroni etcd-server etcd-client)  # high availability (internal/cluster); pgshield runs them itself, never as services
 [ "${PGSHIELD_DEPS_BENCH:-0}" = 1 ] && want+=(pgbouncer)
 
 missing=()
@@ -29,8 +30,37 @@ if [ "${#missing[@]}" -gt 0 ]; then
     echo 'create_main_cluster = false' >> /etc/postgresql-common/createcluster.conf
   fi
   echo "Installing: ${missing[*]}"
+  # etcd-server's and patroni's postinst would start etcd.service (client
+  # port 2379 and peer port 2380 on the host) and patroni.service: Debian's
+  # policy-rc.d convention (exit 101) keeps every postinst from starting a
+  # service. One already there (containers carry one) is left as it is.
+  policy_rc=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    policy_rc=/usr/sbin/policy-rc.d
+    printf '#!/bin/sh\nexit 101\n' > "$policy_rc"
+    chmod 0755 "$policy_rc"
+    trap 'rm -f "$policy_rc"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  if [ -n "$policy_rc" ]; then rm -f "$policy_rc"; trap - EXIT; fi
+fi
+
+# Debian's etcd and Patroni services are not ours: pgshield runs etcd and
+# Patroni as its own children, with TLS, inside namespaces. Under systemd,
+# stop and disable the packaged units (a no-op when they are not running);
+# without systemd nothing starts them. An etcd still listening on the host
+# (started by hand or before this script) is reported, not killed: it may
+# be someone's.
+if [ -d /run/systemd/system ] && command -v systemctl >/dev/null; then
+  for unit in etcd.service patroni.service; do
+    if systemctl list-unit-files "$unit" >/dev/null 2>&1; then
+      systemctl disable --now "$unit" >/dev/null 2>&1 || true
+    fi
+  done
+fi
+if command -v ss >/dev/null && ss -Hltn 'sport = :2379 or sport = :2380' 2>/dev/null | grep -q .; then
+  echo "warning: something listens on TCP port 2379 or 2380 on this host (an etcd not started by pgshield?); stop it" >&2
 fi
 
 # A cluster Debian made earlier (before pgshield) must not listen on TCP:
