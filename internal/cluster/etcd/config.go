@@ -1,0 +1,82 @@
+package etcd
+
+import (
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+)
+
+// cipherSuites are etcd's TLS 1.2 suites: ECDHE with AES-GCM or ChaCha20
+// only (etcd 3.4 has no minimum-version flag; TLS 1.3, which Go prefers,
+// ignores this list).
+var cipherSuites = []string{
+	"TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+	"TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+	"TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+}
+
+// ClientURL is a member's client endpoint.
+func ClientURL(m Member) string { return hostURL(m.IP, ClientPort) }
+
+// PeerURL is a member's peer endpoint.
+func PeerURL(m Member) string { return hostURL(m.IP, PeerPort) }
+
+func hostURL(ip net.IP, port int) string {
+	u := url.URL{Scheme: "https", Host: net.JoinHostPort(ip.String(), strconv.Itoa(port))}
+	return u.String()
+}
+
+// Endpoints are the client URLs of every member, comma-separated, as
+// etcdctl and Patroni take them.
+func (c Cluster) Endpoints() []string {
+	out := make([]string, 0, len(c.Members))
+	for _, m := range c.Members {
+		out = append(out, ClientURL(m))
+	}
+	return out
+}
+
+// Args are the command-line arguments that run member name of c with its
+// data in dataDir (mode 0700, etcd's own requirement too). They hold
+// paths, never key material. The member listens on its own address only,
+// TLS on both ports with certificates required, no metrics or v2 port.
+func Args(c Cluster, name string, pki PKI, dataDir string) ([]string, error) {
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	m, ok := c.Member(name)
+	if !ok {
+		return nil, fmt.Errorf("%s is not a member of etcd cluster %s", name, c.Token)
+	}
+	initial := make([]string, 0, len(c.Members))
+	for _, o := range c.Members {
+		initial = append(initial, o.Name+"="+PeerURL(o))
+	}
+	return []string{
+		"--name=" + m.Name,
+		"--data-dir=" + dataDir,
+		"--listen-client-urls=" + ClientURL(m),
+		"--advertise-client-urls=" + ClientURL(m),
+		"--listen-peer-urls=" + PeerURL(m),
+		"--initial-advertise-peer-urls=" + PeerURL(m),
+		"--initial-cluster=" + strings.Join(initial, ","),
+		"--initial-cluster-token=" + c.Token,
+		"--initial-cluster-state=new",
+		"--client-cert-auth",
+		"--trusted-ca-file=" + pki.CACert(),
+		"--cert-file=" + pki.MemberCert(m.Name),
+		"--key-file=" + pki.MemberKey(m.Name),
+		"--peer-client-cert-auth",
+		"--peer-trusted-ca-file=" + pki.CACert(),
+		"--peer-cert-file=" + pki.MemberCert(m.Name),
+		"--peer-key-file=" + pki.MemberKey(m.Name),
+		"--cipher-suites=" + strings.Join(cipherSuites, ","),
+		"--enable-v2=false",
+		// A corrupted member refuses to start instead of serving.
+		"--experimental-initial-corrupt-check=true",
+		"--logger=zap",
+		"--log-outputs=stderr",
+	}, nil
+}
