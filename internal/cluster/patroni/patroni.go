@@ -1,0 +1,270 @@
+// Package patroni generates the configuration of the Patroni that a
+// high-availability pgshield node will run (as postgres) in place of the
+// postmaster. Nothing in the daemon uses it yet: see internal/cluster.
+package patroni
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	yaml "go.yaml.in/yaml/v3"
+
+	"github.com/pgshield/pgshield/internal/config"
+)
+
+// Roles Patroni replicates and rewinds as. They log in over the Unix
+// socket only, with SCRAM; pgshield creates them and sets their SCRAM
+// verifiers itself, so no password is ever in Patroni's file or in SQL.
+const (
+	ReplicationRole = "pgshield_replication"
+	RewindRole      = "pgshield_rewind"
+	// SuperuserRole is the bootstrap superuser Patroni connects as, over
+	// the socket by peer identity (Patroni runs as postgres): no password.
+	SuperuserRole = "postgres"
+)
+
+// Timings are Patroni's leader-lease settings in seconds. Patroni wants
+// loop_wait + 2*retry_timeout <= ttl.
+type Timings struct{ TTL, LoopWait, RetryTimeout int }
+
+var (
+	// DefaultTimings are Patroni's own defaults.
+	DefaultTimings = Timings{TTL: 30, LoopWait: 10, RetryTimeout: 10}
+	// TestTimings are the short ones the tests use (the issue's trial:
+	// first write 9.9 s after kill -9 of the primary's node).
+	TestTimings = Timings{TTL: 10, LoopWait: 2, RetryTimeout: 4}
+)
+
+// Validate refuses timings Patroni would misbehave with.
+func (t Timings) Validate() error {
+	if t.TTL < 10 || t.LoopWait < 1 || t.RetryTimeout < 3 {
+		return fmt.Errorf("patroni timings %d/%d/%d: ttl >= 10, loop_wait >= 1, retry_timeout >= 3", t.TTL, t.LoopWait, t.RetryTimeout)
+	}
+	if t.LoopWait+2*t.RetryTimeout > t.TTL {
+		return fmt.Errorf("patroni timings %d/%d/%d: loop_wait + 2*retry_timeout must not exceed ttl", t.TTL, t.LoopWait, t.RetryTimeout)
+	}
+	return nil
+}
+
+// Settings are what the configuration is made of. None of it is secret:
+// passwords go only to the pgpass file (WritePgpass).
+type Settings struct {
+	Scope string // the cluster's name
+	Node  string // this node's name
+
+	DataDir   string // PostgreSQL's data directory (on the unlocked volume)
+	BinDir    string // /usr/lib/postgresql/15/bin
+	SocketDir string // pgshield's private socket directory
+	Port      int    // the socket's port number (no TCP port is opened)
+	// ConnectAddress is host:port of this node's replication relay, which
+	// other nodes' replicas are told to connect to; pgshield relays it
+	// over mutual TLS to this node's socket (not yet built).
+	ConnectAddress string
+	// RestListen is host:port of Patroni's REST API, inside PostgreSQL's
+	// network namespace, which has only a loopback interface.
+	RestListen string
+	PgpassFile string // written by WritePgpass
+
+	// Managed are pgshield's managed PostgreSQL settings (ParseConf of
+	// postgres.Cluster.ManagedConf). They go into the local
+	// postgresql.parameters, which override what PATCH /config stores in
+	// etcd, so no administrator call to Patroni's API can change them.
+	Managed map[string]string
+	// HBA are pgshield's own pg_hba.conf lines; the replication and rewind
+	// lines come before them.
+	HBA []string
+
+	Etcd    EtcdClient
+	Timings Timings
+	// AsyncWhenAlone turns synchronous_mode_strict off: see Generate.
+	AsyncWhenAlone bool
+}
+
+// EtcdClient is how Patroni reaches etcd: TLS with a client certificate.
+type EtcdClient struct {
+	Endpoints                     []string // host:port of every member
+	CACert, ClientCert, ClientKey string   // file paths
+}
+
+func (s Settings) validate() error {
+	var missing []string
+	for name, v := range map[string]string{"scope": s.Scope, "node": s.Node, "data dir": s.DataDir, "bin dir": s.BinDir,
+		"socket dir": s.SocketDir, "connect address": s.ConnectAddress, "REST listen address": s.RestListen, "pgpass file": s.PgpassFile,
+		"etcd CA": s.Etcd.CACert, "etcd client certificate": s.Etcd.ClientCert, "etcd client key": s.Etcd.ClientKey} {
+		if v == "" {
+			missing = append(missing, name)
+		}
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("patroni configuration: missing %s", strings.Join(missing, ", "))
+	}
+	for _, p := range []string{s.DataDir, s.BinDir, s.SocketDir, s.PgpassFile, s.Etcd.CACert, s.Etcd.ClientCert, s.Etcd.ClientKey} {
+		if !filepath.IsAbs(p) {
+			return fmt.Errorf("patroni configuration: %s is not an absolute path", p)
+		}
+	}
+	if s.Port <= 0 || s.Port > 65535 {
+		return fmt.Errorf("patroni configuration: port %d", s.Port)
+	}
+	if len(s.Etcd.Endpoints) == 0 {
+		return errors.New("patroni configuration: no etcd endpoint")
+	}
+	for _, hp := range append([]string{s.ConnectAddress, s.RestListen}, s.Etcd.Endpoints...) {
+		h, port, err := net.SplitHostPort(hp)
+		if n, perr := strconv.Atoi(port); err != nil || perr != nil || h == "" || n <= 0 || n > 65535 || strings.ContainsAny(h, "/ ") {
+			return fmt.Errorf("patroni configuration: %q is not host:port", hp)
+		}
+	}
+	return s.Timings.Validate()
+}
+
+// fixed are the settings a high-availability node owns on top of
+// pgshield's managed ones; the managed values may not change them.
+func (s Settings) fixed() map[string]string {
+	return map[string]string{
+		"listen_addresses":        "",
+		"port":                    strconv.Itoa(s.Port),
+		"unix_socket_directories": s.SocketDir,
+		"unix_socket_permissions": "0700",
+		"password_encryption":     "scram-sha-256",
+		"ssl":                     "off",
+		// pg_rewind needs one of the two; checksums are the initdb option
+		// pgshield does not choose here.
+		"wal_log_hints": "on",
+		"hot_standby":   "on",
+	}
+}
+
+// Generate makes Patroni's YAML for s.
+//
+// synchronous_mode_strict is on unless AsyncWhenAlone: a commit is
+// acknowledged only once the synchronous standby has it, even when the
+// standby is gone, so losing the primary after the standby never loses an
+// acknowledged commit (the issue's promise). The price: with two nodes,
+// writes wait while the standby is down (reads go on); with three, another
+// replica becomes the synchronous standby and writes go on. Without it,
+// Patroni lets a primary whose standby failed commit alone, and a disk
+// lost then loses those commits.
+//
+// failsafe_mode stays off: with it a primary that loses etcd keeps
+// writing, which is the split brain fencing exists to prevent.
+func Generate(s Settings) ([]byte, error) {
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	params := map[string]string{}
+	for k, v := range s.Managed {
+		params[strings.ToLower(k)] = v
+	}
+	for k, v := range s.fixed() {
+		if old, ok := params[k]; ok && old != v {
+			return nil, fmt.Errorf("patroni configuration: the managed settings set %s to %q, which a cluster node must have as %q", k, old, v)
+		}
+		params[k] = v
+	}
+	hba := []string{
+		// Replication and rewind: their roles only, SCRAM only, the socket
+		// only (the relay from other nodes ends on it).
+		"local replication " + ReplicationRole + " scram-sha-256",
+		"local replication all reject",
+		"local all " + RewindRole + " scram-sha-256",
+	}
+	hba = append(hba, s.HBA...)
+
+	doc := map[string]any{
+		"scope":     s.Scope,
+		"namespace": "/pgshield/",
+		"name":      s.Node,
+		"restapi": map[string]any{
+			"listen":          s.RestListen,
+			"connect_address": s.RestListen,
+		},
+		"etcd3": map[string]any{
+			"hosts":    s.Etcd.Endpoints,
+			"protocol": "https",
+			"cacert":   s.Etcd.CACert,
+			"cert":     s.Etcd.ClientCert,
+			"key":      s.Etcd.ClientKey,
+		},
+		"bootstrap": map[string]any{
+			"dcs": map[string]any{
+				"ttl":                     s.Timings.TTL,
+				"loop_wait":               s.Timings.LoopWait,
+				"retry_timeout":           s.Timings.RetryTimeout,
+				"synchronous_mode":        true,
+				"synchronous_mode_strict": !s.AsyncWhenAlone,
+				"failsafe_mode":           false,
+				"postgresql": map[string]any{
+					"use_pg_rewind": true,
+					"use_slots":     true,
+				},
+			},
+		},
+		"postgresql": map[string]any{
+			// Patroni sets listen_addresses from this: an empty host
+			// gives listen_addresses = '' (no TCP port).
+			"listen":               ":" + strconv.Itoa(s.Port),
+			"connect_address":      s.ConnectAddress,
+			"use_unix_socket":      true,
+			"use_unix_socket_repl": true,
+			"data_dir":             s.DataDir,
+			"bin_dir":              s.BinDir,
+			"pgpass":               s.PgpassFile,
+			"authentication": map[string]any{
+				"superuser":   map[string]any{"username": SuperuserRole},
+				"replication": map[string]any{"username": ReplicationRole},
+				"rewind":      map[string]any{"username": RewindRole},
+			},
+			"parameters": params,
+			"pg_hba":     hba,
+		},
+		"tags": map[string]any{
+			"nofailover":    false,
+			"noloadbalance": false,
+			"clonefrom":     false,
+			"nosync":        false,
+		},
+	}
+	b, err := yaml.Marshal(doc)
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte("# Written by pgshield; do not edit. No secret is in this file.\n"), b...), nil
+}
+
+// Passwords are the replication and rewind roles' passwords.
+type Passwords struct{ Replication, Rewind string }
+
+// WritePgpass writes the libpq password file Patroni and the tools it runs
+// read the two roles' passwords from (mode 0600; its directory must be
+// 0700). Patroni is started with PGPASSFILE naming it: a path, not a
+// secret, in its environment.
+func WritePgpass(path string, s Settings, pw Passwords) error {
+	if pw.Replication == "" || pw.Rewind == "" {
+		return errors.New("pgpass: both passwords are needed")
+	}
+	fi, err := os.Stat(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	if fi.Mode().Perm()&^0o700 != 0 {
+		return fmt.Errorf("pgpass: directory %s has mode %04o, wider than 0700", filepath.Dir(path), fi.Mode().Perm())
+	}
+	port := strconv.Itoa(s.Port)
+	var b strings.Builder
+	for _, e := range [][2]string{{ReplicationRole, pw.Replication}, {RewindRole, pw.Rewind}} {
+		// Any host and database: the relay and the socket both end here.
+		fmt.Fprintf(&b, "*:%s:*:%s:%s\n", port, e[0], pgpassEscape(e[1]))
+	}
+	return config.WriteFileAtomic(path, []byte(b.String()), 0o600)
+}
+
+// pgpassEscape escapes ':' and '\' as libpq's password file requires.
+func pgpassEscape(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `:`, `\:`).Replace(s)
+}
