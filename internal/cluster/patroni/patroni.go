@@ -68,7 +68,10 @@ type Settings struct {
 	// RestListen is host:port of Patroni's REST API, inside PostgreSQL's
 	// network namespace, which has only a loopback interface.
 	RestListen string
-	PgpassFile string // written by WritePgpass
+	// RestConnectAddress is host:port where other nodes reach this node's
+	// REST API: this node's pgshield relay (mutual TLS), never loopback.
+	RestConnectAddress string
+	PgpassFile         string // written by WritePgpass
 
 	// Managed are pgshield's managed PostgreSQL settings (ParseConf of
 	// postgres.Cluster.ManagedConf). They go into the local
@@ -94,7 +97,7 @@ type EtcdClient struct {
 func (s Settings) validate() error {
 	var missing []string
 	for name, v := range map[string]string{"scope": s.Scope, "node": s.Node, "data dir": s.DataDir, "bin dir": s.BinDir,
-		"socket dir": s.SocketDir, "connect address": s.ConnectAddress, "REST listen address": s.RestListen, "pgpass file": s.PgpassFile,
+		"socket dir": s.SocketDir, "connect address": s.ConnectAddress, "REST listen address": s.RestListen, "REST connect address": s.RestConnectAddress, "pgpass file": s.PgpassFile,
 		"etcd CA": s.Etcd.CACert, "etcd client certificate": s.Etcd.ClientCert, "etcd client key": s.Etcd.ClientKey} {
 		if v == "" {
 			missing = append(missing, name)
@@ -114,10 +117,17 @@ func (s Settings) validate() error {
 	if len(s.Etcd.Endpoints) == 0 {
 		return errors.New("patroni configuration: no etcd endpoint")
 	}
-	for _, hp := range append([]string{s.ConnectAddress, s.RestListen}, s.Etcd.Endpoints...) {
+	for _, hp := range append([]string{s.ConnectAddress, s.RestListen, s.RestConnectAddress}, s.Etcd.Endpoints...) {
 		h, port, err := net.SplitHostPort(hp)
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || h == "" || n <= 0 || n > 65535 || strings.ContainsAny(h, "/ ") {
 			return fmt.Errorf("patroni configuration: %q is not host:port", hp)
+		}
+	}
+	for _, hp := range []string{s.ConnectAddress, s.RestConnectAddress} {
+		// Other nodes are told these addresses: loopback would be their own.
+		h, _, _ := net.SplitHostPort(hp)
+		if ip := net.ParseIP(h); h == "localhost" || ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) {
+			return fmt.Errorf("patroni configuration: %s is advertised to other nodes and may not be loopback or unspecified", hp)
 		}
 	}
 	return s.Timings.Validate()
@@ -182,7 +192,7 @@ func Generate(s Settings) ([]byte, error) {
 		"name":      s.Node,
 		"restapi": map[string]any{
 			"listen":          s.RestListen,
-			"connect_address": s.RestListen,
+			"connect_address": s.RestConnectAddress,
 		},
 		"etcd3": map[string]any{
 			"hosts":    s.Etcd.Endpoints,
@@ -204,6 +214,16 @@ func Generate(s Settings) ([]byte, error) {
 					"use_slots":     true,
 				},
 			},
+			// As pgshield's own initdb (internal/postgres): no TCP
+			// authentication at all, checksums on.
+			"initdb": []any{
+				map[string]string{"encoding": "UTF8"},
+				map[string]string{"locale": "C.UTF-8"},
+				"data-checksums",
+				map[string]string{"auth-local": "trust"},
+				map[string]string{"auth-host": "reject"},
+			},
+			"pg_hba": hba,
 		},
 		"postgresql": map[string]any{
 			// Patroni sets listen_addresses from this: an empty host

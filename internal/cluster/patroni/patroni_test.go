@@ -1,6 +1,7 @@
 package patroni
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,7 +16,7 @@ func settings(t *testing.T) Settings {
 		Scope: "prod", Node: "node1",
 		DataDir: "/var/lib/pgshield/volume/pgdata", BinDir: "/usr/lib/postgresql/15/bin",
 		SocketDir: "/run/pgshield/pg", Port: 5432,
-		ConnectAddress: "10.77.0.21:5433", RestListen: "127.0.0.1:8008",
+		ConnectAddress: "10.77.0.21:5433", RestListen: "127.0.0.1:8008", RestConnectAddress: "10.77.0.21:8009",
 		PgpassFile: filepath.Join(dir, "pgpass"),
 		Managed: map[string]string{
 			"listen_addresses": "", "shared_preload_libraries": "pgshield_guard,pgaudit",
@@ -52,6 +53,8 @@ type doc struct {
 			Strict       *bool `yaml:"synchronous_mode_strict"`
 			Failsafe     *bool `yaml:"failsafe_mode"`
 		} `yaml:"dcs"`
+		Initdb []any    `yaml:"initdb"`
+		PgHBA  []string `yaml:"pg_hba"`
 	} `yaml:"bootstrap"`
 	Postgresql struct {
 		Listen            string                       `yaml:"listen"`
@@ -125,6 +128,12 @@ func TestGenerate(t *testing.T) {
 	if len(pg.PgHBA) < 4 || pg.PgHBA[0] != "local replication "+ReplicationRole+" scram-sha-256" || pg.PgHBA[len(pg.PgHBA)-1] != "local all all trust" {
 		t.Errorf("pg_hba: %q", pg.PgHBA)
 	}
+	if strings.Join(d.Bootstrap.PgHBA, "\n") != strings.Join(pg.PgHBA, "\n") {
+		t.Errorf("bootstrap.pg_hba %q differs from postgresql.pg_hba", d.Bootstrap.PgHBA)
+	}
+	if !strings.Contains(fmt.Sprint(d.Bootstrap.Initdb), "auth-host:reject") {
+		t.Errorf("bootstrap.initdb: %v", d.Bootstrap.Initdb)
+	}
 	for _, l := range pg.PgHBA {
 		if strings.HasPrefix(l, "host") {
 			t.Errorf("a TCP line in pg_hba: %q", l)
@@ -165,6 +174,8 @@ func TestGenerateRefusesBadSettings(t *testing.T) {
 		"ttl too short":   func(s *Settings) { s.Timings = Timings{TTL: 10, LoopWait: 5, RetryTimeout: 4} },
 		"no etcd cert":    func(s *Settings) { s.Etcd.ClientKey = "" },
 		"bad REST listen": func(s *Settings) { s.RestListen = "8008" },
+		"loopback REST":   func(s *Settings) { s.RestConnectAddress = "127.0.0.1:8008" },
+		"loopback relay":  func(s *Settings) { s.ConnectAddress = "localhost:5433" },
 	}
 	for name, f := range cases {
 		s := settings(t)
