@@ -133,7 +133,7 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 	l, log := d.Layout, d.Log
 	d.conf = conf.New(l, cfg)
 	d.metrics = d.newMetrics()
-	d.metricsLn = &metrics.Listener{Handler: d.metrics.Handler(), Healthz: api{d}.healthz()}
+	d.metricsLn = &metrics.Listener{Handler: d.metrics.NetworkHandler(), Healthz: api{d}.healthz()}
 	d.audit = auditlog.New(auditlog.Config{Layout: l, Log: log, Count: d.metrics.Event,
 		FailClosed: func() bool { return d.conf.Params().AuditFailClosed }})
 	// Alerts are fed what the gateway records (observe) and PostgreSQL's
