@@ -43,7 +43,7 @@ func newAlert(g *globals) *cobra.Command {
 			return emit(cmd.OutOrStdout(), g, out, func(tw *tabwriter.Writer) {
 				fmt.Fprintln(tw, "ID\tSEVERITY\tTYPE\tLAST SEEN\tCOUNT\tCLIENT\tUSER\tDISMISSED")
 				for _, a := range out {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%v\n", a.ID, a.Severity, a.Type, fmtTime(&a.LastSeen),
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%v\n", a.ID, a.Severity, cell(a.Type), fmtTime(&a.LastSeen),
 						a.Count, shown(a.Client), shown(a.User), a.Dismissed)
 				}
 			})
@@ -78,7 +78,7 @@ func emitAlert(cmd *cobra.Command, g *globals, a *apitype.Alert) error {
 		fmt.Fprintf(tw, "id\t%s\n", a.ID)
 		fmt.Fprintf(tw, "type\t%s\n", a.Type)
 		fmt.Fprintf(tw, "severity\t%s\n", a.Severity)
-		fmt.Fprintf(tw, "title\t%s\n", a.Title)
+		fmt.Fprintf(tw, "title\t%s\n", cell(a.Title))
 		fmt.Fprintf(tw, "first seen\t%s\n", fmtTime(&a.FirstSeen))
 		fmt.Fprintf(tw, "last seen\t%s\n", fmtTime(&a.LastSeen))
 		fmt.Fprintf(tw, "count\t%d\n", a.Count)

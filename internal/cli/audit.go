@@ -30,8 +30,8 @@ func newAudit(g *globals) *cobra.Command {
 		return emit(cmd.OutOrStdout(), g, rs, func(tw *tabwriter.Writer) {
 			fmt.Fprintln(tw, "SEQ\tTIME\tEVENT\tOUTCOME\tCLIENT\tUSER\tRULE\tDETAIL")
 			for _, r := range rs {
-				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.RFC3339), r.Type,
-					r.Outcome, r.Client, r.User, r.Rule, detail(r))
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Seq, r.Time.Local().Format(time.RFC3339), cell(r.Type),
+					cell(r.Outcome), shown(r.Client), shown(r.User), shown(r.Rule), detail(r))
 			}
 		})
 	}
@@ -119,8 +119,8 @@ func followAudit(cmd *cobra.Command, g *globals, dir string, rs []audit.Record) 
 		if g.output == "json" {
 			return json.NewEncoder(out).Encode(r)
 		}
-		_, err := fmt.Fprintf(out, "%d  %s  %s  %s  %s  %s  %s  %s\n", r.Seq, r.Time.Local().Format(time.RFC3339), r.Type,
-			orDash(r.Outcome), orDash(r.Client), orDash(r.User), orDash(r.Rule), detail(r))
+		_, err := fmt.Fprintf(out, "%d  %s  %s  %s  %s  %s  %s  %s\n", r.Seq, r.Time.Local().Format(time.RFC3339), cell(r.Type),
+			shown(r.Outcome), shown(r.Client), shown(r.User), shown(r.Rule), detail(r))
 		return err
 	}
 	var last uint64
@@ -138,13 +138,6 @@ func followAudit(cmd *cobra.Command, g *globals, dir string, rs []audit.Record) 
 	ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	return audit.Follow(ctx, dir, last, print)
-}
-
-func orDash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
 }
 
 // auditDir is the audit log on the encrypted volume or, for a server whose
@@ -178,10 +171,10 @@ func parseSince(s string) (time.Time, error) {
 func detail(r audit.Record) string {
 	parts := []string{}
 	if r.Database != "" {
-		parts = append(parts, "db="+r.Database)
+		parts = append(parts, "db="+shown(r.Database))
 	}
 	if r.Reason != "" {
-		parts = append(parts, r.Reason)
+		parts = append(parts, cell(r.Reason))
 	}
 	keys := make([]string, 0, len(r.Fields))
 	for k := range r.Fields {
@@ -190,7 +183,8 @@ func detail(r audit.Record) string {
 	sort.Strings(keys)
 	for _, k := range keys {
 		b, _ := json.Marshal(r.Fields[k])
-		parts = append(parts, k+"="+string(b))
+		// JSON escapes C0 controls but not DEL, C1 or bidi controls.
+		parts = append(parts, cell(k)+"="+cell(string(b)))
 	}
 	return strings.Join(parts, " ")
 }

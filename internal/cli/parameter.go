@@ -23,7 +23,7 @@ func newParameter(g *globals) *cobra.Command {
 			return emit(cmd.OutOrStdout(), g, ps, func(tw *tabwriter.Writer) {
 				fmt.Fprintln(tw, "NAME\tVALUE\tUNIT\tSOURCE\tCONTEXT\tPENDING RESTART")
 				for _, p := range ps {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", p.Name, p.Value, p.Unit, p.Source, p.Context, p.PendingRestart)
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%v\n", cell(p.Name), cell(p.Value), cell(p.Unit), cell(p.Source), cell(p.Context), p.PendingRestart)
 				}
 			})
 		},
@@ -61,7 +61,7 @@ func newParameter(g *globals) *cobra.Command {
 func emitParam(cmd *cobra.Command, g *globals, p apitype.ParameterValue) error {
 	return emit(cmd.OutOrStdout(), g, p, func(tw *tabwriter.Writer) {
 		fmt.Fprintf(tw, "name\t%s\n", p.Name)
-		fmt.Fprintf(tw, "value\t%s\n", p.Value)
+		fmt.Fprintf(tw, "value\t%s\n", cell(p.Value))
 		if p.Unit != "" {
 			fmt.Fprintf(tw, "unit\t%s\n", p.Unit)
 		}
@@ -69,7 +69,7 @@ func emitParam(cmd *cobra.Command, g *globals, p apitype.ParameterValue) error {
 		fmt.Fprintf(tw, "context\t%s\n", p.Context)
 		fmt.Fprintf(tw, "pending restart\t%v\n", p.PendingRestart)
 		if p.Description != "" {
-			fmt.Fprintf(tw, "description\t%s\n", p.Description)
+			fmt.Fprintf(tw, "description\t%s\n", cell(p.Description))
 		}
 	})
 }

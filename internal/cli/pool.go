@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"fmt"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
@@ -15,16 +14,7 @@ func newPool(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			return emit(cmd.OutOrStdout(), g, info, func(tw *tabwriter.Writer) {
-				fmt.Fprintf(tw, "mode %s, pool_size %d, pool_max_total %d\n", info.Mode, info.Size, info.MaxTotal)
-				if info.ModeOverrides != "" {
-					fmt.Fprintf(tw, "mode overrides: %s\n", info.ModeOverrides)
-				}
-				fmt.Fprintln(tw, "ROLE\tDATABASE\tMODE\tCLIENTS\tACTIVE\tIDLE\tWAITING\tWAITS")
-				for _, p := range info.Pools {
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\n", p.Role, p.Database, p.Mode, p.Clients, p.Active, p.Idle, p.Waiting, p.Waits)
-				}
-			})
+			return emit(cmd.OutOrStdout(), g, info, func(tw *tabwriter.Writer) { poolTable(tw, info) })
 		}}
 	cmd.AddCommand(show)
 	return cmd

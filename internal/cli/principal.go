@@ -14,7 +14,7 @@ func newPrincipal(g *globals) *cobra.Command {
 	table := func(tw *tabwriter.Writer, ps []apitype.Principal) {
 		fmt.Fprintln(tw, "NAME\tTYPE\tOBJECT ID\tADMIN\tCREATED")
 		for _, p := range ps {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", p.Name, p.Kind, p.ObjectID, p.Admin, fmtTime(&p.CreatedAt))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", shown(p.Name), p.Kind, cell(p.ObjectID), p.Admin, fmtTime(&p.CreatedAt))
 		}
 	}
 	var req apitype.PrincipalRequest

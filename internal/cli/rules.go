@@ -50,7 +50,7 @@ func newFirewallRule(g *globals) *cobra.Command {
 	table := func(tw *tabwriter.Writer, rs []apitype.FirewallRule) {
 		fmt.Fprintln(tw, "NAME\tSTART IP\tEND IP\tEXPIRES\tHITS\tLAST USED")
 		for _, r := range rs {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", r.Name, r.StartIPAddress, r.EndIPAddress, fmtTime(r.ExpiresAt), r.Hits, fmtTime(r.LastUsed))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\n", shown(r.Name), r.StartIPAddress, r.EndIPAddress, fmtTime(r.ExpiresAt), r.Hits, fmtTime(r.LastUsed))
 		}
 	}
 	write := func(use, short string, create bool) *cobra.Command {
@@ -118,7 +118,7 @@ func newNetworkRule(g *globals) *cobra.Command {
 			if dst == "" {
 				dst = "*"
 			}
-			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Priority, r.Name, r.Direction, r.Access,
+			fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\n", r.Priority, shown(r.Name), r.Direction, r.Access,
 				r.SourceAddressPrefix, dst, r.DestinationPortRange, fmtTime(r.ExpiresAt), r.Hits, fmtTime(r.LastUsed))
 		}
 	}

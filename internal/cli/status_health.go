@@ -16,6 +16,6 @@ func printHealth(tw *tabwriter.Writer, h *apitype.Health) {
 	}
 	fmt.Fprintf(tw, "health\t%s\n", h.State)
 	for _, c := range h.Conditions {
-		fmt.Fprintf(tw, "  %s\t%s since %s: %s\n", c.Name, c.Severity, c.Since.UTC().Format(time.RFC3339), c.Message)
+		fmt.Fprintf(tw, "  %s\t%s since %s: %s\n", c.Name, c.Severity, c.Since.UTC().Format(time.RFC3339), cell(c.Message))
 	}
 }
