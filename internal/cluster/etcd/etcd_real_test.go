@@ -82,7 +82,8 @@ func (l *netlab) ip(i int) net.IP { return net.IPv4(10, 77, 0, byte(11+i)) }
 
 func (l *netlab) close() {
 	for _, ns := range append(append([]string(nil), l.ns...), l.hub) {
-		if out, err := run(context.Background(), "ip", "netns", "del", ns); err != nil && !strings.Contains(out, "No such file") {
+		out, err := run(context.Background(), "ip", "netns", "del", ns)
+		if err != nil && !strings.Contains(out, "No such file") {
 			l.t.Errorf("ip netns del %s: %v %s", ns, err, out)
 		}
 	}

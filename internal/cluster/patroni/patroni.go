@@ -227,7 +227,9 @@ func Generate(s Settings) ([]byte, error) {
 		},
 		"postgresql": map[string]any{
 			// Patroni sets listen_addresses from this: an empty host
-			// gives listen_addresses = '' (no TCP port).
+			// gives listen_addresses = '' (no TCP port). Patroni 3.0.2's
+			// --validate-config resolves the host and so rejects it; Patroni
+			// itself does not validate on start and takes it as ''.
 			"listen":               ":" + strconv.Itoa(s.Port),
 			"connect_address":      s.ConnectAddress,
 			"use_unix_socket":      true,
