@@ -3,9 +3,11 @@ package alerts
 import (
 	"encoding/json"
 	"strconv"
+	"time"
 
 	"github.com/pgshield/pgshield/internal/alerting"
 	"github.com/pgshield/pgshield/internal/apitype"
+	"github.com/pgshield/pgshield/internal/audit"
 )
 
 // Suppressed alerts keep who they were about.
@@ -20,15 +22,24 @@ import (
 // unlisted. A flood's made-up role names fill its own sources' lists, not
 // the real trigger's. The lists are JSON in Details (names stay exact,
 // counts survive restarts).
+//
+// Sources are cheap (an IPv6 /64 each), so the lists fill: an unlisted
+// source or role is still audited, in a small record of its own, within
+// a budget per type (unlistedBurst at once, one per unlistedRefill after);
+// past it, counted as unaudited.
 const (
 	maxSuppressedSources = 32
 	maxSuppressedRoles   = 8
+	unlistedBurst        = 256
+	unlistedRefill       = 250 * time.Millisecond
 )
 
 // Details keys of an alert.suppressed alert.
 const (
 	detSupSources  = "suppressed_sources"
 	detSupUnlisted = "suppressed_unlisted"
+	// detSupUnaudited: unlisted ones past the audit budget.
+	detSupUnaudited = "suppressed_unaudited"
 )
 
 // noSource names findings that have none (the catalog's privilege changes).
@@ -55,8 +66,22 @@ func (c *Controller) suppressLocked(f alerting.Finding) []emitted {
 	if src == "" {
 		src = noSource
 	}
-	added := countSuppressed(a, alerting.Bound(src, alerting.MaxName), alerting.Bound(f.User, alerting.MaxName))
+	src, role := alerting.Bound(src, alerting.MaxName), alerting.Bound(f.User, alerting.MaxName)
+	added, unlisted := countSuppressed(a, src, role)
 	c.mu.dirty = true
+	if unlisted {
+		if !c.takeUnlistedLocked(f.Type) {
+			n, _ := strconv.Atoi(a.Details[detSupUnaudited])
+			a.Details[detSupUnaudited] = strconv.Itoa(n + 1)
+			return out
+		}
+		fs := map[string]any{"alert_id": a.ID, "suppressed_type": f.Type, "source": src, "listed": false}
+		if role != "" {
+			fs["role"] = role
+		}
+		return append(out, emitted{ev: audit.Event{Type: a.Type, Outcome: audit.OutcomeFailure, User: role,
+			Reason: "suppressed alert from a source or role past the lists", Fields: fs}, typ: a.Type, sev: a.Severity})
+	}
 	// What raiseLocked made of the alert predates the names: it records
 	// them too.
 	recorded := false
@@ -89,28 +114,30 @@ func (c *Controller) findLocked(typ, key string) *apitype.Alert {
 }
 
 // countSuppressed counts a suppressed finding from src as role on a; it
-// reports whether src or role is new to the lists.
-func countSuppressed(a *apitype.Alert, src, role string) bool {
+// reports whether src or role is new to the lists, and whether one of them
+// did not fit (unlisted).
+func countSuppressed(a *apitype.Alert, src, role string) (added, unlisted bool) {
 	if a.Details == nil {
 		a.Details = map[string]string{}
 	}
 	m := map[string]*suppressedSource{}
 	_ = json.Unmarshal([]byte(a.Details[detSupSources]), &m)
-	unlisted := func() {
+	unlist := func() {
 		n, _ := strconv.Atoi(a.Details[detSupUnlisted])
 		a.Details[detSupUnlisted] = strconv.Itoa(n + 1)
+		unlisted = true
 	}
 	e, seen := m[src]
 	if !seen || e == nil {
 		if len(m) >= maxSuppressedSources {
-			unlisted()
-			return false
+			unlist()
+			return false, true
 		}
 		e = &suppressedSource{}
 		m[src] = e
 	}
 	e.N++
-	added := !seen
+	added = !seen
 	if role != "" {
 		if e.Roles == nil {
 			e.Roles = map[string]int{}
@@ -119,10 +146,29 @@ func countSuppressed(a *apitype.Alert, src, role string) bool {
 			added = added || !ok
 			e.Roles[role]++
 		} else {
-			unlisted()
+			unlist()
 		}
 	}
 	b, _ := json.Marshal(m)
 	a.Details[detSupSources] = string(b)
-	return added
+	return added, unlisted
+}
+
+// takeUnlistedLocked takes a token from typ's budget of audited unlisted
+// names (a bucket of its own beside the alerts').
+func (c *Controller) takeUnlistedLocked(typ string) bool {
+	now := c.cfg.Now()
+	k := "unlisted\x00" + typ
+	b, ok := c.mu.buckets[k]
+	if !ok {
+		b = &bucket{tokens: unlistedBurst, at: now}
+		c.mu.buckets[k] = b
+	}
+	b.tokens = min(unlistedBurst, b.tokens+float64(now.Sub(b.at))/float64(unlistedRefill))
+	b.at = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }

@@ -59,7 +59,7 @@ func TestSuppressedKeepsTheRealTrigger(t *testing.T) {
 	// The audit trail names the real trigger, whatever comes after.
 	found := false
 	for _, e := range rec.events() {
-		if e.Type == alerting.TypeSuppressed && strings.Contains(e.Fields[detSupSources].(string), "payroll_admin") {
+		if s, _ := e.Fields[detSupSources].(string); e.Type == alerting.TypeSuppressed && strings.Contains(s, "payroll_admin") {
 			found = true
 		}
 	}
