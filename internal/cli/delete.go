@@ -65,14 +65,18 @@ func newDelete(g *globals) *cobra.Command {
 	f := cmd.Flags()
 	f.BoolVar(&yes, "yes", false, "delete without asking (required)")
 	f.BoolVar(&deleteBackups, "delete-backups", false, "delete the backup repository too (and with it the last way to restore the data)")
-	f.BoolVar(&orphanedKeys, "orphaned-keys", false, "instead: remove the system-managed key files in "+volume.SystemKeyDir+" of servers whose data directory is gone")
+	f.BoolVar(&orphanedKeys, "orphaned-keys", false, "instead: move to quarantine the system-managed key files in "+volume.SystemKeyDir+" of servers whose data directory now holds another server")
 	f.DurationVar(&timeout, "timeout", 2*time.Minute, "how long to wait for a running server to stop")
 	return cmd
 }
 
 func describeDeletion(w io.Writer, d provision.Deletion, verb string) {
 	fmt.Fprintf(w, "%s the server in %s (id %s):\n", verb, d.DataDir, d.ServerID)
-	fmt.Fprintf(w, "  - the encrypted volume %s and its wrapped data key %s: the data cannot be decrypted afterwards, even from a copy of the volume\n", d.Volume, d.WrappedDataKey)
+	if d.Volume == "" {
+		fmt.Fprintf(w, "  - not the volume: %s\n", d.VolumeNote)
+	} else {
+		fmt.Fprintf(w, "  - the encrypted volume %s and its wrapped data key %s: the data cannot be decrypted afterwards, even from a copy of the volume\n", d.Volume, d.WrappedDataKey)
+	}
 	if d.SystemKey != "" {
 		if d.KeptSystemKey {
 			fmt.Fprintf(w, "  - not the system-managed key-encryption key %s: the kept backups need it\n", d.SystemKey)
@@ -121,8 +125,9 @@ func stopForDelete(ctx context.Context, g *globals, pidFile string, timeout time
 	return fmt.Errorf("pgshield (pid %d) did not stop within %s: nothing was deleted", pid, timeout)
 }
 
-// deleteOrphanedKeys lists (without --yes: exit 2) or removes the key files
-// whose server is gone. Key files with no owner file are never removed.
+// deleteOrphanedKeys lists (without --yes: exit 2) or moves to quarantine
+// the key files whose data directory now holds another server. Key files
+// with no owner file, or whose directory cannot be found, are never moved.
 func deleteOrphanedKeys(cmd *cobra.Command, g *globals, yes bool) error {
 	out := cmd.OutOrStdout()
 	scan, err := provision.OrphanedKeys(volume.SystemKeyDir)
@@ -140,24 +145,28 @@ func deleteOrphanedKeys(cmd *cobra.Command, g *globals, yes bool) error {
 			return err
 		}
 	} else {
-		verb := "Would remove"
+		verb := "Would move"
 		if yes {
-			verb = "Removed"
+			verb = "Moved"
 		}
 		for _, o := range scan.Orphans {
-			fmt.Fprintf(out, "%s %s (server %s; %s holds no such server)\n", verb, o.Path, o.ServerID, o.DataDir)
+			fmt.Fprintf(out, "%s %s to %s (server %s; %s now holds another server)\n", verb, o.Path,
+				volume.SystemKeyDir+"/quarantine", o.ServerID, o.DataDir)
+		}
+		for _, o := range scan.Unverified {
+			fmt.Fprintf(out, "Kept %s (server %s): %s cannot be found from here, which does not prove the server gone (another mount namespace, an unmounted filesystem, a moved directory)\n", o.Path, o.ServerID, o.DataDir)
 		}
 		for _, u := range scan.Unknown {
 			fmt.Fprintf(out, "Kept %s: no owner file says which data directory it belongs to\n", u)
 		}
-		fmt.Fprintf(out, "%d orphaned, %d in use, %d of unknown owner.\n", len(scan.Orphans), scan.InUse, len(scan.Unknown))
+		fmt.Fprintf(out, "%d orphaned, %d in use, %d unverified, %d of unknown owner.\n", len(scan.Orphans), scan.InUse, len(scan.Unverified), len(scan.Unknown))
 		if !yes && len(scan.Orphans) > 0 {
 			// The owner file holds the path init was given.
-			fmt.Fprintln(out, "A data directory moved or renamed since init is listed too: its key is its only way in. Check the list before --yes.")
+			fmt.Fprintln(out, "A server whose data directory was moved and another server made at its old path is listed too: its key is its only way in. Check the list before --yes; a moved key can be moved back from the quarantine.")
 		}
 	}
 	if !yes && len(scan.Orphans) > 0 {
-		return usageError{errors.New("nothing was removed: add --yes to remove the orphaned key files")}
+		return usageError{errors.New("nothing was moved: add --yes to move the orphaned key files to quarantine")}
 	}
 	return nil
 }

@@ -33,6 +33,8 @@ type Deletion struct {
 	// WrappedDataKey is the only copy of the volume's data key (wrapped);
 	// removing it is what makes the volume's blocks unreadable for good.
 	WrappedDataKey string `json:"wrapped_data_key"`
+	// VolumeNote says why Volume is empty: nothing of it is touched.
+	VolumeNote string `json:"volume_note,omitempty"`
 	// SystemKey is the system-managed key-encryption key file; "" when
 	// there is none. KeptSystemKey: it stays, as the kept backups need it.
 	SystemKey     string `json:"system_key,omitempty"`
@@ -73,11 +75,24 @@ func PlanDelete(l config.Layout, deleteBackups bool) (Deletion, *config.Config, 
 	if err != nil {
 		return Deletion{}, nil, err
 	}
+	// Only the link would go, the secrets behind it staying.
+	if st, err := os.Lstat(root); err == nil && st.Mode()&fs.ModeSymlink != 0 {
+		target, _ := filepath.EvalSymlinks(root)
+		return Deletion{}, nil, fmt.Errorf("%s is a symbolic link (to %s): give the data directory's real path", root, target)
+	}
 	d := Deletion{DataDir: root, ServerID: cfg.ServerID, WrappedDataKey: l.WrappedDataKey()}
+	_, keyErr := os.Lstat(d.WrappedDataKey)
 	switch {
 	case cfg.StorageBackend() == storage.BackendGocryptfs:
 		d.Volume = l.GocryptfsDir()
+	case cfg.StoragePath != "" && errors.Is(keyErr, fs.ErrNotExist):
+		// The volume was destroyed (its data key goes first); the path
+		// may hold another server's volume since: never touched again.
+		d.VolumeNote = "the volume was already destroyed; nothing on the storage path " + cfg.StoragePath + " is touched"
 	case cfg.StoragePath != "":
+		if err := checkStorageOwner(cfg.StoragePath, cfg.ServerID); err != nil {
+			return Deletion{}, nil, err
+		}
 		d.Volume = filepath.Join(cfg.StoragePath, storage.DataDirName)
 	default:
 		d.Volume = l.VolumeImage()
@@ -134,8 +149,12 @@ func Delete(ctx context.Context, l config.Layout, deleteBackups bool, report fun
 		d.AuditNote = "the volume was already destroyed"
 	}
 	r.send(Event{Kind: StepStarted, Step: "volume", Message: "Destroying the encrypted volume..."})
-	if err := at.Close(ctx); err != nil {
-		return d, fmt.Errorf("closing the volume: %w", err)
+	// Closing locks the key the volume's policy names: with no volume
+	// of this server's, that could be another server's key.
+	if d.Volume != "" {
+		if err := at.Close(ctx); err != nil {
+			return d, fmt.Errorf("closing the volume: %w", err)
+		}
 	}
 	// Removing a directory with a mount below it would reach into that
 	// filesystem: Close must have left none.
@@ -146,8 +165,15 @@ func Delete(ctx context.Context, l config.Layout, deleteBackups bool, report fun
 	if err := removeSynced(d.WrappedDataKey); err != nil {
 		return d, err
 	}
-	if err := os.RemoveAll(d.Volume); err != nil {
-		return d, err
+	if d.Volume != "" {
+		if err := os.RemoveAll(d.Volume); err != nil {
+			return d, err
+		}
+		if cfg.StoragePath != "" && cfg.StorageBackend() != storage.BackendGocryptfs {
+			if err := removeSynced(filepath.Join(cfg.StoragePath, storageOwnerName)); err != nil {
+				return d, err
+			}
+		}
 	}
 	removeKernelState(cfg.ServerID)
 	if !d.KeptSystemKey {
@@ -214,7 +240,7 @@ func stopOrphanPostmaster(l config.Layout) error {
 		return nil
 	}
 	pid, err := strconv.Atoi(strings.TrimSpace(strings.SplitN(string(b), "\n", 2)[0]))
-	if err != nil || pid <= 1 || !pidfile.Alive(pid) {
+	if err != nil || pid <= 1 || !pidfile.Alive(pid) || !isPostmasterOf(pid, l.PGData()) {
 		return nil
 	}
 	// Its data is about to be destroyed: an immediate shutdown will do.
@@ -226,6 +252,23 @@ func stopOrphanPostmaster(l config.Layout) error {
 		return fmt.Errorf("PostgreSQL (pid %d) still runs on the volume after 30 s", pid)
 	}
 	return nil
+}
+
+// isPostmasterOf reports whether pid runs the postgres binary in pgdata
+// (the postmaster makes its data directory its working directory): a
+// postmaster.pid left behind may name a PID some other process holds now.
+func isPostmasterOf(pid int, pgdata string) bool {
+	proc := "/proc/" + strconv.Itoa(pid)
+	exe, err := os.Readlink(proc + "/exe")
+	if err != nil || strings.TrimSuffix(filepath.Base(exe), " (deleted)") != "postgres" {
+		return false
+	}
+	cwd, err := os.Readlink(proc + "/cwd")
+	if err != nil {
+		return false
+	}
+	want, err := filepath.EvalSymlinks(pgdata)
+	return err == nil && cwd == want
 }
 
 // removeKernelState removes the nftables tables and the outbound path's

@@ -209,9 +209,9 @@ func lastAuditRecord(t *testing.T, l config.Layout) map[string]any {
 	return m
 }
 
-// TestOrphanedKeys: a key whose data directory is gone, or holds another
-// server, is an orphan; one in use and one without an owner file are not
-// removed.
+// TestOrphanedKeys: a key whose data directory holds another server is an
+// orphan (moved to quarantine); one whose directory is gone is unverified,
+// and it, one in use and one without an owner file are not removed.
 func TestOrphanedKeys(t *testing.T) {
 	keys := t.TempDir()
 	base := t.TempDir()
@@ -263,13 +263,14 @@ func TestOrphanedKeys(t *testing.T) {
 		ids = append(ids, o.ServerID)
 	}
 	slices.Sort(ids)
-	if !slices.Equal(ids, []string{gone, replaced}) || scan.InUse != 2 || len(scan.Unknown) != 1 {
-		t.Fatalf("scan = %+v; want orphans %s and %s, one in use, one unknown", scan, gone, replaced)
+	if !slices.Equal(ids, []string{replaced}) || scan.InUse != 2 || len(scan.Unknown) != 1 ||
+		len(scan.Unverified) != 1 || scan.Unverified[0].ServerID != gone {
+		t.Fatalf("scan = %+v; want orphan %s, %s unverified, one in use, one unknown", scan, replaced, gone)
 	}
 	if _, err := os.Stat(dangling); err == nil {
 		t.Errorf("an owner file without its key is left")
 	}
-	for id, want := range map[string]bool{inUse: true, gone: false, replaced: false, legacy: true, making: true} {
+	for id, want := range map[string]bool{inUse: true, gone: true, replaced: false, legacy: true, making: true} {
 		_, err := os.Stat(filepath.Join(keys, id+".key"))
 		if (err == nil) != want {
 			t.Errorf("key %s present = %v; want %v", id, err == nil, want)

@@ -44,9 +44,20 @@ type OrphanKey struct {
 	DataDir  string `json:"data_dir"`
 }
 
+// quarantineDirName is the directory (0700, in the key directory) that
+// RemoveOrphanedKeys moves keys to: evidence can be wrong, and a key
+// deleted is every byte of its server and its backups lost.
+const quarantineDirName = "quarantine"
+
 // KeyScan is what OrphanedKeys found in the system key directory.
 type KeyScan struct {
 	Orphans []OrphanKey `json:"orphans"`
+	// Unverified are keys whose data directory cannot be seen from here:
+	// deleted, or in another mount namespace, on an unmounted filesystem,
+	// moved. Nothing says their server is gone: never removed.
+	Unverified []OrphanKey `json:"unverified,omitempty"`
+	// Quarantine is where removed keys were moved.
+	Quarantine string `json:"quarantine,omitempty"`
 	// Unknown are key files with no owner file (made before owners were
 	// recorded): never removed, as nothing says their server is gone.
 	Unknown []string `json:"unknown,omitempty"`
@@ -80,48 +91,72 @@ func OrphanedKeys(dir string) (KeyScan, error) {
 			continue
 		}
 		root := strings.TrimSpace(string(b))
-		if orphaned(root, id) {
-			scan.Orphans = append(scan.Orphans, OrphanKey{Path: path, ServerID: id, DataDir: root})
-		} else {
+		o := OrphanKey{Path: path, ServerID: id, DataDir: root}
+		switch {
+		case orphaned(root, id):
+			scan.Orphans = append(scan.Orphans, o)
+		case unseen(root):
+			scan.Unverified = append(scan.Unverified, o)
+		default:
 			scan.InUse++
 		}
 	}
 	return scan, nil
 }
 
-// orphaned reports whether the data directory root no longer holds the
-// server id: it is gone, or holds another server's configuration. A
-// directory without one is an init or restore under way (the
-// configuration is its last step): not an orphan.
+// orphaned reports whether there is positive evidence that the server id
+// is gone: its data directory root holds another server's configuration.
+// A directory that cannot be seen proves nothing (another mount namespace,
+// an unmounted filesystem, a moved directory), and one without a
+// configuration is an init or restore under way.
 func orphaned(root, id string) bool {
 	if !filepath.IsAbs(root) {
 		return false // not written by writeOwner: leave it
 	}
 	cfg, err := config.Load(config.Layout{Root: root})
-	if errors.Is(err, config.ErrNotInitialized) {
-		_, serr := os.Stat(root)
-		return errors.Is(serr, fs.ErrNotExist)
-	}
-	return err == nil && cfg.ServerID != id
+	return err == nil && serverIDPattern.MatchString(cfg.ServerID) && cfg.ServerID != id
 }
 
-// RemoveOrphanedKeys removes the key files (and owner files) of the
-// servers that are gone, checking each again first.
+// unseen reports whether the data directory root cannot be found.
+func unseen(root string) bool {
+	_, err := os.Stat(root)
+	return errors.Is(err, fs.ErrNotExist)
+}
+
+// RemoveOrphanedKeys moves the key files (and owner files) of the servers
+// that are gone into the quarantine directory, checking each again first.
 func RemoveOrphanedKeys(dir string) (KeyScan, error) {
 	scan, err := OrphanedKeys(dir)
 	if err != nil {
 		return scan, err
 	}
+	if len(scan.Orphans) == 0 {
+		return scan, nil
+	}
+	q := filepath.Join(dir, quarantineDirName)
+	if err := os.Mkdir(q, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+		return scan, err
+	}
+	if st, err := os.Lstat(q); err != nil || !st.IsDir() || st.Mode().Perm() != 0o700 {
+		return scan, fmt.Errorf("the quarantine %s is not a directory with mode 0700: nothing was moved", q)
+	}
+	scan.Quarantine = q
 	var errs []error
 	for _, o := range scan.Orphans {
 		if !orphaned(o.DataDir, o.ServerID) {
 			continue
 		}
-		if err := removeSynced(o.Path); err != nil {
-			errs = append(errs, fmt.Errorf("removing %s: %w", o.Path, err))
+		// Owner first: a key in quarantine never lacks its owner file.
+		owner := ownerPath(dir, o.ServerID)
+		if err := os.Rename(owner, filepath.Join(q, filepath.Base(owner))); err != nil {
+			errs = append(errs, fmt.Errorf("moving %s: %w", owner, err))
 			continue
 		}
-		errs = append(errs, removeOwner(dir, o.ServerID))
+		if err := os.Rename(o.Path, filepath.Join(q, filepath.Base(o.Path))); err != nil {
+			errs = append(errs, fmt.Errorf("moving %s: %w", o.Path, err))
+			continue
+		}
+		errs = append(errs, syncDir(q), syncDir(dir))
 	}
 	// Owner files whose key went another way say nothing any more.
 	owners, _ := filepath.Glob(filepath.Join(dir, "*.owner"))
@@ -131,4 +166,13 @@ func RemoveOrphanedKeys(dir string) (KeyScan, error) {
 		}
 	}
 	return scan, errors.Join(errs...)
+}
+
+func syncDir(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return f.Sync()
 }

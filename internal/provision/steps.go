@@ -51,23 +51,25 @@ func (s *server) idStep() Step {
 
 // layoutStep makes the data directory, and a private CA and server
 // certificate unless the user brought one (makeCerts false). Undone, it
-// removes the directory if the step made it. With ownsEntries (the
+// removes the directory if the step made it, and the parents it made if
+// they are empty. With ownsEntries (the
 // directory was checked to be empty) it otherwise removes what is in it.
 func (s *server) layoutStep(host string, makeCerts, ownsEntries bool) Step {
-	// top is the outermost directory this step made: the data directory,
-	// or a missing parent of it.
-	top := ""
+	// made are the directories this step made, the data directory and its
+	// missing parents, innermost first.
+	var made []string
 	return Step{Name: "data directory",
 		Do: func(context.Context) error {
 			root, err := filepath.Abs(s.l.Root)
 			if err != nil {
 				return err
 			}
+			made = nil
 			for d := root; ; d = filepath.Dir(d) {
 				if _, err := os.Lstat(d); !errors.Is(err, fs.ErrNotExist) || d == filepath.Dir(d) {
 					break
 				}
-				top = d
+				made = append(made, d)
 			}
 			if err := makeParents(root); err != nil {
 				return err
@@ -75,8 +77,19 @@ func (s *server) layoutStep(host string, makeCerts, ownsEntries bool) Step {
 			return createLayout(s.l, s.cfg, host, makeCerts)
 		},
 		Undo: func(context.Context) error {
-			if top != "" {
-				return os.RemoveAll(top)
+			if len(made) > 0 {
+				// The data directory is this run's; its parents may since
+				// hold what a concurrent run put there: each goes only
+				// when empty.
+				if err := os.RemoveAll(made[0]); err != nil {
+					return err
+				}
+				for _, d := range made[1:] {
+					if err := os.Remove(d); err != nil && !errors.Is(err, fs.ErrNotExist) {
+						break // not empty: it and its parents stay
+					}
+				}
+				return nil
 			}
 			if !ownsEntries {
 				return nil
@@ -149,8 +162,21 @@ func createLayout(l config.Layout, cfg *config.Config, host string, makeCerts bo
 // the system-managed key and what the volume put on a --storage-path.
 func (s *server) volumeStep() Step {
 	systemKey := false
+	// claimed: this run wrote the storage path's owner mark; madeVolume:
+	// and found no volume there, so what is there after is its own.
+	claimed, madeVolume := false, false
 	return Step{Name: "encrypted volume", Say: "Creating " + s.volumeName + "...",
 		Do: func(ctx context.Context) error {
+			if p := s.cfg.StoragePath; p != "" {
+				if err := claimStoragePath(p, s.cfg.ServerID); err != nil {
+					return err
+				}
+				claimed = true
+				if _, err := os.Lstat(filepath.Join(p, storage.DataDirName)); !errors.Is(err, fs.ErrNotExist) {
+					return fmt.Errorf("the storage path %s already holds %s (another server's volume?); give an empty directory", p, storage.DataDirName)
+				}
+				madeVolume = true
+			}
 			systemKey = s.cfg.KeyURI == ""
 			if systemKey {
 				// Written first: a key file never lacks its owner.
@@ -161,15 +187,21 @@ func (s *server) volumeStep() Step {
 			return s.atRest.Create(ctx)
 		},
 		Undo: func(ctx context.Context) error {
-			errs := []error{s.atRest.Close(ctx)}
+			var errs []error
+			if s.cfg.StoragePath == "" || madeVolume {
+				errs = append(errs, s.atRest.Close(ctx))
+			}
 			if systemKey {
 				if err := os.Remove(volume.SystemKEKPath(s.cfg.ServerID)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					errs = append(errs, err)
 				}
 				errs = append(errs, removeOwner(volume.SystemKeyDir, s.cfg.ServerID))
 			}
-			if p := s.cfg.StoragePath; p != "" {
+			if p := s.cfg.StoragePath; p != "" && madeVolume {
 				errs = append(errs, os.RemoveAll(filepath.Join(p, storage.DataDirName)))
+			}
+			if claimed {
+				errs = append(errs, removeSynced(filepath.Join(s.cfg.StoragePath, storageOwnerName)))
 			}
 			return errors.Join(errs...)
 		}}
