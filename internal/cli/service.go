@@ -174,6 +174,12 @@ func newService(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// systemd runs ExecStart as root at every start.
+			if spec, err := serviceSpec(g.layout(), binary); err != nil {
+				return err
+			} else if err := checkRootOnly(spec.Binary); err != nil {
+				return clienterr.New(apitype.CodeInvalid, "binary %s: %v (install it root-owned, e.g. in /usr/local/bin)", spec.Binary, err)
+			}
 			path := filepath.Join(unitDir, name+".service")
 			if err := os.MkdirAll(unitDir, 0o755); err != nil {
 				return err
