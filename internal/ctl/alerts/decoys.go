@@ -268,7 +268,7 @@ func (c *Controller) createTable(ctx context.Context, pool *pgxpool.Pool, name, 
 				}
 			}
 			qt := pgx.Identifier{schema, table}.Sanitize()
-			for _, s := range []string{sqlCreateDecoyTable(qt), sqlFillDecoyTable(qt), sqlGrantDecoyRead(qt, "PUBLIC"),
+			for _, s := range []string{sqlCreateDecoyTable(qt), sqlDecoyNoStats(qt), sqlFillDecoyTable(qt), sqlGrantDecoyRead(qt, "PUBLIC"),
 				sqlGrantDecoyRead(qt, pgx.Identifier{auditRole}.Sanitize())} {
 				if _, err := tx.Exec(ctx, s); err != nil {
 					var ce *clienterr.Error
@@ -603,6 +603,7 @@ func (c *Controller) checkDecoys(ctx context.Context, pool *pgxpool.Pool) map[*d
 			}
 			tables := byDB[db]
 			names := map[int64]string{}
+			var stats map[int64]bool
 			err := withDatabase(ctx, pool, db, func(q sqlConn) error {
 				ids := make([]int64, len(tables))
 				for i, d := range tables {
@@ -612,16 +613,23 @@ func (c *Controller) checkDecoys(ctx context.Context, pool *pgxpool.Pool) map[*d
 				if err != nil {
 					return err
 				}
-				defer rows.Close()
+				quoted := map[int64]string{}
 				for rows.Next() {
 					var oid int64
 					var s, t string
 					if err := rows.Scan(&oid, &s, &t); err != nil {
+						rows.Close()
 						return err
 					}
 					names[oid] = s + "." + t
+					quoted[oid] = pgx.Identifier{s, t}.Sanitize()
 				}
-				return rows.Err()
+				rows.Close()
+				if err := rows.Err(); err != nil {
+					return err
+				}
+				stats, err = c.decoyStats(ctx, q, ids, quoted)
+				return err
 			})
 			switch {
 			case errors.Is(err, errNoDatabase):
@@ -636,6 +644,8 @@ func (c *Controller) checkDecoys(ctx context.Context, pool *pgxpool.Pool) map[*d
 					out[d] = decoyState{state: "missing"}
 				case n != d.Name:
 					out[d] = decoyState{state: "renamed", name: n}
+				case stats[d.OID]:
+					out[d] = decoyState{state: "statistics gathered"}
 				case setting != auditRole:
 					out[d] = decoyState{state: "pgaudit.role changed"}
 				default:
@@ -645,4 +655,48 @@ func (c *Controller) checkDecoys(ctx context.Context, pool *pgxpool.Pool) map[*d
 		}
 	}
 	return out
+}
+
+// decoyStats reports the decoy tables that have statistics (which show
+// their values in pg_stats) and removes them, and sets a table's
+// statistics targets to 0 again where one is not (decoys made before they
+// were set included).
+func (c *Controller) decoyStats(ctx context.Context, q sqlConn, ids []int64, quoted map[int64]string) (map[int64]bool, error) {
+	oids := func(sql string) (map[int64]bool, error) {
+		rows, err := q.Query(ctx, sql, ids)
+		if err != nil {
+			return nil, err
+		}
+		defer rows.Close()
+		m := map[int64]bool{}
+		for rows.Next() {
+			var oid int64
+			if err := rows.Scan(&oid); err != nil {
+				return nil, err
+			}
+			m[oid] = true
+		}
+		return m, rows.Err()
+	}
+	found, err := oids(sqlDecoyStats)
+	if err != nil {
+		return nil, err
+	}
+	targets, err := oids(sqlDecoyTargets)
+	if err != nil {
+		return nil, err
+	}
+	for oid := range targets {
+		if t, ok := quoted[oid]; ok {
+			if _, err := q.Exec(ctx, sqlDecoyNoStats(t)); err != nil {
+				c.cfg.Log.Warn("Setting a decoy table's statistics targets to 0 failed.", "error", err)
+			}
+		}
+	}
+	if len(found) > 0 {
+		if _, err := q.Exec(ctx, sqlPurgeDecoyStats, ids); err != nil {
+			c.cfg.Log.Warn("Removing a decoy table's statistics failed.", "error", err)
+		}
+	}
+	return found, nil
 }

@@ -101,6 +101,29 @@ func sqlCreateDecoyTable(table string) string {
 	return `CREATE TABLE ` + table + ` (id pg_catalog.int4, full_name pg_catalog.text, email pg_catalog.text, card_number pg_catalog.text, salary pg_catalog.numeric)`
 }
 
+// sqlDecoyNoStats keeps the decoy's values out of pg_stats: a database's
+// owner may ANALYZE every table in it, and pg_stats (readable for a
+// table one can SELECT) would show them without a statement pgaudit logs.
+// With every column's target 0, ANALYZE stores no statistics for it; only
+// the table's owner (the service role) or a superuser can change it back.
+func sqlDecoyNoStats(table string) string {
+	return `ALTER TABLE ` + table + ` ALTER COLUMN id SET STATISTICS 0, ALTER COLUMN full_name SET STATISTICS 0, ALTER COLUMN email SET STATISTICS 0, ALTER COLUMN card_number SET STATISTICS 0, ALTER COLUMN salary SET STATISTICS 0`
+}
+
+// sqlDecoyStats: the decoy tables (by OID) that have statistics anyway.
+const sqlDecoyStats = `SELECT DISTINCT s.starelid::pg_catalog.int8 FROM pg_catalog.pg_statistic s
+ WHERE s.starelid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])`
+
+// sqlDecoyTargets: the decoy tables (by OID) with a column whose
+// statistics target is not 0.
+const sqlDecoyTargets = `SELECT DISTINCT a.attrelid::pg_catalog.int8 FROM pg_catalog.pg_attribute a
+ WHERE a.attrelid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[]) AND a.attnum OPERATOR(pg_catalog.>) 0
+   AND NOT a.attisdropped AND a.attstattarget OPERATOR(pg_catalog.<>) 0`
+
+// sqlPurgeDecoyStats removes the statistics of the decoy tables $1.
+const sqlPurgeDecoyStats = `DELETE FROM pg_catalog.pg_statistic s
+ WHERE s.starelid OPERATOR(pg_catalog.=) ANY ($1::pg_catalog.oid[])`
+
 func sqlFillDecoyTable(table string) string {
 	return `INSERT INTO ` + table + ` VALUES
  (1, 'Dana Whitfield'::pg_catalog.text, 'dana.whitfield@example.com'::pg_catalog.text, '4556 7375 8689 9855'::pg_catalog.text, 182000::pg_catalog.numeric),

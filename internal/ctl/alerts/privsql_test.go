@@ -22,6 +22,8 @@ func TestPrivilegedStatementsQualified(t *testing.T) {
 		"sqlCreateDecoyRole": sqlCreateDecoyRole(r, "'SCRAM-SHA-256$4096:c2FsdA==$YQ==:Yg=='"),
 		"sqlDropRole":        sqlDropRole(r), "sqlCreateSchema": sqlCreateSchema(s), "sqlGrantSchemaUsage": sqlGrantSchemaUsage(s),
 		"sqlCreateDecoyTable": sqlCreateDecoyTable(tb), "sqlFillDecoyTable": sqlFillDecoyTable(tb),
+		"sqlDecoyNoStats": sqlDecoyNoStats(tb), "sqlDecoyStats": sqlDecoyStats, "sqlPurgeDecoyStats": sqlPurgeDecoyStats,
+		"sqlDecoyTargets":   sqlDecoyTargets,
 		"sqlGrantDecoyRead": sqlGrantDecoyRead(tb, "PUBLIC"), "sqlDropTable": sqlDropTable(tb), "sqlDropSchema": sqlDropSchema(s),
 	})
 }
