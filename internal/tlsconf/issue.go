@@ -17,7 +17,6 @@ import (
 	"io/fs"
 	"net"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -276,37 +275,10 @@ func CheckServing(leaf *x509.Certificate, now time.Time) error {
 // could read or replace: it must be a regular file of mode 0600 or
 // narrower in a directory of mode 0700 or narrower, both owned by that
 // user (symbolic links, as certbot's live/ directory has, are followed to
-// the file they name).
+// the file they name), on a path no one else can change (ReadKeyFile).
 func CheckKeyFile(path string) error {
-	real, err := filepath.EvalSymlinks(path)
-	if err != nil {
-		return fmt.Errorf("key file: %w", err)
-	}
-	fi, err := os.Stat(real)
-	if err != nil {
-		return fmt.Errorf("key file: %w", err)
-	}
-	if !fi.Mode().IsRegular() {
-		return fmt.Errorf("key file %s is not a regular file", path)
-	}
-	if perm := fi.Mode().Perm(); perm&^0o600 != 0 {
-		return fmt.Errorf("key file %s has mode %04o, wider than 0600; refusing it (chmod 600 it after checking who may have read it)", path, perm)
-	}
-	if err := checkOwner(path, fi); err != nil {
-		return err
-	}
-	dir := filepath.Dir(real)
-	di, err := os.Lstat(dir)
-	if err != nil {
-		return fmt.Errorf("key file directory: %w", err)
-	}
-	if di.Mode()&fs.ModeSymlink != 0 || !di.IsDir() {
-		return fmt.Errorf("key file directory %s is not a plain directory", dir)
-	}
-	if perm := di.Mode().Perm(); perm&^0o700 != 0 {
-		return fmt.Errorf("key file directory %s has mode %04o, wider than 0700; refusing it (chmod 700 it)", dir, perm)
-	}
-	return checkOwner(dir, di)
+	_, err := ReadKeyFile(path, 1<<20)
+	return err
 }
 
 // checkOwner requires fi to belong to this process's user: another user

@@ -126,6 +126,11 @@ func (c *Controller) Load() (*tlsconf.Cert, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Reload's other checks, but for the dates (checked at the leaf's own
+	// start): an expired certificate alerts rather than keeping the server down.
+	if err := tlsconf.CheckServing(cert.Leaf(), cert.Leaf().NotBefore); err != nil {
+		return nil, fmt.Errorf("server certificate %s: %w", cfg.TLSCertFile, err)
+	}
 	c.mu.cur, c.mu.loadedAt = cert, c.cfg.Now()
 	return cert, nil
 }
@@ -193,7 +198,9 @@ func readPair(certPath, keyPath string) (*tlsconf.Cert, error) {
 	if err != nil {
 		return nil, fmt.Errorf("server certificate: %w", err)
 	}
-	keyPEM, err := readBounded(keyPath)
+	// The key file's checks hold at start as on reload: the checked
+	// descriptor is the one read.
+	keyPEM, err := tlsconf.ReadKeyFile(keyPath, maxFile)
 	if err != nil {
 		return nil, fmt.Errorf("server key: %w", err)
 	}
@@ -390,10 +397,7 @@ func (c *Controller) useFilesLocked(req apitype.CertificateRotateRequest) error 
 
 // checkFiles reads and checks a certificate and key from disk.
 func (c *Controller) checkFiles(certPath, keyPath string) (*tlsconf.Cert, error) {
-	if err := tlsconf.CheckKeyFile(keyPath); err != nil {
-		return nil, invalid("%v", err)
-	}
-	next, err := readPair(certPath, keyPath)
+	next, err := readPair(certPath, keyPath) // the key file's checks included
 	if err != nil {
 		if errors.Is(err, tlsconf.ErrMismatch) {
 			return nil, invalid("%s and %s do not match: %v", certPath, keyPath, err)
