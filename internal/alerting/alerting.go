@@ -70,6 +70,10 @@ const (
 	// one pgshield failed to renew) or its CA expires within
 	// pgshield.certificate_renew_before: Medium, High in the last 7 days.
 	TypeCertificateExpiring = "alert.certificate_expiring"
+	// TypeDatabaseUnreadable: a database that allows connections could
+	// not be read for CREATE on schema public several times in
+	// a row (its owner's settings, a broken database): unwatched.
+	TypeDatabaseUnreadable = "alert.database_unreadable"
 	// TypeSuppressed: alerts of one type came faster than the rate limit;
 	// the excess is counted here instead of stored one by one.
 	TypeSuppressed = "alert.suppressed"
@@ -96,6 +100,7 @@ var kinds = []Kind{
 	{TypeDecoyTampered, High, "A decoy object was changed or removed"},
 	{TypeOversizedRecord, High, "An audit record or refusal too long to inspect (possible evasion)"},
 	{TypeCertificateExpiring, Medium, "The server certificate or its CA expires soon"},
+	{TypeDatabaseUnreadable, Medium, "A database cannot be checked for privilege changes"},
 	{TypeSuppressed, Medium, "Alerts suppressed by the rate limit"},
 }
 

@@ -104,6 +104,8 @@ type Controller struct {
 		// dbCursor: the database whose schema public was read last
 		// (readPublicCreateIn goes through them in turn).
 		dbCursor string
+		// dbFails: consecutive failed reads of a database (databases.go).
+		dbFails map[string]int
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -26,13 +27,24 @@ import (
 // turn), so that ten thousand databases cost a slow rotation, not a flood of
 // backends. A database name travels only as the startup packet's value,
 // never in SQL text.
+//
+// Databases the administrator makes unreadable (or that are broken) must
+// not blind the check elsewhere: new ones take at most half of a poll
+// while others wait their turn, those that failed least go first, the
+// rotation moves past a failure, and a database that failed
+// dbUnreadableAfter reads in a row raises alert.database_unreadable.
 
 const (
 	// dbPerPoll bounds the databases whose schema public one poll reads.
 	dbPerPoll = 8
 	// dbTimeout bounds the connection to one database and its reads.
 	dbTimeout = 5 * time.Second
+	// dbUnreadableAfter: failed reads in a row that raise an alert.
+	dbUnreadableAfter = 3
 )
+
+// openDB is withDatabase; tests make it fail.
+var openDB = withDatabase
 
 // sqlConn is what the statements need: a pool or one connection.
 type sqlConn interface {
@@ -74,6 +86,12 @@ func withDatabase(ctx context.Context, pool *pgxpool.Pool, db string, fn func(sq
 	cc.RuntimeParams["default_tablespace"] = ""
 	cc.RuntimeParams["default_table_access_method"] = "heap"
 	cc.RuntimeParams["default_transaction_read_only"] = "off"
+	// A library that does not load fails every connection; a short idle
+	// timeout or JIT could cut or slow the reads.
+	cc.RuntimeParams["local_preload_libraries"] = ""
+	cc.RuntimeParams["idle_session_timeout"] = "0"
+	cc.RuntimeParams["idle_in_transaction_session_timeout"] = "0"
+	cc.RuntimeParams["jit"] = "off"
 	cctx, cancel := context.WithTimeout(ctx, dbTimeout)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(cctx, cc)
@@ -129,6 +147,12 @@ func (c *Controller) readPublicCreateIn(ctx context.Context, pool *pgxpool.Pool,
 	// Without an earlier listing (the first look, or a snapshot from
 	// before databases were listed) every database is the baseline.
 	isFresh := func(db string) bool { return listed != nil && !listed[db] || wasFresh[db] }
+	c.mu.Lock()
+	fails := make(map[string]int, len(c.mu.dbFails))
+	for k, v := range c.mu.dbFails {
+		fails[k] = v
+	}
+	c.mu.Unlock()
 	var fresh, turn []string
 	for _, n := range all {
 		if isFresh(n) {
@@ -137,23 +161,27 @@ func (c *Controller) readPublicCreateIn(ctx context.Context, pool *pgxpool.Pool,
 			turn = append(turn, n)
 		}
 	}
+	// A new database that failed goes behind those that did not.
+	sort.SliceStable(fresh, func(a, b int) bool { return fails[fresh[a]] < fails[fresh[b]] })
 	i := sort.SearchStrings(turn, cursor)
 	if i < len(turn) && turn[i] == cursor {
 		i++
 	}
 	turn = append(turn[i:len(turn):len(turn)], turn[:i]...)
-	pick := append(fresh, turn...)
-	if len(pick) > dbPerPoll {
-		pick = pick[:dbPerPoll]
-	}
+	nf := min(len(fresh), dbPerPoll-min(len(turn), dbPerPoll/2))
+	pick := append(fresh[:nf:nf], turn[:min(len(turn), dbPerPoll-nf)]...)
 	read := map[string][]string{}
+	failed := map[string]error{}
 	for _, db := range pick {
 		if ctx.Err() != nil {
 			break
 		}
+		if !isFresh(db) {
+			cursor = db // past it, read or not
+		}
 		var grantees []string
 		one, cancel := context.WithTimeout(ctx, dbTimeout)
-		err := withDatabase(one, pool, db, func(q sqlConn) error {
+		err := openDB(one, pool, db, func(q sqlConn) error {
 			var err error
 			grantees, err = c.publicCreate(one, q)
 			return err
@@ -161,13 +189,14 @@ func (c *Controller) readPublicCreateIn(ctx context.Context, pool *pgxpool.Pool,
 		cancel()
 		if err != nil {
 			c.cfg.Log.Debug("Reading CREATE on schema public failed.", "database", db, "error", err)
+			if !errors.Is(err, errNoDatabase) && ctx.Err() == nil {
+				failed[db] = err
+			}
 			continue
 		}
 		read[db] = grantees
-		if !isFresh(db) {
-			cursor = db
-		}
 	}
+	c.countFailures(all, read, failed)
 	snap.Listed = all
 	snap.PublicCreateIn = map[string][]string{}
 	snap.Fresh, snap.NewlyRead = []string{}, []string{}
@@ -188,6 +217,42 @@ func (c *Controller) readPublicCreateIn(ctx context.Context, pool *pgxpool.Pool,
 		}
 	}
 	return cursor, nil
+}
+
+// countFailures keeps each database's failed reads in a row and raises
+// alert.database_unreadable at dbUnreadableAfter.
+func (c *Controller) countFailures(all []string, read map[string][]string, failed map[string]error) {
+	var out []emitted
+	c.mu.Lock()
+	if c.mu.dbFails == nil {
+		c.mu.dbFails = map[string]int{}
+	}
+	listed := set(all)
+	for db := range c.mu.dbFails {
+		if _, ok := read[db]; ok || !listed[db] {
+			delete(c.mu.dbFails, db)
+		}
+	}
+	for _, db := range sortedNames(failed) {
+		c.mu.dbFails[db]++
+		if c.mu.dbFails[db] == dbUnreadableAfter {
+			name := alerting.Bound(db, alerting.MaxName)
+			out = append(out, c.raiseLocked(alerting.Finding{Type: alerting.TypeDatabaseUnreadable, Key: "db=" + name,
+				Database: name, Details: map[string]string{"database": name, "failures": strconv.Itoa(dbUnreadableAfter),
+					"error": alerting.Bound(failed[db].Error(), 512)}})...)
+		}
+	}
+	c.mu.Unlock()
+	c.emit(out)
+}
+
+func sortedNames(m map[string]error) []string {
+	ks := make([]string, 0, len(m))
+	for k := range m {
+		ks = append(ks, k)
+	}
+	sort.Strings(ks)
+	return ks
 }
 
 func set(xs []string) map[string]bool {
