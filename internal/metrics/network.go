@@ -15,8 +15,10 @@ import (
 // scrape it too: a counter that moves when a decoy fires would tell them
 // the table they just read (or the role they tried) was a decoy. So the
 // network handler leaves out every series labelled with a decoy's alert or
-// audit type, and the alert webhook's counter (it moves with every alert,
-// decoys' included). The management socket (root only) keeps them all.
+// audit type, pgaudit's records (postgres.audit: a decoy read adds an
+// OBJECT record to what the statement logs otherwise), and the alert
+// webhook's counter (it moves with every alert, decoys' included). The
+// management socket (root only) keeps them all.
 
 // NetworkHandler serves the registry without what would reveal a decoy.
 func (m *Metrics) NetworkHandler() http.Handler {
@@ -44,10 +46,10 @@ func (m *Metrics) NetworkHandler() http.Handler {
 
 // revealsDecoy: a series with a label naming a decoy type
 // (alert.decoy_role_login, alert.decoy_table_read, alert.decoy_tampered,
-// decoy.create, decoy.delete).
+// decoy.create, decoy.delete) or pgaudit's records.
 func revealsDecoy(s *dto.Metric) bool {
 	for _, l := range s.GetLabel() {
-		if v := l.GetValue(); strings.HasPrefix(v, "alert.decoy") || strings.HasPrefix(v, "decoy.") {
+		if v := l.GetValue(); strings.HasPrefix(v, "alert.decoy") || strings.HasPrefix(v, "decoy.") || v == "postgres.audit" {
 			return true
 		}
 	}

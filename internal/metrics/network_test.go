@@ -25,6 +25,7 @@ func TestNetworkHandlerHidesDecoys(t *testing.T) {
 	hook.WithLabelValues("delivered").Inc()
 	m.Event("alert.decoy_table_read", "")
 	m.Event("decoy.create", "success")
+	m.Event("postgres.audit", "")
 	m.Event("auth.failure", "failure")
 
 	scrape := func(h http.Handler) string {
@@ -42,7 +43,7 @@ func TestNetworkHandlerHidesDecoys(t *testing.T) {
 		return string(b)
 	}
 	net := scrape(m.NetworkHandler())
-	for _, s := range []string{"decoy", "pgshield_alert_webhook_total"} {
+	for _, s := range []string{"decoy", "pgshield_alert_webhook_total", "postgres.audit"} {
 		if strings.Contains(net, s) {
 			t.Errorf("the network listener shows %q:\n%s", s, net)
 		}
@@ -54,7 +55,7 @@ func TestNetworkHandlerHidesDecoys(t *testing.T) {
 		}
 	}
 	local := scrape(m.Handler())
-	for _, s := range []string{`type="alert.decoy_table_read"`, `type="decoy.create"`, "pgshield_alert_webhook_total"} {
+	for _, s := range []string{`type="alert.decoy_table_read"`, `type="decoy.create"`, `type="postgres.audit"`, "pgshield_alert_webhook_total"} {
 		if !strings.Contains(local, s) {
 			t.Errorf("the management socket's metrics lack %q", s)
 		}
