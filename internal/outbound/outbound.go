@@ -123,17 +123,27 @@ func (p *Path) Apply(pid int, rules []netpolicy.NetworkRule) error {
 		return p.applyTable(host, act)
 	}
 	_ = run("ip", "link", "del", p.hostIf())
+	netns, err := openNetns(pid)
+	if err != nil {
+		_ = p.removeLocked()
+		return err
+	}
+	defer netns.Close()
 	steps := [][]string{
 		{"ip", "link", "add", p.hostIf(), "type", "veth", "peer", "name", p.nsIf(), "netns", fmt.Sprint(pid)},
 		{"ip", "addr", "add", host.String() + "/30", "dev", p.hostIf()},
 		{"ip", "link", "set", p.hostIf(), "up"},
-		{"nsenter", "-t", fmt.Sprint(pid), "-n", "ip", "addr", "add", ns.String() + "/30", "dev", p.nsIf()},
-		{"nsenter", "-t", fmt.Sprint(pid), "-n", "ip", "link", "set", p.nsIf(), "up"},
-		{"nsenter", "-t", fmt.Sprint(pid), "-n", "ip", "route", "replace", "default", "via", host.String()},
+		{"nsenter", "ip", "addr", "add", ns.String() + "/30", "dev", p.nsIf()},
+		{"nsenter", "ip", "link", "set", p.nsIf(), "up"},
+		{"nsenter", "ip", "route", "replace", "default", "via", host.String()},
 		// tproxy'd packets are delivered locally through this table.
 		{"ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", fmt.Sprint(p.rtable())},
 	}
 	for _, s := range steps {
+		run := run
+		if s[0] == "nsenter" { // in PostgreSQL's namespace (netns.go)
+			run = func(_ string, args ...string) error { return runInNetns(netns, args...) }
+		}
 		if err := run(s[0], s[1:]...); err != nil {
 			_ = p.removeLocked()
 			return err
