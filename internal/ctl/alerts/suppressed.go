@@ -25,8 +25,10 @@ import (
 //
 // Sources are cheap (an IPv6 /64 each), so the lists fill: an unlisted
 // source or role is still audited, in a small record of its own, within
-// a budget per type (unlistedBurst at once, one per unlistedRefill after);
-// past it, counted as unaudited.
+// a budget per type (unlistedBurst at once, one per unlistedRefill after),
+// one for sources and one for roles under a listed source (so that a
+// flood's made-up names under its own sources cannot spend the budget of
+// sources); past it, counted as unaudited.
 const (
 	maxSuppressedSources = 32
 	maxSuppressedRoles   = 8
@@ -69,8 +71,8 @@ func (c *Controller) suppressLocked(f alerting.Finding) []emitted {
 	src, role := alerting.Bound(src, alerting.MaxName), alerting.Bound(f.User, alerting.MaxName)
 	added, unlisted := countSuppressed(a, src, role)
 	c.mu.dirty = true
-	if unlisted {
-		if !c.takeUnlistedLocked(f.Type) {
+	if unlisted != "" {
+		if !c.takeUnlistedLocked(unlisted + "\x00" + f.Type) {
 			n, _ := strconv.Atoi(a.Details[detSupUnaudited])
 			a.Details[detSupUnaudited] = strconv.Itoa(n + 1)
 			return out
@@ -114,24 +116,24 @@ func (c *Controller) findLocked(typ, key string) *apitype.Alert {
 }
 
 // countSuppressed counts a suppressed finding from src as role on a; it
-// reports whether src or role is new to the lists, and whether one of them
-// did not fit (unlisted).
-func countSuppressed(a *apitype.Alert, src, role string) (added, unlisted bool) {
+// reports whether src or role is new to the lists, and which one did not
+// fit ("source", "role"; "" if both did).
+func countSuppressed(a *apitype.Alert, src, role string) (added bool, unlisted string) {
 	if a.Details == nil {
 		a.Details = map[string]string{}
 	}
 	m := map[string]*suppressedSource{}
 	_ = json.Unmarshal([]byte(a.Details[detSupSources]), &m)
-	unlist := func() {
+	unlist := func(what string) {
 		n, _ := strconv.Atoi(a.Details[detSupUnlisted])
 		a.Details[detSupUnlisted] = strconv.Itoa(n + 1)
-		unlisted = true
+		unlisted = what
 	}
 	e, seen := m[src]
 	if !seen || e == nil {
 		if len(m) >= maxSuppressedSources {
-			unlist()
-			return false, true
+			unlist("source")
+			return false, unlisted
 		}
 		e = &suppressedSource{}
 		m[src] = e
@@ -146,7 +148,7 @@ func countSuppressed(a *apitype.Alert, src, role string) (added, unlisted bool) 
 			added = added || !ok
 			e.Roles[role]++
 		} else {
-			unlist()
+			unlist("role")
 		}
 	}
 	b, _ := json.Marshal(m)
@@ -154,11 +156,12 @@ func countSuppressed(a *apitype.Alert, src, role string) (added, unlisted bool) 
 	return added, unlisted
 }
 
-// takeUnlistedLocked takes a token from typ's budget of audited unlisted
-// names (a bucket of its own beside the alerts').
-func (c *Controller) takeUnlistedLocked(typ string) bool {
+// takeUnlistedLocked takes a token from a budget of audited unlisted names
+// ("source" or "role", NUL, the type: a bucket of its own beside the
+// alerts').
+func (c *Controller) takeUnlistedLocked(what string) bool {
 	now := c.cfg.Now()
-	k := "unlisted\x00" + typ
+	k := "unlisted\x00" + what
 	b, ok := c.mu.buckets[k]
 	if !ok {
 		b = &bucket{tokens: unlistedBurst, at: now}
