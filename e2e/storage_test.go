@@ -453,6 +453,39 @@ func TestStoragePath(t *testing.T) {
 		t.Fatal("down unmounted the storage path's own filesystem")
 	}
 
+	// Review finding 1: delete keeps the backups and with them
+	// pgshield.json, which still names the storage path; another server
+	// then takes the path. Deleting the first one's leftovers must leave
+	// the second's volume (and its key in the kernel) alone.
+	mark := filepath.Join(fsMnt, "pgshield-owner")
+	if b, err := os.ReadFile(mark); err != nil || strings.TrimSpace(string(b)) != readConfig(t, s).ServerID {
+		t.Fatalf("owner mark %s = %q, %v; want the server's id", mark, b, err)
+	}
+	mustCLI(t, s, "delete", "--yes")
+	if _, err := os.Stat(mark); !os.IsNotExist(err) {
+		t.Fatalf("delete left the owner mark (%v)", err)
+	}
+	c := startedServerNoImage(t, "spath2", "--storage-path", fsMnt)
+	if out, err := psql(t, c.dsn("user="+admin+" sslmode=require"), adminPassword, "-c", "CREATE TABLE kept AS SELECT g FROM generate_series(1, 500) g"); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	if out := mustCLI(t, s, "delete", "--yes", "--delete-backups"); !strings.Contains(out, "not the volume") {
+		t.Errorf("delete --delete-backups of the leftovers said:\n%s", out)
+	}
+	if out, err := psql(t, c.dsn("user="+admin+" sslmode=require"), adminPassword, "-tAc", "SELECT count(*) FROM kept"); err != nil || strings.TrimSpace(out) != "500" {
+		t.Fatalf("the other server's table after delete --delete-backups of the leftovers: %v %q", err, out)
+	}
+	if _, err := os.Stat(s.dataDir); !os.IsNotExist(err) {
+		t.Errorf("the leftovers %s are not removed (%v)", s.dataDir, err)
+	}
+	// Deleted here, while its storage path is still mounted.
+	mustCLI(t, c, "delete", "--yes", "--delete-backups")
+	for _, p := range []string{mark, filepath.Join(fsMnt, "data")} {
+		if _, err := os.Stat(p); !os.IsNotExist(err) {
+			t.Errorf("after delete of the server on the storage path: %s is left (%v)", p, err)
+		}
+	}
+
 	// A filesystem without the encrypt feature is refused before anything
 	// is made.
 	noEnc := makeExt4(t, "64M", false)
