@@ -318,3 +318,51 @@ func TestOrphanPostmasterStopped(t *testing.T) {
 		t.Fatal("the orphaned postmaster was not stopped")
 	}
 }
+
+// TestOrphanedKeysKeepsAttached (review finding 5): a server moved since
+// init, with another server made at its old path, looks orphaned by its
+// owner file; while its volume is mounted where it is now, its key is
+// kept. Once nothing of it is attached, it is quarantined.
+func TestOrphanedKeysKeepsAttached(t *testing.T) {
+	needRoot(t)
+	keyDir := t.TempDir()
+	base := t.TempDir()
+	const moved = "7878787878787878"
+	savedServer(t, filepath.Join(base, "old"), "9090909090909090", "") // made at its old path
+	now := savedServer(t, filepath.Join(base, "now"), moved, "")       // where it went
+	if err := os.WriteFile(filepath.Join(keyDir, moved+".key"), []byte("k"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ownerPath(keyDir, moved), []byte(filepath.Join(base, "old")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(now.VolumeMount(), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", now.VolumeMount(), "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatal(err)
+	}
+	mounted := true
+	t.Cleanup(func() {
+		if mounted {
+			_ = syscall.Unmount(now.VolumeMount(), syscall.MNT_DETACH)
+		}
+	})
+	scan, err := RemoveOrphanedKeys(keyDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(keyDir, moved+".key")); err != nil || len(scan.Orphans) != 0 {
+		t.Fatalf("the key of a server whose volume is mounted was taken (scan %+v, %v)", scan, err)
+	}
+	if err := syscall.Unmount(now.VolumeMount(), 0); err != nil {
+		t.Fatal(err)
+	}
+	mounted = false
+	if scan, err = RemoveOrphanedKeys(keyDir); err != nil || len(scan.Orphans) != 1 {
+		t.Fatalf("unmounted: scan %+v, %v; want it orphaned (the control)", scan, err)
+	}
+	if _, err := os.Stat(filepath.Join(keyDir, quarantineDirName, moved+".key")); err != nil {
+		t.Errorf("not quarantined: %v", err)
+	}
+}

@@ -5,7 +5,9 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/pgshield/pgshield/internal/config"
@@ -93,7 +95,7 @@ func OrphanedKeys(dir string) (KeyScan, error) {
 		root := strings.TrimSpace(string(b))
 		o := OrphanKey{Path: path, ServerID: id, DataDir: root}
 		switch {
-		case orphaned(root, id):
+		case orphaned(root, id) && !attached(id):
 			scan.Orphans = append(scan.Orphans, o)
 		case unseen(root):
 			scan.Unverified = append(scan.Unverified, o)
@@ -115,6 +117,75 @@ func orphaned(root, id string) bool {
 	}
 	cfg, err := config.Load(config.Layout{Root: root})
 	return err == nil && serverIDPattern.MatchString(cfg.ServerID) && cfg.ServerID != id
+}
+
+// attached reports whether a volume of server id is attached anywhere: a
+// loop device backed by an image, or a mount (in any process's mount
+// namespace) of a data directory, whose configuration names id: a server
+// moved since init is then in use, wherever its directory is now. When
+// that cannot be found out, it says yes.
+func attached(id string) bool {
+	holds := func(root string) bool {
+		cfg, err := config.Load(config.Layout{Root: root})
+		return err == nil && cfg.ServerID == id
+	}
+	out, err := exec.Command("losetup", "--noheadings", "--list", "--output", "BACK-FILE").Output()
+	if err != nil {
+		return true
+	}
+	for _, f := range strings.Split(string(out), "\n") {
+		// DATA-DIR/storage/volume.img
+		if f = strings.TrimSpace(f); strings.HasSuffix(f, "/storage/volume.img") && holds(filepath.Dir(filepath.Dir(f))) {
+			return true
+		}
+	}
+	infos, err := filepath.Glob("/proc/[0-9]*/mountinfo")
+	if err != nil || len(infos) == 0 {
+		return true
+	}
+	seen := map[string]bool{}
+	for _, mi := range infos {
+		b, err := os.ReadFile(mi)
+		if err != nil {
+			continue // the process has exited
+		}
+		// Paths are as that process sees them: read them through its root.
+		proot := filepath.Join(filepath.Dir(mi), "root")
+		for _, l := range strings.Split(string(b), "\n") {
+			// Field 5 is the mount point: DATA-DIR/volume.
+			f := strings.Fields(l)
+			if len(f) < 5 || !strings.HasSuffix(f[4], "/volume") {
+				continue
+			}
+			root := proot + filepath.Dir(unescapeMount(f[4]))
+			if !seen[root] {
+				seen[root] = true
+				if holds(root) {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
+func unescapeMount(s string) string {
+	if !strings.Contains(s, "\\") {
+		return s
+	}
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\\' && i+3 < len(s) {
+			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
+				b.WriteByte(byte(n))
+				i += 3
+				continue
+			}
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
 }
 
 // unseen reports whether the data directory root cannot be found.
@@ -143,7 +214,7 @@ func RemoveOrphanedKeys(dir string) (KeyScan, error) {
 	scan.Quarantine = q
 	var errs []error
 	for _, o := range scan.Orphans {
-		if !orphaned(o.DataDir, o.ServerID) {
+		if !orphaned(o.DataDir, o.ServerID) || attached(o.ServerID) {
 			continue
 		}
 		// Owner first: a key in quarantine never lacks its owner file.
