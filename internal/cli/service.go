@@ -29,7 +29,6 @@ var serviceCapabilities = []string{
 	"CAP_SETGID",       // ... and with its group
 	"CAP_NET_ADMIN",    // nftables (kernel firewall, outbound tproxy), the outbound veth and routes
 	"CAP_SYS_ADMIN",    // loop devices, mount and umount, fscrypt key add and remove, FUSE, PostgreSQL's empty network namespace
-	"CAP_SYS_PTRACE",   // nsenter into PostgreSQL's network namespace (/proc/PID/ns/net of another uid) for outbound rules
 }
 
 // serviceUnitSpec is what the unit is written for.

@@ -41,7 +41,7 @@ func TestServiceUnit(t *testing.T) {
 		"ProtectHome":           "yes",
 		"ProtectKernelTunables": "yes",
 		"UMask":                 "0077",
-		"CapabilityBoundingSet": "CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_KILL CAP_SETUID CAP_SETGID CAP_NET_ADMIN CAP_SYS_ADMIN CAP_SYS_PTRACE",
+		"CapabilityBoundingSet": "CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER CAP_KILL CAP_SETUID CAP_SETGID CAP_NET_ADMIN CAP_SYS_ADMIN",
 	} {
 		if got := unitValues(unit, key); len(got) != 1 || got[0] != want {
 			t.Errorf("%s = %q; want exactly %q", key, got, want)
