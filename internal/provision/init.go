@@ -15,6 +15,7 @@ import (
 	"github.com/pgshield/pgshield/internal/ctl/network"
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/postgres"
+	"github.com/pgshield/pgshield/internal/tlsconf"
 )
 
 // DefaultStorageSize is the size of a new fscrypt volume image (sparse).
@@ -72,6 +73,12 @@ type Result struct {
 func Init(ctx context.Context, o InitOptions) (Result, error) {
 	if (o.TLSCert == "") != (o.TLSKey == "") {
 		return Result{}, &OptionError{errors.New("--tls-cert and --tls-key go together")}
+	}
+	if o.TLSKey != "" {
+		// The key file's checks up and SIGHUP make, before anything is created.
+		if err := tlsconf.CheckKeyFile(abs(o.TLSKey)); err != nil {
+			return Result{}, &OptionError{err}
+		}
 	}
 	host, err := checkListen(o.Listen)
 	if err != nil {
