@@ -421,6 +421,29 @@ func TestAlerts(t *testing.T) {
 		if !strings.Contains(metrics, `pgshield_alerts_total{severity="High",type="alert.decoy_table_read"} 2`) {
 			t.Errorf("metrics lack the alert counter")
 		}
+		// The listener that may face the network shows the administrator
+		// nothing that moves when a decoy fires (review finding 13).
+		port, err := freePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", port)
+		mustCLI(t, s, "parameter", "set", "pgshield.metrics_listen", addr)
+		defer mustCLI(t, s, "parameter", "set", "pgshield.metrics_listen", "")
+		resp, err := (&http.Client{Timeout: 10 * time.Second}).Get("http://" + addr + "/metrics")
+		if err != nil {
+			t.Fatalf("GET /metrics on pgshield.metrics_listen: %v", err)
+		}
+		defer resp.Body.Close()
+		b, _ = io.ReadAll(resp.Body)
+		for _, leak := range []string{"decoy", "pgshield_alert_webhook_total", "postgres.audit"} {
+			if strings.Contains(string(b), leak) {
+				t.Errorf("metrics on pgshield.metrics_listen show %q", leak)
+			}
+		}
+		if !strings.Contains(string(b), `type="alert.bruteforce_valid_user"`) {
+			t.Errorf("metrics on pgshield.metrics_listen lack the other alerts")
+		}
 	})
 
 	t.Run("show, dismiss, survive down and up", func(t *testing.T) {
