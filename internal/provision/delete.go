@@ -327,8 +327,10 @@ func mountedUnder(dir string) string {
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		// Field 5 is the mount point, with spaces and the like octal-escaped.
-		if f := strings.Fields(l); len(f) > 4 && (f[4] == dir || strings.HasPrefix(f[4], dir+"/")) {
-			return f[4]
+		if f := strings.Fields(l); len(f) > 4 {
+			if mp := storage.UnescapeMountInfo(f[4]); mp == dir || strings.HasPrefix(mp, dir+"/") {
+				return mp
+			}
 		}
 	}
 	return ""

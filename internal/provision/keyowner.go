@@ -7,11 +7,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/ctl/volume"
+	"github.com/pgshield/pgshield/internal/storage"
 )
 
 // A system-managed key file names its server by id only; beside it,
@@ -157,7 +157,7 @@ func attached(id string) bool {
 			if len(f) < 5 || !strings.HasSuffix(f[4], "/volume") {
 				continue
 			}
-			root := proot + filepath.Dir(unescapeMount(f[4]))
+			root := proot + filepath.Dir(storage.UnescapeMountInfo(f[4]))
 			if !seen[root] {
 				seen[root] = true
 				if holds(root) {
@@ -167,25 +167,6 @@ func attached(id string) bool {
 		}
 	}
 	return false
-}
-
-// unescapeMount undoes mountinfo's octal escapes (\040 for a space).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, "\\") {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // unseen reports whether the data directory root cannot be found.

@@ -246,13 +246,14 @@ func parseMountInfoLine(line string) (mountEntry, bool) {
 		return e, false
 	}
 	e.devMajor, e.devMinor = uint32(a), uint32(b)
-	e.root, e.mountPoint = unescapeMountInfo(f[3]), unescapeMountInfo(f[4])
-	e.fstype, e.source = g[0], unescapeMountInfo(g[1])
+	e.root, e.mountPoint = UnescapeMountInfo(f[3]), UnescapeMountInfo(f[4])
+	e.fstype, e.source = g[0], UnescapeMountInfo(g[1])
 	return e, true
 }
 
-// unescapeMountInfo undoes the kernel's octal escapes (\040 for space, ...).
-func unescapeMountInfo(s string) string {
+// UnescapeMountInfo undoes the kernel's octal escapes (\040 for space, ...) in
+// a path field of /proc/*/mountinfo or /proc/self/mounts.
+func UnescapeMountInfo(s string) string {
 	if !strings.Contains(s, `\`) {
 		return s
 	}

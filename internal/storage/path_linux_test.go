@@ -180,3 +180,18 @@ func TestStoragePathVolume(t *testing.T) {
 		t.Errorf("second Provision() on the same path error = %v; want a refusal", err)
 	}
 }
+
+func TestUnescapeMountInfo(t *testing.T) {
+	for in, want := range map[string]string{
+		`/plain`:            `/plain`,
+		`/a\040b`:           `/a b`,
+		`/ends\040`:         `/ends `, // an escape at the very end
+		`/tab\011and\134bs`: "/tab\tand\\bs",
+		`/short\04`:         `/short\04`, // not a whole escape: kept
+		`/not\999octal`:     `/not\999octal`,
+	} {
+		if got := UnescapeMountInfo(in); got != want {
+			t.Errorf("UnescapeMountInfo(%q) = %q; want %q", in, got, want)
+		}
+	}
+}

@@ -5,12 +5,12 @@ import (
 	"context"
 	"errors"
 	"os"
-	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/storage"
 )
 
 // repairRetry is the least time between two repairs of the volume's
@@ -37,7 +37,7 @@ func failedReadOnly(mount string) bool {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fields := strings.Fields(sc.Text())
-		if len(fields) < 4 || unescapeMount(fields[1]) != mount {
+		if len(fields) < 4 || storage.UnescapeMountInfo(fields[1]) != mount {
 			continue
 		}
 		for _, o := range strings.Split(fields[3], ",") {
@@ -58,31 +58,11 @@ func mounted(mount string) bool {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if fields := strings.Fields(sc.Text()); len(fields) >= 2 && unescapeMount(fields[1]) == mount {
+		if fields := strings.Fields(sc.Text()); len(fields) >= 2 && storage.UnescapeMountInfo(fields[1]) == mount {
 			return true
 		}
 	}
 	return false
-}
-
-// unescapeMount undoes the octal escapes of /proc/self/mounts (\040 for
-// a space, ...).
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if n, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(n))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
 }
 
 // repairIfFailed brings back a volume whose filesystem went read-only
