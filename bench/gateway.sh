@@ -534,6 +534,10 @@ pgshield_idle() {
 	# source; all of the row's sessions come from 127.0.0.1: caps off.
 	shield 60 parameter set --data-dir "$d" pgshield.max_connections 0
 	shield 60 parameter set --data-dir "$d" pgshield.max_preauth_connections_per_source 0
+	# The gateway holds 1,000 client connections by default (as PgBouncer's
+	# max_client_conn, raised for its run too).
+	shield 60 parameter set --data-dir "$d" pgshield.max_client_connections $((IDLE_CONNS + 100)) ||
+		log "WARNING: pgshield refused pgshield.max_client_connections=$((IDLE_CONNS + 100))"
 	pid=$(pidfile_pid "$d/run/pgshield.pid") || die "no pgshield pid file"
 	if multiplexes "$d" "$port" "$pid"; then
 		shield 60 parameter set --data-dir "$d" pgshield.pool_size 20
@@ -553,7 +557,7 @@ pgshield_idle() {
 		shield_up "$d" "$port"
 		pid=$(pidfile_pid "$d/run/pgshield.pid") || die "no pgshield pid file"
 	fi
-	note "pgshield idle row: $mode; pgshield.max_connections 0 and pgshield.max_preauth_connections_per_source 0 (caps off), RLIMIT_NOFILE $(awk '/open files/ {print $4}' /proc/"$pid"/limits)"
+	note "pgshield idle row: $mode; pgshield.max_connections 0 and pgshield.max_preauth_connections_per_source 0 (caps off), pgshield.max_client_connections $((IDLE_CONNS + 100)), RLIMIT_NOFILE $(awk '/open files/ {print $4}' /proc/"$pid"/limits)"
 	measure_idle pgshield "$port" "$pid" "$n"
 }
 

@@ -103,6 +103,8 @@ var gatewayParams = []Param{
 		Description: "Failed logins for one role within pgshield.bruteforce_window, from all sources, after which attempts at it from sources not known-good for it go one at a time, each a doubling delay apart. The role is slowed, never locked: its known-good sources are not. 0 turns it off."},
 	{Name: "pgshield.bruteforce_role_max_delay", Default: "10s", Check: checkRoleDelay,
 		Description: "Longest delay between two attempts at a role under attack; attempts that would wait more than twice this are refused (53300)."},
+	{Name: "pgshield.max_client_connections", Default: "1000", Check: checkClientConnections,
+		Description: "Client connections the gateway holds at once, authenticated or not, whatever the pool mode (PgBouncer's max_client_conn); up to 64 more are taken only to be refused with 53300 inside TLS, beyond that they are closed. Raise it with the process's open-file limit for many idle clients over transaction pooling; sessions are still capped by pgshield.max_connections."},
 	{Name: "pgshield.max_connections", Default: "auto", Check: checkMaxConnections,
 		Description: "Sessions the gateway lets in, all roles together; the last pgshield.reserved_admin_connections of them are for the administrator. auto: PostgreSQL's max_connections minus superuser_reserved_connections and the connections pgshield itself holds (89 with PostgreSQL's defaults), followed when PostgreSQL restarts with another max_connections. A number fixes it; 0 turns the cap off."},
 	{Name: "pgshield.max_connections_per_source", Default: "0", Check: checkCount,
@@ -160,6 +162,14 @@ func checkCount(v string) (string, error) {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 0 || n > 1000000 {
 		return "", errors.New("use a whole number from 0 (no limit) to 1000000")
+	}
+	return strconv.Itoa(n), nil
+}
+
+func checkClientConnections(v string) (string, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 1000000 {
+		return "", errors.New("use a whole number from 1 to 1000000")
 	}
 	return strconv.Itoa(n), nil
 }
@@ -320,6 +330,9 @@ func NormalizeParam(p Param, value string) (string, error) {
 type Params struct {
 	// RatePerIP limits new connections per second per source; 0: no limit.
 	RatePerIP int
+	// MaxClientConnections caps the gateway's concurrent client
+	// connections (pgshield.max_client_connections).
+	MaxClientConnections int
 	// KeyRevalidation and KeyGrace drive the data key's revalidation.
 	KeyRevalidation, KeyGrace time.Duration
 	// KernelFirewall mirrors the firewall rules into nftables.
@@ -448,6 +461,7 @@ func ResolveParams(set map[string]string) (Params, error) {
 	atoi := func(name string) int { n, _ := strconv.Atoi(vals[name]); return n }
 	dur := func(name string) time.Duration { d, _ := time.ParseDuration(vals[name]); return d }
 	out.PreAuthTimeout = dur("pgshield.preauth_timeout")
+	out.MaxClientConnections = atoi("pgshield.max_client_connections")
 	out.Threat = ThreatParams{
 		MaxPreAuth: atoi("pgshield.max_preauth_connections"), MaxPreAuthPerSource: atoi("pgshield.max_preauth_connections_per_source"),
 		PreAuthReserved: atoi("pgshield.preauth_reserved_connections"), KnownTTL: dur("pgshield.known_source_ttl"),

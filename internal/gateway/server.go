@@ -55,7 +55,8 @@ type Config struct {
 	Audit func(audit.Event)
 	// Policy admits sources and ends sessions it stops allowing; nil allows all.
 	Policy AccessPolicy
-	// MaxConnections caps concurrent client connections. Up to
+	// MaxConnections caps concurrent client connections; 0 takes
+	// pgshield.max_client_connections from the parameters in force. Up to
 	// capacityOverflow more are taken only to be told so inside TLS.
 	MaxConnections int
 	// Threat bans, budgets and limits logins (internal/threat); nil: none.
@@ -71,6 +72,10 @@ type Config struct {
 // closed without a word. Never a plaintext error before TLS: a client that
 // sends SSLRequest discards it (libpq ≥ 17.1; CVE-2024-10977).
 const capacityOverflow = 64
+
+// defaultMaxClientConnections is pgshield.max_client_connections' default,
+// for parameters resolved without it.
+const defaultMaxClientConnections = 1000
 
 // CheckAndSetDefaults validates the config and fills in defaults.
 func (c *Config) CheckAndSetDefaults() error {
@@ -91,9 +96,6 @@ func (c *Config) CheckAndSetDefaults() error {
 	}
 	if c.DialTimeout == 0 {
 		c.DialTimeout = 30 * time.Second
-	}
-	if c.MaxConnections == 0 {
-		c.MaxConnections = 1000
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -273,8 +275,15 @@ func (s *Server) track(conn net.Conn) bool {
 	if s.mu.conns == nil {
 		return false // shutting down
 	}
-	over := len(s.mu.conns) >= s.cfg.MaxConnections
-	if len(s.mu.conns) >= s.cfg.MaxConnections+capacityOverflow {
+	limit := s.cfg.MaxConnections
+	if limit == 0 {
+		limit = s.rt.Load().params.MaxClientConnections
+	}
+	if limit <= 0 {
+		limit = defaultMaxClientConnections
+	}
+	over := len(s.mu.conns) >= limit
+	if len(s.mu.conns) >= limit+capacityOverflow {
 		return false // closed without a word; see capacityOverflow
 	}
 	s.mu.conns[conn] = over

@@ -317,7 +317,14 @@ func TestThreatRoleThrottle(t *testing.T) {
 			quick++
 		}
 	}
-	if quick > 1 || refused == 0 || len(answered) > 22 {
+	// One answer per 100 ms turn at most (a few more on a loaded machine,
+	// where handshakes trickle in and the answers' arrival jitters); without
+	// the slow-down all 30 come back within a few hundred milliseconds.
+	var last time.Duration
+	for _, d := range answered {
+		last = max(last, d)
+	}
+	if quick > 1 || refused == 0 || len(answered) > int(last/(100*time.Millisecond))+3 {
 		t.Errorf("guesses answered %v, %d refused; want one at a time (at most 1 at once) and the queue's excess refused", answered, refused)
 	}
 }

@@ -163,7 +163,7 @@ func TestCheckAndSetDefaults(t *testing.T) {
 	if err := c.CheckAndSetDefaults(); err != nil {
 		t.Fatal(err)
 	}
-	if c.AuthTimeout != time.Minute || c.DialTimeout != 30*time.Second || c.MaxConnections != 1000 ||
+	if c.AuthTimeout != time.Minute || c.DialTimeout != 30*time.Second || c.MaxConnections != 0 || c.Params.MaxClientConnections != 1000 ||
 		c.Log == nil || c.Now == nil || c.IsReserved == nil || c.IsReserved("postgres") {
 		t.Errorf("CheckAndSetDefaults() = %+v; want the documented defaults", c)
 	}
@@ -635,6 +635,54 @@ func TestServeTooManyConnections(t *testing.T) {
 			t.Fatalf("plaintext startup over capacity: got %#v, %v; want ErrorResponse 53300", m, err)
 		}
 	})
+}
+
+// TestMaxClientConnectionsParameter checks that the cap on client
+// connections is pgshield.max_client_connections when the Config sets
+// none, and follows a live parameter change.
+func TestMaxClientConnectionsParameter(t *testing.T) {
+	checkGoroutines(t)
+	env := startGateway(t, map[string]string{"pgshield.max_client_connections": "2"}, &fakeBackend{}, 0)
+	hold := func(n int64) net.Conn {
+		c, err := net.Dial("tcp", env.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		for deadline := time.Now().Add(3 * time.Second); env.srv.Stats().Active != n; {
+			if time.Now().After(deadline) {
+				t.Fatalf("Stats() = %+v; want %d connections tracked", env.srv.Stats(), n)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		return c
+	}
+	connect := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := pgconn.Connect(ctx, env.connString("alice", goodPassword, "sslmode=verify-full"))
+		if err == nil {
+			c.Close(ctx)
+		}
+		return err
+	}
+	hold(1)
+	if err := connect(); err != nil {
+		t.Fatalf("second connection under a cap of 2 = %v; want a session", err)
+	}
+	hold(2)
+	var pe *pgconn.PgError
+	if err := connect(); !errors.As(err, &pe) || pe.Code != "53300" {
+		t.Fatalf("third connection under a cap of 2 = %v; want 53300", err)
+	}
+	resolved, err := config.ResolveParams(map[string]string{"pgshield.max_client_connections": "3"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.srv.SetParams(resolved)
+	if err := connect(); err != nil {
+		t.Fatalf("third connection after raising the cap to 3 = %v; want a session", err)
+	}
 }
 
 // TestServeUnknownCancelKey checks that a CancelRequest with a guessed key
