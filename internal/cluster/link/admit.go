@@ -1,0 +1,154 @@
+package link
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"regexp"
+	"strings"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/internal/cluster/patroni"
+)
+
+// Startup packet bounds, as PostgreSQL's own (src/include/libpq/pqcomm.h
+// MAX_STARTUP_PACKET_LENGTH) and pgproto3's: against malicious peers.
+const (
+	minStartupLen = 8
+	maxStartupLen = 10000
+	// maxNegotiations bounds SSLRequest/GSSENCRequest answers before the
+	// startup message: libpq sends at most one of each.
+	maxNegotiations = 2
+)
+
+// Startup protocol codes (PostgreSQL's pqcomm.h).
+const (
+	codeCancel = 80877102
+	codeSSL    = 80877103
+	codeGSSEnc = 80877104
+)
+
+// ErrProtocol is a startup packet that is not PostgreSQL's.
+var ErrProtocol = errors.New("link: protocol error in the startup packet")
+
+// Refusal is a startup message the link does not admit; Message goes to the
+// peer in an ErrorResponse (28000). It names no secret: at most the role.
+type Refusal struct{ Message string }
+
+func (r *Refusal) Error() string { return "link: refused: " + r.Message }
+
+// readStartup reads one length-prefixed startup packet without reading a
+// byte past it (what follows goes to PostgreSQL untouched).
+func readStartup(r io.Reader) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	n := int(int32(binary.BigEndian.Uint32(hdr[:])))
+	if n < minStartupLen || n > maxStartupLen {
+		return nil, fmt.Errorf("%w: length %d", ErrProtocol, n)
+	}
+	buf := make([]byte, n)
+	copy(buf, hdr[:])
+	if _, err := io.ReadFull(r, buf[4:]); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+	}
+	return buf, nil
+}
+
+// negotiate reads startup packets from rw until a StartupMessage, answering
+// 'N' to SSLRequest and GSSENCRequest: the link is already TLS 1.3, and a
+// second layer would only hide the startup message from admission. It
+// returns the raw packet and its decoded form.
+func negotiate(rw io.ReadWriter) ([]byte, *pgproto3.StartupMessage, error) {
+	for i := 0; ; i++ {
+		pkt, err := readStartup(rw)
+		if err != nil {
+			return nil, nil, err
+		}
+		switch code := binary.BigEndian.Uint32(pkt[4:8]); code {
+		case codeSSL, codeGSSEnc:
+			if len(pkt) != 8 || i >= maxNegotiations {
+				return nil, nil, fmt.Errorf("%w: negotiation", ErrProtocol)
+			}
+			if _, err := rw.Write([]byte{'N'}); err != nil {
+				return nil, nil, err
+			}
+		case codeCancel:
+			// Nothing Patroni runs between nodes cancels a query; a
+			// cancel key would let a peer end other sessions.
+			return nil, nil, &Refusal{Message: "cancel requests are not relayed over the node link"}
+		default:
+			var m pgproto3.StartupMessage
+			if err := m.Decode(pkt[4:]); err != nil {
+				return nil, nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+			}
+			return pkt, &m, nil
+		}
+	}
+}
+
+// allowedParams are the startup parameters libpq (15) sends for what
+// Patroni runs between nodes: walreceiver, pg_basebackup, pg_rewind and
+// Patroni's own psycopg connections, with libpq's environment GUCs.
+var allowedParams = map[string]bool{
+	"user": true, "database": true, "replication": true, "options": true,
+	"application_name": true, "fallback_application_name": true, "client_encoding": true,
+	"datestyle": true, "timezone": true, "geqo": true,
+}
+
+// optionsRE is what Patroni puts into options and PGOPTIONS: statement
+// timeouts. Anything else (-c role=..., -c session_authorization=...) is
+// refused rather than passed to PostgreSQL.
+var optionsRE = regexp.MustCompile(`^(\s*-c\s*statement_timeout=[0-9]+(ms|s)?)*\s*$`)
+
+// Admit decides a startup message: only the replication role, for a
+// physical walsender (or replication=database on database), and the rewind
+// role, for a plain session on database (pg_rewind's and Patroni's checks),
+// get through. pg_hba.conf on the socket still asks both for SCRAM.
+func Admit(m *pgproto3.StartupMessage, database string) error {
+	if m.ProtocolVersion != pgproto3.ProtocolVersion30 {
+		return &Refusal{Message: "unsupported protocol version"}
+	}
+	for k := range m.Parameters {
+		if !allowedParams[strings.ToLower(k)] {
+			return &Refusal{Message: fmt.Sprintf("startup parameter %q is not allowed over the node link", k)}
+		}
+	}
+	if !optionsRE.MatchString(m.Parameters["options"]) {
+		return &Refusal{Message: "startup options are not allowed over the node link"}
+	}
+	user, db, repl := m.Parameters["user"], m.Parameters["database"], strings.ToLower(m.Parameters["replication"])
+	if db == "" {
+		db = user // PostgreSQL's default
+	}
+	switch user {
+	case patroni.ReplicationRole:
+		switch repl {
+		case "true", "on", "yes", "1":
+			return nil // physical: the walsender ignores the database
+		case "database":
+			if db == database {
+				return nil
+			}
+		}
+		return &Refusal{Message: "role " + patroni.ReplicationRole + " may only start a walsender over the node link"}
+	case patroni.RewindRole:
+		switch repl {
+		case "", "false", "off", "no", "0":
+			if db == database {
+				return nil
+			}
+		}
+		return &Refusal{Message: "role " + patroni.RewindRole + " may only open a session on database " + database + " over the node link"}
+	}
+	return &Refusal{Message: "only the replication and rewind roles are admitted over the node link"}
+}
+
+// refusal is the ErrorResponse a refused peer gets.
+func refusal(msg string) []byte {
+	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "28000", Message: msg}).Encode(nil)
+	return b
+}

@@ -1,0 +1,413 @@
+// Package link is the channel between the nodes of a pgshield
+// high-availability cluster: mutual TLS 1.3 with node certificates from the
+// cluster CA, each end pinned to the other's node name.
+//
+// PostgreSQL has no TCP port on any node, so what Patroni runs between
+// nodes goes through the link:
+//
+//   - PostgreSQL connections (walreceiver, pg_basebackup, pg_rewind, and
+//     Patroni's checks of the leader): a replica connects to a Unix socket
+//     per peer, <PeerSocketDir>/.s.PGSQL.<peer's port>, which the link
+//     relays over TLS to that peer; the receiving link reads the startup
+//     packet, admits only the replication and rewind roles (Admit), and
+//     relays to its own PostgreSQL socket, where pg_hba asks for SCRAM.
+//   - Patroni's REST calls: Patroni 3.0.2 serves and calls its REST API over
+//     TCP only (patroni/api.py binds with getaddrinfo; patroni/request.py
+//     is urllib3 on api_url). Each node's Patroni listens on loopback of
+//     the node, on a port of its own; every other node's link listens on
+//     its own loopback at that port and relays to it.
+//
+// How Patroni is made to use the per-peer sockets, and why Patroni and
+// PostgreSQL run in different network namespaces, is in
+// internal/cluster/patroni (Settings.PeerSocketDir).
+package link
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Peer is another node of the cluster.
+type Peer struct {
+	Name string
+	// Addr is host:port of the peer's link listener.
+	Addr string
+	// PGPort names the peer's socket here: <PeerSocketDir>/.s.PGSQL.<PGPort>.
+	// It is the port in the peer's advertised postgresql.connect_address.
+	PGPort int
+	// RESTPort is where the peer's Patroni REST API is reached on this
+	// node's loopback (the peer's restapi.connect_address).
+	RESTPort int
+}
+
+// Config is one node's link.
+type Config struct {
+	Identity *Identity
+	// Listen is host:port of this node's link listener (its cluster
+	// address; never PostgreSQL's namespace).
+	Listen string
+	// Socket is this node's own PostgreSQL socket file.
+	Socket string
+	// REST is host:port of this node's own Patroni REST API (loopback).
+	REST string
+	// Database is the database the rewind role may open (Patroni's
+	// postgresql.database, "postgres").
+	Database string
+	Peers    []Peer
+	// PeerSocketDir holds one socket per peer (see Peer.PGPort); 0700,
+	// owned by SocketUID/SocketGID (Patroni's and PostgreSQL's user).
+	PeerSocketDir        string
+	SocketUID, SocketGID int
+
+	// MaxConns bounds connections in each direction (64 when zero).
+	MaxConns int
+	// HandshakeTimeout bounds the TLS handshake and, inbound, the startup
+	// packet (5 s when zero).
+	HandshakeTimeout time.Duration
+	// DialTimeout bounds each dial, to a peer or to the local socket (5 s
+	// when zero).
+	DialTimeout time.Duration
+	Log         *slog.Logger
+}
+
+// CheckAndSetDefaults fails on missing settings and fills in defaults.
+func (c *Config) CheckAndSetDefaults() error {
+	if c.Identity == nil {
+		return errors.New("link: no identity")
+	}
+	if c.Listen == "" || c.Socket == "" || c.REST == "" || c.Database == "" || c.PeerSocketDir == "" {
+		return errors.New("link: listen address, socket, REST address, database and peer socket directory are required")
+	}
+	seen := map[string]bool{c.Identity.Name: true}
+	ports := map[int]bool{}
+	for _, p := range c.Peers {
+		if !ValidNodeName(p.Name) || seen[p.Name] {
+			return fmt.Errorf("link: peer name %q invalid or used twice", p.Name)
+		}
+		seen[p.Name] = true
+		if p.PGPort <= 0 || p.PGPort > 65535 || p.RESTPort <= 0 || p.RESTPort > 65535 || ports[p.PGPort] || ports[-p.RESTPort] {
+			return fmt.Errorf("link: peer %s: ports %d/%d invalid or used twice", p.Name, p.PGPort, p.RESTPort)
+		}
+		ports[p.PGPort], ports[-p.RESTPort] = true, true
+	}
+	if c.MaxConns <= 0 {
+		c.MaxConns = 64
+	}
+	if c.HandshakeTimeout <= 0 {
+		c.HandshakeTimeout = 5 * time.Second
+	}
+	if c.DialTimeout <= 0 {
+		c.DialTimeout = 5 * time.Second
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	return nil
+}
+
+// Node runs one node's link: the inbound listener and, for each peer, the
+// socket and REST port that relay to it.
+type Node struct {
+	cfg   Config
+	in    chan struct{} // inbound slots
+	out   chan struct{} // outbound slots
+	wg    sync.WaitGroup
+	ready chan struct{}
+	mu    struct {
+		sync.Mutex
+		conns  map[net.Conn]struct{}
+		closed bool
+		addr   net.Addr
+	}
+}
+
+// New checks cfg and makes a Node; Serve runs it.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.CheckAndSetDefaults(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg, in: make(chan struct{}, cfg.MaxConns), out: make(chan struct{}, cfg.MaxConns), ready: make(chan struct{})}
+	n.mu.conns = map[net.Conn]struct{}{}
+	return n, nil
+}
+
+// Ready is closed once every listener is up.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+// Addr is the inbound listener's address, once Ready.
+func (n *Node) Addr() net.Addr {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.mu.addr
+}
+
+// Serve listens until ctx ends, then closes every listener and connection
+// and returns once all its goroutines have.
+func (n *Node) Serve(ctx context.Context) error {
+	var lns []net.Listener
+	closeAll := func() {
+		for _, l := range lns {
+			_ = l.Close()
+		}
+	}
+	lc := net.ListenConfig{KeepAlive: 15 * time.Second}
+	in, err := lc.Listen(ctx, "tcp", n.cfg.Listen)
+	if err != nil {
+		return fmt.Errorf("link: listen: %w", err)
+	}
+	lns = append(lns, in)
+	n.mu.Lock()
+	n.mu.addr = in.Addr()
+	n.mu.Unlock()
+	if err := n.preparePeerDir(); err != nil {
+		closeAll()
+		return err
+	}
+	type outbound struct {
+		ln    net.Listener
+		peer  Peer
+		proto string
+	}
+	var outs []outbound
+	for _, p := range n.cfg.Peers {
+		sock, err := n.listenUnix(filepath.Join(n.cfg.PeerSocketDir, ".s.PGSQL."+strconv.Itoa(p.PGPort)))
+		if err != nil {
+			closeAll()
+			return err
+		}
+		lns = append(lns, sock)
+		rest, err := lc.Listen(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.RESTPort)))
+		if err != nil {
+			closeAll()
+			return fmt.Errorf("link: REST port for %s: %w", p.Name, err)
+		}
+		lns = append(lns, rest)
+		outs = append(outs, outbound{sock, p, ProtoPostgres}, outbound{rest, p, ProtoREST})
+	}
+	n.cfg.Log.Info("Node link listening.", "node", n.cfg.Identity.Name, "listen", in.Addr().String(), "peers", len(n.cfg.Peers))
+	close(n.ready)
+
+	n.wg.Add(1 + len(outs))
+	go func() { defer n.wg.Done(); n.acceptLoop(in, n.in, n.handleInbound) }()
+	for _, o := range outs {
+		go func() {
+			defer n.wg.Done()
+			n.acceptLoop(o.ln, n.out, func(c net.Conn) { n.handleOutbound(ctx, c, o.peer, o.proto) })
+		}()
+	}
+	<-ctx.Done()
+	n.mu.Lock()
+	n.mu.closed = true
+	for c := range n.mu.conns {
+		_ = c.Close()
+	}
+	n.mu.Unlock()
+	closeAll()
+	n.wg.Wait()
+	return nil
+}
+
+func (n *Node) preparePeerDir() error {
+	d := n.cfg.PeerSocketDir
+	if err := os.MkdirAll(d, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(d, 0o700); err != nil {
+		return err
+	}
+	if os.Geteuid() == 0 {
+		return os.Chown(d, n.cfg.SocketUID, n.cfg.SocketGID)
+	}
+	return nil
+}
+
+// listenUnix makes a peer socket: a stale file is removed after a dial
+// shows nobody serves it, and the socket belongs to PostgreSQL's user.
+func (n *Node) listenUnix(path string) (net.Listener, error) {
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		_ = c.Close()
+		return nil, fmt.Errorf("link: %s is already in use", path)
+	}
+	_ = os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("link: %w", err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	if os.Geteuid() == 0 {
+		if err := os.Chown(path, n.cfg.SocketUID, n.cfg.SocketGID); err != nil {
+			_ = ln.Close()
+			return nil, err
+		}
+	}
+	return ln, nil
+}
+
+// acceptLoop runs handle for each connection while a slot is free; a
+// connection over the limit is closed at once.
+func (n *Node) acceptLoop(ln net.Listener, slots chan struct{}, handle func(net.Conn)) {
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(50 * time.Millisecond)
+				continue
+			}
+			return // closed
+		}
+		select {
+		case slots <- struct{}{}:
+		default:
+			n.cfg.Log.Warn("Node link connection refused: too many connections.", "max", n.cfg.MaxConns)
+			_ = c.Close()
+			continue
+		}
+		if !n.track(c) {
+			<-slots
+			_ = c.Close()
+			return
+		}
+		n.wg.Add(1)
+		go func() {
+			defer n.wg.Done()
+			defer func() { <-slots }()
+			defer n.untrack(c)
+			handle(c)
+		}()
+	}
+}
+
+// track registers c so that Serve's end closes it; false once closing.
+func (n *Node) track(c net.Conn) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.mu.closed {
+		return false
+	}
+	n.mu.conns[c] = struct{}{}
+	return true
+}
+
+func (n *Node) untrack(c net.Conn) {
+	n.mu.Lock()
+	delete(n.mu.conns, c)
+	n.mu.Unlock()
+	_ = c.Close()
+}
+
+// handleInbound admits a peer's connection and relays it.
+func (n *Node) handleInbound(raw net.Conn) {
+	log := n.cfg.Log.With("remote", raw.RemoteAddr().String())
+	_ = raw.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
+	tc := tls.Server(raw, n.cfg.Identity.serverConfig(n.peerSet()))
+	if err := tc.Handshake(); err != nil {
+		log.Warn("Node link handshake refused.", "error", err)
+		return
+	}
+	cs := tc.ConnectionState()
+	log = log.With("peer", PeerName(cs), "proto", cs.NegotiatedProtocol)
+	var backend net.Conn
+	var err error
+	switch cs.NegotiatedProtocol {
+	case ProtoPostgres:
+		var pkt []byte
+		pkt, err = n.admit(tc)
+		if err != nil {
+			var r *Refusal
+			if errors.As(err, &r) {
+				_, _ = tc.Write(refusal(r.Message))
+			}
+			log.Warn("Node link connection refused.", "error", err)
+			return
+		}
+		backend, err = net.DialTimeout("unix", n.cfg.Socket, n.cfg.DialTimeout)
+		if err == nil {
+			_, err = backend.Write(pkt)
+		}
+	case ProtoREST:
+		backend, err = net.DialTimeout("tcp", n.cfg.REST, n.cfg.DialTimeout)
+	default:
+		log.Warn("Node link connection refused: no protocol agreed.")
+		return
+	}
+	if err != nil {
+		if backend != nil {
+			_ = backend.Close()
+		}
+		log.Warn("Node link backend unreachable.", "error", err)
+		return
+	}
+	_ = raw.SetDeadline(time.Time{})
+	n.relay(log, tc, backend)
+}
+
+// admit reads the startup packet and decides it.
+func (n *Node) admit(c net.Conn) ([]byte, error) {
+	pkt, m, err := negotiate(c)
+	if err != nil {
+		return nil, err
+	}
+	if err := Admit(m, n.cfg.Database); err != nil {
+		return nil, err
+	}
+	return pkt, nil
+}
+
+// handleOutbound relays a local connection to peer.
+func (n *Node) handleOutbound(ctx context.Context, local net.Conn, peer Peer, proto string) {
+	log := n.cfg.Log.With("peer", peer.Name, "proto", proto)
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: n.cfg.DialTimeout, KeepAlive: 15 * time.Second}, Config: n.cfg.Identity.clientConfig(peer.Name, proto)}
+	hctx, cancel := context.WithTimeout(ctx, n.cfg.DialTimeout+n.cfg.HandshakeTimeout)
+	remote, err := d.DialContext(hctx, "tcp", peer.Addr)
+	cancel()
+	if err != nil {
+		log.Warn("Node link dial failed.", "error", err)
+		return
+	}
+	n.relay(log, local, remote)
+}
+
+// relay copies both ways until either side ends, then closes both.
+func (n *Node) relay(log *slog.Logger, a, b net.Conn) {
+	began := time.Now()
+	if !n.track(b) {
+		_ = b.Close()
+		return
+	}
+	defer n.untrack(b)
+	errc := make(chan error, 2)
+	cp := func(dst, src net.Conn) {
+		_, err := io.Copy(dst, src)
+		errc <- err
+		// The first side to end ends the other.
+		_ = a.Close()
+		_ = b.Close()
+	}
+	go cp(a, b)
+	go cp(b, a)
+	err := <-errc
+	<-errc
+	log.Debug("Node link connection closed.", "duration", time.Since(began).Round(time.Millisecond), "error", err)
+}
+
+func (n *Node) peerSet() map[string]bool {
+	m := make(map[string]bool, len(n.cfg.Peers))
+	for _, p := range n.cfg.Peers {
+		m[p.Name] = true
+	}
+	return m
+}
