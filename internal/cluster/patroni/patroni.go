@@ -57,21 +57,25 @@ type Settings struct {
 	Scope string // the cluster's name
 	Node  string // this node's name
 
-	DataDir   string // PostgreSQL's data directory (on the unlocked volume)
-	BinDir    string // /usr/lib/postgresql/15/bin
+	DataDir string // PostgreSQL's data directory (on the unlocked volume)
+	// BinDir is the wrapper directory WriteBinDir makes, not PostgreSQL's
+	// own: its postgres starts the postmaster in an empty network
+	// namespace.
+	BinDir    string
 	SocketDir string // pgshield's private socket directory
 	Port      int    // the socket's port number (no TCP port is opened)
-	// ConnectAddress is host:port of this node's replication relay, which
-	// other nodes' replicas are told to connect to; pgshield relays it
-	// over mutual TLS to this node's socket (not yet built).
-	ConnectAddress string
-	// RestListen is host:port of Patroni's REST API, inside PostgreSQL's
-	// network namespace, which has only a loopback interface.
-	RestListen string
-	// RestConnectAddress is host:port where other nodes reach this node's
-	// REST API: this node's pgshield relay (mutual TLS), never loopback.
-	RestConnectAddress string
-	PgpassFile         string // written by WritePgpass
+	// LinkPort is this node's number on the node link: every other node
+	// reaches this node's PostgreSQL at <PeerSocketDir>/.s.PGSQL.<LinkPort>
+	// (internal/cluster/link). Unique in the cluster.
+	LinkPort int
+	// PeerSocketDir is where this node's link makes one socket per peer;
+	// Patroni and everything it runs find it through PGHOST (Env).
+	PeerSocketDir string
+	// RestPort is the port of Patroni's REST API on the node's loopback;
+	// every other node's link listens on its own loopback at the same port
+	// and relays to this node. Unique in the cluster.
+	RestPort   int
+	PgpassFile string // written by WritePgpass
 
 	// Managed are pgshield's managed PostgreSQL settings (ParseConf of
 	// postgres.Cluster.ManagedConf). They go into the local
@@ -97,7 +101,7 @@ type EtcdClient struct {
 func (s Settings) validate() error {
 	var missing []string
 	for name, v := range map[string]string{"scope": s.Scope, "node": s.Node, "data dir": s.DataDir, "bin dir": s.BinDir,
-		"socket dir": s.SocketDir, "connect address": s.ConnectAddress, "REST listen address": s.RestListen, "REST connect address": s.RestConnectAddress, "pgpass file": s.PgpassFile,
+		"socket dir": s.SocketDir, "peer socket dir": s.PeerSocketDir, "pgpass file": s.PgpassFile,
 		"etcd CA": s.Etcd.CACert, "etcd client certificate": s.Etcd.ClientCert, "etcd client key": s.Etcd.ClientKey} {
 		if v == "" {
 			missing = append(missing, name)
@@ -106,28 +110,26 @@ func (s Settings) validate() error {
 	if len(missing) > 0 {
 		return fmt.Errorf("patroni configuration: missing %s", strings.Join(missing, ", "))
 	}
-	for _, p := range []string{s.DataDir, s.BinDir, s.SocketDir, s.PgpassFile, s.Etcd.CACert, s.Etcd.ClientCert, s.Etcd.ClientKey} {
+	for _, p := range []string{s.DataDir, s.BinDir, s.SocketDir, s.PeerSocketDir, s.PgpassFile, s.Etcd.CACert, s.Etcd.ClientCert, s.Etcd.ClientKey} {
 		if !filepath.IsAbs(p) {
 			return fmt.Errorf("patroni configuration: %s is not an absolute path", p)
 		}
 	}
-	if s.Port <= 0 || s.Port > 65535 {
-		return fmt.Errorf("patroni configuration: port %d", s.Port)
+	if filepath.Clean(s.PeerSocketDir) == filepath.Clean(s.SocketDir) {
+		return errors.New("patroni configuration: the peer socket directory must not be the node's own socket directory")
+	}
+	for name, p := range map[string]int{"port": s.Port, "link port": s.LinkPort, "REST port": s.RestPort} {
+		if p <= 0 || p > 65535 {
+			return fmt.Errorf("patroni configuration: %s %d", name, p)
+		}
 	}
 	if len(s.Etcd.Endpoints) == 0 {
 		return errors.New("patroni configuration: no etcd endpoint")
 	}
-	for _, hp := range append([]string{s.ConnectAddress, s.RestListen, s.RestConnectAddress}, s.Etcd.Endpoints...) {
+	for _, hp := range s.Etcd.Endpoints {
 		h, port, err := net.SplitHostPort(hp)
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || h == "" || n <= 0 || n > 65535 || strings.ContainsAny(h, "/ ") {
 			return fmt.Errorf("patroni configuration: %q is not host:port", hp)
-		}
-	}
-	for _, hp := range []string{s.ConnectAddress, s.RestConnectAddress} {
-		// Other nodes are told these addresses: loopback would be their own.
-		h, _, _ := net.SplitHostPort(hp)
-		if ip := net.ParseIP(h); h == "localhost" || ip != nil && (ip.IsLoopback() || ip.IsUnspecified()) {
-			return fmt.Errorf("patroni configuration: %s is advertised to other nodes and may not be loopback or unspecified", hp)
 		}
 	}
 	return s.Timings.Validate()
@@ -190,9 +192,12 @@ func Generate(s Settings) ([]byte, error) {
 		"scope":     s.Scope,
 		"namespace": "/pgshield/",
 		"name":      s.Node,
+		// Patroni 3.0.2 serves REST over TCP only. On the node's loopback,
+		// and the same address is advertised: on every other node it is
+		// that node's link, which relays here (internal/cluster/link).
 		"restapi": map[string]any{
-			"listen":          s.RestListen,
-			"connect_address": s.RestConnectAddress,
+			"listen":          s.restAddr(),
+			"connect_address": s.restAddr(),
 		},
 		"etcd3": map[string]any{
 			"hosts":    s.Etcd.Endpoints,
@@ -230,8 +235,9 @@ func Generate(s Settings) ([]byte, error) {
 			// gives listen_addresses = '' (no TCP port). Patroni 3.0.2's
 			// --validate-config resolves the host and so rejects it; Patroni
 			// itself does not validate on start and takes it as ''.
-			"listen":               ":" + strconv.Itoa(s.Port),
-			"connect_address":      s.ConnectAddress,
+			"listen": ":" + strconv.Itoa(s.Port),
+			// No host, only the link port: see netns.go.
+			"connect_address":      ":" + strconv.Itoa(s.LinkPort),
 			"use_unix_socket":      true,
 			"use_unix_socket_repl": true,
 			"data_dir":             s.DataDir,
@@ -277,11 +283,11 @@ func WritePgpass(path string, s Settings, pw Passwords) error {
 	if fi.Mode().Perm()&^0o700 != 0 {
 		return fmt.Errorf("pgpass: directory %s has mode %04o, wider than 0700", filepath.Dir(path), fi.Mode().Perm())
 	}
-	port := strconv.Itoa(s.Port)
 	var b strings.Builder
 	for _, e := range [][2]string{{ReplicationRole, pw.Replication}, {RewindRole, pw.Rewind}} {
-		// Any host and database: the relay and the socket both end here.
-		fmt.Fprintf(&b, "*:%s:*:%s:%s\n", port, e[0], pgpassEscape(e[1]))
+		// Any host, port and database: the node's own socket and every
+		// peer's socket (one port number per peer) all need them.
+		fmt.Fprintf(&b, "*:*:*:%s:%s\n", e[0], pgpassEscape(e[1]))
 	}
 	return config.WriteFileAtomic(path, []byte(b.String()), 0o600)
 }

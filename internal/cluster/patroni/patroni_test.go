@@ -16,7 +16,7 @@ func settings(t *testing.T) Settings {
 		Scope: "prod", Node: "node1",
 		DataDir: "/var/lib/pgshield/volume/pgdata", BinDir: "/usr/lib/postgresql/15/bin",
 		SocketDir: "/run/pgshield/pg", Port: 5432,
-		ConnectAddress: "10.77.0.21:5433", RestListen: "127.0.0.1:8008", RestConnectAddress: "10.77.0.21:8009",
+		LinkPort: 5501, PeerSocketDir: "/run/pgshield/peers", RestPort: 8101,
 		PgpassFile: filepath.Join(dir, "pgpass"),
 		Managed: map[string]string{
 			"listen_addresses": "", "shared_preload_libraries": "pgshield_guard,pgaudit",
@@ -35,7 +35,8 @@ type doc struct {
 	Scope   string `yaml:"scope"`
 	Name    string `yaml:"name"`
 	Restapi struct {
-		Listen string `yaml:"listen"`
+		Listen         string `yaml:"listen"`
+		ConnectAddress string `yaml:"connect_address"`
 	} `yaml:"restapi"`
 	Etcd3 struct {
 		Hosts    []string `yaml:"hosts"`
@@ -58,6 +59,7 @@ type doc struct {
 	} `yaml:"bootstrap"`
 	Postgresql struct {
 		Listen            string                       `yaml:"listen"`
+		ConnectAddress    string                       `yaml:"connect_address"`
 		UseUnixSocket     bool                         `yaml:"use_unix_socket"`
 		UseUnixSocketRepl bool                         `yaml:"use_unix_socket_repl"`
 		Pgpass            string                       `yaml:"pgpass"`
@@ -83,7 +85,7 @@ func TestGenerate(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := parse(t, b)
-	if d.Scope != "prod" || d.Name != "node1" || d.Restapi.Listen != "127.0.0.1:8008" {
+	if d.Scope != "prod" || d.Name != "node1" || d.Restapi.Listen != "127.0.0.1:8101" || d.Restapi.ConnectAddress != "127.0.0.1:8101" {
 		t.Errorf("scope/name/restapi: %+v", d)
 	}
 	e := d.Etcd3
@@ -98,7 +100,9 @@ func TestGenerate(t *testing.T) {
 		t.Errorf("synchronous_mode, _strict, failsafe_mode: %v %v %v", dcs.Sync, dcs.Strict, dcs.Failsafe)
 	}
 	pg := d.Postgresql
-	if pg.Listen != ":5432" || !pg.UseUnixSocket || !pg.UseUnixSocketRepl || pg.Pgpass != s.PgpassFile {
+	// No host in connect_address: other nodes connect to the peer socket
+	// for port 5501 that PGHOST names (netns.go).
+	if pg.Listen != ":5432" || pg.ConnectAddress != ":5501" || !pg.UseUnixSocket || !pg.UseUnixSocketRepl || pg.Pgpass != s.PgpassFile {
 		t.Errorf("postgresql: %+v", pg)
 	}
 	p := pg.Parameters
@@ -166,16 +170,18 @@ func TestGenerateRefusesOverride(t *testing.T) {
 
 func TestGenerateRefusesBadSettings(t *testing.T) {
 	cases := map[string]func(*Settings){
-		"no scope":        func(s *Settings) { s.Scope = "" },
-		"relative path":   func(s *Settings) { s.DataDir = "pgdata" },
-		"no etcd":         func(s *Settings) { s.Etcd.Endpoints = nil },
-		"bad endpoint":    func(s *Settings) { s.Etcd.Endpoints = []string{"https://a"} },
-		"port":            func(s *Settings) { s.Port = 0 },
-		"ttl too short":   func(s *Settings) { s.Timings = Timings{TTL: 10, LoopWait: 5, RetryTimeout: 4} },
-		"no etcd cert":    func(s *Settings) { s.Etcd.ClientKey = "" },
-		"bad REST listen": func(s *Settings) { s.RestListen = "8008" },
-		"loopback REST":   func(s *Settings) { s.RestConnectAddress = "127.0.0.1:8008" },
-		"loopback relay":  func(s *Settings) { s.ConnectAddress = "localhost:5433" },
+		"no scope":               func(s *Settings) { s.Scope = "" },
+		"relative path":          func(s *Settings) { s.DataDir = "pgdata" },
+		"no etcd":                func(s *Settings) { s.Etcd.Endpoints = nil },
+		"bad endpoint":           func(s *Settings) { s.Etcd.Endpoints = []string{"https://a"} },
+		"port":                   func(s *Settings) { s.Port = 0 },
+		"ttl too short":          func(s *Settings) { s.Timings = Timings{TTL: 10, LoopWait: 5, RetryTimeout: 4} },
+		"no etcd cert":           func(s *Settings) { s.Etcd.ClientKey = "" },
+		"no REST port":           func(s *Settings) { s.RestPort = 0 },
+		"link port":              func(s *Settings) { s.LinkPort = 70000 },
+		"no peer socket dir":     func(s *Settings) { s.PeerSocketDir = "" },
+		"relative peer dir":      func(s *Settings) { s.PeerSocketDir = "peers" },
+		"peer dir is socket dir": func(s *Settings) { s.PeerSocketDir = s.SocketDir + "/" },
 	}
 	for name, f := range cases {
 		s := settings(t)
@@ -212,7 +218,7 @@ func TestNoSecretInYAML(t *testing.T) {
 		t.Errorf("pgpass mode %04o", fi.Mode().Perm())
 	}
 	got, _ := os.ReadFile(s.PgpassFile)
-	want := "*:5432:*:" + ReplicationRole + `:repl-S3cret\:with\\colon` + "\n*:5432:*:" + RewindRole + ":rewind-Sec'ret\n"
+	want := "*:*:*:" + ReplicationRole + `:repl-S3cret\:with\\colon` + "\n*:*:*:" + RewindRole + ":rewind-Sec'ret\n"
 	if string(got) != want {
 		t.Errorf("pgpass:\n%s\nwant:\n%s", got, want)
 	}
