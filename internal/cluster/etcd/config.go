@@ -42,6 +42,18 @@ func (c Cluster) Endpoints() []string {
 // data in dataDir (mode 0700, etcd's own requirement too). They hold
 // paths, never key material. The member listens on its own address only,
 // TLS on both ports with certificates required, no metrics or v2 port.
+//
+// Who may do what: any holder of a client-CA certificate (the client
+// certificate pgshield and Patroni share, and the members' own client-port
+// certificates) can read and write every key. etcd's RBAC is left off:
+// with --client-cert-auth it would take the user from the certificate's
+// CN, but 3.4's JSON gateway, which Patroni's etcd3 client and pgshield's
+// fencing both use, dials the gRPC port with the member's own certificate,
+// so a gateway call without a password token would run as the member,
+// not as the caller.
+// Narrowing Patroni to its prefix would need password (token) auth on top.
+// TODO(#18): decide on RBAC with tokens once the daemon distributes
+// cluster secrets.
 func Args(c Cluster, name string, pki PKI, dataDir string) ([]string, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
@@ -66,12 +78,14 @@ func Args(c Cluster, name string, pki PKI, dataDir string) ([]string, error) {
 		"--initial-cluster-state=new",
 		"--client-cert-auth",
 		"--trusted-ca-file=" + pki.CACert(),
-		"--cert-file=" + pki.MemberCert(m.Name),
-		"--key-file=" + pki.MemberKey(m.Name),
+		"--cert-file=" + pki.ServerCert(m.Name),
+		"--key-file=" + pki.ServerKey(m.Name),
 		"--peer-client-cert-auth",
-		"--peer-trusted-ca-file=" + pki.CACert(),
-		"--peer-cert-file=" + pki.MemberCert(m.Name),
-		"--peer-key-file=" + pki.MemberKey(m.Name),
+		// Peers: the peer CA only, and only its PeerCN certificates (see PKI).
+		"--peer-trusted-ca-file=" + pki.PeerCACert(),
+		"--peer-cert-allowed-cn=" + PeerCN,
+		"--peer-cert-file=" + pki.PeerCert(m.Name),
+		"--peer-key-file=" + pki.PeerKey(m.Name),
 		"--cipher-suites=" + strings.Join(cipherSuites, ","),
 		"--enable-v2=false",
 		// A corrupted member refuses to start instead of serving.

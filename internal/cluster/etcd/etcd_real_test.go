@@ -3,6 +3,7 @@ package etcd
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
@@ -10,12 +11,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/pgshield/pgshield/internal/testutil/pgtest"
+	"github.com/pgshield/pgshield/internal/tlsconf"
 )
 
 // The real test drives Debian's etcd and etcdctl (etcd-server and
@@ -120,7 +123,25 @@ func (c etcdctl) run(ctx context.Context, args ...string) (string, error) {
 	return strings.TrimSpace(out.String()), err
 }
 
-func TestRealThreeMembersTLS(t *testing.T) {
+// realCluster is three members running in a netlab.
+type realCluster struct {
+	lab  *netlab
+	c    Cluster
+	pki  PKI
+	root string
+	logs []*syncBuffer
+	// tlsArgs are etcdctl's flags for the client certificate.
+	tlsArgs []string
+}
+
+// cli is etcdctl in member i's namespace, talking to member i only.
+func (r *realCluster) cli(i int) etcdctl {
+	return etcdctl{ns: r.lab.ns[i], endpoint: ClientURL(r.c.Members[i]), args: r.tlsArgs}
+}
+
+// skipUnlessReal skips unless the real tests can run here.
+func skipUnlessReal(t *testing.T) string {
+	t.Helper()
 	if os.Getenv(pgtest.EnvVar) != "1" {
 		t.Skip("needs etcd and network namespaces as root: set PGSHIELD_E2E=1 (scripts/test.sh does)")
 	}
@@ -134,43 +155,43 @@ func TestRealThreeMembersTLS(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
 	}
+	return bin
+}
 
+// startRealCluster starts three members, each in its namespace, and waits
+// (60 s at most) until all three answer a linearizable health check over
+// TLS with the client certificate. Everything stops at the test's end.
+func startRealCluster(t *testing.T, bin string) *realCluster {
 	lab := newNetlab(t, 3)
-	c := Cluster{Token: "pgshield-test-" + lab.suffix}
+	r := &realCluster{lab: lab, c: Cluster{Token: "pgshield-test-" + lab.suffix}, root: t.TempDir(), logs: make([]*syncBuffer, 3)}
 	for i := range 3 {
-		c.Members = append(c.Members, Member{Name: fmt.Sprintf("m%d", i+1), IP: lab.ip(i)})
+		r.c.Members = append(r.c.Members, Member{Name: fmt.Sprintf("m%d", i+1), IP: lab.ip(i)})
 	}
-	root := t.TempDir()
-	pki := PKI{Dir: filepath.Join(root, "pki")}
-	if err := pki.Generate(c, time.Now()); err != nil {
+	r.pki = PKI{Dir: filepath.Join(r.root, "pki")}
+	if err := r.pki.Generate(r.c, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	// A second CA, to show a certificate from elsewhere is refused.
-	other := PKI{Dir: filepath.Join(root, "other")}
-	if err := other.Generate(c, time.Now()); err != nil {
-		t.Fatal(err)
-	}
+	r.tlsArgs = []string{"--cacert=" + r.pki.CACert(), "--cert=" + r.pki.ClientCert(), "--key=" + r.pki.ClientKey()}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	logs := make([]*syncBuffer, 3)
 	t.Cleanup(func() {
 		cancel()
 		wg.Wait() // every member stopped before the namespaces go
 		if t.Failed() {
-			for i, l := range logs {
+			for i, l := range r.logs {
 				if l != nil {
 					t.Logf("member m%d log (tail):\n%s", i+1, l.tail(3000))
 				}
 			}
 		}
 	})
-	for i, m := range c.Members {
-		dataDir := filepath.Join(root, "data-"+m.Name)
+	for i, m := range r.c.Members {
+		dataDir := filepath.Join(r.root, "data-"+m.Name)
 		if err := os.Mkdir(dataDir, 0o700); err != nil {
 			t.Fatal(err)
 		}
-		args, err := Args(c, m.Name, pki, dataDir)
+		args, err := Args(r.c, m.Name, r.pki, dataDir)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -179,18 +200,13 @@ func TestRealThreeMembersTLS(t *testing.T) {
 				t.Fatalf("key material in argv: %q", a)
 			}
 		}
-		logs[i] = &syncBuffer{}
-		s := &Supervisor{Bin: bin, Prefix: []string{"ip", "netns", "exec", lab.ns[i]}, Args: args, Dir: dataDir, Log: logs[i], StopGrace: 5 * time.Second}
+		r.logs[i] = &syncBuffer{}
+		s := &Supervisor{Bin: bin, Prefix: []string{"ip", "netns", "exec", lab.ns[i]}, Args: args, Dir: dataDir, Log: r.logs[i], StopGrace: 5 * time.Second}
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = s.Run(ctx) }()
 	}
 
-	tlsArgs := []string{"--cacert=" + pki.CACert(), "--cert=" + pki.ClientCert(), "--key=" + pki.ClientKey()}
-	cli := func(i int) etcdctl { return etcdctl{ns: lab.ns[i], endpoint: ClientURL(c.Members[i]), args: tlsArgs} }
-	all := etcdctl{ns: lab.ns[0], endpoint: strings.Join(c.Endpoints(), ","), args: tlsArgs}
-
-	// Healthy: every member answers a linearizable health check over TLS
-	// with the client certificate. Bounded: 60 s.
+	all := etcdctl{ns: lab.ns[0], endpoint: strings.Join(r.c.Endpoints(), ","), args: r.tlsArgs}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		out, err := all.run(ctx, "endpoint", "health")
@@ -206,6 +222,20 @@ func TestRealThreeMembersTLS(t *testing.T) {
 	if err != nil || strings.Count(out, "started") != 3 || strings.Contains(out, "http://") {
 		t.Fatalf("member list: %v\n%s", err, out)
 	}
+	return r
+}
+
+func TestRealThreeMembersTLS(t *testing.T) {
+	bin := skipUnlessReal(t)
+	ctx := context.Background()
+	r := startRealCluster(t, bin)
+	lab, c, pki, root := r.lab, r.c, r.pki, r.root
+	cli := r.cli
+	// A second CA pair, to show a certificate from elsewhere is refused.
+	other := PKI{Dir: filepath.Join(root, "other")}
+	if err := other.Generate(c, time.Now()); err != nil {
+		t.Fatal(err)
+	}
 
 	// Nothing listens on the host: etcd is only inside its namespaces.
 	if out, _ := run(ctx, "ss", "-Hltn", "sport = :2379 or sport = :2380"); strings.TrimSpace(out) != "" {
@@ -218,6 +248,9 @@ func TestRealThreeMembersTLS(t *testing.T) {
 		"no certificate": {ns: lab.ns[0], endpoint: ClientURL(c.Members[0]), args: []string{"--cacert=" + pki.CACert()}},
 		"another CA's":   {ns: lab.ns[0], endpoint: ClientURL(c.Members[0]), args: []string{"--cacert=" + pki.CACert(), "--cert=" + other.ClientCert(), "--key=" + other.ClientKey()}},
 		"plain HTTP":     {ns: lab.ns[0], endpoint: strings.Replace(ClientURL(c.Members[0]), "https://", "http://", 1)},
+		// A member's peer certificate is no client: the client port trusts
+		// only the client CA.
+		"a peer certificate": {ns: lab.ns[0], endpoint: ClientURL(c.Members[0]), args: []string{"--cacert=" + pki.CACert(), "--cert=" + pki.PeerCert("m1"), "--key=" + pki.PeerKey("m1")}},
 	}
 	for name, bad := range refused {
 		if out, err := bad.run(ctx, "put", "intruder", "1"); err == nil {
@@ -235,6 +268,8 @@ func TestRealThreeMembersTLS(t *testing.T) {
 	if out, err := run(ctx, "ip", "netns", "exec", lab.ns[0], "curl", "-sS", "--max-time", "3", "--cacert", pki.CACert(), "https://"+net.JoinHostPort(lab.ip(1).String(), "2380")+"/members"); err == nil {
 		t.Errorf("the peer port answered a client without a certificate: %s", out)
 	}
+
+	r.peerAttacks(t)
 
 	// Fencing's primitive: partition member 3 after it has seen v1, write
 	// v2 through the majority, then read on member 3.
@@ -256,7 +291,7 @@ func TestRealThreeMembersTLS(t *testing.T) {
 	if out, err := cli(0).run(ctx, "put", "leader", "v2"); err != nil {
 		t.Fatalf("the majority could not write v2: %v %s", err, out)
 	}
-	out, err = cli(2).run(ctx, "get", "--consistency=l", "--print-value-only", "leader")
+	out, err := cli(2).run(ctx, "get", "--consistency=l", "--print-value-only", "leader")
 	if err == nil {
 		t.Fatalf("a linearizable read on the partitioned member succeeded: %q", out)
 	}
@@ -284,6 +319,12 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 	return s.b.Write(p)
 }
 
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 func (s *syncBuffer) tail(n int) string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -292,4 +333,98 @@ func (s *syncBuffer) tail(n int) string {
 		b = b[len(b)-n:]
 	}
 	return string(b)
+}
+
+// peerAttacks presents certificates to member 2's peer port (raft's HTTP
+// endpoints: /raft/probing, and /members) the way a fourth etcd joining
+// would, and checks that only a member's own peer certificate, from its
+// own address, gets an answer, and that each refusal is etcd's for the
+// reason meant (its log says why).
+func (r *realCluster) peerAttacks(t *testing.T) {
+	t.Helper()
+	ctx := context.Background()
+	pki := r.pki
+	// A certificate from the peer CA itself, on the attacker's own address,
+	// but not issued as a peer (CN): what a mis-issued or second-purpose
+	// certificate of that CA would be.
+	intruder := filepath.Join(r.root, "intruder")
+	peerCA := readCert(t, pki.PeerCACert())
+	kb, err := os.ReadFile(pki.peerCAKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caKey, err := tlsconf.ParseKey(kb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ecKey, ok := caKey.(*ecdsa.PrivateKey)
+	if !ok {
+		t.Fatalf("peer CA key is %T", caKey)
+	}
+	wrongCN := leafSpec{CN: "m4", IPs: []net.IP{r.lab.ip(2)}, Server: true}
+	if err := pki.issue(peerCA, ecKey, wrongCN, filepath.Join(intruder, "peer.crt"), filepath.Join(intruder, "peer.key"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+
+	target := "https://" + net.JoinHostPort(r.lab.ip(1).String(), strconv.Itoa(PeerPort))
+	curl := func(from int, cert, key string, path string) (string, error) {
+		args := []string{"netns", "exec", r.lab.ns[from], "curl", "-sS", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+			"--cacert", pki.PeerCACert()}
+		if cert != "" {
+			args = append(args, "--cert", cert, "--key", key)
+		}
+		return run(ctx, "ip", append(args, target+path)...)
+	}
+	paths := []string{"/raft/probing", "/members"}
+	// The control: member 1's peer certificate from member 1's address.
+	for _, path := range paths {
+		if out, err := curl(0, pki.PeerCert("m1"), pki.PeerKey("m1"), path); err != nil || out != "200" {
+			t.Fatalf("member 1 on member 2's peer port %s: %v %s", path, err, out)
+		}
+	}
+	cases := []struct {
+		name      string
+		from      int
+		cert, key string
+		// why is what member 2 logs about the refused connection.
+		why string
+	}{
+		{"the client certificate (Patroni's and pgshield's)", 0, pki.ClientCert(), pki.ClientKey(), "unknown authority"},
+		{"member 1's client-port certificate (client CA)", 0, pki.ServerCert("m1"), pki.ServerKey("m1"), "unknown authority"},
+		// etcd 3.4's --peer-cert-allowed-cn check says only this; the
+		// certificate differs from a member's in its CN alone (same CA, its
+		// source address as its IP SAN).
+		{"a peer-CA certificate with another CN", 2, filepath.Join(intruder, "peer.crt"), filepath.Join(intruder, "peer.key"), "client certificate authentication failed"},
+		{"member 1's peer certificate from member 3's address", 2, pki.PeerCert("m1"), pki.PeerKey("m1"), "not " + r.lab.ip(2).String()},
+		{"no certificate", 0, "", "", "didn't provide a certificate"},
+	}
+	for _, tc := range cases {
+		before := strings.Count(r.logs[1].String(), tc.why)
+		for _, path := range paths {
+			out, err := curl(tc.from, tc.cert, tc.key, path)
+			if err == nil || out == "200" {
+				t.Errorf("%s: member 2's peer port answered %s: %s (%v)", tc.name, path, out, err)
+			}
+		}
+		// The log line may come a moment after curl gives up.
+		deadline := time.Now().Add(3 * time.Second)
+		for strings.Count(r.logs[1].String(), tc.why) <= before && time.Now().Before(deadline) {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if strings.Count(r.logs[1].String(), tc.why) <= before {
+			var rejected []string
+			for _, l := range strings.Split(r.logs[1].String(), "\n") {
+				if strings.Contains(l, "rejected") || strings.Contains(l, "TLS handshake") {
+					rejected = append(rejected, l)
+				}
+			}
+			t.Errorf("%s: member 2 logged no refusal saying %q; its refusals:\n%s", tc.name, tc.why, strings.Join(rejected, "\n"))
+		} else {
+			log := r.logs[1].String()
+			i := strings.LastIndex(log, tc.why)
+			line := log[strings.LastIndex(log[:i], "\n")+1:]
+			line, _, _ = strings.Cut(line, "\n")
+			t.Logf("%s: refused by member 2's peer port: %s", tc.name, line)
+		}
+	}
 }

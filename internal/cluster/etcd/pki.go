@@ -1,8 +1,9 @@
 // Package etcd generates the configuration of the 3-member etcd cluster
 // that decides who leads a pgshield high-availability cluster, and runs an
 // etcd member as a supervised child process. Peers and clients speak TLS
-// only and must present a certificate from the cluster's own CA
-// (--client-cert-auth, --peer-client-cert-auth). See internal/cluster for
+// only and must present a certificate from the cluster's own CAs, one for
+// clients and one for peers (--client-cert-auth, --peer-client-cert-auth,
+// --peer-cert-allowed-cn; see PKI). See internal/cluster for
 // the plan this is the first part of; nothing in the daemon uses it yet.
 package etcd
 
@@ -81,31 +82,73 @@ func (c Cluster) Member(name string) (Member, bool) {
 	return Member{}, false
 }
 
-// PKI is where a cluster's certificates live: ca.crt and ca.key at the
-// top, and one 0700 directory per member and for the client.
+// PeerCN is the common name of every member's peer certificate. Members
+// run with --peer-cert-allowed-cn set to it, so a certificate that chains
+// to the peer CA but was issued for anything else is refused on the peer
+// port. etcd 3.4 takes one name here, not one per member; what binds a
+// peer certificate to its member is its IP address (see PKI).
+const PeerCN = "pgshield-etcd-peer"
+
+// PKI is where a cluster's certificates live, under two CAs that never
+// sign for each other's port:
+//
+//   - the client CA (ca.crt, ca.key) signs the client certificate pgshield
+//     and Patroni use and each member's certificate for its client port.
+//     Members trust only it on the client port (--trusted-ca-file).
+//   - the peer CA (peer-ca.crt, peer-ca.key) signs only the members' peer
+//     certificates (CN PeerCN, the member's address as the only name).
+//     Members trust only it on the peer port (--peer-trusted-ca-file).
+//
+// So the client certificate, which every node's Patroni holds, can never
+// act as a member (it does not chain to the peer CA, nor carry PeerCN), and
+// a member's peer certificate is no client. A peer certificate is pinned
+// to its member's address: etcd 3.4 refuses a peer whose certificate has
+// IP SANs none of which is the connection's source address (its
+// "checkSAN"), and a member dialing a peer checks the address it dialed
+// against the peer's certificate. So one member's certificate cannot be
+// used from another's address, or be taken for another member's.
+//
+// Each member has a 0700 directory; every file is 0600.
 type PKI struct{ Dir string }
 
-func (p PKI) CACert() string             { return filepath.Join(p.Dir, "ca.crt") }
-func (p PKI) caKey() string              { return filepath.Join(p.Dir, "ca.key") }
-func (p PKI) MemberCert(n string) string { return filepath.Join(p.Dir, "member-"+n, "member.crt") }
-func (p PKI) MemberKey(n string) string  { return filepath.Join(p.Dir, "member-"+n, "member.key") }
+// CACert is the client CA's certificate: what clients verify members'
+// client ports against, and what members verify clients against.
+func (p PKI) CACert() string { return filepath.Join(p.Dir, "ca.crt") }
+func (p PKI) caKey() string  { return filepath.Join(p.Dir, "ca.key") }
+
+// PeerCACert is the peer CA's certificate, trusted on peer ports only.
+func (p PKI) PeerCACert() string { return filepath.Join(p.Dir, "peer-ca.crt") }
+func (p PKI) peerCAKey() string  { return filepath.Join(p.Dir, "peer-ca.key") }
+
+func (p PKI) memberDir(n string) string { return filepath.Join(p.Dir, "member-"+n) }
+
+// ServerCert and ServerKey are member n's certificate for its client
+// port (client CA).
+func (p PKI) ServerCert(n string) string { return filepath.Join(p.memberDir(n), "server.crt") }
+func (p PKI) ServerKey(n string) string  { return filepath.Join(p.memberDir(n), "server.key") }
+
+// PeerCert and PeerKey are member n's certificate for its peer port and
+// for dialing other members (peer CA).
+func (p PKI) PeerCert(n string) string { return filepath.Join(p.memberDir(n), "peer.crt") }
+func (p PKI) PeerKey(n string) string  { return filepath.Join(p.memberDir(n), "peer.key") }
 
 // ClientCert and ClientKey are the certificate pgshield (and Patroni) use
 // to talk to etcd.
 func (p PKI) ClientCert() string { return filepath.Join(p.Dir, "client", "client.crt") }
 func (p PKI) ClientKey() string  { return filepath.Join(p.Dir, "client", "client.key") }
 
-// Generate makes a new CA for the cluster, a certificate per member (for
-// both its client and peer ports, server and client authentication, its
-// address as the only name) and one client certificate. Keys are ECDSA
-// P-256 like the rest of pgshield's, files 0600 in 0700 directories. An
-// existing CA is never replaced: Generate refuses a Dir that holds one.
+// Generate makes the cluster's two CAs, a client-port and a peer
+// certificate per member and one client certificate. Keys are ECDSA P-256
+// like the rest of pgshield's, files 0600 in 0700 directories. An existing
+// CA is never replaced: Generate refuses a Dir that holds one.
 func (p PKI) Generate(c Cluster, now time.Time) error {
 	if err := c.Validate(); err != nil {
 		return err
 	}
-	if _, err := os.Stat(p.CACert()); err == nil {
-		return fmt.Errorf("%s already holds an etcd CA; refusing to replace it", p.Dir)
+	for _, f := range []string{p.CACert(), p.PeerCACert()} {
+		if _, err := os.Stat(f); err == nil {
+			return fmt.Errorf("%s already holds an etcd CA; refusing to replace it", p.Dir)
+		}
 	}
 	if err := os.MkdirAll(p.Dir, 0o700); err != nil {
 		return err
@@ -113,32 +156,64 @@ func (p PKI) Generate(c Cluster, now time.Time) error {
 	if err := os.Chmod(p.Dir, 0o700); err != nil {
 		return err
 	}
-	ca, caKey, err := tlsconf.NewCA("pgshield etcd CA "+c.Token, now)
+	ca, caKey, err := p.newCA("pgshield etcd client CA "+c.Token, p.caKey(), now)
 	if err != nil {
 		return err
 	}
-	caKeyPEM, err := tlsconf.EncodeKey(caKey)
+	peerCA, peerCAKey, err := p.newCA("pgshield etcd peer CA "+c.Token, p.peerCAKey(), now)
 	if err != nil {
-		return err
-	}
-	if err := config.WriteFileAtomic(p.caKey(), caKeyPEM, 0o600); err != nil {
 		return err
 	}
 	for _, m := range c.Members {
-		if err := p.issue(ca, caKey, m.Name, []net.IP{m.IP}, p.MemberCert(m.Name), p.MemberKey(m.Name), now); err != nil {
+		ips := []net.IP{m.IP}
+		// The client port's certificate also authenticates as a client:
+		// etcd 3.4's JSON gateway dials the member's own gRPC port with it,
+		// and --client-cert-auth asks it for one.
+		if err := p.issue(ca, caKey, leafSpec{CN: m.Name, IPs: ips, Server: true}, p.ServerCert(m.Name), p.ServerKey(m.Name), now); err != nil {
+			return err
+		}
+		if err := p.issue(peerCA, peerCAKey, leafSpec{CN: PeerCN, OU: m.Name, IPs: ips, Server: true}, p.PeerCert(m.Name), p.PeerKey(m.Name), now); err != nil {
 			return err
 		}
 	}
-	if err := p.issue(ca, caKey, "pgshield", nil, p.ClientCert(), p.ClientKey(), now); err != nil {
+	// No IP or name: a client only, usable from any node.
+	if err := p.issue(ca, caKey, leafSpec{CN: "pgshield"}, p.ClientCert(), p.ClientKey(), now); err != nil {
 		return err
 	}
-	// The CA certificate last: its presence says the directory is complete.
+	// The CA certificates last, the client CA's the very last: its
+	// presence says the directory is complete.
+	if err := config.WriteFileAtomic(p.PeerCACert(), tlsconf.EncodeCert(peerCA.Raw), 0o600); err != nil {
+		return err
+	}
 	return config.WriteFileAtomic(p.CACert(), tlsconf.EncodeCert(ca.Raw), 0o600)
 }
 
-// issue writes a leaf for cn signed by ca. With ips it serves too (a
-// member: its peers are its clients as well); without, it is a client only.
-func (p PKI) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, ips []net.IP, certPath, keyPath string, now time.Time) error {
+func (p PKI) newCA(cn, keyPath string, now time.Time) (*x509.Certificate, *ecdsa.PrivateKey, error) {
+	ca, key, err := tlsconf.NewCA(cn, now)
+	if err != nil {
+		return nil, nil, err
+	}
+	pem, err := tlsconf.EncodeKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := config.WriteFileAtomic(keyPath, pem, 0o600); err != nil {
+		return nil, nil, err
+	}
+	return ca, key, nil
+}
+
+// leafSpec describes a certificate to issue.
+type leafSpec struct {
+	CN  string
+	OU  string // the member's name on a peer certificate, for people reading it
+	IPs []net.IP
+	// Server adds server authentication to client authentication.
+	Server bool
+}
+
+// issue writes leaf, signed by ca, to certPath and keyPath.
+func (p PKI) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, leaf leafSpec, certPath, keyPath string, now time.Time) error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return err
@@ -149,14 +224,17 @@ func (p PKI) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, ips
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: cn, Organization: []string{"pgshield"}},
+		Subject:      pkix.Name{CommonName: leaf.CN, Organization: []string{"pgshield"}},
 		NotBefore:    now.Add(-time.Hour),
 		NotAfter:     now.Add(tlsconf.ServerLifetime),
 		KeyUsage:     x509.KeyUsageDigitalSignature,
 		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		IPAddresses:  ips,
+		IPAddresses:  leaf.IPs,
 	}
-	if len(ips) > 0 {
+	if leaf.OU != "" {
+		tmpl.Subject.OrganizationalUnit = []string{leaf.OU}
+	}
+	if leaf.Server {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
 	}
 	if tmpl.NotAfter.After(ca.NotAfter) {
@@ -183,13 +261,15 @@ func (p PKI) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn string, ips
 	return config.WriteFileAtomic(certPath, tlsconf.EncodeCert(der), 0o600)
 }
 
-// Chown gives a member's files (its directory, certificate and key) and
-// the CA certificate to uid:gid, the user etcd runs as.
+// Chown gives a member's files (its directory, certificates and keys)
+// and the two CA certificates to uid:gid, the user etcd runs as. The CA
+// keys stay with their owner.
 func (p PKI) Chown(member string, uid, gid int) error {
 	if member == "" {
 		return errors.New("no member named")
 	}
-	for _, f := range []string{p.Dir, filepath.Dir(p.MemberCert(member)), p.MemberCert(member), p.MemberKey(member), p.CACert()} {
+	for _, f := range []string{p.Dir, p.memberDir(member), p.ServerCert(member), p.ServerKey(member),
+		p.PeerCert(member), p.PeerKey(member), p.CACert(), p.PeerCACert()} {
 		if err := os.Chown(f, uid, gid); err != nil {
 			return err
 		}

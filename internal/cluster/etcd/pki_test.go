@@ -57,36 +57,67 @@ func TestGeneratePKI(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := readCert(t, p.CACert())
-	roots := x509.NewCertPool()
-	roots.AddCert(ca)
+	pool := func(f string) *x509.CertPool {
+		p := x509.NewCertPool()
+		p.AddCert(readCert(t, f))
+		return p
+	}
+	clientRoots, peerRoots := pool(p.CACert()), pool(p.PeerCACert())
+	verifies := func(c *x509.Certificate, roots *x509.CertPool, u x509.ExtKeyUsage) bool {
+		_, err := c.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{u}})
+		return err == nil
+	}
+	both := []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
 	for _, m := range c.Members {
-		leaf := readCert(t, p.MemberCert(m.Name))
-		// A member is a server to clients and peers, and a client to peers.
-		for _, u := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
-			if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{u}}); err != nil {
-				t.Errorf("%s for %v: %v", m.Name, u, err)
+		server, peer := readCert(t, p.ServerCert(m.Name)), readCert(t, p.PeerCert(m.Name))
+		for _, u := range both {
+			// The client port serves clients and, through etcd's gateway,
+			// is a client of itself; a peer serves peers and dials them.
+			if !verifies(server, clientRoots, u) {
+				t.Errorf("%s: client-port certificate does not verify for %v", m.Name, u)
+			}
+			if !verifies(peer, peerRoots, u) {
+				t.Errorf("%s: peer certificate does not verify for %v", m.Name, u)
+			}
+			// Neither CA vouches for the other's certificates.
+			if verifies(server, peerRoots, u) || verifies(peer, clientRoots, u) {
+				t.Errorf("%s: a certificate verifies under the other CA for %v", m.Name, u)
 			}
 		}
-		if err := leaf.VerifyHostname(m.IP.String()); err != nil {
-			t.Errorf("%s: %v", m.Name, err)
+		if peer.Subject.CommonName != PeerCN || server.Subject.CommonName == PeerCN {
+			t.Errorf("%s: CNs %q (peer), %q (client port); only peers are %q", m.Name, peer.Subject.CommonName, server.Subject.CommonName, PeerCN)
 		}
-		if k, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
-			t.Errorf("%s: key is not ECDSA P-256", m.Name)
+		for name, leaf := range map[string]*x509.Certificate{"server": server, "peer": peer} {
+			// The member's address is its certificates' only name.
+			if len(leaf.IPAddresses) != 1 || !leaf.IPAddresses[0].Equal(m.IP) || len(leaf.DNSNames) != 0 {
+				t.Errorf("%s %s: names %v %v, want only %s", m.Name, name, leaf.IPAddresses, leaf.DNSNames, m.IP)
+			}
+			if k, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok || k.Curve != elliptic.P256() {
+				t.Errorf("%s %s: key is not ECDSA P-256", m.Name, name)
+			}
 		}
-		kb, _ := os.ReadFile(p.MemberKey(m.Name))
-		key, err := tlsconf.ParseKey(kb)
-		if err != nil || !tlsconf.SameKey(leaf.PublicKey, key) {
-			t.Errorf("%s: key does not match: %v", m.Name, err)
+		for crt, key := range map[string]string{p.ServerCert(m.Name): p.ServerKey(m.Name), p.PeerCert(m.Name): p.PeerKey(m.Name)} {
+			kb, _ := os.ReadFile(key)
+			k, err := tlsconf.ParseKey(kb)
+			if err != nil || !tlsconf.SameKey(readCert(t, crt).PublicKey, k) {
+				t.Errorf("%s: key does not match: %v", crt, err)
+			}
 		}
 	}
 	client := readCert(t, p.ClientCert())
-	if _, err := client.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
-		t.Error(err)
+	if !verifies(client, clientRoots, x509.ExtKeyUsageClientAuth) {
+		t.Error("the client certificate does not verify as a client")
 	}
-	// The client certificate cannot serve: it could not impersonate a member.
-	if _, err := client.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err == nil {
+	// The client certificate can neither serve (impersonate a member's
+	// client port) nor chain to the peer CA (join as a peer).
+	if verifies(client, clientRoots, x509.ExtKeyUsageServerAuth) {
 		t.Error("the client certificate verifies as a server")
+	}
+	if verifies(client, peerRoots, x509.ExtKeyUsageClientAuth) {
+		t.Error("the client certificate verifies under the peer CA")
+	}
+	if client.Subject.CommonName == PeerCN || len(client.IPAddresses) != 0 {
+		t.Errorf("client certificate: CN %q, IPs %v", client.Subject.CommonName, client.IPAddresses)
 	}
 	if err := p.Generate(c, time.Now()); err == nil {
 		t.Error("a second Generate replaced the CA")
@@ -104,8 +135,10 @@ func TestArgs(t *testing.T) {
 		"--client-cert-auth", "--peer-client-cert-auth", "--enable-v2=false",
 		"--listen-client-urls=https://10.77.0.12:2379", "--listen-peer-urls=https://10.77.0.12:2380",
 		"--initial-cluster=m1=https://10.77.0.11:2380,m2=https://10.77.0.12:2380,m3=https://10.77.0.13:2380",
-		"--trusted-ca-file=" + p.CACert(), "--peer-trusted-ca-file=" + p.CACert(),
-		"--key-file=" + p.MemberKey("m2"), "--peer-key-file=" + p.MemberKey("m2"),
+		"--trusted-ca-file=" + p.CACert(), "--peer-trusted-ca-file=" + p.PeerCACert(),
+		"--peer-cert-allowed-cn=" + PeerCN,
+		"--cert-file=" + p.ServerCert("m2"), "--key-file=" + p.ServerKey("m2"),
+		"--peer-cert-file=" + p.PeerCert("m2"), "--peer-key-file=" + p.PeerKey("m2"),
 	} {
 		if !slices.Contains(args, want) {
 			t.Errorf("missing %s in %q", want, args)
