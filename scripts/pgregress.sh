@@ -48,7 +48,7 @@ run() { # run NAME CONF TEST...
     tail -n 20 "$work/$name/log/postmaster.log" 2>/dev/null || true
   fi
 }
-run main regress.conf guard reload_break reload_broken reload_fixed clientid_untrusted
+run main regress.conf guard reload_break reload_broken reload_fixed clientid_untrusted handover
 run broken regress-broken.conf failclosed
 run client regress-client.conf clientid
 exit $status

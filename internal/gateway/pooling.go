@@ -45,27 +45,56 @@ type pooled struct {
 	settingsSeen bool
 }
 
-// checkPass reports whether row, resetCheckSQL's answer, lets p serve role:
-// it is still role, in a database without session state DISCARD ALL
-// misses, which role may still connect to as PostgreSQL would decide at a
-// new connection (CONNECT, ALLOW_CONNECTIONS, both CONNECTION LIMITs,
-// LOGIN, VALID UNTIL), with the role and database settings it started with.
-func (p *pooled) checkPass(row []string, role string) error {
+// checkPass reports whether check, pgshield_guard.handover_check as read
+// right after DISCARD ALL, lets p serve role: it is still role, in a
+// database without session state DISCARD ALL misses, which role may still
+// connect to as PostgreSQL would decide at a new connection (CONNECT,
+// ALLOW_CONNECTIONS, both CONNECTION LIMITs, LOGIN, VALID UNTIL), with the
+// role and database settings it started with.
+func (p *pooled) checkPass(check, role string) error {
 	if p.b.CancelUnconfirmed() {
 		return fmt.Errorf("%w: a cancel for it may still arrive", errNotReusable)
 	}
-	if len(row) != 6 || row[0] != "t" || row[1] != role || row[2] != "f" {
-		return fmt.Errorf("%w: check after reset = %q", errNotReusable, row)
+	f, ok := parseCheck(check)
+	if !ok || f.name != role || !f.same || f.ext {
+		return fmt.Errorf("%w: check after reset = %q", errNotReusable, check)
 	}
-	if row[3] != "t" || row[4] != "t" {
-		return fmt.Errorf("%w: the role may no longer connect to this database (database %s, role %s)", errNotReusable, row[3], row[4])
+	if !f.db || !f.role {
+		return fmt.Errorf("%w: the role may no longer connect to this database (database %t, role %t)", errNotReusable, f.db, f.role)
 	}
 	if !p.settingsSeen {
-		p.settings, p.settingsSeen = row[5], true
-	} else if row[5] != p.settings {
+		p.settings, p.settingsSeen = f.digest, true
+	} else if f.digest != p.settings {
 		return fmt.Errorf("%w: ALTER ROLE or DATABASE ... SET changed since the backend started", errNotReusable)
 	}
 	return nil
+}
+
+// checkFields is pgshield_guard.handover_check's value, parsed.
+type checkFields struct {
+	same, ext, db, role bool
+	digest, name        string
+}
+
+// parseCheck parses "v1 SAME EXT DB ROLE DIGEST NAME" (see show_handover_check
+// in pgext/pgshield_guard): four t/f flags, a hex SHA-256, then the role
+// name, last because it may hold spaces. Anything else is refused.
+func parseCheck(v string) (checkFields, bool) {
+	parts := strings.SplitN(v, " ", 7)
+	if len(parts) != 7 || parts[0] != "v1" || len(parts[5]) != 64 || strings.Trim(parts[5], "0123456789abcdef") != "" {
+		return checkFields{}, false
+	}
+	var flags [4]bool
+	for i := range flags {
+		switch parts[1+i] {
+		case "t":
+			flags[i] = true
+		case "f":
+		default:
+			return checkFields{}, false
+		}
+	}
+	return checkFields{same: flags[0], ext: flags[1], db: flags[2], role: flags[3], digest: parts[5], name: parts[6]}, true
 }
 
 func (p *pooled) Close() error { return p.b.Conn.Close() }
@@ -124,74 +153,68 @@ func (c *clientConn) poolMode() string { return c.rt.params.Pool.ModeFor(c.user,
 // pg_advisory_unlock_all(), DISCARD PLANS, TEMP and SEQUENCES.
 const resetSQL = "DISCARD ALL"
 
-// seedSQL reseeds random(), whose state DISCARD ALL keeps: a client could
+// seedExpr reseeds random(), whose state DISCARD ALL keeps: a client could
 // otherwise setseed() a backend and know what the next client's random()
 // returns. The seed is the gateway's (crypto/rand, 53 bits), not one the
 // backend's own, possibly seeded, generator could supply.
-func seedSQL() string {
+func seedExpr() string {
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	x := float64(binary.BigEndian.Uint64(b[:])>>11)/(1<<53)*2 - 1
-	return "SELECT pg_catalog.setseed(" + strconv.FormatFloat(x, 'f', -1, 64) + ")"
+	return "pg_catalog.setseed(" + strconv.FormatFloat(x, 'f', -1, 64) + ")"
 }
 
-// resetCheckSQL runs after it, in the same round trip: the backend must
-// again be its login role, and a database with an extension whose session
-// state DISCARD ALL does not reach is never pooled: dblink and
-// postgres_fdw keep their open connections; the procedural languages other
-// than plpgsql keep interpreter globals a function can stash data in
-// (PL/Perl's %_SHARED, PL/Tcl's globals, PL/Python's GD and SD, PL/v8's
-// globals).
-//
-// Then what PostgreSQL checks only at connect, which a reused backend never
-// passes again (see pooled.checkPass): the database's CONNECT privilege,
-// ALLOW_CONNECTIONS and CONNECTION LIMIT; the role's LOGIN, VALID UNTIL and
-// CONNECTION LIMIT (client backends counted as PostgreSQL counts them,
-// this one included; other roles' sessions show a tenant no backend_type,
-// so they all count: the check errs towards a new connection, which
-// PostgreSQL then decides); and a digest of the ALTER ROLE/DATABASE ... SET
-// rows that apply. The counts read pg_stat_get_activity, which the
-// pg_stat_activity view wraps in two joins the check does not need, and
-// only when a limit is set (CASE): planned and run at every hand-over,
-// the view's form cost a third of transaction pooling's throughput.
-const resetCheckSQL = `SELECT session_user OPERATOR(pg_catalog.=) current_user, session_user::pg_catalog.text,
- EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname OPERATOR(pg_catalog.=) ANY
-  ('{dblink,postgres_fdw,plperl,plperlu,pltcl,pltclu,plpython3u,plv8}'::pg_catalog.name[])),
- (SELECT pg_catalog.has_database_privilege(d.oid, 'CONNECT') AND d.datallowconn
-    AND CASE WHEN d.datconnlimit OPERATOR(pg_catalog.<) 0 THEN true ELSE (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_get_activity(NULL) a
-      WHERE a.datid OPERATOR(pg_catalog.=) d.oid AND (a.backend_type IS NULL OR a.backend_type OPERATOR(pg_catalog.=) 'client backend'))
-      OPERATOR(pg_catalog.<=) d.datconnlimit END
-   FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database()),
- (SELECT r.rolcanlogin AND (r.rolvaliduntil IS NULL OR r.rolvaliduntil OPERATOR(pg_catalog.>) pg_catalog.now())
-    AND CASE WHEN r.rolconnlimit OPERATOR(pg_catalog.<) 0 THEN true ELSE (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_get_activity(NULL) a
-      WHERE a.usesysid OPERATOR(pg_catalog.=) r.oid AND a.backend_type OPERATOR(pg_catalog.=) 'client backend') OPERATOR(pg_catalog.<=) r.rolconnlimit END
-   FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_user),
- ` + settingsDigest + ``
+// handoverCheck reads, after DISCARD ALL, what a reused backend must
+// pass again (pooled.checkPass): pgshield_guard computes it in C at each
+// read (show_handover_check in pgext/pgshield_guard), from the syscache
+// and PostgreSQL's own connection counts, without parsing or planning a
+// catalog query. As SQL, planned at every hand-over, the same check cost
+// transaction pooling nine tenths of its throughput. It covers: the
+// backend is again its login role; the database has no extension whose
+// session state DISCARD ALL does not reach (dblink and postgres_fdw keep
+// their open connections; the procedural languages other than plpgsql
+// keep interpreter globals a function can stash data in); and what
+// PostgreSQL checks only at connect: the database's CONNECT privilege,
+// ALLOW_CONNECTIONS and CONNECTION LIMIT, the role's LOGIN, VALID UNTIL
+// and CONNECTION LIMIT (counted as InitPostgres counts them), and a digest
+// of the ALTER ROLE/DATABASE ... SET rows that apply. The setting is
+// PGC_INTERNAL under pgshield_guard's reserved prefix: no session can set
+// it, and DISCARD ALL runs before it in the same write.
+const handoverCheck = "pg_catalog.current_setting('pgshield_guard.handover_check')"
 
-// settingsDigest is the digest of the ALTER ROLE/DATABASE ... SET rows that
-// apply to the session's role in its database: recorded when a backend is
-// opened (recordSettings), compared at every check (pooled.checkPass).
-const settingsDigest = `(SELECT pg_catalog.md5(pg_catalog.string_agg(s.setdatabase::pg_catalog.text OPERATOR(pg_catalog.||) '/'
-      OPERATOR(pg_catalog.||) s.setrole::pg_catalog.text OPERATOR(pg_catalog.||) '=' OPERATOR(pg_catalog.||) s.setconfig::pg_catalog.text,
-      ',' ORDER BY s.setdatabase, s.setrole))
-   FROM pg_catalog.pg_db_role_setting s
-  WHERE s.setdatabase OPERATOR(pg_catalog.=) ANY (ARRAY[0::pg_catalog.oid,
-          (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())])
-    AND s.setrole OPERATOR(pg_catalog.=) ANY (ARRAY[0::pg_catalog.oid,
-          (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) session_user)]))`
+// handoverSQL is the statement after DISCARD ALL at every hand-over: the
+// check (column 0), a new random() seed, and, given bind (a
+// pgbackend.BindValue), the rebind to the next client, in one statement.
+func handoverSQL(bind string) string {
+	q := "SELECT " + handoverCheck + ", " + seedExpr()
+	if bind != "" {
+		// BindValue is percent-encoded: nothing in it ends the literal.
+		q += ", pg_catalog.set_config('" + pgbackend.BindSetting + "', '" + bind + "', false)"
+	}
+	return q
+}
 
 // recordSettings records the settings digest of a backend just opened, so
 // that a change made while its first client still holds it is caught.
 func recordSettings(p *pooled) error {
-	row, err := pipeline(p, []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT " + settingsDigest}}, 1)
+	row, err := pipeline(p, []pgproto3.FrontendMessage{&pgproto3.Query{String: "SELECT " + handoverCheck}}, 1)
 	if err != nil {
 		return err
 	}
-	if len(row) != 1 {
-		return fmt.Errorf("%w: settings digest = %q", errNotReusable, row)
+	f, ok := parseCheck(firstCol(row))
+	if !ok {
+		return fmt.Errorf("%w: handover check = %q", errNotReusable, row)
 	}
-	p.settings, p.settingsSeen = row[0], true
+	p.settings, p.settingsSeen = f.digest, true
 	return nil
+}
+
+// firstCol is a row's first column ("" if none).
+func firstCol(row []string) string {
+	if len(row) == 0 {
+		return ""
+	}
+	return row[0]
 }
 
 // resetTimeout bounds the reset of a backend on its way back to the pool.
@@ -200,56 +223,14 @@ const resetTimeout = 5 * time.Second
 // errNotReusable is a backend that failed its reset or check.
 var errNotReusable = errors.New("backend cannot be reused")
 
-// resetBackend runs resetSQL, seedSQL and resetCheckSQL on p (idle, at a
-// message boundary) in one round trip. Any error, notice of failure,
-// unexpected answer or transaction state other than idle makes it unusable.
+// resetBackend runs resetSQL then handoverSQL on p (idle, at a message
+// boundary), in one round trip. Any error, COPY, unexpected answer or
+// transaction state other than idle makes it unusable. Notices,
+// ParameterStatus (reset GUCs report their startup values again) and
+// notifications received before UNLISTEN are dropped.
 func resetBackend(p *pooled, role string) error {
-	b := p.b
-	_ = b.Conn.SetDeadline(time.Now().Add(resetTimeout))
-	defer b.Conn.SetDeadline(time.Time{})
-	var buf []byte
-	for _, q := range []string{resetSQL, seedSQL(), resetCheckSQL} {
-		var err error
-		if buf, err = (&pgproto3.Query{String: q}).Encode(buf); err != nil {
-			return err
-		}
-	}
-	if _, err := b.Conn.Write(buf); err != nil {
-		return err
-	}
-	fe := pgproto3.NewFrontend(b.Conn, nil)
-	fe.SetMaxBodyLen(1 << 20)
-	var row []string
-	rfq := 0
-	for i := 0; i < 1000 && rfq < 3; i++ { // three statements: a handful of messages
-		msg, err := fe.Receive()
-		if err != nil {
-			return err
-		}
-		switch m := msg.(type) {
-		case *pgproto3.ErrorResponse:
-			return fmt.Errorf("%w: %s %s", errNotReusable, m.Code, m.Message)
-		case *pgproto3.DataRow:
-			row = row[:0]
-			for _, v := range m.Values {
-				row = append(row, string(v))
-			}
-		case *pgproto3.ReadyForQuery:
-			rfq++
-			b.TxStatus = m.TxStatus
-			if m.TxStatus != 'I' {
-				return fmt.Errorf("%w: transaction status %q after reset", errNotReusable, m.TxStatus)
-			}
-		case *pgproto3.CopyInResponse, *pgproto3.CopyOutResponse, *pgproto3.CopyBothResponse:
-			return fmt.Errorf("%w: COPY during reset", errNotReusable)
-		}
-		// Notices, ParameterStatus (reset GUCs report their startup
-		// values again), notifications received before UNLISTEN: dropped.
-	}
-	if rfq < 3 {
-		return fmt.Errorf("%w: no reply to the reset", errNotReusable)
-	}
-	return p.checkPass(row, role)
+	return runPipeline(p, []pgproto3.FrontendMessage{&pgproto3.Query{String: resetSQL}, &pgproto3.Query{String: handoverSQL("")}},
+		2, role, true)
 }
 
 // held is the backend serving a client, and its pool lease (nil when
@@ -301,10 +282,10 @@ func (c *clientConn) acquireBackend(ctx context.Context, login loginResult) (*he
 			// (the reset's check may be minutes old), with the rebind in
 			// the same round trip.
 			var err error
-			if bind, berr := l.Conn.b.BindQuery(c.clientIdentity(login)); berr != nil {
+			if bind, berr := l.Conn.b.BindValue(c.clientIdentity(login)); berr != nil {
 				err = berr
 			} else {
-				err = runPipeline(l.Conn, []pgproto3.FrontendMessage{&pgproto3.Query{String: resetCheckSQL}, bind}, 2, c.user, true)
+				err = runPipeline(l.Conn, []pgproto3.FrontendMessage{&pgproto3.Query{String: handoverSQL(bind)}}, 1, c.user, true)
 			}
 			if err == nil {
 				c.srv.pool.ClientStart(key)

@@ -739,7 +739,7 @@ func (t *txRelay) acquire() (*held, *pgproto3.ErrorResponse) {
 	c := t.c
 	pp := c.srv.rt.Load().params.Pool
 	ctx := t.ctx
-	// A database whose backends fail the check (resetCheckSQL's
+	// A database whose backends fail the check (handoverCheck's
 	// extensions) fails it on every idle one: room to go through them and
 	// open a new one.
 	for try := 0; try <= maxStaleTries+pp.Size; try++ {
@@ -794,12 +794,11 @@ func (t *txRelay) setup(p *pooled) error {
 	var msgs []pgproto3.FrontendMessage
 	var checkRow bool
 	if p.owner != t.id {
-		bind, err := p.b.BindQuery(t.c.clientIdentity(t.login))
+		bind, err := p.b.BindValue(t.c.clientIdentity(t.login))
 		if err != nil {
 			return err
 		}
-		msgs = append(msgs, &pgproto3.Query{String: resetSQL}, &pgproto3.Query{String: seedSQL()},
-			&pgproto3.Query{String: resetCheckSQL}, bind)
+		msgs = append(msgs, &pgproto3.Query{String: resetSQL}, &pgproto3.Query{String: handoverSQL(bind)})
 		checkRow = true
 		p.owner, p.stmts = 0, map[string][]byte{} // until it passes
 	} else {
@@ -816,7 +815,7 @@ func (t *txRelay) setup(p *pooled) error {
 	}
 	rfqs := 1
 	if checkRow {
-		rfqs = 4
+		rfqs = 2
 	}
 	if err := runPipeline(p, msgs, rfqs, t.c.user, checkRow); err != nil {
 		return err
@@ -829,15 +828,15 @@ func (t *txRelay) setup(p *pooled) error {
 
 // runPipeline writes msgs to an idle backend and reads the answers up to
 // the rfqs-th ReadyForQuery, within resetTimeout; any ErrorResponse, COPY or
-// status but idle fails it. With checkRow, the last DataRow must be
-// resetCheckSQL's pass for role.
+// status but idle fails it. With checkRow, the last DataRow's first
+// column must be handoverCheck's pass for role.
 func runPipeline(p *pooled, msgs []pgproto3.FrontendMessage, rfqs int, role string, checkRow bool) error {
 	row, err := pipeline(p, msgs, rfqs)
 	if err != nil {
 		return err
 	}
 	if checkRow {
-		return p.checkPass(row, role)
+		return p.checkPass(firstCol(row), role)
 	}
 	return nil
 }

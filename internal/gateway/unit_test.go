@@ -342,7 +342,12 @@ func (f *fakeBackend) serve(c net.Conn) {
 		case *pgproto3.Query:
 			be.Send(&pgproto3.RowDescription{Fields: []pgproto3.FieldDescription{{Name: []byte("q"), DataTypeOID: 25,
 				DataTypeSize: -1, TypeModifier: -1}}})
-			be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(m.String)}})
+			row := m.String
+			if strings.Contains(row, "pgshield_guard.handover_check") {
+				// pgshield_guard's answer for a role that may connect.
+				row = "v1 t f t t " + strings.Repeat("0", 64) + " fake"
+			}
+			be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(row)}})
 			be.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
 			be.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'})
 			if err := be.Flush(); err != nil {
@@ -758,5 +763,31 @@ func TestRefuse(t *testing.T) {
 				t.Errorf("refuse(%v) wrote %q; want %q", tt.err, got, tt.want)
 			}
 		})
+	}
+}
+
+func TestParseCheck(t *testing.T) {
+	d := strings.Repeat("ab", 32)
+	for _, tc := range []struct {
+		in   string
+		ok   bool
+		want checkFields
+	}{
+		{in: "v1 t f t t " + d + " alice", ok: true, want: checkFields{same: true, db: true, role: true, digest: d, name: "alice"}},
+		{in: "v1 f t f f " + d + " a b c", ok: true, want: checkFields{ext: true, digest: d, name: "a b c"}},
+		{in: "v1 t f t t " + d + " ", ok: true, want: checkFields{same: true, db: true, role: true, digest: d}},
+		{in: "unavailable"},
+		{in: ""},
+		{in: "v2 t f t t " + d + " alice"},
+		{in: "v1 t f t " + d + " alice"},
+		{in: "v1 t f t x " + d + " alice"},
+		{in: "v1 t f t t " + d[:62] + " alice"},
+		{in: "v1 t f t t " + strings.ToUpper(d) + " alice"},
+		{in: "v1 t f t t " + d},
+	} {
+		got, ok := parseCheck(tc.in)
+		if ok != tc.ok || got != tc.want {
+			t.Errorf("parseCheck(%q) = %+v, %v; want %+v, %v", tc.in, got, ok, tc.want, tc.ok)
+		}
 	}
 }

@@ -198,20 +198,34 @@ var ErrNotBindable = errors.New("backend cannot be rebound to a new client")
 // reads its answer itself: any ErrorResponse means the backend is unusable.
 // Each call uses the next sequence number.
 func (b *Backend) BindQuery(id ClientIdentity) (*pgproto3.Query, error) {
+	v, err := b.BindValue(id)
+	if err != nil {
+		return nil, err
+	}
+	return &pgproto3.Query{String: "SET " + bindSetting + " = '" + v + "'"}, nil
+}
+
+// BindValue is BindQuery's value alone, for a caller that sets it in a
+// statement of its own (pg_catalog.set_config(BindSetting, value, false)).
+// It holds no quote or backslash (percent-encoded), so it can stand between
+// single quotes as it is.
+func (b *Backend) BindValue(id ClientIdentity) (string, error) {
 	if b.bindKey == nil || b.TxStatus != 'I' {
-		return nil, ErrNotBindable
+		return "", ErrNotBindable
 	}
 	f, err := id.fields()
 	if err != nil {
-		return nil, err
+		return "", err
 	}
 	b.bindSeq++
 	payload := fmt.Sprintf("v=1&seq=%d&pid=%d%s", b.bindSeq, b.PID, f)
 	m := hmac.New(sha256.New, b.bindKey)
 	m.Write([]byte(payload))
-	// Percent-encoding leaves no quote or backslash to escape.
-	return &pgproto3.Query{String: "SET " + bindSetting + " = '" + payload + "&mac=" + hex.EncodeToString(m.Sum(nil)) + "'"}, nil
+	return payload + "&mac=" + hex.EncodeToString(m.Sum(nil)), nil
 }
+
+// BindSetting is the setting BindValue is for.
+const BindSetting = bindSetting
 
 // BindClient rebinds an idle backend opened with SetClient to a new client
 // session (a pooled backend handed to its next client): one SET, which

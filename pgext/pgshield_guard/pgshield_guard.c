@@ -45,16 +45,21 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "access/genam.h"
+#include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_proc.h"
 #include "catalog/pg_authid.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_db_role_setting.h"
 #include "catalog/pg_extension.h"
 #include "commands/alter.h"
 #include "commands/defrem.h"
 #include "commands/extension.h"
+#include "common/cryptohash.h"
 #include "common/hmac.h"
 #include "common/sha2.h"
 #include "common/ip.h"
@@ -66,6 +71,7 @@
 #include "postmaster/postmaster.h"
 #include "storage/ipc.h"
 #include "storage/lwlock.h"
+#include "storage/procarray.h"
 #include "storage/shmem.h"
 #include "utils/backend_status.h"
 #include "utils/inet.h"
@@ -78,6 +84,8 @@
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
+#include "utils/syscache.h"
 #include "utils/varlena.h"
 
 PG_MODULE_MAGIC;
@@ -1523,6 +1531,143 @@ check_bind_client(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/*
+ * Hand-over check (pgshield_guard.handover_check, read-only). A pooled
+ * backend that passes to another client never goes through what PostgreSQL
+ * checks only at connect; the gateway reads this setting after DISCARD ALL
+ * and hands the backend over only if it says the session's role could open
+ * this session now. Computed here from the syscache and PostgreSQL's own
+ * counting functions: the same query in SQL (planned at every hand-over)
+ * cost more than the transaction it guarded. The value is
+ *
+ *   v1 SAME EXT DB ROLE DIGEST NAME
+ *
+ * SAME: t if current_user is session_user; EXT: t if the database has an
+ * extension whose session state DISCARD ALL misses (dblink, postgres_fdw,
+ * the procedural languages but plpgsql); DB: t if the database allows
+ * connections, the session user has CONNECT on it and its CONNECTION LIMIT
+ * holds (CountDBConnections, as InitPostgres); ROLE: t if the role may LOG
+ * IN, its VALID UNTIL is in the future and its CONNECTION LIMIT holds
+ * (CountUserBackends); DIGEST: SHA-256 of the ALTER ROLE/DATABASE ... SET
+ * rows that apply to the session (they take effect only at connect); NAME:
+ * the session user, last, as it may contain spaces. Superusers are subject
+ * to no limit, as at connect. Outside a transaction it is "unavailable",
+ * which the gateway refuses.
+ */
+static char *handover_check_var = NULL;
+
+static const char *const stateful_extensions[] = {
+	"dblink", "postgres_fdw", "plperl", "plperlu", "pltcl", "pltclu", "plpython3u", "plv8",
+};
+
+static bool
+settings_digest(Oid db, Oid role, char *hex)
+{
+	Oid			dbs[2] = {InvalidOid, db};
+	Oid			roles[2] = {InvalidOid, role};
+	uint8		sum[PG_SHA256_DIGEST_LENGTH];
+	pg_cryptohash_ctx *ctx = pg_cryptohash_create(PG_SHA256);
+	Relation	rel;
+	bool		ok;
+	int			i,
+				j;
+
+	if (ctx == NULL)
+		return false;
+	ok = pg_cryptohash_init(ctx) == 0;
+	rel = table_open(DbRoleSettingRelationId, AccessShareLock);
+	for (i = 0; i < 2 && ok; i++)
+		for (j = 0; j < 2 && ok; j++)
+		{
+			ScanKeyData keys[2];
+			SysScanDesc scan;
+			HeapTuple	tup;
+
+			ScanKeyInit(&keys[0], Anum_pg_db_role_setting_setdatabase, BTEqualStrategyNumber,
+						F_OIDEQ, ObjectIdGetDatum(dbs[i]));
+			ScanKeyInit(&keys[1], Anum_pg_db_role_setting_setrole, BTEqualStrategyNumber,
+						F_OIDEQ, ObjectIdGetDatum(roles[j]));
+			scan = systable_beginscan(rel, DbRoleSettingDatidRolidIndexId, true, NULL, 2, keys);
+			tup = systable_getnext(scan);
+			if (HeapTupleIsValid(tup))
+			{
+				bool		isnull;
+				Datum		d = heap_getattr(tup, Anum_pg_db_role_setting_setconfig,
+											 RelationGetDescr(rel), &isnull);
+
+				if (!isnull)
+				{
+					struct varlena *v = pg_detoast_datum_packed((struct varlena *) DatumGetPointer(d));
+					uint32		len = VARSIZE_ANY_EXHDR(v);
+
+					/* Which row, then its length: unambiguous. */
+					ok = pg_cryptohash_update(ctx, (const uint8 *) &dbs[i], sizeof(Oid)) == 0 &&
+						pg_cryptohash_update(ctx, (const uint8 *) &roles[j], sizeof(Oid)) == 0 &&
+						pg_cryptohash_update(ctx, (const uint8 *) &len, sizeof(len)) == 0 &&
+						pg_cryptohash_update(ctx, (const uint8 *) VARDATA_ANY(v), len) == 0;
+				}
+			}
+			systable_endscan(scan);
+		}
+	table_close(rel, AccessShareLock);
+	ok = ok && pg_cryptohash_final(ctx, sum, sizeof(sum)) == 0;
+	pg_cryptohash_free(ctx);
+	if (ok)
+		hex_encode((const char *) sum, sizeof(sum), hex);
+	hex[ok ? 2 * sizeof(sum) : 0] = '\0';
+	return ok;
+}
+
+static const char *
+show_handover_check(void)
+{
+	Oid			sess,
+				db = MyDatabaseId;
+	bool		super,
+				ext = false,
+				dbok = false,
+				roleok = false;
+	char		digest[2 * PG_SHA256_DIGEST_LENGTH + 1];
+	const char *name = NULL;
+	HeapTuple	tup;
+	size_t		i;
+
+	if (!IsTransactionState() || !OidIsValid(db) || !OidIsValid(GetSessionUserId()))
+		return "unavailable";
+	sess = GetSessionUserId();
+	super = superuser_arg(sess);
+	for (i = 0; i < lengthof(stateful_extensions); i++)
+		if (OidIsValid(get_extension_oid(stateful_extensions[i], true)))
+			ext = true;
+	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(db));
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_database d = (Form_pg_database) GETSTRUCT(tup);
+
+		dbok = d->datallowconn &&
+			pg_database_aclcheck(db, sess, ACL_CONNECT) == ACLCHECK_OK &&
+			(super || d->datconnlimit < 0 || CountDBConnections(db) <= d->datconnlimit);
+		ReleaseSysCache(tup);
+	}
+	tup = SearchSysCache1(AUTHOID, ObjectIdGetDatum(sess));
+	if (HeapTupleIsValid(tup))
+	{
+		Form_pg_authid r = (Form_pg_authid) GETSTRUCT(tup);
+		bool		isnull;
+		Datum		until = SysCacheGetAttr(AUTHOID, tup, Anum_pg_authid_rolvaliduntil, &isnull);
+
+		roleok = r->rolcanlogin &&
+			(isnull || DatumGetTimestampTz(until) > GetCurrentTimestamp()) &&
+			(super || r->rolconnlimit < 0 || CountUserBackends(sess) <= r->rolconnlimit);
+		name = pstrdup(NameStr(r->rolname));
+		ReleaseSysCache(tup);
+	}
+	if (name == NULL || !settings_digest(db, sess, digest))
+		return "unavailable";
+	return psprintf("v1 %c %c %c %c %s %s", sess == GetUserId() ? 't' : 'f', ext ? 't' : 'f',
+					dbok ? 't' : 'f', roleok ? 't' : 'f', digest, name);
+}
+
 static void
 guard_shmem_request(void)
 {
@@ -1632,6 +1777,11 @@ _PG_init(void)
 							   NULL, &bind_client, "", PGC_USERSET,
 							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE | GUC_NO_RESET_ALL,
 							   check_bind_client, NULL, NULL);
+	DefineCustomStringVariable("pgshield_guard.handover_check",
+							   "Whether this session's role could open it now (read by the gateway at a pooled hand-over).",
+							   NULL, &handover_check_var, "", PGC_INTERNAL,
+							   GUC_NO_SHOW_ALL | GUC_NOT_IN_SAMPLE | GUC_DISALLOW_IN_FILE | GUC_NO_RESET_ALL,
+							   NULL, NULL, show_handover_check);
 	MarkGUCPrefixReserved("pgshield_guard");
 
 	prev_utility_hook = ProcessUtility_hook;
