@@ -35,9 +35,15 @@ var ErrProtocol = errors.New("link: protocol error in the startup packet")
 
 // Refusal is a startup message the link does not admit; Message goes to the
 // peer in an ErrorResponse (28000). It names no secret: at most the role.
-type Refusal struct{ Message string }
+// Detail is for the node's own log only.
+type Refusal struct{ Message, Detail string }
 
-func (r *Refusal) Error() string { return "link: refused: " + r.Message }
+func (r *Refusal) Error() string {
+	if r.Detail != "" {
+		return "link: refused: " + r.Message + " (" + r.Detail + ")"
+	}
+	return "link: refused: " + r.Message
+}
 
 // readStartup reads one length-prefixed startup packet without reading a
 // byte past it (what follows goes to PostgreSQL untouched).
@@ -99,10 +105,12 @@ var allowedParams = map[string]bool{
 	"datestyle": true, "timezone": true, "geqo": true,
 }
 
-// optionsRE is what Patroni puts into options and PGOPTIONS: statement
-// timeouts. Anything else (-c role=..., -c session_authorization=...) is
-// refused rather than passed to PostgreSQL.
-var optionsRE = regexp.MustCompile(`^(\s*-c\s*statement_timeout=[0-9]+(ms|s)?)*\s*$`)
+// optionsRE is what Patroni 3.0.2's connections put into options and
+// PGOPTIONS: statement timeouts, and search_path pinned to pg_catalog (its
+// checks of the leader before a rewind send "-c statement_timeout=2000
+// -c search_path=pg_catalog"). Anything else (-c role=...,
+// -c session_authorization=...) is refused rather than passed on.
+var optionsRE = regexp.MustCompile(`^(\s*-c\s*(statement_timeout=[0-9]+(ms|s)?|search_path=pg_catalog))*\s*$`)
 
 // Admit decides a startup message: only the replication role, for a
 // physical walsender (or replication=database on database), and the rewind
@@ -118,7 +126,7 @@ func Admit(m *pgproto3.StartupMessage, database string) error {
 		}
 	}
 	if !optionsRE.MatchString(m.Parameters["options"]) {
-		return &Refusal{Message: "startup options are not allowed over the node link"}
+		return &Refusal{Message: "startup options are not allowed over the node link", Detail: fmt.Sprintf("options %q", m.Parameters["options"])}
 	}
 	user, db, repl := m.Parameters["user"], m.Parameters["database"], strings.ToLower(m.Parameters["replication"])
 	if db == "" {
