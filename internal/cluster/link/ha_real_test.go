@@ -455,6 +455,12 @@ func TestRealHAFailover(t *testing.T) {
 		}
 	}
 
+	timings := patroni.TestTimings
+	if os.Getenv("PGSHIELD_HA_TIMINGS") == "default" {
+		timings = patroni.DefaultTimings
+	}
+	t.Logf("timings ttl/loop_wait/retry_timeout %d/%d/%d", timings.TTL, timings.LoopWait, timings.RetryTimeout)
+
 	hosts := map[string]string{"e1": "10.77.40.11", "e2": "10.77.40.12", "e3": "10.77.40.13", "n1": "10.77.40.21", "n2": "10.77.40.22"}
 	l := newLab(t, hosts)
 
@@ -583,7 +589,7 @@ func TestRealHAFailover(t *testing.T) {
 			HBA:        []string{"local all postgres peer", "local all " + writerRole + " scram-sha-256"},
 			Etcd: patroni.EtcdClient{Endpoints: endpoints, CACert: filepath.Join(n.dir, "conf", "etcd-ca.crt"),
 				ClientCert: filepath.Join(n.dir, "conf", "etcd-client.crt"), ClientKey: filepath.Join(n.dir, "conf", "etcd-client.key")},
-			Timings: patroni.TestTimings,
+			Timings: timings,
 			// Two nodes: with _strict, the survivor of a kill takes no
 			// write until the killed node is back, so the failover time
 			// would be the rejoin time. Promotion is still of the
@@ -685,6 +691,24 @@ func TestRealHAFailover(t *testing.T) {
 		t.Logf("%s: postmaster %d in %s: no TCP listener, no interface but lo", n.name, pm, pmNS)
 	}
 
+	// Patroni's REST API of each node, from the other node's namespace:
+	// its own loopback port for the peer, relayed by its link.
+	for i, n := range nodes {
+		o := nodes[1-i]
+		url := "http://127.0.0.1:" + strconv.Itoa(o.settings.RestPort) + "/patroni"
+		out, err := sh(ctx, "ip", "netns", "exec", n.ns, "curl", "-sS", "--max-time", "5", url)
+		var st struct {
+			Role    string `json:"role"`
+			Patroni struct {
+				Scope string `json:"scope"`
+			} `json:"patroni"`
+		}
+		if err != nil || json.Unmarshal([]byte(out), &st) != nil || st.Patroni.Scope != n.settings.Scope || st.Role == "" {
+			t.Fatalf("%s: GET %s (%s's REST API through the link): %v %s", n.name, url, o.name, err, out)
+		}
+		t.Logf("%s: GET %s through the link: %s is %s", n.name, url, o.name, st.Role)
+	}
+
 	// Refusals on node 1's link, from node 2's namespace.
 	linkProbes(t, l.ns["n2"], net.JoinHostPort(hosts["n1"], strconv.Itoa(linkPort)), pki, issue, otherCA, caKey)
 
@@ -764,8 +788,8 @@ func TestRealHAFailover(t *testing.T) {
 	// How the killed nodes came back: Patroni's own words.
 	for _, n := range nodes {
 		for _, line := range strings.Split(n.log.tail(8<<20), "\n") {
-			for _, key := range []string{"running pg_rewind", "pg_rewind exit code", "replica has been created", "Lock owner:", "promoted self to leader", "cleared rewind state"} {
-				if strings.Contains(line, key) && !strings.Contains(line, "no action") {
+			for _, key := range []string{"running pg_rewind from dbname", "pg_rewind exit code", "replica has been created", "promoted self to leader"} {
+				if strings.Contains(line, key) {
 					t.Logf("%s: %s", n.name, line)
 					break
 				}

@@ -123,7 +123,12 @@ type Node struct {
 	out   chan struct{} // outbound slots
 	wg    sync.WaitGroup
 	ready chan struct{}
-	mu    struct {
+	// warnMu guards lastWarn: refusals before authentication are logged at
+	// most once a second per message, since anyone who reaches the port
+	// can cause them.
+	warnMu   sync.Mutex
+	lastWarn map[string]time.Time
+	mu       struct {
 		sync.Mutex
 		conns  map[net.Conn]struct{}
 		closed bool
@@ -138,7 +143,21 @@ func New(cfg Config) (*Node, error) {
 	}
 	n := &Node{cfg: cfg, in: make(chan struct{}, cfg.MaxConns), out: make(chan struct{}, cfg.MaxConns), ready: make(chan struct{})}
 	n.mu.conns = map[net.Conn]struct{}{}
+	n.lastWarn = map[string]time.Time{}
 	return n, nil
+}
+
+// warnLimited logs msg at most once a second.
+func (n *Node) warnLimited(log *slog.Logger, msg string, args ...any) {
+	n.warnMu.Lock()
+	now := time.Now()
+	if now.Sub(n.lastWarn[msg]) < time.Second {
+		n.warnMu.Unlock()
+		return
+	}
+	n.lastWarn[msg] = now
+	n.warnMu.Unlock()
+	log.Warn(msg, args...)
 }
 
 // Ready is closed once every listener is up.
@@ -272,7 +291,7 @@ func (n *Node) acceptLoop(ln net.Listener, slots chan struct{}, handle func(net.
 		select {
 		case slots <- struct{}{}:
 		default:
-			n.cfg.Log.Warn("Node link connection refused: too many connections.", "max", n.cfg.MaxConns)
+			n.warnLimited(n.cfg.Log, "Node link connection refused: too many connections.", "max", n.cfg.MaxConns)
 			_ = c.Close()
 			continue
 		}
@@ -315,7 +334,7 @@ func (n *Node) handleInbound(raw net.Conn) {
 	_ = raw.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
 	tc := tls.Server(raw, n.cfg.Identity.serverConfig(n.peerSet()))
 	if err := tc.Handshake(); err != nil {
-		log.Warn("Node link handshake refused.", "error", err)
+		n.warnLimited(log, "Node link handshake refused.", "error", err)
 		return
 	}
 	cs := tc.ConnectionState()
