@@ -7,9 +7,16 @@
 //     of the cluster's own; a supervisor that runs a member as a child
 //     process; a real test in network namespaces.
 //   - internal/cluster/patroni: Patroni's YAML generated from pgshield's
-//     settings, and the pgpass file holding the two roles' passwords.
+//     settings, the pgpass file holding the two roles' passwords, Patroni's
+//     environment, and the bin_dir whose postgres starts the postmaster in
+//     an empty network namespace (netns.go says how and why).
+//   - internal/cluster/link: the node-to-node channel (mutual TLS 1.3, peer
+//     pinned by node name) that carries replication, pg_basebackup,
+//     pg_rewind and Patroni's REST calls; its real test runs two nodes
+//     under Patroni with 3 etcd members and kills the primary node.
 //
-// NOT YET BUILT: the rest of this comment is the plan.
+// NOT YET BUILT: the rest of this comment is the plan, except where it
+// says what the link and the patroni package already do.
 //
 // Division of work. On every node pgshield stays the door: it creates
 // PostgreSQL's network namespace (loopback only), unlocks the volume, and
@@ -24,13 +31,20 @@
 // PostgreSQL setting will go through PATCH /config; ALTER SYSTEM stays
 // refused.
 //
-// Replication without a TCP port. PostgreSQL listens on no TCP port on any
-// node. Streaming replication, pg_basebackup, pg_rewind and Patroni's REST
-// calls between nodes go from a relay in one node's PostgreSQL namespace
-// to the other node's pgshield over mutual TLS 1.3 with node certificates
-// from the cluster CA; the receiving pgshield admits only the replication
-// and rewind roles on that channel (startup packet checked) and relays to
-// its own socket, where pg_hba asks them for SCRAM.
+// Replication without a TCP port (built: link, patroni/netns.go).
+// PostgreSQL listens on no TCP port on any node, and its namespace has no
+// TCP listener at all. Patroni runs in the node's namespace (it needs etcd
+// and serves REST over TCP only); the postmaster it starts is in a network
+// namespace of its own. Each node advertises connect_address ":<link port>"
+// with no host, so Patroni leaves host out of primary_conninfo,
+// pg_basebackup's and pg_rewind's connection strings, and libpq takes
+// PGHOST: a directory where the node's link serves one Unix socket per
+// peer and relays it over mutual TLS 1.3 (node certificates from the
+// cluster CA) to that peer, which admits only the replication and rewind
+// roles (startup packet checked) and relays to its own socket, where
+// pg_hba asks them for SCRAM. Patroni's REST API listens on the node's
+// loopback at a cluster-unique port; every other node's link listens on
+// its loopback at that port and relays.
 //
 // Fencing, in layers. Patroni demotes a primary that cannot renew its
 // leader key within ttl. The gateway does not wait for that: it confirms
