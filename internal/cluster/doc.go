@@ -3,9 +3,14 @@
 // What exists (no command or daemon code uses it yet; single-node pgshield
 // is unchanged):
 //   - internal/cluster/etcd: a 3-member etcd configuration with TLS on the
-//     client and peer ports and certificates required on both, from a CA
-//     of the cluster's own; a supervisor that runs a member as a child
-//     process; a real test in network namespaces.
+//     client and peer ports and certificates required on both, a client
+//     CA and a peer CA of the cluster's own (peers pinned by CN and by
+//     address, so the client certificate Patroni holds cannot join as a
+//     member); a supervisor that runs a member as a child process; real
+//     tests in network namespaces.
+//   - internal/cluster/fence: the gateway's leadership fence (linearizable
+//     reads of the leader key and its lease; a callback when read-write
+//     sessions must end). Not yet wired into the gateway.
 //   - internal/cluster/patroni: Patroni's YAML generated from pgshield's
 //     settings, the pgpass file holding the two roles' passwords, Patroni's
 //     environment, and the bin_dir whose postgres starts the postmaster in
@@ -46,13 +51,15 @@
 // loopback at a cluster-unique port; every other node's link listens on
 // its loopback at that port and relays.
 //
-// Fencing, in layers. Patroni demotes a primary that cannot renew its
+// Fencing, in layers (the gateway's layer built: fence). Patroni demotes a primary that cannot renew its
 // leader key within ttl. The gateway does not wait for that: it confirms
 // the leader key with a linearizable etcd read and ends read-write
 // sessions (57P01) once leadership has gone unconfirmed for
 // ttl - loop_wait - margin, before any replica can be promoted. It must be
 // linearizable: a partitioned etcd member still answers serializable reads
-// with stale data (the etcd package's real test shows both). Only the
+// with stale data (the etcd package's real tests show both). The fence
+// also bounds the deadline by the lease's time left, which covers a
+// Patroni that is frozen rather than cut off (fence's doc). Only the
 // synchronous standby can be promoted, and a pre_promote hook refuses
 // promotion unless the local volume is unlocked and its key unwraps.
 package cluster
