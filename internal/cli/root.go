@@ -68,6 +68,7 @@ func newRoot() *cobra.Command {
 	root.AddCommand(newDelete(g))
 	root.AddCommand(newCertificate(g))
 	root.AddCommand(newRestart(g), newService(g))
+	root.AddCommand(newCluster(g))
 	for _, c := range root.Commands() {
 		wrapArgs(c)
 	}

@@ -14,6 +14,7 @@ import (
 
 	yaml "go.yaml.in/yaml/v3"
 
+	"github.com/pgshield/pgshield/internal/cluster/promote"
 	"github.com/pgshield/pgshield/internal/config"
 )
 
@@ -90,7 +91,18 @@ type Settings struct {
 	Timings Timings
 	// AsyncWhenAlone turns synchronous_mode_strict off: see Generate.
 	AsyncWhenAlone bool
+	// PrePromote is Patroni's pre_promote hook: `Bin cluster pre-promote
+	// --socket Socket`, which asks the daemon whether this node's volume is
+	// unlocked and its key unwraps, and refuses the promotion otherwise
+	// (internal/cluster/promote). Both empty leave the hook out.
+	// TODO(#18): required once the daemon serves the promotion socket; the
+	// link package's two-node test runs Patroni without a daemon.
+	PrePromote PrePromote
 }
+
+// PrePromote names the pgshield binary and the daemon's promotion socket:
+// paths only, so the hook's argv can hold no secret.
+type PrePromote struct{ Bin, Socket string }
 
 // EtcdClient is how Patroni reaches etcd: TLS with a client certificate.
 type EtcdClient struct {
@@ -130,6 +142,11 @@ func (s Settings) validate() error {
 		h, port, err := net.SplitHostPort(hp)
 		if n, perr := strconv.Atoi(port); err != nil || perr != nil || h == "" || n <= 0 || n > 65535 || strings.ContainsAny(h, "/ ") {
 			return fmt.Errorf("patroni configuration: %q is not host:port", hp)
+		}
+	}
+	if s.PrePromote != (PrePromote{}) {
+		if _, err := promote.Command(s.PrePromote.Bin, s.PrePromote.Socket); err != nil {
+			return fmt.Errorf("patroni configuration: %w", err)
 		}
 	}
 	return s.Timings.Validate()
@@ -257,6 +274,16 @@ func Generate(s Settings) ([]byte, error) {
 			"clonefrom":     false,
 			"nosync":        false,
 		},
+	}
+	if s.PrePromote != (PrePromote{}) {
+		cmd, err := promote.Command(s.PrePromote.Bin, s.PrePromote.Socket)
+		if err != nil {
+			return nil, err
+		}
+		// Patroni 3.0 runs it after taking the leader key and before
+		// pg_ctl promote; any exit status but 0 (or the hook being
+		// cancelled) refuses the promotion and releases the key.
+		doc["postgresql"].(map[string]any)["pre_promote"] = cmd
 	}
 	b, err := yaml.Marshal(doc)
 	if err != nil {
