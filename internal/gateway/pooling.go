@@ -56,7 +56,7 @@ func (p *pooled) checkPass(check, role string) error {
 		return fmt.Errorf("%w: a cancel for it may still arrive", errNotReusable)
 	}
 	f, ok := parseCheck(check)
-	if !ok || f.name != role || !f.same || f.ext {
+	if !ok || f.name != role || !f.same || f.ext || f.dirty {
 		return fmt.Errorf("%w: check after reset = %q", errNotReusable, check)
 	}
 	if !f.db || !f.role {
@@ -72,19 +72,20 @@ func (p *pooled) checkPass(check, role string) error {
 
 // checkFields is pgshield_guard.handover_check's value, parsed.
 type checkFields struct {
-	same, ext, db, role bool
-	digest, name        string
+	same, ext, db, role, dirty bool
+	digest, name               string
 }
 
-// parseCheck parses "v1 SAME EXT DB ROLE DIGEST NAME" (see show_handover_check
-// in pgext/pgshield_guard): four t/f flags, a hex SHA-256, then the role
-// name, last because it may hold spaces. Anything else is refused.
+// parseCheck parses "v2 SAME EXT DB ROLE DIRTY DIGEST NAME" (see
+// show_handover_check in pgext/pgshield_guard): five t/f flags, a hex
+// SHA-256, then the role name, last because it may hold spaces. Anything
+// else is refused.
 func parseCheck(v string) (checkFields, bool) {
-	parts := strings.SplitN(v, " ", 7)
-	if len(parts) != 7 || parts[0] != "v1" || len(parts[5]) != 64 || strings.Trim(parts[5], "0123456789abcdef") != "" {
+	parts := strings.SplitN(v, " ", 8)
+	if len(parts) != 8 || parts[0] != "v2" || len(parts[6]) != 64 || strings.Trim(parts[6], "0123456789abcdef") != "" {
 		return checkFields{}, false
 	}
-	var flags [4]bool
+	var flags [5]bool
 	for i := range flags {
 		switch parts[1+i] {
 		case "t":
@@ -94,7 +95,7 @@ func parseCheck(v string) (checkFields, bool) {
 			return checkFields{}, false
 		}
 	}
-	return checkFields{same: flags[0], ext: flags[1], db: flags[2], role: flags[3], digest: parts[5], name: parts[6]}, true
+	return checkFields{same: flags[0], ext: flags[1], db: flags[2], role: flags[3], dirty: flags[4], digest: parts[6], name: parts[7]}, true
 }
 
 func (p *pooled) Close() error { return p.b.Conn.Close() }

@@ -132,6 +132,10 @@ type runtime struct {
 // connection uses the values current when it arrives.
 type Server struct {
 	cfg Config
+	// handovers counts transaction-mode hand-overs of a backend to
+	// another client: light (no DISCARD ALL, txRelay.lightHandover) and
+	// full.
+	handovers struct{ light, full atomic.Uint64 }
 	rt  atomic.Pointer[runtime]
 	// rtMu serializes SetParams and SetCert, each of which builds the
 	// next runtime from the last.

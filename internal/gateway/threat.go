@@ -30,6 +30,8 @@ type Threat interface {
 	LoginSucceeded(src netip.Addr, role string)
 	// SessionStart takes a session slot after a successful login.
 	SessionStart(src netip.Addr, role string) (release func(), refusal threat.Refusal)
+	// PooledSessionStart is SessionStart for a transaction-mode session.
+	PooledSessionStart(src netip.Addr, role string) (release func(), refusal threat.Refusal)
 }
 
 var _ Threat = (*threat.Guard)(nil)
@@ -188,7 +190,11 @@ func (c *clientConn) sessionSlot() (release func(), err error) {
 	if c.srv.cfg.Threat == nil {
 		return func() {}, nil
 	}
-	release, why := c.srv.cfg.Threat.SessionStart(c.src, c.user)
+	start := c.srv.cfg.Threat.SessionStart
+	if c.poolMode() == "transaction" {
+		start = c.srv.cfg.Threat.PooledSessionStart
+	}
+	release, why := start(c.src, c.user)
 	if why == threat.OK {
 		return release, nil
 	}

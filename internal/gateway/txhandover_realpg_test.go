@@ -5,10 +5,12 @@ package gateway
 
 import (
 	"context"
+	"errors"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgshield/pgshield/internal/testutil/pgtest"
 )
@@ -205,5 +207,98 @@ func TestRealTxHandoverReprepareFails(t *testing.T) {
 	simple(t, a, "SELECT 7", &n)
 	if n != 7 {
 		t.Fatalf("a after the failed statement: %d", n)
+	}
+}
+
+// TestRealTxLightHandover: a backend passes to another client without
+// DISCARD ALL only while pgshield_guard reports nothing DISCARD ALL would
+// clear, and what no utility statement marks is undone anyway: session
+// advisory locks, currval/lastval (an identity column's too), the unnamed
+// statement. A set_config(..., false) inside a query forces the full reset.
+func TestRealTxLightHandover(t *testing.T) {
+	srv := pgtest.Shared(t)
+	checkGoroutines(t)
+	const role = "gw_tx_lh"
+	srv.CreateRole(t, role, goodPassword, "LOGIN")
+	super := srv.Conn(t)
+	ctx := context.Background()
+	for _, q := range []string{
+		"CREATE SEQUENCE public.gw_lh_seq",
+		// Out of the pin scanner's sight, as in TestRealTxHiddenState.
+		"CREATE FUNCTION public.gw_lh_lock() RETURNS void LANGUAGE sql AS 'SELECT pg_catalog.pg_advisory_lock(4343)'",
+		"CREATE FUNCTION public.gw_lh_set() RETURNS text LANGUAGE sql AS $$SELECT pg_catalog.set_config('work_mem', '9MB', false)$$",
+		"CREATE TABLE public.gw_lh_t (id int GENERATED ALWAYS AS IDENTITY, x int)",
+		"GRANT USAGE ON SEQUENCE public.gw_lh_seq, public.gw_lh_t_id_seq TO " + role,
+		"GRANT INSERT, SELECT ON public.gw_lh_t TO " + role,
+	} {
+		if _, err := super.Exec(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Cleanup(func() { _, _ = super.Exec(ctx, "DROP TABLE IF EXISTS public.gw_lh_t; DROP SEQUENCE IF EXISTS public.gw_lh_seq; DROP FUNCTION IF EXISTS public.gw_lh_lock(), public.gw_lh_set()") })
+	env := txEnv(t, srv, "1")
+	a, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := env.connectPgx(t, role, goodPassword, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	light0, full0 := env.srv.handovers.light.Load(), env.srv.handovers.full.Load()
+
+	// a: a session advisory lock, nextval, an identity insert, and an
+	// unnamed statement left behind (extended protocol).
+	var n int64
+	simple(t, a, "SELECT public.gw_lh_lock()::text IS NULL, pg_catalog.nextval('public.gw_lh_seq')", new(bool), &n)
+	if _, err := a.Exec(ctx, "INSERT INTO public.gw_lh_t (x) VALUES (1)", pgx.QueryExecModeSimpleProtocol); err != nil {
+		t.Fatal(err)
+	}
+	if rr := a.PgConn().ExecParams(ctx, "SELECT 4343", nil, nil, nil, nil).Read(); rr.Err != nil {
+		t.Fatal(rr.Err)
+	}
+	pa, _ := backendOf(t, a)
+
+	// b, on a's backend: none of it.
+	var locks int
+	simple(t, b, `SELECT (SELECT pg_catalog.count(*)::int FROM pg_catalog.pg_locks WHERE locktype = 'advisory' AND pid = pg_catalog.pg_backend_pid())`, &locks)
+	pb, _ := backendOf(t, b)
+	if pa != pb {
+		t.Fatalf("backends %d and %d with pool_size 1", pa, pb)
+	}
+	if locks != 0 {
+		t.Errorf("b holds %d advisory locks a took; want 0", locks)
+	}
+	for _, q := range []string{"SELECT pg_catalog.currval('public.gw_lh_seq')", "SELECT pg_catalog.lastval()",
+		"SELECT pg_catalog.currval('public.gw_lh_t_id_seq')"} {
+		var v int64
+		err := b.QueryRow(ctx, q, pgx.QueryExecModeSimpleProtocol).Scan(&v)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || pe.Code != "55000" {
+			t.Errorf("b: %s = %d, %v; want 55000 (not yet defined in this session)", q, v, err)
+		}
+	}
+	// b binds the unnamed statement without preparing it (a Bind alone):
+	// PostgreSQL must not find a's.
+	if rr := b.PgConn().ExecPrepared(ctx, "", nil, nil, nil).Read(); rr.Err == nil {
+		t.Errorf("b: Bind to the unnamed statement without Parse ran %q; want 26000", rr.Rows)
+	} else if pe := (*pgconn.PgError)(nil); !errors.As(rr.Err, &pe) || pe.Code != "26000" {
+		t.Errorf("b: Bind to the unnamed statement = %v; want 26000", rr.Err)
+	}
+	if got := env.srv.handovers.light.Load() - light0; got == 0 {
+		t.Errorf("light hand-overs = 0; want the backend passed without DISCARD ALL (full %d)", env.srv.handovers.full.Load()-full0)
+	}
+
+	// A session-level setting from inside a query: the next hand-over is
+	// a full one, and b sees the default.
+	simple(t, a, "SELECT public.gw_lh_set()", new(string))
+	full1 := env.srv.handovers.full.Load()
+	var wm string
+	simple(t, b, "SELECT pg_catalog.current_setting('work_mem')", &wm)
+	if wm != "4MB" {
+		t.Errorf("b after a's set_config: work_mem %s; want 4MB", wm)
+	}
+	if env.srv.handovers.full.Load() == full1 {
+		t.Errorf("the hand-over after a session-level set_config was not a full reset")
 	}
 }

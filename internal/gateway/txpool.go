@@ -794,6 +794,9 @@ func (t *txRelay) setup(p *pooled) error {
 	var msgs []pgproto3.FrontendMessage
 	var checkRow bool
 	if p.owner != t.id {
+		if done, err := t.lightHandover(p); done || err != nil {
+			return err
+		}
 		bind, err := p.b.BindValue(t.c.clientIdentity(t.login))
 		if err != nil {
 			return err
@@ -822,8 +825,47 @@ func (t *txRelay) setup(p *pooled) error {
 	}
 	if checkRow {
 		p.owner = t.id
+		t.c.srv.handovers.full.Add(1)
 	}
 	return nil
+}
+
+// lightHandover hands p to this client without DISCARD ALL when
+// pgshield_guard says the session holds nothing DISCARD ALL would clear
+// (the check's DIRTY flag: no utility statement that leaves state since
+// the last DISCARD ALL, no session-level setting) and the last client left
+// no named statement (a pinned client's untracked ones never reach another
+// client: its backend is reset when its session ends): the unnamed
+// statement and portal are closed, and the
+// check, a new random() seed and the rebind (which also releases session
+// advisory locks and sequence state) go in one statement. done is false
+// when the full reset is needed; an error is a backend not to reuse.
+func (t *txRelay) lightHandover(p *pooled) (done bool, err error) {
+	if len(p.stmts) != 0 {
+		return false, nil
+	}
+	bind, err := p.b.BindValue(t.c.clientIdentity(t.login))
+	if err != nil {
+		return false, err
+	}
+	p.owner = 0 // until it passes
+	row, err := pipeline(p, []pgproto3.FrontendMessage{&pgproto3.Close{ObjectType: 'S'}, &pgproto3.Close{ObjectType: 'P'},
+		&pgproto3.Query{String: handoverSQL(bind)}}, 1)
+	if err != nil {
+		return false, err
+	}
+	if f, ok := parseCheck(firstCol(row)); ok && f.dirty {
+		return false, nil
+	}
+	if err := p.checkPass(firstCol(row), t.c.user); err != nil {
+		return false, err
+	}
+	p.owner = t.id
+	if p.stmts == nil { // left by a session-mode client, reset since
+		p.stmts = map[string][]byte{}
+	}
+	t.c.srv.handovers.light.Add(1)
+	return true, nil
 }
 
 // runPipeline writes msgs to an idle backend and reads the answers up to

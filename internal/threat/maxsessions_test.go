@@ -78,3 +78,48 @@ func TestAutoMaxSessionsFollowsPostgres(t *testing.T) {
 		t.Errorf("reserve over the cap: app sessions %d (%v); want 1", n, r)
 	}
 }
+
+// TestPooledSessionsUnderAuto: transaction-mode sessions hold no backend,
+// so the automatic cap (which counts backends) neither counts nor stops
+// them; per-role limits and a cap set as a number still do.
+func TestPooledSessionsUnderAuto(t *testing.T) {
+	src := netip.MustParseAddr("192.0.2.1")
+	g := New(Config{MaxSessions: AutoMaxSessions, ReservedAdmin: 3, AdminRole: "admin", MaxSessionsPerRole: 500})
+	g.SetServerLimits(20, 3) // a cap of 9
+	var releases []func()
+	for i := 0; i < 400; i++ {
+		r, why := g.PooledSessionStart(src, "app")
+		if why != OK {
+			t.Fatalf("pooled session %d refused (%v) under the automatic cap", i+1, why)
+		}
+		releases = append(releases, r)
+	}
+	// They took no slot: 6 backend-holding sessions still fit, then the reserve.
+	if n, r := fill(g, "other", 100); n != 6 || r != SessionsReserved {
+		t.Errorf("session-mode sessions beside 400 pooled ones: %d (%v); want 6, then the reserve", n, r)
+	}
+	for i := 0; i < 100; i++ {
+		r, why := g.PooledSessionStart(src, "app")
+		if why != OK {
+			t.Fatalf("pooled session %d refused (%v)", 401+i, why)
+		}
+		releases = append(releases, r)
+	}
+	if _, why := g.PooledSessionStart(src, "app"); why != SessionsRole {
+		t.Errorf("pooled session 501 = %v; want the per-role limit (500)", why)
+	}
+	for _, r := range releases {
+		r()
+	}
+
+	// A number is the operator's count of sessions, pooled or not.
+	g = New(Config{MaxSessions: 5})
+	for i := 0; i < 5; i++ {
+		if _, why := g.PooledSessionStart(src, "app"); why != OK {
+			t.Fatalf("pooled session %d under a cap of 5 = %v", i+1, why)
+		}
+	}
+	if _, why := g.PooledSessionStart(src, "app"); why != SessionsFull {
+		t.Errorf("pooled session 6 under a cap of 5 = %v; want full", why)
+	}
+}

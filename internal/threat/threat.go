@@ -548,11 +548,30 @@ func (g *Guard) LoginSucceeded(src netip.Addr, role string) {
 // reserve, never keep it out. release gives the slot back (more calls do
 // nothing).
 func (g *Guard) SessionStart(src netip.Addr, role string) (release func(), refusal Refusal) {
+	return g.sessionStart(src, role, false)
+}
+
+// PooledSessionStart is SessionStart for a session that holds no backend
+// of its own (transaction pooling: its transactions share the pool's,
+// capped by pgshield.pool_size and pool_max_total). Under an automatic
+// cap (AutoMaxSessions, PostgreSQL's max_connections), which counts
+// backends, such a session neither takes nor needs a slot; the per-source
+// and per-role limits still hold, and a cap set as a number still counts
+// it (the operator's count of sessions).
+func (g *Guard) PooledSessionStart(src netip.Addr, role string) (release func(), refusal Refusal) {
+	return g.sessionStart(src, role, true)
+}
+
+func (g *Guard) sessionStart(src netip.Addr, role string, pooled bool) (release func(), refusal Refusal) {
 	k, rk := SourceKey(src), RoleKey(role)
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	cfg := g.mu.cfg
 	maxS, reserved := g.sessionCapLocked()
+	uncounted := pooled && cfg.MaxSessions == AutoMaxSessions
+	if uncounted {
+		maxS, reserved = 0, 0
+	}
 	admin := cfg.AdminRole != "" && role == cfg.AdminRole
 	switch {
 	case maxS > 0 && g.mu.sessTotal >= maxS:
@@ -565,7 +584,9 @@ func (g *Guard) SessionStart(src netip.Addr, role string) (release func(), refus
 	case cfg.MaxSessionsPerRole > 0 && g.mu.sessRole[rk] >= cfg.MaxSessionsPerRole:
 		return nil, SessionsRole
 	}
-	g.mu.sessTotal++
+	if !uncounted {
+		g.mu.sessTotal++
+	}
 	g.mu.sessSrc[k]++
 	g.mu.sessRole[rk]++
 	var once sync.Once
@@ -573,7 +594,9 @@ func (g *Guard) SessionStart(src netip.Addr, role string) (release func(), refus
 		once.Do(func() {
 			g.mu.Lock()
 			defer g.mu.Unlock()
-			g.mu.sessTotal--
+			if !uncounted {
+				g.mu.sessTotal--
+			}
 			if g.mu.sessSrc[k]--; g.mu.sessSrc[k] <= 0 {
 				delete(g.mu.sessSrc, k)
 			}

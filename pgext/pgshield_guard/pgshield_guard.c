@@ -59,6 +59,7 @@
 #include "commands/alter.h"
 #include "commands/defrem.h"
 #include "commands/extension.h"
+#include "commands/sequence.h"
 #include "common/cryptohash.h"
 #include "common/hmac.h"
 #include "common/sha2.h"
@@ -70,6 +71,7 @@
 #include "miscadmin.h"
 #include "postmaster/postmaster.h"
 #include "storage/ipc.h"
+#include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "storage/procarray.h"
 #include "storage/shmem.h"
@@ -83,6 +85,7 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/guc.h"
+#include "utils/guc_tables.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
@@ -718,13 +721,47 @@ create_extension(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 	return true;
 }
 
+/*
+ * session_dirty: whether this session may hold state that DISCARD ALL
+ * clears and a transaction's end does not (a session-level GUC, a prepared
+ * statement, a temporary table, a WITH HOLD cursor, LISTEN, ...). Every
+ * utility statement but the few below sets it, at any nesting level (a
+ * function's EXECUTE passes here too); DISCARD ALL clears it. What a
+ * utility statement cannot leave is checked where it is read
+ * (session_gucs_set) or undone at every rebind (check_bind_client:
+ * session advisory locks, sequence state). The gateway skips DISCARD ALL
+ * at a transaction-mode hand-over only while this is false.
+ */
+static bool session_dirty = false;
+
+static bool
+utility_leaves_state(Node *stmt)
+{
+	switch (nodeTag(stmt))
+	{
+		case T_TransactionStmt:	/* BEGIN, COMMIT, SAVEPOINT, PREPARE TRANSACTION */
+		case T_VariableShowStmt:
+		case T_CopyStmt:
+		case T_LockStmt:
+			return false;
+		case T_VariableSetStmt:
+			return !((VariableSetStmt *) stmt)->is_local;
+		default:
+			return true;
+	}
+}
+
 static void
 guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 					 ProcessUtilityContext context, ParamListInfo params,
 					 QueryEnvironment *queryEnv, DestReceiver *dest, QueryCompletion *qc)
 {
 	Node	   *stmt = pstmt->utilityStmt;
+	bool		discard_all = IsA(stmt, DiscardStmt) && ((DiscardStmt *) stmt)->target == DISCARD_ALL;
 
+	/* Before it runs: a statement that fails half-way may still leave some. */
+	if (!discard_all && utility_leaves_state(stmt))
+		session_dirty = true;
 	switch (nodeTag(stmt))
 	{
 			/* Only these need a look; superuser() needs a live transaction. */
@@ -754,6 +791,8 @@ guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 			break;
 	}
 	call_next(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+	if (discard_all)
+		session_dirty = false;
 }
 
 /*
@@ -1523,6 +1562,14 @@ check_bind_client(char **newval, void **extra, GucSource source)
 	if (empty == NULL)
 		return false;
 	client_seq = id.seq;
+	/*
+	 * What DISCARD ALL would undo that no utility statement marks (see
+	 * session_dirty): session advisory locks (pg_advisory_unlock_all) and
+	 * currval/lastval state (DISCARD SEQUENCES; an identity column's
+	 * nextval runs without a function call).
+	 */
+	LockReleaseAll(USER_LOCKMETHOD, true);
+	ResetSequenceCaches();
 	apply_client(&id, MyProcPort->user_name);
 	(void) publish_status();
 	log_client("session rebound to a new client");
@@ -1540,7 +1587,7 @@ check_bind_client(char **newval, void **extra, GucSource source)
  * counting functions: the same query in SQL (planned at every hand-over)
  * cost more than the transaction it guarded. The value is
  *
- *   v1 SAME EXT DB ROLE DIGEST NAME
+ *   v2 SAME EXT DB ROLE DIRTY DIGEST NAME
  *
  * SAME: t if current_user is session_user; EXT: t if the database has an
  * extension whose session state DISCARD ALL misses (dblink, postgres_fdw,
@@ -1548,7 +1595,8 @@ check_bind_client(char **newval, void **extra, GucSource source)
  * connections, the session user has CONNECT on it and its CONNECTION LIMIT
  * holds (CountDBConnections, as InitPostgres); ROLE: t if the role may LOG
  * IN, its VALID UNTIL is in the future and its CONNECTION LIMIT holds
- * (CountUserBackends); DIGEST: SHA-256 of the ALTER ROLE/DATABASE ... SET
+ * (CountUserBackends); DIRTY: t if the session may hold state DISCARD ALL
+ * clears (session_dirty, session_gucs_set); DIGEST: SHA-256 of the ALTER ROLE/DATABASE ... SET
  * rows that apply to the session (they take effect only at connect); NAME:
  * the session user, last, as it may contain spaces. Superusers are subject
  * to no limit, as at connect. Outside a transaction it is "unavailable",
@@ -1618,6 +1666,24 @@ settings_digest(Oid db, Oid role, char *hex)
 	return ok;
 }
 
+/*
+ * session_gucs_set reports whether a setting holds a session-level value
+ * (SET, or set_config(..., false) from within a query, which no utility
+ * statement marks), the rebind's own setting aside.
+ */
+static bool
+session_gucs_set(void)
+{
+	struct config_generic **vars = get_guc_variables();
+	int			n = GetNumConfigOptions();
+	int			i;
+
+	for (i = 0; i < n; i++)
+		if (vars[i]->source == PGC_S_SESSION && strcmp(vars[i]->name, "pgshield_guard.bind_client") != 0)
+			return true;
+	return false;
+}
+
 static const char *
 show_handover_check(void)
 {
@@ -1664,8 +1730,9 @@ show_handover_check(void)
 	}
 	if (name == NULL || !settings_digest(db, sess, digest))
 		return "unavailable";
-	return psprintf("v1 %c %c %c %c %s %s", sess == GetUserId() ? 't' : 'f', ext ? 't' : 'f',
-					dbok ? 't' : 'f', roleok ? 't' : 'f', digest, name);
+	return psprintf("v2 %c %c %c %c %c %s %s", sess == GetUserId() ? 't' : 'f', ext ? 't' : 'f',
+					dbok ? 't' : 'f', roleok ? 't' : 'f', session_dirty || session_gucs_set() ? 't' : 'f',
+					digest, name);
 }
 
 static void
