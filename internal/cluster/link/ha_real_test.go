@@ -107,6 +107,9 @@ func sh(ctx context.Context, name string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, name, args...)
+	// A grandchild holding the output pipe (psql under runuser) must not
+	// outlive the timeout's kill of the child.
+	cmd.WaitDelay = 2 * time.Second
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
 	err := cmd.Run()
@@ -369,9 +372,13 @@ func (n *haNode) kill9() {
 func (n *haNode) psql(ctx context.Context, sql string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "runuser", "-u", "postgres", "--", "psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1",
+	// psql itself as postgres (peer authentication), so that the timeout
+	// kills the process that waits.
+	cmd := exec.CommandContext(ctx, "/usr/bin/psql", "-X", "-qAt", "-v", "ON_ERROR_STOP=1",
 		"-h", n.settings.SocketDir, "-p", strconv.Itoa(n.settings.Port), "-d", "postgres")
-	cmd.Env = []string{"PATH=/usr/bin:/bin", "PGCONNECT_TIMEOUT=3"}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(n.uid), Gid: uint32(n.gid)}}
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "PGCONNECT_TIMEOUT=3", "HOME=/var/lib/postgresql"}
+	cmd.WaitDelay = 2 * time.Second
 	cmd.Stdin = strings.NewReader(sql)
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
@@ -459,7 +466,8 @@ func TestRealHAFailover(t *testing.T) {
 	if os.Getenv("PGSHIELD_HA_TIMINGS") == "default" {
 		timings = patroni.DefaultTimings
 	}
-	t.Logf("timings ttl/loop_wait/retry_timeout %d/%d/%d", timings.TTL, timings.LoopWait, timings.RetryTimeout)
+	strict := os.Getenv("PGSHIELD_HA_STRICT") == "1"
+	t.Logf("timings ttl/loop_wait/retry_timeout %d/%d/%d, synchronous_mode_strict %v", timings.TTL, timings.LoopWait, timings.RetryTimeout, strict)
 
 	hosts := map[string]string{"e1": "10.77.40.11", "e2": "10.77.40.12", "e3": "10.77.40.13", "n1": "10.77.40.21", "n2": "10.77.40.22"}
 	l := newLab(t, hosts)
@@ -590,12 +598,13 @@ func TestRealHAFailover(t *testing.T) {
 			Etcd: patroni.EtcdClient{Endpoints: endpoints, CACert: filepath.Join(n.dir, "conf", "etcd-ca.crt"),
 				ClientCert: filepath.Join(n.dir, "conf", "etcd-client.crt"), ClientKey: filepath.Join(n.dir, "conf", "etcd-client.key")},
 			Timings: timings,
-			// Two nodes: with _strict, the survivor of a kill takes no
-			// write until the killed node is back, so the failover time
-			// would be the rejoin time. Promotion is still of the
-			// synchronous standby only, which is what keeps every
-			// acknowledged commit.
-			AsyncWhenAlone: true,
+			// Two nodes: with _strict (pgshield's default), the survivor
+			// of a kill takes no write until the killed node is back, so
+			// the failover time is the rejoin time; PGSHIELD_HA_STRICT=1
+			// runs that. Without it, promotion is still of the
+			// synchronous standby only, which keeps every acknowledged
+			// commit.
+			AsyncWhenAlone: !strict,
 		}
 		y, err := patroni.Generate(n.settings)
 		if err != nil {
@@ -647,6 +656,8 @@ func TestRealHAFailover(t *testing.T) {
 		return err == nil && out == "2", out
 	})
 	var sql strings.Builder
+	// n1 is alone: with synchronous_mode_strict no commit would return.
+	sql.WriteString("SET synchronous_commit = local;\n")
 	for role, pw := range map[string]string{patroni.ReplicationRole: passwords.Replication, patroni.RewindRole: passwords.Rewind, writerRole: writerPassword} {
 		salt := make([]byte, 16)
 		_, _ = rand.Read(salt)
@@ -752,8 +763,22 @@ func TestRealHAFailover(t *testing.T) {
 		killedAt := time.Now()
 		primary.kill9()
 		w.markKill(killedAt, primary.name)
+		restarted := false
+		if strict {
+			// The survivor is promoted but, alone, acknowledges nothing
+			// until the killed node is back as its synchronous standby.
+			waitFor(t, standby.name+" promoted", 90*time.Second, nodes, func() (bool, string) { return isPrimary(standby), "" })
+			promoted := time.Since(killedAt)
+			time.Sleep(3 * time.Second)
+			if f := w.firstAfterKill(); !f.IsZero() {
+				t.Fatalf("round %d: %s acknowledged a write %v after the kill with no synchronous standby", k+1, standby.name, f.Sub(killedAt))
+			}
+			t.Logf("round %d: %s promoted %v after the kill; no write acknowledged while alone (3 s)", k+1, standby.name, promoted.Round(time.Millisecond))
+			primary.up(t)
+			restarted = true
+		}
 		var first time.Time
-		waitFor(t, "first acknowledged write after the kill", 90*time.Second, nodes, func() (bool, string) {
+		waitFor(t, "first acknowledged write after the kill", 180*time.Second, nodes, func() (bool, string) {
 			first = w.firstAfterKill()
 			return !first.IsZero(), fmt.Sprint(w.lastErr())
 		})
@@ -777,7 +802,9 @@ func TestRealHAFailover(t *testing.T) {
 		}
 		// The killed node comes back as a replica (rewound if needed)
 		// through the link.
-		primary.up(t)
+		if !restarted {
+			primary.up(t)
+		}
 		waitFor(t, primary.name+" back as the synchronous standby", 180*time.Second, nodes, func() (bool, string) { return streaming(standby, primary) })
 	}
 	var times []string
