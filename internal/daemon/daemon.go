@@ -476,6 +476,20 @@ func (d *Daemon) newMetrics() *metrics.Metrics {
 		"pgshield_pool_backends_idle":   d.poolGauge(func(s pool.KeyStats) int { return s.Idle }),
 		"pgshield_pool_clients":         d.poolGauge(func(s pool.KeyStats) int { return s.Clients }),
 		"pgshield_pool_clients_waiting": d.poolGauge(func(s pool.KeyStats) int { return s.Waiting }),
+		"pgshield_pool_handovers_light_total": func() float64 {
+			if gw := d.gateway(); gw != nil {
+				l, _ := gw.Handovers()
+				return float64(l)
+			}
+			return 0
+		},
+		"pgshield_pool_handovers_full_total": func() float64 {
+			if gw := d.gateway(); gw != nil {
+				_, f := gw.Handovers()
+				return float64(f)
+			}
+			return 0
+		},
 		"pgshield_key_grace_remaining_seconds": func() float64 {
 			if d.keys != nil {
 				return d.keys.GraceRemaining()

@@ -341,6 +341,12 @@ func (c *clientConn) releaseBackend(h *held, reusable bool) {
 	c.srv.pool.Put(h.lease)
 }
 
+// Handovers counts transaction-mode hand-overs of a backend to another
+// client since start: light (without DISCARD ALL) and full.
+func (s *Server) Handovers() (light, full uint64) {
+	return s.handovers.light.Load(), s.handovers.full.Load()
+}
+
 // PoolStats lists the pool's counters per role and database.
 func (s *Server) PoolStats() []pool.KeyStats { return s.pool.Stats() }
 

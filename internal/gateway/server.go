@@ -136,7 +136,7 @@ type Server struct {
 	// another client: light (no DISCARD ALL, txRelay.lightHandover) and
 	// full.
 	handovers struct{ light, full atomic.Uint64 }
-	rt  atomic.Pointer[runtime]
+	rt        atomic.Pointer[runtime]
 	// rtMu serializes SetParams and SetCert, each of which builds the
 	// next runtime from the last.
 	rtMu    sync.Mutex

@@ -235,7 +235,9 @@ func TestRealTxLightHandover(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	t.Cleanup(func() { _, _ = super.Exec(ctx, "DROP TABLE IF EXISTS public.gw_lh_t; DROP SEQUENCE IF EXISTS public.gw_lh_seq; DROP FUNCTION IF EXISTS public.gw_lh_lock(), public.gw_lh_set()") })
+	t.Cleanup(func() {
+		_, _ = super.Exec(ctx, "DROP TABLE IF EXISTS public.gw_lh_t; DROP SEQUENCE IF EXISTS public.gw_lh_seq; DROP FUNCTION IF EXISTS public.gw_lh_lock(), public.gw_lh_set()")
+	})
 	env := txEnv(t, srv, "1")
 	a, err := env.connectPgx(t, role, goodPassword, "")
 	if err != nil {

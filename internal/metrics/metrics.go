@@ -71,6 +71,8 @@ var gaugeHelp = map[string]string{
 	"pgshield_pool_backends_idle":          "Pooled backends reset and waiting for the next client of their role and database.",
 	"pgshield_pool_clients":                "Client sessions served through the backend pool.",
 	"pgshield_pool_clients_waiting":        "Clients waiting for a backend from a full pool.",
+	"pgshield_pool_handovers_light_total":  "Transaction-mode hand-overs of a backend to another client without DISCARD ALL (pgshield_guard found nothing to clear; a counter).",
+	"pgshield_pool_handovers_full_total":   "Transaction-mode hand-overs of a backend to another client with DISCARD ALL (a counter).",
 }
 
 // KeyState records the data key's state; from is "" at start.
