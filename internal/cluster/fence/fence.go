@@ -351,7 +351,7 @@ func (f *Fence) Run(ctx context.Context) error {
 			notify := func() {}
 			f.mu.Lock()
 			if !f.mu.deadline.After(now) {
-				notify = f.fenceLocked(now, "leadership unconfirmed for the whole budget")
+				notify = f.fenceLocked(now, f.deadlineReasonLocked())
 			} else {
 				// Woken early (a timer is not exact): wait the rest.
 				deadline = f.cfg.Clock.NewTimer(f.mu.deadline.Sub(now))
@@ -406,6 +406,15 @@ func (f *Fence) applyLocked(now time.Time, r result) (notify func()) {
 		}
 	}
 	return func() {}
+}
+
+// deadlineReasonLocked says why the deadline ran out: reads failing, or
+// reads that still confirm a lease nobody renews (a frozen Patroni).
+func (f *Fence) deadlineReasonLocked() string {
+	if f.mu.state == Confirmed {
+		return "the leader key's lease is running out: its holder stopped renewing it"
+	}
+	return "leadership unconfirmed for the whole budget"
 }
 
 // fenceLocked fences (once) and returns the callback to run after
