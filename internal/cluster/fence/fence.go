@@ -288,6 +288,8 @@ type result struct {
 
 // Run confirms leadership until ctx ends. It returns ctx's error.
 func (f *Fence) Run(ctx context.Context) error {
+	// Last to run: no connection outlives Run.
+	defer f.client.CloseIdleConnections()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	results := make(chan result)

@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strconv"
 	"sync"
 	"testing"
@@ -215,6 +216,7 @@ type harness struct {
 	applied chan Status
 	fenced  chan Event
 	t0      time.Time
+	stop    func() // ends Run and waits for it (idempotent)
 }
 
 func newHarness(t *testing.T, members []*fakeEtcd, p *pki, tweak func(*Config)) *harness {
@@ -247,17 +249,21 @@ func newHarness(t *testing.T, members []*fakeEtcd, p *pki, tweak func(*Config)) 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- f.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != context.Canceled {
-				t.Errorf("Run = %v, want context.Canceled", err)
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != context.Canceled {
+					t.Errorf("Run = %v, want context.Canceled", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Error("Run did not return after its context ended")
 			}
-		case <-time.After(5 * time.Second):
-			t.Error("Run did not return after its context ended")
-		}
-	})
+		})
+	}
+	t.Cleanup(h.stop)
 	return h
 }
 
@@ -480,6 +486,26 @@ func TestWrongServerCertificate(t *testing.T) {
 	h := newHarness(t, []*fakeEtcd{m}, p, nil)
 	if s := h.round(); s.State != Unconfirmed || s.MayWrite {
 		t.Fatalf("status %+v, want unconfirmed", s)
+	}
+}
+
+func TestRunLeavesNoGoroutines(t *testing.T) {
+	p := newPKI(t)
+	ms := []*fakeEtcd{p.startEtcd(t), p.startEtcd(t)}
+	ms[0].set(func(e *fakeEtcd) { e.noQuorum = true }) // both members get called
+	before := runtime.NumGoroutine()
+	h := newHarness(t, ms, p, nil)
+	h.round()
+	h.next()
+	h.stop()
+	// Run's prober and its connections (and the fake members' ends of
+	// them) are gone once Run has returned.
+	deadline := time.Now().Add(3 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := runtime.NumGoroutine(); got > before {
+		t.Errorf("goroutines = %d after Run returned; want <= %d (leak)", got, before)
 	}
 }
 
