@@ -11,6 +11,11 @@
 //   - internal/cluster/fence: the gateway's leadership fence (linearizable
 //     reads of the leader key and its lease; a callback when read-write
 //     sessions must end). Not yet wired into the gateway.
+//   - internal/cluster/promote: Patroni's pre_promote hook (`pgshield
+//     cluster pre-promote`, written into Patroni's YAML when the patroni
+//     package is given PrePromote) and the daemon-side check it asks for:
+//     volume unlocked, key Available, the data key unwraps. The daemon
+//     does not serve the promotion socket yet, so the hook refuses.
 //   - internal/cluster/patroni: Patroni's YAML generated from pgshield's
 //     settings, the pgpass file holding the two roles' passwords, Patroni's
 //     environment, and the bin_dir whose postgres starts the postmaster in
