@@ -718,6 +718,10 @@ func TestRealHAFailover(t *testing.T) {
 			t.Fatalf("%s: GET %s (%s's REST API through the link): %v %s", n.name, url, o.name, err, out)
 		}
 		t.Logf("%s: GET %s through the link: %s is %s", n.name, url, o.name, st.Role)
+		restart := "http://127.0.0.1:" + strconv.Itoa(o.settings.RestPort) + "/restart"
+		if out, err := sh(ctx, "ip", "netns", "exec", n.ns, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", restart); err != nil || out != "403" {
+			t.Fatalf("%s: POST %s through the link: %v %s, want 403", n.name, restart, err, out)
+		}
 	}
 
 	// Refusals on node 1's link, from node 2's namespace.

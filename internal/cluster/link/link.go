@@ -15,7 +15,8 @@
 //     TCP only (patroni/api.py binds with getaddrinfo; patroni/request.py
 //     is urllib3 on api_url). Each node's Patroni listens on loopback of
 //     the node, on a port of its own; every other node's link listens on
-//     its own loopback at that port and relays to it.
+//     its own loopback at that port and relays to it. The receiving link
+//     passes reads only (rest.go).
 //
 // How Patroni is made to use the per-peer sockets, and why Patroni and
 // PostgreSQL run in different network namespaces, is in
@@ -121,6 +122,7 @@ type Node struct {
 	cfg   Config
 	in    chan struct{} // inbound slots
 	out   chan struct{} // outbound slots
+	rest  *restProxy
 	wg    sync.WaitGroup
 	ready chan struct{}
 	// warnMu guards lastWarn: refusals before authentication are logged at
@@ -144,6 +146,7 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg, in: make(chan struct{}, cfg.MaxConns), out: make(chan struct{}, cfg.MaxConns), ready: make(chan struct{})}
 	n.mu.conns = map[net.Conn]struct{}{}
 	n.lastWarn = map[string]time.Time{}
+	n.rest = newRESTProxy(cfg.REST, cfg.DialTimeout, cfg.Log)
 	return n, nil
 }
 
@@ -216,8 +219,9 @@ func (n *Node) Serve(ctx context.Context) error {
 	n.cfg.Log.Info("Node link listening.", "node", n.cfg.Identity.Name, "listen", in.Addr().String(), "peers", len(n.cfg.Peers))
 	close(n.ready)
 
-	n.wg.Add(1 + len(outs))
-	go func() { defer n.wg.Done(); n.acceptLoop(in, n.in, n.handleInbound) }()
+	n.wg.Add(2 + len(outs))
+	go func() { defer n.wg.Done(); n.rest.serve() }()
+	go func() { defer n.wg.Done(); n.acceptLoop(in, n.in, func(c net.Conn) { n.handleInbound(ctx, c) }) }()
 	for _, o := range outs {
 		go func() {
 			defer n.wg.Done()
@@ -232,6 +236,7 @@ func (n *Node) Serve(ctx context.Context) error {
 	}
 	n.mu.Unlock()
 	closeAll()
+	n.rest.close()
 	n.wg.Wait()
 	return nil
 }
@@ -329,7 +334,7 @@ func (n *Node) untrack(c net.Conn) {
 }
 
 // handleInbound admits a peer's connection and relays it.
-func (n *Node) handleInbound(raw net.Conn) {
+func (n *Node) handleInbound(ctx context.Context, raw net.Conn) {
 	log := n.cfg.Log.With("remote", raw.RemoteAddr().String())
 	_ = raw.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
 	tc := tls.Server(raw, n.cfg.Identity.serverConfig(n.peerSet()))
@@ -358,7 +363,10 @@ func (n *Node) handleInbound(raw net.Conn) {
 			_, err = backend.Write(pkt)
 		}
 	case ProtoREST:
-		backend, err = net.DialTimeout("tcp", n.cfg.REST, n.cfg.DialTimeout)
+		// Reads only, through an HTTP proxy (rest.go), not a byte relay.
+		_ = raw.SetDeadline(time.Time{})
+		n.rest.handle(ctx, tc)
+		return
 	default:
 		log.Warn("Node link connection refused: no protocol agreed.")
 		return

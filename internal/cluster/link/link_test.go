@@ -395,6 +395,37 @@ func TestLinkRelaysAdmittedRoles(t *testing.T) {
 	if resp.StatusCode != 200 || !strings.Contains(string(body), "running") || <-p.restCalled != "/patroni" {
 		t.Fatalf("REST through the link: %d %s", resp.StatusCode, body)
 	}
+	// Nothing that changes a node is relayed: b's Patroni never sees it.
+	for _, m := range []string{http.MethodPost, http.MethodPatch, http.MethodDelete, http.MethodPut} {
+		req, _ := http.NewRequest(m, "http://127.0.0.1:"+strconv.Itoa(p.bRESTPort)+"/reinitialize", strings.NewReader(`{"force":true}`))
+		resp, err := cl.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusForbidden {
+			t.Errorf("%s /reinitialize through the link: %d, want 403", m, resp.StatusCode)
+		}
+	}
+	// Keep-alive: two reads on one connection both reach b.
+	kc := &http.Client{Timeout: 5 * time.Second}
+	for range 2 {
+		resp, err := kc.Get("http://127.0.0.1:" + strconv.Itoa(p.bRESTPort) + "/health")
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if got := <-p.restCalled; got != "/health" {
+			t.Fatalf("b's REST API saw %q", got)
+		}
+	}
+	kc.CloseIdleConnections()
+	select {
+	case path := <-p.restCalled:
+		t.Fatalf("b's REST API saw %s", path)
+	default:
+	}
 }
 
 // dialB opens a TLS 1.3 connection to b's link with cert (none when nil)
