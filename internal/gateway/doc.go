@@ -7,5 +7,6 @@
 // as a straight line of steps, calling admit.go (TLS, startup packet),
 // login.go (SCRAM, or a password or access token inside TLS), cancel.go
 // (the cancel keys clients hold) and relay.go; policy.go ends it when the
-// network rules stop allowing it.
+// network rules stop allowing it, leadership.go when the node stops being
+// the confirmed primary of a high-availability cluster.
 package gateway

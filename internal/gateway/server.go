@@ -61,6 +61,10 @@ type Config struct {
 	MaxConnections int
 	// Threat bans, budgets and limits logins (internal/threat); nil: none.
 	Threat Threat
+	// Leadership says whether this node is the confirmed primary of a
+	// high-availability cluster (leadership.go); when it stops being so,
+	// every session ends and logins are refused. nil: a single node.
+	Leadership Leadership
 	// PoolWait observes how long each client waited for a pooled backend
 	// (metrics); nil: not observed.
 	PoolWait func(time.Duration)
@@ -152,6 +156,8 @@ type Server struct {
 	floodAudits logBudget
 	// drain is the state of a shutdown or restart (drain.go).
 	drain drainState
+	// leadership is what Config.Leadership last said (leadership.go).
+	leadership leadershipState
 
 	mu struct {
 		sync.Mutex
@@ -225,6 +231,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.closeAll()
 	})
 	defer stop()
+	stopLeadership := s.watchLeadership()
+	defer stopLeadership()
 	s.drain.setListener(ln)
 	// The pool's eviction ends with Serve; its end closes the idle backends.
 	ectx, stopEvict := context.WithCancel(ctx)
@@ -319,6 +327,7 @@ func (s *Server) addSession(sess *session) (remove func()) {
 	s.mu.sessions[sess] = struct{}{}
 	s.mu.Unlock()
 	s.endIfDraining(sess)
+	s.endIfFenced(sess)
 	return func() {
 		s.mu.Lock()
 		delete(s.mu.sessions, sess)

@@ -24,10 +24,11 @@ import (
 
 // handle runs one connection as a straight line of steps, as sqlproxyccl's
 // proxy_handler does: check the source, watch the policy, admit, name the
-// session, check availability and transport, log in, connect the backend,
-// make the client ready, relay. Before admission a refused source is closed
-// without a word; after it, every step that fails ends the connection
-// through refuse, which sends the client only what it may see.
+// session, check availability, leadership and transport, log in, connect
+// the backend, make the client ready, relay. Before admission a refused
+// source is closed without a word; after it, every step that fails ends
+// the connection through refuse, which sends the client only what it may
+// see.
 func (s *Server) handle(ctx context.Context, raw net.Conn) {
 	defer raw.Close() // every early return below ends the connection
 	c := s.newClientConn(raw)
@@ -59,6 +60,10 @@ func (s *Server) handle(ctx context.Context, raw net.Conn) {
 		return
 	}
 	if err := c.checkAvailable(); err != nil {
+		c.refuse(err)
+		return
+	}
+	if err := c.checkLeadership(); err != nil {
 		c.refuse(err)
 		return
 	}
