@@ -30,23 +30,33 @@ func TestMain(m *testing.M) { pgtest.Main(m) }
 // it, until the test ends; set overrides parameters.
 func startRealGateway(t *testing.T, srv *pgtest.Server, set ...map[string]string) *gatewayEnv {
 	t.Helper()
+	var m map[string]string
+	if len(set) > 0 {
+		m = set[0]
+	}
+	return startRealGatewayWith(t, srv, m, nil)
+}
+
+// startRealGatewayWith is startRealGateway with mod applied to the Config.
+func startRealGatewayWith(t *testing.T, srv *pgtest.Server, m map[string]string, mod func(*Config)) *gatewayEnv {
+	t.Helper()
 	p := newTestPKI(t)
 	caFile := filepath.Join(t.TempDir(), "root.crt")
 	if err := os.WriteFile(caFile, pemCerts(t, p.cert.TLS.Certificate[1]), 0o600); err != nil {
 		t.Fatal(err)
-	}
-	var m map[string]string
-	if len(set) > 0 {
-		m = set[0]
 	}
 	params, err := config.ResolveParams(m)
 	if err != nil {
 		t.Fatal(err)
 	}
 	env := &gatewayEnv{caFile: caFile}
-	gw, err := New(Config{Cert: p.cert, Roles: srv.Catalog(t).Logins(), Backend: srv.Dialer(),
+	cfg := Config{Cert: p.cert, Roles: srv.Catalog(t).Logins(), Backend: srv.Dialer(),
 		IsReserved: srv.Cluster.Cfg.IsReserved, MockSecret: []byte("0123456789abcdef"), Params: params,
-		AuthTimeout: 10 * time.Second, Audit: env.record})
+		AuthTimeout: 10 * time.Second, Audit: env.record}
+	if mod != nil {
+		mod(&cfg)
+	}
+	gw, err := New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
