@@ -283,6 +283,10 @@ func (n *haNode) start(t *testing.T, argv []string, env []string) *exec.Cmd {
 	t.Helper()
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = env
+	// Not the package directory: a clone under /root is closed to postgres,
+	// and initdb and psql, run as postgres, refuse a working directory
+	// they cannot enter.
+	cmd.Dir = "/"
 	cmd.Stdout, cmd.Stderr = n.log, n.log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -378,6 +382,7 @@ func (n *haNode) psql(ctx context.Context, sql string) (string, error) {
 		"-h", n.settings.SocketDir, "-p", strconv.Itoa(n.settings.Port), "-d", "postgres")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(n.uid), Gid: uint32(n.gid)}}
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "PGCONNECT_TIMEOUT=3", "HOME=/var/lib/postgresql"}
+	cmd.Dir = "/" // see start
 	cmd.WaitDelay = 2 * time.Second
 	cmd.Stdin = strings.NewReader(sql)
 	var out bytes.Buffer
