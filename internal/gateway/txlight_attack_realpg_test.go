@@ -376,3 +376,27 @@ func TestRealTxLightAttackPlaceholder(t *testing.T) {
 		t.Errorf("b: current_setting('gw_la_app.other', true) is not NULL after DISCARD ALL too")
 	}
 }
+
+// TestRealTxLightAttackTrackedStmt: a named statement b prepared (pgx's
+// statement cache) never reaches a, whichever hand-over a gets: the light
+// one may drop the gateway's count of b's statements only if PostgreSQL
+// dropped them too.
+func TestRealTxLightAttackTrackedStmt(t *testing.T) {
+	const role = "gw_la_ts"
+	e := newLightEnv(t, role, nil, "SELECT 1")
+	var got string
+	if err := e.b.QueryRow(context.Background(), "SELECT $1::text || ' (b)'", "b's").Scan(&got); err != nil {
+		t.Fatal(err)
+	}
+	pb, _ := backendOf(t, e.b)
+	var n int
+	var text string
+	simple(t, e.a, "SELECT pg_catalog.count(*)::int, coalesce(pg_catalog.max(statement), '') FROM pg_catalog.pg_prepared_statements", &n, &text)
+	pa, _ := backendOf(t, e.a)
+	if pa != pb {
+		t.Fatalf("backends %d and %d with pool_size 1", pa, pb)
+	}
+	if n != 0 {
+		t.Errorf("a sees %d prepared statement(s) of b's: %q; want none", n, text)
+	}
+}
