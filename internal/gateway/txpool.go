@@ -833,17 +833,12 @@ func (t *txRelay) setup(p *pooled) error {
 // lightHandover hands p to this client without DISCARD ALL when
 // pgshield_guard says the session holds nothing DISCARD ALL would clear
 // (the check's DIRTY flag: no utility statement that leaves state since
-// the last DISCARD ALL, no session-level setting) and the last client left
-// no named statement (a pinned client's untracked ones never reach another
-// client: its backend is reset when its session ends): the unnamed
-// statement and portal are closed, and the
-// check, a new random() seed and the rebind (which also releases session
-// advisory locks and sequence state) go in one statement. done is false
+// the last DISCARD ALL, no session-level setting): the unnamed statement
+// and portal are closed, and the check, a new random() seed and the rebind
+// (which also releases session advisory locks, sequence state and every
+// named statement, inside PostgreSQL) go in one statement. done is false
 // when the full reset is needed; an error is a backend not to reuse.
 func (t *txRelay) lightHandover(p *pooled) (done bool, err error) {
-	if len(p.stmts) != 0 {
-		return false, nil
-	}
 	bind, err := p.b.BindValue(t.c.clientIdentity(t.login))
 	if err != nil {
 		return false, err
@@ -860,10 +855,9 @@ func (t *txRelay) lightHandover(p *pooled) (done bool, err error) {
 	if err := p.checkPass(firstCol(row), t.c.user); err != nil {
 		return false, err
 	}
-	p.owner = t.id
-	if p.stmts == nil { // left by a session-mode client, reset since
-		p.stmts = map[string][]byte{}
-	}
+	// The rebind dropped every named statement (DEALLOCATE ALL), whatever
+	// the gateway counted: none is left of the last client's.
+	p.owner, p.stmts = t.id, map[string][]byte{}
 	t.c.srv.handovers.light.Add(1)
 	return true, nil
 }

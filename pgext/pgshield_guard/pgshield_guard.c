@@ -59,6 +59,7 @@
 #include "commands/alter.h"
 #include "commands/defrem.h"
 #include "commands/extension.h"
+#include "commands/prepare.h"
 #include "commands/sequence.h"
 #include "common/cryptohash.h"
 #include "common/hmac.h"
@@ -1564,12 +1565,17 @@ check_bind_client(char **newval, void **extra, GucSource source)
 	client_seq = id.seq;
 	/*
 	 * What DISCARD ALL would undo that no utility statement marks (see
-	 * session_dirty): session advisory locks (pg_advisory_unlock_all) and
+	 * session_dirty): session advisory locks (pg_advisory_unlock_all),
 	 * currval/lastval state (DISCARD SEQUENCES; an identity column's
-	 * nextval runs without a function call).
+	 * nextval runs without a function call), and protocol-level named
+	 * statements (DEALLOCATE ALL): the gateway tracks them, but a Close
+	 * after an error in the same batch is skipped by PostgreSQL while the
+	 * gateway counts it done, and the statement would otherwise reach the
+	 * next client under its name.
 	 */
 	LockReleaseAll(USER_LOCKMETHOD, true);
 	ResetSequenceCaches();
+	DropAllPreparedStatements();
 	apply_client(&id, MyProcPort->user_name);
 	(void) publish_status();
 	log_client("session rebound to a new client");
@@ -1587,7 +1593,10 @@ check_bind_client(char **newval, void **extra, GucSource source)
  * counting functions: the same query in SQL (planned at every hand-over)
  * cost more than the transaction it guarded. The value is
  *
- *   v2 SAME EXT DB ROLE DIRTY DIGEST NAME
+ *   v3 SAME EXT DB ROLE DIRTY DIGEST NAME
+ *
+ * (v3: the rebind also drops every named statement; a gateway that relies
+ * on it accepts nothing older, so it never trusts a library that does not.)
  *
  * SAME: t if current_user is session_user; EXT: t if the database has an
  * extension whose session state DISCARD ALL misses (dblink, postgres_fdw,
@@ -1667,6 +1676,20 @@ settings_digest(Oid db, Oid role, char *hex)
 }
 
 /*
+ * is_transaction_guc: the settings of the transaction itself (BEGIN
+ * ISOLATION LEVEL ..., SET TRANSACTION), which every transaction starts
+ * afresh from default_transaction_*: a session-level source on them holds
+ * nothing for the next transaction.
+ */
+static bool
+is_transaction_guc(const char *name)
+{
+	return strcmp(name, "transaction_isolation") == 0 ||
+		strcmp(name, "transaction_read_only") == 0 ||
+		strcmp(name, "transaction_deferrable") == 0;
+}
+
+/*
  * session_gucs_set reports whether a setting holds a session-level value
  * (SET, or set_config(..., false) from within a query, which no utility
  * statement marks), the rebind's own setting aside.
@@ -1679,7 +1702,8 @@ session_gucs_set(void)
 	int			i;
 
 	for (i = 0; i < n; i++)
-		if (vars[i]->source == PGC_S_SESSION && strcmp(vars[i]->name, "pgshield_guard.bind_client") != 0)
+		if (vars[i]->source == PGC_S_SESSION && strcmp(vars[i]->name, "pgshield_guard.bind_client") != 0 &&
+			!is_transaction_guc(vars[i]->name))
 			return true;
 	return false;
 }
@@ -1730,7 +1754,7 @@ show_handover_check(void)
 	}
 	if (name == NULL || !settings_digest(db, sess, digest))
 		return "unavailable";
-	return psprintf("v2 %c %c %c %c %c %s %s", sess == GetUserId() ? 't' : 'f', ext ? 't' : 'f',
+	return psprintf("v3 %c %c %c %c %c %s %s", sess == GetUserId() ? 't' : 'f', ext ? 't' : 'f',
 					dbok ? 't' : 'f', roleok ? 't' : 'f', session_dirty || session_gucs_set() ? 't' : 'f',
 					digest, name);
 }
