@@ -1,6 +1,7 @@
 package link
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -87,12 +88,51 @@ func negotiate(rw io.ReadWriter) ([]byte, *pgproto3.StartupMessage, error) {
 			// cancel key would let a peer end other sessions.
 			return nil, nil, &Refusal{Message: "cancel requests are not relayed over the node link"}
 		default:
-			var m pgproto3.StartupMessage
-			if err := m.Decode(pkt[4:]); err != nil {
-				return nil, nil, fmt.Errorf("%w: %v", ErrProtocol, err)
+			m, err := decodeStartup(pkt[4:])
+			if err != nil {
+				return nil, nil, err
 			}
-			return pkt, &m, nil
+			return pkt, m, nil
 		}
+	}
+}
+
+// decodeStartup reads a StartupMessage body (after the length) as
+// PostgreSQL 15's ProcessStartupPacket does: name/value pairs up to an
+// empty name, which must be the packet's last byte. Unlike pgproto3's
+// StartupMessage, which keeps a name's last value, it refuses a packet that
+// names a parameter twice (also in another letter case): PostgreSQL reads
+// every pair, and "replication=database" then "replication=true" leaves a
+// database walsender where the last value alone says physical.
+func decodeStartup(body []byte) (*pgproto3.StartupMessage, error) {
+	if len(body) < 5 {
+		return nil, fmt.Errorf("%w: too short", ErrProtocol)
+	}
+	m := &pgproto3.StartupMessage{ProtocolVersion: binary.BigEndian.Uint32(body), Parameters: map[string]string{}}
+	seen := map[string]bool{}
+	rest := body[4:]
+	for {
+		name, after, ok := bytes.Cut(rest, []byte{0})
+		if !ok {
+			return nil, fmt.Errorf("%w: unterminated parameter name", ErrProtocol)
+		}
+		if len(name) == 0 {
+			if len(after) != 0 {
+				return nil, fmt.Errorf("%w: expected terminator as last byte", ErrProtocol)
+			}
+			return m, nil
+		}
+		value, after2, ok := bytes.Cut(after, []byte{0})
+		if !ok {
+			return nil, fmt.Errorf("%w: unterminated value of %q", ErrProtocol, name)
+		}
+		key := strings.ToLower(string(name))
+		if seen[key] {
+			return nil, &Refusal{Message: fmt.Sprintf("startup parameter %q is given twice", name)}
+		}
+		seen[key] = true
+		m.Parameters[string(name)] = string(value)
+		rest = after2
 	}
 }
 
@@ -104,6 +144,11 @@ var allowedParams = map[string]bool{
 	"application_name": true, "fallback_application_name": true, "client_encoding": true,
 	"datestyle": true, "timezone": true, "geqo": true,
 }
+
+// exactParams are the startup names PostgreSQL reads itself, compared
+// case-sensitively (postmaster.c ProcessStartupPacket); every other name is
+// a setting, whose name is case-insensitive.
+var exactParams = map[string]bool{"user": true, "database": true, "options": true, "replication": true}
 
 // optionsRE is what Patroni 3.0.2's connections put into options and
 // PGOPTIONS: statement timeouts, and search_path pinned to pg_catalog (its
@@ -120,10 +165,22 @@ func Admit(m *pgproto3.StartupMessage, database string) error {
 	if m.ProtocolVersion != pgproto3.ProtocolVersion30 {
 		return &Refusal{Message: "unsupported protocol version"}
 	}
+	seen := make(map[string]bool, len(m.Parameters))
 	for k := range m.Parameters {
-		if !allowedParams[strings.ToLower(k)] {
+		l := strings.ToLower(k)
+		if !allowedParams[l] {
 			return &Refusal{Message: fmt.Sprintf("startup parameter %q is not allowed over the node link", k)}
 		}
+		// PostgreSQL compares these four names exactly; another case
+		// would be read as an unknown setting, not checked here as the
+		// parameter it looks like.
+		if exactParams[l] && k != l {
+			return &Refusal{Message: fmt.Sprintf("startup parameter %q is not allowed over the node link", k)}
+		}
+		if seen[l] {
+			return &Refusal{Message: fmt.Sprintf("startup parameter %q is given twice", k)}
+		}
+		seen[l] = true
 	}
 	if !optionsRE.MatchString(m.Parameters["options"]) {
 		return &Refusal{Message: "startup options are not allowed over the node link", Detail: fmt.Sprintf("options %q", m.Parameters["options"])}
