@@ -174,6 +174,8 @@ type Fence struct {
 		lastConfirmed time.Time
 		lastErr       string
 		next          int // endpoint to try first
+		watchers      map[int]func()
+		nextWatcher   int
 	}
 
 	// testAfterApply, if set, runs after each round's result is applied.
@@ -364,6 +366,36 @@ func (f *Fence) Run(ctx context.Context) error {
 	}
 }
 
+// Watch calls onChange, from Run's goroutine, after every change of
+// MayWrite (a fence or a confirmation, each with its Config callback),
+// until stop is called. It is the gateway's Leadership.Watch: the gateway
+// reads MayWrite again on each call, and refuses logins on MayWrite alone,
+// which also covers a deadline that passes between two rounds.
+func (f *Fence) Watch(onChange func()) (stop func()) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.mu.watchers == nil {
+		f.mu.watchers = map[int]func(){}
+	}
+	id := f.mu.nextWatcher
+	f.mu.nextWatcher++
+	f.mu.watchers[id] = onChange
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		delete(f.mu.watchers, id)
+	}
+}
+
+// watchersLocked is a copy of the watchers, to call after unlocking.
+func (f *Fence) watchersLocked() []func() {
+	out := make([]func(), 0, len(f.mu.watchers))
+	for _, w := range f.mu.watchers {
+		out = append(out, w)
+	}
+	return out
+}
+
 // apply takes a round's result into the state and fires the callbacks
 // (outside the lock: they may call Status).
 func (f *Fence) apply(r result) {
@@ -394,8 +426,14 @@ func (f *Fence) applyLocked(now time.Time, r result) (notify func()) {
 		if f.mu.fenced {
 			f.mu.fenced = false
 			f.cfg.Log.Info("Leadership confirmed; read-write sessions allowed.", "key", f.key, "until", f.mu.deadline)
-			if f.cfg.OnConfirm != nil {
-				return f.cfg.OnConfirm
+			ws := f.watchersLocked()
+			return func() {
+				if f.cfg.OnConfirm != nil {
+					f.cfg.OnConfirm()
+				}
+				for _, w := range ws {
+					w()
+				}
 			}
 		}
 	case NotLeader:
@@ -429,9 +467,13 @@ func (f *Fence) fenceLocked(now time.Time, reason string) (notify func()) {
 	ev := Event{At: now, State: f.mu.state, Reason: reason, LastConfirmed: f.mu.lastConfirmed}
 	f.cfg.Log.Warn("Fencing: read-write sessions must end.", "key", f.key, "state", ev.State.String(), "reason", reason,
 		"since_confirmed", now.Sub(f.mu.lastConfirmed))
+	ws := f.watchersLocked()
 	return func() {
 		if f.cfg.OnFence != nil {
 			f.cfg.OnFence(ev)
+		}
+		for _, w := range ws {
+			w()
 		}
 	}
 }

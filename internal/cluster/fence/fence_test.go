@@ -606,3 +606,49 @@ func FuzzParseLeaseTTL(f *testing.F) {
 		}
 	})
 }
+
+// TestWatch: watchers hear of every change of MayWrite (a fence by a
+// definitive answer, by the deadline, and a confirmation), read MayWrite
+// as changed when they are called, and nothing after stop.
+func TestWatch(t *testing.T) {
+	p := newPKI(t)
+	m := p.startEtcd(t)
+	h := newHarness(t, []*fakeEtcd{m}, p, nil)
+	calls := make(chan bool, 10)
+	stop := h.f.Watch(func() { calls <- h.f.MayWrite() })
+	heard := func(want bool) {
+		t.Helper()
+		select {
+		case got := <-calls:
+			if got != want {
+				t.Fatalf("watcher read MayWrite = %v; want %v", got, want)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("watcher not called (want MayWrite %v)", want)
+		}
+	}
+	// Confirmed from the start (New starts fenced).
+	h.round()
+	heard(true)
+	m.set(func(e *fakeEtcd) { e.value = "node2" })
+	h.next()
+	h.fence()
+	heard(false)
+	m.set(func(e *fakeEtcd) { e.value = "node1" })
+	h.next()
+	heard(true)
+	// The deadline passing with every member hanging.
+	m.set(func(e *fakeEtcd) { e.hang = true })
+	h.next()
+	h.clk.Advance(7 * time.Second)
+	h.fence()
+	heard(false)
+	stop()
+	m.set(func(e *fakeEtcd) { e.hang = false })
+	h.next()
+	select {
+	case v := <-calls:
+		t.Fatalf("watcher called after stop (MayWrite %v)", v)
+	case <-time.After(200 * time.Millisecond):
+	}
+}
