@@ -7,10 +7,13 @@ type PoolInfo struct {
 	Mode string `json:"mode"`
 	// ModeOverrides is pgshield.pool_mode_overrides (canonical), the
 	// per-database and per-role modes over Mode.
-	ModeOverrides string      `json:"mode_overrides"`
-	Size          int         `json:"pool_size"`
-	MaxTotal      int         `json:"pool_max_total"`
-	Pools         []PoolEntry `json:"pools"`
+	ModeOverrides string `json:"mode_overrides"`
+	Size          int    `json:"pool_size"`
+	// MaxTotal is the cap on backends in force; MaxTotalAuto says it
+	// follows PostgreSQL's max_connections (pgshield.pool_max_total = auto).
+	MaxTotal     int         `json:"pool_max_total"`
+	MaxTotalAuto bool        `json:"pool_max_total_auto"`
+	Pools        []PoolEntry `json:"pools"`
 }
 
 // PoolEntry is one role and database (startup parameter variants summed).

@@ -24,7 +24,11 @@ func cell(s string) string {
 
 // poolTable is pool show's table.
 func poolTable(tw *tabwriter.Writer, info *apitype.PoolInfo) {
-	fmt.Fprintf(tw, "mode %s, pool_size %d, pool_max_total %d\n", cell(info.Mode), info.Size, info.MaxTotal)
+	auto := ""
+	if info.MaxTotalAuto {
+		auto = " (auto: PostgreSQL's max_connections)"
+	}
+	fmt.Fprintf(tw, "mode %s, pool_size %d, pool_max_total %d%s\n", cell(info.Mode), info.Size, info.MaxTotal, auto)
 	if info.ModeOverrides != "" {
 		fmt.Fprintf(tw, "mode overrides: %s\n", cell(info.ModeOverrides))
 	}

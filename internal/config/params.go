@@ -120,8 +120,8 @@ var gatewayParams = []Param{
 		Description: "Pool modes for some databases and roles, over pgshield.pool_mode: comma-separated db:NAME=MODE or role:NAME=MODE (session, transaction or off); a role's beats its database's. Names are the catalog's, exact; others than letters, digits and _$.- in double quotes."},
 	{Name: "pgshield.pool_size", Default: "20", Check: checkPoolSize,
 		Description: "Idle backends kept per role, database and startup parameters; in transaction mode, the backends open for them."},
-	{Name: "pgshield.pool_max_total", Default: "90", Check: checkPoolSize,
-		Description: "Backends open through the gateway, in use and idle; an idle one is closed to make room before a client waits. Keep it below PostgreSQL's max_connections minus what pgshield itself uses."},
+	{Name: "pgshield.pool_max_total", Default: "auto", Check: checkPoolMaxTotal,
+		Description: "Backends open through the gateway, in use and idle; an idle one is closed to make room before a client waits. auto: what PostgreSQL leaves the gateway, as pgshield.max_connections = auto counts it (89 with PostgreSQL's defaults), followed when PostgreSQL restarts with another max_connections. A number (1 to 10000) fixes it; keep it below PostgreSQL's max_connections minus what pgshield itself uses."},
 	{Name: "pgshield.pool_idle_timeout", Default: "10m0s", Check: checkDuration,
 		Description: "An idle pooled backend is closed after this long."},
 	{Name: "pgshield.pool_lifetime", Default: "1h0m0s", Check: checkDuration,
@@ -371,6 +371,31 @@ type PoolParams struct {
 	WaitTimeout           time.Duration
 }
 
+// poolMaxTotal reads a checked pgshield.pool_max_total.
+func poolMaxTotal(v string) int {
+	if v == "auto" {
+		return AutoPoolMaxTotal
+	}
+	n, _ := strconv.Atoi(v)
+	return n
+}
+
+// AutoPoolMaxTotal is PoolParams.MaxTotal for pgshield.pool_max_total =
+// auto: the gateway follows the backends PostgreSQL leaves it
+// (internal/threat.DeriveMaxSessions of its max_connections).
+const AutoPoolMaxTotal = -1
+
+// checkPoolMaxTotal takes auto or a count of backends.
+func checkPoolMaxTotal(v string) (string, error) {
+	if strings.EqualFold(strings.TrimSpace(v), "auto") {
+		return "auto", nil
+	}
+	if _, err := checkPoolSize(v); err != nil {
+		return "", errors.New("use auto (follow PostgreSQL's max_connections) or a whole number of backends from 1 to 10000")
+	}
+	return checkPoolSize(v)
+}
+
 func checkPoolSize(v string) (string, error) {
 	n, err := strconv.Atoi(v)
 	if err != nil || n < 1 || n > 10000 {
@@ -489,7 +514,7 @@ func ResolveParams(set map[string]string) (Params, error) {
 	if err != nil {
 		return Params{}, fmt.Errorf("invalid value for parameter \"pgshield.pool_mode_overrides\": %w", err)
 	}
-	out.Pool = PoolParams{Mode: vals["pgshield.pool_mode"], Overrides: overrides, Size: atoi("pgshield.pool_size"), MaxTotal: atoi("pgshield.pool_max_total"),
+	out.Pool = PoolParams{Mode: vals["pgshield.pool_mode"], Overrides: overrides, Size: atoi("pgshield.pool_size"), MaxTotal: poolMaxTotal(vals["pgshield.pool_max_total"]),
 		IdleTimeout: dur("pgshield.pool_idle_timeout"), Lifetime: dur("pgshield.pool_lifetime"), WaitTimeout: dur("pgshield.pool_wait_timeout")}
 	out.MinTLS = tlsVersions[vals["ssl_min_protocol_version"]]
 	if mx := vals["ssl_max_protocol_version"]; mx != "" {

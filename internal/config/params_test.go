@@ -233,3 +233,21 @@ func TestLookupParam(t *testing.T) {
 		})
 	}
 }
+
+func TestPoolMaxTotalParam(t *testing.T) {
+	for in, want := range map[string]int{"": AutoPoolMaxTotal, "auto": AutoPoolMaxTotal, "AUTO": AutoPoolMaxTotal, "90": 90, "10000": 10000} {
+		vals := map[string]string{}
+		if in != "" {
+			vals["pgshield.pool_max_total"] = in
+		}
+		p, err := ResolveParams(vals)
+		if err != nil || p.Pool.MaxTotal != want {
+			t.Errorf("pool_max_total %q = %d, %v; want %d", in, p.Pool.MaxTotal, err, want)
+		}
+	}
+	for _, bad := range []string{"0", "-1", "10001", "auto90", "lots"} {
+		if _, err := ResolveParams(map[string]string{"pgshield.pool_max_total": bad}); err == nil {
+			t.Errorf("pool_max_total %q accepted", bad)
+		}
+	}
+}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/apitype"
+	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/mgmt"
 	"github.com/pgshield/pgshield/internal/postgres"
 )
@@ -129,8 +130,10 @@ func (a api) ResizeStorage(sizeBytes int64) (apitype.StorageResizeResult, error)
 // Pool lists the gateway's backend pools.
 func (a api) Pool() apitype.PoolInfo {
 	p := a.d.conf.Params().Pool
-	info := apitype.PoolInfo{Mode: p.Mode, ModeOverrides: p.Overrides.String(), Size: p.Size, MaxTotal: p.MaxTotal, Pools: []apitype.PoolEntry{}}
+	info := apitype.PoolInfo{Mode: p.Mode, ModeOverrides: p.Overrides.String(), Size: p.Size, MaxTotal: p.MaxTotal,
+		MaxTotalAuto: p.MaxTotal == config.AutoPoolMaxTotal, Pools: []apitype.PoolEntry{}}
 	if gw := a.d.gateway(); gw != nil {
+		info.MaxTotal = gw.PoolMaxTotal()
 		for _, s := range gw.PoolStats() {
 			info.Pools = append(info.Pools, apitype.PoolEntry{Role: s.Role, Database: s.Database, Mode: p.ModeFor(s.Role, s.Database), Clients: s.Clients,
 				Active: s.Active, Idle: s.Idle, Waiting: s.Waiting, Waits: s.Waits})

@@ -17,6 +17,7 @@ import (
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/pool"
+	"github.com/pgshield/pgshield/internal/threat"
 	"github.com/pgshield/pgshield/internal/wire"
 )
 
@@ -131,8 +132,15 @@ func poolKey(user, db string, params map[string]string) pool.Key {
 // key in transaction mode (its role's, database's or the global mode) it
 // also caps the backends open, as PgBouncer's default_pool_size, and
 // clients wait for one between transactions.
-func poolConfig(p config.PoolParams, now func() time.Time, onWait func(time.Duration)) pool.Config {
-	c := pool.Config{MaxIdlePerKey: p.Size, MaxTotal: p.MaxTotal, IdleTimeout: p.IdleTimeout,
+//
+// autoMax is pool_max_total when it is auto: the backends PostgreSQL
+// leaves the gateway.
+func poolConfig(p config.PoolParams, autoMax int, now func() time.Time, onWait func(time.Duration)) pool.Config {
+	maxTotal := p.MaxTotal
+	if maxTotal == config.AutoPoolMaxTotal {
+		maxTotal = autoMax
+	}
+	c := pool.Config{MaxIdlePerKey: p.Size, MaxTotal: maxTotal, IdleTimeout: p.IdleTimeout,
 		Lifetime: p.Lifetime, Now: now, OnWait: onWait}
 	c.MaxPerKeyOf = func(k pool.Key) int {
 		if p.ModeFor(k.Role, k.Database) == "transaction" {
@@ -348,6 +356,43 @@ func (s *Server) Handovers() (light, full uint64) {
 	return s.handovers.light.Load(), s.handovers.full.Load()
 }
 
+// autoMaxTotal is pool_max_total = auto's value now: what PostgreSQL's
+// limits leave the gateway, as threat protection derives it.
+func (s *Server) autoMaxTotal() int {
+	if s.cfg.Threat == nil {
+		return threat.FallbackMaxSessions
+	}
+	return s.cfg.Threat.DerivedMaxSessions()
+}
+
+// applyPoolConfigLocked gives the pool p's limits (s.rtMu held).
+func (s *Server) applyPoolConfigLocked(p config.PoolParams) {
+	n := s.autoMaxTotal()
+	s.pool.SetConfig(poolConfig(p, n, s.cfg.Now, s.cfg.PoolWait))
+	max := p.MaxTotal
+	if max == config.AutoPoolMaxTotal {
+		max = n
+	}
+	s.poolMax.Store(int64(max))
+}
+
+// followBackendLimit re-applies the pool's limits when pool_max_total is
+// auto and what PostgreSQL leaves the gateway has changed (a restart with
+// another max_connections, read every 10 s by threat protection).
+func (s *Server) followBackendLimit() {
+	rt := s.rt.Load()
+	if rt == nil || rt.params.Pool.MaxTotal != config.AutoPoolMaxTotal || int64(s.autoMaxTotal()) == s.poolMax.Load() {
+		return
+	}
+	s.rtMu.Lock()
+	defer s.rtMu.Unlock()
+	s.applyPoolConfigLocked(s.rt.Load().params.Pool)
+}
+
+// PoolMaxTotal is the cap on backends in force (pool_max_total, resolved
+// when it is auto).
+func (s *Server) PoolMaxTotal() int { return int(s.poolMax.Load()) }
+
 // PoolStats lists the pool's counters per role and database.
 func (s *Server) PoolStats() []pool.KeyStats { return s.pool.Stats() }
 
@@ -367,6 +412,7 @@ func (s *Server) evictLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			s.pool.Evict()
+			s.followBackendLimit()
 		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/pgshield/pgshield/internal/netpolicy"
 	"github.com/pgshield/pgshield/internal/pgbackend"
 	"github.com/pgshield/pgshield/internal/pool"
+	"github.com/pgshield/pgshield/internal/threat"
 	"github.com/pgshield/pgshield/internal/tlsconf"
 )
 
@@ -140,7 +141,9 @@ type Server struct {
 	// another client: light (no DISCARD ALL, txRelay.lightHandover) and
 	// full.
 	handovers struct{ light, full atomic.Uint64 }
-	rt        atomic.Pointer[runtime]
+	// poolMax is the pool's cap on backends in force (applyPoolConfigLocked).
+	poolMax atomic.Int64
+	rt      atomic.Pointer[runtime]
 	// rtMu serializes SetParams and SetCert, each of which builds the
 	// next runtime from the last.
 	rtMu    sync.Mutex
@@ -173,7 +176,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s := &Server{cfg: cfg}
-	s.pool = pool.New[*pooled](poolConfig(cfg.Params.Pool, cfg.Now, cfg.PoolWait))
+	s.pool = pool.New[*pooled](poolConfig(cfg.Params.Pool, threat.FallbackMaxSessions, cfg.Now, cfg.PoolWait))
 	s.mu.conns = map[net.Conn]bool{}
 	s.mu.sessions = map[*session]struct{}{}
 	s.SetParams(cfg.Params)
@@ -197,7 +200,7 @@ func (s *Server) SetParams(p config.Params) {
 		rt.limiter = netpolicy.NewRateLimiter(float64(p.RatePerIP), p.RatePerIP, s.cfg.Now)
 	}
 	s.rt.Store(rt)
-	s.pool.SetConfig(poolConfig(p.Pool, s.cfg.Now, s.cfg.PoolWait))
+	s.applyPoolConfigLocked(p.Pool)
 }
 
 // SetCert makes new handshakes present c (a rotation or a reload); open

@@ -32,6 +32,9 @@ type Threat interface {
 	SessionStart(src netip.Addr, role string) (release func(), refusal threat.Refusal)
 	// PooledSessionStart is SessionStart for a transaction-mode session.
 	PooledSessionStart(src netip.Addr, role string) (release func(), refusal threat.Refusal)
+	// DerivedMaxSessions is what PostgreSQL's limits leave the gateway
+	// (pgshield.pool_max_total = auto).
+	DerivedMaxSessions() int
 }
 
 var _ Threat = (*threat.Guard)(nil)

@@ -379,3 +379,36 @@ func TestThreatSessionLimits(t *testing.T) {
 		}
 	})
 }
+
+// TestPoolMaxTotalAuto: pgshield.pool_max_total = auto follows what
+// PostgreSQL's limits leave the gateway, as threat protection derives them
+// (89 until known), within the pool's one-second tick; a number stays.
+func TestPoolMaxTotalAuto(t *testing.T) {
+	resolved, err := config.ResolveParams(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := threat.New(ThreatConfig(resolved, "admin"))
+	env := startGatewayWith(t, nil, &fakeBackend{}, 0, func(c *Config) { c.Threat = g })
+	if got := env.srv.PoolMaxTotal(); got != threat.FallbackMaxSessions {
+		t.Fatalf("pool_max_total auto before PostgreSQL's limits are known = %d; want %d", got, threat.FallbackMaxSessions)
+	}
+	g.SetServerLimits(300, 3) // 300 - 3 - 4 - 4 = 289
+	deadline := time.Now().Add(5 * time.Second)
+	for env.srv.PoolMaxTotal() != 289 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := env.srv.PoolMaxTotal(); got != 289 {
+		t.Fatalf("pool_max_total auto after max_connections 300 = %d; want 289", got)
+	}
+	fixed, err := config.ResolveParams(map[string]string{"pgshield.pool_max_total": "50"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.srv.SetParams(fixed)
+	g.SetServerLimits(500, 3)
+	time.Sleep(1500 * time.Millisecond) // at least one tick
+	if got := env.srv.PoolMaxTotal(); got != 50 {
+		t.Errorf("pool_max_total 50 = %d after PostgreSQL's limits changed; want 50", got)
+	}
+}

@@ -50,6 +50,18 @@ func (g *Guard) SetServerLimits(maxConnections, superuserReserved int) (derived 
 	return derived, changed
 }
 
+// DerivedMaxSessions is what PostgreSQL's limits leave the gateway
+// (DeriveMaxSessions of them; FallbackMaxSessions until they are known),
+// whatever cap is configured: pgshield.pool_max_total = auto follows it.
+func (g *Guard) DerivedMaxSessions() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.mu.serverMax == 0 {
+		return FallbackMaxSessions
+	}
+	return g.mu.serverMax
+}
+
 // MaxSessions is the session cap in force (0: none).
 func (g *Guard) MaxSessions() int {
 	g.mu.Lock()
