@@ -158,9 +158,8 @@ var exactParams = map[string]bool{"user": true, "database": true, "options": tru
 var optionsRE = regexp.MustCompile(`^(\s*-c\s*(statement_timeout=[0-9]+(ms|s)?|search_path=pg_catalog))*\s*$`)
 
 // Admit decides a startup message: only the replication role, for a
-// physical walsender (or replication=database on database), and the rewind
-// role, for a plain session on database (pg_rewind's and Patroni's checks),
-// get through. pg_hba.conf on the socket still asks both for SCRAM.
+// physical walsender, and the rewind role, for a plain session on database
+// (pg_rewind's and Patroni's checks), get through. pg_hba.conf on the socket still asks both for SCRAM.
 func Admit(m *pgproto3.StartupMessage, database string) error {
 	if m.ProtocolVersion != pgproto3.ProtocolVersion30 {
 		return &Refusal{Message: "unsupported protocol version"}
@@ -185,31 +184,61 @@ func Admit(m *pgproto3.StartupMessage, database string) error {
 	if !optionsRE.MatchString(m.Parameters["options"]) {
 		return &Refusal{Message: "startup options are not allowed over the node link", Detail: fmt.Sprintf("options %q", m.Parameters["options"])}
 	}
-	user, db, repl := m.Parameters["user"], m.Parameters["database"], strings.ToLower(m.Parameters["replication"])
+	user, db := m.Parameters["user"], m.Parameters["database"]
+	repl, hasRepl := m.Parameters["replication"]
 	if db == "" {
 		db = user // PostgreSQL's default
 	}
 	switch user {
 	case patroni.ReplicationRole:
-		switch repl {
-		case "true", "on", "yes", "1":
-			return nil // physical: the walsender ignores the database
-		case "database":
-			if db == database {
-				return nil
-			}
+		// Physical replication only: PostgreSQL reads "replication" with
+		// parse_bool, and "database" (case-sensitively) starts a database
+		// walsender, which runs SQL. Patroni 3.0.2 opens only replication=1
+		// between nodes (get_replication_connection_cursor), and the
+		// walreceiver and pg_basebackup are physical.
+		if on, ok := parseBool(repl); hasRepl && ok && on {
+			return nil // the walsender ignores the database
 		}
-		return &Refusal{Message: "role " + patroni.ReplicationRole + " may only start a walsender over the node link"}
+		return &Refusal{Message: "role " + patroni.ReplicationRole + " may only start a physical walsender over the node link"}
 	case patroni.RewindRole:
-		switch repl {
-		case "", "false", "off", "no", "0":
-			if db == database {
-				return nil
-			}
+		// pg_rewind and Patroni's checks send no "replication" at all.
+		if !hasRepl && db == database {
+			return nil
 		}
 		return &Refusal{Message: "role " + patroni.RewindRole + " may only open a session on database " + database + " over the node link"}
 	}
 	return &Refusal{Message: "only the replication and rewind roles are admitted over the node link"}
+}
+
+// parseBool is PostgreSQL 15's parse_bool (src/backend/utils/adt/bool.c,
+// parse_bool_with_len): case-insensitive, any prefix of true, false, yes
+// and no, at least two letters of on and off, 1 and 0; no whitespace.
+func parseBool(v string) (val, ok bool) {
+	l := strings.ToLower(v)
+	prefixOf := func(word string, min int) bool {
+		return len(l) >= min && len(l) <= len(word) && word[:len(l)] == l
+	}
+	switch {
+	case l == "":
+		return false, false
+	case prefixOf("true", 1):
+		return true, true
+	case prefixOf("false", 1):
+		return false, true
+	case prefixOf("yes", 1):
+		return true, true
+	case prefixOf("no", 1):
+		return false, true
+	case prefixOf("on", 2):
+		return true, true
+	case prefixOf("off", 2):
+		return false, true
+	case l == "1":
+		return true, true
+	case l == "0":
+		return false, true
+	}
+	return false, false
 }
 
 // refusal is the ErrorResponse a refused peer gets.

@@ -319,7 +319,10 @@ func TestLinkRelaysAdmittedRoles(t *testing.T) {
 	}{
 		{"walreceiver", map[string]string{"user": patroni.ReplicationRole, "replication": "true", "application_name": "node1"}, true},
 		{"pg_basebackup", map[string]string{"user": patroni.ReplicationRole, "database": "replication", "replication": "true", "application_name": "pg_basebackup"}, true},
-		{"logical walsender", map[string]string{"user": patroni.ReplicationRole, "database": "postgres", "replication": "database"}, true},
+		{"database walsender (runs SQL)", map[string]string{"user": patroni.ReplicationRole, "database": "postgres", "replication": "database"}, false},
+		{"walreceiver, replication=on", map[string]string{"user": patroni.ReplicationRole, "replication": "on"}, true},
+		{"replication role, replication=o", map[string]string{"user": patroni.ReplicationRole, "replication": "o"}, false},
+		{"rewind role, replication=of", map[string]string{"user": patroni.RewindRole, "database": "postgres", "replication": "off"}, false},
 		{"pg_rewind", map[string]string{"user": patroni.RewindRole, "database": "postgres", "options": "-c statement_timeout=0"}, true},
 		{"patroni check", map[string]string{"user": patroni.RewindRole, "database": "postgres", "options": "-c statement_timeout=2000 -c search_path=pg_catalog", "fallback_application_name": "Patroni"}, true},
 		{"rewind role, search_path elsewhere", map[string]string{"user": patroni.RewindRole, "database": "postgres", "options": "-c search_path=public"}, false},

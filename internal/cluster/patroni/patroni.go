@@ -27,6 +27,9 @@ const (
 	// SuperuserRole is the bootstrap superuser Patroni connects as, over
 	// the socket by peer identity (Patroni runs as postgres): no password.
 	SuperuserRole = "postgres"
+	// Database is Patroni's postgresql.database (its default), the one
+	// database the rewind role opens.
+	Database = "postgres"
 )
 
 // Timings are Patroni's leader-lease settings in seconds. Patroni wants
@@ -198,10 +201,16 @@ func Generate(s Settings) ([]byte, error) {
 	}
 	hba := []string{
 		// Replication and rewind: their roles only, SCRAM only, the socket
-		// only (the relay from other nodes ends on it).
+		// only (the relay from other nodes ends on it). The replication
+		// role has no other line: a database walsender (replication=
+		// database, which runs SQL) or a plain session of it must not
+		// fall through to pgshield's own lines. The rewind role opens
+		// Patroni's database only (pg_rewind and Patroni's checks).
 		"local replication " + ReplicationRole + " scram-sha-256",
 		"local replication all reject",
-		"local all " + RewindRole + " scram-sha-256",
+		"local all " + ReplicationRole + " reject",
+		"local " + Database + " " + RewindRole + " scram-sha-256",
+		"local all " + RewindRole + " reject",
 	}
 	hba = append(hba, s.HBA...)
 
@@ -257,6 +266,7 @@ func Generate(s Settings) ([]byte, error) {
 			"connect_address":      ":" + strconv.Itoa(s.LinkPort),
 			"use_unix_socket":      true,
 			"use_unix_socket_repl": true,
+			"database":             Database,
 			"data_dir":             s.DataDir,
 			"bin_dir":              s.BinDir,
 			"pgpass":               s.PgpassFile,
