@@ -31,8 +31,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -191,7 +189,8 @@ func (n *Node) Serve(ctx context.Context) error {
 	n.mu.Lock()
 	n.mu.addr = in.Addr()
 	n.mu.Unlock()
-	if err := n.preparePeerDir(); err != nil {
+	dir, err := n.openPeerDir()
+	if err != nil {
 		closeAll()
 		return err
 	}
@@ -202,19 +201,25 @@ func (n *Node) Serve(ctx context.Context) error {
 	}
 	var outs []outbound
 	for _, p := range n.cfg.Peers {
-		sock, err := n.listenUnix(filepath.Join(n.cfg.PeerSocketDir, ".s.PGSQL."+strconv.Itoa(p.PGPort)))
+		sock, err := n.listenUnix(dir, ".s.PGSQL."+strconv.Itoa(p.PGPort))
 		if err != nil {
+			_ = dir.Close()
 			closeAll()
 			return err
 		}
 		lns = append(lns, sock)
 		rest, err := lc.Listen(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(p.RESTPort)))
 		if err != nil {
+			_ = dir.Close()
 			closeAll()
 			return fmt.Errorf("link: REST port for %s: %w", p.Name, err)
 		}
 		lns = append(lns, rest)
 		outs = append(outs, outbound{sock, p, ProtoPostgres}, outbound{rest, p, ProtoREST})
+	}
+	if err := n.handPeerDir(dir); err != nil {
+		closeAll()
+		return err
 	}
 	n.cfg.Log.Info("Node link listening.", "node", n.cfg.Identity.Name, "listen", in.Addr().String(), "peers", len(n.cfg.Peers))
 	close(n.ready)
@@ -239,45 +244,6 @@ func (n *Node) Serve(ctx context.Context) error {
 	n.rest.close()
 	n.wg.Wait()
 	return nil
-}
-
-func (n *Node) preparePeerDir() error {
-	d := n.cfg.PeerSocketDir
-	if err := os.MkdirAll(d, 0o700); err != nil {
-		return err
-	}
-	if err := os.Chmod(d, 0o700); err != nil {
-		return err
-	}
-	if os.Geteuid() == 0 {
-		return os.Chown(d, n.cfg.SocketUID, n.cfg.SocketGID)
-	}
-	return nil
-}
-
-// listenUnix makes a peer socket: a stale file is removed after a dial
-// shows nobody serves it, and the socket belongs to PostgreSQL's user.
-func (n *Node) listenUnix(path string) (net.Listener, error) {
-	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-		_ = c.Close()
-		return nil, fmt.Errorf("link: %s is already in use", path)
-	}
-	_ = os.Remove(path)
-	ln, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("link: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		_ = ln.Close()
-		return nil, err
-	}
-	if os.Geteuid() == 0 {
-		if err := os.Chown(path, n.cfg.SocketUID, n.cfg.SocketGID); err != nil {
-			_ = ln.Close()
-			return nil, err
-		}
-	}
-	return ln, nil
 }
 
 // acceptLoop runs handle for each connection while a slot is free; a

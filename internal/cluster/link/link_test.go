@@ -673,3 +673,44 @@ func TestIdentity(t *testing.T) {
 		t.Fatal("issued with another CA's key")
 	}
 }
+
+// An existing peer socket directory of another user, or writable by
+// others, is refused rather than adopted (the hostile review's
+// pre-created directory; the symlink case is TestAttackPeerDirPreCreated).
+func TestPeerDirRefused(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to make a directory of another user")
+	}
+	ca := newTestCA(t, "cluster")
+	cases := map[string]struct {
+		uid  int
+		mode os.FileMode
+		ok   bool
+	}{
+		"another user's":      {65534, 0o700, false},
+		"root's, 0777":        {0, 0o777, false},
+		"root's, 0700":        {0, 0o700, true},
+		"the socket user's":   {4242, 0o700, true},
+		"socket user's, 0770": {4242, 0o770, false},
+	}
+	for name, tc := range cases {
+		d := filepath.Join(t.TempDir(), "peers")
+		if err := os.Mkdir(d, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		_ = os.Chmod(d, tc.mode)
+		_ = os.Chown(d, tc.uid, tc.uid)
+		n, err := New(Config{Identity: ca.node(t, "a"), Listen: "127.0.0.1:0", Socket: "/nonexistent/s", REST: "127.0.0.1:1", Database: "postgres",
+			PeerSocketDir: d, SocketUID: 4242, SocketGID: 4242})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir, err := n.openPeerDir()
+		if (err == nil) != tc.ok {
+			t.Errorf("%s: openPeerDir error = %v; want ok %v", name, err, tc.ok)
+		}
+		if err == nil {
+			_ = dir.Close()
+		}
+	}
+}
