@@ -488,7 +488,6 @@ func TestAttackCertificates(t *testing.T) {
 // whole handshake timeout, and it may open new ones as they expire. A
 // real peer's replication connection is refused meanwhile.
 func TestAttackPreAuthSlotExhaustion(t *testing.T) {
-	finding(t, "unauthenticated TCP connections take the same slots as admitted peers: MaxConns silent connections refuse every peer's replication")
 	ctx, wg := withRun(t)
 	ca := newTestCA(t, "cluster")
 	p := startAttackPair(t, ctx, wg, ca, func(a, b *Config) { b.MaxConns = 4; b.HandshakeTimeout = 3 * time.Second })
@@ -969,7 +968,6 @@ func TestAttackRESTSlowloris(t *testing.T) {
 // who alone can open the socket). They also hold b's inbound slots,
 // which every other peer of b shares.
 func TestAttackLocalRESTExhaustsReplication(t *testing.T) {
-	finding(t, "local users' keep-alive REST connections take the slots replication needs (outbound on a, inbound on b)")
 	ctx, wg := withRun(t)
 	ca := newTestCA(t, "cluster")
 	p := startAttackPair(t, ctx, wg, ca, func(a, b *Config) { a.MaxConns = 2 })

@@ -68,8 +68,16 @@ type Config struct {
 	PeerSocketDir        string
 	SocketUID, SocketGID int
 
-	// MaxConns bounds connections in each direction (64 when zero).
+	// MaxConns bounds admitted connections of each protocol (PostgreSQL,
+	// REST) in each direction (64 when zero): REST keep-alives, which any
+	// local user can open, never take PostgreSQL's slots. Inbound, a
+	// connection takes its slot only once TLS and admission are done.
 	MaxConns int
+	// MaxHandshakes bounds inbound connections still in the TLS handshake
+	// or the startup packet (32 when zero), MaxHandshakesPerSource those
+	// from one source address (8 when zero): anyone who reaches the port
+	// can hold these until HandshakeTimeout, never an admitted peer's slot.
+	MaxHandshakes, MaxHandshakesPerSource int
 	// HandshakeTimeout bounds the TLS handshake and, inbound, the startup
 	// packet (5 s when zero).
 	HandshakeTimeout time.Duration
@@ -102,6 +110,12 @@ func (c *Config) CheckAndSetDefaults() error {
 	if c.MaxConns <= 0 {
 		c.MaxConns = 64
 	}
+	if c.MaxHandshakes <= 0 {
+		c.MaxHandshakes = 32
+	}
+	if c.MaxHandshakesPerSource <= 0 {
+		c.MaxHandshakesPerSource = 8
+	}
 	if c.HandshakeTimeout <= 0 {
 		c.HandshakeTimeout = 5 * time.Second
 	}
@@ -117,9 +131,16 @@ func (c *Config) CheckAndSetDefaults() error {
 // Node runs one node's link: the inbound listener and, for each peer, the
 // socket and REST port that relay to it.
 type Node struct {
-	cfg   Config
-	in    chan struct{} // inbound slots
-	out   chan struct{} // outbound slots
+	cfg Config
+	// slots bound admitted connections per direction and protocol.
+	slots map[slotKey]chan struct{}
+	// handshakes bounds inbound connections before admission; hs counts
+	// them per source address.
+	handshakes chan struct{}
+	hs         struct {
+		sync.Mutex
+		bySource map[string]int
+	}
 	rest  *restProxy
 	wg    sync.WaitGroup
 	ready chan struct{}
@@ -141,7 +162,11 @@ func New(cfg Config) (*Node, error) {
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return nil, err
 	}
-	n := &Node{cfg: cfg, in: make(chan struct{}, cfg.MaxConns), out: make(chan struct{}, cfg.MaxConns), ready: make(chan struct{})}
+	n := &Node{cfg: cfg, slots: map[slotKey]chan struct{}{}, handshakes: make(chan struct{}, cfg.MaxHandshakes), ready: make(chan struct{})}
+	for _, k := range []slotKey{{true, ProtoPostgres}, {true, ProtoREST}, {false, ProtoPostgres}, {false, ProtoREST}} {
+		n.slots[k] = make(chan struct{}, cfg.MaxConns)
+	}
+	n.hs.bySource = map[string]int{}
 	n.mu.conns = map[net.Conn]struct{}{}
 	n.lastWarn = map[string]time.Time{}
 	n.rest = newRESTProxy(cfg.REST, cfg.DialTimeout, cfg.Log)
@@ -226,11 +251,15 @@ func (n *Node) Serve(ctx context.Context) error {
 
 	n.wg.Add(2 + len(outs))
 	go func() { defer n.wg.Done(); n.rest.serve() }()
-	go func() { defer n.wg.Done(); n.acceptLoop(in, n.in, func(c net.Conn) { n.handleInbound(ctx, c) }) }()
+	go func() {
+		defer n.wg.Done()
+		n.acceptLoop(in, n.takeHandshake, func(c net.Conn, handshakeDone func()) { n.handleInbound(ctx, c, handshakeDone) })
+	}()
 	for _, o := range outs {
+		take := func(net.Conn) (func(), bool) { return n.takeSlot(slotKey{false, o.proto}) }
 		go func() {
 			defer n.wg.Done()
-			n.acceptLoop(o.ln, n.out, func(c net.Conn) { n.handleOutbound(ctx, c, o.peer, o.proto) })
+			n.acceptLoop(o.ln, take, func(c net.Conn, _ func()) { n.handleOutbound(ctx, c, o.peer, o.proto) })
 		}()
 	}
 	<-ctx.Done()
@@ -246,9 +275,58 @@ func (n *Node) Serve(ctx context.Context) error {
 	return nil
 }
 
-// acceptLoop runs handle for each connection while a slot is free; a
-// connection over the limit is closed at once.
-func (n *Node) acceptLoop(ln net.Listener, slots chan struct{}, handle func(net.Conn)) {
+// slotKey names a pool of connection slots: inbound or outbound, by
+// protocol.
+type slotKey struct {
+	inbound bool
+	proto   string
+}
+
+// takeSlot takes a slot of k without waiting; release gives it back (once).
+func (n *Node) takeSlot(k slotKey) (release func(), ok bool) {
+	slots := n.slots[k]
+	select {
+	case slots <- struct{}{}:
+		return sync.OnceFunc(func() { <-slots }), true
+	default:
+		return nil, false
+	}
+}
+
+// takeHandshake takes a slot for c's handshake and admission, within the
+// global and the per-source bounds; release gives it back (once).
+func (n *Node) takeHandshake(c net.Conn) (release func(), ok bool) {
+	src := c.RemoteAddr().String()
+	if h, _, err := net.SplitHostPort(src); err == nil {
+		src = h
+	}
+	select {
+	case n.handshakes <- struct{}{}:
+	default:
+		return nil, false
+	}
+	n.hs.Lock()
+	if n.hs.bySource[src] >= n.cfg.MaxHandshakesPerSource {
+		n.hs.Unlock()
+		<-n.handshakes
+		return nil, false
+	}
+	n.hs.bySource[src]++
+	n.hs.Unlock()
+	return sync.OnceFunc(func() {
+		n.hs.Lock()
+		if n.hs.bySource[src]--; n.hs.bySource[src] <= 0 {
+			delete(n.hs.bySource, src)
+		}
+		n.hs.Unlock()
+		<-n.handshakes
+	}), true
+}
+
+// acceptLoop runs handle for each connection take admits; a connection it
+// refuses is closed at once. handle gets the release of what take took, to
+// give it back early (it is given back when handle returns anyway).
+func (n *Node) acceptLoop(ln net.Listener, take func(net.Conn) (func(), bool), handle func(net.Conn, func())) {
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -259,24 +337,24 @@ func (n *Node) acceptLoop(ln net.Listener, slots chan struct{}, handle func(net.
 			}
 			return // closed
 		}
-		select {
-		case slots <- struct{}{}:
-		default:
-			n.warnLimited(n.cfg.Log, "Node link connection refused: too many connections.", "max", n.cfg.MaxConns)
+		release, ok := take(c)
+		if !ok {
+			n.warnLimited(n.cfg.Log, "Node link connection refused: too many connections.", "max", n.cfg.MaxConns,
+				"max_handshakes", n.cfg.MaxHandshakes, "max_handshakes_per_source", n.cfg.MaxHandshakesPerSource)
 			_ = c.Close()
 			continue
 		}
 		if !n.track(c) {
-			<-slots
+			release()
 			_ = c.Close()
 			return
 		}
 		n.wg.Add(1)
 		go func() {
 			defer n.wg.Done()
-			defer func() { <-slots }()
+			defer release()
 			defer n.untrack(c)
-			handle(c)
+			handle(c, release)
 		}()
 	}
 }
@@ -300,7 +378,9 @@ func (n *Node) untrack(c net.Conn) {
 }
 
 // handleInbound admits a peer's connection and relays it.
-func (n *Node) handleInbound(ctx context.Context, raw net.Conn) {
+// handshakeDone gives back the handshake slot; the connection takes a slot
+// of its protocol once admitted, or is closed when none is free.
+func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone func()) {
 	log := n.cfg.Log.With("remote", raw.RemoteAddr().String())
 	_ = raw.SetDeadline(time.Now().Add(n.cfg.HandshakeTimeout))
 	tc := tls.Server(raw, n.cfg.Identity.serverConfig(n.peerSet()))
@@ -324,11 +404,25 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn) {
 			log.Warn("Node link connection refused.", "error", err)
 			return
 		}
+		release, ok := n.takeSlot(slotKey{true, ProtoPostgres})
+		if !ok {
+			n.warnLimited(log, "Node link connection refused: too many PostgreSQL connections.", "max", n.cfg.MaxConns)
+			return
+		}
+		defer release()
+		handshakeDone()
 		backend, err = net.DialTimeout("unix", n.cfg.Socket, n.cfg.DialTimeout)
 		if err == nil {
 			_, err = backend.Write(pkt)
 		}
 	case ProtoREST:
+		release, ok := n.takeSlot(slotKey{true, ProtoREST})
+		if !ok {
+			n.warnLimited(log, "Node link connection refused: too many REST connections.", "max", n.cfg.MaxConns)
+			return
+		}
+		defer release()
+		handshakeDone()
 		// Reads only, through an HTTP proxy (rest.go), not a byte relay.
 		_ = raw.SetDeadline(time.Time{})
 		n.rest.handle(ctx, tc)

@@ -714,3 +714,35 @@ func TestPeerDirRefused(t *testing.T) {
 		}
 	}
 }
+
+// Connections still in the handshake are bounded per source address: a
+// third silent connection from one address is closed at once while two
+// hold their slots.
+func TestLinkHandshakesPerSource(t *testing.T) {
+	ctx, wg := withRun(t)
+	ca := newTestCA(t, "cluster")
+	p := startPair(t, ctx, wg, ca, func(a, b *Config) { b.MaxHandshakesPerSource = 2; b.HandshakeTimeout = 3 * time.Second })
+	var held []net.Conn
+	defer func() {
+		for _, c := range held {
+			c.Close()
+		}
+	}()
+	for range 2 {
+		c, err := net.Dial("tcp", p.b.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	time.Sleep(100 * time.Millisecond)
+	c, err := net.Dial("tcp", p.b.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("a third handshake from one address was kept: %v", err)
+	}
+}
