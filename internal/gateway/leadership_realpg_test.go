@@ -86,6 +86,18 @@ func TestRealLeadershipFence(t *testing.T) {
 	sessionMode, txMode := open(role), open(txRole)
 
 	lead.set(false, true)
+	// The gateway acts on the change in its own goroutine: a COMMIT sent
+	// before it has could still reach PostgreSQL (and commit, its answer
+	// replaced by 57P01), which the fence's margin covers in a cluster but
+	// this test would count as a row committed after the fence. Wait for
+	// the fence to be in force (its audit record comes after every session
+	// was told to end).
+	for deadline := time.Now().Add(10 * time.Second); len(gwA.audited("cluster.fenced")) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no cluster.fenced record 10 s after leadership was lost")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 	for _, c := range []*pgx.Conn{sessionMode, txMode} {
 		_, err := c.Exec(ctx, "COMMIT")
 		wantPgError(t, c.Config().User+": COMMIT after the fence", err, "57P01", fencedSessionMsg)

@@ -685,6 +685,14 @@ func TestMaxClientConnectionsParameter(t *testing.T) {
 		t.Fatal(err)
 	}
 	env.srv.SetParams(resolved)
+	// The refused connection is untracked by its own goroutine after the
+	// client has its error: wait for it, or it still takes the third place.
+	for deadline := time.Now().Add(3 * time.Second); env.srv.Stats().Active != 2; {
+		if time.Now().After(deadline) {
+			t.Fatalf("Stats() = %+v; want the 2 held connections tracked", env.srv.Stats())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 	if err := connect(); err != nil {
 		t.Fatalf("third connection after raising the cap to 3 = %v; want a session", err)
 	}
