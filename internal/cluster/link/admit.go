@@ -241,6 +241,38 @@ func parseBool(v string) (val, ok bool) {
 	return false, false
 }
 
+// walsenderTools are the application names of the tools that open a
+// walsender between nodes besides the walreceiver (libpq's
+// fallback_application_name of each); no member may be named so
+// (ValidNodeName has no underscore).
+var walsenderTools = map[string]bool{"pg_basebackup": true, "pg_rewind": true}
+
+// AdmitPeer binds an admitted walsender to the peer it comes from:
+// Patroni's synchronous_standby_names names members by application_name,
+// so a peer's walsender under another member's name could stand in as the
+// synchronous standby and acknowledge commits that member never got.
+// Patroni 3.0.2 sets primary_conninfo's application_name to the member's
+// own name (postgresql/config.py, primary_conninfo_params), which is its
+// node name (the link's certificate name); its own replication checks
+// (get_replication_connection_cursor) send none; pg_basebackup sends its
+// fallback name. Anything else is refused.
+func AdmitPeer(m *pgproto3.StartupMessage, peer string) error {
+	if m.Parameters["user"] != patroni.ReplicationRole {
+		return nil
+	}
+	for k, v := range m.Parameters {
+		// A setting's name is case-insensitive; Admit refused a name
+		// given twice in any case.
+		if strings.ToLower(k) != "application_name" {
+			continue
+		}
+		if v != peer && !walsenderTools[v] {
+			return &Refusal{Message: "a walsender's application_name must be the peer's own node name", Detail: fmt.Sprintf("peer %s, application_name %q", peer, v)}
+		}
+	}
+	return nil
+}
+
 // refusal is the ErrorResponse a refused peer gets.
 func refusal(msg string) []byte {
 	b, _ := (&pgproto3.ErrorResponse{Severity: "FATAL", SeverityUnlocalized: "FATAL", Code: "28000", Message: msg}).Encode(nil)

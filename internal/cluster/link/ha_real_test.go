@@ -990,7 +990,8 @@ func linkProbes(t *testing.T, ns, addr string, pki etcd.PKI, issue func(caCert, 
 		}
 		return pgproto3.NewFrontend(bufio.NewReader(c), c).Receive()
 	}
-	repl := map[string]string{"user": patroni.ReplicationRole, "replication": "true", "application_name": "probe"}
+	// A walsender's application_name is the peer's own node name (AdmitPeer).
+	repl := map[string]string{"user": patroni.ReplicationRole, "replication": "true", "application_name": "n2"}
 	crt2, key2 := issue(pki.CACert(), caKey, "n2", "probe-cluster")
 	good := load(crt2, key2)
 
@@ -1004,6 +1005,9 @@ func linkProbes(t *testing.T, ns, addr string, pki etcd.PKI, issue func(caCert, 
 		{"user": "postgres", "database": "postgres"},
 		{"user": writerRole, "database": "postgres"},
 		{"user": patroni.RewindRole, "database": "postgres", "options": "-c role=postgres"},
+		// n2 streaming as n1, the member synchronous_standby_names could name.
+		{"user": patroni.ReplicationRole, "replication": "true", "application_name": "n1"},
+		{"user": patroni.ReplicationRole, "database": "postgres", "replication": "database"},
 	} {
 		m, err := probe(good, role)
 		e, ok := m.(*pgproto3.ErrorResponse)

@@ -395,7 +395,7 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone fu
 	switch cs.NegotiatedProtocol {
 	case ProtoPostgres:
 		var pkt []byte
-		pkt, err = n.admit(tc)
+		pkt, err = n.admit(tc, PeerName(cs))
 		if err != nil {
 			var r *Refusal
 			if errors.As(err, &r) {
@@ -442,13 +442,17 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone fu
 	n.relay(log, tc, backend)
 }
 
-// admit reads the startup packet and decides it.
-func (n *Node) admit(c net.Conn) ([]byte, error) {
+// admit reads the startup packet of peer (its verified node name) and
+// decides it.
+func (n *Node) admit(c net.Conn, peer string) ([]byte, error) {
 	pkt, m, err := negotiate(c)
 	if err != nil {
 		return nil, err
 	}
 	if err := Admit(m, n.cfg.Database); err != nil {
+		return nil, err
+	}
+	if err := AdmitPeer(m, peer); err != nil {
 		return nil, err
 	}
 	return pkt, nil

@@ -317,7 +317,10 @@ func TestLinkRelaysAdmittedRoles(t *testing.T) {
 		params map[string]string
 		ok     bool
 	}{
-		{"walreceiver", map[string]string{"user": patroni.ReplicationRole, "replication": "true", "application_name": "node1"}, true},
+		{"walreceiver", map[string]string{"user": patroni.ReplicationRole, "replication": "true", "application_name": "a"}, true},
+		{"walreceiver named as another member", map[string]string{"user": patroni.ReplicationRole, "replication": "true", "application_name": "node1"}, false},
+		{"walreceiver, Application_Name of b", map[string]string{"user": patroni.ReplicationRole, "replication": "true", "Application_Name": "b"}, false},
+		{"rewind role, any application_name", map[string]string{"user": patroni.RewindRole, "database": "postgres", "application_name": "pg_rewind"}, true},
 		{"pg_basebackup", map[string]string{"user": patroni.ReplicationRole, "database": "replication", "replication": "true", "application_name": "pg_basebackup"}, true},
 		{"database walsender (runs SQL)", map[string]string{"user": patroni.ReplicationRole, "database": "postgres", "replication": "database"}, false},
 		{"walreceiver, replication=on", map[string]string{"user": patroni.ReplicationRole, "replication": "on"}, true},
