@@ -597,9 +597,10 @@ func TestRealHAFailover(t *testing.T) {
 			DataDir: filepath.Join(n.dir, "data", "pgdata"), BinDir: binDir,
 			SocketDir: filepath.Join(n.dir, "sock"), Port: haPort,
 			LinkPort: 5501 + i, PeerSocketDir: filepath.Join(n.dir, "peers"), RestPort: 8101 + i,
-			PgpassFile: filepath.Join(n.dir, "conf", "pgpass"),
-			Managed:    map[string]string{"shared_buffers": "32MB", "max_connections": "40", "wal_keep_size": "256MB"},
-			HBA:        []string{"local all postgres peer", "local all " + writerRole + " scram-sha-256"},
+			PgpassFile:   filepath.Join(n.dir, "conf", "pgpass"),
+			RESTPassword: rand.Text(),
+			Managed:      map[string]string{"shared_buffers": "32MB", "max_connections": "40", "wal_keep_size": "256MB"},
+			HBA:          []string{"local all postgres peer", "local all " + writerRole + " scram-sha-256"},
 			Etcd: patroni.EtcdClient{Endpoints: endpoints, CACert: filepath.Join(n.dir, "conf", "etcd-ca.crt"),
 				ClientCert: filepath.Join(n.dir, "conf", "etcd-client.crt"), ClientKey: filepath.Join(n.dir, "conf", "etcd-client.key")},
 			Timings: timings,
@@ -611,14 +612,9 @@ func TestRealHAFailover(t *testing.T) {
 			// commit.
 			AsyncWhenAlone: !strict,
 		}
-		y, err := patroni.Generate(n.settings)
-		if err != nil {
+		if err := patroni.WriteConfig(filepath.Join(n.dir, "conf", "patroni.yml"), n.settings, uid, gid); err != nil {
 			t.Fatal(err)
 		}
-		if err := config.WriteFileAtomic(filepath.Join(n.dir, "conf", "patroni.yml"), y, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		_ = os.Chown(filepath.Join(n.dir, "conf", "patroni.yml"), uid, gid)
 	}
 	passwords := patroni.Passwords{Replication: rand.Text(), Rewind: rand.Text()}
 	writerPassword := rand.Text()
@@ -726,6 +722,11 @@ func TestRealHAFailover(t *testing.T) {
 		restart := "http://127.0.0.1:" + strconv.Itoa(o.settings.RestPort) + "/restart"
 		if out, err := sh(ctx, "ip", "netns", "exec", n.ns, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", restart); err != nil || out != "403" {
 			t.Fatalf("%s: POST %s through the link: %v %s, want 403", n.name, restart, err, out)
+		}
+		// On the node itself, Patroni asks for restapi.authentication.
+		own := "http://127.0.0.1:" + strconv.Itoa(n.settings.RestPort) + "/restart"
+		if out, err := sh(ctx, "ip", "netns", "exec", n.ns, "curl", "-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", own); err != nil || out != "401" {
+			t.Fatalf("%s: POST %s without credentials: %v %s, want 401", n.name, own, err, out)
 		}
 	}
 

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 
 	yaml "go.yaml.in/yaml/v3"
 
@@ -27,6 +28,9 @@ const (
 	// SuperuserRole is the bootstrap superuser Patroni connects as, over
 	// the socket by peer identity (Patroni runs as postgres): no password.
 	SuperuserRole = "postgres"
+	// RESTUser is the user name of Patroni's REST API basic
+	// authentication (Settings.RESTPassword).
+	RESTUser = "pgshield"
 	// Database is Patroni's postgresql.database (its default), the one
 	// database the rewind role opens.
 	Database = "postgres"
@@ -55,8 +59,8 @@ func (t Timings) Validate() error {
 	return nil
 }
 
-// Settings are what the configuration is made of. None of it is secret:
-// passwords go only to the pgpass file (WritePgpass).
+// Settings are what the configuration is made of. Only RESTPassword is
+// secret: the roles' passwords go only to the pgpass file (WritePgpass).
 type Settings struct {
 	Scope string // the cluster's name
 	Node  string // this node's name
@@ -78,8 +82,20 @@ type Settings struct {
 	// RestPort is the port of Patroni's REST API on the node's loopback;
 	// every other node's link listens on its own loopback at the same port
 	// and relays to this node. Unique in the cluster.
-	RestPort   int
-	PgpassFile string // written by WritePgpass
+	RestPort int
+	// RESTPassword is the password (with RESTUser) Patroni 3.0.2's REST
+	// API asks of every request that changes something: every POST,
+	// PATCH, PUT and DELETE handler is under check_access (api.py), GETs
+	// are not, so another node's GET /patroni needs none (and Patroni's
+	// own requests send restapi.auth, which is not set, not
+	// restapi.authentication). Without it, any local user of the node
+	// could POST /reinitialize or /switchover or PATCH /config on the
+	// loopback port. A secret: Patroni 3.0.2 reads it from its YAML (or
+	// from PATRONI_RESTAPI_PASSWORD, which would put it in the
+	// environment), so the YAML is written by WriteConfig only: 0600,
+	// owned by Patroni's user, in a 0700 directory. Required.
+	RESTPassword string
+	PgpassFile   string // written by WritePgpass
 
 	// Managed are pgshield's managed PostgreSQL settings (ParseConf of
 	// postgres.Cluster.ManagedConf). They go into the local
@@ -121,6 +137,9 @@ func (s Settings) validate() error {
 		if v == "" {
 			missing = append(missing, name)
 		}
+	}
+	if s.RESTPassword == "" {
+		missing = append(missing, "REST API password")
 	}
 	if len(missing) > 0 {
 		return fmt.Errorf("patroni configuration: missing %s", strings.Join(missing, ", "))
@@ -224,6 +243,10 @@ func Generate(s Settings) ([]byte, error) {
 		"restapi": map[string]any{
 			"listen":          s.restAddr(),
 			"connect_address": s.restAddr(),
+			"authentication": map[string]string{
+				"username": RESTUser,
+				"password": s.RESTPassword,
+			},
 		},
 		"etcd3": map[string]any{
 			"hosts":    s.Etcd.Endpoints,
@@ -299,7 +322,61 @@ func Generate(s Settings) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return append([]byte("# Written by pgshield; do not edit. No secret is in this file.\n"), b...), nil
+	return append([]byte("# Written by pgshield; do not edit. It holds the REST API password: 0600, Patroni's user only.\n"), b...), nil
+}
+
+// WriteConfig writes Generate's YAML to path for Patroni running as
+// uid:gid: mode 0600 and (when run as root) owned by uid:gid from the
+// start, through the temporary file's descriptor, then renamed into place,
+// so no path is followed after the file exists. The directory must be a
+// real directory (not a symlink), 0700 at most, and root's or uid's.
+func WriteConfig(path string, s Settings, uid, gid int) error {
+	if !filepath.IsAbs(path) {
+		return fmt.Errorf("patroni configuration: %s is not an absolute path", path)
+	}
+	dir := filepath.Dir(path)
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return fmt.Errorf("patroni configuration: %w", err)
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !fi.IsDir() || !ok {
+		return fmt.Errorf("patroni configuration: %s is not a directory", dir)
+	}
+	if fi.Mode().Perm()&^0o700 != 0 {
+		return fmt.Errorf("patroni configuration: directory %s has mode %04o, wider than 0700", dir, fi.Mode().Perm())
+	}
+	euid := os.Geteuid()
+	if st.Uid != 0 && int(st.Uid) != uid && int(st.Uid) != euid {
+		return fmt.Errorf("patroni configuration: directory %s belongs to uid %d, not root's or uid %d's", dir, st.Uid, uid)
+	}
+	b, err := Generate(s)
+	if err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // no-op after the rename
+	err = f.Chmod(0o600)
+	if err == nil && euid == 0 {
+		err = f.Chown(uid, gid)
+	}
+	if err == nil {
+		_, err = f.Write(b)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("patroni configuration: %w", err)
+	}
+	return os.Rename(tmp, path)
 }
 
 // Passwords are the replication and rewind roles' passwords.

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	yaml "go.yaml.in/yaml/v3"
@@ -17,7 +18,8 @@ func settings(t *testing.T) Settings {
 		DataDir: "/var/lib/pgshield/volume/pgdata", BinDir: "/usr/lib/postgresql/15/bin",
 		SocketDir: "/run/pgshield/pg", Port: 5432,
 		LinkPort: 5501, PeerSocketDir: "/run/pgshield/peers", RestPort: 8101,
-		PgpassFile: filepath.Join(dir, "pgpass"),
+		PgpassFile:   filepath.Join(dir, "pgpass"),
+		RESTPassword: "rest-Pa55:word'x",
 		Managed: map[string]string{
 			"listen_addresses": "", "shared_preload_libraries": "pgshield_guard,pgaudit",
 			"logging_collector": "on", "archive_command": `pgbackrest --config='/x y' archive-push %p`,
@@ -260,6 +262,82 @@ port = 5433
 	for _, bad := range []string{"x", "a = 'unterminated", "a = 'x' y", "a = b c", "= 1", "a b = 1"} {
 		if _, err := ParseConf(bad); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// The REST API password is the YAML's one secret: Generate refuses to run
+// without it, it appears once, under restapi.authentication, and
+// WriteConfig writes the file 0600 for Patroni's user only, in a 0700
+// directory, never through a symlink.
+func TestWriteConfigRESTPassword(t *testing.T) {
+	s := settings(t)
+	none := s
+	none.RESTPassword = ""
+	if _, err := Generate(none); err == nil {
+		t.Error("Generate without a REST API password: no error")
+	}
+	b, err := Generate(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "Pa55"); n != 1 {
+		t.Errorf("the REST password is in the YAML %d times, want once", n)
+	}
+	var d struct {
+		Restapi struct {
+			Authentication map[string]string `yaml:"authentication"`
+		} `yaml:"restapi"`
+	}
+	if err := yaml.Unmarshal(b, &d); err != nil {
+		t.Fatal(err)
+	}
+	if a := d.Restapi.Authentication; a["username"] != RESTUser || a["password"] != s.RESTPassword || len(a) != 2 {
+		t.Errorf("restapi.authentication = %v", a)
+	}
+	for _, e := range Env(s) {
+		if strings.Contains(e, "Pa55") {
+			t.Errorf("the REST password is in Patroni's environment: %q", e)
+		}
+	}
+
+	uid, gid := os.Getuid(), os.Getgid()
+	if os.Geteuid() == 0 {
+		uid, gid = 4242, 4242
+	}
+	dir := filepath.Join(t.TempDir(), "conf")
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "patroni.yml")
+	if err := WriteConfig(path, s, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := fi.Sys().(*syscall.Stat_t)
+	if fi.Mode() != 0o600 || int(st.Uid) != uid || int(st.Gid) != gid {
+		t.Errorf("patroni.yml: %v %d:%d, want -rw------- %d:%d", fi.Mode(), st.Uid, st.Gid, uid, gid)
+	}
+	if got, _ := os.ReadFile(path); string(got) != string(b) {
+		t.Error("patroni.yml is not Generate's YAML")
+	}
+
+	// A directory others can enter, and a symlink to a 0700 directory.
+	wide := filepath.Join(t.TempDir(), "wide")
+	if err := os.Mkdir(wide, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	_ = os.Chmod(wide, 0o755)
+	link := filepath.Join(t.TempDir(), "link")
+	if err := os.Symlink(dir, link); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{filepath.Join(wide, "patroni.yml"), filepath.Join(link, "patroni.yml")} {
+		if err := WriteConfig(p, s, uid, gid); err == nil {
+			t.Errorf("WriteConfig(%q): no error", p)
 		}
 	}
 }
