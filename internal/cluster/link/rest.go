@@ -53,6 +53,16 @@ func newRESTProxy(target string, dialTimeout time.Duration, log *slog.Logger) *r
 				http.Error(w, "only reads of Patroni's API are relayed between nodes", http.StatusForbidden)
 				return
 			}
+			// A read has no body. One relayed to a backend that keeps
+			// HTTP/1.1 connections open and ignores a GET's body would be
+			// read as the next request (smuggling past the method check);
+			// Patroni 3.0.2 closes after each answer, but nothing it sends
+			// between nodes has a body.
+			if r.ContentLength != 0 || len(r.TransferEncoding) > 0 {
+				w.Header().Set("Connection", "close")
+				http.Error(w, "a read with a body is not relayed between nodes", http.StatusBadRequest)
+				return
+			}
 			rp.ServeHTTP(w, r)
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
