@@ -191,6 +191,15 @@ func (s Settings) fixed() map[string]string {
 	}
 }
 
+// DefaultMaxSlotWALKeepSize bounds the WAL that replication slots keep on a
+// node unless the managed settings set max_slot_wal_keep_size themselves.
+// Patroni keeps a slot for every member (use_slots): a member that stops
+// confirming (down, or a compromised peer holding its slot) would
+// otherwise keep every WAL segment until the primary's disk is full and
+// it stops. Past the bound the slot is invalidated and that member must
+// be cloned again (Patroni's reinitialize); the primary goes on.
+const DefaultMaxSlotWALKeepSize = "8GB"
+
 // Generate makes Patroni's YAML for s.
 //
 // synchronous_mode_strict is on unless AsyncWhenAlone: a commit is
@@ -211,6 +220,12 @@ func Generate(s Settings) ([]byte, error) {
 	params := map[string]string{}
 	for k, v := range s.Managed {
 		params[strings.ToLower(k)] = v
+	}
+	switch v, ok := params["max_slot_wal_keep_size"]; {
+	case !ok:
+		params["max_slot_wal_keep_size"] = DefaultMaxSlotWALKeepSize
+	case v == "" || strings.HasPrefix(strings.TrimSpace(v), "-"):
+		return nil, fmt.Errorf("patroni configuration: max_slot_wal_keep_size %q: a cluster node bounds the WAL its replication slots keep", v)
 	}
 	for k, v := range s.fixed() {
 		if old, ok := params[k]; ok && old != v {

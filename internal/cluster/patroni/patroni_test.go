@@ -341,3 +341,41 @@ func TestWriteConfigRESTPassword(t *testing.T) {
 		}
 	}
 }
+
+// Replication slots cannot keep WAL without bound: the default, an
+// administrator's own bound, and unlimited (-1) refused.
+func TestMaxSlotWALKeepSize(t *testing.T) {
+	for _, tc := range []struct {
+		managed, want string
+		ok            bool
+	}{
+		{"", DefaultMaxSlotWALKeepSize, true},
+		{"2GB", "2GB", true},
+		{"-1", "", false},
+		{" -1", "", false},
+	} {
+		s := settings(t)
+		if tc.managed != "" {
+			s.Managed["max_slot_wal_keep_size"] = tc.managed
+		}
+		b, err := Generate(s)
+		if (err == nil) != tc.ok {
+			t.Errorf("Generate(max_slot_wal_keep_size=%q) error = %v; want ok %v", tc.managed, err, tc.ok)
+			continue
+		}
+		if err != nil {
+			continue
+		}
+		var d struct {
+			PG struct {
+				Parameters map[string]string `yaml:"parameters"`
+			} `yaml:"postgresql"`
+		}
+		if err := yaml.Unmarshal(b, &d); err != nil {
+			t.Fatal(err)
+		}
+		if got := d.PG.Parameters["max_slot_wal_keep_size"]; got != tc.want {
+			t.Errorf("max_slot_wal_keep_size = %q, want %q", got, tc.want)
+		}
+	}
+}
