@@ -144,12 +144,14 @@ type Node struct {
 	rest  *restProxy
 	wg    sync.WaitGroup
 	ready chan struct{}
-	// warnMu guards lastWarn: refusals before authentication are logged at
-	// most once a second per message, since anyone who reaches the port
-	// can cause them.
-	warnMu   sync.Mutex
-	lastWarn map[string]time.Time
-	mu       struct {
+	// warnMu guards lastWarn and suppressed: refusals and failures are
+	// logged at most once a second per message, since anyone who reaches
+	// the port (before authentication), a compromised peer (after it) or a
+	// local user (the REST port's dials) can cause them at will.
+	warnMu     sync.Mutex
+	lastWarn   map[string]time.Time
+	suppressed map[string]int
+	mu         struct {
 		sync.Mutex
 		conns  map[net.Conn]struct{}
 		closed bool
@@ -169,20 +171,28 @@ func New(cfg Config) (*Node, error) {
 	n.hs.bySource = map[string]int{}
 	n.mu.conns = map[net.Conn]struct{}{}
 	n.lastWarn = map[string]time.Time{}
+	n.suppressed = map[string]int{}
 	n.rest = newRESTProxy(cfg.REST, cfg.DialTimeout, cfg.Log)
 	return n, nil
 }
 
-// warnLimited logs msg at most once a second.
+// warnLimited logs msg at most once a second, with how many were left
+// out since the last one.
 func (n *Node) warnLimited(log *slog.Logger, msg string, args ...any) {
 	n.warnMu.Lock()
 	now := time.Now()
 	if now.Sub(n.lastWarn[msg]) < time.Second {
+		n.suppressed[msg]++
 		n.warnMu.Unlock()
 		return
 	}
 	n.lastWarn[msg] = now
+	dropped := n.suppressed[msg]
+	delete(n.suppressed, msg)
 	n.warnMu.Unlock()
+	if dropped > 0 {
+		args = append(args, "suppressed", dropped)
+	}
 	log.Warn(msg, args...)
 }
 
@@ -401,7 +411,7 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone fu
 			if errors.As(err, &r) {
 				_, _ = tc.Write(refusal(r.Message))
 			}
-			log.Warn("Node link connection refused.", "error", err)
+			n.warnLimited(log, "Node link connection refused.", "error", err)
 			return
 		}
 		release, ok := n.takeSlot(slotKey{true, ProtoPostgres})
@@ -428,14 +438,14 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone fu
 		n.rest.handle(ctx, tc)
 		return
 	default:
-		log.Warn("Node link connection refused: no protocol agreed.")
+		n.warnLimited(log, "Node link connection refused: no protocol agreed.")
 		return
 	}
 	if err != nil {
 		if backend != nil {
 			_ = backend.Close()
 		}
-		log.Warn("Node link backend unreachable.", "error", err)
+		n.warnLimited(log, "Node link backend unreachable.", "error", err)
 		return
 	}
 	_ = raw.SetDeadline(time.Time{})
@@ -466,7 +476,7 @@ func (n *Node) handleOutbound(ctx context.Context, local net.Conn, peer Peer, pr
 	remote, err := d.DialContext(hctx, "tcp", peer.Addr)
 	cancel()
 	if err != nil {
-		log.Warn("Node link dial failed.", "error", err)
+		n.warnLimited(log, "Node link dial failed.", "error", err)
 		return
 	}
 	n.relay(log, local, remote)

@@ -13,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -748,4 +749,41 @@ func TestLinkHandshakesPerSource(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("a third handshake from one address was kept: %v", err)
 	}
+}
+
+// A compromised peer's refused startups (after authentication) are
+// logged at most once a second, with a count of those left out.
+func TestLinkRefusalLogLimited(t *testing.T) {
+	ctx, wg := withRun(t)
+	ca := newTestCA(t, "cluster")
+	var buf lockedBuffer
+	p := startAttackPair(t, ctx, wg, ca, func(a, b *Config) {
+		b.Log = slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	})
+	for range 30 {
+		m, _ := p.sendRaw(t, startupPacket(map[string]string{"user": "postgres", "database": "postgres"}))
+		if _, ok := m.(*pgproto3.ErrorResponse); !ok {
+			t.Fatalf("superuser startup: %T, want a refusal", m)
+		}
+	}
+	if n := strings.Count(buf.String(), "Node link connection refused."); n == 0 || n > 3 {
+		t.Errorf("30 refusals logged %d times, want 1 to 3:\n%s", n, buf.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
