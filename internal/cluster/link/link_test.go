@@ -787,3 +787,24 @@ func (l *lockedBuffer) String() string {
 	defer l.mu.Unlock()
 	return l.b.String()
 }
+
+// A peer socket directory whose parent is missing is made, parent too.
+func TestPeerDirMadeWithParent(t *testing.T) {
+	ca := newTestCA(t, "cluster")
+	d := filepath.Join(t.TempDir(), "run", "peers")
+	n, err := New(Config{Identity: ca.node(t, "a"), Listen: "127.0.0.1:0", Socket: "/nonexistent/s", REST: "127.0.0.1:1", Database: "postgres",
+		PeerSocketDir: d, SocketUID: os.Getuid(), SocketGID: os.Getgid()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := n.openPeerDir()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.handPeerDir(dir); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(d); err != nil || !fi.IsDir() || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("%s: %v %v, want a 0700 directory", d, fi, err)
+	}
+}

@@ -28,6 +28,10 @@ import (
 // user. The caller closes the directory (handPeerDir).
 func (n *Node) openPeerDir() (*os.File, error) {
 	d := n.cfg.PeerSocketDir
+	// Its parent, if missing, as MkdirAll would make it (root's, 0755).
+	if err := os.MkdirAll(filepath.Dir(d), 0o755); err != nil {
+		return nil, fmt.Errorf("link: peer socket directory: %w", err)
+	}
 	if err := unix.Mkdir(d, 0o700); err != nil && !errors.Is(err, unix.EEXIST) {
 		return nil, fmt.Errorf("link: peer socket directory: %w", err)
 	}
