@@ -52,3 +52,25 @@ func TestSetTLSNames(t *testing.T) {
 		}
 	}
 }
+
+// TestBindValueQuotes: BindValue stands between single quotes in the
+// gateway's hand-over SELECT as it is, so nothing a client controls (a
+// token's issuer or object ID) may put a quote or backslash in it.
+func TestBindValueQuotes(t *testing.T) {
+	b := &Backend{PID: 42, TxStatus: 'I', bindKey: make([]byte, bindKeyLen)}
+	id := ClientIdentity{Addr: netip.MustParseAddrPort("10.77.0.9:5000"), Method: ClientMethodToken,
+		PrincipalObjectID: `o'; DROP TABLE x; --\`, Issuer: `https://x/'\''\\`}
+	v, err := b.BindValue(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !regexp.MustCompile(`^v=1&seq=1&pid=42&[A-Za-z0-9%&=._~-]+&mac=[0-9a-f]{64}$`).MatchString(v) {
+		t.Errorf("BindValue = %q; want only unreserved characters, %%, & and =", v)
+	}
+	if v2, _ := b.BindValue(id); v2 == v {
+		t.Errorf("two BindValues are the same (%q); the sequence number must grow", v)
+	}
+	if _, err := (&Backend{TxStatus: 'T', bindKey: b.bindKey}).BindValue(id); err != ErrNotBindable {
+		t.Errorf("BindValue inside a transaction = %v; want ErrNotBindable", err)
+	}
+}
