@@ -182,6 +182,24 @@ func Save(l Layout, c *Config) error {
 	return WriteFileAtomic(l.ConfigFile(), append(b, '\n'), 0o600)
 }
 
+// WriteKeyPair writes a private key and its certificate, each atomically
+// and 0600, making their directories 0700 (and narrowing them to 0700 if
+// they exist).
+func WriteKeyPair(certPath, keyPath string, certPEM, keyPEM []byte) error {
+	for _, d := range []string{filepath.Dir(certPath), filepath.Dir(keyPath)} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+		if err := os.Chmod(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if err := WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
+		return err
+	}
+	return WriteFileAtomic(certPath, certPEM, 0o600)
+}
+
 // WriteFileAtomic writes to a temp file in the same directory, syncs it and
 // renames it over name, so readers see the old or the new file, never a part.
 func WriteFileAtomic(name string, data []byte, perm os.FileMode) error {

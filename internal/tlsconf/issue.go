@@ -144,6 +144,34 @@ func IssueServerChain(ca *x509.Certificate, caKey crypto.Signer, hosts []string,
 	return certPEM, keyPEM, err
 }
 
+// IssueLeaf signs, with caKey, a certificate for a new P-256 key from
+// tmpl, which gives its subject, names and uses: the serial number is set
+// here, and the validity, when tmpl leaves it unset, is an hour back to
+// ServerLifetime ahead, always within ca's. Both come back in PEM.
+func IssueLeaf(tmpl, ca *x509.Certificate, caKey crypto.Signer, now time.Time) (certPEM, keyPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	t := *tmpl
+	t.SerialNumber = randomSerial()
+	if t.NotBefore.IsZero() {
+		t.NotBefore = now.Add(-time.Hour)
+	}
+	if t.NotAfter.IsZero() {
+		t.NotAfter = now.Add(ServerLifetime)
+	}
+	if t.NotAfter.After(ca.NotAfter) {
+		t.NotAfter = ca.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &t, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyPEM, err = EncodeKey(key)
+	return EncodeCert(der), keyPEM, err
+}
+
 // Hosts are the names a server certificate is for, its CN first: what a
 // renewal issues the next one for.
 func Hosts(leaf *x509.Certificate) []string {

@@ -9,13 +9,10 @@ package etcd
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"path/filepath"
@@ -214,22 +211,11 @@ type leafSpec struct {
 
 // issue writes leaf, signed by ca, to certPath and keyPath.
 func (p PKI) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, leaf leafSpec, certPath, keyPath string, now time.Time) error {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: leaf.CN, Organization: []string{"pgshield"}},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(tlsconf.ServerLifetime),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		IPAddresses:  leaf.IPs,
+		Subject:     pkix.Name{CommonName: leaf.CN, Organization: []string{"pgshield"}},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		IPAddresses: leaf.IPs,
 	}
 	if leaf.OU != "" {
 		tmpl.Subject.OrganizationalUnit = []string{leaf.OU}
@@ -237,28 +223,11 @@ func (p PKI) issue(ca *x509.Certificate, caKey *ecdsa.PrivateKey, leaf leafSpec,
 	if leaf.Server {
 		tmpl.ExtKeyUsage = append(tmpl.ExtKeyUsage, x509.ExtKeyUsageServerAuth)
 	}
-	if tmpl.NotAfter.After(ca.NotAfter) {
-		tmpl.NotAfter = ca.NotAfter
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	certPEM, keyPEM, err := tlsconf.IssueLeaf(tmpl, ca, caKey, now)
 	if err != nil {
 		return err
 	}
-	keyPEM, err := tlsconf.EncodeKey(key)
-	if err != nil {
-		return err
-	}
-	dir := filepath.Dir(certPath)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Chmod(dir, 0o700); err != nil {
-		return err
-	}
-	if err := config.WriteFileAtomic(keyPath, keyPEM, 0o600); err != nil {
-		return err
-	}
-	return config.WriteFileAtomic(certPath, tlsconf.EncodeCert(der), 0o600)
+	return config.WriteKeyPair(certPath, keyPath, certPEM, keyPEM)
 }
 
 // Chown gives a member's files (its directory, certificates and keys)

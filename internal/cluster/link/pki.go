@@ -1,17 +1,12 @@
 package link
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"time"
@@ -64,46 +59,17 @@ func IssueNode(caCertPath, caKeyPath, name, certPath, keyPath string, now time.T
 	if !tlsconf.SameKey(ca.PublicKey, caKey) {
 		return fmt.Errorf("cluster CA: %w", tlsconf.ErrMismatch)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return err
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 127))
-	if err != nil {
-		return err
-	}
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
-		Subject:      pkix.Name{CommonName: "pgshield node " + name, Organization: []string{"pgshield"}},
-		NotBefore:    now.Add(-time.Hour),
-		NotAfter:     now.Add(tlsconf.ServerLifetime),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-		DNSNames:     []string{NodeDNSName(name)},
+		Subject:     pkix.Name{CommonName: "pgshield node " + name, Organization: []string{"pgshield"}},
+		KeyUsage:    x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+		DNSNames:    []string{NodeDNSName(name)},
 	}
-	if tmpl.NotAfter.After(ca.NotAfter) {
-		tmpl.NotAfter = ca.NotAfter
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	certPEM, kp, err := tlsconf.IssueLeaf(tmpl, ca, caKey, now)
 	if err != nil {
 		return err
 	}
-	kp, err := tlsconf.EncodeKey(key)
-	if err != nil {
-		return err
-	}
-	for _, d := range []string{filepath.Dir(certPath), filepath.Dir(keyPath)} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return err
-		}
-		if err := os.Chmod(d, 0o700); err != nil {
-			return err
-		}
-	}
-	if err := config.WriteFileAtomic(keyPath, kp, 0o600); err != nil {
-		return err
-	}
-	return config.WriteFileAtomic(certPath, tlsconf.EncodeCert(der), 0o600)
+	return config.WriteKeyPair(certPath, keyPath, certPEM, kp)
 }
 
 // Identity is this node's side of the link: its name, certificate and the
