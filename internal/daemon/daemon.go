@@ -490,6 +490,12 @@ func (d *Daemon) newMetrics() *metrics.Metrics {
 			}
 			return 0
 		},
+		"pgshield_pool_handovers_refused_total": func() float64 {
+			if gw := d.gateway(); gw != nil {
+				return float64(gw.HandoversRefused())
+			}
+			return 0
+		},
 		"pgshield_key_grace_remaining_seconds": func() float64 {
 			if d.keys != nil {
 				return d.keys.GraceRemaining()

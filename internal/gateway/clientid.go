@@ -77,5 +77,8 @@ func (c *clientConn) clientIdentity(login loginResult) pgbackend.ClientIdentity 
 	id := pgbackend.ClientIdentity{Addr: c.srcAddrPort(), Method: clientMethod(login.method),
 		PrincipalObjectID: login.principal, Issuer: login.issuer, TokenExpiry: login.expiry}
 	id.SetTLS(c.tls)
+	// Transaction pooling hands the backend over without asking whether
+	// it needs DISCARD ALL: pgshield_guard says so by itself (txhandover.go).
+	id.Report = c.poolMode() == "transaction"
 	return id
 }

@@ -44,6 +44,9 @@ type pooled struct {
 	// rows changed since is not handed out (they apply only at connect).
 	settings     string
 	settingsSeen bool
+	// dirty: pgshield_guard reported session state that DISCARD ALL must
+	// clear before another client (pgbackend.DirtyParam); advice only.
+	dirty bool
 }
 
 // checkPass reports whether check, pgshield_guard.handover_check as read
@@ -286,7 +289,7 @@ func (c *clientConn) acquireBackend(ctx context.Context, login loginResult) (*he
 					c.srv.pool.Discard(l)
 					continue
 				}
-				l.Conn.owner, l.Conn.stmts = 0, nil
+				l.Conn.owner, l.Conn.stmts, l.Conn.dirty = 0, nil, false
 			}
 			// What PostgreSQL checks only at connect is checked again now
 			// (the reset's check may be minutes old), with the rebind in
@@ -346,7 +349,7 @@ func (c *clientConn) releaseBackend(h *held, reusable bool) {
 		c.srv.pool.Discard(h.lease)
 		return
 	}
-	h.lease.Conn.owner, h.lease.Conn.stmts = 0, nil
+	h.lease.Conn.owner, h.lease.Conn.stmts, h.lease.Conn.dirty = 0, nil, false
 	c.srv.pool.Put(h.lease)
 }
 
@@ -355,6 +358,10 @@ func (c *clientConn) releaseBackend(h *held, reusable bool) {
 func (s *Server) Handovers() (light, full uint64) {
 	return s.handovers.light.Load(), s.handovers.full.Load()
 }
+
+// HandoversRefused counts pipelined hand-overs pgshield_guard refused (the
+// backend was closed, the client's transaction went to another).
+func (s *Server) HandoversRefused() uint64 { return s.handovers.refused.Load() }
 
 // autoMaxTotal is pool_max_total = auto's value now: what PostgreSQL's
 // limits leave the gateway, as threat protection derives it.

@@ -138,9 +138,9 @@ type runtime struct {
 type Server struct {
 	cfg Config
 	// handovers counts transaction-mode hand-overs of a backend to
-	// another client: light (no DISCARD ALL, txRelay.lightHandover) and
-	// full.
-	handovers struct{ light, full atomic.Uint64 }
+	// another client: light (no DISCARD ALL) and full, and those
+	// pgshield_guard refused (txhandover.go).
+	handovers struct{ light, full, refused atomic.Uint64 }
 	// poolMax is the pool's cap on backends in force (applyPoolConfigLocked).
 	poolMax atomic.Int64
 	rt      atomic.Pointer[runtime]

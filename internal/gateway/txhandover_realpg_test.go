@@ -55,6 +55,9 @@ func TestRealTxHandoverRefused(t *testing.T) {
 			t.Fatalf("%v: INSERT: %v", mode, err)
 		}
 		pb, _ := backendOf(t, b)
+		if got := env.srv.HandoversRefused(); got != uint64(i+1) {
+			t.Fatalf("%v: %d hand-overs refused by pgshield_guard; want %d (the pipelined rebind refused, not the gateway)", mode, got, i+1)
+		}
 		var n, pid int32
 		if err := super.QueryRow(ctx, "SELECT count(*), max(pid) FROM public.gw_tx_ho_t WHERE who = $1", who).Scan(&n, &pid); err != nil {
 			t.Fatal(err)

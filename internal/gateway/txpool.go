@@ -28,12 +28,14 @@ import (
 // transactions the backend is back in the pool, and the client's next
 // message takes one (pgshield.pool_wait_timeout, then 53300).
 //
-// Isolation is session pooling's: a backend that changes clients is reset
-// (DISCARD ALL and the role check) and rebound to the new client
-// (BindClient's HMAC'd SET), in one round trip before a byte of the client
-// reaches it; only a backend that comes back to the client that used it
-// last is not. Session features pin the client to its backend (needsPin).
-// The client's named statements are re-prepared where they are missing.
+// Isolation is session pooling's: a backend that changes clients is
+// checked, reset (DISCARD ALL when pgshield_guard reports state to clear)
+// and rebound to the new client, and none of the client's messages runs
+// unless that succeeded; the hand-over travels in the same write as the
+// client's first messages (txhandover.go). Only a backend that comes back
+// to the client that used it last is not handed over. Session features
+// pin the client to its backend (needsPin). The client's named statements
+// are re-prepared where they are missing.
 
 // maxPreparedStatements bounds the named statements tracked per client
 // (PgBouncer's max_prepared_statements); a client that prepares more is
@@ -92,7 +94,18 @@ type txRelay struct {
 		stopping bool
 		status   byte
 		clean    bool // the downstream stopped at a boundary for stopping
+		// ho is the pipelined hand-over of h awaiting its answer (nil
+		// once answered, or if h needed none).
+		ho *hoWait
 	}
+}
+
+// hoWait is a pipelined hand-over in flight: the downstream copy sends
+// its verdict (true: handed over) once it has read the answer.
+type hoWait struct {
+	verdict chan bool
+	full    bool
+	why     string // a refusal's message, set before the verdict
 }
 
 // newTxRelay sets up a transaction-mode session on sess (before any
@@ -198,10 +211,22 @@ func (t *txRelay) upstream() (clientEnded bool) {
 	segFlushed := false // part of it was written already
 	sawFlush := false
 	copyUnsent := false // COPY data in out: the backend may not go yet
+	hoLen := 0          // a hand-over at the start of out, to be written
 	write := func(p []byte) bool {
 		n, err := cur.b.Conn.Write(p)
-		t.up.Add(int64(n))
-		return err == nil
+		if hoLen == 0 {
+			t.up.Add(int64(n))
+			return err == nil
+		}
+		t.up.Add(int64(max(n-hoLen, 0)))
+		if err != nil {
+			return false
+		}
+		// Nothing more goes to the backend before the hand-over's answer:
+		// if it refused, these bytes go to another backend instead.
+		replay := p[hoLen:]
+		hoLen = 0
+		return t.awaitHandover(&cur, replay)
 	}
 	// flush writes out, but keeps back an incomplete extended batch so
 	// that statements it references can still be re-prepared ahead of it.
@@ -321,12 +346,25 @@ func (t *txRelay) upstream() (clientEnded bool) {
 				continue
 			}
 			t.mu.Unlock()
-			h, err := t.acquire()
+			h, ho, err := t.acquire(true)
 			if err != nil {
 				if !killed() {
 					t.sess.sendFinal(err)
 				}
 				return false
+			}
+			if ho != nil {
+				prefix, err := ho.bytes()
+				if err != nil {
+					t.c.srv.pool.Discard(h.lease)
+					t.sess.sendFinal(wire.ErrorResponse(errUnavailable()))
+					return false
+				}
+				rest := len(out) // none expected: a message waits for a backend
+				out = append(out, prefix...)
+				copy(out[len(prefix):], out[:rest])
+				copy(out, prefix)
+				hoLen = len(prefix)
 			}
 			t.mu.Lock()
 			if t.sess.kill.Load() != nil {
@@ -337,8 +375,15 @@ func (t *txRelay) upstream() (clientEnded bool) {
 				return false
 			}
 			t.mu.h, t.mu.down, t.mu.status = h, make(chan struct{}), 'I'
+			t.mu.ho = nil
+			if ho != nil {
+				for range ho.segs {
+					t.mu.segs = append(t.mu.segs, handoverSeg)
+				}
+				t.mu.ho = &hoWait{verdict: make(chan bool, 1), full: ho.full}
+			}
 			go t.downstream(h, t.mu.down)
-			cur, segStart, segFlushed = h, 0, false
+			cur, segStart, segFlushed = h, hoLen, false
 		}
 		// Track the message (under the lock the downstream decides a
 		// release by).
@@ -536,6 +581,7 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 	}()
 	var killBy time.Time
 	inSeg, swallow, segErr := false, false, false
+	hoSeg, hoWhy := false, "" // in the hand-over's answer; its error
 	flush := func() bool {
 		if len(out) == 0 {
 			return true
@@ -562,6 +608,9 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 			if !isTimeout(err) || len(hdr) > 0 {
 				if len(hdr) > 0 && isTimeout(err) && t.waitMore(h, &killBy) {
 					continue
+				}
+				if !isTimeout(err) && t.handoverLost(hoWhy) {
+					return // nothing reached the client; the upstream goes on elsewhere
 				}
 				end()
 				return
@@ -601,6 +650,7 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 			t.mu.Lock()
 			if len(t.mu.segs) > 0 {
 				inSeg, swallow, segErr = true, t.mu.segs[0] != nil, false
+				hoSeg = isHandoverSeg(t.mu.segs[0])
 			}
 			t.mu.Unlock()
 		}
@@ -627,6 +677,15 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 		}
 		if typ == 'E' && swallow {
 			segErr = true
+			if hoSeg {
+				hoWhy = errField(msg[5:], 'M')
+			}
+		}
+		if typ == 'S' && paramName(msg[5:]) == pgbackend.DirtyParam {
+			// pgshield_guard's report for the gateway, not the client's.
+			h.lease.Conn.dirty = true
+			_, _ = br.Discard(size)
+			continue
 		}
 		if !swallow {
 			out = append(out, msg...)
@@ -659,13 +718,34 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 			}
 			t.mu.segs = t.mu.segs[1:]
 		}
-		inSeg = false
+		var handed *hoWait
+		if hoSeg && segErr {
+			// An ERROR, not the guard's FATAL refusal, in the hand-over:
+			// what the client sent behind it may have run; the session
+			// ends rather than go on with a backend in doubt.
+			t.mu.ho = nil
+			t.mu.Unlock()
+			t.c.log.Warn("A pooled backend failed its hand-over with an error; session ended.",
+				"pg_backend_pid", h.b.PID, "error", hoWhy)
+			t.sess.sendFinal(wire.ErrorResponse(errUnavailable()))
+			t.fail()
+			return
+		}
+		if w := t.mu.ho; w != nil && (len(t.mu.segs) == 0 || !isHandoverSeg(t.mu.segs[0])) {
+			t.mu.ho, handed = nil, w
+		}
+		inSeg, hoSeg = false, false
 		t.mu.status = status
 		release := t.releasableLocked(br)
 		if release {
 			t.mu.h = nil
 		}
 		t.mu.Unlock()
+		if handed != nil {
+			t.handedOver(h.lease.Conn, handed.full)
+			t.target.set(h.b) // cancels reach it from now on
+			handed.verdict <- true
+		}
 		if release {
 			t.park(h)
 			return
@@ -731,11 +811,13 @@ func (t *txRelay) copyN(h *held, br *msgReader, n int64, killBy *time.Time) erro
 
 // acquire takes a backend for the client's next transaction: the one it
 // used last if idle (nothing to do, but close statements it has since
-// closed), else another of its key reset, checked and rebound to this
-// client in one round trip, or a new one. Bounded by
-// pgshield.pool_wait_timeout, then 53300; a backend failing its setup is
-// closed and another tried.
-func (t *txRelay) acquire() (*held, *pgproto3.ErrorResponse) {
+// closed), else another of its key, handed over to this client
+// (txhandover.go), or a new one. With pipelined, a hand-over is returned
+// to be sent ahead of the client's messages, unanswered yet (and the
+// client's cancel key not yet pointing at the backend); without, it is
+// run and answered here. Bounded by pgshield.pool_wait_timeout, then
+// 53300; a backend failing its hand-over is closed and another tried.
+func (t *txRelay) acquire(pipelined bool) (*held, *handover, *pgproto3.ErrorResponse) {
 	c := t.c
 	pp := c.srv.rt.Load().params.Pool
 	ctx := t.ctx
@@ -749,117 +831,79 @@ func (t *txRelay) acquire() (*held, *pgproto3.ErrorResponse) {
 		cancel()
 		if err != nil {
 			c.log.Warn("No backend available in the pool.", "wait_timeout", pp.WaitTimeout.String())
-			return nil, wire.ErrorResponse(clienterr.New(wire.CodeTooManyConnections,
+			return nil, nil, wire.ErrorResponse(clienterr.New(wire.CodeTooManyConnections,
 				"sorry, too many clients already: no backend became free within %s (pgshield.pool_wait_timeout)", pp.WaitTimeout))
 		}
+		var ho *handover
 		if !l.Reused {
 			b, err := c.connectBackend(ctx, t.login)
 			if err != nil {
 				c.srv.pool.Discard(l)
 				var be *pgbackend.BackendError
 				if errors.As(err, &be) {
-					return nil, be.Msg
+					return nil, nil, be.Msg
 				}
 				if ce, ok := wire.ClientError(err); ok {
-					return nil, wire.ErrorResponse(ce)
+					return nil, nil, wire.ErrorResponse(ce)
 				}
-				return nil, wire.ErrorResponse(errUnavailable())
+				return nil, nil, wire.ErrorResponse(errUnavailable())
 			}
 			l.Conn = &pooled{b: b, owner: t.id, stmts: map[string][]byte{}}
 			if err := recordSettings(l.Conn); err != nil {
 				c.srv.pool.Discard(l)
-				return nil, wire.ErrorResponse(errUnavailable())
+				return nil, nil, wire.ErrorResponse(errUnavailable())
 			}
 		} else if peerGone(l.Conn.b.Conn) {
 			c.log.Info("A pooled backend was closed by PostgreSQL; replaced.", "pg_backend_pid", l.Conn.b.PID)
 			c.srv.pool.Discard(l)
 			continue
-		} else if err := t.setup(l.Conn); err != nil {
-			c.log.Info("A pooled backend failed its setup; closed.", "pg_backend_pid", l.Conn.b.PID, "error", err)
-			c.srv.pool.Discard(l)
-			continue
-		}
-		h := &held{b: l.Conn.b, lease: l, key: t.key}
-		t.target.set(h.b)
-		return h, nil
-	}
-	return nil, wire.ErrorResponse(errUnavailable())
-}
-
-// setup makes p fit to serve this client: if another client (or none
-// since a reset) used it last, DISCARD ALL, the role check and this
-// client's BindClient, pipelined; if this client did, a Close of each
-// statement it has since closed or replaced.
-func (t *txRelay) setup(p *pooled) error {
-	var msgs []pgproto3.FrontendMessage
-	var checkRow bool
-	if p.owner != t.id {
-		if done, err := t.lightHandover(p); done || err != nil {
-			return err
-		}
-		bind, err := p.b.BindValue(t.c.clientIdentity(t.login))
-		if err != nil {
-			return err
-		}
-		msgs = append(msgs, &pgproto3.Query{String: resetSQL}, &pgproto3.Query{String: handoverSQL(bind)})
-		checkRow = true
-		p.owner, p.stmts = 0, map[string][]byte{} // until it passes
-	} else {
-		for name, body := range p.stmts {
-			if want, ok := t.stmts[name]; !ok || !bytes.Equal(want, body) {
-				msgs = append(msgs, &pgproto3.Close{ObjectType: 'S', Name: name})
-				delete(p.stmts, name)
+		} else if l.Conn.owner == t.id {
+			if err := t.setup(l.Conn); err != nil {
+				c.log.Info("A pooled backend failed its setup; closed.", "pg_backend_pid", l.Conn.b.PID, "error", err)
+				c.srv.pool.Discard(l)
+				continue
+			}
+		} else {
+			p := l.Conn
+			if ho, err = t.handoverMsgs(p); err == nil && !pipelined {
+				_, err = pipeline(p, ho.msgs, ho.segs)
+			}
+			if err != nil {
+				c.log.Info("A pooled backend failed its hand-over; closed.", "pg_backend_pid", p.b.PID, "error", err)
+				c.srv.pool.Discard(l)
+				continue
+			}
+			p.owner, p.stmts = 0, map[string][]byte{} // until it passes
+			if !pipelined {
+				t.handedOver(p, ho.full)
+				ho = nil
 			}
 		}
-		if len(msgs) == 0 {
-			return nil
+		h := &held{b: l.Conn.b, lease: l, key: t.key}
+		if ho == nil {
+			t.target.set(h.b)
 		}
-		msgs = append(msgs, &pgproto3.Sync{})
+		return h, ho, nil
 	}
-	rfqs := 1
-	if checkRow {
-		rfqs = 2
-	}
-	if err := runPipeline(p, msgs, rfqs, t.c.user, checkRow); err != nil {
-		return err
-	}
-	if checkRow {
-		p.owner = t.id
-		t.c.srv.handovers.full.Add(1)
-	}
-	return nil
+	return nil, nil, wire.ErrorResponse(errUnavailable())
 }
 
-// lightHandover hands p to this client without DISCARD ALL when
-// pgshield_guard says the session holds nothing DISCARD ALL would clear
-// (the check's DIRTY flag: no utility statement that leaves state since
-// the last DISCARD ALL, no session-level setting): the unnamed statement
-// and portal are closed, and the check, a new random() seed and the rebind
-// (which also releases session advisory locks, sequence state and every
-// named statement, inside PostgreSQL) go in one statement. done is false
-// when the full reset is needed; an error is a backend not to reuse.
-func (t *txRelay) lightHandover(p *pooled) (done bool, err error) {
-	bind, err := p.b.BindValue(t.c.clientIdentity(t.login))
-	if err != nil {
-		return false, err
+// setup makes p, which this client used last, fit to serve it again: a
+// Close of each statement it has since closed or replaced.
+func (t *txRelay) setup(p *pooled) error {
+	var msgs []pgproto3.FrontendMessage
+	for name, body := range p.stmts {
+		if want, ok := t.stmts[name]; !ok || !bytes.Equal(want, body) {
+			msgs = append(msgs, &pgproto3.Close{ObjectType: 'S', Name: name})
+			delete(p.stmts, name)
+		}
 	}
-	p.owner = 0 // until it passes
-	row, err := pipeline(p, []pgproto3.FrontendMessage{&pgproto3.Close{ObjectType: 'S'}, &pgproto3.Close{ObjectType: 'P'},
-		&pgproto3.Query{String: handoverSQL(bind)}}, 1)
-	if err != nil {
-		return false, err
+	if len(msgs) == 0 {
+		return nil
 	}
-	if f, ok := parseCheck(firstCol(row)); ok && f.dirty {
-		return false, nil
-	}
-	if err := p.checkPass(firstCol(row), t.c.user); err != nil {
-		return false, err
-	}
-	// The rebind dropped every named statement (DEALLOCATE ALL), whatever
-	// the gateway counted: none is left of the last client's.
-	p.owner, p.stmts = t.id, map[string][]byte{}
-	t.c.srv.handovers.light.Add(1)
-	return true, nil
+	msgs = append(msgs, &pgproto3.Sync{})
+	_, err := pipeline(p, msgs, 1)
+	return err
 }
 
 // runPipeline writes msgs to an idle backend and reads the answers up to

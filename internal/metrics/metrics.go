@@ -62,17 +62,18 @@ func New(gauges map[string]func() float64) *Metrics {
 
 // gaugeHelp describes the scrape-time gauges the daemon provides.
 var gaugeHelp = map[string]string{
-	"pgshield_gateway_connections_active":  "Client connections open at the gateway.",
-	"pgshield_gateway_connections_total":   "Client connections accepted by the gateway since start (a counter).",
-	"pgshield_postgres_restarts_total":     "Times the supervisor restarted a postmaster that died (a counter).",
-	"pgshield_postgres_up":                 "1 while PostgreSQL runs and accepts connections.",
-	"pgshield_key_grace_remaining_seconds": "While the KMS cannot be reached: seconds of grace left before Inaccessible; 0 otherwise.",
-	"pgshield_pool_backends_active":        "Pooled backends serving a client now.",
-	"pgshield_pool_backends_idle":          "Pooled backends reset and waiting for the next client of their role and database.",
-	"pgshield_pool_clients":                "Client sessions served through the backend pool.",
-	"pgshield_pool_clients_waiting":        "Clients waiting for a backend from a full pool.",
-	"pgshield_pool_handovers_light_total":  "Transaction-mode hand-overs of a backend to another client without DISCARD ALL (pgshield_guard found nothing to clear; a counter).",
-	"pgshield_pool_handovers_full_total":   "Transaction-mode hand-overs of a backend to another client with DISCARD ALL (a counter).",
+	"pgshield_gateway_connections_active":   "Client connections open at the gateway.",
+	"pgshield_gateway_connections_total":    "Client connections accepted by the gateway since start (a counter).",
+	"pgshield_postgres_restarts_total":      "Times the supervisor restarted a postmaster that died (a counter).",
+	"pgshield_postgres_up":                  "1 while PostgreSQL runs and accepts connections.",
+	"pgshield_key_grace_remaining_seconds":  "While the KMS cannot be reached: seconds of grace left before Inaccessible; 0 otherwise.",
+	"pgshield_pool_backends_active":         "Pooled backends serving a client now.",
+	"pgshield_pool_backends_idle":           "Pooled backends reset and waiting for the next client of their role and database.",
+	"pgshield_pool_clients":                 "Client sessions served through the backend pool.",
+	"pgshield_pool_clients_waiting":         "Clients waiting for a backend from a full pool.",
+	"pgshield_pool_handovers_light_total":   "Transaction-mode hand-overs of a backend to another client without DISCARD ALL (pgshield_guard found nothing to clear; a counter).",
+	"pgshield_pool_handovers_full_total":    "Transaction-mode hand-overs of a backend to another client with DISCARD ALL (a counter).",
+	"pgshield_pool_handovers_refused_total": "Transaction-mode hand-overs pgshield_guard refused (the role may no longer connect, its settings changed, or the session held state): the backend closed, the transaction sent to another (a counter).",
 }
 
 // KeyState records the data key's state; from is "" at start.

@@ -56,7 +56,23 @@ type ClientIdentity struct {
 	PrincipalObjectID string
 	Issuer            string
 	TokenExpiry       time.Time
+
+	// Report asks pgshield_guard to report session state the gateway must
+	// clear before the backend's next client (a ParameterStatus
+	// DirtyParam = "on" at the end of a transaction that leaves some), for
+	// transaction pooling's hand-over without a round trip.
+	Report bool
+	// Expect, in a rebind only, makes it a pipelined hand-over: the guard
+	// runs the hand-over check itself and ends the backend (FATAL) unless
+	// the session is clean, its role may still open it, and its settings
+	// digest is Expect (64 lowercase hex digits); nothing the gateway
+	// sent behind the rebind then runs.
+	Expect string
 }
+
+// DirtyParam is the ParameterStatus by which pgshield_guard reports a
+// session that needs DISCARD ALL before another client (Report).
+const DirtyParam = "pgshield_guard.dirty"
 
 // SetTLS fills the TLS fields from a connection state, with the names
 // OpenSSL (and so a PostgreSQL that terminated TLS itself) would give.
@@ -134,6 +150,15 @@ func (id *ClientIdentity) fields() (string, error) {
 	if !id.TokenExpiry.IsZero() && id.TokenExpiry.Unix() > 0 {
 		add("exp", strconv.FormatInt(id.TokenExpiry.Unix(), 10))
 	}
+	if id.Report {
+		add("report", "1")
+	}
+	if id.Expect != "" {
+		if len(id.Expect) != 64 || strings.Trim(id.Expect, "0123456789abcdef") != "" {
+			return "", errors.New("hand-over digest is not 64 lowercase hex digits")
+		}
+		add("expect", id.Expect)
+	}
 	return b.String(), nil
 }
 
@@ -160,6 +185,9 @@ func pctEncode(s string) string {
 // with a fresh random key for this backend alone (Connect keeps it for
 // BindClient; it is never logged and dies with the connection).
 func SetClient(params map[string]string, id ClientIdentity) error {
+	if id.Expect != "" {
+		return errors.New("a hand-over digest belongs in a rebind, not in the startup record")
+	}
 	f, err := id.fields()
 	if err != nil {
 		return err

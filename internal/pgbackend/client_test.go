@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net/netip"
 	"regexp"
+	"strings"
 	"testing"
 	"time"
 )
@@ -26,7 +27,9 @@ func TestSetClient(t *testing.T) {
 		t.Errorf("bindKeyFrom = %x; want the record's 32-byte key", k)
 	}
 	for _, bad := range []ClientIdentity{{Method: ClientMethodSCRAM}, {Addr: id.Addr, Method: "trust"},
-		{Addr: netip.MustParseAddrPort("10.0.0.1:0"), Method: ClientMethodSCRAM}} {
+		{Addr: netip.MustParseAddrPort("10.0.0.1:0"), Method: ClientMethodSCRAM},
+		// A hand-over digest is a rebind's, never the startup record's.
+		{Addr: id.Addr, Method: ClientMethodSCRAM, Expect: strings.Repeat("a", 64)}} {
 		if err := SetClient(map[string]string{}, bad); err == nil {
 			t.Errorf("SetClient(%+v) = nil; want an error", bad)
 		}
@@ -72,5 +75,27 @@ func TestBindValueQuotes(t *testing.T) {
 	}
 	if _, err := (&Backend{TxStatus: 'T', bindKey: b.bindKey}).BindValue(id); err != ErrNotBindable {
 		t.Errorf("BindValue inside a transaction = %v; want ErrNotBindable", err)
+	}
+}
+
+// TestBindValueReportExpect: report=1 and expect=DIGEST are encoded in the
+// MAC'd rebind; a digest that is not 64 lowercase hex digits is refused
+// (the guard refuses it too), so nothing else reaches the record.
+func TestBindValueReportExpect(t *testing.T) {
+	b := &Backend{PID: 4242, TxStatus: 'I', bindKey: make([]byte, bindKeyLen)}
+	id := ClientIdentity{Addr: netip.MustParseAddrPort("10.77.0.9:5000"), Method: ClientMethodSCRAM, Report: true,
+		Expect: strings.Repeat("0f", 32)}
+	v, err := b.BindValue(id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := regexp.MustCompile(`^v=1&seq=1&pid=4242&addr=10\.77\.0\.9&port=5000&method=scram-sha-256&report=1&expect=(0f){32}&mac=[0-9a-f]{64}$`); !want.MatchString(v) {
+		t.Errorf("BindValue = %q; want %s", v, want)
+	}
+	for _, bad := range []string{strings.Repeat("0F", 32), strings.Repeat("0", 63), strings.Repeat("0", 64) + "&x=1", strings.Repeat("g", 64)} {
+		id.Expect = bad
+		if _, err := b.BindValue(id); err == nil {
+			t.Errorf("BindValue(expect %q) = nil error; want refused", bad)
+		}
 	}
 }

@@ -47,6 +47,7 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/parallel.h"
 #include "access/table.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
@@ -69,6 +70,7 @@
 #include "funcapi.h"
 #include "libpq/auth.h"
 #include "libpq/libpq-be.h"
+#include "libpq/libpq.h"
 #include "miscadmin.h"
 #include "postmaster/postmaster.h"
 #include "storage/ipc.h"
@@ -81,6 +83,7 @@
 #include "utils/timestamp.h"
 #include "nodes/parsenodes.h"
 #include "storage/fd.h"
+#include "tcop/tcopprot.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
@@ -735,6 +738,10 @@ create_extension(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
  */
 static bool session_dirty = false;
 
+/* Whether to report session_dirty to the gateway, and whether it was (report_at_end). */
+static bool report_state = false;
+static bool dirty_reported = false;
+
 static bool
 utility_leaves_state(Node *stmt)
 {
@@ -793,7 +800,7 @@ guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 	}
 	call_next(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 	if (discard_all)
-		session_dirty = false;
+		session_dirty = dirty_reported = false;
 }
 
 /*
@@ -936,6 +943,9 @@ typedef struct ClientIdentity
 	int64		expiry;			/* unix seconds, 0 if none */
 	uint64		seq;
 	int			pid;
+	bool		report;			/* report=1: report session state (report_state) */
+	bool		has_expect;		/* expect=DIGEST: a pipelined hand-over (check_bind_client) */
+	char		expect[2 * PG_SHA256_DIGEST_LENGTH + 1];
 } ClientIdentity;
 
 /* One slot per backend, for pgshield.sessions. */
@@ -1074,6 +1084,8 @@ token_chars(const char *s)
 #define FLD_KEY		(1 << 10)
 #define FLD_SEQ		(1 << 11)
 #define FLD_PID		(1 << 12)
+#define FLD_REPORT	(1 << 13)
+#define FLD_EXPECT	(1 << 14)
 
 /*
  * parse_record parses rec[0..len) into id (and key, for a startup record).
@@ -1137,6 +1149,10 @@ parse_record(const char *rec, size_t len, bool startup, ClientIdentity *id, uint
 			bit = FLD_SEQ;
 		else if (KEY_IS("pid") && !startup)
 			bit = FLD_PID;
+		else if (KEY_IS("report"))
+			bit = FLD_REPORT;
+		else if (KEY_IS("expect") && !startup)
+			bit = FLD_EXPECT, dst = id->expect, dstsize = sizeof(id->expect);
 		else
 		{
 			*why = "unknown field";
@@ -1231,6 +1247,23 @@ parse_record(const char *rec, size_t len, bool startup, ClientIdentity *id, uint
 					return false;
 				}
 				id->pid = (int) n;
+				break;
+			case FLD_REPORT:
+				if (strcmp(val, "1") != 0)
+				{
+					*why = "report is not 1";
+					return false;
+				}
+				id->report = true;
+				break;
+			case FLD_EXPECT:
+				if (strlen(id->expect) != 2 * PG_SHA256_DIGEST_LENGTH ||
+					strspn(id->expect, "0123456789abcdef") != 2 * PG_SHA256_DIGEST_LENGTH)
+				{
+					*why = "expect is not 64 lowercase hex digits";
+					return false;
+				}
+				id->has_expect = true;
 				break;
 		}
 		p = amp ? amp + 1 : end;
@@ -1481,6 +1514,7 @@ guard_client_auth(Port *port, int status)
 	}
 	explicit_bzero(value, len);
 	apply_client(&id, port->user_name);
+	report_state = id.report;
 	port->authn_id = MemoryContextStrdup(TopMemoryContext, client_identity);
 	client_bound = true;
 	client_seq = 0;
@@ -1515,6 +1549,8 @@ mac_ok(const char *msg, size_t len, const char *machex)
  * settings could bring back. Only SET and set_config in the session may
  * rebind (not ALTER ROLE/DATABASE/FUNCTION ... SET).
  */
+static const char *handover_refusal(const ClientIdentity *id);
+
 static bool
 check_bind_client(char **newval, void **extra, GucSource source)
 {
@@ -1562,6 +1598,25 @@ check_bind_client(char **newval, void **extra, GucSource source)
 	empty = strdup("");
 	if (empty == NULL)
 		return false;
+	/*
+	 * From here to the end nothing may be interrupted: a cancel or
+	 * statement_timeout turning this into an ERROR would let the messages
+	 * the gateway pipelined behind a hand-over run without it.
+	 */
+	HOLD_INTERRUPTS();
+	if (id.has_expect)
+	{
+		/*
+		 * A pipelined hand-over: the next client's messages are already
+		 * behind this one. A refusal ends the backend, so that none of
+		 * them runs; the gateway sends them to another backend.
+		 */
+		const char *why = handover_refusal(&id);
+
+		if (why != NULL)
+			ereport(FATAL, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							errmsg("pooled backend refused for its next client: %s", why)));
+	}
 	client_seq = id.seq;
 	/*
 	 * What DISCARD ALL would undo that no utility statement marks (see
@@ -1576,9 +1631,25 @@ check_bind_client(char **newval, void **extra, GucSource source)
 	LockReleaseAll(USER_LOCKMETHOD, true);
 	ResetSequenceCaches();
 	DropAllPreparedStatements();
+	if (id.has_expect)
+	{
+		/*
+		 * random()'s state, which DISCARD ALL keeps too: a client could
+		 * setseed() and know the next client's draws. The gateway's SQL
+		 * hand-over reseeds in its statement; this one has none.
+		 */
+		uint64		r;
+
+		if (!pg_strong_random(&r, sizeof(r)))
+			ereport(FATAL, (errmsg("pooled backend refused for its next client: no random seed")));
+		(void) DirectFunctionCall1(setseed, Float8GetDatum((double) (r >> 11) / (double) (UINT64CONST(1) << 53) * 2.0 - 1.0));
+		dirty_reported = false;
+	}
+	report_state = id.report;
 	apply_client(&id, MyProcPort->user_name);
 	(void) publish_status();
 	log_client("session rebound to a new client");
+	RESUME_INTERRUPTS();
 	free(*newval);
 	*newval = empty;
 	return true;
@@ -1708,33 +1779,42 @@ session_gucs_set(void)
 	return false;
 }
 
-static const char *
-show_handover_check(void)
+/* HandoverState is the hand-over check, computed (handover_state). */
+typedef struct HandoverState
+{
+	bool		same,
+				ext,
+				dbok,
+				roleok,
+				dirty;
+	char		digest[2 * PG_SHA256_DIGEST_LENGTH + 1];
+	const char *name;			/* the session user's name now (palloc'd) */
+} HandoverState;
+
+/* handover_state computes the check; false outside a transaction or when a lookup fails. */
+static bool
+handover_state(HandoverState *st)
 {
 	Oid			sess,
 				db = MyDatabaseId;
-	bool		super,
-				ext = false,
-				dbok = false,
-				roleok = false;
-	char		digest[2 * PG_SHA256_DIGEST_LENGTH + 1];
-	const char *name = NULL;
+	bool		super;
 	HeapTuple	tup;
 	size_t		i;
 
+	memset(st, 0, sizeof(*st));
 	if (!IsTransactionState() || !OidIsValid(db) || !OidIsValid(GetSessionUserId()))
-		return "unavailable";
+		return false;
 	sess = GetSessionUserId();
 	super = superuser_arg(sess);
 	for (i = 0; i < lengthof(stateful_extensions); i++)
 		if (OidIsValid(get_extension_oid(stateful_extensions[i], true)))
-			ext = true;
+			st->ext = true;
 	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(db));
 	if (HeapTupleIsValid(tup))
 	{
 		Form_pg_database d = (Form_pg_database) GETSTRUCT(tup);
 
-		dbok = d->datallowconn &&
+		st->dbok = d->datallowconn &&
 			pg_database_aclcheck(db, sess, ACL_CONNECT) == ACLCHECK_OK &&
 			(super || d->datconnlimit < 0 || CountDBConnections(db) <= d->datconnlimit);
 		ReleaseSysCache(tup);
@@ -1746,17 +1826,89 @@ show_handover_check(void)
 		bool		isnull;
 		Datum		until = SysCacheGetAttr(AUTHOID, tup, Anum_pg_authid_rolvaliduntil, &isnull);
 
-		roleok = r->rolcanlogin &&
+		st->roleok = r->rolcanlogin &&
 			(isnull || DatumGetTimestampTz(until) > GetCurrentTimestamp()) &&
 			(super || r->rolconnlimit < 0 || CountUserBackends(sess) <= r->rolconnlimit);
-		name = pstrdup(NameStr(r->rolname));
+		st->name = pstrdup(NameStr(r->rolname));
 		ReleaseSysCache(tup);
 	}
-	if (name == NULL || !settings_digest(db, sess, digest))
+	if (st->name == NULL || !settings_digest(db, sess, st->digest))
+		return false;
+	st->same = sess == GetUserId();
+	st->dirty = session_dirty || session_gucs_set();
+	return true;
+}
+
+static const char *
+show_handover_check(void)
+{
+	HandoverState st;
+
+	if (!handover_state(&st))
 		return "unavailable";
-	return psprintf("v3 %c %c %c %c %c %s %s", sess == GetUserId() ? 't' : 'f', ext ? 't' : 'f',
-					dbok ? 't' : 'f', roleok ? 't' : 'f', session_dirty || session_gucs_set() ? 't' : 'f',
-					digest, name);
+	return psprintf("v3 %c %c %c %c %c %s %s", st.same ? 't' : 'f', st.ext ? 't' : 'f',
+					st.dbok ? 't' : 'f', st.roleok ? 't' : 'f', st.dirty ? 't' : 'f',
+					st.digest, st.name);
+}
+
+/*
+ * handover_refusal is why a pipelined hand-over (a rebind with expect=)
+ * may not proceed, or NULL: the same test the gateway applies to the
+ * check's value (pooled.checkPass), here, because the gateway has already
+ * sent the next client's messages behind the rebind and cannot wait for
+ * an answer. The session must still be its login role's (by the name it
+ * connected under: a renamed role is another pool's), with nothing
+ * DISCARD ALL would clear, and the role settings it started with.
+ */
+static const char *
+handover_refusal(const ClientIdentity *id)
+{
+	HandoverState st;
+
+	if (!handover_state(&st))
+		return "the check could not be computed";
+	if (!st.same)
+		return "the current user is not the session user";
+	if (st.ext)
+		return "the database has an extension with session state DISCARD ALL misses";
+	if (!st.dbok)
+		return "the role may no longer connect to this database";
+	if (!st.roleok)
+		return "the role may no longer log in";
+	if (st.dirty)
+		return "the session holds state DISCARD ALL would clear";
+	if (strcmp(st.digest, id->expect) != 0)
+		return "ALTER ROLE or DATABASE ... SET changed since the backend started";
+	if (MyProcPort == NULL || MyProcPort->user_name == NULL || strcmp(st.name, MyProcPort->user_name) != 0)
+		return "the role was renamed";
+	return NULL;
+}
+
+/*
+ * Session state reported to a transaction-pooling gateway (report=1 in
+ * the record that bound the session): at the end of a transaction that
+ * leaves the session dirty (session_dirty, session_gucs_set), one
+ * ParameterStatus "pgshield_guard.dirty" = "on" goes out before
+ * ReadyForQuery, so that the gateway knows before the next hand-over
+ * whether it needs DISCARD ALL, without asking. It is advice: a rebind with
+ * expect= still refuses a dirty session (handover_refusal). Sent once
+ * until DISCARD ALL or a hand-over finds the session clean again.
+ */
+static void
+report_at_end(XactEvent event, void *arg)
+{
+	static const char msg[] = "pgshield_guard.dirty\0on";
+
+	if (!report_state || dirty_reported || whereToSendOutput != DestRemote || IsParallelWorker())
+		return;
+	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE)
+		return;
+	/* At abort, settings the transaction set are still in place: a report too many, never one too few. */
+	if (!session_dirty && !session_gucs_set())
+		return;
+	/* No palloc: this may run while aborting. The message is buffered and goes out with ReadyForQuery. */
+	(void) pq_putmessage('S', msg, sizeof(msg));
+	dirty_reported = true;
 }
 
 static void
@@ -1886,4 +2038,5 @@ _PG_init(void)
 	prev_shmem_startup_hook = shmem_startup_hook;
 	shmem_startup_hook = guard_shmem_startup;
 	RegisterXactCallback(publish_at_commit, NULL);
+	RegisterXactCallback(report_at_end, NULL);
 }

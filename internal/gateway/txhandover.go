@@ -1,0 +1,199 @@
+package gateway
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/pgshield/pgshield/internal/pgbackend"
+)
+
+// Transaction pooling's hand-over of a backend to another client, sent in
+// the same write as the client's first messages instead of a round trip
+// ahead of them (with 200 clients on 20 backends nearly every transaction
+// changes client, and the backend sat idle while the gateway waited).
+//
+// What makes that safe is pgshield_guard, not the gateway: the rebind
+// carries expect= (the backend's settings digest), and the guard runs the
+// hand-over check inside it, with interrupts held, and ends the backend
+// (FATAL) unless the session is clean and its role may still open it.
+// PostgreSQL reads a message only after it has finished the one before,
+// so nothing of the client's runs on a backend that refused. The gateway
+// then sends the same bytes to another backend, handed over with a round
+// trip, as before.
+//
+// The gateway knows whether the backend needs DISCARD ALL first from the
+// guard: a backend bound with Report says so in a ParameterStatus
+// (pgbackend.DirtyParam) at the end of a transaction that leaves session
+// state; the rebind refuses a session that is dirty anyway, so the report
+// is advice, never trusted for isolation.
+//
+// The prefix, each message its own: DISCARD ALL (if reported dirty), then
+// Close of the unnamed statement and portal and the rebind as a
+// FunctionCall of set_config by OID: no name is resolved (a hostile
+// administrator's objects are never reached), nothing is parsed or
+// planned, and log_statement shows no argument.
+
+// setConfigOID is pg_catalog.set_config(text, text, boolean), fixed in
+// PostgreSQL's catalog (pg_proc.dat).
+const setConfigOID = 2078
+
+// handoverSeg marks, in txRelay's segs, a segment of the hand-over (a
+// swallowed answer with no statement names); a re-preparation's entry
+// always names one.
+var handoverSeg = []string{}
+
+func isHandoverSeg(s []string) bool { return s != nil && len(s) == 0 }
+
+// handover is a hand-over of p to the client, built by handoverMsgs.
+type handover struct {
+	msgs []pgproto3.FrontendMessage
+	segs int  // ReadyForQuery answers it gets
+	full bool // with DISCARD ALL
+}
+
+// handoverMsgs builds the hand-over of p to this client. p must have a
+// settings digest (recordSettings at its start).
+func (t *txRelay) handoverMsgs(p *pooled) (*handover, error) {
+	if p.b.CancelUnconfirmed() {
+		return nil, fmt.Errorf("%w: a cancel for it may still arrive", errNotReusable)
+	}
+	if !p.settingsSeen {
+		return nil, fmt.Errorf("%w: no settings digest", errNotReusable)
+	}
+	id := t.c.clientIdentity(t.login)
+	id.Report, id.Expect = true, p.settings
+	bind, err := p.b.BindValue(id)
+	if err != nil {
+		return nil, err
+	}
+	ho := &handover{segs: 1, full: p.dirty}
+	if ho.full {
+		ho.msgs = append(ho.msgs, &pgproto3.Query{String: resetSQL})
+		ho.segs++
+	}
+	ho.msgs = append(ho.msgs, &pgproto3.Close{ObjectType: 'S'}, &pgproto3.Close{ObjectType: 'P'},
+		&pgproto3.FunctionCall{Function: setConfigOID, Arguments: [][]byte{
+			[]byte(pgbackend.BindSetting), []byte(bind), []byte("false")}})
+	return ho, nil
+}
+
+// bytes encodes the hand-over's messages.
+func (ho *handover) bytes() ([]byte, error) {
+	var buf []byte
+	for _, m := range ho.msgs {
+		var err error
+		if buf, err = m.Encode(buf); err != nil {
+			return nil, err
+		}
+	}
+	return buf, nil
+}
+
+// handedOver records a hand-over of p to this client that succeeded.
+func (t *txRelay) handedOver(p *pooled, full bool) {
+	// The rebind dropped every named statement inside PostgreSQL, whatever
+	// the gateway counted; the re-preparations sent behind it are counted
+	// in p.stmts already.
+	p.owner, p.dirty = t.id, false
+	if full {
+		t.c.srv.handovers.full.Add(1)
+	} else {
+		t.c.srv.handovers.light.Add(1)
+	}
+}
+
+// errField is an ErrorResponse body's field of that code ("" if none).
+func errField(body []byte, code byte) string {
+	for len(body) > 1 {
+		c := body[0]
+		end := bytes.IndexByte(body[1:], 0)
+		if end < 0 {
+			return ""
+		}
+		if c == code {
+			return string(body[1 : 1+end])
+		}
+		body = body[2+end:]
+	}
+	return ""
+}
+
+// awaitHandover waits for the verdict on the hand-over just written with
+// the client's first bytes (replay). A backend that refused (or died) ran
+// none of them, and its downstream copy ended without a word to the
+// client: the bytes go to another backend, handed over with a round trip.
+// false ends the session.
+func (t *txRelay) awaitHandover(cur **held, replay []byte) bool {
+	t.mu.Lock()
+	w, down := t.mu.ho, t.mu.down
+	t.mu.Unlock()
+	if w == nil {
+		return true
+	}
+	select {
+	case ok := <-w.verdict:
+		if ok {
+			return true
+		}
+	case <-t.failed:
+		return false
+	}
+	<-down
+	old := *cur
+	t.c.srv.handovers.refused.Add(1)
+	t.c.log.Info("A pooled backend refused its hand-over; the client's transaction goes to another.",
+		"pg_backend_pid", old.b.PID, "reason", w.why)
+	stmts := old.lease.Conn.stmts // re-preparations sent behind the hand-over
+	t.mu.Lock()
+	t.mu.h = nil
+	t.mu.Unlock()
+	t.c.srv.pool.Discard(old.lease)
+	h, _, errResp := t.acquire(false)
+	if errResp != nil {
+		if t.sess.kill.Load() == nil {
+			t.sess.sendFinal(errResp)
+		}
+		return false
+	}
+	for name, body := range stmts {
+		h.lease.Conn.stmts[name] = body
+	}
+	t.mu.Lock()
+	n := 0
+	for n < len(t.mu.segs) && isHandoverSeg(t.mu.segs[n]) {
+		n++
+	}
+	t.mu.segs = t.mu.segs[n:]
+	t.mu.h, t.mu.down, t.mu.status, t.mu.ho = h, make(chan struct{}), 'I', nil
+	down = t.mu.down
+	killed := t.sess.kill.Load() != nil
+	t.mu.Unlock()
+	*cur = h
+	go t.downstream(h, down)
+	if killed { // the downstream copy ends the session
+		return false
+	}
+	wn, err := h.b.Conn.Write(replay)
+	t.up.Add(int64(wn))
+	return err == nil
+}
+
+// handoverLost tells the upstream that the backend went away before the
+// hand-over's answer (a refusal is FATAL): true if one was awaited.
+func (t *txRelay) handoverLost(why string) bool {
+	t.mu.Lock()
+	w := t.mu.ho
+	t.mu.ho = nil
+	t.mu.Unlock()
+	if w == nil {
+		return false
+	}
+	w.why = why
+	w.verdict <- false
+	return true
+}
+
+// paramName is a ParameterStatus body's name.
+func paramName(body []byte) string { return cstr(body) }
