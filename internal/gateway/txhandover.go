@@ -62,9 +62,16 @@ func (t *txRelay) handoverMsgs(p *pooled) (*handover, error) {
 	if !p.settingsSeen {
 		return nil, fmt.Errorf("%w: no settings digest", errNotReusable)
 	}
-	id := t.c.clientIdentity(t.login)
-	id.Report, id.Expect = true, p.settings
-	bind, err := p.b.BindValue(id)
+	if t.idEnc == nil { // encoded once: the client's identity does not change
+		id := t.c.clientIdentity(t.login)
+		id.Report = true
+		e, err := id.Encode()
+		if err != nil {
+			return nil, err
+		}
+		t.idEnc = &e
+	}
+	bind, err := p.b.BindEncoded(*t.idEnc, p.settings)
 	if err != nil {
 		return nil, err
 	}

@@ -71,6 +71,9 @@ type txRelay struct {
 	// upstream touches it.
 	stmts     map[string][]byte
 	stmtBytes int // the sum of stmts' bodies
+	// idEnc is the client's identity as every hand-over binds it
+	// (handoverMsgs; only upstream touches it).
+	idEnc *pgbackend.EncodedIdentity
 
 	up, down atomic.Int64
 	failOnce sync.Once
@@ -825,10 +828,8 @@ func (t *txRelay) acquire(pipelined bool) (*held, *handover, *pgproto3.ErrorResp
 	// extensions) fails it on every idle one: room to go through them and
 	// open a new one.
 	for try := 0; try <= maxStaleTries+pp.Size; try++ {
-		wctx, cancel := context.WithTimeout(ctx, pp.WaitTimeout)
 		// The backend this client used last needs no reset for it.
-		l, err := c.srv.pool.GetPrefer(wctx, t.key, func(p *pooled) bool { return p.owner == t.id })
-		cancel()
+		l, err := c.srv.pool.GetPreferWithin(ctx, t.key, t.preferOwn, pp.WaitTimeout)
 		if err != nil {
 			c.log.Warn("No backend available in the pool.", "wait_timeout", pp.WaitTimeout.String())
 			return nil, nil, wire.ErrorResponse(clienterr.New(wire.CodeTooManyConnections,
@@ -890,6 +891,8 @@ func (t *txRelay) acquire(pipelined bool) (*held, *handover, *pgproto3.ErrorResp
 
 // setup makes p, which this client used last, fit to serve it again: a
 // Close of each statement it has since closed or replaced.
+func (t *txRelay) preferOwn(p *pooled) bool { return p.owner == t.id }
+
 func (t *txRelay) setup(p *pooled) error {
 	var msgs []pgproto3.FrontendMessage
 	for name, body := range p.stmts {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"net"
 	"path/filepath"
@@ -43,6 +44,7 @@ type Backend struct {
 	// (nil without one), bindSeq the last BindClient's number.
 	bindKey []byte
 	bindSeq uint64
+	mac     hash.Hash // HMAC-SHA-256 under bindKey, reused by each bind
 	// cancelUnconfirmed: a CancelRequest for this backend was sent but the
 	// postmaster did not confirm it (close the connection) in time, so the
 	// signal may still arrive: the backend must serve no other client.

@@ -153,12 +153,6 @@ func (id *ClientIdentity) fields() (string, error) {
 	if id.Report {
 		add("report", "1")
 	}
-	if id.Expect != "" {
-		if len(id.Expect) != 64 || strings.Trim(id.Expect, "0123456789abcdef") != "" {
-			return "", errors.New("hand-over digest is not 64 lowercase hex digits")
-		}
-		add("expect", id.Expect)
-	}
 	return b.String(), nil
 }
 
@@ -238,18 +232,55 @@ func (b *Backend) BindQuery(id ClientIdentity) (*pgproto3.Query, error) {
 // It holds no quote or backslash (percent-encoded), so it can stand between
 // single quotes as it is.
 func (b *Backend) BindValue(id ClientIdentity) (string, error) {
-	if b.bindKey == nil || b.TxStatus != 'I' {
-		return "", ErrNotBindable
-	}
-	f, err := id.fields()
+	e, err := id.Encode()
 	if err != nil {
 		return "", err
 	}
+	return b.BindEncoded(e, id.Expect)
+}
+
+// EncodedIdentity is a ClientIdentity encoded once (Encode), for a client
+// whose backends are rebound to it again and again (transaction pooling).
+type EncodedIdentity struct{ fields string }
+
+// Encode encodes id for BindEncoded; id.Expect is not part of it.
+func (id *ClientIdentity) Encode() (EncodedIdentity, error) {
+	f, err := id.fields()
+	return EncodedIdentity{fields: f}, err
+}
+
+// BindEncoded is BindValue for an encoded identity, with expect as
+// ClientIdentity.Expect ("" for none).
+func (b *Backend) BindEncoded(e EncodedIdentity, expect string) (string, error) {
+	if b.bindKey == nil || b.TxStatus != 'I' {
+		return "", ErrNotBindable
+	}
+	if e.fields == "" {
+		return "", errors.New("client identity not encoded")
+	}
+	if expect != "" && (len(expect) != 64 || strings.Trim(expect, "0123456789abcdef") != "") {
+		return "", errors.New("hand-over digest is not 64 lowercase hex digits")
+	}
 	b.bindSeq++
-	payload := fmt.Sprintf("v=1&seq=%d&pid=%d%s", b.bindSeq, b.PID, f)
-	m := hmac.New(sha256.New, b.bindKey)
-	m.Write([]byte(payload))
-	return payload + "&mac=" + hex.EncodeToString(m.Sum(nil)), nil
+	payload := make([]byte, 0, 64+len(e.fields)+len(expect)+2*sha256.Size+16)
+	payload = append(payload, "v=1&seq="...)
+	payload = strconv.AppendUint(payload, b.bindSeq, 10)
+	payload = append(payload, "&pid="...)
+	payload = strconv.AppendUint(payload, uint64(b.PID), 10)
+	payload = append(payload, e.fields...)
+	if expect != "" {
+		payload = append(payload, "&expect="...)
+		payload = append(payload, expect...)
+	}
+	if b.mac == nil {
+		b.mac = hmac.New(sha256.New, b.bindKey)
+	}
+	b.mac.Reset()
+	b.mac.Write(payload)
+	var sum [sha256.Size]byte
+	payload = append(payload, "&mac="...)
+	payload = hex.AppendEncode(payload, b.mac.Sum(sum[:0]))
+	return string(payload), nil
 }
 
 // BindSetting is the setting BindValue is for.

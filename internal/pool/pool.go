@@ -178,6 +178,13 @@ func (p *Pool[T]) Get(ctx context.Context, k Key) (*Lease[T], error) {
 // over the most recently used one if there is any (transaction pooling:
 // the backend a client used last needs no reset for it).
 func (p *Pool[T]) GetPrefer(ctx context.Context, k Key, prefer func(T) bool) (*Lease[T], error) {
+	return p.GetPreferWithin(ctx, k, prefer, 0)
+}
+
+// GetPreferWithin is GetPrefer waiting at most wait (0: until ctx ends);
+// the timer is made only if it has to wait (transaction pooling takes a
+// backend for every transaction).
+func (p *Pool[T]) GetPreferWithin(ctx context.Context, k Key, prefer func(T) bool, wait time.Duration) (*Lease[T], error) {
 	var start time.Time
 	waited := false
 	for {
@@ -233,6 +240,12 @@ func (p *Pool[T]) GetPrefer(ctx context.Context, k Key, prefer func(T) bool) (*L
 		ch := p.mu.changed
 		p.mu.Unlock()
 		closeAll(victims)
+		if wait > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, wait)
+			defer cancel()
+			wait = 0
+		}
 		select {
 		case <-ch:
 		case <-ctx.Done():

@@ -129,6 +129,11 @@ func TestLimitsAndWait(t *testing.T) {
 	if err != ErrTimeout {
 		t.Fatalf("Get over the per-key limit = %v; want ErrTimeout", err)
 	}
+	// The same with the wait given as a duration, on a context without one.
+	start := time.Now()
+	if _, err := p.GetPreferWithin(context.Background(), alice, nil, 20*time.Millisecond); err != ErrTimeout || time.Since(start) > 5*time.Second {
+		t.Fatalf("GetPreferWithin over the per-key limit = %v after %v; want ErrTimeout after 20ms", err, time.Since(start))
+	}
 	// Bob may still open one (total 3).
 	b1 := get(t, p, bob, &n)
 	// A waiter is woken when a slot frees.
@@ -150,8 +155,8 @@ func TestLimitsAndWait(t *testing.T) {
 	if l == nil || !l.Reused || l.Conn != a1.Conn {
 		t.Fatalf("the waiter did not get the returned backend")
 	}
-	if waits.Load() != 2 {
-		t.Errorf("OnWait called %d times; want 2", waits.Load())
+	if waits.Load() != 3 {
+		t.Errorf("OnWait called %d times; want 3", waits.Load())
 	}
 	// Total full (a2, l, b1): bob's idle backend is closed to make room for carol.
 	p.Put(b1)
@@ -164,8 +169,8 @@ func TestLimitsAndWait(t *testing.T) {
 		t.Fatal("Discard did not close")
 	}
 	p.Discard(a2) // a second end is a no-op
-	if s := statsOf(p, "alice"); s.Active != 1 || s.Idle != 0 || s.Waits != 2 {
-		t.Errorf("alice stats = %+v; want 1 active, 0 idle, 2 waits", s)
+	if s := statsOf(p, "alice"); s.Active != 1 || s.Idle != 0 || s.Waits != 3 {
+		t.Errorf("alice stats = %+v; want 1 active, 0 idle, 3 waits", s)
 	}
 }
 
