@@ -84,6 +84,16 @@ type keyState[T io.Closer] struct {
 	clients int
 	waiting int
 	waits   uint64
+	// queue is the Gets waiting for this key, oldest first: a backend
+	// put back, or a slot freed, goes to the first directly (handOffLocked),
+	// instead of waking every waiter to race for it.
+	queue []*waiter[T]
+}
+
+// waiter is a Get waiting in its key's queue; it is sent one lease.
+type waiter[T io.Closer] struct {
+	ch    chan *Lease[T]
+	start time.Time
 }
 
 // Pool is safe for concurrent use.
@@ -237,6 +247,8 @@ func (p *Pool[T]) GetPreferWithin(ctx context.Context, k Key, prefer func(T) boo
 			ks.waiting++
 			ks.waits++
 		}
+		w := &waiter[T]{ch: make(chan *Lease[T], 1), start: start}
+		ks.queue = append(ks.queue, w)
 		ch := p.mu.changed
 		p.mu.Unlock()
 		closeAll(victims)
@@ -247,9 +259,18 @@ func (p *Pool[T]) GetPreferWithin(ctx context.Context, k Key, prefer func(T) boo
 			wait = 0
 		}
 		select {
+		case l := <-w.ch: // handed off (counted by handOffLocked)
+			return l, nil
 		case <-ch:
 		case <-ctx.Done():
-			p.mu.Lock()
+		}
+		p.mu.Lock()
+		if !p.unqueueLocked(ks, w) {
+			// Handed off in the meantime: it is ours.
+			p.mu.Unlock()
+			return <-w.ch, nil
+		}
+		if ctx.Err() != nil {
 			ks.waiting--
 			p.forgetLocked(k)
 			p.mu.Unlock()
@@ -258,7 +279,47 @@ func (p *Pool[T]) GetPreferWithin(ctx context.Context, k Key, prefer func(T) boo
 			}
 			return nil, ErrTimeout
 		}
+		p.mu.Unlock()
 	}
+}
+
+// unqueueLocked takes w out of ks's queue; false if it is no longer there
+// (a lease was handed to it).
+func (p *Pool[T]) unqueueLocked(ks *keyState[T], w *waiter[T]) bool {
+	for i, q := range ks.queue {
+		if q == w {
+			ks.queue = append(ks.queue[:i], ks.queue[i+1:]...)
+			return true
+		}
+	}
+	return false
+}
+
+// handOffLocked gives the first waiter of ks, if any, a lease: on conn
+// (reused) when has, else a slot to open a new one if the limits allow.
+func (p *Pool[T]) handOffLocked(k Key, ks *keyState[T], it idle[T], has bool) bool {
+	if len(ks.queue) == 0 {
+		return false
+	}
+	cfg := p.mu.cfg
+	now := cfg.Now()
+	l := &Lease[T]{Key: k, Conn: it.conn, Reused: true, created: it.created, gen: it.gen}
+	if !has {
+		if max := cfg.maxPerKey(k); (max > 0 && ks.open >= max) || (cfg.MaxTotal > 0 && p.mu.total >= cfg.MaxTotal) {
+			return false
+		}
+		ks.open++
+		p.mu.total++
+		l = &Lease[T]{Key: k, created: now, gen: p.mu.gen}
+	}
+	w := ks.queue[0]
+	ks.queue = ks.queue[1:]
+	ks.waiting--
+	if cfg.OnWait != nil {
+		cfg.OnWait(now.Sub(w.start))
+	}
+	w.ch <- l
+	return true
 }
 
 func (p *Pool[T]) gotLocked(ks *keyState[T], waited bool, start time.Time) {
@@ -312,14 +373,18 @@ func (p *Pool[T]) Put(l *Lease[T]) {
 		(cfg.maxPerKey(l.Key) > 0 && ks.open > cfg.maxPerKey(l.Key)) || (cfg.MaxTotal > 0 && p.mu.total > cfg.MaxTotal) {
 		ks.open--
 		p.mu.total--
-		p.forgetLocked(l.Key)
-		p.wakeLocked()
+		if !p.handOffLocked(l.Key, ks, idle[T]{}, false) {
+			p.forgetLocked(l.Key)
+			p.wakeLocked()
+		}
 		p.mu.Unlock()
 		l.Conn.Close()
 		return
 	}
-	ks.idle = append(ks.idle, it)
-	p.wakeLocked()
+	if !p.handOffLocked(l.Key, ks, it, true) {
+		ks.idle = append(ks.idle, it)
+		p.wakeLocked()
+	}
 	p.mu.Unlock()
 }
 
@@ -335,8 +400,10 @@ func (p *Pool[T]) Discard(l *Lease[T]) {
 	ks := p.stateLocked(l.Key)
 	ks.open--
 	p.mu.total--
-	p.forgetLocked(l.Key)
-	p.wakeLocked()
+	if !p.handOffLocked(l.Key, ks, idle[T]{}, false) {
+		p.forgetLocked(l.Key)
+		p.wakeLocked()
+	}
 	p.mu.Unlock()
 	if !isZero(l.Conn) {
 		l.Conn.Close()

@@ -330,3 +330,44 @@ func TestMaxPerKeyOf(t *testing.T) {
 		t.Fatal("the capped key's backend was not kept and reused")
 	}
 }
+
+// TestHandOffFIFO: with clients waiting for a full key, a backend put back
+// goes to the one waiting longest, and a slot freed by a Discard to the
+// next (to open a new backend); the idle list is bypassed.
+func TestHandOffFIFO(t *testing.T) {
+	p, _ := newPool(Config{MaxPerKey: 1})
+	n := 0
+	a := get(t, p, alice, &n)
+	type got struct {
+		who int
+		l   *Lease[*fakeConn]
+	}
+	out := make(chan got, 2)
+	for who := 1; who <= 2; who++ {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			l, err := p.Get(ctx, alice)
+			if err != nil {
+				t.Error(err)
+			}
+			out <- got{who, l}
+		}()
+		for i := 0; i < 1000 && statsOf(p, "alice").Waiting < who; i++ {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	p.Put(a)
+	first := <-out
+	if first.who != 1 || first.l == nil || !first.l.Reused || first.l.Conn != a.Conn {
+		t.Fatalf("first hand-off went to waiter %d (%+v); want waiter 1 with the backend put back", first.who, first.l)
+	}
+	p.Discard(first.l)
+	second := <-out
+	if second.who != 2 || second.l == nil || second.l.Reused {
+		t.Fatalf("second hand-off went to waiter %d (%+v); want waiter 2 with a slot to open", second.who, second.l)
+	}
+	if s := statsOf(p, "alice"); s.Active != 1 || s.Idle != 0 || s.Waiting != 0 || s.Waits != 2 {
+		t.Errorf("alice stats = %+v; want 1 active, none idle or waiting, 2 waits", s)
+	}
+}
