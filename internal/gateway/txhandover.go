@@ -16,12 +16,16 @@ import (
 //
 // What makes that safe is pgshield_guard, not the gateway: the rebind
 // carries expect= (the backend's settings digest), and the guard runs the
-// hand-over check inside it, with interrupts held, and ends the backend
-// (FATAL) unless the session is clean and its role may still open it.
-// PostgreSQL reads a message only after it has finished the one before,
-// so nothing of the client's runs on a backend that refused. The gateway
-// then sends the same bytes to another backend, handed over with a round
-// trip, as before.
+// hand-over check inside it and ends the backend (FATAL) unless the session
+// is clean and its role may still open it. PostgreSQL reads a message only
+// after it has finished the one before, so nothing of the client's runs on
+// a backend that refused. The gateway then sends the same bytes to another
+// backend, handed over with a round trip, as before. The rebind cannot end
+// in a mere ERROR instead (which would let the client's messages run on a
+// session still bound to the last client): it is a SET, which reaches the
+// guard's utility hook with no catalog lookup or lock wait before it, and
+// from the end of the last transaction until then the guard holds cancels
+// (pg_cancel_backend, statement and lock timeouts), then drops them.
 //
 // The gateway knows whether the backend needs DISCARD ALL first from the
 // guard: a backend bound with Report says so in a ParameterStatus
@@ -30,14 +34,12 @@ import (
 // is advice, never trusted for isolation.
 //
 // The prefix, each message its own: DISCARD ALL (if reported dirty), then
-// Close of the unnamed statement and portal and the rebind as a
-// FunctionCall of set_config by OID: no name is resolved (a hostile
-// administrator's objects are never reached), nothing is parsed or
-// planned, and log_statement shows no argument.
-
-// setConfigOID is pg_catalog.set_config(text, text, boolean), fixed in
-// PostgreSQL's catalog (pg_proc.dat).
-const setConfigOID = 2078
+// Close of the unnamed statement and portal, and the rebind, SET
+// pgshield_guard.bind_client: a utility statement, so no name is resolved
+// (a hostile administrator's objects are never reached) and nothing is
+// planned. (A FunctionCall of set_config by OID was tried first: its
+// lookup of the function waits on a lock a database owner can hold with
+// VACUUM FULL pg_catalog.pg_proc, before the guard runs.)
 
 // handoverSeg marks, in txRelay's segs, a segment of the hand-over (a
 // swallowed answer with no statement names); a re-preparation's entry
@@ -80,9 +82,9 @@ func (t *txRelay) handoverMsgs(p *pooled) (*handover, error) {
 		ho.msgs = append(ho.msgs, &pgproto3.Query{String: resetSQL})
 		ho.segs++
 	}
+	// BindEncoded's value is percent-encoded: nothing in it ends the literal.
 	ho.msgs = append(ho.msgs, &pgproto3.Close{ObjectType: 'S'}, &pgproto3.Close{ObjectType: 'P'},
-		&pgproto3.FunctionCall{Function: setConfigOID, Arguments: [][]byte{
-			[]byte(pgbackend.BindSetting), []byte(bind), []byte("false")}})
+		&pgproto3.Query{String: "SET " + pgbackend.BindSetting + " = '" + bind + "'"})
 	return ho, nil
 }
 
@@ -132,13 +134,10 @@ func errField(body []byte, code byte) string {
 // none of them, and its downstream copy ended without a word to the
 // client: the bytes go to another backend, handed over with a round trip.
 // false ends the session.
-func (t *txRelay) awaitHandover(cur **held, replay []byte) bool {
+func (t *txRelay) awaitHandover(cur **held, replay []byte, w *hoWait) bool {
 	t.mu.Lock()
-	w, down := t.mu.ho, t.mu.down
+	down := t.mu.down
 	t.mu.Unlock()
-	if w == nil {
-		return true
-	}
 	select {
 	case ok := <-w.verdict:
 		if ok {
@@ -157,7 +156,7 @@ func (t *txRelay) awaitHandover(cur **held, replay []byte) bool {
 	t.mu.h = nil
 	t.mu.Unlock()
 	t.c.srv.pool.Discard(old.lease)
-	h, _, errResp := t.acquire(false)
+	h, _, errResp := t.acquire(false, true)
 	if errResp != nil {
 		if t.sess.kill.Load() == nil {
 			t.sess.sendFinal(errResp)

@@ -225,7 +225,6 @@ func (p *pipeEnv) checkCap(t *testing.T) int {
 // and runs b's messages on a backend still bound to a, with a's advisory
 // lock and currval.
 func TestRealTxPipeAttackLockWait(t *testing.T) {
-	t.Skip("FINDING (high): an ERROR before pgshield_guard holds interrupts (lock_timeout on the pg_proc lookup in HandleFunctionRequest/fetch_fp_info while the database owner VACUUM FULLs pg_proc) ends the hand-over non-FATALly; PostgreSQL then runs b's pipelined statements bound to a; see report")
 	p := newPipeEnv(t, "gw_tp_lw")
 	p.pipeSetup(t)
 	ctx := context.Background()
@@ -333,7 +332,6 @@ func TestRealTxPipeAttackLockWait(t *testing.T) {
 // pg_cancel_backend of the same role ends the wait with an ERROR. b's
 // INSERT then runs (once VACUUM is done) bound to a, with a's lock.
 func TestRealTxPipeAttackLockWaitCancel(t *testing.T) {
-	t.Skip("FINDING (high): pg_cancel_backend of the same role during the hand-over's pg_proc lock wait: b's INSERT runs bound to a, with a's advisory lock and currval (29/30 rounds); b is told 57P03; see report")
 	p := newPipeEnv(t, "gw_tp_lc")
 	p.pipeSetup(t)
 	ctx := context.Background()
@@ -404,7 +402,6 @@ func TestRealTxPipeAttackLockWaitCancel(t *testing.T) {
 // re-Parse fails (42P05, swallowed) and b's Bind runs a's statement with
 // b's parameter.
 func TestRealTxPipeAttackLockWaitCapture(t *testing.T) {
-	t.Skip("FINDING (high): same, against pgx's statement cache: a's planted statement runs with b's parameter; see report")
 	p := newPipeEnv(t, "gw_tp_lx")
 	p.pipeSetup(t)
 	p.superExec(t, "CREATE TABLE public.stolen (v text)", "ALTER TABLE public.stolen OWNER TO "+p.role)
@@ -639,10 +636,10 @@ func TestRealTxPipeAttackReplayOnce(t *testing.T) {
 			err := c.run(t, b)
 			time.Sleep(50 * time.Millisecond)
 			if got := p.env.srv.HandoversRefused(); got != refused0+1 {
-				// The refusal was read before awaitHandover looked: see
-				// TestRealTxPipeAttackRefusalRace.
+				// The refusal was read before awaitHandover looked (fixed:
+				// see TestRealTxPipeAttackRefusalRace).
 				b.Close(ctx)
-				t.Skipf("FINDING (TestRealTxPipeAttackRefusalRace): the refusal was not acted on (%d -> %d refused); client: %v", refused0, got, err)
+				t.Fatalf("%s: the refusal was not acted on (%d -> %d refused); client: %v", c.name, refused0, got, err)
 			}
 			if err != nil {
 				t.Errorf("%s: %v", c.name, err)
@@ -678,7 +675,6 @@ func TestRealTxPipeAttackReplayOnce(t *testing.T) {
 // no answer (the session hangs, holding the key's one backend slot) or its
 // next message ends the session.
 func TestRealTxPipeAttackRefusalRace(t *testing.T) {
-	t.Skip("FINDING (medium): awaitHandover reads t.mu.ho after handoverLost cleared it and takes the refusal for a pass: the client's statement is dropped and its session hangs on a dead backend (about 1 in 70 refusals under -race); see report")
 	p := newPipeEnv(t, "gw_tp_rr")
 	p.superExec(t, "CREATE TABLE public.once (tag text, pid int)", "ALTER TABLE public.once OWNER TO "+p.role)
 	ctx := context.Background()

@@ -215,6 +215,7 @@ func (t *txRelay) upstream() (clientEnded bool) {
 	sawFlush := false
 	copyUnsent := false // COPY data in out: the backend may not go yet
 	hoLen := 0          // a hand-over at the start of out, to be written
+	var hoW *hoWait     // its verdict, awaited after that write
 	write := func(p []byte) bool {
 		n, err := cur.b.Conn.Write(p)
 		if hoLen == 0 {
@@ -227,9 +228,9 @@ func (t *txRelay) upstream() (clientEnded bool) {
 		}
 		// Nothing more goes to the backend before the hand-over's answer:
 		// if it refused, these bytes go to another backend instead.
-		replay := p[hoLen:]
-		hoLen = 0
-		return t.awaitHandover(&cur, replay)
+		replay, w := p[hoLen:], hoW
+		hoLen, hoW = 0, nil
+		return t.awaitHandover(&cur, replay, w)
 	}
 	// flush writes out, but keeps back an incomplete extended batch so
 	// that statements it references can still be re-prepared ahead of it.
@@ -349,7 +350,7 @@ func (t *txRelay) upstream() (clientEnded bool) {
 				continue
 			}
 			t.mu.Unlock()
-			h, ho, err := t.acquire(true)
+			h, ho, err := t.acquire(true, false)
 			if err != nil {
 				if !killed() {
 					t.sess.sendFinal(err)
@@ -384,6 +385,7 @@ func (t *txRelay) upstream() (clientEnded bool) {
 					t.mu.segs = append(t.mu.segs, handoverSeg)
 				}
 				t.mu.ho = &hoWait{verdict: make(chan bool, 1), full: ho.full}
+				hoW = t.mu.ho // kept: the downstream clears t.mu.ho when it answers
 			}
 			go t.downstream(h, t.mu.down)
 			cur, segStart, segFlushed = h, hoLen, false
@@ -722,19 +724,24 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 			t.mu.segs = t.mu.segs[1:]
 		}
 		var handed *hoWait
-		if hoSeg && segErr {
-			// An ERROR, not the guard's FATAL refusal, in the hand-over:
-			// what the client sent behind it may have run; the session
-			// ends rather than go on with a backend in doubt.
+		lastHO := hoSeg && (len(t.mu.segs) == 0 || !isHandoverSeg(t.mu.segs[0]))
+		if lastHO && segErr {
+			// An ERROR, not the guard's FATAL refusal, in the rebind
+			// itself (the guard turns every failure of a pipelined rebind
+			// into FATAL; an error in the DISCARD ALL ahead of it is the
+			// rebind's to judge): what the client sent behind it may have
+			// run; the session ends rather than go on with a backend in
+			// doubt.
 			t.mu.ho = nil
 			t.mu.Unlock()
 			t.c.log.Warn("A pooled backend failed its hand-over with an error; session ended.",
 				"pg_backend_pid", h.b.PID, "error", hoWhy)
-			t.sess.sendFinal(wire.ErrorResponse(errUnavailable()))
+			t.sess.sendFinal(wire.ErrorResponse(clienterr.New(wire.CodeConnectionFailure,
+				"the backend's hand-over failed after the transaction was sent: its outcome is unknown")))
 			t.fail()
 			return
 		}
-		if w := t.mu.ho; w != nil && (len(t.mu.segs) == 0 || !isHandoverSeg(t.mu.segs[0])) {
+		if w := t.mu.ho; w != nil && lastHO {
 			t.mu.ho, handed = nil, w
 		}
 		inSeg, hoSeg = false, false
@@ -820,7 +827,11 @@ func (t *txRelay) copyN(h *held, br *msgReader, n int64, killBy *time.Time) erro
 // client's cancel key not yet pointing at the backend); without, it is
 // run and answered here. Bounded by pgshield.pool_wait_timeout, then
 // 53300; a backend failing its hand-over is closed and another tried.
-func (t *txRelay) acquire(pipelined bool) (*held, *handover, *pgproto3.ErrorResponse) {
+//
+// After a refusal (retry), the client's own last backend is not preferred,
+// and is handed over like any other if it comes: the bytes resent hold the
+// client's re-preparations, which must not meet statements of its own.
+func (t *txRelay) acquire(pipelined, retry bool) (*held, *handover, *pgproto3.ErrorResponse) {
 	c := t.c
 	pp := c.srv.rt.Load().params.Pool
 	ctx := t.ctx
@@ -829,7 +840,11 @@ func (t *txRelay) acquire(pipelined bool) (*held, *handover, *pgproto3.ErrorResp
 	// open a new one.
 	for try := 0; try <= maxStaleTries+pp.Size; try++ {
 		// The backend this client used last needs no reset for it.
-		l, err := c.srv.pool.GetPreferWithin(ctx, t.key, t.preferOwn, pp.WaitTimeout)
+		prefer := t.preferOwn
+		if retry {
+			prefer = nil
+		}
+		l, err := c.srv.pool.GetPreferWithin(ctx, t.key, prefer, pp.WaitTimeout)
 		if err != nil {
 			c.log.Warn("No backend available in the pool.", "wait_timeout", pp.WaitTimeout.String())
 			return nil, nil, wire.ErrorResponse(clienterr.New(wire.CodeTooManyConnections,
@@ -858,7 +873,7 @@ func (t *txRelay) acquire(pipelined bool) (*held, *handover, *pgproto3.ErrorResp
 			c.log.Info("A pooled backend was closed by PostgreSQL; replaced.", "pg_backend_pid", l.Conn.b.PID)
 			c.srv.pool.Discard(l)
 			continue
-		} else if l.Conn.owner == t.id {
+		} else if l.Conn.owner == t.id && !retry {
 			if err := t.setup(l.Conn); err != nil {
 				c.log.Info("A pooled backend failed its setup; closed.", "pg_backend_pid", l.Conn.b.PID, "error", err)
 				c.srv.pool.Discard(l)

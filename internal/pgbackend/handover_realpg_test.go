@@ -41,7 +41,7 @@ func sendPipelined(t *testing.T, b *pgbackend.Backend, expect string, full bool,
 		want++
 	}
 	msgs = append(msgs, &pgproto3.Close{ObjectType: 'S'}, &pgproto3.Close{ObjectType: 'P'},
-		&pgproto3.FunctionCall{Function: 2078, Arguments: [][]byte{[]byte(pgbackend.BindSetting), []byte(bind), []byte("false")}},
+		&pgproto3.Query{String: "SET " + pgbackend.BindSetting + " = '" + bind + "'"},
 		&pgproto3.Query{String: stmt})
 	var buf []byte
 	for _, m := range msgs {

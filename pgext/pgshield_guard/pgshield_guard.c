@@ -78,11 +78,15 @@
 #include "storage/lwlock.h"
 #include "storage/procarray.h"
 #include "storage/shmem.h"
+#include "storage/sinval.h"
 #include "utils/backend_status.h"
 #include "utils/inet.h"
+#include "utils/timeout.h"
 #include "utils/timestamp.h"
 #include "nodes/parsenodes.h"
 #include "storage/fd.h"
+#include "executor/executor.h"
+#include "parser/analyze.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
 #include "utils/acl.h"
@@ -112,6 +116,8 @@ static bool admin_roles_ok = true;
 
 static ProcessUtility_hook_type prev_utility_hook = NULL;
 static object_access_hook_type prev_object_access_hook = NULL;
+static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
+static ExecutorStart_hook_type prev_executor_start_hook = NULL;
 
 #define DENY(msg, detail) \
 	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg msg, errdetail detail))
@@ -742,6 +748,63 @@ static bool session_dirty = false;
 static bool report_state = false;
 static bool dirty_reported = false;
 
+/*
+ * Cancels held between transactions, in a session bound for transaction
+ * pooling (report_state). The gateway sends the next client's messages
+ * right behind a hand-over (SET pgshield_guard.bind_client), and an ERROR
+ * in that SET before the rebind is applied (a cancel, pg_cancel_backend
+ * from another session of the role, a statement or lock timeout) would let
+ * them run on a session still bound to the last client. So a cancel that
+ * arrives from the end of a transaction to the start of the next statement
+ * waits (HOLD_CANCEL_INTERRUPTS); the bind SET keeps it waiting until it
+ * has run, every other statement lets it through when it starts
+ * (release_cancel), as PostgreSQL ignores a cancel that arrives between
+ * statements. Only QueryCancelHoldoffCount is held: pg_terminate_backend
+ * and FATAL timeouts still end the backend at once.
+ */
+static bool cancel_held = false;
+
+static void
+hold_cancel(void)
+{
+	/* An ERROR zeroes the count (errfinish): then the flag is stale. */
+	if (!cancel_held || QueryCancelHoldoffCount == 0)
+	{
+		HOLD_CANCEL_INTERRUPTS();
+		cancel_held = true;
+	}
+}
+
+/*
+ * release_cancel ends the hold; a cancel that arrived while it held, not a
+ * statement or lock timeout of the statement now starting, is dropped, as
+ * one that arrives between statements is.
+ */
+static void
+release_cancel(void)
+{
+	if (!cancel_held)
+		return;
+	if (QueryCancelHoldoffCount > 0)
+		RESUME_CANCEL_INTERRUPTS();
+	cancel_held = false;
+	if (QueryCancelPending && !get_timeout_indicator(STATEMENT_TIMEOUT, false) &&
+		!get_timeout_indicator(LOCK_TIMEOUT, false))
+		QueryCancelPending = false;
+}
+
+/* is_bind_set: SET pgshield_guard.bind_client (the gateway's rebind). */
+static bool
+is_bind_set(Node *stmt)
+{
+	VariableSetStmt *v;
+
+	if (stmt == NULL || !IsA(stmt, VariableSetStmt))
+		return false;
+	v = (VariableSetStmt *) stmt;
+	return v->kind == VAR_SET_VALUE && v->name != NULL && strcmp(v->name, "pgshield_guard.bind_client") == 0;
+}
+
 static bool
 utility_leaves_state(Node *stmt)
 {
@@ -767,6 +830,18 @@ guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 	Node	   *stmt = pstmt->utilityStmt;
 	bool		discard_all = IsA(stmt, DiscardStmt) && ((DiscardStmt *) stmt)->target == DISCARD_ALL;
 
+	if (is_bind_set(stmt))
+	{
+		/*
+		 * The rebind: nothing interrupts it (cancel_held), and it leaves no
+		 * state of its own (check_bind_client keeps the setting empty).
+		 */
+		HOLD_INTERRUPTS();
+		call_next(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
+		RESUME_INTERRUPTS();
+		return;
+	}
+	release_cancel();
 	/* Before it runs: a statement that fails half-way may still leave some. */
 	if (!discard_all && utility_leaves_state(stmt))
 		session_dirty = true;
@@ -837,11 +912,33 @@ is_server_file_function(Oid fn)
  * fast-path interface prepare (OAT_FUNCTION_EXECUTE), built-in ones included;
  * fmgr_hook would miss built-ins, which fmgr calls without a lookup.
  */
+/* A statement starts (parsed, or executed from a prepared one): cancels go through again. */
+static void
+guard_post_parse_analyze(ParseState *pstate, Query *query, JumbleState *jstate)
+{
+	if (prev_post_parse_analyze_hook)
+		prev_post_parse_analyze_hook(pstate, query, jstate);
+	if (cancel_held && !(query->commandType == CMD_UTILITY && is_bind_set(query->utilityStmt)))
+		release_cancel();
+}
+
+static void
+guard_executor_start(QueryDesc *queryDesc, int eflags)
+{
+	release_cancel();
+	if (prev_executor_start_hook)
+		prev_executor_start_hook(queryDesc, eflags);
+	else
+		standard_ExecutorStart(queryDesc, eflags);
+}
+
 static void
 guard_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
 {
 	if (prev_object_access_hook)
 		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (access == OAT_FUNCTION_EXECUTE)
+		release_cancel();		/* a FunctionCall message: a statement of its own */
 	if (access == OAT_FUNCTION_EXECUTE && classId == ProcedureRelationId &&
 		is_server_file_function(objectId) && !superuser())
 		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -1551,73 +1648,27 @@ mac_ok(const char *msg, size_t len, const char *machex)
  */
 static const char *handover_refusal(const ClientIdentity *id);
 
-static bool
-check_bind_client(char **newval, void **extra, GucSource source)
+/*
+ * apply_rebind binds the session to id, whose record check_bind_client has
+ * verified; with interrupts held.
+ */
+static void
+apply_rebind(const ClientIdentity *id)
 {
-	const char *v = *newval;
-	const char *mac;
-	size_t		len;
-	ClientIdentity id;
-	const char *why;
-	char	   *empty;
-
-	if (v == NULL || v[0] == '\0')
-		return true;
-	if (source != PGC_S_SESSION || MyProcPort == NULL)
-	{
-		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
-		GUC_check_errmsg("pgshield_guard.bind_client can only be set with SET in a session the pgshield gateway opened");
-		return false;
-	}
-	if (!client_bound)
-	{
-		GUC_check_errcode(ERRCODE_INSUFFICIENT_PRIVILEGE);
-		GUC_check_errmsg("this session was not opened by the pgshield gateway");
-		return false;
-	}
-	len = strnlen(v, MAX_RECORD + 1);
-	mac = len <= MAX_RECORD ? strstr(v, "&mac=") : NULL;
-	if (mac == NULL || !mac_ok(v, mac - v, mac + 5))
-	{
-		GUC_check_errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION);
-		GUC_check_errmsg("pgshield_guard.bind_client: not authenticated by the gateway");
-		return false;
-	}
-	if (!parse_record(v, mac - v, false, &id, NULL, &why))
-	{
-		GUC_check_errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION);
-		GUC_check_errmsg("pgshield_guard.bind_client: %s", why);
-		return false;
-	}
-	if (id.pid != MyProcPid || id.seq <= client_seq)
-	{
-		GUC_check_errcode(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION);
-		GUC_check_errmsg("pgshield_guard.bind_client: %s", id.pid != MyProcPid ? "for another backend" : "replayed (sequence number not above the last one)");
-		return false;
-	}
-	empty = strdup("");
-	if (empty == NULL)
-		return false;
-	/*
-	 * From here to the end nothing may be interrupted: a cancel or
-	 * statement_timeout turning this into an ERROR would let the messages
-	 * the gateway pipelined behind a hand-over run without it.
-	 */
-	HOLD_INTERRUPTS();
-	if (id.has_expect)
+	if (id->has_expect)
 	{
 		/*
 		 * A pipelined hand-over: the next client's messages are already
 		 * behind this one. A refusal ends the backend, so that none of
 		 * them runs; the gateway sends them to another backend.
 		 */
-		const char *why = handover_refusal(&id);
+		const char *why = handover_refusal(id);
 
 		if (why != NULL)
 			ereport(FATAL, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 							errmsg("pooled backend refused for its next client: %s", why)));
 	}
-	client_seq = id.seq;
+	client_seq = id->seq;
 	/*
 	 * What DISCARD ALL would undo that no utility statement marks (see
 	 * session_dirty): session advisory locks (pg_advisory_unlock_all),
@@ -1631,7 +1682,7 @@ check_bind_client(char **newval, void **extra, GucSource source)
 	LockReleaseAll(USER_LOCKMETHOD, true);
 	ResetSequenceCaches();
 	DropAllPreparedStatements();
-	if (id.has_expect)
+	if (id->has_expect)
 	{
 		/*
 		 * random()'s state, which DISCARD ALL keeps too: a client could
@@ -1641,19 +1692,104 @@ check_bind_client(char **newval, void **extra, GucSource source)
 		uint64		r;
 
 		if (!pg_strong_random(&r, sizeof(r)))
-			ereport(FATAL, (errmsg("pooled backend refused for its next client: no random seed")));
+			ereport(ERROR, (errmsg("no random seed")));
 		(void) DirectFunctionCall1(setseed, Float8GetDatum((double) (r >> 11) / (double) (UINT64CONST(1) << 53) * 2.0 - 1.0));
 		dirty_reported = false;
 	}
-	report_state = id.report;
-	apply_client(&id, MyProcPort->user_name);
+	report_state = id->report;
+	apply_client(id, MyProcPort->user_name);
 	(void) publish_status();
 	log_client("session rebound to a new client");
+	/* A cancel or timeout held until now was for no statement of the new client's. */
+	release_cancel();
+	QueryCancelPending = false;
+}
+
+/*
+ * check_bind_client verifies and applies a rebind. It acts in the check
+ * hook, once per SET, and keeps "" as the value: the GUC then never holds
+ * an identity that a RESET, a rollback or a parallel worker's copy of the
+ * settings could bring back. Only SET and set_config in the session may
+ * rebind (not ALTER ROLE/DATABASE/FUNCTION ... SET).
+ *
+ * A pipelined hand-over (a record with expect=) never fails with a mere
+ * ERROR, which would let the messages behind it run on a session still
+ * bound to the last client: every failure of it ends the backend.
+ */
+#define BIND_REFUSE(code, ...) \
+	do { \
+		if (pipelined) \
+			ereport(FATAL, (errcode(code), errmsg("pooled backend refused for its next client: " __VA_ARGS__))); \
+		GUC_check_errcode(code); \
+		GUC_check_errmsg(__VA_ARGS__); \
+		return false; \
+	} while (0)
+
+static bool
+check_bind_client(char **newval, void **extra, GucSource source)
+{
+	const char *v = *newval;
+	const char *mac;
+	size_t		len;
+	ClientIdentity id;
+	const char *why;
+	char	   *empty;
+	bool		pipelined;
+
+	if (v == NULL || v[0] == '\0')
+		return true;
+	len = strnlen(v, MAX_RECORD + 1);
+	pipelined = len <= MAX_RECORD && strstr(v, "&expect=") != NULL;
+	if (source != PGC_S_SESSION || MyProcPort == NULL)
+		BIND_REFUSE(ERRCODE_INSUFFICIENT_PRIVILEGE, "pgshield_guard.bind_client can only be set with SET in a session the pgshield gateway opened");
+	if (!client_bound)
+		BIND_REFUSE(ERRCODE_INSUFFICIENT_PRIVILEGE, "this session was not opened by the pgshield gateway");
+	mac = len <= MAX_RECORD ? strstr(v, "&mac=") : NULL;
+	if (mac == NULL || !mac_ok(v, mac - v, mac + 5))
+		BIND_REFUSE(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "pgshield_guard.bind_client: not authenticated by the gateway");
+	if (!parse_record(v, mac - v, false, &id, NULL, &why))
+		BIND_REFUSE(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "pgshield_guard.bind_client: %s", why);
+	if (id.pid != MyProcPid || id.seq <= client_seq)
+		BIND_REFUSE(ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION, "pgshield_guard.bind_client: %s",
+					id.pid != MyProcPid ? "for another backend" : "replayed (sequence number not above the last one)");
+	empty = strdup("");
+	if (empty == NULL)
+		BIND_REFUSE(ERRCODE_OUT_OF_MEMORY, "out of memory");
+	/*
+	 * From here to the end nothing may be interrupted: a cancel or
+	 * statement_timeout turning this into an ERROR would let the messages
+	 * the gateway pipelined behind a hand-over run without it.
+	 */
+	HOLD_INTERRUPTS();
+	if (!pipelined)
+		apply_rebind(&id);
+	else
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+
+		PG_TRY();
+		{
+			apply_rebind(&id);
+		}
+		PG_CATCH();
+		{
+			ErrorData  *e;
+
+			MemoryContextSwitchTo(cxt);
+			e = CopyErrorData();
+			FlushErrorState();
+			ereport(FATAL, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+							errmsg("pooled backend refused for its next client: the hand-over failed: %s", e->message)));
+		}
+		PG_END_TRY();
+	}
 	RESUME_INTERRUPTS();
 	free(*newval);
 	*newval = empty;
 	return true;
 }
+
+#undef BIND_REFUSE
 
 /*
  * Hand-over check (pgshield_guard.handover_check, read-only). A pooled
@@ -1791,6 +1927,23 @@ typedef struct HandoverState
 	const char *name;			/* the session user's name now (palloc'd) */
 } HandoverState;
 
+/*
+ * The two parts of the check that read catalogs without a syscache (eight
+ * lookups in pg_extension, four in pg_db_role_setting: most of a
+ * hand-over's cost), kept until a catalog changes anywhere: any change to
+ * either reaches this backend as a shared invalidation message (a row of
+ * pg_db_role_setting invalidates catalog snapshots; CREATE and DROP
+ * EXTENSION change pg_proc and pg_depend), and each message received
+ * counts in SharedInvalidMessageCounter, as PostgreSQL's own caches of
+ * name lookups rely on.
+ */
+static bool catalog_cache_valid = false;
+static uint64 catalog_cache_counter;
+static Oid	catalog_cache_db,
+			catalog_cache_role;
+static bool catalog_cache_ext;
+static char catalog_cache_digest[2 * PG_SHA256_DIGEST_LENGTH + 1];
+
 /* handover_state computes the check; false outside a transaction or when a lookup fails. */
 static bool
 handover_state(HandoverState *st)
@@ -1806,9 +1959,27 @@ handover_state(HandoverState *st)
 		return false;
 	sess = GetSessionUserId();
 	super = superuser_arg(sess);
-	for (i = 0; i < lengthof(stateful_extensions); i++)
-		if (OidIsValid(get_extension_oid(stateful_extensions[i], true)))
-			st->ext = true;
+	/* The transaction's start took in every message committed before it. */
+	if (!catalog_cache_valid || catalog_cache_counter != SharedInvalidMessageCounter ||
+		catalog_cache_db != db || catalog_cache_role != sess)
+	{
+		uint64		counter = SharedInvalidMessageCounter;	/* before: a change meanwhile recomputes next time */
+		bool		ext = false;
+
+		catalog_cache_valid = false;
+		for (i = 0; i < lengthof(stateful_extensions); i++)
+			if (OidIsValid(get_extension_oid(stateful_extensions[i], true)))
+				ext = true;
+		if (!settings_digest(db, sess, catalog_cache_digest))
+			return false;
+		catalog_cache_ext = ext;
+		catalog_cache_db = db;
+		catalog_cache_role = sess;
+		catalog_cache_counter = counter;
+		catalog_cache_valid = true;
+	}
+	st->ext = catalog_cache_ext;
+	memcpy(st->digest, catalog_cache_digest, sizeof(st->digest));
 	tup = SearchSysCache1(DATABASEOID, ObjectIdGetDatum(db));
 	if (HeapTupleIsValid(tup))
 	{
@@ -1832,7 +2003,7 @@ handover_state(HandoverState *st)
 		st->name = pstrdup(NameStr(r->rolname));
 		ReleaseSysCache(tup);
 	}
-	if (st->name == NULL || !settings_digest(db, sess, st->digest))
+	if (st->name == NULL)
 		return false;
 	st->same = sess == GetUserId();
 	st->dirty = session_dirty || session_gucs_set();
@@ -1899,9 +2070,12 @@ report_at_end(XactEvent event, void *arg)
 {
 	static const char msg[] = "pgshield_guard.dirty\0on";
 
-	if (!report_state || dirty_reported || whereToSendOutput != DestRemote || IsParallelWorker())
+	if (!report_state || whereToSendOutput != DestRemote || IsParallelWorker())
 		return;
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE)
+		return;
+	hold_cancel();
+	if (dirty_reported)
 		return;
 	/* At abort, settings the transaction set are still in place: a report too many, never one too few. */
 	if (!session_dirty && !session_gucs_set())
@@ -2031,6 +2205,10 @@ _PG_init(void)
 	ProcessUtility_hook = guard_ProcessUtility;
 	prev_object_access_hook = object_access_hook;
 	object_access_hook = guard_object_access;
+	prev_post_parse_analyze_hook = post_parse_analyze_hook;
+	post_parse_analyze_hook = guard_post_parse_analyze;
+	prev_executor_start_hook = ExecutorStart_hook;
+	ExecutorStart_hook = guard_executor_start;
 	prev_client_auth_hook = ClientAuthentication_hook;
 	ClientAuthentication_hook = guard_client_auth;
 	prev_shmem_request_hook = shmem_request_hook;
