@@ -81,7 +81,6 @@
 #include "storage/sinval.h"
 #include "utils/backend_status.h"
 #include "utils/inet.h"
-#include "utils/timeout.h"
 #include "utils/timestamp.h"
 #include "nodes/parsenodes.h"
 #include "storage/fd.h"
@@ -757,10 +756,16 @@ static bool dirty_reported = false;
  * them run on a session still bound to the last client. So a cancel that
  * arrives from the end of a transaction to the start of the next statement
  * waits (HOLD_CANCEL_INTERRUPTS); the bind SET keeps it waiting until it
- * has run, every other statement lets it through when it starts
- * (release_cancel), as PostgreSQL ignores a cancel that arrives between
- * statements. Only QueryCancelHoldoffCount is held: pg_terminate_backend
- * and FATAL timeouts still end the backend at once.
+ * has run and then drops it (it was for no statement of the new client's);
+ * every other statement lets it through when it starts (release_cancel),
+ * so a cancel sent as a statement starts still cancels it. The difference
+ * from PostgreSQL alone: a cancel that reaches the backend while it is idle
+ * between two transactions of the same client, which PostgreSQL would
+ * ignore, cancels that client's next statement (the gateway sends a
+ * client's cancel only while the client holds the backend; this is a cancel
+ * that crossed the end of its transaction, or pg_cancel_backend). Only
+ * QueryCancelHoldoffCount is held: pg_terminate_backend and FATAL timeouts
+ * still end the backend at once.
  */
 static bool cancel_held = false;
 
@@ -775,11 +780,7 @@ hold_cancel(void)
 	}
 }
 
-/*
- * release_cancel ends the hold; a cancel that arrived while it held, not a
- * statement or lock timeout of the statement now starting, is dropped, as
- * one that arrives between statements is.
- */
+/* release_cancel ends the hold: a cancel that arrived meanwhile fires at the next check. */
 static void
 release_cancel(void)
 {
@@ -788,9 +789,6 @@ release_cancel(void)
 	if (QueryCancelHoldoffCount > 0)
 		RESUME_CANCEL_INTERRUPTS();
 	cancel_held = false;
-	if (QueryCancelPending && !get_timeout_indicator(STATEMENT_TIMEOUT, false) &&
-		!get_timeout_indicator(LOCK_TIMEOUT, false))
-		QueryCancelPending = false;
 }
 
 /* is_bind_set: SET pgshield_guard.bind_client (the gateway's rebind). */
