@@ -34,6 +34,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/cluster/etcd"
+	"github.com/pgshield/pgshield/internal/cluster/fence"
 	"github.com/pgshield/pgshield/internal/cluster/patroni"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/testutil/pgtest"
@@ -817,6 +818,8 @@ func TestRealHAFailover(t *testing.T) {
 		}
 		waitFor(t, primary.name+" back as the synchronous standby", 180*time.Second, nodes, func() (bool, string) { return streaming(standby, primary) })
 	}
+	frozenPatroni(t, ctx, nodes, c, pki, timings, writerPassword, &nextID, &allAcked, isPrimary, streaming)
+
 	var times []string
 	for _, r := range rounds {
 		times = append(times, r.firstWrite.Round(time.Millisecond).String())
@@ -833,6 +836,137 @@ func TestRealHAFailover(t *testing.T) {
 			}
 		}
 	}
+}
+
+// frozenPatroni freezes the primary's Patroni (SIGSTOP; PostgreSQL runs
+// on): its leader key expires and the standby promotes. The primary's
+// fence (internal/cluster/fence, as its gateway runs it: linearizable
+// reads from its namespace) must fire before the standby is primary, by
+// timestamps; the writer loses no acknowledged row; once thawed, the old
+// primary's Patroni demotes it and it comes back as the synchronous
+// standby.
+func frozenPatroni(t *testing.T, ctx context.Context, nodes []*haNode, c etcd.Cluster, pki etcd.PKI, timings patroni.Timings,
+	password string, nextID *int64, allAcked *[]int64, isPrimary func(*haNode) bool, streaming func(p, s *haNode) (bool, string)) {
+	t.Helper()
+	var primary, standby *haNode
+	for _, n := range nodes {
+		if isPrimary(n) {
+			primary = n
+		} else {
+			standby = n
+		}
+	}
+	if primary == nil || standby == nil {
+		t.Fatal("freeze: no primary and standby")
+	}
+	waitFor(t, standby.name+" synchronous standby before the freeze", 180*time.Second, nodes, func() (bool, string) { return streaming(primary, standby) })
+	cert, err := tls.LoadX509KeyPair(pki.ClientCert(), pki.ClientKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(pki.CACert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	var eps []string
+	for _, m := range c.Members {
+		eps = append(eps, "https://"+net.JoinHostPort(m.IP.String(), strconv.Itoa(etcd.ClientPort)))
+	}
+	fenced := make(chan fence.Event, 8)
+	confirmed := make(chan struct{}, 8)
+	f, err := fence.New(fence.Config{Endpoints: eps, TLS: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}},
+		Namespace: patroni.Namespace, Scope: primary.settings.Scope, Node: primary.name,
+		TTL: time.Duration(timings.TTL) * time.Second, LoopWait: time.Duration(timings.LoopWait) * time.Second, Margin: time.Second,
+		OnFence:     func(ev fence.Event) { fenced <- ev },
+		OnConfirm:   func() { confirmed <- struct{}{} },
+		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) { return dialIn(primary.ns, addr) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, stopFence := context.WithCancel(ctx)
+	fdone := make(chan error, 1)
+	go func() { fdone <- f.Run(fctx) }()
+	defer func() { stopFence(); <-fdone }()
+	select {
+	case <-confirmed:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("freeze: %s's leadership never confirmed: %+v", primary.name, f.Status())
+	}
+
+	w := &writer{nodes: nodes, password: password, next: *nextID}
+	wctx, wcancel := context.WithCancel(ctx)
+	wdone := make(chan struct{})
+	go func() { defer close(wdone); w.run(wctx) }()
+	defer func() { wcancel(); <-wdone }()
+	time.Sleep(2 * time.Second)
+
+	primary.mu.Lock()
+	if len(primary.procs) < 2 || primary.procs[1].Process == nil {
+		primary.mu.Unlock()
+		t.Fatal("freeze: no Patroni process")
+	}
+	pid := primary.procs[1].Process.Pid // ip netns exec and setpriv exec Patroni in place
+	primary.mu.Unlock()
+	stoppedAt := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			_ = syscall.Kill(pid, syscall.SIGCONT)
+			thawed = true
+		}
+	}
+	defer thaw()
+	w.markKill(stoppedAt, primary.name)
+
+	var fencedAt, promotedAt time.Time
+	var ev fence.Event
+	deadline := time.Now().Add(time.Duration(3*timings.TTL)*time.Second + 60*time.Second)
+	for (fencedAt.IsZero() || promotedAt.IsZero()) && time.Now().Before(deadline) {
+		select {
+		case ev = <-fenced:
+			if fencedAt.IsZero() {
+				fencedAt = ev.At
+			}
+		case <-time.After(50 * time.Millisecond):
+		}
+		if promotedAt.IsZero() && isPrimary(standby) {
+			promotedAt = time.Now()
+		}
+	}
+	if fencedAt.IsZero() || promotedAt.IsZero() {
+		t.Fatalf("freeze of %s's Patroni: fenced at %v, %s promoted at %v (zero: never)", primary.name, fencedAt, standby.name, promotedAt)
+	}
+	if !fencedAt.Before(promotedAt) {
+		t.Fatalf("freeze of %s's Patroni: the fence fired %v after the freeze, but %s was primary %v after it", primary.name,
+			fencedAt.Sub(stoppedAt), standby.name, promotedAt.Sub(stoppedAt))
+	}
+	t.Logf("Patroni of %s frozen: its fence fired %v after the freeze (%s; budget %v), %s primary %v after it: %v of margin",
+		primary.name, fencedAt.Sub(stoppedAt).Round(time.Millisecond), ev.Reason, f.Budget(), standby.name,
+		promotedAt.Sub(stoppedAt).Round(time.Millisecond), promotedAt.Sub(fencedAt).Round(time.Millisecond))
+
+	waitFor(t, "first acknowledged write on "+standby.name+" after the freeze", 120*time.Second, nodes, func() (bool, string) {
+		return !w.firstAfterKill().IsZero(), fmt.Sprint(w.lastErr())
+	})
+	thaw()
+	wcancel()
+	<-wdone
+	*allAcked = append(*allAcked, w.acked()...)
+	*nextID = w.nextID()
+	if lost := missing(t, ctx, standby, *allAcked); len(lost) != 0 {
+		t.Fatalf("freeze: %d acknowledged rows lost, e.g. %v", len(lost), lost[:min(10, len(lost))])
+	}
+	t.Logf("freeze: first acknowledged write on %s %v after it; %d rows acknowledged, none lost", standby.name,
+		w.firstAfterKill().Sub(stoppedAt).Round(time.Millisecond), len(w.acked()))
+	// Thawed, the old primary's Patroni finds the key gone and demotes it.
+	waitFor(t, primary.name+" back as the synchronous standby after the thaw", 180*time.Second, nodes, func() (bool, string) {
+		return streaming(standby, primary)
+	})
 }
 
 // missing returns the acknowledged ids not on node n.

@@ -40,6 +40,10 @@ const (
 // loop_wait + 2*retry_timeout <= ttl.
 type Timings struct{ TTL, LoopWait, RetryTimeout int }
 
+// Namespace is the etcd prefix of Patroni's keys: the leader key is
+// Namespace + scope + "/leader" (what internal/cluster/fence reads).
+const Namespace = "/pgshield/"
+
 var (
 	// DefaultTimings are Patroni's own defaults.
 	DefaultTimings = Timings{TTL: 30, LoopWait: 10, RetryTimeout: 10}
@@ -250,7 +254,7 @@ func Generate(s Settings) ([]byte, error) {
 
 	doc := map[string]any{
 		"scope":     s.Scope,
-		"namespace": "/pgshield/",
+		"namespace": Namespace,
 		"name":      s.Node,
 		// Patroni 3.0.2 serves REST over TCP only. On the node's loopback,
 		// and the same address is advertised: on every other node it is
