@@ -819,6 +819,9 @@ func TestRealHAFailover(t *testing.T) {
 		waitFor(t, primary.name+" back as the synchronous standby", 180*time.Second, nodes, func() (bool, string) { return streaming(standby, primary) })
 	}
 	frozenPatroni(t, ctx, nodes, c, pki, timings, writerPassword, &nextID, &allAcked, isPrimary, streaming)
+	postmasterOnly(t, ctx, nodes, writerPassword, &nextID, &allAcked, isPrimary, streaming)
+	quorumLoss(t, ctx, nodes, []string{filepath.Join(base, "etcd-e2"), filepath.Join(base, "etcd-e3")}, c, pki, timings,
+		writerPassword, &nextID, &allAcked, isPrimary, streaming)
 
 	var times []string
 	for _, r := range rounds {
@@ -860,41 +863,8 @@ func frozenPatroni(t *testing.T, ctx context.Context, nodes []*haNode, c etcd.Cl
 		t.Fatal("freeze: no primary and standby")
 	}
 	waitFor(t, standby.name+" synchronous standby before the freeze", 180*time.Second, nodes, func() (bool, string) { return streaming(primary, standby) })
-	cert, err := tls.LoadX509KeyPair(pki.ClientCert(), pki.ClientKey())
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPEM, err := os.ReadFile(pki.CACert())
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AppendCertsFromPEM(caPEM)
-	var eps []string
-	for _, m := range c.Members {
-		eps = append(eps, "https://"+net.JoinHostPort(m.IP.String(), strconv.Itoa(etcd.ClientPort)))
-	}
-	fenced := make(chan fence.Event, 8)
-	confirmed := make(chan struct{}, 8)
-	f, err := fence.New(fence.Config{Endpoints: eps, TLS: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}},
-		Namespace: patroni.Namespace, Scope: primary.settings.Scope, Node: primary.name,
-		TTL: time.Duration(timings.TTL) * time.Second, LoopWait: time.Duration(timings.LoopWait) * time.Second, Margin: time.Second,
-		OnFence:     func(ev fence.Event) { fenced <- ev },
-		OnConfirm:   func() { confirmed <- struct{}{} },
-		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) { return dialIn(primary.ns, addr) },
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	fctx, stopFence := context.WithCancel(ctx)
-	fdone := make(chan error, 1)
-	go func() { fdone <- f.Run(fctx) }()
-	defer func() { stopFence(); <-fdone }()
-	select {
-	case <-confirmed:
-	case <-time.After(30 * time.Second):
-		t.Fatalf("freeze: %s's leadership never confirmed: %+v", primary.name, f.Status())
-	}
+	f, fenced, stopFence := startFence(t, ctx, primary, c, pki, timings)
+	defer stopFence()
 
 	w := &writer{nodes: nodes, password: password, next: *nextID}
 	wctx, wcancel := context.WithCancel(ctx)
@@ -967,6 +937,230 @@ func frozenPatroni(t *testing.T, ctx context.Context, nodes []*haNode, c etcd.Cl
 	waitFor(t, primary.name+" back as the synchronous standby after the thaw", 180*time.Second, nodes, func() (bool, string) {
 		return streaming(standby, primary)
 	})
+}
+
+// roles returns the primary and the standby (nil if none).
+func roles(nodes []*haNode, isPrimary func(*haNode) bool) (primary, standby *haNode) {
+	for _, n := range nodes {
+		if isPrimary(n) {
+			primary = n
+		} else {
+			standby = n
+		}
+	}
+	return primary, standby
+}
+
+// postmasterOnly kills the primary's postmaster alone (kill -9; Patroni,
+// the link and etcd live on): Patroni starts it again on the same node,
+// holding its leader key, with no failover; no acknowledged row is lost.
+func postmasterOnly(t *testing.T, ctx context.Context, nodes []*haNode, password string, nextID *int64, allAcked *[]int64,
+	isPrimary func(*haNode) bool, streaming func(p, s *haNode) (bool, string)) {
+	t.Helper()
+	primary, standby := roles(nodes, isPrimary)
+	if primary == nil || standby == nil {
+		t.Fatal("postmaster kill: no primary and standby")
+	}
+	waitFor(t, standby.name+" synchronous standby before the postmaster kill", 180*time.Second, nodes, func() (bool, string) { return streaming(primary, standby) })
+	w := &writer{nodes: nodes, password: password, next: *nextID}
+	wctx, wcancel := context.WithCancel(ctx)
+	wdone := make(chan struct{})
+	go func() { defer close(wdone); w.run(wctx) }()
+	defer func() { wcancel(); <-wdone }()
+	time.Sleep(2 * time.Second)
+	pm := primary.postmaster()
+	if pm == 0 {
+		t.Fatal("postmaster kill: no postmaster")
+	}
+	killedAt := time.Now()
+	if err := syscall.Kill(pm, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	w.markKill(killedAt, "") // the first write after it, wherever
+	waitFor(t, "first acknowledged write after the postmaster kill", 120*time.Second, nodes, func() (bool, string) {
+		return !w.firstAfterKill().IsZero(), fmt.Sprint(w.lastErr())
+	})
+	first := w.firstAfterKill().Sub(killedAt)
+	time.Sleep(time.Second)
+	wcancel()
+	<-wdone
+	if !isPrimary(primary) || isPrimary(standby) {
+		t.Fatalf("postmaster kill on %s: a failover happened (%s primary %v, %s primary %v); want a local restart",
+			primary.name, primary.name, isPrimary(primary), standby.name, isPrimary(standby))
+	}
+	if npm := primary.postmaster(); npm == pm || npm == 0 {
+		t.Fatalf("postmaster kill on %s: postmaster %d -> %d; want a new one", primary.name, pm, npm)
+	}
+	*allAcked = append(*allAcked, w.acked()...)
+	*nextID = w.nextID()
+	if lost := missing(t, ctx, primary, *allAcked); len(lost) != 0 {
+		t.Fatalf("postmaster kill: %d acknowledged rows lost, e.g. %v", len(lost), lost[:min(10, len(lost))])
+	}
+	t.Logf("postmaster of %s killed alone: Patroni restarted it there, no failover; first acknowledged write after %v; %d rows acknowledged, none lost",
+		primary.name, first.Round(time.Millisecond), len(w.acked()))
+	waitFor(t, standby.name+" streaming again after the local restart", 180*time.Second, nodes, func() (bool, string) { return streaming(primary, standby) })
+}
+
+// procsOf returns the PIDs whose command line holds arg.
+func procsOf(arg string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/cmdline")
+		if err == nil && slices.Contains(strings.Split(string(b), "\x00"), arg) {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// quorumLoss freezes two of the three etcd members (SIGSTOP): no leader
+// key can be renewed. The primary's fence fires within its budget, and
+// Patroni demotes the primary: the cluster goes read-only, with no
+// primary anywhere (never two); no acknowledged row is lost. With the
+// members back, a primary is elected again and takes writes.
+func quorumLoss(t *testing.T, ctx context.Context, nodes []*haNode, memberDirs []string, c etcd.Cluster, pki etcd.PKI, timings patroni.Timings,
+	password string, nextID *int64, allAcked *[]int64, isPrimary func(*haNode) bool, streaming func(p, s *haNode) (bool, string)) {
+	t.Helper()
+	primary, standby := roles(nodes, isPrimary)
+	if primary == nil || standby == nil {
+		t.Fatal("quorum loss: no primary and standby")
+	}
+	waitFor(t, standby.name+" synchronous standby before the quorum loss", 180*time.Second, nodes, func() (bool, string) { return streaming(primary, standby) })
+	var pids []int
+	for _, d := range memberDirs {
+		p := procsOf("--data-dir=" + d)
+		if len(p) != 1 {
+			t.Fatalf("quorum loss: etcd of %s: pids %v", d, p)
+		}
+		pids = append(pids, p[0])
+	}
+	f, fenced, stopFence := startFence(t, ctx, primary, c, pki, timings)
+	defer stopFence()
+	w := &writer{nodes: nodes, password: password, next: *nextID}
+	wctx, wcancel := context.WithCancel(ctx)
+	wdone := make(chan struct{})
+	go func() { defer close(wdone); w.run(wctx) }()
+	defer func() { wcancel(); <-wdone }()
+	time.Sleep(2 * time.Second)
+
+	stoppedAt := time.Now()
+	for _, p := range pids {
+		_ = syscall.Kill(p, syscall.SIGSTOP)
+	}
+	thawed := false
+	thaw := func() {
+		if !thawed {
+			for _, p := range pids {
+				_ = syscall.Kill(p, syscall.SIGCONT)
+			}
+			thawed = true
+		}
+	}
+	defer thaw()
+	var ev fence.Event
+	select {
+	case ev = <-fenced:
+	case <-time.After(f.Budget() + 10*time.Second):
+		t.Fatalf("quorum loss: %s's fence did not fire within %v: %+v", primary.name, f.Budget()+10*time.Second, f.Status())
+	}
+	// Read-only: Patroni demotes the primary once it cannot renew its key.
+	var readOnlyAt time.Time
+	waitFor(t, "no primary while etcd has no quorum", time.Duration(3*timings.TTL)*time.Second+30*time.Second, nodes, func() (bool, string) {
+		p1, p2 := isPrimary(nodes[0]), isPrimary(nodes[1])
+		if p1 && p2 {
+			t.Fatalf("quorum loss: two primaries")
+		}
+		return !p1 && !p2, fmt.Sprintf("%s %v, %s %v", nodes[0].name, p1, nodes[1].name, p2)
+	})
+	readOnlyAt = time.Now()
+	acksAtReadOnly := w.count()
+	// It stays so while the quorum is gone.
+	for i := 0; i < 10; i++ {
+		time.Sleep(500 * time.Millisecond)
+		if isPrimary(nodes[0]) || isPrimary(nodes[1]) {
+			t.Fatalf("quorum loss: a primary without etcd's quorum")
+		}
+	}
+	if n := w.count(); n != acksAtReadOnly {
+		t.Fatalf("quorum loss: %d writes acknowledged while no node was primary", n-acksAtReadOnly)
+	}
+	t.Logf("etcd quorum lost (2 of 3 members frozen): %s's fence fired %v after (%s), the cluster read-only %v after, 5 s with no primary and no write",
+		primary.name, ev.At.Sub(stoppedAt).Round(time.Millisecond), ev.Reason, readOnlyAt.Sub(stoppedAt).Round(time.Millisecond))
+	backAt := time.Now()
+	w.markKill(backAt, "")
+	thaw()
+	waitFor(t, "a primary again after the quorum is back", 180*time.Second, nodes, func() (bool, string) {
+		return !w.firstAfterKill().IsZero(), fmt.Sprint(w.lastErr())
+	})
+	t.Logf("quorum back: first acknowledged write %v after", w.firstAfterKill().Sub(backAt).Round(time.Millisecond))
+	wcancel()
+	<-wdone
+	*allAcked = append(*allAcked, w.acked()...)
+	*nextID = w.nextID()
+	np, ns := roles(nodes, isPrimary)
+	if np == nil || ns == nil {
+		t.Fatal("quorum back: no primary and standby")
+	}
+	if lost := missing(t, ctx, np, *allAcked); len(lost) != 0 {
+		t.Fatalf("quorum loss: %d acknowledged rows lost, e.g. %v", len(lost), lost[:min(10, len(lost))])
+	}
+	waitFor(t, ns.name+" streaming after the quorum is back", 180*time.Second, nodes, func() (bool, string) { return streaming(np, ns) })
+}
+
+// startFence runs node n's fence (internal/cluster/fence, as its gateway
+// runs it: linearizable reads from n's namespace) until stop, once it has
+// confirmed n's leadership.
+func startFence(t *testing.T, ctx context.Context, n *haNode, c etcd.Cluster, pki etcd.PKI, timings patroni.Timings) (*fence.Fence, chan fence.Event, func()) {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(pki.ClientCert(), pki.ClientKey())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM, err := os.ReadFile(pki.CACert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(caPEM)
+	var eps []string
+	for _, m := range c.Members {
+		eps = append(eps, "https://"+net.JoinHostPort(m.IP.String(), strconv.Itoa(etcd.ClientPort)))
+	}
+	fenced := make(chan fence.Event, 8)
+	confirmed := make(chan struct{}, 8)
+	f, err := fence.New(fence.Config{Endpoints: eps, TLS: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}},
+		Namespace: patroni.Namespace, Scope: n.settings.Scope, Node: n.name,
+		TTL: time.Duration(timings.TTL) * time.Second, LoopWait: time.Duration(timings.LoopWait) * time.Second, Margin: time.Second,
+		OnFence:     func(ev fence.Event) { fenced <- ev },
+		OnConfirm:   func() { confirmed <- struct{}{} },
+		DialContext: func(_ context.Context, _, addr string) (net.Conn, error) { return dialIn(n.ns, addr) },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fctx, stop := context.WithCancel(ctx)
+	fdone := make(chan error, 1)
+	go func() { fdone <- f.Run(fctx) }()
+	stopped := false
+	stopFn := func() {
+		if !stopped {
+			stop()
+			<-fdone
+			stopped = true
+		}
+	}
+	select {
+	case <-confirmed:
+	case <-time.After(30 * time.Second):
+		stopFn()
+		t.Fatalf("%s's leadership never confirmed: %+v", n.name, f.Status())
+	}
+	return f, fenced, stopFn
 }
 
 // missing returns the acknowledged ids not on node n.
