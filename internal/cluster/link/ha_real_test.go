@@ -154,6 +154,26 @@ func newLab(t *testing.T, hosts map[string]string) *lab {
 	return l
 }
 
+// partition cuts a host off: nftables inside its namespace drops
+// everything on eth0 (loopback still answers).
+func (l *lab) partition(name string) {
+	l.t.Helper()
+	rules := "table inet partition {\n" +
+		" chain in { type filter hook input priority 0; policy accept; iifname \"eth0\" drop; }\n" +
+		" chain out { type filter hook output priority 0; policy accept; oifname \"eth0\" drop; }\n}\n"
+	f := filepath.Join(l.t.TempDir(), "partition-"+name+".nft")
+	if err := os.WriteFile(f, []byte(rules), 0o600); err != nil {
+		l.t.Fatal(err)
+	}
+	l.must("ip", "netns", "exec", l.ns[name], "nft", "-f", f)
+}
+
+// heal undoes partition.
+func (l *lab) heal(name string) {
+	l.t.Helper()
+	l.must("ip", "netns", "exec", l.ns[name], "nft", "delete", "table", "inet", "partition")
+}
+
 func (l *lab) close() {
 	for _, ns := range append(slices.Collect(func(yield func(string) bool) {
 		for _, v := range l.ns {
@@ -822,6 +842,7 @@ func TestRealHAFailover(t *testing.T) {
 	postmasterOnly(t, ctx, nodes, writerPassword, &nextID, &allAcked, isPrimary, streaming)
 	quorumLoss(t, ctx, nodes, []string{filepath.Join(base, "etcd-e2"), filepath.Join(base, "etcd-e3")}, c, pki, timings,
 		writerPassword, &nextID, &allAcked, isPrimary, streaming)
+	partitions(t, ctx, l, nodes, c, pki, timings, writerPassword, &nextID, &allAcked, isPrimary, streaming)
 
 	var times []string
 	for _, r := range rounds {
@@ -937,6 +958,141 @@ func frozenPatroni(t *testing.T, ctx context.Context, nodes []*haNode, c etcd.Cl
 	waitFor(t, primary.name+" back as the synchronous standby after the thaw", 180*time.Second, nodes, func() (bool, string) {
 		return streaming(standby, primary)
 	})
+}
+
+// partitions cuts hosts off with nftables inside their namespaces, one at
+// a time, with the writer running, and heals them:
+//   - the primary's node: its fence fires and the standby is promoted; the
+//     old primary acknowledges nothing after the promotion (its commits
+//     wait for a synchronous standby it cannot reach); healed, it rejoins
+//     as the synchronous standby;
+//   - the standby's node: no promotion anywhere, the primary goes on taking
+//     writes (Patroni drops the unreachable synchronous standby, strict
+//     off); healed, it streams again;
+//   - one etcd member: nothing changes, writes go on.
+//
+// No acknowledged row is lost in any of them.
+func partitions(t *testing.T, ctx context.Context, l *lab, nodes []*haNode, c etcd.Cluster, pki etcd.PKI, timings patroni.Timings,
+	password string, nextID *int64, allAcked *[]int64, isPrimary func(*haNode) bool, streaming func(p, s *haNode) (bool, string)) {
+	t.Helper()
+	run := func(what string, victim string, f func(w *writer, at time.Time)) {
+		t.Helper()
+		w := &writer{nodes: nodes, password: password, next: *nextID}
+		wctx, wcancel := context.WithCancel(ctx)
+		wdone := make(chan struct{})
+		go func() { defer close(wdone); w.run(wctx) }()
+		time.Sleep(2 * time.Second)
+		at := time.Now()
+		w.markKill(at, victim)
+		f(w, at)
+		wcancel()
+		<-wdone
+		*allAcked = append(*allAcked, w.acked()...)
+		*nextID = w.nextID()
+		p, _ := roles(nodes, isPrimary)
+		if p == nil {
+			t.Fatalf("%s: no primary after healing", what)
+		}
+		if lost := missing(t, ctx, p, *allAcked); len(lost) != 0 {
+			t.Fatalf("%s: %d acknowledged rows lost, e.g. %v", what, len(lost), lost[:min(10, len(lost))])
+		}
+	}
+
+	// The primary's node.
+	primary, standby := roles(nodes, isPrimary)
+	if primary == nil || standby == nil {
+		t.Fatal("partition: no primary and standby")
+	}
+	waitFor(t, standby.name+" synchronous standby before the partition", 180*time.Second, nodes, func() (bool, string) { return streaming(primary, standby) })
+	f, fenced, stopFence := startFence(t, ctx, primary, c, pki, timings)
+	run("partition of the primary", primary.name, func(w *writer, at time.Time) {
+		l.partition(primary.name)
+		healed := false
+		defer func() {
+			if !healed {
+				l.heal(primary.name)
+			}
+		}()
+		var fencedAt time.Time
+		select {
+		case ev := <-fenced:
+			fencedAt = ev.At
+		case <-time.After(f.Budget() + 10*time.Second):
+			t.Fatalf("partition of %s: its fence did not fire: %+v", primary.name, f.Status())
+		}
+		var promotedAt time.Time
+		waitFor(t, standby.name+" promoted", time.Duration(3*timings.TTL)*time.Second+60*time.Second, nodes, func() (bool, string) {
+			if isPrimary(standby) {
+				promotedAt = time.Now()
+				return true, ""
+			}
+			return false, ""
+		})
+		waitFor(t, "first acknowledged write on "+standby.name, 120*time.Second, nodes, func() (bool, string) {
+			return !w.firstAfterKill().IsZero(), fmt.Sprint(w.lastErr())
+		})
+		if !fencedAt.Before(promotedAt) {
+			t.Fatalf("partition of %s: fenced %v after it, %s primary %v after it", primary.name, fencedAt.Sub(at), standby.name, promotedAt.Sub(at))
+		}
+		if lv := w.lastOnVictim(); !lv.IsZero() && !lv.Before(promotedAt) {
+			t.Fatalf("partition of %s: it acknowledged a write %v after %s was promoted (two primaries)", primary.name, lv.Sub(promotedAt), standby.name)
+		}
+		t.Logf("partition of %s: its fence fired %v after, %s primary %v after, first write there %v after; the cut-off node's last acknowledged write %v",
+			primary.name, fencedAt.Sub(at).Round(time.Millisecond), standby.name, promotedAt.Sub(at).Round(time.Millisecond),
+			w.firstAfterKill().Sub(at).Round(time.Millisecond), lastAck(w.lastOnVictim(), at))
+		l.heal(primary.name)
+		healed = true
+	})
+	stopFence()
+	waitFor(t, primary.name+" back as the synchronous standby after the partition", 180*time.Second, nodes, func() (bool, string) {
+		return streaming(standby, primary)
+	})
+
+	// The standby's node.
+	primary, standby = roles(nodes, isPrimary)
+	run("partition of the standby", standby.name, func(w *writer, at time.Time) {
+		n0 := w.count()
+		l.partition(standby.name)
+		defer l.heal(standby.name)
+		waitFor(t, "writes on "+primary.name+" while "+standby.name+" is cut off", 90*time.Second, nodes, func() (bool, string) {
+			return w.count() > n0+100, fmt.Sprint(w.lastErr())
+		})
+		resumed := time.Since(at)
+		for i := 0; i < 6; i++ {
+			time.Sleep(500 * time.Millisecond)
+			if isPrimary(standby) {
+				t.Fatalf("partition of the standby %s: it was promoted", standby.name)
+			}
+		}
+		if !isPrimary(primary) {
+			t.Fatalf("partition of the standby %s: %s is no longer primary", standby.name, primary.name)
+		}
+		t.Logf("partition of the standby %s: %s stays primary, 100 more writes acknowledged within %v, no promotion", standby.name, primary.name, resumed.Round(time.Millisecond))
+	})
+	waitFor(t, standby.name+" synchronous standby again after its partition", 180*time.Second, nodes, func() (bool, string) { return streaming(primary, standby) })
+
+	// One etcd member.
+	run("partition of etcd member e3", "", func(w *writer, at time.Time) {
+		n0 := w.count()
+		l.partition("e3")
+		defer l.heal("e3")
+		time.Sleep(time.Duration(timings.TTL)*time.Second + 2*time.Second)
+		if !isPrimary(primary) || isPrimary(standby) {
+			t.Fatalf("partition of e3: roles changed")
+		}
+		if w.count() <= n0 {
+			t.Fatalf("partition of e3: no write acknowledged in %v", time.Since(at))
+		}
+		t.Logf("partition of etcd member e3: %s stays primary, %d writes acknowledged in %v", primary.name, w.count()-n0, time.Since(at).Round(time.Millisecond))
+	})
+}
+
+// lastAck describes the victim's last acknowledged write relative to at.
+func lastAck(last, at time.Time) string {
+	if last.IsZero() {
+		return "none after the partition"
+	}
+	return last.Sub(at).Round(time.Millisecond).String() + " after the partition"
 }
 
 // roles returns the primary and the standby (nil if none).
@@ -1197,6 +1353,9 @@ type writer struct {
 	killedAt time.Time
 	first    time.Time
 	victim   string
+	// lastVictim is the last write acknowledged by the victim after
+	// killedAt.
+	lastVictim time.Time
 }
 
 func (w *writer) count() int                { w.mu.Lock(); defer w.mu.Unlock(); return len(w.ack) }
@@ -1204,6 +1363,7 @@ func (w *writer) acked() []int64            { w.mu.Lock(); defer w.mu.Unlock(); 
 func (w *writer) nextID() int64             { w.mu.Lock(); defer w.mu.Unlock(); return w.next }
 func (w *writer) lastErr() error            { w.mu.Lock(); defer w.mu.Unlock(); return w.err }
 func (w *writer) firstAfterKill() time.Time { w.mu.Lock(); defer w.mu.Unlock(); return w.first }
+func (w *writer) lastOnVictim() time.Time   { w.mu.Lock(); defer w.mu.Unlock(); return w.lastVictim }
 func (w *writer) markKill(at time.Time, victim string) {
 	w.mu.Lock()
 	w.killedAt, w.victim = at, victim
@@ -1268,6 +1428,9 @@ func (w *writer) run(ctx context.Context) {
 			w.ack = append(w.ack, id)
 			if !w.killedAt.IsZero() && w.first.IsZero() && on != w.victim {
 				w.first = now
+			}
+			if !w.killedAt.IsZero() && on == w.victim {
+				w.lastVictim = now
 			}
 		} else {
 			w.err = err
