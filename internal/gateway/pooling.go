@@ -80,14 +80,16 @@ type checkFields struct {
 	digest, name               string
 }
 
-// parseCheck parses "v3 SAME EXT DB ROLE DIRTY DIGEST NAME" (see
+// parseCheck parses "v4 SAME EXT DB ROLE DIRTY DIGEST NAME" (see
 // show_handover_check in pgext/pgshield_guard): five t/f flags, a hex
 // SHA-256, then the role name, last because it may hold spaces. Anything
 // else is refused, an older version too: v3 is the library whose rebind
-// drops every named statement, which the light hand-over relies on.
+// drops every named statement, which the light hand-over relies on; v4 the
+// one whose pipelined rebind, failing in any way, lets nothing behind it
+// run (it ends the backend or poisons it), which txhandover.go relies on.
 func parseCheck(v string) (checkFields, bool) {
 	parts := strings.SplitN(v, " ", 8)
-	if len(parts) != 8 || parts[0] != "v3" || len(parts[6]) != 64 || strings.Trim(parts[6], "0123456789abcdef") != "" {
+	if len(parts) != 8 || parts[0] != "v4" || len(parts[6]) != 64 || strings.Trim(parts[6], "0123456789abcdef") != "" {
 		return checkFields{}, false
 	}
 	var flags [5]bool

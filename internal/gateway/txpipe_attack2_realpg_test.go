@@ -10,7 +10,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -84,14 +83,12 @@ func sqlState(err error) string {
 // ExecutorStart. A client's own cancel, its lock_timeout and its
 // statement_timeout must still end such a wait, as in PostgreSQL.
 //
-// FINDING (all five fail: each ends only when the lock is released, 3 s):
-// the hold outlives the start of the statement; pgshield_guard.c
-// hold_cancel/report_at_end, release_cancel only in post_parse_analyze,
-// ExecutorStart, ProcessUtility, object access. The "BEGIN first" case is
-// the control: a transaction's first statement that is a utility releases
-// the hold before the wait.
+// Found against f2eebef (all five ended only when the lock was released, 3
+// s): the hold outlived the start of the statement. Fixed: no cancel is
+// held any more; a rebind that fails before the guard's hook poisons the
+// session instead (pgshield_guard.c bind_error_callback). The "BEGIN
+// first" case is the control.
 func TestRealTxPipeAttack2CancelLockWait(t *testing.T) {
-	skipFinding(t, "FINDING: a transaction's first statement waiting on a lock in parse analysis or Bind (before any guard hook releases the cancel hold) cannot be cancelled by its own client, nor ended by lock_timeout or statement_timeout, until the lock is granted")
 	p := newPipeEnv(t, "gw_tp2_cl")
 	p.superExec(t, "CREATE TABLE public.lk (v int)", "ALTER TABLE public.lk OWNER TO "+p.role)
 	ctx := context.Background()
@@ -188,15 +185,6 @@ func lockedRunArgs(t *testing.T, p *pipeEnv, c *pgx.Conn, sql string, hold time.
 		_ = tx.Rollback(ctx)
 	}
 	return res, el
-}
-
-// skipFinding skips a test that shows a working attack, unless
-// PGSHIELD_FINDINGS=1 (to watch it fail).
-func skipFinding(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("PGSHIELD_FINDINGS") == "" {
-		t.Skip(why)
-	}
 }
 
 // workMem is c's work_mem and backend pid.
@@ -507,12 +495,11 @@ func TestRealTxPipeAttack2IdleTimeout(t *testing.T) {
 // session (a Parse of pg_advisory_lock). The client's next Bind of its
 // first statement must still find it (re-prepared), as it does unpinned.
 //
-// FINDING (legit behaviour, low): 26000 "prepared statement ... does not
-// exist". txpool.go upstream: once t.mu.pinned, trackExtended is no longer
-// called, so a Bind of a statement the pinned backend lost at its
-// hand-over is not re-prepared. Seen first as 26000s in the storm tests.
+// Found against f2eebef (legit behaviour, low): 26000 "prepared statement
+// ... does not exist": once pinned, trackExtended was no longer called, so
+// a Bind of a statement the pinned backend lost at its hand-over was not
+// re-prepared. Fixed: Bind, Describe and Close are tracked when pinned too.
 func TestRealTxPipeAttack2PinnedReprepare(t *testing.T) {
-	skipFinding(t, "FINDING: a session pinned by a batch that came with a hand-over loses its earlier prepared statements (26000): trackExtended is skipped once pinned")
 	p := newPipeEnv(t, "gw_tp2_pr")
 	ctx := context.Background()
 	a := p.mustConnect(t, "")

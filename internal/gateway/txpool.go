@@ -426,7 +426,10 @@ func (t *txRelay) upstream() (clientEnded bool) {
 			if typ == 'H' {
 				sawFlush = true
 			}
-			if !t.mu.pinned && head != nil && (msg != nil || typ != 'P') {
+			// A pinned client keeps its backend, but statements it prepared
+			// before were dropped by that backend's rebind: they are still
+			// re-prepared where a Bind or Describe names them.
+			if (!t.mu.pinned || typ == 'B' || typ == 'D' || typ == 'C') && head != nil && (msg != nil || typ != 'P') {
 				if inj := t.trackExtended(typ, head, cur); inj != nil {
 					if !startBatch && segFlushed {
 						// Too late to re-prepare ahead: the client gets
@@ -726,18 +729,18 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 		var handed *hoWait
 		lastHO := hoSeg && (len(t.mu.segs) == 0 || !isHandoverSeg(t.mu.segs[0]))
 		if lastHO && segErr {
-			// An ERROR, not the guard's FATAL refusal, in the rebind
-			// itself (the guard turns every failure of a pipelined rebind
-			// into FATAL; an error in the DISCARD ALL ahead of it is the
-			// rebind's to judge): what the client sent behind it may have
-			// run; the session ends rather than go on with a backend in
-			// doubt.
-			t.mu.ho = nil
+			// An ERROR, not the guard's FATAL refusal, in the rebind itself
+			// (one before the guard's hook: a cancel at PostgreSQL's first
+			// interrupt check). pgshield_guard has poisoned the session: it
+			// ends at the first hook of anything the client sent, so none
+			// of it runs. The backend is closed and the client's bytes go
+			// to another, as after a refusal. (An error in a DISCARD ALL
+			// ahead is the rebind's to judge: it refuses a dirty session.)
 			t.mu.Unlock()
-			t.c.log.Warn("A pooled backend failed its hand-over with an error; session ended.",
-				"pg_backend_pid", h.b.PID, "error", hoWhy)
-			t.sess.sendFinal(wire.ErrorResponse(clienterr.New(wire.CodeConnectionFailure,
-				"the backend's hand-over failed after the transaction was sent: its outcome is unknown")))
+			_ = h.b.Conn.Close()
+			if t.handoverLost(hoWhy) {
+				return
+			}
 			t.fail()
 			return
 		}

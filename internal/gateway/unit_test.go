@@ -345,7 +345,7 @@ func (f *fakeBackend) serve(c net.Conn) {
 			row := m.String
 			if strings.Contains(row, "pgshield_guard.handover_check") {
 				// pgshield_guard's answer for a role that may connect.
-				row = "v3 t f t t f " + strings.Repeat("0", 64) + " fake"
+				row = "v4 t f t t f " + strings.Repeat("0", 64) + " fake"
 			}
 			be.Send(&pgproto3.DataRow{Values: [][]byte{[]byte(row)}})
 			be.Send(&pgproto3.CommandComplete{CommandTag: []byte("SELECT 1")})
@@ -781,18 +781,18 @@ func TestParseCheck(t *testing.T) {
 		ok   bool
 		want checkFields
 	}{
-		{in: "v3 t f t t f " + d + " alice", ok: true, want: checkFields{same: true, db: true, role: true, digest: d, name: "alice"}},
-		{in: "v3 f t f f t " + d + " a b c", ok: true, want: checkFields{ext: true, dirty: true, digest: d, name: "a b c"}},
-		{in: "v3 t f t t f " + d + " ", ok: true, want: checkFields{same: true, db: true, role: true, digest: d}},
+		{in: "v4 t f t t f " + d + " alice", ok: true, want: checkFields{same: true, db: true, role: true, digest: d, name: "alice"}},
+		{in: "v4 f t f f t " + d + " a b c", ok: true, want: checkFields{ext: true, dirty: true, digest: d, name: "a b c"}},
+		{in: "v4 t f t t f " + d + " ", ok: true, want: checkFields{same: true, db: true, role: true, digest: d}},
 		{in: "unavailable"},
 		{in: ""},
 		{in: "v1 t f t t " + d + " alice"},
 		{in: "v2 t f t t f " + d + " alice"}, // a library whose rebind keeps named statements
-		{in: "v3 t f t t " + d + " alice"},
-		{in: "v3 t f t t x " + d + " alice"},
-		{in: "v3 t f t t f " + d[:62] + " alice"},
-		{in: "v3 t f t t f " + strings.ToUpper(d) + " alice"},
-		{in: "v3 t f t t f " + d},
+		{in: "v4 t f t t " + d + " alice"},
+		{in: "v4 t f t t x " + d + " alice"},
+		{in: "v4 t f t t f " + d[:62] + " alice"},
+		{in: "v4 t f t t f " + strings.ToUpper(d) + " alice"},
+		{in: "v4 t f t t f " + d},
 	} {
 		got, ok := parseCheck(tc.in)
 		if ok != tc.ok || got != tc.want {

@@ -18,6 +18,7 @@ import (
 // statement behind it, in one write, as transaction pooling sends it.
 type pipelined struct {
 	fatal  *pgproto3.ErrorResponse // the guard's refusal
+	errs   []string                // SQLSTATEs of ERRORs
 	closed bool                    // the backend hung up
 	rfqs   int
 	dirty  int // pgshield_guard.dirty reports seen
@@ -27,6 +28,13 @@ type pipelined struct {
 // DISCARD ALL if full) and then stmt, without waiting, and reads until
 // both are answered or the backend is gone.
 func sendPipelined(t *testing.T, b *pgbackend.Backend, expect string, full bool, stmt string) pipelined {
+	t.Helper()
+	return sendPipelinedSQL(t, b, expect, full, "", stmt)
+}
+
+// sendPipelinedSQL is sendPipelined with trailer appended to the rebind's
+// SQL (a syntax error there fails it before pgshield_guard's hook).
+func sendPipelinedSQL(t *testing.T, b *pgbackend.Backend, expect string, full bool, trailer string, stmts ...string) pipelined {
 	t.Helper()
 	id := pgbackend.ClientIdentity{Addr: netip.MustParseAddrPort("10.77.9.3:42000"), Method: pgbackend.ClientMethodSCRAM,
 		Report: true, Expect: expect}
@@ -41,8 +49,11 @@ func sendPipelined(t *testing.T, b *pgbackend.Backend, expect string, full bool,
 		want++
 	}
 	msgs = append(msgs, &pgproto3.Close{ObjectType: 'S'}, &pgproto3.Close{ObjectType: 'P'},
-		&pgproto3.Query{String: "SET " + pgbackend.BindSetting + " = '" + bind + "'"},
-		&pgproto3.Query{String: stmt})
+		&pgproto3.Query{String: "SET " + pgbackend.BindSetting + " = '" + bind + "'" + trailer})
+	for _, q := range stmts {
+		msgs = append(msgs, &pgproto3.Query{String: q})
+	}
+	want += len(stmts) - 1
 	var buf []byte
 	for _, m := range msgs {
 		if buf, err = m.Encode(buf); err != nil {
@@ -67,8 +78,10 @@ func sendPipelined(t *testing.T, b *pgbackend.Backend, expect string, full bool,
 			if m.Severity == "FATAL" || m.SeverityUnlocalized == "FATAL" {
 				c := *m
 				r.fatal = &c
+			} else if trailer == "" {
+				t.Fatalf("hand-over + %q: error %s %s", stmts, m.Code, m.Message)
 			} else {
-				t.Fatalf("hand-over + %q: error %s %s", stmt, m.Code, m.Message)
+				r.errs = append(r.errs, m.Code)
 			}
 		case *pgproto3.ParameterStatus:
 			if m.Name == pgbackend.DirtyParam {
@@ -89,7 +102,7 @@ func handoverDigest(t *testing.T, b *pgbackend.Backend) string {
 		t.Fatalf("handover_check: %v %v", rows, er)
 	}
 	f := strings.Fields(rows[0])
-	if len(f) < 8 || f[0] != "v3" {
+	if len(f) < 8 || f[0] != "v4" {
 		t.Fatalf("handover_check = %q", rows[0])
 	}
 	return f[6]
@@ -262,6 +275,32 @@ func TestRealPipelinedHandover(t *testing.T) {
 	if n := countDirty(t, b, "BEGIN; SELECT pg_catalog.set_config('work_mem', '9MB', false); ROLLBACK"); n != 0 {
 		t.Errorf("reports after a rolled-back set_config in a reported session = %d; want 0", n)
 	}
+	// A pipelined rebind that fails with an ERROR before the guard's hook
+	// (here a syntax error; in life a cancel at PostgreSQL's first interrupt
+	// check) poisons the session: what follows ends it, and never runs, even
+	// a statement after one that has no hook (an empty query).
+	for i, stmts := range [][]string{{insert(300)}, {"", insert(301)}} {
+		pb, digest := open(true)
+		if _, er := query(t, pb, "SELECT 1"); er != nil {
+			t.Fatal(er)
+		}
+		r := sendPipelinedSQL(t, pb, digest, false, " garbage", stmts...)
+		if len(r.errs) != 1 || r.errs[0] != "42601" || r.fatal == nil || !strings.Contains(r.fatal.Message, "hand-over failed") || !r.closed {
+			t.Errorf("rebind with a syntax error + %q = %+v; want 42601, then FATAL (poisoned) and the backend gone", stmts, r)
+		}
+		if got := rowsOf(300 + i); got != 0 {
+			t.Errorf("a statement behind a failed rebind ran (%d rows)", got)
+		}
+	}
+	// A client's own error in such a session poisons nothing.
+	pc, _ := open(true)
+	if _, er := query(t, pc, "SELEC 1"); er == nil || er.Code != "42601" {
+		t.Fatalf("syntax error = %v", er)
+	}
+	if _, er := query(t, pc, insert(302)); er != nil || rowsOf(302) != 1 {
+		t.Errorf("after a client's own error: %v, %d rows; want the statement to run", er, rowsOf(302))
+	}
+
 	// Without report=1, nothing is ever reported.
 	quiet, _ := open(false)
 	if n := countDirty(t, quiet, "SELECT pg_catalog.set_config('work_mem', '8MB', false)"); n != 0 {

@@ -85,6 +85,7 @@
 #include "nodes/parsenodes.h"
 #include "storage/fd.h"
 #include "executor/executor.h"
+#include "optimizer/planner.h"
 #include "parser/analyze.h"
 #include "tcop/tcopprot.h"
 #include "tcop/utility.h"
@@ -117,6 +118,7 @@ static ProcessUtility_hook_type prev_utility_hook = NULL;
 static object_access_hook_type prev_object_access_hook = NULL;
 static post_parse_analyze_hook_type prev_post_parse_analyze_hook = NULL;
 static ExecutorStart_hook_type prev_executor_start_hook = NULL;
+static planner_hook_type prev_planner_hook = NULL;
 
 #define DENY(msg, detail) \
 	ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE), errmsg msg, errdetail detail))
@@ -748,47 +750,61 @@ static bool report_state = false;
 static bool dirty_reported = false;
 
 /*
- * Cancels held between transactions, in a session bound for transaction
- * pooling (report_state). The gateway sends the next client's messages
- * right behind a hand-over (SET pgshield_guard.bind_client), and an ERROR
- * in that SET before the rebind is applied (a cancel, pg_cancel_backend
- * from another session of the role, a statement or lock timeout) would let
- * them run on a session still bound to the last client. So a cancel that
- * arrives from the end of a transaction to the start of the next statement
- * waits (HOLD_CANCEL_INTERRUPTS); the bind SET keeps it waiting until it
- * has run and then drops it (it was for no statement of the new client's);
- * every other statement lets it through when it starts (release_cancel),
- * so a cancel sent as a statement starts still cancels it. The difference
- * from PostgreSQL alone: a cancel that reaches the backend while it is idle
- * between two transactions of the same client, which PostgreSQL would
- * ignore, cancels that client's next statement (the gateway sends a
- * client's cancel only while the client holds the backend; this is a cancel
- * that crossed the end of its transaction, or pg_cancel_backend). Only
- * QueryCancelHoldoffCount is held: pg_terminate_backend and FATAL timeouts
- * still end the backend at once.
+ * A pipelined hand-over that fails with a mere ERROR poisons the session.
+ * The gateway sends the next client's messages right behind the rebind
+ * (SET pgshield_guard.bind_client ... expect=...); the rebind itself turns
+ * every failure into FATAL (check_bind_client), but an ERROR can come
+ * before the guard's utility hook is reached: a cancel (pg_cancel_backend
+ * from another session of the role) or a statement timeout at the
+ * interrupt check exec_simple_query makes before parse analysis. Then the
+ * session would go on, still bound to the last client, and run what
+ * follows. So a callback at the bottom of the error context stack, put
+ * back at the end of every transaction of a transaction-pooling session
+ * (PostgreSQL empties the stack after an error), marks the session
+ * poisoned when an error is reported while the statement is a pipelined
+ * rebind; a poisoned session ends (FATAL) at the first hook of anything
+ * else: parse analysis, planning, execution, a utility statement, a
+ * function called by FunctionCall. Nothing a client sends runs without
+ * passing one of them first.
  */
-static bool cancel_held = false;
+static bool poisoned = false;
+
+#define BIND_SET_PREFIX "SET pgshield_guard.bind_client = '"
 
 static void
-hold_cancel(void)
+bind_error_callback(void *arg)
 {
-	/* An ERROR zeroes the count (errfinish): then the flag is stale. */
-	if (!cancel_held || QueryCancelHoldoffCount == 0)
+	int			cat;
+
+	if (debug_query_string == NULL || strncmp(debug_query_string, BIND_SET_PREFIX, strlen(BIND_SET_PREFIX)) != 0 ||
+		strstr(debug_query_string, "&expect=") == NULL)
+		return;
+	/* Errors only: a NOTICE or a LOG line (pgaudit's) passes here too. */
+	cat = ERRCODE_TO_CATEGORY(geterrcode());
+	if (cat != ERRCODE_SUCCESSFUL_COMPLETION && cat != ERRCODE_WARNING && cat != ERRCODE_NO_DATA)
+		poisoned = true;
+}
+
+static ErrorContextCallback bind_errcb = {NULL, bind_error_callback, NULL};
+
+/* arm_bind_errcb puts bind_errcb at the bottom of an empty error context stack. */
+static void
+arm_bind_errcb(void)
+{
+	if (error_context_stack == NULL)
 	{
-		HOLD_CANCEL_INTERRUPTS();
-		cancel_held = true;
+		bind_errcb.previous = NULL;
+		error_context_stack = &bind_errcb;
 	}
 }
 
-/* release_cancel ends the hold: a cancel that arrived meanwhile fires at the next check. */
+/* refuse_if_poisoned ends a session whose pipelined hand-over failed. */
 static void
-release_cancel(void)
+refuse_if_poisoned(void)
 {
-	if (!cancel_held)
-		return;
-	if (QueryCancelHoldoffCount > 0)
-		RESUME_CANCEL_INTERRUPTS();
-	cancel_held = false;
+	if (poisoned)
+		ereport(FATAL, (errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+						errmsg("pooled backend refused for its next client: its hand-over failed")));
 }
 
 /* is_bind_set: SET pgshield_guard.bind_client (the gateway's rebind). */
@@ -831,15 +847,16 @@ guard_ProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyT
 	if (is_bind_set(stmt))
 	{
 		/*
-		 * The rebind: nothing interrupts it (cancel_held), and it leaves no
+		 * The rebind: nothing interrupts it once here, and it leaves no
 		 * state of its own (check_bind_client keeps the setting empty).
 		 */
+		refuse_if_poisoned();
 		HOLD_INTERRUPTS();
 		call_next(pstmt, queryString, readOnlyTree, context, params, queryEnv, dest, qc);
 		RESUME_INTERRUPTS();
 		return;
 	}
-	release_cancel();
+	refuse_if_poisoned();
 	/* Before it runs: a statement that fails half-way may still leave some. */
 	if (!discard_all && utility_leaves_state(stmt))
 		session_dirty = true;
@@ -910,20 +927,28 @@ is_server_file_function(Oid fn)
  * fast-path interface prepare (OAT_FUNCTION_EXECUTE), built-in ones included;
  * fmgr_hook would miss built-ins, which fmgr calls without a lookup.
  */
-/* A statement starts (parsed, or executed from a prepared one): cancels go through again. */
+/* Parse analysis, planning and execution of anything: not in a poisoned session. */
 static void
 guard_post_parse_analyze(ParseState *pstate, Query *query, JumbleState *jstate)
 {
+	refuse_if_poisoned();
 	if (prev_post_parse_analyze_hook)
 		prev_post_parse_analyze_hook(pstate, query, jstate);
-	if (cancel_held && !(query->commandType == CMD_UTILITY && is_bind_set(query->utilityStmt)))
-		release_cancel();
+}
+
+static PlannedStmt *
+guard_planner(Query *parse, const char *query_string, int cursorOptions, ParamListInfo boundParams)
+{
+	refuse_if_poisoned();
+	if (prev_planner_hook)
+		return prev_planner_hook(parse, query_string, cursorOptions, boundParams);
+	return standard_planner(parse, query_string, cursorOptions, boundParams);
 }
 
 static void
 guard_executor_start(QueryDesc *queryDesc, int eflags)
 {
-	release_cancel();
+	refuse_if_poisoned();
 	if (prev_executor_start_hook)
 		prev_executor_start_hook(queryDesc, eflags);
 	else
@@ -936,7 +961,7 @@ guard_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
 	if (prev_object_access_hook)
 		prev_object_access_hook(access, classId, objectId, subId, arg);
 	if (access == OAT_FUNCTION_EXECUTE)
-		release_cancel();		/* a FunctionCall message: a statement of its own */
+		refuse_if_poisoned();	/* a FunctionCall message among others */
 	if (access == OAT_FUNCTION_EXECUTE && classId == ProcedureRelationId &&
 		is_server_file_function(objectId) && !superuser())
 		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
@@ -1698,8 +1723,7 @@ apply_rebind(const ClientIdentity *id)
 	apply_client(id, MyProcPort->user_name);
 	(void) publish_status();
 	log_client("session rebound to a new client");
-	/* A cancel or timeout held until now was for no statement of the new client's. */
-	release_cancel();
+	/* A cancel that arrived during the hand-over was for no statement of the new client's. */
 	QueryCancelPending = false;
 }
 
@@ -1798,10 +1822,11 @@ check_bind_client(char **newval, void **extra, GucSource source)
  * counting functions: the same query in SQL (planned at every hand-over)
  * cost more than the transaction it guarded. The value is
  *
- *   v3 SAME EXT DB ROLE DIRTY DIGEST NAME
+ *   v4 SAME EXT DB ROLE DIRTY DIGEST NAME
  *
- * (v3: the rebind also drops every named statement; a gateway that relies
- * on it accepts nothing older, so it never trusts a library that does not.)
+ * (v3: the rebind also drops every named statement; v4: a pipelined rebind
+ * that fails in any way ends the backend or poisons it. A gateway that relies
+ * on them accepts nothing older, so it never trusts a library that does not.)
  *
  * SAME: t if current_user is session_user; EXT: t if the database has an
  * extension whose session state DISCARD ALL misses (dblink, postgres_fdw,
@@ -2015,7 +2040,7 @@ show_handover_check(void)
 
 	if (!handover_state(&st))
 		return "unavailable";
-	return psprintf("v3 %c %c %c %c %c %s %s", st.same ? 't' : 'f', st.ext ? 't' : 'f',
+	return psprintf("v4 %c %c %c %c %c %s %s", st.same ? 't' : 'f', st.ext ? 't' : 'f',
 					st.dbok ? 't' : 'f', st.roleok ? 't' : 'f', st.dirty ? 't' : 'f',
 					st.digest, st.name);
 }
@@ -2072,7 +2097,7 @@ report_at_end(XactEvent event, void *arg)
 		return;
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE)
 		return;
-	hold_cancel();
+	arm_bind_errcb();
 	if (dirty_reported)
 		return;
 	/* At abort, settings the transaction set are still in place: a report too many, never one too few. */
@@ -2207,6 +2232,8 @@ _PG_init(void)
 	post_parse_analyze_hook = guard_post_parse_analyze;
 	prev_executor_start_hook = ExecutorStart_hook;
 	ExecutorStart_hook = guard_executor_start;
+	prev_planner_hook = planner_hook;
+	planner_hook = guard_planner;
 	prev_client_auth_hook = ClientAuthentication_hook;
 	ClientAuthentication_hook = guard_client_auth;
 	prev_shmem_request_hook = shmem_request_hook;

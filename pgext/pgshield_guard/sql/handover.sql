@@ -8,7 +8,7 @@ CREATE ROLE "ho user" LOGIN;
 CREATE ROLE ho_other LOGIN;
 CREATE FUNCTION pg_temp.hc() RETURNS text LANGUAGE sql AS
   $$SELECT regexp_replace(pg_catalog.current_setting('pgshield_guard.handover_check'),
-    '^(v3 [tf] [tf] [tf] [tf] [tf]) [0-9a-f]{64} (.*)$', '\1 <digest> \2')$$;
+    '^(v4 [tf] [tf] [tf] [tf] [tf]) [0-9a-f]{64} (.*)$', '\1 <digest> \2')$$;
 CREATE TEMP TABLE digests (ord int, step text, d text);
 GRANT ALL ON digests TO PUBLIC;
 CREATE FUNCTION pg_temp.dg() RETURNS text LANGUAGE sql AS
@@ -17,7 +17,7 @@ SET SESSION AUTHORIZATION "ho user";
 SELECT pg_temp.hc();
 INSERT INTO digests SELECT 1, 'start', pg_temp.dg();
 -- Read-only to everyone: SET, set_config, RESET, ALTER ROLE/DATABASE SET.
-SET pgshield_guard.handover_check = 'v3 t f t t f 0000000000000000000000000000000000000000000000000000000000000000 ho user';
+SET pgshield_guard.handover_check = 'v4 t f t t f 0000000000000000000000000000000000000000000000000000000000000000 ho user';
 SELECT pg_catalog.set_config('pgshield_guard.handover_check', 'v1', false);
 RESET pgshield_guard.handover_check;
 ALTER ROLE "ho user" SET pgshield_guard.handover_check = 'v1';
