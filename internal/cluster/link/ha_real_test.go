@@ -412,6 +412,44 @@ func (n *haNode) psql(ctx context.Context, sql string) (string, error) {
 	return strings.TrimSpace(out.String()), err
 }
 
+// pgbench runs pgbench as postgres on the node's socket, on database
+// postgres; pgoptions is PGOPTIONS for its sessions.
+func (n *haNode) pgbench(ctx context.Context, limit time.Duration, pgoptions string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	full := append([]string{"-h", n.settings.SocketDir, "-p", strconv.Itoa(n.settings.Port)}, args...)
+	cmd := exec.CommandContext(ctx, "/usr/lib/postgresql/15/bin/pgbench", append(full, "postgres")...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(n.uid), Gid: uint32(n.gid)}}
+	cmd.Env = []string{"PATH=/usr/bin:/bin", "PGCONNECT_TIMEOUT=3", "HOME=/var/lib/postgresql", "PGOPTIONS=" + pgoptions}
+	cmd.Dir = "/" // see start
+	cmd.WaitDelay = 2 * time.Second
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	return out.String(), err
+}
+
+// tpcb runs pgbench's TPC-B for secs seconds with setting (name=value)
+// for its sessions, and returns the tps.
+func (n *haNode) tpcb(t *testing.T, ctx context.Context, secs int, setting string) float64 {
+	t.Helper()
+	cmd := []string{"-n", "-c", "8", "-j", "2", "-T", strconv.Itoa(secs)}
+	out, err := n.pgbench(ctx, time.Duration(secs)*time.Second+60*time.Second, "-c "+setting, cmd...)
+	if err != nil {
+		t.Fatalf("pgbench TPC-B on %s: %v\n%s", n.name, err, out)
+	}
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "tps = ") {
+			f := strings.Fields(line)
+			if v, err := strconv.ParseFloat(f[2], 64); err == nil {
+				return v
+			}
+		}
+	}
+	t.Fatalf("pgbench TPC-B on %s: no tps in\n%s", n.name, out)
+	return 0
+}
+
 func waitFor(t *testing.T, what string, limit time.Duration, nodes []*haNode, f func() (bool, string)) {
 	t.Helper()
 	deadline := time.Now().Add(limit)
@@ -697,9 +735,30 @@ func TestRealHAFailover(t *testing.T) {
 	if out, err := nodes[0].psql(ctx, sql.String()); err != nil {
 		t.Fatalf("roles: %v %s", err, out)
 	}
+	// TPC-B on node 1 alone (PGSHIELD_HA_TPCB seconds; bench/ha.sh): a
+	// single node's commit, flushed locally.
+	tpcbSecs := 0
+	if v, err := strconv.Atoi(os.Getenv("PGSHIELD_HA_TPCB")); err == nil && v > 0 && v <= 600 {
+		tpcbSecs = v
+	}
+	var tpsSingle, tpsPair float64
+	if tpcbSecs > 0 {
+		if out, err := nodes[0].pgbench(ctx, 120*time.Second, "", "-i", "-q", "-s", "10"); err != nil {
+			t.Fatalf("pgbench -i: %v\n%s", err, out)
+		}
+		tpsSingle = nodes[0].tpcb(t, ctx, tpcbSecs, "synchronous_commit=local")
+		if out, err := nodes[0].psql(ctx, "CHECKPOINT"); err != nil {
+			t.Fatalf("CHECKPOINT: %v %s", err, out)
+		}
+	}
 	nodes[1].up(t)
 	waitFor(t, "n2 streaming as the synchronous standby of n1", 180*time.Second, nodes, func() (bool, string) { return streaming(nodes[0], nodes[1]) })
 	t.Logf("n2 streams from n1 through the link, sync_state sync")
+	if tpcbSecs > 0 {
+		tpsPair = nodes[0].tpcb(t, ctx, tpcbSecs, "synchronous_commit=on")
+		t.Logf("TPC-B (pgbench -c 8 -j 2, scale 10, %d s): node 1 alone %.1f tps; synchronous pair %.1f tps (%.2fx)",
+			tpcbSecs, tpsSingle, tpsPair, tpsPair/tpsSingle)
+	}
 
 	// No TCP listener where PostgreSQL runs.
 	for _, n := range nodes {
@@ -849,6 +908,13 @@ func TestRealHAFailover(t *testing.T) {
 		times = append(times, r.firstWrite.Round(time.Millisecond).String())
 	}
 	t.Logf("failover times (kill -9 to first acknowledged write): %s; acknowledged rows %d, lost 0", strings.Join(times, ", "), len(allAcked))
+	// One line for bench/ha.sh.
+	var secs []string
+	for _, r := range rounds {
+		secs = append(secs, strconv.FormatFloat(r.firstWrite.Seconds(), 'f', 3, 64))
+	}
+	t.Logf("HA-FIGURES timings=%d/%d/%d strict=%v kills=%d failover_s=%s acked=%d lost=0 tpcb_s=%d tpcb_single=%.1f tpcb_pair=%.1f",
+		timings.TTL, timings.LoopWait, timings.RetryTimeout, strict, len(rounds), strings.Join(secs, ","), len(allAcked), tpcbSecs, tpsSingle, tpsPair)
 	// How the killed nodes came back: Patroni's own words.
 	for _, n := range nodes {
 		for _, line := range strings.Split(n.log.tail(8<<20), "\n") {

@@ -319,6 +319,10 @@ func Generate(s Settings) ([]byte, error) {
 			},
 			"parameters": params,
 			"pg_hba":     hba,
+			// A replica's base backup starts at once instead of waiting
+			// for a spread checkpoint (up to 0.9 of checkpoint_timeout:
+			// minutes after a bulk load).
+			"basebackup": []any{map[string]string{"checkpoint": "fast"}},
 		},
 		"tags": map[string]any{
 			"nofailover":    false,

@@ -68,6 +68,7 @@ type doc struct {
 		Authentication    map[string]map[string]string `yaml:"authentication"`
 		Parameters        map[string]string            `yaml:"parameters"`
 		PgHBA             []string                     `yaml:"pg_hba"`
+		Basebackup        []map[string]string          `yaml:"basebackup"`
 	} `yaml:"postgresql"`
 }
 
@@ -106,6 +107,9 @@ func TestGenerate(t *testing.T) {
 	// for port 5501 that PGHOST names (netns.go).
 	if pg.Listen != ":5432" || pg.ConnectAddress != ":5501" || !pg.UseUnixSocket || !pg.UseUnixSocketRepl || pg.Pgpass != s.PgpassFile {
 		t.Errorf("postgresql: %+v", pg)
+	}
+	if len(pg.Basebackup) != 1 || pg.Basebackup[0]["checkpoint"] != "fast" {
+		t.Errorf("basebackup = %v; want checkpoint: fast", pg.Basebackup)
 	}
 	p := pg.Parameters
 	want := map[string]string{
