@@ -278,18 +278,23 @@ func TestRealPipelinedHandover(t *testing.T) {
 	// A pipelined rebind that fails with an ERROR before the guard's hook
 	// (here a syntax error; in life a cancel at PostgreSQL's first interrupt
 	// check) poisons the session: what follows ends it, and never runs, even
-	// a statement after one that has no hook (an empty query).
-	for i, stmts := range [][]string{{insert(300)}, {"", insert(301)}} {
-		pb, digest := open(true)
+	// a statement after one that has no hook (an empty query), and in a
+	// session bound without report=1 (session pooling's, handed over to a
+	// transaction-mode client after a change of mode).
+	for i, c := range []struct {
+		report bool
+		stmts  []string
+	}{{true, []string{insert(300)}}, {true, []string{"", insert(301)}}, {false, []string{insert(303)}}} {
+		pb, digest := open(c.report)
 		if _, er := query(t, pb, "SELECT 1"); er != nil {
 			t.Fatal(er)
 		}
-		r := sendPipelinedSQL(t, pb, digest, false, " garbage", stmts...)
+		r := sendPipelinedSQL(t, pb, digest, false, " garbage", c.stmts...)
 		if len(r.errs) != 1 || r.errs[0] != "42601" || r.fatal == nil || !strings.Contains(r.fatal.Message, "hand-over failed") || !r.closed {
-			t.Errorf("rebind with a syntax error + %q = %+v; want 42601, then FATAL (poisoned) and the backend gone", stmts, r)
+			t.Errorf("rebind with a syntax error + %q (report %v) = %+v; want 42601, then FATAL (poisoned) and the backend gone", c.stmts, c.report, r)
 		}
-		if got := rowsOf(300 + i); got != 0 {
-			t.Errorf("a statement behind a failed rebind ran (%d rows)", got)
+		if n := []int{300, 301, 303}[i]; rowsOf(n) != 0 {
+			t.Errorf("a statement behind a failed rebind ran (%d rows)", rowsOf(n))
 		}
 	}
 	// A client's own error in such a session poisons nothing.

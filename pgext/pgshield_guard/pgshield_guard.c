@@ -759,8 +759,8 @@ static bool dirty_reported = false;
  * interrupt check exec_simple_query makes before parse analysis. Then the
  * session would go on, still bound to the last client, and run what
  * follows. So a callback at the bottom of the error context stack, put
- * back at the end of every transaction of a transaction-pooling session
- * (PostgreSQL empties the stack after an error), marks the session
+ * back at the end of every transaction of a gateway session (PostgreSQL
+ * empties the stack after an error), marks the session
  * poisoned when an error is reported while the statement is a pipelined
  * rebind; a poisoned session ends (FATAL) at the first hook of anything
  * else: parse analysis, planning, execution, a utility statement, a
@@ -2093,12 +2093,13 @@ report_at_end(XactEvent event, void *arg)
 {
 	static const char msg[] = "pgshield_guard.dirty\0on";
 
-	if (!report_state || whereToSendOutput != DestRemote || IsParallelWorker())
+	if (!client_bound || whereToSendOutput != DestRemote || IsParallelWorker())
 		return;
 	if (event != XACT_EVENT_COMMIT && event != XACT_EVENT_ABORT && event != XACT_EVENT_PREPARE)
 		return;
+	/* Every gateway session: one bound for session pooling may next be handed over by a pipelined rebind. */
 	arm_bind_errcb();
-	if (dirty_reported)
+	if (!report_state || dirty_reported)
 		return;
 	/* At abort, settings the transaction set are still in place: a report too many, never one too few. */
 	if (!session_dirty && !session_gucs_set())
