@@ -20,6 +20,7 @@
 #   TPCB=30         seconds of each TPC-B run (0: none)
 #   TIMINGS=test    test (ttl/loop_wait/retry_timeout 10/2/4), default
 #                   (Patroni's 30/10/10) or both
+#   REUSE_LOG=1     no run: the table from the last run's log (one set)
 #
 # The table is printed and written to bench/results/ha-latest.md; the test's
 # output goes to bench/results/ha-latest.log.
@@ -45,14 +46,14 @@ bash scripts/deps.sh >/dev/null
 mkdir -p bench/results
 log=bench/results/ha-latest.log
 out=bench/results/ha-latest.md
-: >"$log"
+[[ ${REUSE_LOG:-} == 1 ]] || : >"$log"
 
 # stats "v1,v2,...": median p95 min max (seconds, 2 decimals).
 stats() {
 	tr ',' '\n' <<<"$1" | sort -n | awk '{v[NR]=$1} END {
 		n=NR; m=(n%2)?v[(n+1)/2]:(v[n/2]+v[n/2+1])/2
 		p=int(0.95*n+0.999); if (p<1) p=1; if (p>n) p=n
-		printf "%.2f %.2f %.2f %.2f", m, v[p], v[1], v[n] }'
+		printf "%.2f %.2f %.2f %.2f\n", m, v[p], v[1], v[n] }'
 }
 
 rows=()
@@ -61,7 +62,9 @@ for set in "${sets[@]}"; do
 	echo "[ha-bench $(date -u +%T)] $set timings, $KILLS kills, TPC-B ${TPCB}s" >&2
 	env_timings=()
 	[[ $set == default ]] && env_timings=(PGSHIELD_HA_TIMINGS=default)
-	if ! env PGSHIELD_E2E=1 PGSHIELD_HA_KILLS="$KILLS" PGSHIELD_HA_TPCB="$TPCB" "${env_timings[@]}" \
+	if [[ ${REUSE_LOG:-} == 1 ]]; then
+		:
+	elif ! env PGSHIELD_E2E=1 PGSHIELD_HA_KILLS="$KILLS" PGSHIELD_HA_TPCB="$TPCB" "${env_timings[@]}" \
 		go test -count=1 -timeout 80m -run '^TestRealHAFailover$' -v ./internal/cluster/link/ >>"$log" 2>&1; then
 		echo "the failover test failed; see $log" >&2
 		exit 1
