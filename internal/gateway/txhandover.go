@@ -200,6 +200,3 @@ func (t *txRelay) handoverLost(why string) bool {
 	w.verdict <- false
 	return true
 }
-
-// paramName is a ParameterStatus body's name.
-func paramName(body []byte) string { return cstr(body) }

@@ -689,7 +689,7 @@ func (t *txRelay) downstream(h *held, done chan struct{}) {
 				hoWhy = errField(msg[5:], 'M')
 			}
 		}
-		if typ == 'S' && paramName(msg[5:]) == pgbackend.DirtyParam {
+		if typ == 'S' && cstr(msg[5:]) == pgbackend.DirtyParam { // the parameter's name
 			// pgshield_guard's report for the gateway, not the client's.
 			h.lease.Conn.dirty = true
 			_, _ = br.Discard(size)
