@@ -1,7 +1,10 @@
 package cli
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
@@ -13,6 +16,7 @@ import (
 
 func newInit(g *globals) *cobra.Command {
 	var o provision.InitOptions
+	var haFile string
 	storageSize := byteSize{bytes: provision.DefaultStorageSize}
 	cmd := &cobra.Command{
 		Use:   "init",
@@ -28,6 +32,13 @@ func newInit(g *globals) *cobra.Command {
 			// gocryptfs or --storage-path, where the default is not.
 			if cmd.Flags().Changed("storage-size") {
 				o.StorageSize = storageSize.bytes
+			}
+			if haFile != "" {
+				ha, err := readClusterFile(haFile)
+				if err != nil {
+					return usageError{err}
+				}
+				o.HA = ha
 			}
 			o.Report = func(e provision.Event) {
 				if e.Kind == provision.StepStarted && e.Message != "" {
@@ -59,8 +70,28 @@ func newInit(g *globals) *cobra.Command {
 	f.StringVar(&o.Storage, "storage", config.StorageFscrypt, "encryption at rest: fscrypt (kernel, ext4 volume) or gocryptfs (FUSE, for kernels without fscrypt)")
 	f.StringVar(&o.StoragePath, "storage-path", "", "with fscrypt: a directory on an existing ext4 filesystem with the encrypt feature, used instead of an image")
 	f.StringVar(&o.Network, "network", "public", "public (firewall rules) or private (private address, network security rules)")
+	f.StringVar(&haFile, "ha", "", "make a high-availability node: this node's cluster section (JSON; see README \"High availability\")")
+	f.StringVar(&o.HAFiles, "ha-files", "", "with --ha: directory of the node's certificates and the cluster's secrets")
 	f.StringVar(&o.PGBinDir, "pg-bin-dir", "/usr/lib/postgresql/15/bin", "PostgreSQL 15 programs")
 	return cmd
+}
+
+// readClusterFile strictly decodes a cluster section.
+func readClusterFile(path string) (*config.Cluster, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--ha: %w", err)
+	}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	var c config.Cluster
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("--ha %s: %w", path, err)
+	}
+	if err := c.Check(); err != nil {
+		return nil, fmt.Errorf("--ha %s: %w", path, err)
+	}
+	return &c, nil
 }
 
 func dataDirFlag(g *globals) string {

@@ -46,6 +46,8 @@ type Config struct {
 	// AdminPrincipals are token principals made with --admin: like
 	// AdminUser, roles they create may not take them over.
 	AdminPrincipals []string `json:"admin_principals,omitempty"`
+	// Cluster is set on a high-availability node (config/cluster.go).
+	Cluster *Cluster `json:"cluster,omitempty"`
 }
 
 // BackupRepo is where this server's backups go: BackupPath, or
@@ -81,6 +83,10 @@ const (
 	// function owned by a superuser, with a pinned search_path), so a
 	// statement someone redirects later still cannot act as a superuser.
 	LookupRole = "pgshield_auth"
+	// ReplicationRole and RewindRole are a cluster node's (Patroni's):
+	// they log in only over the node link, never through the gateway.
+	ReplicationRole = "pgshield_replication"
+	RewindRole      = "pgshield_rewind"
 )
 
 // CheckAndSetDefaults validates the config and fills in defaults.
@@ -130,17 +136,27 @@ func (c *Config) CheckAndSetDefaults() error {
 	if _, err := ResolveParams(c.Parameters); err != nil {
 		return fmt.Errorf("config: %w", err)
 	}
+	if c.Cluster != nil {
+		return c.Cluster.Check()
+	}
 	return nil
 }
 
 // IsReserved reports whether role may never log in through the gateway.
 func (c *Config) IsReserved(role string) bool {
-	return role == SuperuserRole || role == c.ServiceRole || role == LookupRole
+	return role == SuperuserRole || role == c.ServiceRole || role == LookupRole ||
+		role == ReplicationRole || role == RewindRole
 }
 
 // ReservedRoles lists the roles only superusers may alter, grant or become.
 func (c *Config) ReservedRoles() []string {
-	return []string{SuperuserRole, c.ServiceRole, LookupRole}
+	r := []string{SuperuserRole, c.ServiceRole, LookupRole}
+	if c.Cluster != nil {
+		// REPLICATION reads every byte of the cluster; the rewind role
+		// runs pg_read_binary_file. Neither is the administrator's.
+		r = append(r, ReplicationRole, RewindRole)
+	}
+	return r
 }
 
 // Load reads and strictly decodes the config of a data directory.
@@ -203,6 +219,14 @@ func WriteKeyPair(certPath, keyPath string, certPEM, keyPEM []byte) error {
 // WriteFileAtomic writes to a temp file in the same directory, syncs it and
 // renames it over name, so readers see the old or the new file, never a part.
 func WriteFileAtomic(name string, data []byte, perm os.FileMode) error {
+	return WriteFileAtomicOwned(name, data, perm, -1, -1)
+}
+
+// WriteFileAtomicOwned is WriteFileAtomic giving the file to uid:gid
+// (unless uid < 0) through its descriptor, before it has its name: in a
+// directory another user owns, a chown by path could be sent elsewhere
+// by a symlink put in its place.
+func WriteFileAtomicOwned(name string, data []byte, perm os.FileMode, uid, gid int) error {
 	dir := filepath.Dir(name)
 	f, err := os.CreateTemp(dir, "."+filepath.Base(name)+".tmp*")
 	if err != nil {
@@ -213,6 +237,12 @@ func WriteFileAtomic(name string, data []byte, perm os.FileMode) error {
 	if err := f.Chmod(perm); err != nil {
 		f.Close()
 		return err
+	}
+	if uid >= 0 {
+		if err := f.Chown(uid, gid); err != nil {
+			f.Close()
+			return err
+		}
 	}
 	if _, err := f.Write(data); err != nil {
 		f.Close()

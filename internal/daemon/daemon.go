@@ -29,12 +29,14 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/cluster/node"
 	"github.com/pgshield/pgshield/internal/config"
 	alertsctl "github.com/pgshield/pgshield/internal/ctl/alerts"
 	"github.com/pgshield/pgshield/internal/ctl/auditlog"
@@ -84,6 +86,9 @@ type Daemon struct {
 	threat     *threatctl.Controller
 	alerts     *alertsctl.Controller
 	certs      *certs.Controller
+	// node is set on a cluster node (cfg.Cluster): Patroni, the link, the
+	// promotion socket and the fence (internal/cluster/node).
+	node *node.Node
 	// gw is set by the "gateway" component; read by the API and metrics
 	// only after that (the API starts later) or through gateway().
 	gwMu    sync.Mutex
@@ -112,7 +117,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	d.build(cfg, u)
+	if err := d.build(cfg, u); err != nil {
+		return err
+	}
 	d.initLifecycle(ctx)
 	defer d.life.endServe()
 	stopAll, err := startAll(ctx, d.components(cfg))
@@ -129,7 +136,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 }
 
 // build makes the controllers and wires them together; nothing starts.
-func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
+func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 	l, log := d.Layout, d.Log
 	d.conf = conf.New(l, cfg)
 	d.metrics = d.newMetrics()
@@ -159,15 +166,25 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 		Pool: func() *pgxpool.Pool { return d.pg.Pool() }})
 	d.keys = keys.New(keys.Config{Log: log, Conf: d.conf, Volume: d.volume.AtRest(), Audit: d.audit.Record,
 		Metrics: d.metrics, RewrapBackupKey: d.backups.RewrapKey})
+	var pgCommand func() (*exec.Cmd, error) // a single node: the postmaster
+	if cfg.Cluster != nil {
+		pgCommand = func() (*exec.Cmd, error) { return d.node.Command() }
+	}
 	d.pg = instance.New(instance.Config{Cluster: cluster, Log: log.With("component", "postgres"), ServerLog: func(es []audit.Event) {
 		d.audit.ServerLog(es)
 		d.alerts.ObserveBatch(es)
 	},
 		BeforeStart: d.backups.Prepare, AfterStart: d.backups.AfterStart,
+		Command: pgCommand,
 		OnReady: func(pid int) {
 			// Pooled backends of the postmaster before are gone.
 			if gw := d.gateway(); gw != nil {
 				gw.DrainPool()
+			}
+			if cfg.Cluster != nil {
+				// pid is Patroni's, in the node's namespace; the postmaster
+				// has an empty one of its own (no outbound path yet).
+				return
 			}
 			if err := d.network.ApplyOutbound(pid); err != nil {
 				log.Error("Opening the outbound path failed; PostgreSQL has no network access.", "error", err)
@@ -205,6 +222,20 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) {
 		ApplyGuard: d.params.ApplyGuardSettings, Audit: d.audit.Record})
 	d.volume.Bind(d.keys, server{d})
 	d.keys.Bind(server{d})
+	if cfg.Cluster != nil {
+		bin, err := os.Executable()
+		if err != nil {
+			return err
+		}
+		d.node, err = node.New(node.Config{Layout: l, Cfg: cfg, User: u, Bin: bin, Volume: d.volume.AtRest(), Keys: d.keys,
+			OnLeader: func() { d.backups.EnsureStanza(context.Background()) },
+			Log:      log.With("component", "cluster")})
+		if err != nil {
+			return err
+		}
+		cluster.WriteSettings = d.node.WriteSettings
+	}
+	return nil
 }
 
 // components lists the steps of a start, in order; Run stops them in the
@@ -222,6 +253,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 		apiLn      net.Listener
 		apiSrv     *http.Server
 		serving    sync.WaitGroup
+		nodeStop   context.CancelFunc
 	)
 	p, err := config.ResolveParams(cfg.Parameters)
 	resolveErr := err
@@ -291,6 +323,22 @@ func (d *Daemon) components(cfg *config.Config) []component {
 		{name: "API listener",
 			start: func(context.Context) (err error) { apiLn, err = mgmt.Listen(d.Layout.APISocket()); return err },
 			stop:  func() { apiLn.Close() }},
+		// Before PostgreSQL: Patroni clones and replicates through the
+		// link, and asks the promotion socket before it promotes.
+		{name: "cluster node",
+			start: func(ctx context.Context) error {
+				if d.node == nil {
+					return nil
+				}
+				nctx, cancel := context.WithCancel(ctx)
+				nodeStop = cancel
+				return d.node.Start(nctx)
+			},
+			stop: func() {
+				if nodeStop != nil {
+					nodeStop()
+				}
+			}},
 		{name: "postgres",
 			start: func(ctx context.Context) error {
 				if volumeOpen {
@@ -333,6 +381,9 @@ func (d *Daemon) components(cfg *config.Config) []component {
 				Available: d.available,
 				Threat:    d.threat.Guard(),
 				PoolWait:  d.metrics.PoolWait,
+				// A cluster node serves sessions only while it is the
+				// confirmed primary.
+				Leadership: d.leadership(),
 			})
 			if err != nil {
 				return err
@@ -384,6 +435,14 @@ func (d *Daemon) components(cfg *config.Config) []component {
 				serving.Wait()
 			}},
 	}
+}
+
+// leadership is the gateway's fence on a cluster node, nil on a single one.
+func (d *Daemon) leadership() gateway.Leadership {
+	if d.node == nil {
+		return nil
+	}
+	return d.node.Fence()
 }
 
 // gateway is the gateway, nil before its component started.

@@ -31,7 +31,9 @@ func CheckAdminName(cfg *config.Config, name string) error {
 // Bootstrap starts the new cluster once to create the service role and the
 // administrator (from its SCRAM verifier, so no plaintext password reaches
 // PostgreSQL), then stops it.
-func Bootstrap(ctx context.Context, c *Cluster, adminVerifier string) error {
+// extra are run after, as the superuser (a cluster node's roles); no
+// statement is ever echoed in an error, as they may carry verifiers.
+func Bootstrap(ctx context.Context, c *Cluster, adminVerifier string, extra ...string) error {
 	sup := &Supervisor{Cluster: c}
 	if err := sup.Start(ctx); err != nil {
 		return err
@@ -54,6 +56,7 @@ func Bootstrap(ctx context.Context, c *Cluster, adminVerifier string) error {
 		sqlCreateRole(admin, "LOGIN CREATEROLE CREATEDB PASSWORD "+QuoteLiteral(adminVerifier)),
 	}
 	stmts = append(stmts, adminGrants(admin)...)
+	stmts = append(stmts, extra...)
 	stmts = append(stmts,
 		sqlCommentRole(svc, QuoteLiteral("pgshield service role (reserved)")),
 		sqlCommentRole(admin, QuoteLiteral("pgshield server administrator")))

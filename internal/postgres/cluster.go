@@ -31,6 +31,12 @@ type Cluster struct {
 	// was at start, and the settings written for PostgreSQL
 	// (pgshield_guard's) follow them. Nil means Cfg.
 	Live func() *config.Config
+	// WriteSettings, when set (a cluster node), takes the managed
+	// settings and pg_hba.conf's lines instead of WriteManagedFiles
+	// writing them into the data directory: Patroni writes those files
+	// there, and a joining node's data directory must stay empty until
+	// Patroni clones the primary into it.
+	WriteSettings func(managedConf string, hbaLines []string) error
 }
 
 // SocketPath is the postmaster's Unix socket.
@@ -288,6 +294,9 @@ func (c *Cluster) WriteManagedFiles() error {
 	if err := c.CheckGuard(); err != nil {
 		return err
 	}
+	if c.WriteSettings != nil {
+		return c.WriteSettings(c.ManagedConf(), HBALines())
+	}
 	for name, body := range map[string]string{"pgshield.conf": c.managedSettings() + c.archiveSettings(), "pg_hba.conf": hba} {
 		p := filepath.Join(c.Layout.PGData(), name)
 		if err := config.WriteFileAtomic(p, []byte(body), 0o600); err != nil {
@@ -298,6 +307,17 @@ func (c *Cluster) WriteManagedFiles() error {
 		}
 	}
 	return nil
+}
+
+// HBALines are hba's lines without its comments.
+func HBALines() []string {
+	var lines []string
+	for _, l := range strings.Split(hba, "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "#") {
+			lines = append(lines, l)
+		}
+	}
+	return lines
 }
 
 // protected are PostgreSQL settings pgshield manages itself; changing them

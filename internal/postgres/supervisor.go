@@ -56,6 +56,12 @@ type Supervisor struct {
 	// audit.ServerLog). If nil (init), the supervisor writes them to the
 	// audit log on the volume itself for as long as it runs.
 	ServerLog func([]audit.Event)
+	// Command, when set (a cluster node), is what runs in place of the
+	// postmaster: Patroni, which starts PostgreSQL itself in a network
+	// namespace of its own (internal/cluster/patroni/netns.go). Ready
+	// still means that PostgreSQL answers on the socket; Status.PID is
+	// then Patroni's.
+	Command func() (*exec.Cmd, error)
 
 	srvLog *audit.ServerLog
 	ownLog *audit.Log
@@ -137,18 +143,32 @@ func (s *Supervisor) startOnce(ctx context.Context) error {
 	if err := c.PrepareDirs(); err != nil {
 		return err
 	}
-	cmd := c.User.Command(c.Bin("postgres"), "-D", c.Layout.PGData())
+	var cmd *exec.Cmd
+	if s.Command != nil {
+		var err error
+		if cmd, err = s.Command(); err != nil {
+			return err
+		}
+		// Patroni stops PostgreSQL and gives up its leader key if
+		// pgshield dies, so no PostgreSQL outlives its only door.
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGINT
+	} else {
+		cmd = c.User.Command(c.Bin("postgres"), "-D", c.Layout.PGData())
+		// The postmaster ends (fast shutdown) if pgshield dies, so no PostgreSQL
+		// outlives its only door.
+		cmd.SysProcAttr.Pdeathsig = syscall.SIGINT
+		// PostgreSQL gets a network namespace of its own with nothing in it:
+		// a careless or compromised role cannot reach any network (dblink,
+		// postgres_fdw, COPY ... PROGRAM 'curl ...'). The Unix socket lives in
+		// the filesystem, so the gateway still reaches it.
+		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
+	}
 	// Before the logging collector takes over, early errors go to stderr:
-	// a pipe into the audit stream, like the rest of the log.
-	cmd.Stdout, cmd.Stderr = s.srvLog.Stderr(), s.srvLog.Stderr()
-	// The postmaster ends (fast shutdown) if pgshield dies, so no PostgreSQL
-	// outlives its only door.
-	cmd.SysProcAttr.Pdeathsig = syscall.SIGINT
-	// PostgreSQL gets a network namespace of its own with nothing in it:
-	// a careless or compromised role cannot reach any network (dblink,
-	// postgres_fdw, COPY ... PROGRAM 'curl ...'). The Unix socket lives in
-	// the filesystem, so the gateway still reaches it.
-	cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWNET
+	// a pipe into the audit stream, like the rest of the log. (A Command
+	// may send its own output elsewhere: Patroni's goes to pgshield's log.)
+	if cmd.Stdout == nil {
+		cmd.Stdout, cmd.Stderr = s.srvLog.Stderr(), s.srvLog.Stderr()
+	}
 	s.mu.Lock()
 	s.setStateLocked(StateStarting)
 	s.mu.Unlock()

@@ -8,9 +8,11 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/backup"
+	"github.com/pgshield/pgshield/internal/cluster/node"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/ctl/network"
 	"github.com/pgshield/pgshield/internal/netpolicy"
@@ -47,6 +49,13 @@ type InitOptions struct {
 	// StorageSize is the image's size; 0 means DefaultStorageSize (and
 	// that no size was asked for).
 	StorageSize int64
+	// HA, when set, makes a high-availability node (issue #18): its
+	// cluster section, and HAFiles the directory holding the files of
+	// node.Files (certificates, keys, the cluster's secrets). With
+	// HA.Join the node is left empty for Patroni to clone the primary
+	// into: no PostgreSQL cluster or administrator is made here.
+	HA      *config.Cluster
+	HAFiles string
 	// Report, when set, receives progress (step starts).
 	Report func(Event)
 }
@@ -106,6 +115,24 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 	if o.TLSCert != "" {
 		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.CAFile = abs(o.TLSCert), abs(o.TLSKey), ""
 	}
+	var haSecrets node.Secrets
+	if o.HA != nil {
+		cfg.Cluster = o.HA
+		if o.HAFiles == "" {
+			return Result{}, optionErrorf("--ha needs --ha-files: the directory of %s", strings.Join(node.Files, ", "))
+		}
+		if haSecrets, err = node.ReadSecrets(filepath.Join(o.HAFiles, node.FileSecrets)); err != nil {
+			return Result{}, &OptionError{err}
+		}
+		for _, f := range node.Files {
+			if _, err := os.Stat(filepath.Join(o.HAFiles, f)); err != nil {
+				return Result{}, &OptionError{fmt.Errorf("--ha-files: %w", err)}
+			}
+		}
+		if _, err := os.Stat("/usr/bin/patroni"); err != nil {
+			return Result{}, errors.New("Patroni is not installed (/usr/bin/patroni): apt-get install -y patroni")
+		}
+	}
 	if err := cfg.CheckAndSetDefaults(); err != nil {
 		return Result{}, err
 	}
@@ -157,15 +184,20 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 	}
 
 	s := newServer(l, cfg, u, "the encrypted volume")
-	plan := &Plan{Report: o.Report, Steps: []Step{
+	steps := []Step{
 		s.idStep(),
 		// The directory was checked to be new or empty: all it holds after
 		// a failure is this run's.
 		s.layoutStep(host, o.TLSCert == "", true),
 		s.volumeStep(),
 		s.clusterDirsStep(),
-		{Name: "PostgreSQL cluster", Say: "Creating the PostgreSQL cluster...", Do: s.cluster.InitDB},
-		{Name: "administrator", Do: func(ctx context.Context) error {
+	}
+	if o.HA != nil {
+		steps = append(steps, Step{Name: "cluster files", Do: func(context.Context) error { return copyClusterFiles(o.HAFiles, l.ClusterDir()) }})
+	}
+	if o.HA == nil || !o.HA.Join {
+		steps = append(steps, Step{Name: "PostgreSQL cluster", Say: "Creating the PostgreSQL cluster...", Do: s.cluster.InitDB},
+			Step{Name: "administrator", Do: func(ctx context.Context) error {
 			// The password reaches PostgreSQL only as a SCRAM verifier.
 			salt := make([]byte, 16)
 			if _, err := rand.Read(salt); err != nil {
@@ -175,12 +207,20 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 			if err != nil {
 				return err
 			}
-			return postgres.Bootstrap(ctx, s.cluster, verifier)
-		}},
+			var extra []string
+			if o.HA != nil {
+				if extra, err = node.RoleStatements(haSecrets); err != nil {
+					return err
+				}
+			}
+			return postgres.Bootstrap(ctx, s.cluster, verifier, extra...)
+		}})
+	}
+	steps = append(steps,
 		s.networkStep(func() (*netpolicy.Policy, error) { return policy, nil }),
 		s.configStep(),
-		s.closeStep(),
-	}}
+		s.closeStep())
+	plan := &Plan{Report: o.Report, Steps: steps}
 	if testFault != nil {
 		plan.Steps = withFault(plan.Steps, s)
 	}
@@ -192,4 +232,25 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 		res.AdminPassword = password
 	}
 	return res, nil
+}
+
+// copyClusterFiles copies node.Files from src into dst (made 0700), each
+// 0600: certificates, keys and the cluster's secrets, root's only.
+func copyClusterFiles(src, dst string) error {
+	if err := os.MkdirAll(dst, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(dst, 0o700); err != nil {
+		return err
+	}
+	for _, f := range node.Files {
+		b, err := os.ReadFile(filepath.Join(src, f))
+		if err != nil {
+			return err
+		}
+		if err := config.WriteFileAtomic(filepath.Join(dst, f), b, 0o600); err != nil {
+			return err
+		}
+	}
+	return nil
 }

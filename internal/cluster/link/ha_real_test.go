@@ -470,6 +470,58 @@ func waitFor(t *testing.T, what string, limit time.Duration, nodes []*haNode, f 
 	}
 }
 
+// startEtcd runs etcd members e1, e2 and e3 of l (in their namespaces,
+// TLS with client certificates, data under base) until the test's
+// cleanup, and returns once all three are healthy, with their client
+// addresses (host:port).
+func startEtcd(t *testing.T, l *lab, base string) (etcd.Cluster, etcd.PKI, []string) {
+	t.Helper()
+	c := etcd.Cluster{Token: "pgshield-ha-" + l.suffix}
+	for _, m := range []string{"e1", "e2", "e3"} {
+		c.Members = append(c.Members, etcd.Member{Name: m, IP: net.ParseIP(l.ips[m])})
+	}
+	pki := etcd.PKI{Dir: filepath.Join(base, "pki")}
+	if err := pki.Generate(c, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	logs := map[string]*syncBuf{}
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		if t.Failed() {
+			for name, lg := range logs {
+				t.Logf("etcd %s log (tail):\n%s", name, lg.tail(1500))
+			}
+		}
+	})
+	for _, m := range c.Members {
+		dataDir := filepath.Join(base, "etcd-"+m.Name)
+		if err := os.Mkdir(dataDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
+		args, err := etcd.Args(c, m.Name, pki, dataDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		logs[m.Name] = &syncBuf{}
+		s := &etcd.Supervisor{Bin: "/usr/bin/etcd", Prefix: []string{"ip", "netns", "exec", l.ns[m.Name]}, Args: args, Dir: dataDir, Log: logs[m.Name], StopGrace: 5 * time.Second}
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.Run(ctx) }()
+	}
+	var endpoints []string
+	for _, m := range c.Members {
+		endpoints = append(endpoints, net.JoinHostPort(m.IP.String(), strconv.Itoa(etcd.ClientPort)))
+	}
+	waitFor(t, "etcd healthy", 60*time.Second, nil, func() (bool, string) {
+		out, err := sh(ctx, "ip", "netns", "exec", l.ns["e1"], "etcdctl", "--endpoints="+strings.Join(c.Endpoints(), ","), "--dial-timeout=2s", "--command-timeout=4s",
+			"--cacert="+pki.CACert(), "--cert="+pki.ClientCert(), "--key="+pki.ClientKey(), "endpoint", "health")
+		return err == nil && strings.Count(out, "is healthy") == 3, out
+	})
+	return c, pki, endpoints
+}
+
 // tcpListeners are the listening TCP sockets in pid's network namespace.
 func tcpListeners(t *testing.T, pid int) []string {
 	t.Helper()
@@ -547,53 +599,14 @@ func TestRealHAFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// etcd: three members, TLS with client certificates.
-	c := etcd.Cluster{Token: "pgshield-ha-" + l.suffix}
-	for _, m := range []string{"e1", "e2", "e3"} {
-		c.Members = append(c.Members, etcd.Member{Name: m, IP: net.ParseIP(hosts[m])})
-	}
-	pki := etcd.PKI{Dir: filepath.Join(base, "pki")}
-	if err := pki.Generate(c, time.Now()); err != nil {
-		t.Fatal(err)
-	}
+	c, pki, endpoints := startEtcd(t, l, base)
 	ctx, cancel := context.WithCancel(context.Background())
-	var etcdWG sync.WaitGroup
-	etcdLogs := map[string]*syncBuf{}
 	var nodes []*haNode
 	t.Cleanup(func() {
 		for _, n := range nodes {
 			n.kill9()
 		}
 		cancel()
-		etcdWG.Wait()
-		if t.Failed() {
-			for name, lg := range etcdLogs {
-				t.Logf("etcd %s log (tail):\n%s", name, lg.tail(1500))
-			}
-		}
-	})
-	for _, m := range c.Members {
-		dataDir := filepath.Join(base, "etcd-"+m.Name)
-		if err := os.Mkdir(dataDir, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		args, err := etcd.Args(c, m.Name, pki, dataDir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		etcdLogs[m.Name] = &syncBuf{}
-		s := &etcd.Supervisor{Bin: "/usr/bin/etcd", Prefix: []string{"ip", "netns", "exec", l.ns[m.Name]}, Args: args, Dir: dataDir, Log: etcdLogs[m.Name], StopGrace: 5 * time.Second}
-		etcdWG.Add(1)
-		go func() { defer etcdWG.Done(); _ = s.Run(ctx) }()
-	}
-	var endpoints []string
-	for _, m := range c.Members {
-		endpoints = append(endpoints, net.JoinHostPort(m.IP.String(), strconv.Itoa(etcd.ClientPort)))
-	}
-	waitFor(t, "etcd healthy", 60*time.Second, nil, func() (bool, string) {
-		out, err := sh(ctx, "ip", "netns", "exec", l.ns["n1"], "etcdctl", "--endpoints="+strings.Join(c.Endpoints(), ","), "--dial-timeout=2s", "--command-timeout=4s",
-			"--cacert="+pki.CACert(), "--cert="+pki.ClientCert(), "--key="+pki.ClientKey(), "endpoint", "health")
-		return err == nil && strings.Count(out, "is healthy") == 3, out
 	})
 
 	// Node certificates from the cluster CA; for the refusals, a node

@@ -23,8 +23,8 @@ import (
 // socket only, with SCRAM; pgshield creates them and sets their SCRAM
 // verifiers itself, so no password is ever in Patroni's file or in SQL.
 const (
-	ReplicationRole = "pgshield_replication"
-	RewindRole      = "pgshield_rewind"
+	ReplicationRole = config.ReplicationRole
+	RewindRole      = config.RewindRole
 	// SuperuserRole is the bootstrap superuser Patroni connects as, over
 	// the socket by peer identity (Patroni runs as postgres): no password.
 	SuperuserRole = "postgres"
@@ -410,6 +410,12 @@ type Passwords struct{ Replication, Rewind string }
 // 0700). Patroni is started with PGPASSFILE naming it: a path, not a
 // secret, in its environment.
 func WritePgpass(path string, s Settings, pw Passwords) error {
+	return WritePgpassOwned(path, s, pw, -1, -1)
+}
+
+// WritePgpassOwned is WritePgpass giving the file to uid:gid through its
+// descriptor (config.WriteFileAtomicOwned).
+func WritePgpassOwned(path string, s Settings, pw Passwords, uid, gid int) error {
 	if pw.Replication == "" || pw.Rewind == "" {
 		return errors.New("pgpass: both passwords are needed")
 	}
@@ -426,7 +432,7 @@ func WritePgpass(path string, s Settings, pw Passwords) error {
 		// peer's socket (one port number per peer) all need them.
 		fmt.Fprintf(&b, "*:*:*:%s:%s\n", e[0], pgpassEscape(e[1]))
 	}
-	return config.WriteFileAtomic(path, []byte(b.String()), 0o600)
+	return config.WriteFileAtomicOwned(path, []byte(b.String()), 0o600, uid, gid)
 }
 
 // pgpassEscape escapes ':' and '\' as libpq's password file requires.

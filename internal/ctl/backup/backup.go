@@ -228,12 +228,19 @@ func (b *Controller) AfterStart(ctx context.Context, sup *postgres.Supervisor) e
 	if err := b.finishRestore(ctx, sup); err != nil {
 		return err
 	}
+	b.EnsureStanza(ctx)
+	return nil
+}
+
+// EnsureStanza makes sure the repository's stanza exists, logging a
+// failure: a cluster node calls it each time it becomes the primary (a
+// stanza cannot be made from a standby).
+func (b *Controller) EnsureStanza(ctx context.Context) {
 	sctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	if err := b.backupTool().EnsureStanza(sctx); err != nil {
 		b.c.Log.Error("Setting up the backup repository failed; WAL archiving and backups will fail until it works.", "error", err)
 	}
-	return nil
 }
 
 // restoreRecoveryLimit bounds how long a restored cluster may take to

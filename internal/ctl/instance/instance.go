@@ -38,6 +38,9 @@ type Config struct {
 	OnReady func(pid int)
 	// ExplainStartFailure may add to the error of a failed start.
 	ExplainStartFailure func(error) error
+	// Command, on a cluster node, runs Patroni in place of the postmaster
+	// (postgres.Supervisor.Command).
+	Command func() (*exec.Cmd, error)
 }
 
 // Instance is the PostgreSQL of one server.
@@ -78,7 +81,7 @@ func (i *Instance) Start(ctx context.Context) error {
 			i.c.Log.Error("Preparing backups failed; WAL archiving will fail.", "error", err)
 		}
 	}
-	sup := &postgres.Supervisor{Cluster: i.c.Cluster, Log: i.c.Log, ServerLog: i.c.ServerLog, OnReady: i.c.OnReady}
+	sup := &postgres.Supervisor{Cluster: i.c.Cluster, Log: i.c.Log, ServerLog: i.c.ServerLog, OnReady: i.c.OnReady, Command: i.c.Command}
 	if err := sup.Start(ctx); err != nil {
 		if i.c.ExplainStartFailure != nil {
 			return i.c.ExplainStartFailure(err)

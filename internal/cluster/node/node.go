@@ -1,0 +1,393 @@
+// Package node is what a high-availability pgshield runs besides its
+// gateway (issue #18): Patroni in place of the postmaster (through the
+// postgres supervisor's Command), the node link that carries replication
+// and Patroni's REST calls between nodes, the promotion socket Patroni's
+// pre_promote hook asks, and the leadership fence the gateway follows.
+// The daemon builds one Node when its configuration has a cluster
+// section; a single node never does.
+package node
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pgshield/pgshield/internal/auth/scram"
+	"github.com/pgshield/pgshield/internal/cluster/fence"
+	"github.com/pgshield/pgshield/internal/cluster/link"
+	"github.com/pgshield/pgshield/internal/cluster/patroni"
+	"github.com/pgshield/pgshield/internal/cluster/promote"
+	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/pgbackend"
+	"github.com/pgshield/pgshield/internal/postgres"
+)
+
+// The files of Layout.ClusterDir, brought by `init --ha --ha-files DIR`.
+const (
+	FileCA         = "ca.crt"   // the cluster CA (node certificates)
+	FileNodeCert   = "node.crt" // this node's, CN = its name
+	FileNodeKey    = "node.key"
+	FileEtcdCA     = "etcd-ca.crt"
+	FileEtcdCert   = "etcd-client.crt"
+	FileEtcdKey    = "etcd-client.key"
+	FileSecrets    = "secrets.json" // Secrets
+	patroniBin     = "/usr/bin/patroni"
+	patroniYAML    = "patroni.yml"
+	patroniPgpass  = "pgpass"
+	fenceMarginSec = 1
+)
+
+// Files are the names every node's cluster directory holds.
+var Files = []string{FileCA, FileNodeCert, FileNodeKey, FileEtcdCA, FileEtcdCert, FileEtcdKey, FileSecrets}
+
+// Secrets are the cluster's, the same on every node: the replication and
+// rewind roles' passwords (PostgreSQL holds only their SCRAM verifiers).
+type Secrets struct {
+	Replication string `json:"replication"`
+	Rewind      string `json:"rewind"`
+}
+
+// ReadSecrets reads and checks secrets.json.
+func ReadSecrets(path string) (Secrets, error) {
+	var s Secrets
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return s, err
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("%s: not the cluster's secrets", path)
+	}
+	if len(s.Replication) < 16 || len(s.Rewind) < 16 {
+		return s, fmt.Errorf("%s: each password must be at least 16 characters", path)
+	}
+	return s, nil
+}
+
+// NewSecrets makes fresh random passwords.
+func NewSecrets() Secrets { return Secrets{Replication: rand.Text(), Rewind: rand.Text()} }
+
+// RoleStatements create the replication and rewind roles on the first
+// node (its bootstrap, run as the superuser over the socket), each with a
+// SCRAM verifier: no password reaches PostgreSQL. The rewind role gets
+// the four functions pg_rewind reads the source with, as Patroni's own
+// bootstrap grants them.
+func RoleStatements(s Secrets) ([]string, error) {
+	var stmts []string
+	for _, r := range []struct{ role, pw, attrs string }{
+		{config.ReplicationRole, s.Replication, "LOGIN REPLICATION"},
+		{config.RewindRole, s.Rewind, "LOGIN"},
+	} {
+		salt := make([]byte, 16)
+		if _, err := rand.Read(salt); err != nil {
+			return nil, err
+		}
+		v, err := scram.Verifier(r.role, r.pw, salt, scram.DefaultIterations)
+		if err != nil {
+			return nil, err
+		}
+		stmts = append(stmts, fmt.Sprintf("CREATE ROLE %s %s PASSWORD %s", r.role, r.attrs, postgres.QuoteLiteral(v)),
+			fmt.Sprintf("COMMENT ON ROLE %s IS 'pgshield cluster role (reserved)'", r.role))
+	}
+	for _, fn := range []string{"pg_catalog.pg_ls_dir(text, boolean, boolean)", "pg_catalog.pg_stat_file(text, boolean)",
+		"pg_catalog.pg_read_binary_file(text)", "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)"} {
+		stmts = append(stmts, "GRANT EXECUTE ON FUNCTION "+fn+" TO "+config.RewindRole)
+	}
+	return stmts, nil
+}
+
+// Config is what a Node needs.
+type Config struct {
+	Layout config.Layout
+	Cfg    *config.Config // Cfg.Cluster is set
+	User   postgres.OSUser
+	// Bin is the pgshield binary Patroni's pre_promote hook runs.
+	Bin string
+	// Volume and Keys answer the promotion check (volume.AtRest, the keys
+	// controller).
+	Volume promote.Volume
+	Keys   promote.Keys
+	// OnLeader, if set, runs in a goroutine of its own each time the
+	// fence confirms this node's leadership after not having it (the
+	// backup stanza, which only a primary can make).
+	OnLeader func()
+	Log      *slog.Logger
+}
+
+// Node is one cluster node's machinery around its PostgreSQL.
+type Node struct {
+	c        Config
+	cl       *config.Cluster
+	secrets  Secrets
+	link     *link.Node
+	fence    *fence.Fence
+	settings patroni.Settings
+
+	mu sync.Mutex // guards settings' Managed and HBA (WriteSettings)
+}
+
+// Timings are the cluster's Patroni timings.
+func Timings(cl *config.Cluster) patroni.Timings {
+	t := patroni.DefaultTimings
+	if cl.TTL != 0 {
+		t = patroni.Timings{TTL: cl.TTL, LoopWait: cl.LoopWait, RetryTimeout: cl.RetryTimeout}
+	}
+	return t
+}
+
+// New reads the node's cluster material and builds its link and fence;
+// nothing runs yet.
+func New(c Config) (*Node, error) {
+	if c.Cfg == nil || c.Cfg.Cluster == nil {
+		return nil, errors.New("cluster node: no cluster configuration")
+	}
+	if c.Log == nil {
+		c.Log = slog.New(slog.DiscardHandler)
+	}
+	cl := c.Cfg.Cluster
+	dir := c.Layout.ClusterDir()
+	f := func(name string) string { return filepath.Join(dir, name) }
+	sec, err := ReadSecrets(f(FileSecrets))
+	if err != nil {
+		return nil, fmt.Errorf("cluster node: %w", err)
+	}
+	timings := Timings(cl)
+	if err := timings.Validate(); err != nil {
+		return nil, err
+	}
+	n := &Node{c: c, cl: cl, secrets: sec}
+	pdir := c.Layout.PatroniDir()
+	n.settings = patroni.Settings{
+		Scope: cl.Scope, Node: cl.Node,
+		DataDir: c.Layout.PGData(), BinDir: c.Layout.PatroniBinDir(),
+		SocketDir: c.Layout.SocketDir(), Port: c.Cfg.PGPort,
+		LinkPort: cl.LinkPort, PeerSocketDir: c.Layout.PeerSocketDir(), RestPort: cl.RESTPort,
+		PgpassFile: filepath.Join(pdir, patroniPgpass),
+		// A new one at each start: only Patroni (its YAML) and this
+		// process need it.
+		RESTPassword: rand.Text(),
+		Etcd: patroni.EtcdClient{Endpoints: cl.Etcd, CACert: filepath.Join(pdir, FileEtcdCA),
+			ClientCert: filepath.Join(pdir, FileEtcdCert), ClientKey: filepath.Join(pdir, FileEtcdKey)},
+		Timings:        timings,
+		AsyncWhenAlone: cl.AsyncWhenAlone,
+		PrePromote:     patroni.PrePromote{Bin: c.Bin, Socket: c.Layout.PromoteSocket()},
+	}
+
+	id, err := link.LoadIdentity(cl.Node, f(FileCA), f(FileNodeCert), f(FileNodeKey))
+	if err != nil {
+		return nil, fmt.Errorf("cluster node: %w", err)
+	}
+	var peers []link.Peer
+	for _, p := range cl.Peers {
+		peers = append(peers, link.Peer{Name: p.Name, Addr: p.Addr, PGPort: p.LinkPort, RESTPort: p.RESTPort})
+	}
+	n.link, err = link.New(link.Config{Identity: id, Listen: cl.LinkListen,
+		Socket: pgbackend.SocketPath(c.Layout.SocketDir(), c.Cfg.PGPort),
+		REST:   net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.RESTPort)), Database: patroni.Database,
+		Peers: peers, PeerSocketDir: c.Layout.PeerSocketDir(), SocketUID: int(c.User.UID), SocketGID: int(c.User.GID),
+		Log: c.Log.With("component", "link")})
+	if err != nil {
+		return nil, err
+	}
+
+	cert, err := tls.LoadX509KeyPair(f(FileEtcdCert), f(FileEtcdKey))
+	if err != nil {
+		return nil, fmt.Errorf("cluster node: etcd client certificate: %w", err)
+	}
+	caPEM, err := os.ReadFile(f(FileEtcdCA))
+	if err != nil {
+		return nil, fmt.Errorf("cluster node: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		return nil, fmt.Errorf("cluster node: %s holds no certificate", f(FileEtcdCA))
+	}
+	var eps []string
+	for _, e := range cl.Etcd {
+		eps = append(eps, "https://"+e)
+	}
+	n.fence, err = fence.New(fence.Config{Endpoints: eps, TLS: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}},
+		Namespace: patroni.Namespace, Scope: cl.Scope, Node: cl.Node,
+		TTL: time.Duration(timings.TTL) * time.Second, LoopWait: time.Duration(timings.LoopWait) * time.Second,
+		Margin: fenceMarginSec * time.Second, Log: c.Log.With("component", "fence"),
+		OnConfirm: func() {
+			if c.OnLeader != nil {
+				go c.OnLeader()
+			}
+		}})
+	if err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// Fence is the gateway's leadership (gateway.Leadership).
+func (n *Node) Fence() *fence.Fence { return n.fence }
+
+// WriteSettings is postgres.Cluster.WriteSettings: pgshield's managed
+// settings and pg_hba lines become Patroni's local parameters and pg_hba
+// (which no PATCH /config can override), written with the bin directory,
+// the pgpass file and Patroni's copies of the etcd client files into
+// Layout.PatroniDir, Patroni's user's alone.
+func (n *Node) WriteSettings(managedConf string, hba []string) error {
+	managed, err := patroni.ParseConf(managedConf)
+	if err != nil {
+		return fmt.Errorf("cluster node: managed settings: %w", err)
+	}
+	// The postmaster runs in a user namespace that maps only its own
+	// user (patroni/netns.go), so the gateway's connections (root's)
+	// reach it from an unmapped uid: the kernel's overflow uid. That is
+	// who pgshield_guard must believe the client identity from. Nobody
+	// else can be that peer: the socket's directory is 0700 and
+	// PostgreSQL's user's, so only root (and that user, which is mapped
+	// to itself) can open the socket at all.
+	ov, err := os.ReadFile("/proc/sys/kernel/overflowuid")
+	if err != nil {
+		return fmt.Errorf("cluster node: %w", err)
+	}
+	overflow, err := strconv.Atoi(strings.TrimSpace(string(ov)))
+	if err != nil || overflow <= 0 || overflow == int(n.c.User.UID) {
+		return fmt.Errorf("cluster node: overflow uid %q", ov)
+	}
+	managed["pgshield_guard.gateway_uid"] = strconv.Itoa(overflow)
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	uid, gid := int(n.c.User.UID), int(n.c.User.GID)
+	pdir := n.c.Layout.PatroniDir()
+	if err := privateDir(pdir, uid, gid); err != nil {
+		return err
+	}
+	for _, name := range []string{FileEtcdCA, FileEtcdCert, FileEtcdKey} {
+		b, err := os.ReadFile(filepath.Join(n.c.Layout.ClusterDir(), name))
+		if err != nil {
+			return err
+		}
+		if err := writeOwned(filepath.Join(pdir, name), b, uid, gid); err != nil {
+			return err
+		}
+	}
+	if err := patroni.WriteBinDir(n.settings.BinDir, n.c.Cfg.PGBinDir); err != nil {
+		return err
+	}
+	s := n.settings
+	s.Managed, s.HBA = managed, hba
+	if err := patroni.WriteConfig(filepath.Join(pdir, patroniYAML), s, uid, gid); err != nil {
+		return err
+	}
+	return patroni.WritePgpassOwned(s.PgpassFile, s, patroni.Passwords{Replication: n.secrets.Replication, Rewind: n.secrets.Rewind}, uid, gid)
+}
+
+// Command is the postgres supervisor's Command: Patroni, as PostgreSQL's
+// OS user, with only paths in its environment.
+func (n *Node) Command() (*exec.Cmd, error) {
+	if _, err := os.Stat(patroniBin); err != nil {
+		return nil, fmt.Errorf("Patroni is not installed (%s): apt-get install -y patroni", patroniBin)
+	}
+	cmd := n.c.User.Command(patroniBin, filepath.Join(n.c.Layout.PatroniDir(), patroniYAML))
+	cmd.Env = patroni.Env(n.settings)
+	// Patroni's own log (leader races, promotions, rewinds) is the
+	// operator's: into pgshield's log, a line per record, bounded.
+	w := &lineLog{log: n.c.Log.With("component", "patroni")}
+	cmd.Stdout, cmd.Stderr = w, w
+	return cmd, nil
+}
+
+// lineLog logs each line written to it; a line longer than maxLine is
+// cut. Used by one process's stdout and stderr at once.
+type lineLog struct {
+	log *slog.Logger
+	mu  sync.Mutex
+	buf []byte
+}
+
+const maxLine = 4096
+
+func (l *lineLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, b := range p {
+		if b == '\n' {
+			l.flush()
+			continue
+		}
+		if len(l.buf) < maxLine {
+			l.buf = append(l.buf, b)
+		}
+	}
+	return len(p), nil
+}
+
+func (l *lineLog) flush() {
+	if len(l.buf) > 0 {
+		l.log.Info(strings.ToValidUTF8(string(l.buf), "?"))
+		l.buf = l.buf[:0]
+	}
+}
+
+// Start starts the link, the promotion socket and the fence, which run
+// until ctx ends; it returns once the link's peer sockets exist (Patroni
+// clones and replicates through them).
+func (n *Node) Start(ctx context.Context) error {
+	ln, err := promote.Listen(n.c.Layout.PromoteSocket(), int(n.c.User.UID))
+	if err != nil {
+		return fmt.Errorf("promotion socket: %w", err)
+	}
+	srv := &promote.Server{Volume: n.c.Volume, Keys: n.c.Keys, UID: int(n.c.User.UID), Log: n.c.Log.With("component", "promote")}
+	go func() {
+		if err := srv.Serve(ctx, ln); err != nil && ctx.Err() == nil {
+			n.c.Log.Error("The promotion socket stopped; this node cannot be promoted.", "error", err)
+		}
+	}()
+	linkErr := make(chan error, 1)
+	go func() { linkErr <- n.link.Serve(ctx) }()
+	go func() {
+		if err := n.fence.Run(ctx); err != nil && ctx.Err() == nil {
+			n.c.Log.Error("The leadership fence stopped; the gateway stays fenced.", "error", err)
+		}
+	}()
+	select {
+	case <-n.link.Ready():
+		return nil
+	case err := <-linkErr:
+		return fmt.Errorf("node link: %w", err)
+	case <-time.After(30 * time.Second):
+		return errors.New("node link: not ready after 30 s")
+	}
+}
+
+// privateDir makes dir a 0700 directory of uid:gid, refusing a symlink.
+// Patroni's user owns it (WritePgpass and Patroni want it 0700), so
+// everything written into it is given away through its descriptor.
+func privateDir(dir string, uid, gid int) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
+	return os.Chown(dir, uid, gid)
+}
+
+// writeOwned writes a 0600 file owned by uid:gid.
+func writeOwned(path string, b []byte, uid, gid int) error {
+	return config.WriteFileAtomicOwned(path, b, 0o600, uid, gid)
+}
