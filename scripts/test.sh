@@ -11,8 +11,9 @@ go vet ./...
 unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
 if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 scripts/pgregress.sh  # pgshield_guard's pg_regress suite, on throwaway PostgreSQL instances
-# The failover test (20 kill -9 rounds and the partial failures, about 10
-# minutes of Patroni, etcd and a writer) runs on its own afterwards: beside
-# the end-to-end suite on 2 cores it made a timing-sensitive test there fail.
-PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m -skip '^TestRealHAFailover$' ./...
-PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m -run '^TestRealHAFailover$' ./internal/cluster/link/
+# The failover tests (20 kill -9 rounds and the partial failures, about 10
+# minutes of Patroni, etcd and a writer; then two whole pgshield servers as
+# a cluster, about a minute) run on their own afterwards: beside the
+# end-to-end suite on 2 cores they made a timing-sensitive test there fail.
+PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m -skip '^TestRealHA(Failover|Daemons)$' ./...
+PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m -run '^TestRealHA(Failover|Daemons)$' ./internal/cluster/link/

@@ -292,6 +292,11 @@ func (c *Client) roundTrip(ctx context.Context, method, route string, in any) ([
 	return b, nil
 }
 
+// Cluster is the node's view of its high-availability cluster.
+func (c *Client) Cluster(ctx context.Context) (*apitype.ClusterInfo, error) {
+	return call[apitype.ClusterInfo](ctx, c, "GET", "/v1/cluster", nil)
+}
+
 // Pool lists the gateway's backend pools.
 func (c *Client) Pool(ctx context.Context) (*apitype.PoolInfo, error) {
 	return call[apitype.PoolInfo](ctx, c, "GET", "/v1/pool", nil)

@@ -2,22 +2,67 @@ package cli
 
 import (
 	"errors"
+	"fmt"
+	"strconv"
+	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/cluster/promote"
 )
 
-// newCluster is `pgshield cluster`. Only the hook Patroni runs exists yet;
-// init, join, show, switchover, failover and remove are issue #18's.
+// newCluster is `pgshield cluster`: show, and the hook Patroni runs. A
+// node is made with `init --ha`; switchover, failover and remove are
+// issue #18's, not built yet.
 func newCluster(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "cluster",
-		Short: "High availability (issue #18; only Patroni's pre_promote hook so far)",
+		Short: "High availability: this node's view of its cluster",
 		Args:  cobra.NoArgs,
 	}
-	c.AddCommand(newClusterPrePromote(g))
+	c.AddCommand(newClusterShow(g), newClusterPrePromote(g))
 	return c
+}
+
+func newClusterShow(g *globals) *cobra.Command {
+	return &cobra.Command{Use: "show", Short: "Members, roles, lag and timeline (Patroni), this node's leadership, etcd health", Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			info, err := g.client().Cluster(cmd.Context())
+			if err != nil {
+				return err
+			}
+			return emit(cmd.OutOrStdout(), g, info, func(tw *tabwriter.Writer) { clusterTable(tw, info) })
+		}}
+}
+
+func clusterTable(tw *tabwriter.Writer, info *apitype.ClusterInfo) {
+	ld := info.Leadership
+	fmt.Fprintf(tw, "cluster %s, node %s: %s", cell(info.Scope), cell(info.Node), cell(ld.State))
+	if ld.MayWrite {
+		fmt.Fprint(tw, " (read-write sessions allowed)")
+	} else {
+		fmt.Fprint(tw, " (logins refused: not the confirmed primary)")
+	}
+	fmt.Fprintln(tw)
+	if ld.LastError != "" {
+		fmt.Fprintf(tw, "last fence error: %s\n", cell(ld.LastError))
+	}
+	fmt.Fprintln(tw, "MEMBER\tROLE\tSTATE\tTIMELINE\tLAG")
+	for _, m := range info.Members {
+		lag := "unknown"
+		if m.LagBytes != nil {
+			lag = strconv.FormatInt(*m.LagBytes, 10) + " B"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\n", cell(m.Name), cell(m.Role), cell(m.State), m.Timeline, lag)
+	}
+	if info.PatroniError != "" {
+		fmt.Fprintf(tw, "Patroni: %s\n", cell(info.PatroniError))
+	}
+	fmt.Fprintln(tw, "ETCD\tHEALTHY\tERROR")
+	for _, e := range info.Etcd {
+		fmt.Fprintf(tw, "%s\t%v\t%s\n", cell(e.Endpoint), e.Healthy, cell(e.Error))
+	}
 }
 
 // newClusterPrePromote is Patroni's postgresql.pre_promote hook. It runs

@@ -29,8 +29,8 @@ type Cluster struct {
 	// PostgreSQL is <peer socket dir>/.s.PGSQL.<LinkPort> on every other
 	// node, its Patroni REST API 127.0.0.1:<RESTPort>. Unique in the
 	// cluster.
-	LinkPort int `json:"link_port"`
-	RESTPort int `json:"rest_port"`
+	LinkPort int           `json:"link_port"`
+	RESTPort int           `json:"rest_port"`
 	Peers    []ClusterPeer `json:"peers"`
 	// Etcd are the members' client addresses, host:port.
 	Etcd []string `json:"etcd"`

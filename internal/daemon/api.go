@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/apitype"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/mgmt"
 	"github.com/pgshield/pgshield/internal/postgres"
@@ -140,6 +141,14 @@ func (a api) Pool() apitype.PoolInfo {
 		}
 	}
 	return info
+}
+
+// Cluster is this node's view of its cluster.
+func (a api) Cluster(ctx context.Context) (apitype.ClusterInfo, error) {
+	if a.d.node == nil {
+		return apitype.ClusterInfo{}, clienterr.New(apitype.CodeNotFound, "this server is a single node, not a cluster node (init --ha)")
+	}
+	return a.d.node.Show(ctx), nil
 }
 
 // Bans lists the sources banned after repeated failed logins.

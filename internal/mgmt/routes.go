@@ -65,6 +65,9 @@ type Backend interface {
 	// Backend pool (pool show).
 	Pool() apitype.PoolInfo
 
+	// High availability (cluster show); not found on a single node.
+	Cluster(ctx context.Context) (apitype.ClusterInfo, error)
+
 	// Bans (threat protection).
 	Bans() []apitype.Ban
 	// Unban lifts the ban on source (an address, or a listed prefix).
@@ -132,6 +135,7 @@ func Routes(b Backend) []Route {
 		{Method: "POST", Pattern: "/v1/backups/archive-wal", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) { return b.ArchiveWAL(r.Context()) }},
 
 		{Method: "GET", Pattern: "/v1/pool", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Pool(), nil }},
+		{Method: "GET", Pattern: "/v1/cluster", Permission: PermitRead, Handler: func(r *http.Request) (any, error) { return b.Cluster(r.Context()) }},
 
 		{Method: "GET", Pattern: "/v1/bans", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Bans(), nil }},
 		// {source...}: an IPv4 /32 or IPv6 /64 prefix holds a slash.

@@ -198,23 +198,23 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 	if o.HA == nil || !o.HA.Join {
 		steps = append(steps, Step{Name: "PostgreSQL cluster", Say: "Creating the PostgreSQL cluster...", Do: s.cluster.InitDB},
 			Step{Name: "administrator", Do: func(ctx context.Context) error {
-			// The password reaches PostgreSQL only as a SCRAM verifier.
-			salt := make([]byte, 16)
-			if _, err := rand.Read(salt); err != nil {
-				return err
-			}
-			verifier, err := scram.Verifier(cfg.AdminUser, password, salt, scram.DefaultIterations)
-			if err != nil {
-				return err
-			}
-			var extra []string
-			if o.HA != nil {
-				if extra, err = node.RoleStatements(haSecrets); err != nil {
+				// The password reaches PostgreSQL only as a SCRAM verifier.
+				salt := make([]byte, 16)
+				if _, err := rand.Read(salt); err != nil {
 					return err
 				}
-			}
-			return postgres.Bootstrap(ctx, s.cluster, verifier, extra...)
-		}})
+				verifier, err := scram.Verifier(cfg.AdminUser, password, salt, scram.DefaultIterations)
+				if err != nil {
+					return err
+				}
+				var extra []string
+				if o.HA != nil {
+					if extra, err = node.RoleStatements(haSecrets); err != nil {
+						return err
+					}
+				}
+				return postgres.Bootstrap(ctx, s.cluster, verifier, extra...)
+			}})
 	}
 	steps = append(steps,
 		s.networkStep(func() (*netpolicy.Policy, error) { return policy, nil }),

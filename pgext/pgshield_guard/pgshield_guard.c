@@ -955,6 +955,27 @@ guard_executor_start(QueryDesc *queryDesc, int eflags)
 		standard_ExecutorStart(queryDesc, eflags);
 }
 
+/*
+ * is_rewind_session: a cluster node's pg_rewind (pgshield_guard.rewind_role,
+ * empty on a single node) reads the source's files with the functions
+ * Patroni grants it. Only the role itself, logged in as itself: not a
+ * SECURITY DEFINER function it owns called by someone else, not SET ROLE
+ * (it is a reserved role, which no one but a superuser may become or
+ * grant). It logs in only over the node link with its SCRAM password.
+ */
+static char *rewind_role = NULL;
+
+static bool
+is_rewind_session(void)
+{
+	Oid			role;
+
+	if (rewind_role == NULL || rewind_role[0] == '\0')
+		return false;
+	role = get_role_oid(rewind_role, true);
+	return OidIsValid(role) && GetSessionUserId() == role && GetUserId() == role;
+}
+
 static void
 guard_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
 {
@@ -963,7 +984,7 @@ guard_object_access(ObjectAccessType access, Oid classId, Oid objectId, int subI
 	if (access == OAT_FUNCTION_EXECUTE)
 		refuse_if_poisoned();	/* a FunctionCall message among others */
 	if (access == OAT_FUNCTION_EXECUTE && classId == ProcedureRelationId &&
-		is_server_file_function(objectId) && !superuser())
+		is_server_file_function(objectId) && !superuser() && !is_rewind_session())
 		ereport(ERROR, (errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
 						errmsg("permission denied for function %s", get_func_name(objectId)),
 						errdetail("Only superusers can read or write the server's files.")));
@@ -2213,6 +2234,11 @@ _PG_init(void)
 							"The gateway runs as root; the postgres OS user's sessions show what PostgreSQL would.",
 							&gateway_uid, 0, 0, INT_MAX, PGC_POSTMASTER, GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
+	DefineCustomStringVariable("pgshield_guard.rewind_role",
+							   "A cluster node's pg_rewind role, which may read the server's files.",
+							   "Empty on a single node.",
+							   &rewind_role, "", PGC_POSTMASTER, GUC_SUPERUSER_ONLY | GUC_NOT_IN_SAMPLE,
+							   NULL, NULL, NULL);
 	DefineCustomStringVariable("pgshield_guard.bind_client",
 							   "Rebinds a gateway session to a new client; authenticated by the gateway.",
 							   NULL, &bind_client, "", PGC_USERSET,

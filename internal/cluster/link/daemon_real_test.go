@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -52,7 +53,8 @@ func (n *daemonNode) daemonLog(max int) string {
 	// Without the refused logins of a writer knocking on a standby.
 	var keep [][]byte
 	for _, line := range bytes.Split(b, []byte("\n")) {
-		if !bytes.Contains(line, []byte("Refused a login")) {
+		if !bytes.Contains(line, []byte("Refused a login")) && !bytes.Contains(line, []byte("INFO: no action.")) &&
+			!bytes.Contains(line, []byte("not the healthiest node")) && !bytes.Contains(line, []byte("Role lookup failed")) {
 			keep = append(keep, line)
 		}
 	}
@@ -233,7 +235,9 @@ func TestRealHADaemons(t *testing.T) {
 			if t.Failed() {
 				t.Logf("%s daemon log (tail):\n%s", n.name, n.daemonLog(20000))
 				if n.pid() > 1 && alive(n.pid()) {
-					out, _ := n.cli(context.Background(), time.Minute, "audit", "search", "--event", "postgres.log", "--limit", "40")
+					// In the daemon's mount namespace, where the volume is.
+					out, _ := exec.Command("nsenter", "-t", strconv.Itoa(n.pid()), "-m", "-n", "--", n.bin, "audit", "search",
+						"--event", "postgres.log", "--limit", "40", "--data-dir", n.dir).CombinedOutput()
 					t.Logf("%s PostgreSQL log (last 40):\n%s", n.name, out)
 				}
 			}
@@ -321,6 +325,8 @@ func TestRealHADaemons(t *testing.T) {
 	// Patroni promotes only the member its /sync key names, which it
 	// writes after the standby is seen synchronous.
 	waitFor(t, "Patroni naming n2 the synchronous standby", time.Minute, nil, func() (bool, string) { return patroniRole(n2, 8102, "n2", "sync_standby") })
+	showCluster(t, n1, map[string]string{"n1": "leader", "n2": "sync_standby"}, true)
+	showCluster(t, n2, map[string]string{"n1": "leader", "n2": "sync_standby"}, false)
 
 	// The standby's gateway refuses logins (57P01: not the confirmed
 	// primary), the primary's takes them.
@@ -338,6 +344,16 @@ func TestRealHADaemons(t *testing.T) {
 	})
 	if _, err := conn.Exec(ctx, "CREATE TABLE public.ledger (id bigint PRIMARY KEY, at timestamptz NOT NULL DEFAULT now())"); err != nil {
 		t.Fatalf("ledger: %v", err)
+	}
+	// The cluster's roles are not the administrator's: it may not become
+	// them, grant them, change them, or read the server's files as the
+	// rewind role may.
+	for _, q := range []string{"SET ROLE pgshield_rewind", "SET ROLE pgshield_replication", "GRANT pgshield_rewind TO pgadmin",
+		"ALTER ROLE pgshield_replication PASSWORD 'x-x-x-x-x-x'", "ALTER ROLE pgshield_rewind NOLOGIN",
+		"SELECT pg_catalog.pg_read_binary_file('global/pg_control')", "SET SESSION AUTHORIZATION pgshield_rewind"} {
+		if _, err := conn.Exec(ctx, q); err == nil {
+			t.Errorf("the administrator ran %q", q)
+		}
 	}
 	conn.Close(ctx)
 
@@ -410,6 +426,43 @@ func TestRealHADaemons(t *testing.T) {
 	if lost := missingOn(t, ctx, n1, acked); len(lost) > 0 {
 		t.Fatalf("%d acknowledged rows missing on the rejoined n1: %v", len(lost), lost[:min(len(lost), 20)])
 	}
+}
+
+// showCluster checks `cluster show -o json` on n: the members' roles,
+// whether n's gateway may take read-write sessions, three healthy etcd
+// members.
+func showCluster(t *testing.T, n *daemonNode, roles map[string]string, mayWrite bool) {
+	t.Helper()
+	var info struct {
+		Node       string
+		Leadership struct {
+			State    string
+			MayWrite bool `json:"may_write"`
+		}
+		Members []struct{ Name, Role string }
+		Etcd    []struct{ Healthy bool }
+	}
+	out, err := n.cli(context.Background(), time.Minute, "cluster", "show", "-o", "json")
+	if err == nil {
+		err = json.Unmarshal([]byte(out), &info)
+	}
+	if err != nil {
+		t.Fatalf("%s: cluster show: %v\n%s", n.name, err, out)
+	}
+	got := map[string]string{}
+	for _, m := range info.Members {
+		got[m.Name] = m.Role
+	}
+	healthy := 0
+	for _, e := range info.Etcd {
+		if e.Healthy {
+			healthy++
+		}
+	}
+	if info.Node != n.name || !maps.Equal(got, roles) || info.Leadership.MayWrite != mayWrite || healthy != 3 {
+		t.Fatalf("%s: cluster show: %s; want roles %v, may_write %v, 3 healthy etcd members", n.name, out, roles, mayWrite)
+	}
+	t.Logf("%s: cluster show: roles %v, leadership %s", n.name, got, info.Leadership.State)
 }
 
 // patroniRole reports whether Patroni's GET /cluster, asked on node n's

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -134,6 +135,9 @@ type Node struct {
 	link     *link.Node
 	fence    *fence.Fence
 	settings patroni.Settings
+	// local reaches Patroni's REST API on the loopback; etcd the members,
+	// with the node's client certificate (cluster show).
+	local, etcd *http.Client
 
 	mu sync.Mutex // guards settings' Managed and HBA (WriteSettings)
 }
@@ -214,11 +218,16 @@ func New(c Config) (*Node, error) {
 	if !roots.AppendCertsFromPEM(caPEM) {
 		return nil, fmt.Errorf("cluster node: %s holds no certificate", f(FileEtcdCA))
 	}
+	etcdTLS := &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	// Never a proxy from the environment, never a redirect followed.
+	noRedirect := func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	n.etcd = &http.Client{Timeout: showTimeout, CheckRedirect: noRedirect, Transport: &http.Transport{Proxy: nil, TLSClientConfig: etcdTLS}}
+	n.local = &http.Client{Timeout: showTimeout, CheckRedirect: noRedirect, Transport: &http.Transport{Proxy: nil}}
 	var eps []string
 	for _, e := range cl.Etcd {
 		eps = append(eps, "https://"+e)
 	}
-	n.fence, err = fence.New(fence.Config{Endpoints: eps, TLS: &tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}},
+	n.fence, err = fence.New(fence.Config{Endpoints: eps, TLS: etcdTLS,
 		Namespace: patroni.Namespace, Scope: cl.Scope, Node: cl.Node,
 		TTL: time.Duration(timings.TTL) * time.Second, LoopWait: time.Duration(timings.LoopWait) * time.Second,
 		Margin: fenceMarginSec * time.Second, Log: c.Log.With("component", "fence"),
@@ -262,6 +271,10 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 		return fmt.Errorf("cluster node: overflow uid %q", ov)
 	}
 	managed["pgshield_guard.gateway_uid"] = strconv.Itoa(overflow)
+	// pg_rewind reads the source's files as this role; pgshield_guard
+	// lets no one else below superuser do so (the role is reserved: no
+	// one may become it or be granted it).
+	managed["pgshield_guard.rewind_role"] = config.RewindRole
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	uid, gid := int(n.c.User.UID), int(n.c.User.GID)
