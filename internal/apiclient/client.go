@@ -297,6 +297,12 @@ func (c *Client) Cluster(ctx context.Context) (*apitype.ClusterInfo, error) {
 	return call[apitype.ClusterInfo](ctx, c, "GET", "/v1/cluster", nil)
 }
 
+// ClusterManual asks for a switchover or a failover ("switchover",
+// "failover") to node to.
+func (c *Client) ClusterManual(ctx context.Context, action, to string) (*apitype.ClusterManualResult, error) {
+	return call[apitype.ClusterManualResult](ctx, c, "POST", "/v1/cluster/"+action, apitype.ClusterSwitchoverRequest{To: to})
+}
+
 // Pool lists the gateway's backend pools.
 func (c *Client) Pool(ctx context.Context) (*apitype.PoolInfo, error) {
 	return call[apitype.PoolInfo](ctx, c, "GET", "/v1/pool", nil)

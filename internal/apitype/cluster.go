@@ -44,3 +44,17 @@ type EtcdMember struct {
 	Healthy  bool   `json:"healthy"`
 	Error    string `json:"error,omitempty"`
 }
+
+// ClusterSwitchoverRequest asks for a switchover (To empty: to the
+// synchronous standby) or a failover (To required).
+type ClusterSwitchoverRequest struct {
+	To string `json:"to,omitempty"`
+}
+
+// ClusterManualResult is Patroni's answer to a switchover or failover.
+type ClusterManualResult struct {
+	Action  string `json:"action"`
+	From    string `json:"from,omitempty"`
+	To      string `json:"to"`
+	Message string `json:"message"`
+}

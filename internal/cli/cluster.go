@@ -21,7 +21,7 @@ func newCluster(g *globals) *cobra.Command {
 		Short: "High availability: this node's view of its cluster",
 		Args:  cobra.NoArgs,
 	}
-	c.AddCommand(newClusterShow(g), newClusterPrePromote(g))
+	c.AddCommand(newClusterShow(g), newClusterManual(g, "switchover"), newClusterManual(g, "failover"), newClusterPrePromote(g))
 	return c
 }
 
@@ -34,6 +34,33 @@ func newClusterShow(g *globals) *cobra.Command {
 			}
 			return emit(cmd.OutOrStdout(), g, info, func(tw *tabwriter.Writer) { clusterTable(tw, info) })
 		}}
+}
+
+// newClusterManual is cluster switchover [--to NODE] and cluster failover
+// --to NODE, run by Patroni.
+func newClusterManual(g *globals, action string) *cobra.Command {
+	var to string
+	short := "Hand the primary role to NODE (default: the synchronous standby), the current primary stepping down"
+	use := "switchover [--to NODE]"
+	if action == "failover" {
+		short = "Promote NODE when the primary is gone (Patroni refuses a node that could lose acknowledged commits)"
+		use = "failover --to NODE"
+	}
+	c := &cobra.Command{Use: use, Short: short, Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if action == "failover" && to == "" {
+				return usageError{errors.New("--to is required")}
+			}
+			res, err := g.client().ClusterManual(cmd.Context(), action, to)
+			if err != nil {
+				return err
+			}
+			return emit(cmd.OutOrStdout(), g, res, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "%s to %s: %s\n", res.Action, cell(res.To), cell(res.Message))
+			})
+		}}
+	c.Flags().StringVar(&to, "to", "", "the node to promote")
+	return c
 }
 
 func clusterTable(tw *tabwriter.Writer, info *apitype.ClusterInfo) {

@@ -1,7 +1,7 @@
 // Package cluster is the home of pgshield's high availability (issue #18).
 //
-// What exists (no command or daemon code uses it yet; single-node pgshield
-// is unchanged):
+// What exists (a single node is unchanged; `pgshield init --ha` makes a
+// cluster node, whose daemon runs internal/cluster/node):
 //   - internal/cluster/etcd: a 3-member etcd configuration with TLS on the
 //     client and peer ports and certificates required on both, a client
 //     CA and a peer CA of the cluster's own (peers pinned by CN and by
@@ -10,12 +10,12 @@
 //     tests in network namespaces.
 //   - internal/cluster/fence: the gateway's leadership fence (linearizable
 //     reads of the leader key and its lease; a callback when read-write
-//     sessions must end). Not yet wired into the gateway.
+//     sessions must end), the gateway's Leadership on a cluster node.
 //   - internal/cluster/promote: Patroni's pre_promote hook (`pgshield
 //     cluster pre-promote`, written into Patroni's YAML when the patroni
 //     package is given PrePromote) and the daemon-side check it asks for:
-//     volume unlocked, key Available, the data key unwraps. The daemon
-//     does not serve the promotion socket yet, so the hook refuses.
+//     volume unlocked, key Available, the data key unwraps; the daemon
+//     serves it on a cluster node.
 //   - internal/cluster/patroni: Patroni's YAML generated from pgshield's
 //     settings, the pgpass file holding the two roles' passwords, Patroni's
 //     environment, and the bin_dir whose postgres starts the postmaster in
@@ -24,6 +24,11 @@
 //     pinned by node name) that carries replication, pg_basebackup,
 //     pg_rewind and Patroni's REST calls; its real test runs two nodes
 //     under Patroni with 3 etcd members and kills the primary node.
+//   - internal/cluster/node: what the daemon runs on a cluster node:
+//     Patroni's files and command (the postgres supervisor runs it in
+//     place of the postmaster), the link, the promotion socket and the
+//     fence; cluster show, switchover and failover. Its real test
+//     (link/daemon_real_test.go) runs two whole pgshield servers.
 //
 // NOT YET BUILT: the rest of this comment is the plan, except where it
 // says what the link and the patroni package already do.

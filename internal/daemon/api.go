@@ -151,6 +151,17 @@ func (a api) Cluster(ctx context.Context) (apitype.ClusterInfo, error) {
 	return a.d.node.Show(ctx), nil
 }
 
+// ClusterManual runs a switchover or a failover through Patroni.
+func (a api) ClusterManual(ctx context.Context, action, to string) (apitype.ClusterManualResult, error) {
+	if a.d.node == nil {
+		return apitype.ClusterManualResult{}, clienterr.New(apitype.CodeNotFound, "this server is a single node, not a cluster node (init --ha)")
+	}
+	if action == "failover" {
+		return a.d.node.Failover(ctx, to)
+	}
+	return a.d.node.Switchover(ctx, to)
+}
+
 // Bans lists the sources banned after repeated failed logins.
 func (a api) Bans() []apitype.Ban { return a.d.threat.Bans() }
 

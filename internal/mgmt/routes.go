@@ -67,6 +67,9 @@ type Backend interface {
 
 	// High availability (cluster show); not found on a single node.
 	Cluster(ctx context.Context) (apitype.ClusterInfo, error)
+	// ClusterManual runs a switchover or failover ("switchover",
+	// "failover") through Patroni.
+	ClusterManual(ctx context.Context, action, to string) (apitype.ClusterManualResult, error)
 
 	// Bans (threat protection).
 	Bans() []apitype.Ban
@@ -136,6 +139,20 @@ func Routes(b Backend) []Route {
 
 		{Method: "GET", Pattern: "/v1/pool", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Pool(), nil }},
 		{Method: "GET", Pattern: "/v1/cluster", Permission: PermitRead, Handler: func(r *http.Request) (any, error) { return b.Cluster(r.Context()) }},
+		{Method: "POST", Pattern: "/v1/cluster/switchover", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
+			var req apitype.ClusterSwitchoverRequest
+			if err := decodeOptionalBody(r, &req); err != nil {
+				return nil, err
+			}
+			return b.ClusterManual(r.Context(), "switchover", req.To)
+		}},
+		{Method: "POST", Pattern: "/v1/cluster/failover", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
+			var req apitype.ClusterSwitchoverRequest
+			if err := decodeOptionalBody(r, &req); err != nil {
+				return nil, err
+			}
+			return b.ClusterManual(r.Context(), "failover", req.To)
+		}},
 
 		{Method: "GET", Pattern: "/v1/bans", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Bans(), nil }},
 		// {source...}: an IPv4 /32 or IPv6 /64 prefix holds a slash.

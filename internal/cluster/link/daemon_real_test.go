@@ -426,6 +426,43 @@ func TestRealHADaemons(t *testing.T) {
 	if lost := missingOn(t, ctx, n1, acked); len(lost) > 0 {
 		t.Fatalf("%d acknowledged rows missing on the rejoined n1: %v", len(lost), lost[:min(len(lost), 20)])
 	}
+
+	// Switchover back to n1 (the synchronous standby, chosen by default)
+	// with the writer running: n2 steps down, n1's gateway takes the
+	// writes, nothing acknowledged is lost.
+	if out, err := n2.cli(ctx, time.Minute, "cluster", "switchover", "--to", "n9"); err == nil || !strings.Contains(out, "not a member") {
+		t.Fatalf("switchover to a node that is no member: %v\n%s", err, out)
+	}
+	if out, err := n2.cli(ctx, time.Minute, "cluster", "failover"); err == nil || !strings.Contains(out, "--to is required") {
+		t.Fatalf("failover without --to: %v\n%s", err, out)
+	}
+	w2 := &gatewayWriter{cfg: w.cfg, next: w.acked()[len(acked)-1] + 1_000_000}
+	wctx2, wcancel2 := context.WithCancel(ctx)
+	wdone2 := make(chan struct{})
+	go func() { defer close(wdone2); w2.run(wctx2) }()
+	defer func() { wcancel2(); <-wdone2 }()
+	waitFor(t, "20 rows through n2's gateway", time.Minute, nil, func() (bool, string) { return w2.count() >= 20, fmt.Sprint(w2.lastErr()) })
+	askedAt := time.Now()
+	w2.markKill(askedAt)
+	out, err := n2.cli(ctx, 3*time.Minute, "cluster", "switchover")
+	if err != nil || !strings.Contains(out, "to n1") {
+		t.Fatalf("cluster switchover: %v\n%s", err, out)
+	}
+	t.Logf("cluster switchover: %s", strings.TrimSpace(out))
+	waitFor(t, "n2 streaming as n1's synchronous standby after the switchover", 3*time.Minute, nil, func() (bool, string) { return streaming(n1, n2) })
+	at2 := w2.count()
+	waitFor(t, "20 more rows after the switchover", time.Minute, nil, func() (bool, string) { return w2.count() >= at2+20, fmt.Sprint(w2.lastErr()) })
+	wcancel2()
+	<-wdone2
+	// The writes stopped while the primary changed: the longest gap
+	// between two acknowledged commits after the switchover was asked.
+	t.Logf("HA-DAEMON-SWITCHOVER longest gap between acknowledged writes %.2f s", w2.longestGapAfter(askedAt).Seconds())
+	if lost := missingOn(t, ctx, n1, append(acked, w2.acked()...)); len(lost) > 0 {
+		t.Fatalf("%d acknowledged rows missing after the switchover: %v", len(lost), lost[:min(len(lost), 20)])
+	}
+	waitFor(t, "Patroni naming n2 the synchronous standby after the switchover", time.Minute, nil, func() (bool, string) { return patroniRole(n1, 8101, "n2", "sync_standby") })
+	showCluster(t, n1, map[string]string{"n1": "leader", "n2": "sync_standby"}, true)
+	showCluster(t, n2, map[string]string{"n1": "leader", "n2": "sync_standby"}, false)
 }
 
 // showCluster checks `cluster show -o json` on n: the members' roles,
@@ -520,6 +557,7 @@ type gatewayWriter struct {
 	mu       sync.Mutex
 	next     int64
 	ack      []int64
+	ackAt    []time.Time
 	err      error
 	killedAt time.Time
 	first    time.Time
@@ -530,6 +568,23 @@ func (w *gatewayWriter) acked() []int64            { w.mu.Lock(); defer w.mu.Unl
 func (w *gatewayWriter) lastErr() error            { w.mu.Lock(); defer w.mu.Unlock(); return w.err }
 func (w *gatewayWriter) firstAfterKill() time.Time { w.mu.Lock(); defer w.mu.Unlock(); return w.first }
 func (w *gatewayWriter) markKill(at time.Time)     { w.mu.Lock(); defer w.mu.Unlock(); w.killedAt = at }
+
+// longestGapAfter is the longest time between two acknowledged writes
+// from at on (at itself counts as the first).
+func (w *gatewayWriter) longestGapAfter(at time.Time) time.Duration {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var longest time.Duration
+	prev := at
+	for _, a := range w.ackAt {
+		if a.Before(at) {
+			continue
+		}
+		longest = max(longest, a.Sub(prev))
+		prev = a
+	}
+	return longest
+}
 
 func (w *gatewayWriter) run(ctx context.Context) {
 	var conn *pgx.Conn
@@ -563,6 +618,7 @@ func (w *gatewayWriter) run(ctx context.Context) {
 		w.mu.Lock()
 		if err == nil {
 			w.ack = append(w.ack, id)
+			w.ackAt = append(w.ackAt, time.Now())
 			// A write begun before the kill and answered after it does
 			// not count as the first one after it.
 			if !w.killedAt.IsZero() && w.first.IsZero() && begun.After(w.killedAt) {
