@@ -89,6 +89,8 @@ type Daemon struct {
 	// node is set on a cluster node (cfg.Cluster): Patroni, the link, the
 	// promotion socket and the fence (internal/cluster/node).
 	node *node.Node
+	// sharedNet is the network policy shared with the cluster (node only).
+	sharedNet *node.Shared
 	// gw is set by the "gateway" component; read by the API and metrics
 	// only after that (the API starts later) or through gateway().
 	gwMu    sync.Mutex
@@ -234,6 +236,15 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 			return err
 		}
 		cluster.WriteSettings = d.node.WriteSettings
+		catalogPool := func() *pgxpool.Pool {
+			if c := d.pg.Catalog(); c != nil {
+				return c.Pool
+			}
+			return nil
+		}
+		d.sharedNet = d.node.Share("network policy", catalogPool,
+			func(b []byte) error { return d.network.ApplyShared(b) },
+			func() ([]byte, error) { return d.network.Encoded() })
 	}
 	return nil
 }
@@ -305,7 +316,12 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			stop: func() { d.audit.Record(audit.Event{Type: "server.stop"}) }},
 		{name: "network policy",
 			start: func(context.Context) (err error) {
-				d.network, err = network.New(network.Config{Layout: d.Layout, Log: d.Log, Conf: d.conf, Audit: d.audit.Record, PostmasterPID: d.pg.PID})
+				var publish func([]byte) error
+				if d.sharedNet != nil {
+					publish = func(b []byte) error { return d.sharedNet.Publish(context.Background(), b) }
+				}
+				d.network, err = network.New(network.Config{Layout: d.Layout, Log: d.Log, Conf: d.conf, Audit: d.audit.Record, PostmasterPID: d.pg.PID,
+					Publish: publish})
 				return err
 			},
 			stop: func() { d.network.StopOutbound() }},
@@ -401,6 +417,9 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			go d.keys.Run(ctx)   // revalidation
 			go d.volume.Run(ctx) // autogrow; remounts gocryptfs if it dies
 			go d.certs.Run(ctx)  // renewal and expiry alerts; SIGHUP reloads
+			if d.sharedNet != nil {
+				go d.sharedNet.Watch(ctx) // the cluster's network policy
+			}
 
 			// SIGHUP also reads pgshield.json again (reload.go).
 			go d.reloadOnHUP(ctx)

@@ -26,6 +26,8 @@ var ErrPrincipalSchema = errors.New("schema pgshield or its table principals in 
 //   - the principals table with row-level security forced and no policy;
 //   - the lookup role (config.LookupRole): LOGIN and nothing else, member
 //     of no role; and pgshield.login_role, the one function it may run;
+//   - pgshield.cluster_config, what a cluster's nodes share (the network
+//     policy), revoked from PUBLIC, row-level security forced;
 //   - pgshield.sessions (over the C function pgshield.client_sessions):
 //     how each gateway session logged in, for everyone under
 //     pg_stat_activity's rules, the one thing PUBLIC's USAGE reaches.
@@ -94,6 +96,11 @@ func EnsureCatalog(ctx context.Context, conn querier, serviceRole string, pgaudi
 		sqlGrantLookupUsage(lookup), sqlGrantLookupExecute(lookup)} {
 		if _, err := conn.Exec(ctx, s); err != nil {
 			return fmt.Errorf("creating the login lookup function: %w", err)
+		}
+	}
+	for _, s := range clusterConfigStmts {
+		if _, err := conn.Exec(ctx, s); err != nil {
+			return fmt.Errorf("creating the cluster configuration table: %w", err)
 		}
 	}
 	// After the table is revoked and locked: USAGE lets PUBLIC reach the

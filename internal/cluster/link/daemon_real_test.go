@@ -225,7 +225,8 @@ func TestRealHADaemons(t *testing.T) {
 	secrets := struct {
 		Replication string `json:"replication"`
 		Rewind      string `json:"rewind"`
-	}{rand.Text(), rand.Text()}
+		Config      string `json:"config"`
+	}{rand.Text(), rand.Text(), rand.Text()}
 	secretsJSON, _ := json.Marshal(secrets)
 	caKey := filepath.Join(pki.Dir, "ca.key")
 	names := []string{"n1", "n2"}
@@ -292,10 +293,15 @@ func TestRealHADaemons(t *testing.T) {
 		if out, err := n.cli(ctx, 4*time.Minute, "up", "--timeout", "3m"); err != nil {
 			t.Fatalf("%s: up: %v\n%s\n%s", name, err, out, n.daemonLog(6000))
 		}
-		// Default-deny: the client's address is let in on each node
-		// (rules are per node until configuration is shared, issue #18).
-		if out, err := n.cli(ctx, time.Minute, "firewall-rule", "create", "--name", "clients", "--start-ip-address", hosts["c1"], "--end-ip-address", hosts["c1"]); err != nil {
-			t.Fatalf("%s: firewall-rule: %v\n%s", name, err, out)
+		// Default-deny: the client's address is let in on the primary;
+		// the second node gets the rule from the cluster.
+		// (Just after up, Patroni may not have promoted the first node
+		// yet: it starts existing data as a replica.)
+		if i == 0 {
+			waitFor(t, "the firewall rule made on n1", time.Minute, nil, func() (bool, string) {
+				out, err := n.cli(ctx, time.Minute, "firewall-rule", "create", "--name", "clients", "--start-ip-address", hosts["c1"], "--end-ip-address", hosts["c1"])
+				return err == nil, out
+			})
 		}
 		t.Logf("%s: up", name)
 	}
@@ -328,6 +334,7 @@ func TestRealHADaemons(t *testing.T) {
 	showCluster(t, n1, map[string]string{"n1": "leader", "n2": "sync_standby"}, true)
 	showCluster(t, n2, map[string]string{"n1": "leader", "n2": "sync_standby"}, false)
 
+	waitFor(t, "n2 holding the cluster's firewall rule", 30*time.Second, nil, func() (bool, string) { return hasRule(n2, "clients", hosts["c1"]) })
 	// The standby's gateway refuses logins (57P01: not the confirmed
 	// primary), the primary's takes them.
 	if conn, err := pgx.ConnectConfig(ctx, gatewayConfig(t, client, []string{n2.ip}, password, rootCA, "")); err == nil {
@@ -463,6 +470,66 @@ func TestRealHADaemons(t *testing.T) {
 	waitFor(t, "Patroni naming n2 the synchronous standby after the switchover", time.Minute, nil, func() (bool, string) { return patroniRole(n1, 8101, "n2", "sync_standby") })
 	showCluster(t, n1, map[string]string{"n1": "leader", "n2": "sync_standby"}, true)
 	showCluster(t, n2, map[string]string{"n1": "leader", "n2": "sync_standby"}, false)
+
+	// The network policy is the cluster's: a rule made on the primary is
+	// on the standby within about a second, and so is its removal; the
+	// standby refuses to change it; a row changed in PostgreSQL by anyone
+	// but a pgshield node (here the superuser, on the primary's socket) is
+	// applied nowhere.
+	if out, err := n2.cli(ctx, time.Minute, "firewall-rule", "create", "--name", "other", "--start-ip-address", "10.77.40.40", "--end-ip-address", "10.77.40.40"); err == nil || !strings.Contains(out, "standby") {
+		t.Fatalf("a rule made on the standby: %v\n%s", err, out)
+	}
+	for _, op := range []struct {
+		args []string
+		want bool
+	}{
+		{[]string{"firewall-rule", "create", "--name", "extra", "--start-ip-address", "10.77.40.41", "--end-ip-address", "10.77.40.41"}, true},
+		{[]string{"firewall-rule", "delete", "--name", "extra"}, false},
+	} {
+		if out, err := n1.cli(ctx, time.Minute, op.args...); err != nil {
+			t.Fatalf("%v on the primary: %v\n%s", op.args, err, out)
+		}
+		made := time.Now()
+		waitFor(t, fmt.Sprintf("%v reaching n2", op.args), 30*time.Second, nil, func() (bool, string) {
+			ok, s := hasRule(n2, "extra", "10.77.40.41")
+			return ok == op.want, s
+		})
+		t.Logf("HA-DAEMON-SHARED %s on n1 -> in force on n2 after %.2f s", op.args[1], time.Since(made).Seconds())
+	}
+	if out, err := n1.sql(ctx, "UPDATE pgshield.cluster_config SET version = version + 5, body = pg_catalog.convert_to(pg_catalog.replace(pg_catalog.convert_from(body, 'UTF8'), '"+hosts["c1"]+"', '10.77.40.42'), 'UTF8')"); err != nil {
+		t.Fatalf("tampering: %v %s", err, out)
+	}
+	time.Sleep(3 * time.Second)
+	for _, n := range nodes {
+		if ok, s := hasRule(n, "clients", hosts["c1"]); !ok {
+			t.Errorf("%s applied a forged policy: %s", n.name, s)
+		}
+	}
+	if !strings.Contains(n2.daemonLog(1<<20), "MAC does not match") {
+		t.Errorf("n2 did not say why it refused the forged policy")
+	}
+}
+
+// hasRule reports whether n's firewall rule name covers exactly ip.
+func hasRule(n *daemonNode, name, ip string) (bool, string) {
+	out, err := n.cli(context.Background(), time.Minute, "firewall-rule", "list", "-o", "json")
+	if err != nil {
+		return false, fmt.Sprintf("%v %s", err, out)
+	}
+	var rules []struct {
+		Name  string
+		Start string `json:"start_ip_address"`
+		End   string `json:"end_ip_address"`
+	}
+	if err := json.Unmarshal([]byte(out), &rules); err != nil {
+		return false, fmt.Sprintf("%v %s", err, out)
+	}
+	for _, r := range rules {
+		if r.Name == name {
+			return r.Start == ip && r.End == ip, out
+		}
+	}
+	return false, out
 }
 
 // showCluster checks `cluster show -o json` on n: the members' roles,

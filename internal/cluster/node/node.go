@@ -55,10 +55,14 @@ const (
 var Files = []string{FileCA, FileNodeCert, FileNodeKey, FileEtcdCA, FileEtcdCert, FileEtcdKey, FileSecrets}
 
 // Secrets are the cluster's, the same on every node: the replication and
-// rewind roles' passwords (PostgreSQL holds only their SCRAM verifiers).
+// rewind roles' passwords (PostgreSQL holds only their SCRAM verifiers),
+// and the key that MACs what the nodes share through PostgreSQL
+// (shared.go). Only root reads them: Patroni's pgpass has the two
+// passwords, never the config key.
 type Secrets struct {
 	Replication string `json:"replication"`
 	Rewind      string `json:"rewind"`
+	Config      string `json:"config"`
 }
 
 // ReadSecrets reads and checks secrets.json.
@@ -71,14 +75,14 @@ func ReadSecrets(path string) (Secrets, error) {
 	if err := json.Unmarshal(b, &s); err != nil {
 		return s, fmt.Errorf("%s: not the cluster's secrets", path)
 	}
-	if len(s.Replication) < 16 || len(s.Rewind) < 16 {
-		return s, fmt.Errorf("%s: each password must be at least 16 characters", path)
+	if len(s.Replication) < 16 || len(s.Rewind) < 16 || len(s.Config) < 16 {
+		return s, fmt.Errorf("%s: replication, rewind and config must each be at least 16 characters", path)
 	}
 	return s, nil
 }
 
 // NewSecrets makes fresh random passwords.
-func NewSecrets() Secrets { return Secrets{Replication: rand.Text(), Rewind: rand.Text()} }
+func NewSecrets() Secrets { return Secrets{Replication: rand.Text(), Rewind: rand.Text(), Config: rand.Text()} }
 
 // RoleStatements create the replication and rewind roles on the first
 // node (its bootstrap, run as the superuser over the socket), each with a

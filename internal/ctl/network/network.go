@@ -20,6 +20,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,6 +46,11 @@ type Config struct {
 	// Persist, if set, replaces what a policy change does before it is
 	// swapped in (kernel firewall, outbound path, network.json). For tests.
 	Persist func(*netpolicy.Policy) error
+	// Publish, on a cluster node, shares a change made here with every
+	// node (internal/cluster/node.Shared) before it is put in force here;
+	// its error refuses the change. Not called for a policy received
+	// from the cluster (ApplyShared).
+	Publish func(body []byte) error
 }
 
 // Controller is the network policy of one server.
@@ -54,6 +60,23 @@ type Controller struct {
 	policy   *netpolicy.Engine
 	outbound *outbound.Path
 	listen   atomic.Pointer[string] // the gateway's address, once it listens
+	// updMu serializes the updates this controller makes (localUpdate,
+	// ApplyShared), so that publish is read by the update that set it.
+	updMu sync.Mutex
+	// publish is set while a local change (an API call) is being
+	// persisted: only those are shared with the cluster, not one received
+	// from it, nor the engine's own expiry (every node expires a rule
+	// on its own).
+	publish atomic.Bool
+}
+
+// localUpdate is n.policy.Update for a change made on this node.
+func (n *Controller) localUpdate(fn func(p *netpolicy.Policy) error) error {
+	n.updMu.Lock()
+	defer n.updMu.Unlock()
+	n.publish.Store(true)
+	defer n.publish.Store(false)
+	return n.policy.Update(fn)
 }
 
 // New loads the policy (a missing file is default deny) and checks that
@@ -82,6 +105,15 @@ func New(c Config) (*Controller, error) {
 	persist := c.Persist
 	if persist == nil {
 		persist = func(p *netpolicy.Policy) error {
+			if c.Publish != nil && n.publish.Load() {
+				b, err := p.Encode()
+				if err != nil {
+					return err
+				}
+				if err := c.Publish(b); err != nil {
+					return err
+				}
+			}
 			if err := n.applyKernelFirewall(p, c.Conf.Params()); err != nil {
 				return err
 			}
@@ -203,6 +235,35 @@ func LoadPolicy(l config.Layout) (*netpolicy.Policy, error) {
 	return netpolicy.DecodePolicy(b)
 }
 
+// Encoded is the policy in force, as network.json holds it.
+func (n *Controller) Encoded() ([]byte, error) { return n.policy.Snapshot().Encode() }
+
+// ApplyShared puts in force a policy another node shared (already
+// authenticated by the caller): validated whole, refused if this node's
+// gateway address does not suit its mode; sessions it no longer allows
+// end, as with a local change.
+func (n *Controller) ApplyShared(body []byte) error {
+	p, err := netpolicy.DecodePolicy(body)
+	if err != nil {
+		return err
+	}
+	if err := netpolicy.CheckListen(p.Mode, n.c.Conf.Get().Listen); err != nil {
+		return err
+	}
+	n.updMu.Lock()
+	defer n.updMu.Unlock()
+	err = n.policy.Update(func(cur *netpolicy.Policy) error {
+		*cur = *p.Clone()
+		return nil
+	})
+	if err != nil {
+		return policyError(err)
+	}
+	n.c.Audit(audit.Event{Type: "network.shared", Outcome: audit.OutcomeSuccess,
+		Fields: map[string]any{"mode": string(p.Mode), "firewall_rules": len(p.FirewallRules), "network_rules": len(p.NetworkRules)}})
+	return nil
+}
+
 // ListenPort is the port of a host:port address, 0 if none.
 func ListenPort(addr string) uint16 {
 	_, p, _ := net.SplitHostPort(addr)
@@ -309,7 +370,7 @@ func (n *Controller) WriteFirewallRule(req apitype.RuleRequest, create bool) (ap
 		}
 	}
 	var result netpolicy.FirewallRule
-	err = n.policy.Update(func(p *netpolicy.Policy) error {
+	err = n.localUpdate(func(p *netpolicy.Policy) error {
 		var cur *netpolicy.FirewallRule
 		for i := range p.FirewallRules {
 			if strings.EqualFold(p.FirewallRules[i].Name, req.Name) {
@@ -351,7 +412,7 @@ func (n *Controller) WriteFirewallRule(req apitype.RuleRequest, create bool) (ap
 
 // DeleteFirewallRule deletes a firewall rule; sessions it allowed end.
 func (n *Controller) DeleteFirewallRule(name string) error {
-	err := n.policy.Update(func(p *netpolicy.Policy) error {
+	err := n.localUpdate(func(p *netpolicy.Policy) error {
 		if !p.DeleteFirewallRule(name) {
 			return clienterr.New(apitype.CodeNotFound, "firewall rule %q does not exist", name)
 		}
@@ -401,7 +462,7 @@ func (n *Controller) CreateNetworkRule(req apitype.RuleRequest) (apitype.Network
 	} else if rule.SourcePrefix == netpolicy.Any {
 		rule.SourcePrefix = ""
 	}
-	err = n.policy.Update(func(p *netpolicy.Policy) error {
+	err = n.localUpdate(func(p *netpolicy.Policy) error {
 		for _, cur := range p.NetworkRules {
 			if strings.EqualFold(cur.Name, req.Name) {
 				return clienterr.New(apitype.CodeInvalid, "network rule %q already exists", req.Name)
@@ -421,7 +482,7 @@ func (n *Controller) CreateNetworkRule(req apitype.RuleRequest) (apitype.Network
 // DeleteNetworkRule deletes a network security rule; sessions it allowed
 // end.
 func (n *Controller) DeleteNetworkRule(name string) error {
-	err := n.policy.Update(func(p *netpolicy.Policy) error {
+	err := n.localUpdate(func(p *netpolicy.Policy) error {
 		if !p.DeleteNetworkRule(name) {
 			return clienterr.New(apitype.CodeNotFound, "network rule %q does not exist", name)
 		}
@@ -463,7 +524,7 @@ func (n *Controller) SetMode(modeName string) (apitype.NetworkInfo, error) {
 	if err := netpolicy.CheckListen(mode, n.c.Conf.Get().Listen); err != nil {
 		return apitype.NetworkInfo{}, clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
-	if err := n.policy.Update(func(p *netpolicy.Policy) error { p.Mode = mode; return nil }); err != nil {
+	if err := n.localUpdate(func(p *netpolicy.Policy) error { p.Mode = mode; return nil }); err != nil {
 		return apitype.NetworkInfo{}, policyError(err)
 	}
 	n.c.Log.Info("Network mode changed.", "mode", mode)
