@@ -82,7 +82,9 @@ func ReadSecrets(path string) (Secrets, error) {
 }
 
 // NewSecrets makes fresh random passwords.
-func NewSecrets() Secrets { return Secrets{Replication: rand.Text(), Rewind: rand.Text(), Config: rand.Text()} }
+func NewSecrets() Secrets {
+	return Secrets{Replication: rand.Text(), Rewind: rand.Text(), Config: rand.Text()}
+}
 
 // RoleStatements create the replication and rewind roles on the first
 // node (its bootstrap, run as the superuser over the socket), each with a
