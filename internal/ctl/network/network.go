@@ -105,15 +105,6 @@ func New(c Config) (*Controller, error) {
 	persist := c.Persist
 	if persist == nil {
 		persist = func(p *netpolicy.Policy) error {
-			if c.Publish != nil && n.publish.Load() {
-				b, err := p.Encode()
-				if err != nil {
-					return err
-				}
-				if err := c.Publish(b); err != nil {
-					return err
-				}
-			}
 			if err := n.applyKernelFirewall(p, c.Conf.Params()); err != nil {
 				return err
 			}
@@ -122,6 +113,21 @@ func New(c Config) (*Controller, error) {
 			}
 			return SavePolicy(c.Layout, p)
 		}
+	}
+	local := persist
+	persist = func(p *netpolicy.Policy) error {
+		// A change made here is shared first: refused (a standby), it is
+		// put in force nowhere.
+		if n.c.Publish != nil && n.publish.Load() {
+			b, err := p.Encode()
+			if err != nil {
+				return err
+			}
+			if err := n.c.Publish(b); err != nil {
+				return err
+			}
+		}
+		return local(p)
 	}
 	n.policy, err = netpolicy.NewEngine(pol, netpolicy.WithLogger(c.Log.With("component", "netpolicy")), netpolicy.WithPersist(persist))
 	if err != nil {
