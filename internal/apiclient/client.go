@@ -297,6 +297,15 @@ func (c *Client) Cluster(ctx context.Context) (*apitype.ClusterInfo, error) {
 	return call[apitype.ClusterInfo](ctx, c, "GET", "/v1/cluster", nil)
 }
 
+// AuditAnchors are every node's audit chain head as etcd holds it.
+func (c *Client) AuditAnchors(ctx context.Context) ([]apitype.AuditAnchor, error) {
+	as, err := call[[]apitype.AuditAnchor](ctx, c, "GET", "/v1/cluster/audit-anchors", nil)
+	if err != nil {
+		return nil, err
+	}
+	return *as, nil
+}
+
 // ClusterManual asks for a switchover or a failover ("switchover",
 // "failover") to node to.
 func (c *Client) ClusterManual(ctx context.Context, action, to string) (*apitype.ClusterManualResult, error) {

@@ -58,3 +58,14 @@ type ClusterManualResult struct {
 	To      string `json:"to"`
 	Message string `json:"message"`
 }
+
+// AuditAnchor is a node's audit chain head as anchored in etcd.
+type AuditAnchor struct {
+	Node string    `json:"node"`
+	Self bool      `json:"self"`
+	Seq  uint64    `json:"seq"`
+	Hash string    `json:"hash"`
+	At   time.Time `json:"at"`
+	// Authentic: its MAC under the cluster's config key matches.
+	Authentic bool `json:"authentic"`
+}

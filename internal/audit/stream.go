@@ -179,6 +179,16 @@ func (s *Stream) Detach() error {
 // returns an error only if e was dropped (the buffer is full) or is bad.
 func (s *Stream) Write(e Event) error { return s.WriteBatch([]Event{e}) }
 
+// Head is the log's head (Log.Head), zero while detached or failed.
+func (s *Stream) Head() (seq uint64, hash string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.mu.log == nil {
+		return 0, ""
+	}
+	return s.mu.log.Head()
+}
+
 // WriteBatch records events in order; see Write.
 func (s *Stream) WriteBatch(events []Event) error {
 	if len(events) == 0 {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/pgshield/pgshield/internal/apitype"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -80,6 +81,7 @@ func newAudit(g *globals) *cobra.Command {
 	search.Flags().StringVar(&user, "user", "", "PostgreSQL role")
 	search.Flags().StringVar(&event, "event", "", "event type, e.g. auth.failure, connection.denied")
 	search.Flags().IntVar(&limit, "limit", 0, "keep only the newest N matches")
+	var cluster bool
 	verify := &cobra.Command{Use: "verify", Short: "Check the hash chain: detects edited, deleted, reordered or truncated records", Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			dir, err := auditDir(g)
@@ -89,6 +91,9 @@ func newAudit(g *globals) *cobra.Command {
 			rep, err := audit.Verify(dir)
 			if err != nil {
 				return err
+			}
+			if cluster {
+				return verifyCluster(cmd, g, dir, rep)
 			}
 			if err := emit(cmd.OutOrStdout(), g, rep, func(tw *tabwriter.Writer) {
 				fmt.Fprintf(tw, "records\t%d\nintact\t%v\n", rep.Records, rep.OK)
@@ -107,8 +112,80 @@ func newAudit(g *globals) *cobra.Command {
 			}
 			return nil
 		}}
+	verify.Flags().BoolVar(&cluster, "cluster", false, "also check this node's chain against the head the cluster anchored in etcd, and list every node's anchor")
 	cmd.AddCommand(tail, search, verify)
 	return cmd
+}
+
+// clusterVerify is audit verify --cluster's answer.
+type clusterVerify struct {
+	audit.Report
+	Anchors []apitype.AuditAnchor `json:"anchors"`
+	// AnchorOK: this node's chain holds the record its anchor names.
+	AnchorOK      bool   `json:"anchor_ok"`
+	AnchorProblem string `json:"anchor_problem,omitempty"`
+}
+
+// verifyCluster checks that this node's chain still holds the record its
+// last anchor in etcd names, with the same hash: a log cut short or
+// rewritten since no longer does.
+func verifyCluster(cmd *cobra.Command, g *globals, dir string, rep audit.Report) error {
+	anchors, err := g.client().AuditAnchors(cmd.Context())
+	if err != nil {
+		return err
+	}
+	res := clusterVerify{Report: rep, Anchors: anchors}
+	var self *apitype.AuditAnchor
+	for i := range anchors {
+		if anchors[i].Self {
+			self = &anchors[i]
+		}
+	}
+	switch {
+	case self == nil:
+		res.AnchorProblem = "this node has no anchor in etcd yet"
+	case !self.Authentic:
+		res.AnchorProblem = "this node's anchor in etcd is not authentic (its MAC does not match)"
+	case rep.HeadSeq < self.Seq:
+		res.AnchorProblem = fmt.Sprintf("the log ends at seq %d, but seq %d was anchored at %s: records were removed", rep.HeadSeq, self.Seq, self.At.Format(time.RFC3339))
+	default:
+		rs, err := audit.Search(dir, audit.Filter{})
+		if err != nil {
+			return err
+		}
+		res.AnchorProblem = fmt.Sprintf("seq %d, anchored at %s, is not in the log", self.Seq, self.At.Format(time.RFC3339))
+		for _, r := range rs {
+			if r.Seq == self.Seq {
+				if r.Hash == self.Hash {
+					res.AnchorOK, res.AnchorProblem = true, ""
+				} else {
+					res.AnchorProblem = fmt.Sprintf("seq %d's hash is not the one anchored at %s: the log was rewritten", self.Seq, self.At.Format(time.RFC3339))
+				}
+			}
+		}
+	}
+	if err := emit(cmd.OutOrStdout(), g, res, func(tw *tabwriter.Writer) {
+		fmt.Fprintf(tw, "records\t%d\nintact\t%v\nhead\tseq %d %s\nanchored\t%v\n", rep.Records, rep.OK, rep.HeadSeq, rep.Head, res.AnchorOK)
+		if rep.Problem != "" {
+			fmt.Fprintf(tw, "problem\t%s\n", rep.Problem)
+		}
+		if res.AnchorProblem != "" {
+			fmt.Fprintf(tw, "anchor problem\t%s\n", res.AnchorProblem)
+		}
+		fmt.Fprintln(tw, "NODE\tANCHORED SEQ\tAT\tAUTHENTIC")
+		for _, a := range anchors {
+			fmt.Fprintf(tw, "%s\t%d\t%s\t%v\n", cell(a.Node), a.Seq, a.At.Format(time.RFC3339), a.Authentic)
+		}
+	}); err != nil {
+		return err
+	}
+	if !rep.OK {
+		return fmt.Errorf("%w: %s", errAuditTampered, rep.Problem)
+	}
+	if !res.AnchorOK {
+		return fmt.Errorf("%w: %s", errAuditTampered, res.AnchorProblem)
+	}
+	return nil
 }
 
 // followAudit prints rs, then every record written after them, one line

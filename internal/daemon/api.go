@@ -151,6 +151,18 @@ func (a api) Cluster(ctx context.Context) (apitype.ClusterInfo, error) {
 	return a.d.node.Show(ctx), nil
 }
 
+// AuditAnchors are the cluster's audit anchors in etcd.
+func (a api) AuditAnchors(ctx context.Context) ([]apitype.AuditAnchor, error) {
+	if a.d.node == nil {
+		return nil, clienterr.New(apitype.CodeNotFound, "this server is a single node, not a cluster node (init --ha)")
+	}
+	as, err := a.d.node.Anchors(ctx)
+	if err != nil {
+		return nil, clienterr.New(apitype.CodeUnavailable, "reading the audit anchors: %v", err)
+	}
+	return as, nil
+}
+
 // ClusterManual runs a switchover or a failover through Patroni.
 func (a api) ClusterManual(ctx context.Context, action, to string) (apitype.ClusterManualResult, error) {
 	if a.d.node == nil {

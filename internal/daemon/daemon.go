@@ -418,7 +418,8 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			go d.volume.Run(ctx) // autogrow; remounts gocryptfs if it dies
 			go d.certs.Run(ctx)  // renewal and expiry alerts; SIGHUP reloads
 			if d.sharedNet != nil {
-				go d.sharedNet.Watch(ctx) // the cluster's network policy
+				go d.sharedNet.Watch(ctx)               // the cluster's network policy
+				go d.node.RunAnchors(ctx, d.audit.Head) // the audit chain's head, in etcd
 			}
 
 			// SIGHUP also reads pgshield.json again (reload.go).

@@ -70,6 +70,8 @@ type Backend interface {
 	// ClusterManual runs a switchover or failover ("switchover",
 	// "failover") through Patroni.
 	ClusterManual(ctx context.Context, action, to string) (apitype.ClusterManualResult, error)
+	// AuditAnchors are every node's audit chain head in etcd.
+	AuditAnchors(ctx context.Context) ([]apitype.AuditAnchor, error)
 
 	// Bans (threat protection).
 	Bans() []apitype.Ban
@@ -139,6 +141,7 @@ func Routes(b Backend) []Route {
 
 		{Method: "GET", Pattern: "/v1/pool", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Pool(), nil }},
 		{Method: "GET", Pattern: "/v1/cluster", Permission: PermitRead, Handler: func(r *http.Request) (any, error) { return b.Cluster(r.Context()) }},
+		{Method: "GET", Pattern: "/v1/cluster/audit-anchors", Permission: PermitRead, Handler: func(r *http.Request) (any, error) { return b.AuditAnchors(r.Context()) }},
 		{Method: "POST", Pattern: "/v1/cluster/switchover", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
 			var req apitype.ClusterSwitchoverRequest
 			if err := decodeOptionalBody(r, &req); err != nil {

@@ -54,7 +54,7 @@ func TestRouteTable(t *testing.T) {
 		"GET /v1/status", "GET /v1/metrics", "GET /v1/parameters", "GET /v1/parameters/{name}", "GET /v1/key",
 		"GET /v1/backups", "GET /v1/backups/job", "GET /v1/network", "GET /v1/firewall-rules", "GET /v1/firewall-rules/{name}",
 		"GET /v1/network-rules", "GET /v1/network-rules/{name}", "GET /v1/principals", "GET /v1/storage",
-		"GET /v1/bans", "GET /debug/pprof/{name}", "GET /v1/pool", "GET /v1/cluster", "POST /v1/cluster/switchover", "POST /v1/cluster/failover",
+		"GET /v1/bans", "GET /debug/pprof/{name}", "GET /v1/pool", "GET /v1/cluster", "GET /v1/cluster/audit-anchors", "POST /v1/cluster/switchover", "POST /v1/cluster/failover",
 		"GET /v1/alerts", "GET /v1/alerts/{id}", "GET /v1/decoys",
 		"GET /v1/certificate",
 		"GET /v1/health",
@@ -229,6 +229,7 @@ func (nopBackend) Pool() apitype.PoolInfo { return apitype.PoolInfo{} }
 func (nopBackend) Cluster(context.Context) (apitype.ClusterInfo, error) {
 	return apitype.ClusterInfo{}, nil
 }
+func (nopBackend) AuditAnchors(context.Context) ([]apitype.AuditAnchor, error) { return nil, nil }
 func (nopBackend) ClusterManual(context.Context, string, string) (apitype.ClusterManualResult, error) {
 	return apitype.ClusterManualResult{}, nil
 }

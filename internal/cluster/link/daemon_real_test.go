@@ -508,6 +508,24 @@ func TestRealHADaemons(t *testing.T) {
 	if !strings.Contains(n2.daemonLog(1<<20), "MAC does not match") {
 		t.Errorf("n2 did not say why it refused the forged policy")
 	}
+
+	// Each node's audit chain head is anchored in etcd; audit verify
+	// --cluster finds the anchored record in the node's own log (read in
+	// the daemon's mount namespace, where the volume is).
+	for _, n := range nodes {
+		waitFor(t, n.name+"'s audit chain anchored and verified", time.Minute, nil, func() (bool, string) {
+			out, err := exec.Command("nsenter", "-t", strconv.Itoa(n.pid()), "-m", "-n", "--", n.bin, "audit", "verify", "--cluster",
+				"-o", "json", "--data-dir", n.dir).CombinedOutput()
+			var res struct {
+				AnchorOK bool `json:"anchor_ok"`
+				Anchors  []struct{ Authentic bool }
+			}
+			if err != nil || json.Unmarshal(out, &res) != nil || !res.AnchorOK || len(res.Anchors) != 2 || !res.Anchors[0].Authentic || !res.Anchors[1].Authentic {
+				return false, fmt.Sprintf("%v %s", err, out)
+			}
+			return true, ""
+		})
+	}
 }
 
 // hasRule reports whether n's firewall rule name covers exactly ip.

@@ -106,6 +106,16 @@ func (l *Log) Record(e audit.Event) {
 	}
 }
 
+// Head is the chain's head (seq and hash of the last record written), zero
+// while the log is not open: what a cluster node anchors in etcd.
+func (l *Log) Head() (uint64, string) {
+	s := l.stream.Load()
+	if s == nil {
+		return 0, ""
+	}
+	return s.Head()
+}
+
 // Attach reopens the log on the volume after an unlock or a remount; what
 // happened meanwhile is written now, in order.
 func (l *Log) Attach() error {
