@@ -13,7 +13,8 @@ if [ -n "$unformatted" ]; then echo "gofmt needed: $unformatted" >&2; exit 1; fi
 scripts/pgregress.sh  # pgshield_guard's pg_regress suite, on throwaway PostgreSQL instances
 # The failover tests (20 kill -9 rounds and the partial failures, about 10
 # minutes of Patroni, etcd and a writer; then two whole pgshield servers as
-# a cluster, about a minute) run on their own afterwards: beside the
+# a cluster, about a minute, and two attacks on one such server) run on
+# their own afterwards: beside the
 # end-to-end suite on 2 cores they made a timing-sensitive test there fail.
-PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m -skip '^TestRealHA(Failover|Daemons)$' ./...
-PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m -run '^TestRealHA(Failover|Daemons)$' ./internal/cluster/link/
+PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m -skip '^Test(RealHA(Failover|Daemons)|AttackHA.*)$' ./...
+PGSHIELD_E2E=1 go test -race -count=1 -timeout 40m -run '^Test(RealHA(Failover|Daemons)|AttackHA.*)$' ./internal/cluster/link/

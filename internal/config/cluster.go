@@ -124,14 +124,14 @@ func hostPort(s string) error {
 // roles' passwords, the same on every node).
 func (l Layout) ClusterDir() string { return filepath.Join(l.Root, "cluster") }
 
-// PatroniDir is Patroni's own (0700, the PostgreSQL OS user's): its YAML
-// (with the REST password), the pgpass file, copies of the etcd client
-// files it reads.
+// PatroniDir holds what Patroni reads (root's, 0750, Patroni's group):
+// its YAML (with the REST password) and copies of the etcd client files,
+// root's and 0640; the pgpass file, Patroni's user's (libpq wants it so).
 func (l Layout) PatroniDir() string { return filepath.Join(l.Root, "patroni") }
 
 // PatroniBinDir is the bin_dir Patroni runs PostgreSQL's programs from
 // (root's, 0755; internal/cluster/patroni.WriteBinDir): outside
-// PatroniDir, where Patroni's user could put a symlink in its place.
+// PatroniDir.
 func (l Layout) PatroniBinDir() string { return filepath.Join(l.Root, "patroni-bin") }
 
 // PeerSocketDir is where the node link serves one socket per peer (short:

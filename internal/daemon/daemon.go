@@ -230,8 +230,9 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 			return err
 		}
 		d.node, err = node.New(node.Config{Layout: l, Cfg: cfg, User: u, Bin: bin, Volume: d.volume.AtRest(), Keys: d.keys,
-			OnLeader: func() { d.backups.EnsureStanza(context.Background()) },
-			Log:      log.With("component", "cluster")})
+			OnLeader:   func() { d.backups.EnsureStanza(context.Background()) },
+			PatroniPID: d.pg.PID,
+			Log:        log.With("component", "cluster")})
 		if err != nil {
 			return err
 		}

@@ -102,6 +102,10 @@ func (n *Node) manual(ctx context.Context, action string, body map[string]string
 		return res, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	// The password goes only to Patroni itself, checked just before.
+	if err := n.checkREST(); err != nil {
+		return res, clienterr.New(apitype.CodeUnavailable, "%v", err)
+	}
 	req.SetBasicAuth(patroni.RESTUser, n.settings.RESTPassword)
 	c := &http.Client{Timeout: manualTimeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		Transport: &http.Transport{Proxy: nil}}

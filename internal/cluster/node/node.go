@@ -126,6 +126,9 @@ type Config struct {
 	// controller).
 	Volume promote.Volume
 	Keys   promote.Keys
+	// PatroniPID is the running Patroni's pid (the supervisor's), 0 if
+	// none: only its socket is talked to on the REST port.
+	PatroniPID func() int
 	// OnLeader, if set, runs in a goroutine of its own each time the
 	// fence confirms this node's leadership after not having it (the
 	// backup stanza, which only a primary can make).
@@ -285,7 +288,7 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 	defer n.mu.Unlock()
 	uid, gid := int(n.c.User.UID), int(n.c.User.GID)
 	pdir := n.c.Layout.PatroniDir()
-	if err := privateDir(pdir, uid, gid); err != nil {
+	if err := readableDir(pdir, gid); err != nil {
 		return err
 	}
 	for _, name := range []string{FileEtcdCA, FileEtcdCert, FileEtcdKey} {
@@ -293,7 +296,8 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 		if err != nil {
 			return err
 		}
-		if err := writeOwned(filepath.Join(pdir, name), b, uid, gid); err != nil {
+		// Root's, readable by Patroni's group: not replaceable by it.
+		if err := config.WriteFileAtomicOwned(filepath.Join(pdir, name), b, 0o640, 0, gid); err != nil {
 			return err
 		}
 	}
@@ -302,9 +306,12 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 	}
 	s := n.settings
 	s.Managed, s.HBA = managed, hba
-	if err := patroni.WriteConfig(filepath.Join(pdir, patroniYAML), s, uid, gid); err != nil {
+	if err := patroni.WriteConfigRootOwned(filepath.Join(pdir, patroniYAML), s, gid); err != nil {
 		return err
 	}
+	// libpq wants its password file 0600 and readable: Patroni's user's.
+	// In a root directory it can change the file's contents (two passwords
+	// it knows), never the file.
 	return patroni.WritePgpassOwned(s.PgpassFile, s, patroni.Passwords{Replication: n.secrets.Replication, Rewind: n.secrets.Rewind}, uid, gid)
 }
 
@@ -359,6 +366,12 @@ func (l *lineLog) flush() {
 // until ctx ends; it returns once the link's peer sockets exist (Patroni
 // clones and replicates through them).
 func (n *Node) Start(ctx context.Context) error {
+	// Patroni runs as PostgreSQL's OS user outside PostgreSQL's empty
+	// network namespace; without Yama's ptrace restriction, code running
+	// as that user (a compromised backend) could trace it.
+	if b, err := os.ReadFile("/proc/sys/kernel/yama/ptrace_scope"); err != nil || strings.TrimSpace(string(b)) == "0" {
+		n.c.Log.Warn("Yama's ptrace_scope is not set (kernel.yama.ptrace_scope >= 1 recommended): code running as PostgreSQL's OS user could trace Patroni, which reaches the network and etcd.")
+	}
 	ln, err := promote.Listen(n.c.Layout.PromoteSocket(), int(n.c.User.UID))
 	if err != nil {
 		return fmt.Errorf("promotion socket: %w", err)
@@ -386,11 +399,11 @@ func (n *Node) Start(ctx context.Context) error {
 	}
 }
 
-// privateDir makes dir a 0700 directory of uid:gid, refusing a symlink.
-// Patroni's user owns it (WritePgpass and Patroni want it 0700), so
-// everything written into it is given away through its descriptor.
-func privateDir(dir string, uid, gid int) error {
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+// readableDir makes dir root's, 0750, group gid (Patroni's user reads
+// what is in it and can change none of it), refusing a symlink. Its
+// parent, the data directory, is root's: no one else can swap it.
+func readableDir(dir string, gid int) error {
+	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
 	fi, err := os.Lstat(dir)
@@ -400,13 +413,8 @@ func privateDir(dir string, uid, gid int) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("%s is not a directory", dir)
 	}
-	if err := os.Chmod(dir, 0o700); err != nil {
+	if err := os.Chown(dir, 0, gid); err != nil {
 		return err
 	}
-	return os.Chown(dir, uid, gid)
-}
-
-// writeOwned writes a 0600 file owned by uid:gid.
-func writeOwned(path string, b []byte, uid, gid int) error {
-	return config.WriteFileAtomicOwned(path, b, 0o600, uid, gid)
+	return os.Chmod(dir, 0o750)
 }

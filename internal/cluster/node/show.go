@@ -46,6 +46,9 @@ func (n *Node) Show(ctx context.Context) apitype.ClusterInfo {
 }
 
 func (n *Node) patroniMembers(ctx context.Context) ([]apitype.ClusterMember, error) {
+	if err := n.checkREST(); err != nil {
+		return nil, err
+	}
 	ctx, cancel := context.WithTimeout(ctx, showTimeout)
 	defer cancel()
 	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(n.cl.RESTPort)) + "/cluster"
@@ -109,4 +112,12 @@ func (n *Node) etcdHealth(ctx context.Context, ep string) error {
 		return fmt.Errorf("unhealthy (%s) %s", resp.Status, h.Reason)
 	}
 	return nil
+}
+
+// checkREST refuses a REST port Patroni does not hold (restowner.go).
+func (n *Node) checkREST() error {
+	if n.c.PatroniPID == nil {
+		return nil // tests: a fake Patroni
+	}
+	return restListenerIsPatroni(n.cl.RESTPort, n.c.PatroniPID())
 }

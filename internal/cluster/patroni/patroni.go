@@ -354,6 +354,25 @@ func Generate(s Settings) ([]byte, error) {
 // so no path is followed after the file exists. The directory must be a
 // real directory (not a symlink), 0700 at most, and root's or uid's.
 func WriteConfig(path string, s Settings, uid, gid int) error {
+	return writeConfig(path, s, uid, gid, 0o600, 0o700, false)
+}
+
+// WriteConfigRootOwned is WriteConfig for a daemon that keeps Patroni's
+// configuration out of Patroni's user's hands: the file is root's, 0640,
+// group gid (Patroni's, which reads it), in a directory that must be
+// root's and 0750 at most. Patroni's user can read it but neither change
+// it nor put another in its place: code running as that user (a
+// compromised PostgreSQL backend) cannot give Patroni, which runs outside
+// PostgreSQL's empty network namespace, a callback to run or another
+// pre_promote or bin_dir.
+func WriteConfigRootOwned(path string, s Settings, gid int) error {
+	if os.Geteuid() != 0 {
+		return errors.New("patroni configuration: a root-owned file needs root")
+	}
+	return writeConfig(path, s, 0, gid, 0o640, 0o750, true)
+}
+
+func writeConfig(path string, s Settings, uid, gid int, mode, dirMax os.FileMode, rootDir bool) error {
 	if !filepath.IsAbs(path) {
 		return fmt.Errorf("patroni configuration: %s is not an absolute path", path)
 	}
@@ -366,10 +385,13 @@ func WriteConfig(path string, s Settings, uid, gid int) error {
 	if !fi.IsDir() || !ok {
 		return fmt.Errorf("patroni configuration: %s is not a directory", dir)
 	}
-	if fi.Mode().Perm()&^0o700 != 0 {
-		return fmt.Errorf("patroni configuration: directory %s has mode %04o, wider than 0700", dir, fi.Mode().Perm())
+	if fi.Mode().Perm()&^dirMax != 0 {
+		return fmt.Errorf("patroni configuration: directory %s has mode %04o, wider than %04o", dir, fi.Mode().Perm(), dirMax)
 	}
 	euid := os.Geteuid()
+	if rootDir && st.Uid != 0 {
+		return fmt.Errorf("patroni configuration: directory %s belongs to uid %d, not root", dir, st.Uid)
+	}
 	if st.Uid != 0 && int(st.Uid) != uid && int(st.Uid) != euid {
 		return fmt.Errorf("patroni configuration: directory %s belongs to uid %d, not root's or uid %d's", dir, st.Uid, uid)
 	}
@@ -383,7 +405,7 @@ func WriteConfig(path string, s Settings, uid, gid int) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after the rename
-	err = f.Chmod(0o600)
+	err = f.Chmod(mode)
 	if err == nil && euid == 0 {
 		err = f.Chown(uid, gid)
 	}
@@ -423,8 +445,10 @@ func WritePgpassOwned(path string, s Settings, pw Passwords, uid, gid int) error
 	if err != nil {
 		return err
 	}
-	if fi.Mode().Perm()&^0o700 != 0 {
-		return fmt.Errorf("pgpass: directory %s has mode %04o, wider than 0700", filepath.Dir(path), fi.Mode().Perm())
+	// 0750 at most: a root-owned directory Patroni's group may read
+	// (WriteConfigRootOwned's), or Patroni's user's own 0700.
+	if fi.Mode().Perm()&^0o750 != 0 {
+		return fmt.Errorf("pgpass: directory %s has mode %04o, wider than 0750", filepath.Dir(path), fi.Mode().Perm())
 	}
 	var b strings.Builder
 	for _, e := range [][2]string{{ReplicationRole, pw.Replication}, {RewindRole, pw.Rewind}} {
