@@ -300,16 +300,21 @@ func (c *Client) Cluster(ctx context.Context) (*apitype.ClusterInfo, error) {
 // AuditAnchors are every node's audit chain head as etcd holds it.
 func (c *Client) AuditAnchors(ctx context.Context) ([]apitype.AuditAnchor, error) {
 	as, err := call[[]apitype.AuditAnchor](ctx, c, "GET", "/v1/cluster/audit-anchors", nil)
-	if err != nil {
+	if err != nil || as == nil {
 		return nil, err
 	}
 	return *as, nil
 }
 
-// ClusterManual asks for a switchover or a failover ("switchover",
-// "failover") to node to.
-func (c *Client) ClusterManual(ctx context.Context, action, to string) (*apitype.ClusterManualResult, error) {
-	return call[apitype.ClusterManualResult](ctx, c, "POST", "/v1/cluster/"+action, apitype.ClusterSwitchoverRequest{To: to})
+// ClusterSwitchover hands the primary role to node to (empty: the
+// synchronous standby).
+func (c *Client) ClusterSwitchover(ctx context.Context, to string) (*apitype.ClusterManualResult, error) {
+	return call[apitype.ClusterManualResult](ctx, c, "POST", "/v1/cluster/switchover", apitype.ClusterSwitchoverRequest{To: to})
+}
+
+// ClusterFailover promotes node to.
+func (c *Client) ClusterFailover(ctx context.Context, to string) (*apitype.ClusterManualResult, error) {
+	return call[apitype.ClusterManualResult](ctx, c, "POST", "/v1/cluster/failover", apitype.ClusterSwitchoverRequest{To: to})
 }
 
 // Pool lists the gateway's backend pools.

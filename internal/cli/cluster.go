@@ -51,7 +51,11 @@ func newClusterManual(g *globals, action string) *cobra.Command {
 			if action == "failover" && to == "" {
 				return usageError{errors.New("--to is required")}
 			}
-			res, err := g.client().ClusterManual(cmd.Context(), action, to)
+			call := g.client().ClusterSwitchover
+			if action == "failover" {
+				call = g.client().ClusterFailover
+			}
+			res, err := call(cmd.Context(), to)
 			if err != nil {
 				return err
 			}
