@@ -88,12 +88,20 @@ func newAudit(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// The anchors first: a log read before them could end before a
+			// head anchored meanwhile (a false alarm).
+			var anchors []apitype.AuditAnchor
+			if cluster {
+				if anchors, err = g.client().AuditAnchors(cmd.Context()); err != nil {
+					return err
+				}
+			}
 			rep, err := audit.Verify(dir)
 			if err != nil {
 				return err
 			}
 			if cluster {
-				return verifyCluster(cmd, g, dir, rep)
+				return verifyCluster(cmd, g, dir, rep, anchors)
 			}
 			if err := emit(cmd.OutOrStdout(), g, rep, func(tw *tabwriter.Writer) {
 				fmt.Fprintf(tw, "records\t%d\nintact\t%v\n", rep.Records, rep.OK)
@@ -129,11 +137,7 @@ type clusterVerify struct {
 // verifyCluster checks that this node's chain still holds the record its
 // last anchor in etcd names, with the same hash: a log cut short or
 // rewritten since no longer does.
-func verifyCluster(cmd *cobra.Command, g *globals, dir string, rep audit.Report) error {
-	anchors, err := g.client().AuditAnchors(cmd.Context())
-	if err != nil {
-		return err
-	}
+func verifyCluster(cmd *cobra.Command, g *globals, dir string, rep audit.Report, anchors []apitype.AuditAnchor) error {
 	res := clusterVerify{Report: rep, Anchors: anchors}
 	var self *apitype.AuditAnchor
 	for i := range anchors {

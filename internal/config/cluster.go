@@ -126,8 +126,17 @@ func (l Layout) ClusterDir() string { return filepath.Join(l.Root, "cluster") }
 
 // PatroniDir holds what Patroni reads (root's, 0750, Patroni's group):
 // its YAML (with the REST password) and copies of the etcd client files,
-// root's and 0640; the pgpass file, Patroni's user's (libpq wants it so).
+// root's and 0640 (the pgpass file is in PatroniPassDir).
 func (l Layout) PatroniDir() string { return filepath.Join(l.Root, "patroni") }
+
+// PatroniPassDir holds Patroni's pgpass file alone (0700, Patroni's
+// user's: Patroni wants its directory writable, libpq the file its own).
+func (l Layout) PatroniPassDir() string { return filepath.Join(l.Root, "patroni-pass") }
+
+// PatroniHome is the empty, root-owned home Patroni runs with, so that
+// Python finds no user site-packages there (PostgreSQL's OS user's own
+// home is its to write).
+func (l Layout) PatroniHome() string { return filepath.Join(l.Root, "patroni-home") }
 
 // PatroniBinDir is the bin_dir Patroni runs PostgreSQL's programs from
 // (root's, 0755; internal/cluster/patroni.WriteBinDir): outside

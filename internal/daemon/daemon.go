@@ -318,11 +318,13 @@ func (d *Daemon) components(cfg *config.Config) []component {
 		{name: "network policy",
 			start: func(context.Context) (err error) {
 				var publish func([]byte) error
+				var serialize func(func() error) error
 				if d.sharedNet != nil {
 					publish = func(b []byte) error { return d.sharedNet.Publish(context.Background(), b) }
+					serialize = d.sharedNet.Serialize
 				}
 				d.network, err = network.New(network.Config{Layout: d.Layout, Log: d.Log, Conf: d.conf, Audit: d.audit.Record, PostmasterPID: d.pg.PID,
-					Publish: publish})
+					Publish: publish, Serialize: serialize})
 				return err
 			},
 			stop: func() { d.network.StopOutbound() }},

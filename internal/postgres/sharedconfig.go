@@ -27,7 +27,10 @@ const (
 	sqlClusterConfigRLS      = `ALTER TABLE pgshield.cluster_config ENABLE ROW LEVEL SECURITY`
 	sqlClusterConfigForceRLS = `ALTER TABLE pgshield.cluster_config FORCE ROW LEVEL SECURITY`
 
-	sqlSharedRead   = `SELECT version, body, mac FROM pgshield.cluster_config WHERE name OPERATOR(pg_catalog.=) $1`
+	// A body over 1 MiB (a network policy is a few KiB) reads as no row:
+	// a huge one cannot load every node every second.
+	sqlSharedRead = `SELECT version, body, mac FROM pgshield.cluster_config WHERE name OPERATOR(pg_catalog.=) $1
+	AND pg_catalog.octet_length(body) OPERATOR(pg_catalog.<=) 1048576`
 	sqlSharedLock   = `SELECT version FROM pgshield.cluster_config WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE`
 	sqlSharedUpsert = `INSERT INTO pgshield.cluster_config (name, version, body, mac) VALUES ($1, $2, $3, $4)
 	ON CONFLICT (name) DO UPDATE SET version = EXCLUDED.version, body = EXCLUDED.body, mac = EXCLUDED.mac`
@@ -68,6 +71,9 @@ func WriteShared(ctx context.Context, pool *pgxpool.Pool, name string, body []by
 	case errors.Is(err, pgx.ErrNoRows):
 	case err != nil:
 		return 0, fmt.Errorf("reading pgshield.cluster_config: %w", err)
+	}
+	if cur >= 1<<62 {
+		cur = 0 // forged (node.maxVersion): never wrapped around
 	}
 	next := max(cur, floor) + 1
 	if _, err := tx.Exec(ctx, sqlSharedUpsert, name, next, body, mac(next)); err != nil {

@@ -287,7 +287,8 @@ srv.serve_forever()
 	})
 	// The daemon talks to that port only when Patroni's process holds it.
 	out, err := n.cli(ctx, time.Minute, "cluster", "show", "-o", "json")
-	if err != nil || !strings.Contains(out, "other than Patroni") || strings.Contains(out, `"n2"`) {
+	// Refused: held by another process, or Patroni's pid gone.
+	if err != nil || !strings.Contains(out, `"patroni_error"`) || strings.Contains(out, `"n2"`) {
 		t.Fatalf("cluster show with the port squatted: %v\n%s", err, out)
 	}
 	out, err = n.cli(ctx, time.Minute, "cluster", "switchover", "--to", "n2")

@@ -46,6 +46,7 @@ const (
 	FileEtcdKey    = "etcd-client.key"
 	FileSecrets    = "secrets.json" // Secrets
 	patroniBin     = "/usr/bin/patroni"
+	pythonBin      = "/usr/bin/python3"
 	patroniYAML    = "patroni.yml"
 	patroniPgpass  = "pgpass"
 	fenceMarginSec = 1
@@ -187,7 +188,7 @@ func New(c Config) (*Node, error) {
 		DataDir: c.Layout.PGData(), BinDir: c.Layout.PatroniBinDir(),
 		SocketDir: c.Layout.SocketDir(), Port: c.Cfg.PGPort,
 		LinkPort: cl.LinkPort, PeerSocketDir: c.Layout.PeerSocketDir(), RestPort: cl.RESTPort,
-		PgpassFile: filepath.Join(pdir, patroniPgpass),
+		PgpassFile: filepath.Join(c.Layout.PatroniPassDir(), patroniPgpass),
 		// A new one at each start: only Patroni (its YAML) and this
 		// process need it.
 		RESTPassword: rand.Text(),
@@ -301,7 +302,7 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 			return err
 		}
 	}
-	if err := patroni.WriteBinDir(n.settings.BinDir, n.c.Cfg.PGBinDir); err != nil {
+	if err := patroni.WriteBinDirPinned(n.settings.BinDir, n.c.Cfg.PGBinDir, managed); err != nil {
 		return err
 	}
 	s := n.settings
@@ -309,9 +310,14 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 	if err := patroni.WriteConfigRootOwned(filepath.Join(pdir, patroniYAML), s, gid); err != nil {
 		return err
 	}
-	// libpq wants its password file 0600 and readable: Patroni's user's.
-	// In a root directory it can change the file's contents (two passwords
-	// it knows), never the file.
+	// libpq wants its password file 0600 and Patroni its directory
+	// writable: both Patroni's user's, alone in their directory.
+	if err := privateDir(n.c.Layout.PatroniPassDir(), uid, gid); err != nil {
+		return err
+	}
+	if err := readableDir(n.c.Layout.PatroniHome(), gid); err != nil {
+		return err
+	}
 	return patroni.WritePgpassOwned(s.PgpassFile, s, patroni.Passwords{Replication: n.secrets.Replication, Rewind: n.secrets.Rewind}, uid, gid)
 }
 
@@ -321,8 +327,16 @@ func (n *Node) Command() (*exec.Cmd, error) {
 	if _, err := os.Stat(patroniBin); err != nil {
 		return nil, fmt.Errorf("Patroni is not installed (%s): apt-get install -y patroni", patroniBin)
 	}
-	cmd := n.c.User.Command(patroniBin, filepath.Join(n.c.Layout.PatroniDir(), patroniYAML))
-	cmd.Env = patroni.Env(n.settings)
+	// Isolated mode (-I): no user site-packages, no PYTHON* variables, no
+	// script directory on the path. Otherwise Python runs the .pth files
+	// of ~/.local, which PostgreSQL's OS user can write from inside its
+	// namespace, in Patroni, outside it.
+	cmd := n.c.User.Command(pythonBin, "-I", patroniBin, filepath.Join(n.c.Layout.PatroniDir(), patroniYAML))
+	cmd.Env = append(patroni.Env(n.settings), "HOME="+n.c.Layout.PatroniHome(), "PYTHONNOUSERSITE=1")
+	// The postmaster Patroni detaches keeps the output pipes open: without
+	// this, Wait would not return when Patroni dies, and it would never be
+	// restarted.
+	cmd.WaitDelay = 2 * time.Second
 	// Patroni's own log (leader races, promotions, rewinds) is the
 	// operator's: into pgshield's log, a line per record, bounded.
 	w := &lineLog{log: n.c.Log.With("component", "patroni")}
@@ -397,6 +411,25 @@ func (n *Node) Start(ctx context.Context) error {
 	case <-time.After(30 * time.Second):
 		return errors.New("node link: not ready after 30 s")
 	}
+}
+
+// privateDir makes dir a 0700 directory of uid:gid, refusing a symlink;
+// its parent, the data directory, is root's.
+func privateDir(dir string, uid, gid int) error {
+	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	fi, err := os.Lstat(dir)
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("%s is not a directory", dir)
+	}
+	if err := os.Chown(dir, uid, gid); err != nil {
+		return err
+	}
+	return os.Chmod(dir, 0o700)
 }
 
 // readableDir makes dir root's, 0750, group gid (Patroni's user reads

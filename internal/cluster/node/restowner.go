@@ -25,7 +25,7 @@ func restListenerIsPatroni(port, pid int) error {
 	want := "socket:[" + inode + "]"
 	ents, err := os.ReadDir(filepath.Join("/proc", strconv.Itoa(pid), "fd"))
 	if err != nil {
-		return fmt.Errorf("Patroni's sockets: %w", err)
+		return fmt.Errorf("Patroni (pid %d) is gone: refusing to talk to whatever holds 127.0.0.1:%d", pid, port)
 	}
 	for _, e := range ents {
 		if l, err := os.Readlink(filepath.Join("/proc", strconv.Itoa(pid), "fd", e.Name())); err == nil && l == want {

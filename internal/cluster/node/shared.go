@@ -49,6 +49,10 @@ import (
 // force everywhere within about this much plus the replication delay.
 const sharedPoll = time.Second
 
+// maxVersion bounds a shared row's version: a row forged at the top of
+// int64 can make no version wrap around.
+const maxVersion = 1 << 62
+
 func (n *Node) sharedMAC(name string, version int64, body []byte) []byte {
 	m := hmac.New(sha256.New, []byte(n.secrets.Config))
 	m.Write([]byte("pgshield-cluster-config\x00" + name + "\x00"))
@@ -98,11 +102,19 @@ func (n *Node) Share(name string, pool func() *pgxpool.Pool, apply func([]byte) 
 	return &Shared{n: n, name: name, pool: pool, apply: apply, current: current}
 }
 
-// Publish writes body as the next version for every node. On a standby
-// it is refused with a clear error: changes are made on the primary.
-func (s *Shared) Publish(ctx context.Context, body []byte) error {
+// Serialize runs fn under the item's lock: a local change (fn) and its
+// Publish, which must be called inside fn. Lock order: this lock first,
+// then whatever apply and fn take.
+func (s *Shared) Serialize(fn func() error) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	return fn()
+}
+
+// Publish writes body as the next version for every node; it must run
+// inside Serialize. On a standby it is refused with a clear error:
+// changes are made on the primary.
+func (s *Shared) Publish(ctx context.Context, body []byte) error {
 	return s.publishLocked(ctx, body)
 }
 
@@ -174,7 +186,20 @@ func (s *Shared) once(ctx context.Context) (int64, error) {
 		}
 		return 0, nil
 	}
-	if row.Version <= s.n.applied(s.name) {
+	applied := s.n.applied(s.name)
+	if row.Version < applied || row.Version >= maxVersion {
+		// An older row put back (or a forged huge version): a primary
+		// publishes its own again, above both; a standby waits for it.
+		body, err := s.current()
+		if err != nil {
+			return row.Version, err
+		}
+		if err := s.publishLocked(ctx, body); err != nil && !isStandbyRefusal(err) {
+			return row.Version, err
+		}
+		return row.Version, nil
+	}
+	if row.Version == applied {
 		return row.Version, nil
 	}
 	if !hmac.Equal(row.MAC, s.n.sharedMAC(s.name, row.Version, row.Body)) {

@@ -75,7 +75,18 @@ const unshare = "/usr/bin/unshare"
 // WriteBinDir makes dir (0755) the bin_dir Patroni runs: links to every
 // program in pgBinDir but postgres, which is a script that starts the real
 // one in a network namespace of its own. Existing entries are replaced.
-func WriteBinDir(dir, pgBinDir string) error {
+func WriteBinDir(dir, pgBinDir string) error { return WriteBinDirPinned(dir, pgBinDir, nil) }
+
+// WriteBinDirPinned is WriteBinDir with the values of pinnedNames (from
+// pgshield's managed settings; absent ones are pinned empty, "off" for
+// archive_mode) on the postgres wrapper's command line.
+func WriteBinDirPinned(dir, pgBinDir string, managed map[string]string) error {
+	pinned := map[string]string{"archive_mode": "off"}
+	for _, k := range pinnedNames {
+		if v, ok := managed[k]; ok {
+			pinned[k] = v
+		}
+	}
 	if !filepath.IsAbs(dir) || !filepath.IsAbs(pgBinDir) || filepath.Clean(dir) == filepath.Clean(pgBinDir) {
 		return fmt.Errorf("bin dir %q for %q: want two different absolute paths", dir, pgBinDir)
 	}
@@ -99,6 +110,9 @@ func WriteBinDir(dir, pgBinDir string) error {
 			found = true
 			continue
 		}
+		if isolated[name] {
+			continue
+		}
 		link := filepath.Join(dir, name)
 		_ = os.Remove(link)
 		if err := os.Symlink(filepath.Join(pgBinDir, name), link); err != nil {
@@ -108,10 +122,38 @@ func WriteBinDir(dir, pgBinDir string) error {
 	if !found {
 		return fmt.Errorf("%s has no postgres", pgBinDir)
 	}
-	script := "#!/bin/sh\n" +
-		"# Written by pgshield: PostgreSQL in a network namespace with nothing in it\n" +
-		"# (internal/cluster/patroni/netns.go). exec keeps the postmaster's PID the\n" +
-		"# one Patroni started.\n" +
-		"exec " + unshare + " --user --map-current-user --net -- '" + filepath.Join(pgBinDir, "postgres") + "' \"$@\"\n"
-	return config.WriteFileAtomic(filepath.Join(dir, "postgres"), []byte(script), 0o755)
+	for _, name := range append([]string{"postgres"}, isolatedNames...) {
+		if _, err := os.Stat(filepath.Join(pgBinDir, name)); err != nil {
+			return err
+		}
+		pins := ""
+		if name == "postgres" {
+			// Command-line settings win over postgresql.auto.conf, which
+			// PostgreSQL's OS user can write: Patroni reads these with
+			// "postgres -C" and runs archive_command itself, outside.
+			for _, k := range pinnedNames {
+				pins += " -c '" + k + "=" + strings.ReplaceAll(pinned[k], "'", `'\''`) + "'"
+			}
+		}
+		script := "#!/bin/sh\n" +
+			"# Written by pgshield: " + name + " in a network namespace with nothing in it\n" +
+			"# (internal/cluster/patroni/netns.go). exec keeps the PID the one Patroni started.\n" +
+			"exec " + unshare + " --user --map-current-user --net -- '" + filepath.Join(pgBinDir, name) + "' \"$@\"" + pins + "\n"
+		if err := config.WriteFileAtomic(filepath.Join(dir, name), []byte(script), 0o755); err != nil {
+			return err
+		}
+	}
+	return nil
 }
+
+// isolatedNames run in an empty network namespace too: pg_rewind runs
+// restore_command and a single-user postgres (its own, found next to the
+// real binary) from the data directory's configuration, pg_basebackup
+// writes into it; both reach their source through the peer sockets.
+var isolatedNames = []string{"pg_rewind", "pg_basebackup"}
+
+var isolated = map[string]bool{"pg_rewind": true, "pg_basebackup": true}
+
+// pinnedNames are the settings the postgres wrapper gives on its command
+// line (WriteBinDirPinned).
+var pinnedNames = []string{"archive_mode", "archive_command", "restore_command"}

@@ -24,9 +24,15 @@ func TestWriteBinDir(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	for _, n := range []string{"pg_ctl", "pg_rewind", "pg_basebackup"} {
-		if target, err := os.Readlink(filepath.Join(dir, n)); err != nil || target != filepath.Join(pg, n) {
-			t.Errorf("%s -> %q, %v", n, target, err)
+	if target, err := os.Readlink(filepath.Join(dir, "pg_ctl")); err != nil || target != filepath.Join(pg, "pg_ctl") {
+		t.Errorf("pg_ctl -> %q, %v", target, err)
+	}
+	// pg_rewind and pg_basebackup run commands and a single-user postgres
+	// from the data directory's configuration: wrapped too.
+	for _, n := range []string{"pg_rewind", "pg_basebackup"} {
+		b, err := os.ReadFile(filepath.Join(dir, n))
+		if err != nil || !strings.Contains(string(b), "exec /usr/bin/unshare --user --map-current-user --net -- '"+filepath.Join(pg, n)+"' \"$@\"\n") {
+			t.Errorf("%s wrapper: %v\n%s", n, err, b)
 		}
 	}
 	b, err := os.ReadFile(filepath.Join(dir, "postgres"))
@@ -43,11 +49,20 @@ func TestWriteBinDir(t *testing.T) {
 	// program with its arguments, in a network namespace with no TCP socket.
 	if _, err := os.Stat("/usr/bin/unshare"); err == nil {
 		out, err := exec.Command(filepath.Join(dir, "postgres"), "-V").CombinedOutput()
-		if err == nil && strings.TrimSpace(string(out)) != "real postgres -V" {
+		want := "real postgres -V -c archive_mode=off -c archive_command= -c restore_command="
+		if err == nil && strings.TrimSpace(string(out)) != want {
 			t.Errorf("wrapper output %q", out)
 		} else if err != nil {
 			t.Logf("unshare not usable here: %v %s", err, out)
 		}
+	}
+	// The pinned settings, quoted for the shell (a quote in the value).
+	if err := WriteBinDirPinned(dir, pg, map[string]string{"archive_mode": "on", "archive_command": "/usr/bin/x '--config=/a b' %p"}); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command(filepath.Join(dir, "postgres"), "-V").CombinedOutput(); err == nil &&
+		strings.TrimSpace(string(out)) != "real postgres -V -c archive_mode=on -c archive_command=/usr/bin/x '--config=/a b' %p -c restore_command=" {
+		t.Errorf("pinned wrapper output %q", out)
 	}
 	if err := WriteBinDir(dir, filepath.Join(t.TempDir(), "empty")); err == nil {
 		t.Error("a missing PostgreSQL bin dir accepted")

@@ -319,6 +319,16 @@ func Generate(s Settings) ([]byte, error) {
 			},
 			"parameters": params,
 			"pg_hba":     hba,
+			// Pinned here because Patroni takes any postgresql key its local
+			// file leaves out from the dynamic configuration in etcd, which
+			// every etcd client can write: commands it would run as
+			// PostgreSQL's OS user outside PostgreSQL's empty namespace.
+			"callbacks":              map[string]any{},
+			"before_stop":            "",
+			"create_replica_methods": []string{"basebackup"},
+			"recovery_conf":          map[string]any{},
+			"remove_data_directory_on_rewind_failure":     false,
+			"remove_data_directory_on_diverged_timelines": false,
 			// A replica's base backup starts at once instead of waiting
 			// for a spread checkpoint (up to 0.9 of checkpoint_timeout:
 			// minutes after a bulk load).

@@ -51,6 +51,11 @@ type Config struct {
 	// its error refuses the change. Not called for a policy received
 	// from the cluster (ApplyShared).
 	Publish func(body []byte) error
+	// Serialize, on a cluster node, runs each local change inside the
+	// shared item's lock (node.Shared.Serialize), the same outermost lock
+	// its watch holds while it applies a received policy: one lock order,
+	// shared lock then updMu then the engine's.
+	Serialize func(func() error) error
 }
 
 // Controller is the network policy of one server.
@@ -72,11 +77,17 @@ type Controller struct {
 
 // localUpdate is n.policy.Update for a change made on this node.
 func (n *Controller) localUpdate(fn func(p *netpolicy.Policy) error) error {
-	n.updMu.Lock()
-	defer n.updMu.Unlock()
-	n.publish.Store(true)
-	defer n.publish.Store(false)
-	return n.policy.Update(fn)
+	update := func() error {
+		n.updMu.Lock()
+		defer n.updMu.Unlock()
+		n.publish.Store(true)
+		defer n.publish.Store(false)
+		return n.policy.Update(fn)
+	}
+	if n.c.Serialize != nil {
+		return n.c.Serialize(update)
+	}
+	return update()
 }
 
 // New loads the policy (a missing file is default deny) and checks that
