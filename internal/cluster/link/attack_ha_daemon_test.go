@@ -53,22 +53,7 @@ func attackNode(t *testing.T) (n *daemonNode, base string, endpoints []string, e
 	}
 	hosts := map[string]string{"e1": "10.77.40.11", "e2": "10.77.40.12", "e3": "10.77.40.13", "n1": "10.77.40.21"}
 	l := newLab(t, hosts)
-	base, err := os.MkdirTemp("", "pgsh-atk-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	if err := os.Chmod(base, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(base, "pgshield")
-	gobin := "go"
-	if _, err := exec.LookPath("go"); err != nil {
-		gobin = "/usr/local/go/bin/go"
-	}
-	if out, err := exec.Command(gobin, "build", "-o", bin, "../../../cmd/pgshield").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	base, bin := daemonBase(t, "pgsh-atk-")
 	_, pki, endpoints := startEtcd(t, l, base)
 	ctx := context.Background()
 	secrets := struct {

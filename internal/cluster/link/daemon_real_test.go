@@ -161,6 +161,30 @@ func (n *daemonNode) cleanup(t *testing.T) {
 	}
 }
 
+// daemonBase makes the test's base directory (0711: postgres runs the
+// pre_promote hook, so the binary must be reachable) and builds the
+// pgshield binary into it.
+func daemonBase(t *testing.T, prefix string) (base, bin string) {
+	t.Helper()
+	base, err := os.MkdirTemp("", prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(base) })
+	if err := os.Chmod(base, 0o711); err != nil {
+		t.Fatal(err)
+	}
+	bin = filepath.Join(base, "pgshield")
+	gobin := "go"
+	if _, err := exec.LookPath("go"); err != nil {
+		gobin = "/usr/local/go/bin/go"
+	}
+	if out, err := exec.Command(gobin, "build", "-o", bin, "../../../cmd/pgshield").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return base, bin
+}
+
 // gatewayConfig is a client's connection to the given gateways (a libpq
 // multi-host string), dialled from inside namespace ns.
 func gatewayConfig(t *testing.T, ns string, ips []string, password, rootCA, extra string) *pgx.ConnConfig {
@@ -200,23 +224,7 @@ func TestRealHADaemons(t *testing.T) {
 	}
 	hosts := map[string]string{"e1": "10.77.40.11", "e2": "10.77.40.12", "e3": "10.77.40.13", "n1": "10.77.40.21", "n2": "10.77.40.22", "c1": "10.77.40.31"}
 	l := newLab(t, hosts)
-	base, err := os.MkdirTemp("", "pgsh-had-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(base) })
-	// postgres runs the pre_promote hook: the binary must be reachable.
-	if err := os.Chmod(base, 0o711); err != nil {
-		t.Fatal(err)
-	}
-	bin := filepath.Join(base, "pgshield")
-	gobin := "go"
-	if _, err := exec.LookPath("go"); err != nil {
-		gobin = "/usr/local/go/bin/go"
-	}
-	if out, err := exec.Command(gobin, "build", "-o", bin, "../../../cmd/pgshield").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	base, bin := daemonBase(t, "pgsh-had-")
 	_, pki, endpoints := startEtcd(t, l, base)
 	ctx := context.Background()
 
