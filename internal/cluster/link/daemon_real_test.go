@@ -627,18 +627,7 @@ func missingOn(t *testing.T, ctx context.Context, n *daemonNode, ids []int64) []
 	if err != nil {
 		t.Fatalf("%s: reading the ledger: %v %s", n.name, err, out)
 	}
-	have := map[int64]bool{}
-	for _, f := range strings.Fields(out) {
-		v, _ := strconv.ParseInt(f, 10, 64)
-		have[v] = true
-	}
-	var lost []int64
-	for _, id := range ids {
-		if !have[id] {
-			lost = append(lost, id)
-		}
-	}
-	return lost
+	return notIn(out, ids)
 }
 
 // gatewayWriter inserts one row per transaction through a multi-host

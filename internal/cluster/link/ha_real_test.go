@@ -1413,8 +1413,14 @@ func missing(t *testing.T, ctx context.Context, n *haNode, ids []int64) []int64 
 	if err != nil {
 		t.Fatalf("reading the ledger on %s: %v %s", n.name, err, out)
 	}
+	return notIn(out, ids)
+}
+
+// notIn returns the ids not among the ledger's ids (psql's output, one a
+// line).
+func notIn(ledger string, ids []int64) []int64 {
 	have := map[int64]bool{}
-	for _, s := range strings.Fields(out) {
+	for _, s := range strings.Fields(ledger) {
 		v, _ := strconv.ParseInt(s, 10, 64)
 		have[v] = true
 	}
