@@ -139,18 +139,25 @@ func TestAttack2DCSCallbacks(t *testing.T) {
 	etcdctl := func(args ...string) (string, error) {
 		return sh(ctx, "ip", append([]string{"netns", "exec", etcdNS, "etcdctl"}, append(etcdArgs, args...)...)...)
 	}
-	keys, err := etcdctl("get", "--prefix", "/pgshield/", "--keys-only")
-	if err != nil {
-		t.Fatalf("%v %s", err, keys)
-	}
-	var cfgKey string
-	for _, k := range strings.Fields(keys) {
-		if strings.HasSuffix(k, "/config") {
-			cfgKey = k
+	// The leader writes the dynamic configuration key a cycle or two after
+	// it takes the leader key, so wait for it (bounded).
+	var cfgKey, keys string
+	for deadline := time.Now().Add(time.Minute); cfgKey == "" && time.Now().Before(deadline); {
+		var err error
+		if keys, err = etcdctl("get", "--prefix", "/pgshield/", "--keys-only"); err != nil {
+			t.Fatalf("%v %s", err, keys)
+		}
+		for _, k := range strings.Fields(keys) {
+			if strings.HasSuffix(k, "/config") {
+				cfgKey = k
+			}
+		}
+		if cfgKey == "" {
+			time.Sleep(500 * time.Millisecond)
 		}
 	}
 	if cfgKey == "" {
-		t.Fatalf("no config key in %s", keys)
+		t.Fatalf("no config key after a minute in %s", keys)
 	}
 	cur, err := etcdctl("get", cfgKey, "--print-value-only")
 	if err != nil {
