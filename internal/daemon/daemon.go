@@ -91,6 +91,9 @@ type Daemon struct {
 	node *node.Node
 	// sharedNet is the network policy shared with the cluster (node only).
 	sharedNet *node.Shared
+	// keyChecks tells the other nodes when this node's key state moves,
+	// and checks this node's key when another's moved (node only).
+	keyChecks *node.KeyChecks
 	// gw is set by the "gateway" component; read by the API and metrics
 	// only after that (the API starts later) or through gateway().
 	gwMu    sync.Mutex
@@ -167,7 +170,12 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 		KeyState: func() string { return d.keys.State() }, PGStatus: func() postgres.Status { return d.pg.Status() },
 		Pool: func() *pgxpool.Pool { return d.pg.Pool() }})
 	d.keys = keys.New(keys.Config{Log: log, Conf: d.conf, Volume: d.volume.AtRest(), Audit: d.audit.Record,
-		Metrics: d.metrics, RewrapBackupKey: d.backups.RewrapKey})
+		Metrics: d.metrics, RewrapBackupKey: d.backups.RewrapKey,
+		Changed: func(state string) {
+			if d.keyChecks != nil {
+				d.keyChecks.Changed(state)
+			}
+		}})
 	var pgCommand func() (*exec.Cmd, error) // a single node: the postmaster
 	if cfg.Cluster != nil {
 		pgCommand = func() (*exec.Cmd, error) { return d.node.Command() }
@@ -243,6 +251,7 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 			}
 			return nil
 		}
+		d.keyChecks = d.node.KeyChecks(func(ctx context.Context) { d.keys.Revalidate(ctx) })
 		d.sharedNet = d.node.Share("network policy", catalogPool,
 			func(b []byte) error { return d.network.ApplyShared(b) },
 			func() ([]byte, error) { return d.network.Encoded() })
@@ -423,6 +432,7 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			if d.sharedNet != nil {
 				go d.sharedNet.Watch(ctx)               // the cluster's network policy
 				go d.node.RunAnchors(ctx, d.audit.Head) // the audit chain's head, in etcd
+				go d.keyChecks.Run(ctx)                 // a key revoked or back on another node
 			}
 
 			// SIGHUP also reads pgshield.json again (reload.go).

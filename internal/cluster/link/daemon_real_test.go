@@ -26,6 +26,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/cluster/patroni"
 	"github.com/pgshield/pgshield/internal/config"
+	"github.com/pgshield/pgshield/internal/testutil/localkms"
 	"github.com/pgshield/pgshield/internal/testutil/pgtest"
 )
 
@@ -222,11 +223,17 @@ func TestRealHADaemons(t *testing.T) {
 			t.Skipf("%s is not installed", p)
 		}
 	}
-	hosts := map[string]string{"e1": "10.77.40.11", "e2": "10.77.40.12", "e3": "10.77.40.13", "n1": "10.77.40.21", "n2": "10.77.40.22", "c1": "10.77.40.31"}
+	hosts := map[string]string{"e1": "10.77.40.11", "e2": "10.77.40.12", "e3": "10.77.40.13", "n1": "10.77.40.21", "n2": "10.77.40.22", "c1": "10.77.40.31", "k1": "10.77.40.51"}
 	l := newLab(t, hosts)
 	base, bin := daemonBase(t, "pgsh-had-")
 	_, pki, endpoints := startEtcd(t, l, base)
 	ctx := context.Background()
+	// One customer-managed key wraps both nodes' data keys; the KMS has a
+	// namespace of its own, which both nodes reach.
+	kms := localkms.StartIn(t, localkms.Elsewhere{Prefix: []string{"ip", "netns", "exec", l.ns["k1"]}, Host: hosts["k1"],
+		Dial: func(_ context.Context, _, addr string) (net.Conn, error) { return dialIn(l.ns["k1"], addr) }}, 4599)
+	kms.SetEnv(t) // the daemons inherit the fake credentials
+	keyID, _ := kms.CreateKey(t)
 
 	// internal/cluster/node's files (that package imports this one).
 	const fileCA, fileNodeCert, fileNodeKey, fileEtcdCA, fileEtcdCert, fileEtcdKey, fileSecrets = "ca.crt", "node.crt", "node.key", "etcd-ca.crt", "etcd-client.crt", "etcd-client.key", "secrets.json"
@@ -295,7 +302,7 @@ func TestRealHADaemons(t *testing.T) {
 		}
 		nodes = append(nodes, n)
 		if out, err := n.cli(ctx, 3*time.Minute, "init", "--listen", n.ip+":5432", "--admin-password-file", pwFile, "--storage-size", "1GiB",
-			"--ha", clFile, "--ha-files", files); err != nil {
+			"--ha", clFile, "--ha-files", files, "--key-uri", kms.KeyURI(keyID)); err != nil {
 			t.Fatalf("%s: init --ha: %v\n%s", name, err, out)
 		}
 		if out, err := n.cli(ctx, 4*time.Minute, "up", "--timeout", "3m"); err != nil {
@@ -534,6 +541,16 @@ func TestRealHADaemons(t *testing.T) {
 			return true, ""
 		})
 	}
+
+	var eps []string
+	for _, e := range endpoints {
+		eps = append(eps, "https://"+e)
+	}
+	etcdctl := func(args ...string) (string, error) {
+		return sh(ctx, "ip", append([]string{"netns", "exec", l.ns["e1"], "etcdctl", "--endpoints=" + strings.Join(eps, ","),
+			"--dial-timeout=3s", "--command-timeout=5s", "--cacert=" + pki.CACert(), "--cert=" + pki.ClientCert(), "--key=" + pki.ClientKey()}, args...)...)
+	}
+	checkKeyRevocation(t, ctx, kms, keyID, etcdctl, n1, n2, w.cfg, "pgsh-"+l.suffix)
 }
 
 // hasRule reports whether n's firewall rule name covers exactly ip.

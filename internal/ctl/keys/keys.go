@@ -69,6 +69,10 @@ type Config struct {
 	// RewrapBackupKey prepares the backup passphrase wrapped under newURI
 	// and returns the function that saves it (the backup controller's).
 	RewrapBackupKey func(ctx context.Context, oldURI, newURI string) (save func() error, err error)
+	// Changed, if set, is called (outside mu) after a revalidation moved
+	// the key's state to Inaccessible or back to Available: a cluster node
+	// asks the others to check their key now.
+	Changed func(state string)
 	// Now is the clock; time.Now if nil. For tests.
 	Now func() time.Time
 }

@@ -190,6 +190,30 @@ func TestRevalidateRevoked(t *testing.T) {
 	}
 }
 
+// TestRevalidateChanged: Changed hears of each move revalidation makes
+// (a cluster node tells the others), and of nothing else.
+func TestRevalidateChanged(t *testing.T) {
+	h := newHarness(t)
+	var changed []string
+	h.c.Changed = func(s string) { changed = append(changed, s) }
+	h.open(t)
+	h.Revalidate(context.Background()) // Available, still
+	h.vol.checkErr = errors.New("dial tcp: connection refused")
+	h.Revalidate(context.Background()) // grace: Available, still
+	h.vol.checkErr = fmt.Errorf("unwrap: %w", keys.ErrCorrupt)
+	h.Revalidate(context.Background())
+	h.Revalidate(context.Background()) // Inaccessible, still
+	h.vol.checkErr = nil
+	h.Revalidate(context.Background())
+	if _, err := h.Lock(); err != nil {
+		t.Fatal(err)
+	}
+	h.Revalidate(context.Background()) // the operator's lock stays
+	if want := []string{apitype.KeyInaccessible, apitype.KeyAvailable}; !slices.Equal(changed, want) {
+		t.Errorf("Changed calls = %q; want %q", changed, want)
+	}
+}
+
 // TestRevalidateGrace: a transient failure starts a grace period; the
 // server stays Available until it runs out.
 func TestRevalidateGrace(t *testing.T) {

@@ -35,6 +35,15 @@ func (k *Controller) Run(ctx context.Context) {
 }
 
 func (k *Controller) revalidate(ctx context.Context) {
+	before := k.State()
+	k.revalidateOnce(ctx)
+	if after := k.State(); after != before && k.c.Changed != nil &&
+		(after == apitype.KeyInaccessible || after == apitype.KeyAvailable) {
+		k.c.Changed(after)
+	}
+}
+
+func (k *Controller) revalidateOnce(ctx context.Context) {
 	if k.State() == apitype.KeyLocked {
 		return // the operator's lock is undone only by the operator
 	}

@@ -23,21 +23,25 @@
 // Credentials are never part of the key URI.
 //
 // local-kms listens on all interfaces (it takes only a port, no address);
-// every client made here talks to 127.0.0.1 only.
+// every client made here talks to 127.0.0.1 only (or, with StartIn, to the
+// address given, through the dialer given).
 package localkms
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -209,6 +213,9 @@ type Server struct {
 	Region string
 
 	bin     string
+	prefix  []string // argv before the binary (StartIn)
+	host    string   // where the test reaches it; 127.0.0.1 unless StartIn
+	dial    func(ctx context.Context, network, addr string) (net.Conn, error)
 	dataDir string
 	seed    string
 	port    string
@@ -223,15 +230,44 @@ type Server struct {
 // fresh t.TempDir, waits until it answers, and stops it when t ends.
 func Start(t testing.TB) *Server {
 	t.Helper()
+	return startWith(t, Elsewhere{}, "0")
+}
+
+// Elsewhere is where StartIn runs local-kms: in another network
+// namespace, say, for daemons that run in namespaces of their own.
+type Elsewhere struct {
+	// Prefix comes before the binary in its argv (ip netns exec NS).
+	Prefix []string
+	// Host is the address the daemons and the test reach it at.
+	Host string
+	// Dial connects the test's own KMS client to Host (from inside the
+	// namespace).
+	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// StartIn starts local-kms as Start does, but as at describes, on port.
+func StartIn(t testing.TB, at Elsewhere, port int) *Server {
+	t.Helper()
+	if at.Host == "" || at.Dial == nil || port <= 0 {
+		t.Fatal("localkms: StartIn needs a host, a dialer and a port")
+	}
+	return startWith(t, at, fmt.Sprint(port))
+}
+
+func startWith(t testing.TB, at Elsewhere, port string) *Server {
+	t.Helper()
 	root := t.TempDir()
 	s := &Server{
 		Region:  Region,
 		bin:     Binary(t),
+		prefix:  at.Prefix,
+		host:    cmp.Or(at.Host, "127.0.0.1"),
+		dial:    at.Dial,
 		dataDir: filepath.Join(root, "data"),
 		seed:    filepath.Join(root, "no-seed.yaml"), // absent: no seeding
 	}
 	t.Cleanup(s.Stop)
-	if err := s.start("0"); err != nil {
+	if err := s.start(port); err != nil {
 		t.Fatalf("localkms: start: %v", err)
 	}
 	return s
@@ -247,7 +283,8 @@ func (s *Server) start(port string) error {
 		return errors.New("already running")
 	}
 	log := &syncBuffer{}
-	cmd := exec.Command(s.bin)
+	argv := append(slices.Clone(s.prefix), s.bin)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Env = []string{
 		"PORT=" + port,
 		"KMS_REGION=" + s.Region,
@@ -293,7 +330,7 @@ func (s *Server) start(port string) error {
 		}
 	}
 	s.port = port
-	s.Endpoint = "http://" + net.JoinHostPort("127.0.0.1", port)
+	s.Endpoint = "http://" + net.JoinHostPort(s.host, port)
 	// Then wait until it answers a KMS request.
 	c := s.newClient()
 	for {
@@ -354,7 +391,16 @@ func (s *Server) newClient() *kms.Client {
 		Region:       s.Region,
 		Credentials:  credentials.NewStaticCredentialsProvider(AccessKeyID, SecretAccessKey, ""),
 		BaseEndpoint: aws.String(s.Endpoint),
+		HTTPClient:   s.httpClient(),
 	})
+}
+
+// httpClient is nil (the SDK's own) unless the server is elsewhere.
+func (s *Server) httpClient() aws.HTTPClient {
+	if s.dial == nil {
+		return nil
+	}
+	return &http.Client{Transport: &http.Transport{DialContext: s.dial}}
 }
 
 // Client returns an AWS SDK v2 KMS client for the server, with the fake
