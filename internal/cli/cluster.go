@@ -12,16 +12,17 @@ import (
 	"github.com/pgshield/pgshield/internal/cluster/promote"
 )
 
-// newCluster is `pgshield cluster`: show, and the hook Patroni runs. A
-// node is made with `init --ha`; switchover, failover and remove are
-// issue #18's, not built yet.
+// newCluster is `pgshield cluster`: a new cluster's material (init) and
+// its etcd members (etcd), show, switchover and failover, and the hook
+// Patroni runs. A node is made with `init --ha`.
 func newCluster(g *globals) *cobra.Command {
 	c := &cobra.Command{
 		Use:   "cluster",
-		Short: "High availability: this node's view of its cluster",
+		Short: "High availability: a new cluster's material and etcd members, this node's view of its cluster",
 		Args:  cobra.NoArgs,
 	}
-	c.AddCommand(newClusterShow(g), newClusterManual(g, "switchover"), newClusterManual(g, "failover"), newClusterPrePromote(g))
+	c.AddCommand(newClusterShow(g), newClusterManual(g, "switchover"), newClusterManual(g, "failover"), newClusterPrePromote(g),
+		newClusterInit(g), newClusterEtcd(g))
 	return c
 }
 
@@ -112,9 +113,6 @@ func newClusterPrePromote(_ *globals) *cobra.Command {
 			if socket == "" {
 				return usageError{errors.New("--socket is required")}
 			}
-			// TODO(#18): the daemon does not serve this socket yet
-			// (promote.Server over volume.AtRest and the keys controller,
-			// started in cluster mode), so today the hook always refuses.
 			return promote.Ask(cmd.Context(), socket)
 		},
 	}
