@@ -125,10 +125,10 @@ func newClusterEtcd(_ *globals) *cobra.Command {
 			if u, err := user.Lookup("etcd"); err == nil {
 				uid, _ := strconv.Atoi(u.Uid)
 				gid, _ := strconv.Atoi(u.Gid)
-				if err := (etcd.PKI{Dir: dir}).Chown(name, uid, gid); err != nil {
+				if err := material.ChownMember(dir, name, uid, gid); err != nil {
 					return err
 				}
-				if err := os.Chown(dataDir, uid, gid); err != nil {
+				if err := os.Lchown(dataDir, uid, gid); err != nil {
 					return err
 				}
 				cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}

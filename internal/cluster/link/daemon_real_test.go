@@ -24,8 +24,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgshield/pgshield/internal/cluster/etcd"
 	"github.com/pgshield/pgshield/internal/cluster/patroni"
-	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/testutil/localkms"
 	"github.com/pgshield/pgshield/internal/testutil/pgtest"
 )
@@ -186,6 +186,65 @@ func daemonBase(t *testing.T, prefix string) (base, bin string) {
 	return base, bin
 }
 
+// runEtcdMembers runs etcd's three members with `pgshield cluster etcd`,
+// each in its namespace from its `cluster init` directory, until the test
+// ends, and returns their client addresses once all three are healthy.
+func runEtcdMembers(t *testing.T, l *lab, base, bin, matDir string, pki etcd.PKI) []string {
+	t.Helper()
+	var endpoints, urls []string
+	type member struct {
+		cmd  *exec.Cmd
+		log  *syncBuf
+		done chan struct{}
+	}
+	var members []member
+	t.Cleanup(func() {
+		for _, m := range members {
+			_ = m.cmd.Process.Signal(syscall.SIGTERM)
+		}
+		for i, m := range members {
+			select {
+			case <-m.done:
+			case <-time.After(20 * time.Second):
+				_ = m.cmd.Process.Kill()
+				<-m.done
+			}
+			if t.Failed() {
+				t.Logf("etcd e%d (cluster etcd) log (tail):\n%s", i+1, m.log.tail(1500))
+			}
+		}
+	})
+	for _, name := range []string{"e1", "e2", "e3"} {
+		m := member{log: &syncBuf{}, done: make(chan struct{})}
+		m.cmd = exec.Command("ip", "netns", "exec", l.ns[name], bin, "cluster", "etcd",
+			"--dir", filepath.Join(matDir, "etcd-member-"+name), "--data-dir", filepath.Join(base, "etcd-"+name))
+		m.cmd.Stdout, m.cmd.Stderr = m.log, m.log
+		if err := m.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() { _ = m.cmd.Wait(); close(m.done) }()
+		members = append(members, m)
+		endpoints = append(endpoints, net.JoinHostPort(l.ips[name], "2379"))
+		urls = append(urls, "https://"+net.JoinHostPort(l.ips[name], "2379"))
+	}
+	waitFor(t, "etcd (cluster etcd) healthy", 60*time.Second, nil, func() (bool, string) {
+		out, err := sh(context.Background(), "ip", "netns", "exec", l.ns["e1"], "etcdctl", "--endpoints="+strings.Join(urls, ","), "--dial-timeout=2s", "--command-timeout=4s",
+			"--cacert="+pki.CACert(), "--cert="+pki.ClientCert(), "--key="+pki.ClientKey(), "endpoint", "health")
+		return err == nil && strings.Count(out, "is healthy") == 3, out
+	})
+	// As Debian's etcd user, not root.
+	for _, name := range []string{"e1", "e2", "e3"} {
+		pids := procsOf("--data-dir=" + filepath.Join(base, "etcd-"+name))
+		if len(pids) != 1 {
+			t.Fatalf("etcd member %s: processes %v", name, pids)
+		}
+		if st, err := os.Stat(fmt.Sprintf("/proc/%d", pids[0])); err != nil || st.Sys().(*syscall.Stat_t).Uid == 0 {
+			t.Errorf("etcd member %s runs as root (%v)", name, err)
+		}
+	}
+	return endpoints
+}
+
 // gatewayConfig is a client's connection to the given gateways (a libpq
 // multi-host string), dialled from inside namespace ns.
 func gatewayConfig(t *testing.T, ns string, ips []string, password, rootCA, extra string) *pgx.ConnConfig {
@@ -226,8 +285,27 @@ func TestRealHADaemons(t *testing.T) {
 	hosts := map[string]string{"e1": "10.77.40.11", "e2": "10.77.40.12", "e3": "10.77.40.13", "n1": "10.77.40.21", "n2": "10.77.40.22", "c1": "10.77.40.31", "k1": "10.77.40.51"}
 	l := newLab(t, hosts)
 	base, bin := daemonBase(t, "pgsh-had-")
-	_, pki, endpoints := startEtcd(t, l, base)
 	ctx := context.Background()
+	// The cluster's material from `cluster init`, and etcd's members run
+	// by `cluster etcd` from their directories, as the README's walkthrough
+	// does. (Names from internal/cluster/material, which imports this
+	// package.)
+	timings := patroni.TestTimings
+	matDir := filepath.Join(base, "cluster")
+	if out, err := exec.Command(bin, "cluster", "init", "--scope", "pgsh-"+l.suffix, "--out", matDir,
+		"--node", "n1="+hosts["n1"], "--node", "n2="+hosts["n2"],
+		"--etcd", "e1="+hosts["e1"], "--etcd", "e2="+hosts["e2"], "--etcd", "e3="+hosts["e3"],
+		"--ttl", strconv.Itoa(timings.TTL), "--loop-wait", strconv.Itoa(timings.LoopWait), "--retry-timeout", strconv.Itoa(timings.RetryTimeout),
+		// Two nodes: with synchronous_mode_strict the survivor of the
+		// kill would take no write until the killed node is back.
+		"--async-when-alone").CombinedOutput(); err != nil {
+		t.Fatalf("cluster init: %v\n%s", err, out)
+	}
+	if err := os.Chmod(matDir, 0o711); err != nil { // etcd's user reaches its member's directory
+		t.Fatal(err)
+	}
+	pki := etcd.PKI{Dir: filepath.Join(matDir, "etcd-pki")}
+	endpoints := runEtcdMembers(t, l, base, bin, matDir, pki)
 	// One customer-managed key wraps both nodes' data keys; the KMS has a
 	// namespace of its own, which both nodes reach.
 	kms := localkms.StartIn(t, localkms.Elsewhere{Prefix: []string{"ip", "netns", "exec", l.ns["k1"]}, Host: hosts["k1"],
@@ -235,15 +313,6 @@ func TestRealHADaemons(t *testing.T) {
 	kms.SetEnv(t) // the daemons inherit the fake credentials
 	keyID, _ := kms.CreateKey(t)
 
-	// internal/cluster/node's files (that package imports this one).
-	const fileCA, fileNodeCert, fileNodeKey, fileEtcdCA, fileEtcdCert, fileEtcdKey, fileSecrets = "ca.crt", "node.crt", "node.key", "etcd-ca.crt", "etcd-client.crt", "etcd-client.key", "secrets.json"
-	secrets := struct {
-		Replication string `json:"replication"`
-		Rewind      string `json:"rewind"`
-		Config      string `json:"config"`
-	}{rand.Text(), rand.Text(), rand.Text()}
-	secretsJSON, _ := json.Marshal(secrets)
-	caKey := filepath.Join(pki.Dir, "ca.key")
 	names := []string{"n1", "n2"}
 	var nodes []*daemonNode
 	t.Cleanup(func() {
@@ -260,46 +329,15 @@ func TestRealHADaemons(t *testing.T) {
 			n.cleanup(t)
 		}
 	})
-	password := "hA-" + secrets.Rewind[:12]
+	password := "hA-" + rand.Text()[:12]
 	pwFile := filepath.Join(base, "admin.pw")
 	if err := os.WriteFile(pwFile, []byte(password+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	timings := patroni.TestTimings
 	for i, name := range names {
 		n := &daemonNode{name: name, ns: l.ns[name], ip: hosts[name], dir: filepath.Join(base, name), bin: bin}
-		files := filepath.Join(base, "files-"+name)
-		if err := os.Mkdir(files, 0o700); err != nil {
-			t.Fatal(err)
-		}
-		if err := IssueNode(pki.CACert(), caKey, name, filepath.Join(files, fileNodeCert), filepath.Join(files, fileNodeKey), time.Now()); err != nil {
-			t.Fatal(err)
-		}
-		for dst, src := range map[string]string{fileCA: pki.CACert(), fileEtcdCA: pki.CACert(), fileEtcdCert: pki.ClientCert(), fileEtcdKey: pki.ClientKey()} {
-			b, err := os.ReadFile(src)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if err := os.WriteFile(filepath.Join(files, dst), b, 0o600); err != nil {
-				t.Fatal(err)
-			}
-		}
-		if err := os.WriteFile(filepath.Join(files, fileSecrets), secretsJSON, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		o := names[1-i]
-		cl := config.Cluster{Scope: "pgsh-" + l.suffix, Node: name, Join: i > 0,
-			LinkListen: net.JoinHostPort(n.ip, "5500"), LinkPort: 5501 + i, RESTPort: 8101 + i,
-			Peers: []config.ClusterPeer{{Name: o, Addr: net.JoinHostPort(hosts[o], "5500"), LinkPort: 5501 + (1 - i), RESTPort: 8101 + (1 - i)}},
-			Etcd:  endpoints, TTL: timings.TTL, LoopWait: timings.LoopWait, RetryTimeout: timings.RetryTimeout,
-			// Two nodes: with synchronous_mode_strict the survivor of the
-			// kill would take no write until the killed node is back.
-			AsyncWhenAlone: true}
-		b, _ := json.Marshal(cl)
-		clFile := filepath.Join(base, "cluster-"+name+".json")
-		if err := os.WriteFile(clFile, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
+		files := filepath.Join(matDir, "node-"+name)
+		clFile := filepath.Join(files, "cluster.json")
 		nodes = append(nodes, n)
 		if out, err := n.cli(ctx, 3*time.Minute, "init", "--listen", n.ip+":5432", "--admin-password-file", pwFile, "--storage-size", "1GiB",
 			"--ha", clFile, "--ha-files", files, "--key-uri", kms.KeyURI(keyID)); err != nil {

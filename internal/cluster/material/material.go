@@ -21,6 +21,8 @@ import (
 	"strconv"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/pgshield/pgshield/internal/cluster/etcd"
 	"github.com/pgshield/pgshield/internal/cluster/link"
 	"github.com/pgshield/pgshield/internal/cluster/node"
@@ -311,4 +313,48 @@ func ReadEtcdMember(dir string) (etcd.Cluster, string, error) {
 		return c, "", fmt.Errorf("%s holds no member's certificates", dir)
 	}
 	return c, name, nil
+}
+
+// ChownMember gives an etcd member's directory (as Make wrote it) and
+// files to uid:gid, the user etcd runs as. The member's files are that
+// user's after the first start, and the directory is walked again at each
+// start as root: so nothing here follows a link (each directory is opened
+// O_NOFOLLOW relative to its parent, each file changed relative to its
+// directory without following), and anything but a directory or a regular
+// file with one link is refused.
+func ChownMember(dir, name string, uid, gid int) error {
+	top, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	defer unix.Close(top)
+	sub, err := unix.Openat(top, "member-"+name, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("%s/member-%s: %w", dir, name, err)
+	}
+	defer unix.Close(sub)
+	file := func(dfd int, f string) error {
+		var st unix.Stat_t
+		if err := unix.Fstatat(dfd, f, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return fmt.Errorf("%s: %w", f, err)
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
+			return fmt.Errorf("%s in %s is not a plain file; refusing to use the directory", f, dir)
+		}
+		return unix.Fchownat(dfd, f, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+	}
+	for _, f := range []string{"ca.crt", "peer-ca.crt"} {
+		if err := file(top, f); err != nil {
+			return err
+		}
+	}
+	for _, f := range []string{"server.crt", "server.key", "peer.crt", "peer.key"} {
+		if err := file(sub, f); err != nil {
+			return err
+		}
+	}
+	if err := unix.Fchown(sub, uid, gid); err != nil {
+		return err
+	}
+	return unix.Fchown(top, uid, gid)
 }

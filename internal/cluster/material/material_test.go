@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -154,5 +155,60 @@ func TestMakeRefuses(t *testing.T) {
 		if _, err := os.Stat(out); err == nil {
 			t.Errorf("%s: %s was left behind", name, out)
 		}
+	}
+}
+
+// TestChownMember: the member's files become etcd's user's; a link planted
+// in the directory (which that user owns after the first start) makes the
+// next start refuse, and what it points at keeps its owner.
+func TestChownMember(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("chown needs root")
+	}
+	out := filepath.Join(t.TempDir(), "c")
+	if err := Make(out, spec("n1", "n2"), time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	d := EtcdMemberDir(out, "e1")
+	if err := ChownMember(d, "e1", 4321, 4322); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{d, filepath.Join(d, "ca.crt"), filepath.Join(d, "member-e1", "peer.key")} {
+		st, _ := os.Lstat(f)
+		if s := st.Sys().(*syscall.Stat_t); s.Uid != 4321 || s.Gid != 4322 {
+			t.Errorf("%s: owner %d:%d", f, s.Uid, s.Gid)
+		}
+	}
+	victim := filepath.Join(t.TempDir(), "victim")
+	if err := os.WriteFile(victim, []byte("root's"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	key := filepath.Join(d, "member-e1", "server.key")
+	os.Remove(key)
+	if err := os.Symlink(victim, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := ChownMember(d, "e1", 4321, 4322); err == nil || !strings.Contains(err.Error(), "not a plain file") {
+		t.Errorf("a planted link: %v", err)
+	}
+	os.Remove(key)
+	if err := os.Link(victim, key); err != nil {
+		t.Fatal(err)
+	}
+	if err := ChownMember(d, "e1", 4321, 4322); err == nil {
+		t.Error("a planted hard link was accepted")
+	}
+	sub := filepath.Join(d, "member-e1")
+	if err := os.Rename(sub, sub+".old"); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Dir(victim), sub); err != nil {
+		t.Fatal(err)
+	}
+	if err := ChownMember(d, "e1", 4321, 4322); err == nil {
+		t.Error("a planted directory link was accepted")
+	}
+	if st, _ := os.Stat(victim); st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Errorf("the link's target was given away")
 	}
 }
