@@ -101,38 +101,47 @@ func newClusterEtcd(_ *globals) *cobra.Command {
 			if dir == "" || dataDir == "" {
 				return usageError{errors.New("--dir and --data-dir are required")}
 			}
+			// etcd runs with its data directory as working directory.
+			var err error
+			if dir, err = filepath.Abs(dir); err != nil {
+				return err
+			}
+			if dataDir, err = filepath.Abs(dataDir); err != nil {
+				return err
+			}
+			if os.Geteuid() != 0 {
+				return errNotRoot
+			}
+			// As Debian's etcd user, never root: etcd listens on the
+			// network. Its member's files stay root's, readable by its group.
+			u, err := user.Lookup("etcd")
+			if err != nil {
+				return fmt.Errorf("no etcd user to run etcd as (Debian's etcd-server makes it): %w", err)
+			}
+			uid, uerr := strconv.Atoi(u.Uid)
+			gid, gerr := strconv.Atoi(u.Gid)
+			if uerr != nil || gerr != nil || uid == 0 || gid == 0 {
+				return fmt.Errorf("the etcd user is uid %s gid %s: refusing to run etcd as root", u.Uid, u.Gid)
+			}
 			c, name, err := material.ReadEtcdMember(dir)
 			if err != nil {
+				return err
+			}
+			if err := material.ShareMember(dir, name, gid); err != nil {
+				return err
+			}
+			if err := material.DataDir(dataDir, uid, gid); err != nil {
 				return err
 			}
 			bin := etcd.Installed()
 			if bin == "" {
 				return errors.New("etcd is not installed (Debian's etcd-server)")
 			}
-			if err := os.MkdirAll(dataDir, 0o700); err != nil {
-				return err
-			}
-			if err := os.Chmod(dataDir, 0o700); err != nil {
-				return err
-			}
 			args, err := etcd.Args(c, name, etcd.PKI{Dir: dir}, dataDir)
 			if err != nil {
 				return err
 			}
-			// As Debian's etcd user when there is one, not as root: the
-			// member's files and data become that user's.
-			var cred *syscall.Credential
-			if u, err := user.Lookup("etcd"); err == nil {
-				uid, _ := strconv.Atoi(u.Uid)
-				gid, _ := strconv.Atoi(u.Gid)
-				if err := material.ChownMember(dir, name, uid, gid); err != nil {
-					return err
-				}
-				if err := os.Lchown(dataDir, uid, gid); err != nil {
-					return err
-				}
-				cred = &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
-			}
+			cred := &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid)}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			fmt.Fprintf(cmd.ErrOrStderr(), "etcd member %s of %s, on %s\n", name, c.Token, etcd.ClientURL(mustMember(c, name)))

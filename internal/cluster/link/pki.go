@@ -16,11 +16,12 @@ import (
 )
 
 // nodeSuffix is the name convention that makes a certificate a node's:
-// its one DNS name is <node>.node.pgshield.invalid. The cluster CA also
-// issues etcd member certificates (IP addresses only) and the etcd client
-// certificate (no name at all); neither carries a name under this suffix,
-// so neither can stand in for a node on the link. ".invalid" is reserved
-// (RFC 6761): no real host can ever be confused with a node.
+// its one DNS name is <node>.node.pgshield.invalid. `cluster init` makes
+// the node CA apart from etcd's CAs; where one CA issues both (material
+// made by hand), etcd's certificates (IP addresses only, or no name at
+// all) carry no name under this suffix, so none can stand in for a node
+// on the link. ".invalid" is reserved (RFC 6761): no real host can ever be
+// confused with a node.
 const nodeSuffix = ".node.pgshield.invalid"
 
 var nodeNameRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,62}$`)

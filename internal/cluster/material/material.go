@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -289,7 +290,22 @@ func Readme(s Spec, now time.Time) string {
 // cluster, and its name (the one member whose certificates are there).
 func ReadEtcdMember(dir string) (etcd.Cluster, string, error) {
 	var desc EtcdCluster
-	b, err := os.ReadFile(filepath.Join(dir, ClusterJSON))
+	// Read as root: root's directory, a plain file, never a link.
+	top, err := openDir(unix.AT_FDCWD, dir)
+	if err != nil {
+		return etcd.Cluster{}, "", err
+	}
+	defer unix.Close(top)
+	fd, err := unix.Openat(top, ClusterJSON, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return etcd.Cluster{}, "", fmt.Errorf("%s: %w", filepath.Join(dir, ClusterJSON), err)
+	}
+	f := os.NewFile(uintptr(fd), ClusterJSON)
+	defer f.Close()
+	if err := rootsOnly(fd, unix.S_IFREG, filepath.Join(dir, ClusterJSON)); err != nil {
+		return etcd.Cluster{}, "", err
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 1<<16))
 	if err != nil {
 		return etcd.Cluster{}, "", err
 	}
@@ -315,35 +331,40 @@ func ReadEtcdMember(dir string) (etcd.Cluster, string, error) {
 	return c, name, nil
 }
 
-// ChownMember gives an etcd member's directory (as Make wrote it) and
-// files to uid:gid, the user etcd runs as. The member's files are that
-// user's after the first start, and the directory is walked again at each
-// start as root: so nothing here follows a link (each directory is opened
-// O_NOFOLLOW relative to its parent, each file changed relative to its
-// directory without following), and anything but a directory or a regular
-// file with one link is refused.
-func ChownMember(dir, name string, uid, gid int) error {
-	top, err := unix.Open(dir, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+// ShareMember lets group gid (the one etcd runs as) read an etcd
+// member's directory as Make wrote it, which stays root's: directories
+// 0750, files 0640, root:gid. Nothing the etcd user does can then change
+// what root reads or changes here at the next start; and nothing here
+// follows a link (each directory is opened O_NOFOLLOW relative to its
+// parent, each file opened O_NOFOLLOW and changed through its
+// descriptor). Anything not root's, not a directory or a regular file
+// with one link, is refused.
+func ShareMember(dir, name string, gid int) error {
+	top, err := openDir(unix.AT_FDCWD, dir)
 	if err != nil {
-		return fmt.Errorf("%s: %w", dir, err)
+		return err
 	}
 	defer unix.Close(top)
-	sub, err := unix.Openat(top, "member-"+name, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	sub, err := openDir(top, "member-"+name)
 	if err != nil {
-		return fmt.Errorf("%s/member-%s: %w", dir, name, err)
+		return err
 	}
 	defer unix.Close(sub)
 	file := func(dfd int, f string) error {
-		var st unix.Stat_t
-		if err := unix.Fstatat(dfd, f, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		fd, err := unix.Openat(dfd, f, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+		if err != nil {
 			return fmt.Errorf("%s: %w", f, err)
 		}
-		if st.Mode&unix.S_IFMT != unix.S_IFREG || st.Nlink != 1 {
-			return fmt.Errorf("%s in %s is not a plain file; refusing to use the directory", f, dir)
+		defer unix.Close(fd)
+		if err := rootsOnly(fd, unix.S_IFREG, f); err != nil {
+			return err
 		}
-		return unix.Fchownat(dfd, f, uid, gid, unix.AT_SYMLINK_NOFOLLOW)
+		if err := unix.Fchown(fd, 0, gid); err != nil {
+			return err
+		}
+		return unix.Fchmod(fd, 0o640)
 	}
-	for _, f := range []string{"ca.crt", "peer-ca.crt"} {
+	for _, f := range []string{"ca.crt", "peer-ca.crt", ClusterJSON} {
 		if err := file(top, f); err != nil {
 			return err
 		}
@@ -353,8 +374,56 @@ func ChownMember(dir, name string, uid, gid int) error {
 			return err
 		}
 	}
-	if err := unix.Fchown(sub, uid, gid); err != nil {
+	for _, fd := range []int{sub, top} {
+		if err := unix.Fchown(fd, 0, gid); err != nil {
+			return err
+		}
+		if err := unix.Fchmod(fd, 0o750); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func openDir(at int, path string) (int, error) {
+	fd, err := unix.Openat(at, path, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return -1, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := rootsOnly(fd, unix.S_IFDIR, path); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// rootsOnly refuses fd unless it is root's, of type typ, and (a file)
+// has one link.
+func rootsOnly(fd int, typ uint32, name string) error {
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
 		return err
 	}
-	return unix.Fchown(top, uid, gid)
+	if st.Mode&unix.S_IFMT != typ || st.Uid != 0 || (typ == unix.S_IFREG && st.Nlink != 1) {
+		return fmt.Errorf("%s is not root's own plain %s; refusing to use it", name, map[uint32]string{unix.S_IFREG: "file", unix.S_IFDIR: "directory"}[typ])
+	}
+	return nil
+}
+
+// DataDir makes (or opens) etcd's data directory and gives it to uid:gid,
+// 0700, through a descriptor: a link put in its place is refused, never
+// followed.
+func DataDir(path string, uid, gid int) error {
+	if err := os.Mkdir(path, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+		return err
+	}
+	fd, err := unix.Open(path, unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_RDONLY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("etcd's data directory %s: %w", path, err)
+	}
+	defer unix.Close(fd)
+	if err := unix.Fchown(fd, uid, gid); err != nil {
+		return err
+	}
+	return unix.Fchmod(fd, 0o700)
 }

@@ -158,10 +158,12 @@ func TestMakeRefuses(t *testing.T) {
 	}
 }
 
-// TestChownMember: the member's files become etcd's user's; a link planted
-// in the directory (which that user owns after the first start) makes the
-// next start refuse, and what it points at keeps its owner.
-func TestChownMember(t *testing.T) {
+// TestShareMember: the member's directory stays root's and its group
+// (etcd's) reads it; anything planted in it (a link, a second link to a
+// file, a directory link, a file or directory not root's) makes the start
+// refuse, and what a link points at is left alone. The data directory is
+// given to etcd's user, never through a link.
+func TestShareMember(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("chown needs root")
 	}
@@ -170,45 +172,80 @@ func TestChownMember(t *testing.T) {
 		t.Fatal(err)
 	}
 	d := EtcdMemberDir(out, "e1")
-	if err := ChownMember(d, "e1", 4321, 4322); err != nil {
+	if c, name, err := ReadEtcdMember(d); err != nil || name != "e1" || len(c.Members) != 3 {
+		t.Fatalf("ReadEtcdMember = %v %q %v", c, name, err)
+	}
+	if err := ShareMember(d, "e1", 4322); err != nil {
 		t.Fatal(err)
 	}
-	for _, f := range []string{d, filepath.Join(d, "ca.crt"), filepath.Join(d, "member-e1", "peer.key")} {
+	for f, mode := range map[string]fs.FileMode{d: 0o750, filepath.Join(d, "member-e1"): 0o750, filepath.Join(d, "ca.crt"): 0o640,
+		filepath.Join(d, "member-e1", "peer.key"): 0o640, filepath.Join(d, ClusterJSON): 0o640} {
 		st, _ := os.Lstat(f)
-		if s := st.Sys().(*syscall.Stat_t); s.Uid != 4321 || s.Gid != 4322 {
-			t.Errorf("%s: owner %d:%d", f, s.Uid, s.Gid)
+		if s := st.Sys().(*syscall.Stat_t); s.Uid != 0 || s.Gid != 4322 || st.Mode().Perm() != mode {
+			t.Errorf("%s: owner %d:%d mode %v; want 0:4322 %v", f, s.Uid, s.Gid, st.Mode().Perm(), mode)
 		}
 	}
 	victim := filepath.Join(t.TempDir(), "victim")
 	if err := os.WriteFile(victim, []byte("root's"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	refused := func(what string) {
+		t.Helper()
+		if err := ShareMember(d, "e1", 4322); err == nil {
+			t.Errorf("%s was accepted", what)
+		}
+		if st, _ := os.Stat(victim); st.Sys().(*syscall.Stat_t).Gid != 0 || st.Mode().Perm() != 0o600 {
+			t.Errorf("%s: the victim was changed", what)
+		}
+	}
 	key := filepath.Join(d, "member-e1", "server.key")
+	keep, _ := os.ReadFile(key)
 	os.Remove(key)
-	if err := os.Symlink(victim, key); err != nil {
-		t.Fatal(err)
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := ChownMember(d, "e1", 4321, 4322); err == nil || !strings.Contains(err.Error(), "not a plain file") {
-		t.Errorf("a planted link: %v", err)
-	}
+	must(os.Symlink(victim, key))
+	refused("a link to another file")
 	os.Remove(key)
-	if err := os.Link(victim, key); err != nil {
-		t.Fatal(err)
+	must(os.Link(victim, key))
+	refused("a second link to another file")
+	os.Remove(key)
+	must(os.WriteFile(key, keep, 0o600))
+	must(os.Chown(key, 4321, 4322))
+	refused("a file not root's")
+	must(os.Chown(key, 0, 0))
+	must(os.Chown(d, 4321, 4322))
+	refused("a directory not root's")
+	if _, _, err := ReadEtcdMember(d); err == nil {
+		t.Error("ReadEtcdMember read from a directory not root's")
 	}
-	if err := ChownMember(d, "e1", 4321, 4322); err == nil {
-		t.Error("a planted hard link was accepted")
-	}
+	must(os.Chown(d, 0, 0))
 	sub := filepath.Join(d, "member-e1")
-	if err := os.Rename(sub, sub+".old"); err != nil {
+	must(os.Rename(sub, sub+".old"))
+	must(os.Symlink(filepath.Dir(victim), sub))
+	refused("a link to another directory")
+	must(os.Remove(sub))
+	must(os.Rename(sub+".old", sub))
+	if err := ShareMember(d, "e1", 4322); err != nil {
+		t.Errorf("put back as it was: %v", err)
+	}
+
+	data := filepath.Join(t.TempDir(), "data")
+	if err := DataDir(data, 4321, 4322); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(filepath.Dir(victim), sub); err != nil {
-		t.Fatal(err)
+	if st, _ := os.Stat(data); st.Sys().(*syscall.Stat_t).Uid != 4321 || st.Mode().Perm() != 0o700 {
+		t.Errorf("data directory: %v", st.Mode())
 	}
-	if err := ChownMember(d, "e1", 4321, 4322); err == nil {
-		t.Error("a planted directory link was accepted")
+	link := filepath.Join(t.TempDir(), "data-link")
+	must(os.Symlink(filepath.Dir(victim), link))
+	if err := DataDir(link, 4321, 4322); err == nil {
+		t.Error("DataDir followed a link")
 	}
-	if st, _ := os.Stat(victim); st.Sys().(*syscall.Stat_t).Uid != 0 {
-		t.Errorf("the link's target was given away")
+	if st, _ := os.Stat(filepath.Dir(victim)); st.Sys().(*syscall.Stat_t).Uid != 0 {
+		t.Error("DataDir gave a link's target away")
 	}
 }

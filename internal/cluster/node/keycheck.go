@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 )
 
@@ -57,7 +56,9 @@ func (n *Node) NudgeKeyChecks(ctx context.Context, state string) (int64, error) 
 // keyCheckRevision is the bump key's last change (0: never bumped), read
 // linearizably (the JSON gateway's range default).
 func (n *Node) keyCheckRevision(ctx context.Context) (int64, error) {
-	body, err := n.etcdPost(ctx, "/v3/kv/range", map[string][]byte{"key": []byte(n.keyCheckKey())})
+	// keys_only: the value is anyone's to write, and could be made too big
+	// to read.
+	body, err := n.etcdPost(ctx, "/v3/kv/range", map[string]any{"key": []byte(n.keyCheckKey()), "keys_only": true})
 	if err != nil {
 		return 0, err
 	}
@@ -80,16 +81,12 @@ func (n *Node) keyCheckRevision(ctx context.Context) (int64, error) {
 }
 
 // KeyChecks is the cluster side of the key controller: Changed bumps,
-// Run answers the others' bumps with check.
+// Run answers bumps with check.
 type KeyChecks struct {
 	n     *Node
 	check func(context.Context)
 	poll  time.Duration
 	gap   time.Duration
-	// mu is held across a bump and across each read, so that Run never
-	// mistakes this node's own bump for another's.
-	mu  sync.Mutex
-	own int64 // the revision of this node's last bump
 }
 
 // KeyChecks makes the pair; check is the key controller's revalidation.
@@ -103,13 +100,7 @@ func (k *KeyChecks) Changed(state string) {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
-		k.mu.Lock()
-		rev, err := k.n.NudgeKeyChecks(ctx, state)
-		if err == nil {
-			k.own = max(k.own, rev)
-		}
-		k.mu.Unlock()
-		if err != nil {
+		if _, err := k.n.NudgeKeyChecks(ctx, state); err != nil {
 			k.n.c.Log.Warn("Could not ask the other nodes to check their key now; each checks at its own interval.", "state", state, "error", err)
 			return
 		}
@@ -117,9 +108,12 @@ func (k *KeyChecks) Changed(state string) {
 	}()
 }
 
-// Run polls the bump key every poll until ctx ends, and runs check for
-// each bump another node made, at most once per gap (a bump inside the
-// gap is answered when it ends).
+// Run polls the bump key every poll until ctx ends and runs check after
+// any change to it, at most once per gap (a change inside the gap is
+// answered when it ends). Any change counts, a deletion or a lower
+// revision too, so that no one can hide a bump by deleting the key after
+// it; this node's own bump counts as well (one more check, rate-limited),
+// so that it can never hide another node's made just before.
 func (k *KeyChecks) Run(ctx context.Context) {
 	t := time.NewTicker(k.poll)
 	defer t.Stop()
@@ -132,10 +126,7 @@ func (k *KeyChecks) Run(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		k.mu.Lock()
 		rev, err := k.n.keyCheckRevision(ctx)
-		own := k.own
-		k.mu.Unlock()
 		switch {
 		case err != nil:
 			if !failing && ctx.Err() == nil {
@@ -145,13 +136,15 @@ func (k *KeyChecks) Run(ctx context.Context) {
 		case seen < 0:
 			seen, failing = rev, false
 		default:
-			if rev > seen && rev != own {
+			if rev != seen {
 				pending = true
 			}
-			seen, failing = rev, false // lower: etcd was rebuilt; learn where it is
+			seen, failing = rev, false
 		}
 		if pending && time.Since(lastCheck) >= k.gap {
 			pending, lastCheck = false, time.Now()
+			// Each one logged: a stream of them, beyond what the nodes'
+			// own key changes explain, is an etcd client at work.
 			k.n.c.Log.Info("Another node asked for a key check; checking now.")
 			k.check(ctx)
 		}

@@ -16,13 +16,15 @@ import (
 	"github.com/pgshield/pgshield/internal/config"
 )
 
-// fakeEtcd is etcd's JSON gateway for one key space: put and range of a
-// single key, with revisions.
+// fakeEtcd is etcd's JSON gateway for one key space: put, delete and
+// range of a single key, with revisions, and a value (as large as an
+// attacker likes) that a keys_only range leaves out, as etcd does.
 type fakeEtcd struct {
-	mu   sync.Mutex
-	rev  int64
-	kv   map[string]int64 // key -> mod_revision
-	down atomic.Bool
+	mu    sync.Mutex
+	rev   int64
+	kv    map[string]int64 // key -> mod_revision
+	value []byte
+	down  atomic.Bool
 }
 
 func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -30,7 +32,10 @@ func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "unavailable", http.StatusServiceUnavailable)
 		return
 	}
-	var req struct{ Key, Value []byte }
+	var req struct {
+		Key, Value []byte
+		KeysOnly   bool `json:"keys_only"`
+	}
 	if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 		http.Error(w, err.Error(), 400)
 		return
@@ -45,7 +50,11 @@ func (f *fakeEtcd) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case "/v3/kv/range":
 		out := map[string]any{"header": map[string]string{"revision": strconv.FormatInt(f.rev, 10)}}
 		if m, ok := f.kv[string(req.Key)]; ok {
-			out["kvs"] = []map[string]string{{"key": "x", "mod_revision": strconv.FormatInt(m, 10)}}
+			kv := map[string]any{"key": "eA==", "mod_revision": strconv.FormatInt(m, 10)}
+			if !req.KeysOnly {
+				kv["value"] = f.value
+			}
+			out["kvs"] = []map[string]any{kv}
 		}
 		_ = json.NewEncoder(w).Encode(out)
 	default:
@@ -60,10 +69,10 @@ func (f *fakeEtcd) put(key string) {
 	f.kv[key] = f.rev
 }
 
-// TestKeyChecks: a bump by another node (or anyone with an etcd client
-// certificate) makes this node check its key, once per gap however many
-// bumps; its own bump does not; a bump in another scope does nothing; an
-// etcd that fails is retried, not fatal.
+// TestKeyChecks: any change to the bump key (another node's bump, this
+// node's own, anyone's with an etcd client certificate, a deletion) makes
+// this node check its key, once per gap however many changes; a bump in
+// another scope does nothing; an etcd that fails is retried, not fatal.
 func TestKeyChecks(t *testing.T) {
 	f := &fakeEtcd{kv: map[string]int64{}}
 	srv := httptest.NewTLSServer(f)
@@ -78,7 +87,8 @@ func TestKeyChecks(t *testing.T) {
 	k1 := n1.KeyChecks(func(context.Context) { checks.Add(1) })
 	k1.poll, k1.gap = 10*time.Millisecond, 300*time.Millisecond
 	k2 := n2.KeyChecks(func(context.Context) { t.Error("n2 checked") })
-	f.put("/pgshield-keys/prod/check") // before n1 runs: history, not a bump
+	key := "/pgshield-keys/prod/check"
+	f.put(key) // before n1 runs: history, not a bump
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan struct{})
@@ -101,26 +111,48 @@ func TestKeyChecks(t *testing.T) {
 
 	// Three bumps inside the gap: one check, when the gap ends.
 	for range 3 {
-		f.put("/pgshield-keys/prod/check")
+		f.put(key)
 		time.Sleep(20 * time.Millisecond)
 	}
 	waitCount(2, 2*time.Second)
 
-	// Its own bump, and another scope's: nothing.
-	k1.Changed("Available")
+	// Another scope's bump: nothing. Its own bump: a check (it could hide
+	// another node's made just before).
 	f.put("/pgshield-keys/other/check")
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(400 * time.Millisecond)
 	waitCount(2, 0)
+	k1.Changed("Available")
+	waitCount(3, 2*time.Second)
+
+	// A bump deleted at once (by an etcd client hiding it): a check.
+	time.Sleep(300 * time.Millisecond)
+	f.mu.Lock()
+	f.rev++
+	f.kv[key] = f.rev
+	f.rev++
+	delete(f.kv, key)
+	f.mu.Unlock()
+	waitCount(4, 2*time.Second)
+
+	// A bump carrying a value too big to read (etcd takes ~1.5 MiB): the
+	// value is never asked for, so a check.
+	time.Sleep(300 * time.Millisecond)
+	f.mu.Lock()
+	f.value = make([]byte, 1200<<10)
+	f.mu.Unlock()
+	f.put(key)
+	waitCount(5, 2*time.Second)
 
 	// etcd down, then back with a bump made meanwhile.
+	time.Sleep(300 * time.Millisecond)
 	f.down.Store(true)
 	time.Sleep(50 * time.Millisecond)
 	f.mu.Lock()
 	f.rev++
-	f.kv["/pgshield-keys/prod/check"] = f.rev
+	f.kv[key] = f.rev
 	f.mu.Unlock()
 	f.down.Store(false)
-	waitCount(3, 2*time.Second)
+	waitCount(6, 2*time.Second)
 	cancel()
 	<-done
 }

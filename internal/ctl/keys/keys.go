@@ -129,6 +129,9 @@ func (k *Controller) Open(ctx context.Context) (open bool, err error) {
 	case errors.As(err, &ke):
 		k.c.Log.Error("The data key cannot be unwrapped; starting Inaccessible.", "error", err)
 		k.setState(&apitype.KeyState{State: apitype.KeyInaccessible, Since: k.c.Now(), Reason: err.Error()})
+		if k.c.Changed != nil {
+			k.c.Changed(apitype.KeyInaccessible) // the others may not know yet
+		}
 		return false, nil
 	case err != nil:
 		return false, err
@@ -243,6 +246,9 @@ func (k *Controller) Lock() (apitype.KeyInfo, error) {
 // removed from the kernel. Callers hold mu.
 func (k *Controller) shutAwayLocked(state, reason, clientMsg string) error {
 	if cur := k.load(); cur.State != apitype.KeyAvailable {
+		if cur.State == apitype.KeyLocked && state != apitype.KeyLocked {
+			return nil // the operator's lock is undone only by the operator
+		}
 		// Already shut away; only the state and reason change.
 		k.setState(&apitype.KeyState{State: state, Since: cur.Since, Reason: reason})
 		return nil

@@ -36,8 +36,13 @@ func (v *fakeVolume) Open(context.Context) error {
 	v.record("Open")
 	return v.openErr
 }
-func (v *fakeVolume) Lock() error                 { v.record("Lock"); return v.lockErr }
-func (v *fakeVolume) Check(context.Context) error { v.record("Check"); return v.checkErr }
+func (v *fakeVolume) Lock() error { v.record("Lock"); return v.lockErr }
+func (v *fakeVolume) Check(context.Context) error {
+	v.record("Check")
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.checkErr
+}
 func (v *fakeVolume) Rewrap(_ context.Context, u string) error {
 	v.record("Rewrap " + u)
 	return v.rewrapErr

@@ -49,6 +49,9 @@ func (k *Controller) revalidateOnce(ctx context.Context) {
 	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if k.State() == apitype.KeyLocked {
+		return // locked while this check waited for mu
+	}
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	err := k.c.Volume.Check(cctx) // under mu: the key URI may be changing
 	cancel()
