@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgshield/pgshield/internal/auth/scram"
 	"github.com/pgshield/pgshield/internal/backup"
+	"github.com/pgshield/pgshield/internal/cluster/link"
 	"github.com/pgshield/pgshield/internal/cluster/node"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/ctl/network"
@@ -116,18 +117,25 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 		cfg.TLSCertFile, cfg.TLSKeyFile, cfg.CAFile = abs(o.TLSCert), abs(o.TLSKey), ""
 	}
 	var haSecrets node.Secrets
+	var haSecretsBundle []byte // fetched from a peer (join); nil: secrets.json
 	if o.HA != nil {
 		cfg.Cluster = o.HA
 		if o.HAFiles == "" {
 			return Result{}, optionErrorf("--ha needs --ha-files: the directory of %s", strings.Join(node.Files, ", "))
 		}
-		if haSecrets, err = node.ReadSecrets(filepath.Join(o.HAFiles, node.FileSecrets)); err != nil {
-			return Result{}, &OptionError{err}
-		}
 		for _, f := range node.Files {
-			if _, err := os.Stat(filepath.Join(o.HAFiles, f)); err != nil {
+			if _, err := os.Stat(filepath.Join(o.HAFiles, f)); err != nil && (f != node.FileSecrets || !o.HA.Join) {
 				return Result{}, &OptionError{fmt.Errorf("--ha-files: %w", err)}
 			}
+		}
+		secretsFile := filepath.Join(o.HAFiles, node.FileSecrets)
+		if _, err := os.Stat(secretsFile); err == nil || !o.HA.Join {
+			if haSecrets, err = node.ReadSecrets(secretsFile); err != nil {
+				return Result{}, &OptionError{err}
+			}
+		} else if haSecretsBundle, err = fetchSecrets(ctx, o.HA, o.HAFiles); err != nil {
+			// A joining node without secrets.json asks a peer for them.
+			return Result{}, err
 		}
 		if _, err := os.Stat("/usr/bin/patroni"); err != nil {
 			return Result{}, errors.New("Patroni is not installed (/usr/bin/patroni): apt-get install -y patroni")
@@ -193,7 +201,7 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 		s.clusterDirsStep(),
 	}
 	if o.HA != nil {
-		steps = append(steps, Step{Name: "cluster files", Do: func(context.Context) error { return copyClusterFiles(o.HAFiles, l.ClusterDir()) }})
+		steps = append(steps, Step{Name: "cluster files", Do: func(context.Context) error { return copyClusterFiles(o.HAFiles, l.ClusterDir(), haSecretsBundle) }})
 	}
 	if o.HA == nil || !o.HA.Join {
 		steps = append(steps, Step{Name: "PostgreSQL cluster", Say: "Creating the PostgreSQL cluster...", Do: s.cluster.InitDB},
@@ -236,7 +244,7 @@ func Init(ctx context.Context, o InitOptions) (Result, error) {
 
 // copyClusterFiles copies node.Files from src into dst (made 0700), each
 // 0600: certificates, keys and the cluster's secrets, root's only.
-func copyClusterFiles(src, dst string) error {
+func copyClusterFiles(src, dst string, secrets []byte) error {
 	if err := os.MkdirAll(dst, 0o700); err != nil {
 		return err
 	}
@@ -244,6 +252,12 @@ func copyClusterFiles(src, dst string) error {
 		return err
 	}
 	for _, f := range node.Files {
+		if f == node.FileSecrets && secrets != nil {
+			if err := config.WriteFileAtomic(filepath.Join(dst, f), secrets, 0o600); err != nil {
+				return err
+			}
+			continue
+		}
 		b, err := os.ReadFile(filepath.Join(src, f))
 		if err != nil {
 			return err
@@ -253,4 +267,26 @@ func copyClusterFiles(src, dst string) error {
 		}
 	}
 	return nil
+}
+
+// fetchSecrets asks the joining node's peers, in turn, for the cluster's
+// secrets over the link (mutual TLS with the node's certificate from
+// dir): they need not be copied to a joining node by hand.
+func fetchSecrets(ctx context.Context, cl *config.Cluster, dir string) ([]byte, error) {
+	id, err := link.LoadIdentity(cl.Node, filepath.Join(dir, node.FileCA), filepath.Join(dir, node.FileNodeCert), filepath.Join(dir, node.FileNodeKey))
+	if err != nil {
+		return nil, &OptionError{fmt.Errorf("--ha-files: %w", err)}
+	}
+	var errs []error
+	for _, p := range cl.Peers {
+		b, err := link.FetchSecrets(ctx, id, p.Name, p.Addr)
+		if err == nil {
+			if _, err = node.ParseSecrets(b); err == nil {
+				return b, nil
+			}
+			err = fmt.Errorf("node %s: %w", p.Name, err)
+		}
+		errs = append(errs, err)
+	}
+	return nil, fmt.Errorf("no %s in --ha-files, and no peer gave the cluster's secrets: %w", node.FileSecrets, errors.Join(errs...))
 }

@@ -343,6 +343,15 @@ func TestRealHADaemons(t *testing.T) {
 			"--ha", clFile, "--ha-files", files, "--key-uri", kms.KeyURI(keyID)); err != nil {
 			t.Fatalf("%s: init --ha: %v\n%s", name, err, out)
 		}
+		if i > 0 {
+			// Joining, it had no secrets.json: n1 gave them over the link.
+			if _, err := os.Stat(filepath.Join(files, "secrets.json")); err == nil {
+				t.Fatalf("cluster init gave %s, joining, the secrets as a file", name)
+			}
+			if !strings.Contains(nodes[0].daemonLog(1<<22), "gave the cluster's secrets to a peer") {
+				t.Errorf("n1 did not log giving %s the secrets", name)
+			}
+		}
 		if out, err := n.cli(ctx, 4*time.Minute, "up", "--timeout", "3m"); err != nil {
 			t.Fatalf("%s: up: %v\n%s\n%s", name, err, out, n.daemonLog(6000))
 		}

@@ -84,7 +84,11 @@ type Config struct {
 	// DialTimeout bounds each dial, to a peer or to the local socket (5 s
 	// when zero).
 	DialTimeout time.Duration
-	Log         *slog.Logger
+	// Secrets, if set, is the cluster's secrets bundle, given to a peer
+	// that asks over ProtoSecrets (a node joining at `init --ha`); nil
+	// refuses.
+	Secrets func() []byte
+	Log     *slog.Logger
 }
 
 // CheckAndSetDefaults fails on missing settings and fills in defaults.
@@ -437,6 +441,21 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone fu
 		_ = raw.SetDeadline(time.Time{})
 		n.rest.handle(ctx, tc)
 		return
+	case ProtoSecrets:
+		release, ok := n.takeSlot(slotKey{true, ProtoREST})
+		if !ok || n.cfg.Secrets == nil {
+			n.warnLimited(log, "Node link: a peer asked for the cluster's secrets; refused.", "serving", n.cfg.Secrets != nil)
+			return
+		}
+		defer release()
+		handshakeDone()
+		if _, err := tc.Write(n.cfg.Secrets()); err != nil {
+			n.warnLimited(log, "Node link: sending the cluster's secrets failed.", "error", err)
+			return
+		}
+		_ = tc.CloseWrite()
+		log.Info("Node link: gave the cluster's secrets to a peer (it is joining).")
+		return
 	default:
 		n.warnLimited(log, "Node link connection refused: no protocol agreed.")
 		return
@@ -511,4 +530,35 @@ func (n *Node) peerSet() map[string]bool {
 		m[p.Name] = true
 	}
 	return m
+}
+
+// maxSecrets bounds the secrets bundle a joining node reads.
+const maxSecrets = 64 << 10
+
+// FetchSecrets asks peer (its link listener at addr) for the cluster's
+// secrets bundle, as node id, over mutual TLS: the peer gives it only to
+// a node it lists, and id takes it only from the node it named.
+func FetchSecrets(ctx context.Context, id *Identity, peer, addr string) ([]byte, error) {
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second}, Config: id.clientConfig(peer, ProtoSecrets)}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("node %s (%s): %w", peer, addr, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
+	}
+	b, err := io.ReadAll(io.LimitReader(c, maxSecrets+1))
+	if err != nil {
+		return nil, fmt.Errorf("node %s (%s): %w", peer, addr, err)
+	}
+	if len(b) == 0 {
+		return nil, fmt.Errorf("node %s (%s) gave no secrets (it refused: see its log)", peer, addr)
+	}
+	if len(b) > maxSecrets {
+		return nil, fmt.Errorf("node %s (%s): secrets bundle over %d bytes", peer, addr, maxSecrets)
+	}
+	return b, nil
 }

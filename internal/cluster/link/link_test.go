@@ -808,3 +808,34 @@ func TestPeerDirMadeWithParent(t *testing.T) {
 		t.Fatalf("%s: %v %v, want a 0700 directory", d, fi, err)
 	}
 }
+
+// TestLinkSecrets: a node gives the cluster's secrets to a peer it lists
+// that asks (a node joining), to no other node of the CA, never without
+// Secrets set; the joining node takes them only from the node it named.
+func TestLinkSecrets(t *testing.T) {
+	ctx, wg := withRun(t)
+	ca := newTestCA(t, "cluster")
+	bundle := []byte(`{"replication":"r-0123456789abcdef","rewind":"w-0123456789abcdef","config":"c-0123456789abcdef"}`)
+	p := startPair(t, ctx, wg, ca, func(a, b *Config) { b.Secrets = func() []byte { return bundle } })
+	bAddr := p.b.Addr().String()
+	got, err := FetchSecrets(ctx, ca.node(t, "a"), "b", bAddr)
+	if err != nil || string(got) != string(bundle) {
+		t.Fatalf("a (b's peer) got %q, %v", got, err)
+	}
+	// Another node of the same CA, not b's peer: refused in the handshake.
+	if got, err := FetchSecrets(ctx, ca.node(t, "x"), "b", bAddr); err == nil {
+		t.Errorf("a node b does not list got %q", got)
+	}
+	// b's address answered by a node that is not b: a refuses it.
+	if got, err := FetchSecrets(ctx, ca.node(t, "b"), "a", bAddr); err == nil {
+		t.Errorf("a node asking for a's secrets at b's address got %q", got)
+	}
+	// Another CA's node named a: refused.
+	if got, err := FetchSecrets(ctx, newTestCA(t, "other").node(t, "a"), "b", bAddr); err == nil {
+		t.Errorf("another CA's node got %q", got)
+	}
+	// a serves no secrets (Secrets nil): b, its peer, gets nothing.
+	if got, err := FetchSecrets(ctx, ca.node(t, "b"), "a", p.a.Addr().String()); err == nil || len(got) != 0 {
+		t.Errorf("a node without Secrets gave %q, %v", got, err)
+	}
+}

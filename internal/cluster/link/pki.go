@@ -140,6 +140,9 @@ const (
 	ProtoPostgres = "pgshield-link-pg/1"
 	// ProtoREST carries HTTP to the receiving node's Patroni REST API.
 	ProtoREST = "pgshield-link-rest/1"
+	// ProtoSecrets is a joining node asking a peer for the cluster's
+	// secrets (Config.Secrets), once, at `init --ha`.
+	ProtoSecrets = "pgshield-link-secrets/1"
 )
 
 // serverConfig accepts TLS 1.3 only from a node certificate of the cluster
@@ -150,7 +153,7 @@ func (id *Identity) serverConfig(allowed map[string]bool) *tls.Config {
 		Certificates: []tls.Certificate{id.cert},
 		ClientAuth:   tls.RequireAndVerifyClientCert,
 		ClientCAs:    id.roots,
-		NextProtos:   []string{ProtoPostgres, ProtoREST},
+		NextProtos:   []string{ProtoPostgres, ProtoREST, ProtoSecrets},
 		// Runs after the chain is verified against the cluster CA for
 		// client authentication: pins the peer to a known node.
 		VerifyConnection: func(cs tls.ConnectionState) error {

@@ -1,8 +1,9 @@
 // Package material makes everything a new cluster's machines need before
 // the first `pgshield init --ha` (`pgshield cluster init`): the cluster CA
 // and each node's link certificate, etcd's two CAs and its members' and
-// client's certificates, the cluster's secrets, and each node's cluster
-// section, in one directory per machine, so that the operator copies one
+// client's certificates, the cluster's secrets (in the first node's
+// directory only: the others receive them over the link when they join),
+// and each node's cluster section, in one directory per machine, so that the operator copies one
 // directory to each and runs one command there.
 //
 // The node CA is not etcd's client CA: a node's link certificate is then
@@ -222,8 +223,12 @@ func Make(out string, s Spec, now time.Time) (err error) {
 				return err
 			}
 		}
-		if err := config.WriteFileAtomic(filepath.Join(d, node.FileSecrets), secrets, 0o600); err != nil {
-			return err
+		// Only the first node's: the others, joining, are given them by a
+		// node already up, over the link (init --ha).
+		if i == 0 {
+			if err := config.WriteFileAtomic(filepath.Join(d, node.FileSecrets), secrets, 0o600); err != nil {
+				return err
+			}
 		}
 		b, _ := json.MarshalIndent(sections[i], "", "  ")
 		if err := config.WriteFileAtomic(filepath.Join(d, ClusterJSON), append(b, '\n'), 0o600); err != nil {
@@ -281,8 +286,8 @@ func Readme(s Spec, now time.Time) string {
 			add("        then wait until `pgshield cluster show` says confirmed\n")
 		}
 	}
-	add("\nEach node's directory holds secrets.json: the cluster's passwords and config key. Delete the copies\n")
-	add("once `init` has taken them in.\n")
+	add("\nOnly %s's directory holds secrets.json (the cluster's passwords and config key): the others ask a node\n", s.Nodes[0].Name)
+	add("already up for them over the link at init. Delete the copies once `init` has taken them in.\n")
 	return string(b)
 }
 

@@ -68,16 +68,25 @@ type Secrets struct {
 
 // ReadSecrets reads and checks secrets.json.
 func ReadSecrets(path string) (Secrets, error) {
-	var s Secrets
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return s, err
+		return Secrets{}, err
 	}
+	s, err := ParseSecrets(b)
+	if err != nil {
+		return s, fmt.Errorf("%s: %w", path, err)
+	}
+	return s, nil
+}
+
+// ParseSecrets checks a secrets bundle (secrets.json's content).
+func ParseSecrets(b []byte) (Secrets, error) {
+	var s Secrets
 	if err := json.Unmarshal(b, &s); err != nil {
-		return s, fmt.Errorf("%s: not the cluster's secrets", path)
+		return s, errors.New("not the cluster's secrets")
 	}
 	if len(s.Replication) < 16 || len(s.Rewind) < 16 || len(s.Config) < 16 {
-		return s, fmt.Errorf("%s: replication, rewind and config must each be at least 16 characters", path)
+		return s, errors.New("replication, rewind and config must each be at least 16 characters")
 	}
 	return s, nil
 }
@@ -211,7 +220,10 @@ func New(c Config) (*Node, error) {
 		Socket: pgbackend.SocketPath(c.Layout.SocketDir(), c.Cfg.PGPort),
 		REST:   net.JoinHostPort("127.0.0.1", strconv.Itoa(cl.RESTPort)), Database: patroni.Database,
 		Peers: peers, PeerSocketDir: c.Layout.PeerSocketDir(), SocketUID: int(c.User.UID), SocketGID: int(c.User.GID),
-		Log: c.Log.With("component", "link")})
+		// For a peer joining (`init --ha`): the secrets it would otherwise
+		// be handed as a file.
+		Secrets: func() []byte { b, _ := json.Marshal(sec); return b },
+		Log:     c.Log.With("component", "link")})
 	if err != nil {
 		return nil, err
 	}
