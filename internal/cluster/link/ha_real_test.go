@@ -342,8 +342,14 @@ func (n *haNode) up(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	// Through pgshield's launcher, as the daemon runs it (the fix of a
+	// paused leader taking the key back, which this test's freeze meets).
+	launch := filepath.Join(n.dir, "conf", "launch.py")
+	if err := os.WriteFile(launch, patroni.Launcher, 0o644); err != nil {
+		t.Fatal(err)
+	}
 	n.start(t, []string{"ip", "netns", "exec", n.ns, "setpriv", "--reuid=" + strconv.Itoa(n.uid), "--regid=" + strconv.Itoa(n.gid), "--init-groups", "--",
-		"/usr/bin/patroni", filepath.Join(n.dir, "conf", "patroni.yml")}, patroni.Env(n.settings))
+		"/usr/bin/python3", "-I", launch, filepath.Join(n.dir, "conf", "patroni.yml")}, patroni.Env(n.settings))
 }
 
 // postmaster is the PID in postmaster.pid, or 0.

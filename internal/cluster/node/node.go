@@ -38,18 +38,19 @@ import (
 
 // The files of Layout.ClusterDir, brought by `init --ha --ha-files DIR`.
 const (
-	FileCA         = "ca.crt"   // the cluster CA (node certificates)
-	FileNodeCert   = "node.crt" // this node's, CN = its name
-	FileNodeKey    = "node.key"
-	FileEtcdCA     = "etcd-ca.crt"
-	FileEtcdCert   = "etcd-client.crt"
-	FileEtcdKey    = "etcd-client.key"
-	FileSecrets    = "secrets.json" // Secrets
-	patroniBin     = "/usr/bin/patroni"
-	pythonBin      = "/usr/bin/python3"
-	patroniYAML    = "patroni.yml"
-	patroniPgpass  = "pgpass"
-	fenceMarginSec = 1
+	FileCA          = "ca.crt"   // the cluster CA (node certificates)
+	FileNodeCert    = "node.crt" // this node's, CN = its name
+	FileNodeKey     = "node.key"
+	FileEtcdCA      = "etcd-ca.crt"
+	FileEtcdCert    = "etcd-client.crt"
+	FileEtcdKey     = "etcd-client.key"
+	FileSecrets     = "secrets.json" // Secrets
+	patroniBin      = "/usr/bin/patroni"
+	pythonBin       = "/usr/bin/python3"
+	patroniYAML     = "patroni.yml"
+	patroniLauncher = "launch.py"
+	patroniPgpass   = "pgpass"
+	fenceMarginSec  = 1
 )
 
 // Files are the names every node's cluster directory holds.
@@ -317,6 +318,9 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 	if err := patroni.WriteBinDirPinned(n.settings.BinDir, n.c.Cfg.PGBinDir, managed); err != nil {
 		return err
 	}
+	if err := patroni.WriteLauncher(filepath.Join(pdir, patroniLauncher), gid); err != nil {
+		return err
+	}
 	s := n.settings
 	s.Managed, s.HBA = managed, hba
 	if err := patroni.WriteConfigRootOwned(filepath.Join(pdir, patroniYAML), s, gid); err != nil {
@@ -343,7 +347,9 @@ func (n *Node) Command() (*exec.Cmd, error) {
 	// script directory on the path. Otherwise Python runs the .pth files
 	// of ~/.local, which PostgreSQL's OS user can write from inside its
 	// namespace, in Patroni, outside it.
-	cmd := n.c.User.Command(pythonBin, "-I", patroniBin, filepath.Join(n.c.Layout.PatroniDir(), patroniYAML))
+	// Through pgshield's launcher (root's): Patroni's entry point after an
+	// upstream fix Debian's 3.0.2 lacks (patroni.Launcher).
+	cmd := n.c.User.Command(pythonBin, "-I", filepath.Join(n.c.Layout.PatroniDir(), patroniLauncher), filepath.Join(n.c.Layout.PatroniDir(), patroniYAML))
 	cmd.Env = append(patroni.Env(n.settings), "HOME="+n.c.Layout.PatroniHome(), "PYTHONNOUSERSITE=1")
 	// The postmaster Patroni detaches keeps the output pipes open: without
 	// this, Wait would not return when Patroni dies, and it would never be
