@@ -91,6 +91,10 @@ type Daemon struct {
 	node *node.Node
 	// sharedNet is the network policy shared with the cluster (node only).
 	sharedNet *node.Shared
+	// sharedParams and sharedAdmins are pgshield's parameters (but the
+	// node-local ones) and pgshield_guard's administrator list, shared
+	// the same way (node only).
+	sharedParams, sharedAdmins *node.Shared
 	// gw is set by the "gateway" component; read by the API and metrics
 	// only after that (the API starts later) or through gateway().
 	gwMu    sync.Mutex
@@ -207,7 +211,8 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 			d.audit.ApplyParam(name, p)
 		},
 		KernelFirewall: func(p config.Params) error { return d.network.ApplyKernelFirewall(p) },
-		MetricsListen:  d.metricsLn.Set})
+		MetricsListen:  d.metricsLn.Set,
+		GuardWait:      guardWait(cfg)})
 	// Bans and known-good sources, kept outside the volume: they hold
 	// while it is locked.
 	d.threat = threatctl.New(threatctl.Config{Layout: l, Log: log.With("component", "threat"), Audit: d.audit.Record,
@@ -246,8 +251,22 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 		d.sharedNet = d.node.Share("network policy", catalogPool,
 			func(b []byte) error { return d.network.ApplyShared(b) },
 			func() ([]byte, error) { return d.network.Encoded() })
+		d.sharedParams = d.node.Share("parameter set", catalogPool, d.params.ApplyShared, d.params.Encoded)
+		d.params.Share(func(b []byte) error { return d.sharedParams.Publish(context.Background(), b) }, d.sharedParams.Serialize)
+		d.sharedAdmins = d.node.Share("administrator list", catalogPool, d.principals.ApplyShared, d.principals.Encoded)
+		d.principals.Share(func(b []byte) error { return d.sharedAdmins.Publish(context.Background(), b) }, d.sharedAdmins.Serialize)
 	}
 	return nil
+}
+
+// guardWait is how long a change of pgshield_guard's settings may take to
+// show in PostgreSQL: on a cluster node Patroni writes them at its next
+// cycle, up to loop_wait after it was asked.
+func guardWait(cfg *config.Config) time.Duration {
+	if cfg.Cluster == nil {
+		return 0 // the controller's default
+	}
+	return time.Duration(node.Timings(cfg.Cluster).LoopWait)*time.Second + 5*time.Second
 }
 
 // components lists the steps of a start, in order; Run stops them in the
@@ -422,6 +441,8 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			go d.certs.Run(ctx)  // renewal and expiry alerts; SIGHUP reloads
 			if d.sharedNet != nil {
 				go d.sharedNet.Watch(ctx)               // the cluster's network policy
+				go d.sharedParams.Watch(ctx)            // its parameters
+				go d.sharedAdmins.Watch(ctx)            // its administrator list
 				go d.node.RunAnchors(ctx, d.audit.Head) // the audit chain's head, in etcd
 			}
 
