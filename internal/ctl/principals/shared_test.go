@@ -132,10 +132,10 @@ func TestSharedAdminListMalformed(t *testing.T) {
 		{`{"admin_principals":[1]}`, "not an administrator list"},
 		{`{"admin_principals":[""]}`, "invalid principal name"},
 		{`{"admin_principals":["pg_monitor@x"]}`, "pg_ prefix"},
-		{`{"admin_principals":["pgadmin"]}`, "invalid principal name"},             // the administrator: reserved
-		{`{"admin_principals":["PUBLIC"]}`, "invalid principal name"},              // reserved
-		{`{"admin_principals":["plainrole"]}`, "one SQL has to quote"},             // a password role's shape
-		{`{"admin_principals":["a\u0000b@c"]}`, "invalid principal name"},          // a control character
+		{`{"admin_principals":["pgadmin"]}`, "invalid principal name"},            // the administrator: reserved
+		{`{"admin_principals":["PUBLIC"]}`, "invalid principal name"},             // reserved
+		{`{"admin_principals":["plainrole"]}`, "one SQL has to quote"},            // a password role's shape
+		{`{"admin_principals":["a\u0000b@c"]}`, "invalid principal name"},         // a control character
 		{`{"admin_principals":["` + strings.Repeat("x", 64) + `@c"]}`, "1 to 63"}, // too long
 		{`{"admin_principals":["a@b.c","a@b.c"]}`, "listed twice"},
 	} {
