@@ -516,7 +516,7 @@ func TestRealHADaemons(t *testing.T) {
 	if !strings.Contains(n2.daemonLog(1<<20), "MAC does not match") {
 		t.Errorf("n2 did not say why it refused the forged policy")
 	}
-	checkSharedParams(t, ctx, n1, n2, func(n *daemonNode) *pgx.ConnConfig { return gatewayConfig(t, client, []string{n.ip}, password, rootCA, "") })
+	checkSharedParams(t, ctx, n1, n2, client, password, rootCA)
 
 	// Each node's audit chain head is anchored in etcd; audit verify
 	// --cluster finds the anchored record in the node's own log (read in

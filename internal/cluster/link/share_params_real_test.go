@@ -29,8 +29,9 @@ import (
 //     made from taking the principal over (42501), then the roles are
 //     switched back.
 //
-// login is a read-write login as the administrator through n's gateway.
-func checkSharedParams(t *testing.T, ctx context.Context, primary, standby *daemonNode, login func(n *daemonNode) *pgx.ConnConfig) {
+// The administrator logs in with password from namespace client,
+// trusting rootCA.
+func checkSharedParams(t *testing.T, ctx context.Context, primary, standby *daemonNode, client, password, rootCA string) {
 	t.Helper()
 	const shared, local = "pgshield.bruteforce_max_failures", "pgshield.log_level"
 	value := func(n *daemonNode, name string) (string, string) {
@@ -153,7 +154,7 @@ func checkSharedParams(t *testing.T, ctx context.Context, primary, standby *daem
 	var conn *pgx.Conn
 	waitFor(t, "a login through "+standby.name+"'s gateway after the switchover", time.Minute, nil, func() (bool, string) {
 		var err error
-		conn, err = pgx.ConnectConfig(ctx, login(standby))
+		conn, err = pgx.ConnectConfig(ctx, gatewayConfig(t, client, []string{standby.ip}, password, rootCA, ""))
 		return err == nil, fmt.Sprint(err)
 	})
 	for _, q := range []string{`ALTER ROLE "` + admin + `" NOLOGIN`, `GRANT "` + admin + `" TO pgadmin`, `DROP ROLE "` + admin + `"`} {
