@@ -89,12 +89,12 @@ type Daemon struct {
 	// node is set on a cluster node (cfg.Cluster): Patroni, the link, the
 	// promotion socket and the fence (internal/cluster/node).
 	node *node.Node
-	// sharedNet is the network policy shared with the cluster (node only).
-	sharedNet *node.Shared
 	// sharedParams and sharedAdmins are pgshield's parameters (but the
 	// node-local ones) and pgshield_guard's administrator list, shared
-	// the same way (node only).
+	// as the network policy is (node only).
 	sharedParams, sharedAdmins *node.Shared
+	// sharedNet is the network policy shared with the cluster (node only).
+	sharedNet *node.Shared
 	// gw is set by the "gateway" component; read by the API and metrics
 	// only after that (the API starts later) or through gateway().
 	gwMu    sync.Mutex
@@ -211,8 +211,7 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 			d.audit.ApplyParam(name, p)
 		},
 		KernelFirewall: func(p config.Params) error { return d.network.ApplyKernelFirewall(p) },
-		MetricsListen:  d.metricsLn.Set,
-		GuardWait:      guardWait(cfg)})
+		MetricsListen:  d.metricsLn.Set})
 	// Bans and known-good sources, kept outside the volume: they hold
 	// while it is locked.
 	d.threat = threatctl.New(threatctl.Config{Layout: l, Log: log.With("component", "threat"), Audit: d.audit.Record,
@@ -252,7 +251,7 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 			func(b []byte) error { return d.network.ApplyShared(b) },
 			func() ([]byte, error) { return d.network.Encoded() })
 		d.sharedParams = d.node.Share("parameter set", catalogPool, d.params.ApplyShared, d.params.Encoded)
-		d.params.Share(func(b []byte) error { return d.sharedParams.Publish(context.Background(), b) }, d.sharedParams.Serialize)
+		d.params.Share(func(b []byte) error { return d.sharedParams.Publish(context.Background(), b) }, d.sharedParams.Serialize, guardWait(cfg))
 		d.sharedAdmins = d.node.Share("administrator list", catalogPool, d.principals.ApplyShared, d.principals.Encoded)
 		d.principals.Share(func(b []byte) error { return d.sharedAdmins.Publish(context.Background(), b) }, d.sharedAdmins.Serialize)
 	}
@@ -263,9 +262,6 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 // show in PostgreSQL: on a cluster node Patroni writes them at its next
 // cycle, up to loop_wait after it was asked.
 func guardWait(cfg *config.Config) time.Duration {
-	if cfg.Cluster == nil {
-		return 0 // the controller's default
-	}
 	return time.Duration(node.Timings(cfg.Cluster).LoopWait)*time.Second + 5*time.Second
 }
 
@@ -440,9 +436,9 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			go d.volume.Run(ctx) // autogrow; remounts gocryptfs if it dies
 			go d.certs.Run(ctx)  // renewal and expiry alerts; SIGHUP reloads
 			if d.sharedNet != nil {
+				go d.sharedParams.Watch(ctx)            // the cluster's parameters
+				go d.sharedAdmins.Watch(ctx)            // the cluster's administrator list
 				go d.sharedNet.Watch(ctx)               // the cluster's network policy
-				go d.sharedParams.Watch(ctx)            // its parameters
-				go d.sharedAdmins.Watch(ctx)            // its administrator list
 				go d.node.RunAnchors(ctx, d.audit.Head) // the audit chain's head, in etcd
 			}
 

@@ -39,7 +39,7 @@ func newSharedCtl(t *testing.T, key string, pool func() *pgxpool.Pool) *sharedCt
 	}})
 	s.sp = n.Share("parameter set", pool, s.params.ApplyShared, s.params.Encoded)
 	s.sa = n.Share("administrator list", pool, s.admins.ApplyShared, s.admins.Encoded)
-	s.params.Share(func(b []byte) error { return s.sp.Publish(context.Background(), b) }, s.sp.Serialize)
+	s.params.Share(func(b []byte) error { return s.sp.Publish(context.Background(), b) }, s.sp.Serialize, 0)
 	s.admins.Share(func(b []byte) error { return s.sa.Publish(context.Background(), b) }, s.sa.Serialize)
 	return s
 }

@@ -39,13 +39,6 @@ type Config struct {
 	Audit   func(audit.Event)
 	// Pool is the service role's pool (search path pinned).
 	Pool func() *pgxpool.Pool
-	// Apply hands the resolved parameters to the parts that use them once
-	// a change of name is saved: the gateway, the audit log.
-	Apply func(name string, p config.Params)
-	// KernelFirewall mirrors the rules with params into nftables.
-	KernelFirewall func(params config.Params) error
-	// MetricsListen moves the metrics endpoint.
-	MetricsListen func(addr string) error
 	// Publish, on a cluster node, shares the cluster's parameters
 	// (Shared) after a change made here, before it is put in force here;
 	// its error (a standby) refuses the change. Not called for parameters
@@ -60,6 +53,13 @@ type Config struct {
 	// to show the values it wrote (5 s if zero). A cluster node's Patroni
 	// writes them into postgresql.conf at its next cycle: loop_wait more.
 	GuardWait time.Duration
+	// Apply hands the resolved parameters to the parts that use them once
+	// a change of name is saved: the gateway, the audit log.
+	Apply func(name string, p config.Params)
+	// KernelFirewall mirrors the rules with params into nftables.
+	KernelFirewall func(params config.Params) error
+	// MetricsListen moves the metrics endpoint.
+	MetricsListen func(addr string) error
 }
 
 // Controller is the parameters of one server.

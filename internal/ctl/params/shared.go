@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"time"
 
 	"github.com/pgshield/pgshield/internal/config"
 )
@@ -131,8 +132,8 @@ func (c *Controller) ApplyShared(body []byte) error {
 }
 
 // Share makes this a cluster node's controller: publish and serialize are
-// its shared item's (Config.Publish, Config.Serialize). Called once,
-// before anything runs.
-func (c *Controller) Share(publish func([]byte) error, serialize func(func() error) error) {
-	c.c.Publish, c.c.Serialize = publish, serialize
+// its shared item's (Config.Publish, Config.Serialize), guardWait its
+// Config.GuardWait. Called once, before anything runs.
+func (c *Controller) Share(publish func([]byte) error, serialize func(func() error) error, guardWait time.Duration) {
+	c.c.Publish, c.c.Serialize, c.c.GuardWait = publish, serialize, guardWait
 }

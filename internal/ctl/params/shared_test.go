@@ -44,7 +44,7 @@ func newSharedFixture(t *testing.T, params map[string]string) *sharedFixture {
 		}
 		f.published = append(f.published, b)
 		return nil
-	}, func(fn func() error) error { f.serialized++; return fn() })
+	}, func(fn func() error) error { f.serialized++; return fn() }, 0)
 	return f
 }
 
