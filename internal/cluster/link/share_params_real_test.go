@@ -57,7 +57,12 @@ func checkSharedParams(t *testing.T, ctx context.Context, primary, standby *daem
 		})
 		return time.Since(start)
 	}
-	before, _ := value(standby, shared)
+	before, s := value(standby, shared)
+	localP, sp := value(primary, local)
+	localS, ss := value(standby, local)
+	if before == "" || localP == "" || localS == "" {
+		t.Fatalf("parameter show: %s %s %s", s, sp, ss)
+	}
 
 	// A shared parameter: set on the primary, in force on the standby.
 	set(primary, shared, "7")
@@ -66,18 +71,18 @@ func checkSharedParams(t *testing.T, ctx context.Context, primary, standby *daem
 
 	// Node-local: set on the primary, it stays there, while a shared one
 	// set after it arrives; set on the standby, it is done there alone.
-	set(primary, local, "debug")
+	set(primary, local, "error")
 	set(primary, shared, "8")
 	reaches(standby, shared, "8")
-	if v, s := value(standby, local); v != "info" {
+	if v, s := value(standby, local); v != localS {
 		t.Errorf("the primary's node-local %s reached %s: %s", local, standby.name, s)
 	}
 	set(standby, local, "warn")
-	if v, s := value(primary, local); v != "debug" {
+	if v, s := value(primary, local); v != "error" {
 		t.Errorf("the standby's node-local %s reached %s: %s", local, primary.name, s)
 	}
-	set(standby, local, "info")
-	set(primary, local, "info")
+	set(standby, local, localS)
+	set(primary, local, localP)
 
 	// The standby refuses a shared one, and keeps the cluster's value.
 	if out, err := standby.cli(ctx, time.Minute, "parameter", "set", shared, "9"); err == nil || !strings.Contains(out, "standby") {
