@@ -99,6 +99,7 @@ func checkSharedParams(t *testing.T, ctx context.Context, primary, standby *daem
 		out, err := n.sql(ctx, "SHOW pgshield_guard.admin_roles")
 		return err == nil && strings.Contains(out, `"`+admin+`"`), fmt.Sprintf("%q %v", out, err)
 	}
+	asked := time.Now()
 	if out, err := primary.cli(ctx, 2*time.Minute, "principal", "create", "--name", admin, "--object-id", "oid-ops-shared", "--admin"); err != nil {
 		t.Fatalf("%s: principal create --admin: %v\n%s", primary.name, err, out)
 	}
@@ -107,7 +108,10 @@ func checkSharedParams(t *testing.T, ctx context.Context, primary, standby *daem
 		t.Fatalf("%s: the new administrator principal is not in its own pgshield_guard.admin_roles: %s", primary.name, s)
 	}
 	waitFor(t, "the administrator principal in "+standby.name+"'s pgshield_guard.admin_roles", 60*time.Second, nil, func() (bool, string) { return adminRoles(standby) })
-	t.Logf("shared admin list: %.2f s (principal create --admin on %s -> in %s's pgshield_guard.admin_roles)", time.Since(made).Seconds(), primary.name, standby.name)
+	// principal create returns once the primary's PostgreSQL has the list
+	// (through Patroni's next cycle); the standby's may take it first.
+	t.Logf("shared admin list: %.2f s after principal create --admin on %s returned (it took %.2f s) -> in %s's pgshield_guard.admin_roles",
+		time.Since(made).Seconds(), primary.name, made.Sub(asked).Seconds(), standby.name)
 
 	// Forged and replayed rows. The superuser on the primary's socket
 	// (what a compromised PostgreSQL can do) keeps an authentic row of
