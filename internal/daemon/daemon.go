@@ -89,6 +89,10 @@ type Daemon struct {
 	// node is set on a cluster node (cfg.Cluster): Patroni, the link, the
 	// promotion socket and the fence (internal/cluster/node).
 	node *node.Node
+	// sharedParams and sharedAdmins are pgshield's parameters (but the
+	// node-local ones) and pgshield_guard's administrator list, shared
+	// as the network policy is (node only).
+	sharedParams, sharedAdmins *node.Shared
 	// sharedNet is the network policy shared with the cluster (node only).
 	sharedNet *node.Shared
 	// keyChecks tells the other nodes when this node's key state moves,
@@ -255,8 +259,19 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 		d.sharedNet = d.node.Share("network policy", catalogPool,
 			func(b []byte) error { return d.network.ApplyShared(b) },
 			func() ([]byte, error) { return d.network.Encoded() })
+		d.sharedParams = d.node.Share("parameter set", catalogPool, d.params.ApplyShared, d.params.Encoded)
+		d.params.Share(func(b []byte) error { return d.sharedParams.Publish(context.Background(), b) }, d.sharedParams.Serialize, guardWait(cfg))
+		d.sharedAdmins = d.node.Share("administrator list", catalogPool, d.principals.ApplyShared, d.principals.Encoded)
+		d.principals.Share(func(b []byte) error { return d.sharedAdmins.Publish(context.Background(), b) }, d.sharedAdmins.Serialize)
 	}
 	return nil
+}
+
+// guardWait is how long a change of pgshield_guard's settings may take to
+// show in PostgreSQL: on a cluster node Patroni writes them at its next
+// cycle, up to loop_wait after it was asked.
+func guardWait(cfg *config.Config) time.Duration {
+	return time.Duration(node.Timings(cfg.Cluster).LoopWait)*time.Second + 5*time.Second
 }
 
 // components lists the steps of a start, in order; Run stops them in the
@@ -430,6 +445,8 @@ func (d *Daemon) components(cfg *config.Config) []component {
 			go d.volume.Run(ctx) // autogrow; remounts gocryptfs if it dies
 			go d.certs.Run(ctx)  // renewal and expiry alerts; SIGHUP reloads
 			if d.sharedNet != nil {
+				go d.sharedParams.Watch(ctx)            // the cluster's parameters
+				go d.sharedAdmins.Watch(ctx)            // the cluster's administrator list
 				go d.sharedNet.Watch(ctx)               // the cluster's network policy
 				go d.node.RunAnchors(ctx, d.audit.Head) // the audit chain's head, in etcd
 				go d.keyChecks.Run(ctx)                 // a key revoked or back on another node

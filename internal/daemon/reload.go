@@ -34,7 +34,11 @@ func (d *Daemon) reloadOnHUP(ctx context.Context) {
 // with the reason: the file holds no secret, and the reason is redacted
 // like every API error).
 func (d *Daemon) reloadConfig(trigger string) error {
-	changed, err := d.conf.Reload(params.CheckReload, d.params.Reloaded)
+	check := params.CheckReload
+	if d.node != nil {
+		check = params.CheckReloadCluster
+	}
+	changed, err := d.conf.Reload(check, d.params.Reloaded)
 	if err != nil {
 		d.Log.Error("Configuration reload refused; the configuration in force is kept.", "trigger", trigger, "error", err)
 		d.audit.Record(audit.Event{Type: "config.reload_failed", Outcome: audit.OutcomeFailure, Reason: audit.Redact(err.Error()),

@@ -33,22 +33,32 @@ func principalErr(format string, args ...any) error {
 
 // CheckPrincipal validates a new principal's fields.
 func CheckPrincipal(p pgbackend.TokenPrincipal, reserved func(string) bool) error {
-	switch {
-	case p.Name == "" || len(p.Name) > 63 || !utf8.ValidString(p.Name) || strings.ContainsFunc(p.Name, isControl):
-		return principalErr("invalid principal name %q: use 1 to 63 bytes of printable characters", p.Name)
-	case strings.HasPrefix(strings.ToLower(p.Name), "pg_"):
-		return principalErr("invalid principal name %q: the pg_ prefix is reserved", p.Name)
-	case reserved(p.Name) || strings.EqualFold(p.Name, "public"):
-		return principalErr("invalid principal name %q: reserved", p.Name)
-	case !pgbackend.TokenShapedName(p.Name):
-		return principalErr("invalid principal name %q: a principal's name must be one SQL has to quote (as identity-provider names are: alice@contoso.com, \"Contoso DBAs\", ingest-app); plain lower-case identifiers are kept for password roles, so that the first authentication request never reveals whether a name is a principal", p.Name)
-	case p.ObjectID == "" || len(p.ObjectID) > 128 || strings.ContainsFunc(p.ObjectID, func(r rune) bool { return isControl(r) || r == ' ' }):
+	if err := CheckPrincipalName(p.Name, reserved); err != nil {
+		return err
+	}
+	if p.ObjectID == "" || len(p.ObjectID) > 128 || strings.ContainsFunc(p.ObjectID, func(r rune) bool { return isControl(r) || r == ' ' }) {
 		return principalErr("invalid object ID %q: use 1 to 128 printable characters without spaces", p.ObjectID)
 	}
 	switch p.Kind {
 	case pgbackend.PrincipalUser, pgbackend.PrincipalGroup, pgbackend.PrincipalService:
 	default:
 		return principalErr("invalid principal type %q: use user, group or service", p.Kind)
+	}
+	return nil
+}
+
+// CheckPrincipalName refuses a name a token principal may not have (the
+// checks of creation that concern the name alone).
+func CheckPrincipalName(name string, reserved func(string) bool) error {
+	switch {
+	case name == "" || len(name) > 63 || !utf8.ValidString(name) || strings.ContainsFunc(name, isControl):
+		return principalErr("invalid principal name %q: use 1 to 63 bytes of printable characters", name)
+	case strings.HasPrefix(strings.ToLower(name), "pg_"):
+		return principalErr("invalid principal name %q: the pg_ prefix is reserved", name)
+	case reserved(name) || strings.EqualFold(name, "public"):
+		return principalErr("invalid principal name %q: reserved", name)
+	case !pgbackend.TokenShapedName(name):
+		return principalErr("invalid principal name %q: a principal's name must be one SQL has to quote (as identity-provider names are: alice@contoso.com, \"Contoso DBAs\", ingest-app); plain lower-case identifiers are kept for password roles, so that the first authentication request never reveals whether a name is a principal", name)
 	}
 	return nil
 }

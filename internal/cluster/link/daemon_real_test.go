@@ -571,6 +571,7 @@ func TestRealHADaemons(t *testing.T) {
 		t.Errorf("n2 did not say why it refused the forged policy")
 	}
 
+	checkSharedParams(t, ctx, n1, n2, client, password, rootCA)
 	// Each node's audit chain head is anchored in etcd; audit verify
 	// --cluster finds the anchored record in the node's own log (read in
 	// the daemon's mount namespace, where the volume is).

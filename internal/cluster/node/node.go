@@ -24,6 +24,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pgshield/pgshield/internal/auth/scram"
@@ -334,7 +335,24 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 	if err := readableDir(n.c.Layout.PatroniHome(), gid); err != nil {
 		return err
 	}
-	return patroni.WritePgpassOwned(s.PgpassFile, s, patroni.Passwords{Replication: n.secrets.Replication, Rewind: n.secrets.Rewind}, uid, gid)
+	if err := patroni.WritePgpassOwned(s.PgpassFile, s, patroni.Passwords{Replication: n.secrets.Replication, Rewind: n.secrets.Rewind}, uid, gid); err != nil {
+		return err
+	}
+	// A change while Patroni runs (pgshield_guard's lists: an
+	// administrator principal, the allowed extensions, either received
+	// from the cluster) reaches PostgreSQL only through Patroni, which
+	// reads its YAML again on SIGHUP and, at the start of its next cycle
+	// (within loop_wait), rewrites postgresql.conf and reloads PostgreSQL.
+	// The pid is the supervisor's child, not yet reaped: it cannot have
+	// been reused.
+	if n.c.PatroniPID != nil {
+		if pid := n.c.PatroniPID(); pid > 0 {
+			if err := syscall.Kill(pid, syscall.SIGHUP); err != nil && !errors.Is(err, syscall.ESRCH) {
+				return fmt.Errorf("cluster node: asking Patroni to reload: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // Command is the postgres supervisor's Command: Patroni, as PostgreSQL's

@@ -66,7 +66,8 @@ func (c *Controller) ApplyGuardSettings(ctx context.Context, cfg *config.Config)
 	want := cl.GuardValues()
 	var bad postgres.GuardSetting
 	var got string
-	for i := 0; i < 100; i++ {
+	deadline := time.Now().Add(c.guardWait())
+	for {
 		bad = postgres.GuardSetting{}
 		for _, w := range want {
 			if err := c.c.Pool().QueryRow(ctx, sqlCurrentSetting, w.Name).Scan(&got); err != nil {
@@ -80,13 +81,23 @@ func (c *Controller) ApplyGuardSettings(ctx context.Context, cfg *config.Config)
 		if bad.Name == "" {
 			return c.endStaleStatements(ctx)
 		}
+		if time.Now().After(deadline) {
+			break
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("PostgreSQL has not taken pgshield_guard's settings: %s is %q, pgshield wrote %q: %w", bad.Name, got, bad.Value, ctx.Err())
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	return fmt.Errorf("PostgreSQL did not take pgshield_guard's settings within 5s: %s is %q, pgshield wrote %q", bad.Name, got, bad.Value)
+	return fmt.Errorf("PostgreSQL did not take pgshield_guard's settings within %s: %s is %q, pgshield wrote %q", c.guardWait(), bad.Name, got, bad.Value)
+}
+
+func (c *Controller) guardWait() time.Duration {
+	if c.c.GuardWait > 0 {
+		return c.c.GuardWait
+	}
+	return 5 * time.Second
 }
 
 // staleGrace is how long a statement that began before a change of

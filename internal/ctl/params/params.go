@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -38,6 +39,20 @@ type Config struct {
 	Audit   func(audit.Event)
 	// Pool is the service role's pool (search path pinned).
 	Pool func() *pgxpool.Pool
+	// Publish, on a cluster node, shares the cluster's parameters
+	// (Shared) after a change made here, before it is put in force here;
+	// its error (a standby) refuses the change. Not called for parameters
+	// received from the cluster (ApplyShared) nor for node-local ones.
+	Publish func(body []byte) error
+	// Serialize, on a cluster node, runs a local change of a shared
+	// parameter inside the shared item's lock (node.Shared.Serialize),
+	// which its watch holds while it applies a received set: one lock
+	// order, that lock then the configuration store's.
+	Serialize func(func() error) error
+	// GuardWait bounds how long ApplyGuardSettings waits for PostgreSQL
+	// to show the values it wrote (5 s if zero). A cluster node's Patroni
+	// writes them into postgresql.conf at its next cycle: loop_wait more.
+	GuardWait time.Duration
 	// Apply hands the resolved parameters to the parts that use them once
 	// a change of name is saved: the gateway, the audit log.
 	Apply func(name string, p config.Params)
@@ -145,13 +160,22 @@ func (c *Controller) SetParameter(ctx context.Context, name, value string) (apit
 }
 
 // setGatewayParam validates the whole new set, persists it, then swaps it
-// into the gateway; on any failure the old set stays in force.
+// into the gateway; on any failure the old set stays in force. On a
+// cluster node a shared parameter is published first (refused on a
+// standby).
 func (c *Controller) setGatewayParam(gp config.Param, value string) (out apitype.ParameterValue, err error) {
-	err = c.c.Conf.Edit(func(cur *config.Config, commit func(*config.Config) error) error {
-		var err error
-		out, err = c.setGatewayParamLocked(cur, commit, gp, value)
-		return err
-	})
+	edit := func() error {
+		return c.c.Conf.Edit(func(cur *config.Config, commit func(*config.Config) error) error {
+			var err error
+			out, err = c.setGatewayParamLocked(cur, commit, gp, value)
+			return err
+		})
+	}
+	if c.c.Serialize != nil && Shared(gp.Name) {
+		err = c.c.Serialize(edit)
+	} else {
+		err = edit()
+	}
 	return out, err
 }
 
@@ -162,44 +186,73 @@ func (c *Controller) setGatewayParamLocked(cur *config.Config, commit func(*conf
 		return apitype.ParameterValue{}, clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
 	next := maps.Clone(cur.Parameters)
+	if next == nil {
+		next = map[string]string{}
+	}
 	next[gp.Name] = nv
+	resolved, err := c.putLocked(cur, commit, next, []string{gp.Name}, c.c.Publish != nil && Shared(gp.Name), "parameter.set")
+	if err != nil {
+		return apitype.ParameterValue{}, err
+	}
+	return gatewayParam(gp, resolved.Values), nil
+}
+
+// putLocked puts the parameter set next in force, of which the names
+// changed differ from cur's: what a local set and one received from the
+// cluster both go through. The whole set is validated, the checks that
+// read this machine (installed extensions) run, the shared parameters are
+// published if publish (before anything is in force here), then the
+// kernel firewall, the metrics endpoint, pgshield.json, pgshield_guard's
+// settings and the running parts take it. Called under the store's lock.
+func (c *Controller) putLocked(cur *config.Config, commit func(*config.Config) error, next map[string]string, changed []string, publish bool, event string) (config.Params, error) {
 	resolved, err := config.ResolveParams(next)
 	if err != nil {
-		return apitype.ParameterValue{}, clienterr.New(apitype.CodeInvalid, "%v", err)
+		return config.Params{}, clienterr.New(apitype.CodeInvalid, "%v", err)
 	}
-	if gp.Name == "pgshield.kernel_firewall" || gp.Name == "pgshield.trusted_proxies" {
-		if err := c.c.KernelFirewall(resolved); err != nil {
-			return apitype.ParameterValue{}, clienterr.New(apitype.CodeInvalid, "kernel firewall: %v", err)
-		}
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second+c.guardWait())
 	defer cancel()
-	guard := gp.Name == "pgshield.allowed_extensions"
+	guard := slices.Contains(changed, "pgshield.allowed_extensions")
 	if guard {
 		if err := c.checkExtensionsAvailable(ctx, resolved.AllowedExtensions); err != nil {
-			return apitype.ParameterValue{}, err
+			return config.Params{}, err
 		}
 	}
-	if gp.Name == "pgshield.metrics_listen" {
-		if err := c.c.MetricsListen(nv); err != nil {
-			return apitype.ParameterValue{}, clienterr.New(apitype.CodeInvalid, "%v", err)
+	if publish {
+		b, err := encodeShared(next)
+		if err != nil {
+			return config.Params{}, err
+		}
+		if err := c.c.Publish(b); err != nil {
+			return config.Params{}, err
+		}
+	}
+	if slices.Contains(changed, "pgshield.kernel_firewall") || slices.Contains(changed, "pgshield.trusted_proxies") {
+		if err := c.c.KernelFirewall(resolved); err != nil {
+			return config.Params{}, clienterr.New(apitype.CodeInvalid, "kernel firewall: %v", err)
+		}
+	}
+	if slices.Contains(changed, "pgshield.metrics_listen") {
+		if err := c.c.MetricsListen(resolved.Values["pgshield.metrics_listen"]); err != nil {
+			return config.Params{}, clienterr.New(apitype.CodeInvalid, "%v", err)
 		}
 	}
 	newCfg := *cur
 	newCfg.Parameters = next
 	if err := commit(&newCfg); err != nil {
-		return apitype.ParameterValue{}, fmt.Errorf("saving configuration: %w", err)
+		return config.Params{}, fmt.Errorf("saving configuration: %w", err)
 	}
 	if guard {
 		// pgshield_guard reads the list from PostgreSQL's configuration.
 		if err := c.ApplyGuardSettings(ctx, &newCfg); err != nil {
-			return apitype.ParameterValue{}, fmt.Errorf("saved, but PostgreSQL has not taken it (it will at its next start): %w", err)
+			return config.Params{}, fmt.Errorf("saved, but PostgreSQL has not taken it (it will at its next start): %w", err)
 		}
 	}
-	c.c.Apply(gp.Name, resolved)
-	c.c.Log.Info("Parameter changed.", "name", gp.Name, "value", nv)
-	c.c.Audit(audit.Event{Type: "parameter.set", Outcome: audit.OutcomeSuccess, Fields: map[string]any{"name": gp.Name, "value": nv}})
-	return gatewayParam(gp, resolved.Values), nil
+	for _, name := range changed {
+		c.c.Apply(name, resolved)
+		c.c.Log.Info("Parameter changed.", "name", name, "value", resolved.Values[name], "by", event)
+		c.c.Audit(audit.Event{Type: event, Outcome: audit.OutcomeSuccess, Fields: map[string]any{"name": name, "value": resolved.Values[name]}})
+	}
+	return resolved, nil
 }
 
 func (c *Controller) setPostgresParam(ctx context.Context, name, value string) (apitype.ParameterValue, error) {

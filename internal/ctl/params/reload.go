@@ -47,3 +47,22 @@ func (c *Controller) Reloaded(changed []string) {
 			Fields: map[string]any{"name": n, "value": p.Values[n], "by": "reload"}})
 	}
 }
+
+// CheckReloadCluster is CheckReload on a cluster node, where a shared
+// parameter changed by hand in one node's file would differ from the
+// cluster's without anyone knowing: it is refused too.
+func CheckReloadCluster(next *config.Config, changed []string) error {
+	if err := CheckReload(next, changed); err != nil {
+		return err
+	}
+	var refused []string
+	for _, n := range changed {
+		if Shared(n) {
+			refused = append(refused, n)
+		}
+	}
+	if len(refused) > 0 {
+		return fmt.Errorf("%s changed: on a cluster node it is the cluster's: apply with 'pgshield parameter set' on the primary", strings.Join(refused, ", "))
+	}
+	return nil
+}

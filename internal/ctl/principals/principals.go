@@ -35,6 +35,16 @@ type Config struct {
 	// called under the store's lock.
 	ApplyGuard func(ctx context.Context, cfg *config.Config) error
 	Audit      func(audit.Event)
+	// Publish, on a cluster node, shares the administrator list (shared.go)
+	// after a change made here, before it is in force here; its error (a
+	// standby) refuses the change. Not called for a list received from
+	// the cluster (ApplyShared).
+	Publish func(body []byte) error
+	// Serialize, on a cluster node, runs each local change of the list
+	// inside the shared item's lock (node.Shared.Serialize), which its
+	// watch holds while it applies a received list: one lock order, that
+	// lock then the configuration store's.
+	Serialize func(func() error) error
 }
 
 // Controller is the token principals of one server.
@@ -132,11 +142,18 @@ func (c *Controller) Delete(ctx context.Context, name string) (apitype.Principal
 // reports whether the list changed. With undo, a list PostgreSQL did not
 // take is replaced by the previous one again.
 func (c *Controller) setAdminPrincipal(ctx context.Context, name string, add, undo bool) (changed bool, err error) {
-	err = c.c.Conf.Edit(func(prev *config.Config, commit func(*config.Config) error) error {
-		var err error
-		changed, err = c.setAdminPrincipalLocked(ctx, prev, commit, name, add, undo)
-		return err
-	})
+	edit := func() error {
+		return c.c.Conf.Edit(func(prev *config.Config, commit func(*config.Config) error) error {
+			var err error
+			changed, err = c.setAdminPrincipalLocked(ctx, prev, commit, name, add, undo)
+			return err
+		})
+	}
+	if c.c.Serialize != nil {
+		err = c.c.Serialize(edit)
+	} else {
+		err = edit()
+	}
 	return changed, err
 }
 
@@ -151,12 +168,20 @@ func (c *Controller) setAdminPrincipalLocked(ctx context.Context, prev *config.C
 	if add {
 		next.AdminPrincipals = append(next.AdminPrincipals, name)
 	}
+	// Shared first: refused (a standby), the list changes nowhere.
+	if err := c.publish(next.AdminPrincipals); err != nil {
+		return false, err
+	}
 	if err := commit(&next); err != nil {
 		return false, err
 	}
 	err := c.c.ApplyGuard(ctx, &next)
 	if err == nil || !undo {
 		return true, err
+	}
+	// The other nodes were given the new list: they get the old one again.
+	if perr := c.publish(prev.AdminPrincipals); perr != nil {
+		err = errors.Join(err, fmt.Errorf("sharing the previous administrator list again: %w", perr))
 	}
 	if serr := commit(prev); serr != nil {
 		return true, errors.Join(err, fmt.Errorf("restoring the previous administrator list: %w", serr))
