@@ -312,6 +312,11 @@ func (c *Client) ClusterSwitchover(ctx context.Context, to string) (*apitype.Clu
 	return call[apitype.ClusterManualResult](ctx, c, "POST", "/v1/cluster/switchover", apitype.ClusterSwitchoverRequest{To: to})
 }
 
+// ClusterAllowJoin opens this node's join window for node for d.
+func (c *Client) ClusterAllowJoin(ctx context.Context, node string, d time.Duration) (*apitype.ClusterJoinWindow, error) {
+	return call[apitype.ClusterJoinWindow](ctx, c, "POST", "/v1/cluster/join-window", apitype.ClusterJoinRequest{Node: node, Seconds: int(d / time.Second)})
+}
+
 // ClusterFailover promotes node to.
 func (c *Client) ClusterFailover(ctx context.Context, to string) (*apitype.ClusterManualResult, error) {
 	return call[apitype.ClusterManualResult](ctx, c, "POST", "/v1/cluster/failover", apitype.ClusterSwitchoverRequest{To: to})

@@ -51,6 +51,20 @@ type ClusterSwitchoverRequest struct {
 	To string `json:"to,omitempty"`
 }
 
+// ClusterJoinRequest opens this node's join window for Node: for Seconds
+// (0: 15 minutes), the node may ask this one for the cluster's secrets
+// over the link, once.
+type ClusterJoinRequest struct {
+	Node    string `json:"node"`
+	Seconds int    `json:"seconds,omitempty"`
+}
+
+// ClusterJoinWindow is an open join window.
+type ClusterJoinWindow struct {
+	Node  string    `json:"node"`
+	Until time.Time `json:"until"`
+}
+
 // ClusterManualResult is Patroni's answer to a switchover or failover.
 type ClusterManualResult struct {
 	Action  string `json:"action"`

@@ -22,7 +22,7 @@ func newCluster(g *globals) *cobra.Command {
 		Args:  cobra.NoArgs,
 	}
 	c.AddCommand(newClusterShow(g), newClusterManual(g, "switchover"), newClusterManual(g, "failover"), newClusterPrePromote(g),
-		newClusterInit(g), newClusterEtcd(g))
+		newClusterInit(g), newClusterEtcd(g), newClusterAllowJoin(g))
 	return c
 }
 

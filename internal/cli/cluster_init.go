@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -159,4 +160,29 @@ func newClusterEtcd(_ *globals) *cobra.Command {
 func mustMember(c etcd.Cluster, name string) etcd.Member {
 	m, _ := c.Member(name)
 	return m
+}
+
+// newClusterAllowJoin is `pgshield cluster allow-join NODE`: on a node
+// already up, let NODE (a peer it lists), while it runs `init --ha`
+// without secrets.json, receive the cluster's secrets over the link, once.
+func newClusterAllowJoin(g *globals) *cobra.Command {
+	var d time.Duration
+	c := &cobra.Command{
+		Use:   "allow-join NODE [--for 15m]",
+		Short: "Let a joining node receive the cluster's secrets from this node over the link, once",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if d < time.Second {
+				return usageError{errors.New("--for must be at least 1s")}
+			}
+			w, err := g.client().ClusterAllowJoin(cmd.Context(), args[0], d)
+			if err != nil {
+				return err
+			}
+			return emit(cmd.OutOrStdout(), g, w, func(tw *tabwriter.Writer) {
+				fmt.Fprintf(tw, "%s may receive the cluster's secrets from this node once, until %s\n", cell(w.Node), w.Until.UTC().Format(time.RFC3339))
+			})
+		}}
+	c.Flags().DurationVar(&d, "for", 15*time.Minute, "how long the window stays open")
+	return c
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgshield/pgshield/internal/apitype"
+	"github.com/pgshield/pgshield/internal/audit"
 	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/config"
 	"github.com/pgshield/pgshield/internal/mgmt"
@@ -161,6 +162,25 @@ func (a api) AuditAnchors(ctx context.Context) ([]apitype.AuditAnchor, error) {
 		return nil, clienterr.New(apitype.CodeUnavailable, "reading the audit anchors: %v", err)
 	}
 	return as, nil
+}
+
+// ClusterAllowJoin opens this node's join window for a peer: it may ask
+// for the cluster's secrets over the link once.
+func (a api) ClusterAllowJoin(req apitype.ClusterJoinRequest) (apitype.ClusterJoinWindow, error) {
+	if a.d.node == nil {
+		return apitype.ClusterJoinWindow{}, clienterr.New(apitype.CodeNotFound, "this server is a single node, not a cluster node (init --ha)")
+	}
+	d := 15 * time.Minute
+	if req.Seconds != 0 {
+		d = time.Duration(req.Seconds) * time.Second
+	}
+	until, err := a.d.node.AllowJoin(req.Node, d)
+	if err != nil {
+		return apitype.ClusterJoinWindow{}, clienterr.New(apitype.CodeInvalid, "%v", err)
+	}
+	a.d.audit.Record(audit.Event{Type: "cluster.join_window", Outcome: audit.OutcomeSuccess,
+		Fields: map[string]any{"node": req.Node, "until": until.UTC().Format(time.RFC3339)}})
+	return apitype.ClusterJoinWindow{Node: req.Node, Until: until}, nil
 }
 
 // ClusterManual runs a switchover or a failover through Patroni.

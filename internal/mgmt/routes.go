@@ -70,6 +70,8 @@ type Backend interface {
 	// ClusterManual runs a switchover or failover ("switchover",
 	// "failover") through Patroni.
 	ClusterManual(ctx context.Context, action, to string) (apitype.ClusterManualResult, error)
+	// ClusterAllowJoin opens this node's join window for a peer.
+	ClusterAllowJoin(req apitype.ClusterJoinRequest) (apitype.ClusterJoinWindow, error)
 	// AuditAnchors are every node's audit chain head in etcd.
 	AuditAnchors(ctx context.Context) ([]apitype.AuditAnchor, error)
 
@@ -155,6 +157,13 @@ func Routes(b Backend) []Route {
 				return nil, err
 			}
 			return b.ClusterManual(r.Context(), "failover", req.To)
+		}},
+		{Method: "POST", Pattern: "/v1/cluster/join-window", Permission: PermitWrite, Handler: func(r *http.Request) (any, error) {
+			var req apitype.ClusterJoinRequest
+			if err := DecodeBody(r, &req); err != nil {
+				return nil, err
+			}
+			return b.ClusterAllowJoin(req)
 		}},
 
 		{Method: "GET", Pattern: "/v1/bans", Permission: PermitRead, Handler: func(*http.Request) (any, error) { return b.Bans(), nil }},

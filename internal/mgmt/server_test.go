@@ -39,7 +39,7 @@ func TestRouteTable(t *testing.T) {
 	// Every route of the API before the table existed, with the ones that
 	// were marked Write.
 	writes := []string{
-		"PUT /v1/parameters/{name}", "POST /v1/shutdown", "POST /v1/restart",
+		"PUT /v1/parameters/{name}", "POST /v1/cluster/join-window", "POST /v1/shutdown", "POST /v1/restart",
 		"POST /v1/key/lock", "POST /v1/key/unlock", "POST /v1/key/revalidate", "POST /v1/key/set", "POST /v1/key/rotate",
 		"POST /v1/backups", "POST /v1/backups/archive-wal",
 		"POST /v1/network", "POST /v1/firewall-rules", "PATCH /v1/firewall-rules/{name}", "DELETE /v1/firewall-rules/{name}",
@@ -230,6 +230,9 @@ func (nopBackend) Cluster(context.Context) (apitype.ClusterInfo, error) {
 	return apitype.ClusterInfo{}, nil
 }
 func (nopBackend) AuditAnchors(context.Context) ([]apitype.AuditAnchor, error) { return nil, nil }
+func (nopBackend) ClusterAllowJoin(apitype.ClusterJoinRequest) (apitype.ClusterJoinWindow, error) {
+	return apitype.ClusterJoinWindow{}, nil
+}
 func (nopBackend) ClusterManual(context.Context, string, string) (apitype.ClusterManualResult, error) {
 	return apitype.ClusterManualResult{}, nil
 }

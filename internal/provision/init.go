@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -281,12 +282,15 @@ func fetchSecrets(ctx context.Context, cl *config.Cluster, dir string) ([]byte, 
 	for _, p := range cl.Peers {
 		b, err := link.FetchSecrets(ctx, id, p.Name, p.Addr)
 		if err == nil {
-			if _, err = node.ParseSecrets(b); err == nil {
-				return b, nil
+			var s node.Secrets
+			if s, err = node.ParseSecrets(b); err == nil {
+				// What was checked, not the peer's bytes.
+				return json.Marshal(s)
 			}
 			err = fmt.Errorf("node %s: %w", p.Name, err)
 		}
 		errs = append(errs, err)
 	}
-	return nil, fmt.Errorf("no %s in --ha-files, and no peer gave the cluster's secrets: %w", node.FileSecrets, errors.Join(errs...))
+	return nil, fmt.Errorf("no %s in --ha-files, and no peer gave the cluster's secrets (run `pgshield cluster allow-join %s` on a node already up): %w",
+		node.FileSecrets, cl.Node, errors.Join(errs...))
 }

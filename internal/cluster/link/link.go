@@ -84,9 +84,9 @@ type Config struct {
 	// DialTimeout bounds each dial, to a peer or to the local socket (5 s
 	// when zero).
 	DialTimeout time.Duration
-	// Secrets, if set, is the cluster's secrets bundle, given to a peer
-	// that asks over ProtoSecrets (a node joining at `init --ha`); nil
-	// refuses.
+	// Secrets, if set, is the cluster's secrets bundle, given over
+	// ProtoSecrets to a peer joining (`init --ha`) while AllowJoin has a
+	// window open for it, once; nil refuses every asker.
 	Secrets func() []byte
 	Log     *slog.Logger
 }
@@ -145,9 +145,12 @@ type Node struct {
 		sync.Mutex
 		bySource map[string]int
 	}
-	rest  *restProxy
-	wg    sync.WaitGroup
-	ready chan struct{}
+	rest *restProxy
+	// join holds the open join windows (AllowJoin), by peer.
+	joinMu sync.Mutex
+	join   map[string]time.Time
+	wg     sync.WaitGroup
+	ready  chan struct{}
 	// warnMu guards lastWarn and suppressed: refusals and failures are
 	// logged at most once a second per message, since anyone who reaches
 	// the port (before authentication), a compromised peer (after it) or a
@@ -443,18 +446,24 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone fu
 		return
 	case ProtoSecrets:
 		release, ok := n.takeSlot(slotKey{true, ProtoREST})
-		if !ok || n.cfg.Secrets == nil {
-			n.warnLimited(log, "Node link: a peer asked for the cluster's secrets; refused.", "serving", n.cfg.Secrets != nil)
+		if !ok {
+			n.warnLimited(log, "Node link connection refused: too many REST connections.", "max", n.cfg.MaxConns)
 			return
 		}
 		defer release()
 		handshakeDone()
+		peer := PeerName(cs)
+		if n.cfg.Secrets == nil || !n.takeJoin(peer) {
+			n.warnLimited(log, "Node link: a peer asked for the cluster's secrets with no join window open for it; refused (cluster allow-join).")
+			return
+		}
 		if _, err := tc.Write(n.cfg.Secrets()); err != nil {
 			n.warnLimited(log, "Node link: sending the cluster's secrets failed.", "error", err)
 			return
 		}
 		_ = tc.CloseWrite()
-		log.Info("Node link: gave the cluster's secrets to a peer (it is joining).")
+		// Once per window: a warning, so it stands out.
+		log.Warn("Node link: gave the cluster's secrets to a joining peer; its join window is closed.")
 		return
 	default:
 		n.warnLimited(log, "Node link connection refused: no protocol agreed.")
@@ -561,4 +570,28 @@ func FetchSecrets(ctx context.Context, id *Identity, peer, addr string) ([]byte,
 		return nil, fmt.Errorf("node %s (%s): secrets bundle over %d bytes", peer, addr, maxSecrets)
 	}
 	return b, nil
+}
+
+// AllowJoin opens peer's join window until until: peer, a node this one
+// lists, may then ask for the cluster's secrets once.
+func (n *Node) AllowJoin(peer string, until time.Time) error {
+	if !n.peerSet()[peer] {
+		return fmt.Errorf("%q is not a peer of this node", peer)
+	}
+	n.joinMu.Lock()
+	defer n.joinMu.Unlock()
+	if n.join == nil {
+		n.join = map[string]time.Time{}
+	}
+	n.join[peer] = until
+	return nil
+}
+
+// takeJoin closes peer's join window and reports whether it was open.
+func (n *Node) takeJoin(peer string) bool {
+	n.joinMu.Lock()
+	defer n.joinMu.Unlock()
+	until, ok := n.join[peer]
+	delete(n.join, peer)
+	return ok && time.Now().Before(until)
 }

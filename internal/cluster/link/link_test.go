@@ -809,32 +809,64 @@ func TestPeerDirMadeWithParent(t *testing.T) {
 	}
 }
 
-// TestLinkSecrets: a node gives the cluster's secrets to a peer it lists
-// that asks (a node joining), to no other node of the CA, never without
-// Secrets set; the joining node takes them only from the node it named.
+// TestLinkSecrets: a node gives the cluster's secrets only to a peer it
+// lists, only while a join window is open for it, once; to no other node
+// of the CA, nor another CA's; never without Secrets set; refusals hold
+// no slot; the joining node takes them only from the node it named.
 func TestLinkSecrets(t *testing.T) {
 	ctx, wg := withRun(t)
 	ca := newTestCA(t, "cluster")
 	bundle := []byte(`{"replication":"r-0123456789abcdef","rewind":"w-0123456789abcdef","config":"c-0123456789abcdef"}`)
-	p := startPair(t, ctx, wg, ca, func(a, b *Config) { b.Secrets = func() []byte { return bundle } })
+	p := startPair(t, ctx, wg, ca, func(a, b *Config) {
+		b.Secrets = func() []byte { return bundle }
+		b.MaxConns = 2
+	})
 	bAddr := p.b.Addr().String()
-	got, err := FetchSecrets(ctx, ca.node(t, "a"), "b", bAddr)
-	if err != nil || string(got) != string(bundle) {
-		t.Fatalf("a (b's peer) got %q, %v", got, err)
+	aID := ca.node(t, "a")
+	// No window: refused, many times over (more than b's slots).
+	for range 5 {
+		if got, err := FetchSecrets(ctx, aID, "b", bAddr); err == nil || len(got) != 0 {
+			t.Fatalf("a got %q with no join window open", got)
+		}
 	}
-	// Another node of the same CA, not b's peer: refused in the handshake.
+	if err := p.b.AllowJoin("x", time.Now().Add(time.Minute)); err == nil {
+		t.Error("a join window opened for a node b does not list")
+	}
+	if err := p.b.AllowJoin("a", time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	// Another node of the same CA, not b's peer: refused in the handshake,
+	// and the window stays open.
 	if got, err := FetchSecrets(ctx, ca.node(t, "x"), "b", bAddr); err == nil {
 		t.Errorf("a node b does not list got %q", got)
-	}
-	// b's address answered by a node that is not b: a refuses it.
-	if got, err := FetchSecrets(ctx, ca.node(t, "b"), "a", bAddr); err == nil {
-		t.Errorf("a node asking for a's secrets at b's address got %q", got)
 	}
 	// Another CA's node named a: refused.
 	if got, err := FetchSecrets(ctx, newTestCA(t, "other").node(t, "a"), "b", bAddr); err == nil {
 		t.Errorf("another CA's node got %q", got)
 	}
-	// a serves no secrets (Secrets nil): b, its peer, gets nothing.
+	// b's address answered by a node that is not the one named: refused.
+	if got, err := FetchSecrets(ctx, ca.node(t, "b"), "a", bAddr); err == nil {
+		t.Errorf("a node asking for a's secrets at b's address got %q", got)
+	}
+	got, err := FetchSecrets(ctx, aID, "b", bAddr)
+	if err != nil || string(got) != string(bundle) {
+		t.Fatalf("a (b's peer, window open) got %q, %v", got, err)
+	}
+	// Once: the window closed with it.
+	if got, err := FetchSecrets(ctx, aID, "b", bAddr); err == nil {
+		t.Errorf("a got the secrets twice in one window: %q", got)
+	}
+	// A window past its end gives nothing.
+	if err := p.b.AllowJoin("a", time.Now().Add(-time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := FetchSecrets(ctx, aID, "b", bAddr); err == nil {
+		t.Errorf("a got the secrets in a window that had ended: %q", got)
+	}
+	// a serves no secrets (Secrets nil), window or not.
+	if err := p.a.AllowJoin("b", time.Now().Add(time.Minute)); err != nil {
+		t.Fatal(err)
+	}
 	if got, err := FetchSecrets(ctx, ca.node(t, "b"), "a", p.a.Addr().String()); err == nil || len(got) != 0 {
 		t.Errorf("a node without Secrets gave %q, %v", got, err)
 	}

@@ -284,10 +284,13 @@ func Readme(s Spec, now time.Time) string {
 			n.Name, n.IP, net.JoinHostPort(n.IP.String(), "5432"), ClusterJSON)
 		if i == 0 {
 			add("        then wait until `pgshield cluster show` says confirmed\n")
+		} else {
+			add("        first, on %s: pgshield cluster allow-join %s (it may then receive the secrets once)\n", s.Nodes[0].Name, n.Name)
 		}
 	}
-	add("\nOnly %s's directory holds secrets.json (the cluster's passwords and config key): the others ask a node\n", s.Nodes[0].Name)
-	add("already up for them over the link at init. Delete the copies once `init` has taken them in.\n")
+	add("\nOnly %s's directory holds secrets.json (the cluster's passwords and config key): the others receive them\n", s.Nodes[0].Name)
+	add("over the link at init, from a node that allow-join opened a window on. Every directory is secret (a node's\n")
+	add("key is its identity on the link). Delete the copies once `init` has taken them in.\n")
 	return string(b)
 }
 

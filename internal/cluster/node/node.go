@@ -90,6 +90,11 @@ func ParseSecrets(b []byte) (Secrets, error) {
 	if len(s.Replication) < 16 || len(s.Rewind) < 16 || len(s.Config) < 16 {
 		return s, errors.New("replication, rewind and config must each be at least 16 characters")
 	}
+	for _, v := range []string{s.Replication, s.Rewind, s.Config} {
+		if strings.IndexFunc(v, func(r rune) bool { return r < 0x20 || r == 0x7f }) >= 0 {
+			return s, errors.New("replication, rewind and config may hold no control characters")
+		}
+	}
 	return s, nil
 }
 
@@ -486,4 +491,17 @@ func readableDir(dir string, gid int) error {
 		return err
 	}
 	return os.Chmod(dir, 0o750)
+}
+
+// MaxJoinWindow bounds AllowJoin's window.
+const MaxJoinWindow = 24 * time.Hour
+
+// AllowJoin lets peer, joining, ask this node for the cluster's secrets
+// over the link once within d (`cluster allow-join`).
+func (n *Node) AllowJoin(peer string, d time.Duration) (time.Time, error) {
+	if d <= 0 || d > MaxJoinWindow {
+		return time.Time{}, fmt.Errorf("a join window lasts from 1 s to %s, not %s", MaxJoinWindow, d)
+	}
+	until := time.Now().Add(d)
+	return until, n.link.AllowJoin(peer, until)
 }

@@ -12,11 +12,31 @@
 import sys
 import time
 
+import inspect
+
 from patroni.version import __version__
+
+
+def _version(v):
+    try:
+        return tuple(int(x) for x in v.split('.')[:3])
+    except ValueError:
+        return (0,)
+
+
+if _version(__version__) < (3, 0, 3) and __version__ != '3.0.2':
+    sys.exit('pgshield: Patroni %s lacks the fix of patroni/patroni#2689 and is not 3.0.2, '
+             'which this launcher patches; install 3.0.2 or 3.0.3 and later' % __version__)
 
 if __version__ == '3.0.2':
     from patroni.dcs import Leader, catch_return_false_exception
     from patroni.dcs import etcd3
+
+    # The method as Debian's 3.0.2 has it (no leader argument; a decorator
+    # hides the signature, so the source says): a package update that
+    # changed it gets no patch meant for another shape.
+    if '    def _update_leader(self):\n' not in inspect.getsource(etcd3):
+        sys.exit('pgshield: Patroni 3.0.2 here is not the one this launcher patches (Etcd3._update_leader changed)')
 
     @catch_return_false_exception
     def _update_leader(self):
