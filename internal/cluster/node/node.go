@@ -281,6 +281,14 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 		return fmt.Errorf("cluster node: overflow uid %q", ov)
 	}
 	managed["pgshield_guard.gateway_uid"] = strconv.Itoa(overflow)
+	// Protected parameters the managed settings leave at PostgreSQL's
+	// default are pinned too: the local parameters win over the dynamic
+	// configuration, which any etcd client can write for every node.
+	for k, v := range clusterPins {
+		if _, ok := managed[k]; !ok {
+			managed[k] = v
+		}
+	}
 	// pg_rewind reads the source's files as this role; pgshield_guard
 	// lets no one else below superuser do so (the role is reserved: no
 	// one may become it or be granted it).
@@ -305,8 +313,9 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 	if err := patroni.WriteBinDirPinned(n.settings.BinDir, n.c.Cfg.PGBinDir, managed); err != nil {
 		return err
 	}
+	// Kept: SetParameter refuses what these pin.
+	n.settings.Managed, n.settings.HBA = managed, hba
 	s := n.settings
-	s.Managed, s.HBA = managed, hba
 	if err := patroni.WriteConfigRootOwned(filepath.Join(pdir, patroniYAML), s, gid); err != nil {
 		return err
 	}
@@ -319,6 +328,20 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 		return err
 	}
 	return patroni.WritePgpassOwned(s.PgpassFile, s, patroni.Passwords{Replication: n.secrets.Replication, Rewind: n.secrets.Rewind}, uid, gid)
+}
+
+// clusterPins are PostgreSQL's defaults of protected parameters
+// (postgres.ProtectedParameter) that pgshield's managed settings do not
+// set. Not here: data_directory, config_file, hba_file and ident_file,
+// which Patroni sets or reads itself (a local hba_file would stop it
+// writing pg_hba.conf); archive_mode, archive_command and restore_command,
+// pinned on the postgres wrapper's command line (patroni/netns.go); the
+// ssl_* files (ssl is off) and event_source (Windows).
+var clusterPins = map[string]string{
+	"allow_system_table_mods": "off", "ignore_system_indexes": "off", "zero_damaged_pages": "off",
+	"ignore_checksum_failure": "off", "jit_provider": "llvmjit", "local_preload_libraries": "",
+	"session_preload_libraries": "", "dynamic_library_path": "$libdir", "external_pid_file": "",
+	"ssl_passphrase_command": "", "krb_server_keyfile": "FILE:/etc/postgresql-common/krb5.keytab",
 }
 
 // Command is the postgres supervisor's Command: Patroni, as PostgreSQL's

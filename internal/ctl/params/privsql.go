@@ -13,6 +13,11 @@ const (
 	// sqlCurrentSetting reads a setting as a session of the pool sees it.
 	sqlCurrentSetting = `SELECT pg_catalog.current_setting($1::pg_catalog.text)`
 	sqlClock          = `SELECT pg_catalog.clock_timestamp()`
+	// sqlSettingContext is pg_settings.context of one parameter.
+	sqlSettingContext = `SELECT s.context FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) pg_catalog.lower($1::pg_catalog.text)`
+	// sqlTrySetting sets a parameter for the current transaction only
+	// (cluster.go rolls it back): PostgreSQL checks the value.
+	sqlTrySetting = `SELECT pg_catalog.set_config($1::pg_catalog.text, $2::pg_catalog.text, true)`
 	// sqlStaleStatements lists the backends of non-superusers running a
 	// statement that began before $1.
 	sqlStaleStatements = `SELECT a.pid FROM pg_catalog.pg_stat_activity a
