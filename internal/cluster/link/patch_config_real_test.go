@@ -175,10 +175,12 @@ func checkClusterParameter(t *testing.T, ctx context.Context, primary, standby *
 		}
 	}
 
-	// The etcd writer: protected parameters, pinned in each node's local
-	// YAML by pgshield, next to an unprotected canary.
+	// The etcd writer: protected parameters, pinned by pgshield in each
+	// node's local YAML or on its postgres wrapper's command line, next to
+	// an unprotected canary.
 	watched := []string{"password_encryption", "log_destination", "unix_socket_permissions", "ssl", "zero_damaged_pages",
-		"allow_system_table_mods", "session_preload_libraries", "dynamic_library_path", "listen_addresses", "shared_preload_libraries"}
+		"allow_system_table_mods", "session_preload_libraries", "dynamic_library_path", "listen_addresses", "shared_preload_libraries",
+		"hba_file", "ident_file", "data_directory"}
 	snapshot := func(n *daemonNode) string {
 		out, err := n.sql(ctx, "SELECT string_agg(name || '=' || setting || '/' || pending_restart, ' ' ORDER BY name) FROM pg_catalog.pg_settings WHERE name IN ('"+strings.Join(watched, "','")+"')")
 		if err != nil {
@@ -196,6 +198,7 @@ func checkClusterParameter(t *testing.T, ctx context.Context, primary, standby *
 		"password_encryption": "md5", "log_destination": "stderr", "unix_socket_permissions": "0777", "ssl": "on",
 		"zero_damaged_pages": "on", "allow_system_table_mods": "on", "session_preload_libraries": "auto_explain",
 		"dynamic_library_path": "/tmp", "listen_addresses": "*", "shared_preload_libraries": "",
+		"hba_file": "/dev/null", "ident_file": "/dev/null", "data_directory": "/tmp",
 		"vacuum_cost_page_miss": "7", // the canary
 	} {
 		attack[k] = v

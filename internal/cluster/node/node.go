@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -310,7 +311,13 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 			return err
 		}
 	}
-	if err := patroni.WriteBinDirPinned(n.settings.BinDir, n.c.Cfg.PGBinDir, managed); err != nil {
+	// The files Patroni points PostgreSQL at (its config_dir is the data
+	// directory), pinned on the command line.
+	pins := maps.Clone(managed)
+	pins["data_directory"] = n.settings.DataDir
+	pins["hba_file"] = filepath.Join(n.settings.DataDir, "pg_hba.conf")
+	pins["ident_file"] = filepath.Join(n.settings.DataDir, "pg_ident.conf")
+	if err := patroni.WriteBinDirPinned(n.settings.BinDir, n.c.Cfg.PGBinDir, pins); err != nil {
 		return err
 	}
 	// Kept: SetParameter refuses what these pin.

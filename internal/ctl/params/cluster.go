@@ -40,10 +40,7 @@ var clusterWait = 15 * time.Second
 const checkTimeout = 10 * time.Second
 
 func (c *Controller) setClusterParam(ctx context.Context, name, value string) (apitype.ParameterValue, error) {
-	// Patroni writes the value between single quotes into
-	// postgresql.conf, where a line break ends the line and with it the
-	// whole file's validity.
-	if strings.ContainsFunc(value, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
+	if hasControl(value) {
 		return apitype.ParameterValue{}, clienterr.New(apitype.CodeInvalid, "invalid value for parameter %q: control characters are not allowed on a cluster node", name)
 	}
 	canonical, shown, err := c.checkValue(ctx, name, value)
@@ -77,6 +74,13 @@ func (c *Controller) setClusterParam(ctx context.Context, name, value string) (a
 		case <-time.After(100 * time.Millisecond):
 		}
 	}
+}
+
+// hasControl: Patroni writes a value between single quotes into
+// postgresql.conf, where a line break ends the line and with it the whole
+// file's validity.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool { return r < 0x20 || r == 0x7f })
 }
 
 // checkValue asks PostgreSQL whether value is valid for name without
@@ -130,7 +134,9 @@ func checkWithPostgres(ctx context.Context, cl *postgres.Cluster, name, value st
 	defer cancel()
 	cmd := cl.User.Command(cl.Bin("postgres"), configCheckArgs(name)...)
 	cmd.Stdin = conf
-	var out, stderr bytes.Buffer
+	// What a process running as PostgreSQL's OS user prints is bounded
+	// and checked like any input.
+	var out, stderr capped
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := startWait(ctx, cmd); err != nil {
 		if msg := fatalMessage(stderr.String()); msg != "" {
@@ -139,10 +145,27 @@ func checkWithPostgres(ctx context.Context, cl *postgres.Cluster, name, value st
 		return "", fmt.Errorf("checking the value with postgres -C: %w", err)
 	}
 	canonical, ok := strings.CutSuffix(out.String(), "\n")
-	if !ok || strings.Contains(canonical, "\n") {
+	if !ok || out.over || hasControl(canonical) {
 		return "", errors.New("checking the value with postgres -C: unexpected output")
 	}
 	return canonical, nil
+}
+
+// capped keeps the first maxCheckOutput bytes written to it.
+type capped struct {
+	bytes.Buffer
+	over bool
+}
+
+const maxCheckOutput = 64 << 10
+
+func (c *capped) Write(p []byte) (int, error) {
+	if room := maxCheckOutput - c.Len(); len(p) > room {
+		c.over = true
+		c.Buffer.Write(p[:max(room, 0)])
+		return len(p), nil
+	}
+	return c.Buffer.Write(p)
 }
 
 // memFile is an anonymous in-memory file holding body, readable by
