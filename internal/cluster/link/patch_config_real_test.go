@@ -8,6 +8,7 @@ import (
 	"maps"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -38,7 +39,7 @@ func etcdctlArgs(pki etcd.PKI, endpoints []string) []string {
 //     user hold) who puts protected parameters into the dynamic
 //     configuration changes none of them on either node, while an
 //     unprotected one in the same document is applied (so Patroni did
-//     read it).
+//     read it), neither in force at once nor after a restart.
 func checkClusterParameter(t *testing.T, ctx context.Context, primary, standby *daemonNode, etcdNS string, etcdArgs []string) {
 	t.Helper()
 	nodes := []*daemonNode{primary, standby}
@@ -130,7 +131,7 @@ func checkClusterParameter(t *testing.T, ctx context.Context, primary, standby *
 		{primary, "primary_conninfo", "host=10.77.40.31", "set by Patroni"},
 		{standby, "synchronous_standby_names", "", "set by Patroni"},
 		{primary, "wal_init_zero", "on", "set by pgshield on each node"},
-		{primary, "max_slot_wal_keep_size", "-1", "set by pgshield on each node"},
+		{primary, "max_slot_wal_keep_size", "16GB", "set by pgshield on each node"},
 		{primary, "work_mem", "abc", `invalid value for parameter "work_mem"`},
 		{standby, "max_connections", "20", "Patroni does not accept"},
 		{primary, "search_path", "a\nshared_preload_libraries = 'x'", "control characters"},
@@ -184,8 +185,12 @@ func checkClusterParameter(t *testing.T, ctx context.Context, primary, standby *
 	watched := []string{"password_encryption", "log_destination", "unix_socket_permissions", "ssl", "zero_damaged_pages",
 		"allow_system_table_mods", "session_preload_libraries", "dynamic_library_path", "listen_addresses", "shared_preload_libraries",
 		"hba_file", "ident_file", "data_directory"}
+	// The settings in force, and pending_restart for all but the three on
+	// the wrapper's command line: PostgreSQL flags those pending when
+	// postgresql.conf names another value, though at a restart the command
+	// line wins again.
 	snapshot := func(n *daemonNode) string {
-		out, err := n.sql(ctx, "SELECT string_agg(name || '=' || setting || '/' || pending_restart, ' ' ORDER BY name) FROM pg_catalog.pg_settings WHERE name IN ('"+strings.Join(watched, "','")+"')")
+		out, err := n.sql(ctx, "SELECT string_agg(name || '=' || setting || CASE WHEN name IN ('hba_file', 'ident_file', 'data_directory') THEN '' ELSE '/' || pending_restart END, ' ' ORDER BY name) FROM pg_catalog.pg_settings WHERE name IN ('"+strings.Join(watched, "','")+"')")
 		if err != nil {
 			t.Fatalf("%s: %v %s", n.name, err, out)
 		}
@@ -227,6 +232,20 @@ func checkClusterParameter(t *testing.T, ctx context.Context, primary, standby *
 		if after := snapshot(n); after != before[n.name] {
 			t.Errorf("ATTACK SUCCEEDED: an etcd writer changed protected parameters on %s:\nbefore %s\nafter  %s", n.name, before[n.name], after)
 		}
+	}
+	// And at a start: the standby's postmaster killed, Patroni starts it
+	// again from the postgresql.conf it wrote with the forged document.
+	old := standby.postmaster()
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
+		t.Fatalf("killing %s's postmaster %d: %v", standby.name, old, err)
+	}
+	waitFor(t, standby.name+"'s PostgreSQL started again", time.Minute, nil, func() (bool, string) {
+		pm := standby.postmaster()
+		got := show(standby, "vacuum_cost_page_miss")
+		return pm != 0 && pm != old && got == "7", fmt.Sprintf("postmaster %d, canary %s", pm, got)
+	})
+	if after := snapshot(standby); after != before[standby.name] {
+		t.Errorf("ATTACK SUCCEEDED: after a restart under the etcd writer's document, %s runs with changed protected parameters:\nbefore %s\nafter  %s", standby.name, before[standby.name], after)
 	}
 	if out, err := etcdctl("put", cfgKey, strings.TrimSpace(raw)); err != nil {
 		t.Fatalf("restoring %s: %v %s", cfgKey, err, out)
