@@ -247,6 +247,22 @@ func checkClusterParameter(t *testing.T, ctx context.Context, primary, standby *
 	if after := snapshot(standby); after != before[standby.name] {
 		t.Errorf("ATTACK SUCCEEDED: after a restart under the etcd writer's document, %s runs with changed protected parameters:\nbefore %s\nafter  %s", standby.name, before[standby.name], after)
 	}
+	// Patroni 3.0.2 records a configuration change that comes while its
+	// PostgreSQL is not yet "running" without writing it (reload_config),
+	// so the restore waits for that.
+	waitFor(t, "Patroni seeing "+standby.name+"'s PostgreSQL running", time.Minute, nil, func() (bool, string) {
+		var info apitype.ClusterInfo
+		out, err := standby.cli(ctx, time.Minute, "cluster", "show", "-o", "json")
+		if err != nil || json.Unmarshal([]byte(out), &info) != nil {
+			return false, fmt.Sprintf("%v %s", err, out)
+		}
+		for _, m := range info.Members {
+			if m.Name == standby.name {
+				return m.State == "running" || m.State == "streaming", m.State
+			}
+		}
+		return false, out
+	})
 	if out, err := etcdctl("put", cfgKey, strings.TrimSpace(raw)); err != nil {
 		t.Fatalf("restoring %s: %v %s", cfgKey, err, out)
 	}
