@@ -151,6 +151,9 @@ type Node struct {
 	local, etcd *http.Client
 
 	mu sync.Mutex // guards settings' Managed and HBA (WriteSettings)
+	// managed are the local parameters WriteSettings last wrote, guarded
+	// by mu (settings itself is not changed after New).
+	managed map[string]string
 }
 
 // Timings are the cluster's Patroni timings.
@@ -320,9 +323,9 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 	if err := patroni.WriteBinDirPinned(n.settings.BinDir, n.c.Cfg.PGBinDir, pins); err != nil {
 		return err
 	}
-	// Kept: SetParameter refuses what these pin.
-	n.settings.Managed, n.settings.HBA = managed, hba
+	n.managed = managed // SetParameter refuses what these pin
 	s := n.settings
+	s.Managed, s.HBA = managed, hba
 	if err := patroni.WriteConfigRootOwned(filepath.Join(pdir, patroniYAML), s, gid); err != nil {
 		return err
 	}

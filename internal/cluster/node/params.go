@@ -86,8 +86,9 @@ func (n *Node) SetParameter(ctx context.Context, name, value string) error {
 	if ok, known := patroniFloor[name]; known && !ok(value) {
 		return clienterr.New(apitype.CodeInvalid, "parameter %q: Patroni does not accept %q on a cluster (it would leave it out)", name, value)
 	}
-	n.mu.Lock()
 	s := n.settings
+	n.mu.Lock()
+	s.Managed = n.managed
 	n.mu.Unlock()
 	local, err := patroni.LocalParameters(s)
 	if err != nil {

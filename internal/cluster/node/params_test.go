@@ -58,8 +58,8 @@ func paramNode(t *testing.T, addr string) *Node {
 	_, port, _ := net.SplitHostPort(addr)
 	p, _ := strconv.Atoi(port)
 	return &Node{c: Config{Log: slog.New(slog.DiscardHandler)}, cl: &config.Cluster{Scope: "prod", Node: "n1", RESTPort: p},
-		settings: patroni.Settings{Port: 5432, SocketDir: "/run/pg", RESTPassword: testRESTPassword,
-			Managed: map[string]string{"wal_init_zero": "off", "log_destination": "jsonlog"}}}
+		settings: patroni.Settings{Port: 5432, SocketDir: "/run/pg", RESTPassword: testRESTPassword},
+		managed:  map[string]string{"wal_init_zero": "off", "log_destination": "jsonlog"}}
 }
 
 func checkNoPassword(t *testing.T, err error) {
