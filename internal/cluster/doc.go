@@ -43,8 +43,8 @@
 // Patroni's PATCH /config, stored in etcd, cannot override), SCRAM-only
 // socket lines for the replication and rewind roles, synchronous_mode with
 // synchronous_mode_strict, failsafe_mode off. `parameter set` of a
-// PostgreSQL setting will go through PATCH /config; ALTER SYSTEM stays
-// refused.
+// PostgreSQL setting goes through PATCH /config (built: node/params.go,
+// ctl/params/cluster.go); ALTER SYSTEM stays refused.
 //
 // Replication without a TCP port (built: link, patroni/netns.go).
 // PostgreSQL listens on no TCP port on any node, and its namespace has no

@@ -35,7 +35,9 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgshield/pgshield/internal/apitype"
 	"github.com/pgshield/pgshield/internal/audit"
+	"github.com/pgshield/pgshield/internal/clienterr"
 	"github.com/pgshield/pgshield/internal/cluster/node"
 	"github.com/pgshield/pgshield/internal/config"
 	alertsctl "github.com/pgshield/pgshield/internal/ctl/alerts"
@@ -219,7 +221,8 @@ func (d *Daemon) build(cfg *config.Config, u postgres.OSUser) error {
 			d.audit.ApplyParam(name, p)
 		},
 		KernelFirewall: func(p config.Params) error { return d.network.ApplyKernelFirewall(p) },
-		MetricsListen:  d.metricsLn.Set})
+		MetricsListen:  d.metricsLn.Set,
+		ClusterSet:     d.clusterSet(cfg)})
 	// Bans and known-good sources, kept outside the volume: they hold
 	// while it is locked.
 	d.threat = threatctl.New(threatctl.Config{Layout: l, Log: log.With("component", "threat"), Audit: d.audit.Record,
@@ -484,6 +487,21 @@ func (d *Daemon) components(cfg *config.Config) []component {
 				cancel()
 				serving.Wait()
 			}},
+	}
+}
+
+// clusterSet is params.Config.ClusterSet: on a cluster node a PostgreSQL
+// parameter goes to every node through Patroni (node.SetParameter); nil
+// on a single node, which keeps ALTER SYSTEM.
+func (d *Daemon) clusterSet(cfg *config.Config) func(ctx context.Context, name, value string) error {
+	if cfg.Cluster == nil {
+		return nil
+	}
+	return func(ctx context.Context, name, value string) error {
+		if d.node == nil { // built after the controllers, started later still
+			return clienterr.New(apitype.CodeUnavailable, "the cluster node is not running")
+		}
+		return d.node.SetParameter(ctx, name, value)
 	}
 }
 

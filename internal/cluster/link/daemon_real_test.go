@@ -576,6 +576,7 @@ func TestRealHADaemons(t *testing.T) {
 	if !strings.Contains(n2.daemonLog(1<<20), "MAC does not match") {
 		t.Errorf("n2 did not say why it refused the forged policy")
 	}
+	checkClusterParameter(t, ctx, n1, n2, l.ns["e1"], etcdctlArgs(pki, endpoints))
 
 	checkSharedParams(t, ctx, n1, n2, client, password, rootCA)
 	// Each node's audit chain head is anchored in etcd; audit verify

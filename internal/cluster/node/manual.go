@@ -4,7 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -89,43 +89,71 @@ func (n *Node) checkMember(members []apitype.ClusterMember, name string) error {
 	return clienterr.New(apitype.CodeNotFound, "%q is not a member of cluster %s", name, n.cl.Scope)
 }
 
-// manual POSTs to this node's Patroni (with the REST password, which
-// only Patroni's YAML and this process hold) and waits for its answer.
+// manual POSTs to this node's Patroni and waits for its answer.
 func (n *Node) manual(ctx context.Context, action string, body map[string]string, from, to string) (apitype.ClusterManualResult, error) {
 	res := apitype.ClusterManualResult{Action: action, From: from, To: to}
 	b, _ := json.Marshal(body)
-	ctx, cancel := context.WithTimeout(ctx, manualTimeout)
-	defer cancel()
-	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(n.cl.RESTPort)) + "/" + action
-	req, err := http.NewRequestWithContext(ctx, "POST", url, bytes.NewReader(b))
+	status, msg, err := n.patroniChange(ctx, "POST", "/"+action, b, manualTimeout)
 	if err != nil {
 		return res, err
 	}
-	req.Header.Set("Content-Type", "application/json")
-	// The password goes only to Patroni itself, checked just before.
-	if err := n.checkREST(); err != nil {
-		return res, clienterr.New(apitype.CodeUnavailable, "%v", err)
-	}
-	req.SetBasicAuth(patroni.RESTUser, n.settings.RESTPassword)
-	c := &http.Client{Timeout: manualTimeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Transport: &http.Transport{Proxy: nil}}
-	resp, err := c.Do(req)
-	if err != nil {
-		return res, clienterr.New(apitype.CodeUnavailable, "Patroni: %v", err)
-	}
-	defer resp.Body.Close()
-	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-	res.Message = strings.ToValidUTF8(strings.TrimSpace(string(msg)), "?")
-	n.c.Log.Info("Patroni answered a manual "+action+".", "from", from, "to", to, "status", resp.StatusCode, "message", res.Message)
+	res.Message = msg
+	n.c.Log.Info("Patroni answered a manual "+action+".", "from", from, "to", to, "status", status, "message", res.Message)
 	switch {
-	case resp.StatusCode == http.StatusOK:
+	case status == http.StatusOK:
 		return res, nil
-	case resp.StatusCode == http.StatusUnauthorized || resp.StatusCode == http.StatusForbidden:
-		return res, fmt.Errorf("Patroni refused pgshield's credentials (%s)", resp.Status)
-	case resp.StatusCode >= 500:
-		return res, clienterr.New(apitype.CodeUnavailable, "Patroni: %s: %s", resp.Status, res.Message)
+	case status == http.StatusUnauthorized || status == http.StatusForbidden:
+		return res, errPatroniCredentials(status)
+	case status >= 500:
+		return res, clienterr.New(apitype.CodeUnavailable, "Patroni: %d %s: %s", status, http.StatusText(status), res.Message)
 	default:
 		// 412: not possible now (no healthy candidate, not synchronous...).
 		return res, clienterr.New(apitype.CodeInvalid, "Patroni: %s", res.Message)
 	}
+}
+
+// patroniChange sends a request that changes something to this node's
+// Patroni, with the REST password (which only Patroni's YAML and this
+// process hold), once its port is checked to be Patroni's. It returns
+// the status and the first 4 KiB of the answer as one line of text; err
+// is for a request that got no answer. No error names the password: it
+// travels in the Authorization header only.
+func (n *Node) patroniChange(ctx context.Context, method, path string, body []byte, timeout time.Duration) (int, string, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	url := "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(n.cl.RESTPort)) + path
+	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
+	if err != nil {
+		return 0, "", err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	// The password goes only to Patroni itself, checked just before.
+	if err := n.checkREST(); err != nil {
+		return 0, "", clienterr.New(apitype.CodeUnavailable, "%v", err)
+	}
+	req.SetBasicAuth(patroni.RESTUser, n.settings.RESTPassword)
+	c := &http.Client{Timeout: timeout, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		Transport: &http.Transport{Proxy: nil}}
+	resp, err := c.Do(req)
+	if err != nil {
+		return 0, "", clienterr.New(apitype.CodeUnavailable, "Patroni (127.0.0.1:%d) did not answer: %v", n.cl.RESTPort, errors.Unwrap(err))
+	}
+	defer resp.Body.Close()
+	msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	return resp.StatusCode, oneLine(msg), nil
+}
+
+// oneLine makes an answer of Patroni's printable on one line.
+func oneLine(b []byte) string {
+	s := strings.ToValidUTF8(strings.TrimSpace(string(b)), "?")
+	return strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return ' '
+		}
+		return r
+	}, s)
+}
+
+func errPatroniCredentials(status int) error {
+	return clienterr.New(apitype.CodeUnavailable, "Patroni refused pgshield's credentials (%d %s)", status, http.StatusText(status))
 }

@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -166,6 +167,9 @@ type Node struct {
 	local, etcd *http.Client
 
 	mu sync.Mutex // guards settings' Managed and HBA (WriteSettings)
+	// managed are the local parameters WriteSettings last wrote, guarded
+	// by mu (settings itself is not changed after New).
+	managed map[string]string
 }
 
 // Timings are the cluster's Patroni timings.
@@ -300,6 +304,14 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 		return fmt.Errorf("cluster node: overflow uid %q", ov)
 	}
 	managed["pgshield_guard.gateway_uid"] = strconv.Itoa(overflow)
+	// Protected parameters the managed settings leave at PostgreSQL's
+	// default are pinned too: the local parameters win over the dynamic
+	// configuration, which any etcd client can write for every node.
+	for k, v := range clusterPins {
+		if _, ok := managed[k]; !ok {
+			managed[k] = v
+		}
+	}
 	// pg_rewind reads the source's files as this role; pgshield_guard
 	// lets no one else below superuser do so (the role is reserved: no
 	// one may become it or be granted it).
@@ -321,12 +333,19 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 			return err
 		}
 	}
-	if err := patroni.WriteBinDirPinned(n.settings.BinDir, n.c.Cfg.PGBinDir, managed); err != nil {
+	// The files Patroni points PostgreSQL at (its config_dir is the data
+	// directory), pinned on the command line.
+	pins := maps.Clone(managed)
+	pins["data_directory"] = n.settings.DataDir
+	pins["hba_file"] = filepath.Join(n.settings.DataDir, "pg_hba.conf")
+	pins["ident_file"] = filepath.Join(n.settings.DataDir, "pg_ident.conf")
+	if err := patroni.WriteBinDirPinned(n.settings.BinDir, n.c.Cfg.PGBinDir, pins); err != nil {
 		return err
 	}
 	if err := patroni.WriteLauncher(filepath.Join(pdir, patroniLauncher), gid); err != nil {
 		return err
 	}
+	n.managed = managed // SetParameter refuses what these pin
 	s := n.settings
 	s.Managed, s.HBA = managed, hba
 	if err := patroni.WriteConfigRootOwned(filepath.Join(pdir, patroniYAML), s, gid); err != nil {
@@ -358,6 +377,20 @@ func (n *Node) WriteSettings(managedConf string, hba []string) error {
 		}
 	}
 	return nil
+}
+
+// clusterPins are PostgreSQL's defaults of protected parameters
+// (postgres.ProtectedParameter) that pgshield's managed settings do not
+// set. Not here: data_directory, config_file, hba_file and ident_file,
+// which Patroni sets or reads itself (a local hba_file would stop it
+// writing pg_hba.conf); archive_mode, archive_command and restore_command,
+// pinned on the postgres wrapper's command line (patroni/netns.go); the
+// ssl_* files (ssl is off) and event_source (Windows).
+var clusterPins = map[string]string{
+	"allow_system_table_mods": "off", "ignore_system_indexes": "off", "zero_damaged_pages": "off",
+	"ignore_checksum_failure": "off", "jit_provider": "llvmjit", "local_preload_libraries": "",
+	"session_preload_libraries": "", "dynamic_library_path": "$libdir", "external_pid_file": "",
+	"ssl_passphrase_command": "", "krb_server_keyfile": "FILE:/etc/postgresql-common/krb5.keytab",
 }
 
 // Command is the postgres supervisor's Command: Patroni, as PostgreSQL's

@@ -46,6 +46,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -82,9 +83,16 @@ func WriteBinDir(dir, pgBinDir string) error { return WriteBinDirPinned(dir, pgB
 // archive_mode) on the postgres wrapper's command line.
 func WriteBinDirPinned(dir, pgBinDir string, managed map[string]string) error {
 	pinned := map[string]string{"archive_mode": "off"}
+	names := slices.Clone(pinnedNames)
 	for _, k := range pinnedNames {
 		if v, ok := managed[k]; ok {
 			pinned[k] = v
+		}
+	}
+	for _, k := range pinnedIfGiven {
+		if v, ok := managed[k]; ok {
+			pinned[k] = v
+			names = append(names, k)
 		}
 	}
 	if !filepath.IsAbs(dir) || !filepath.IsAbs(pgBinDir) || filepath.Clean(dir) == filepath.Clean(pgBinDir) {
@@ -131,7 +139,7 @@ func WriteBinDirPinned(dir, pgBinDir string, managed map[string]string) error {
 			// Command-line settings win over postgresql.auto.conf, which
 			// PostgreSQL's OS user can write: Patroni reads these with
 			// "postgres -C" and runs archive_command itself, outside.
-			for _, k := range pinnedNames {
+			for _, k := range names {
 				pins += " -c '" + k + "=" + strings.ReplaceAll(pinned[k], "'", `'\''`) + "'"
 			}
 		}
@@ -157,3 +165,11 @@ var isolated = map[string]bool{"pg_rewind": true, "pg_basebackup": true}
 // pinnedNames are the settings the postgres wrapper gives on its command
 // line (WriteBinDirPinned).
 var pinnedNames = []string{"archive_mode", "archive_command", "restore_command"}
+
+// pinnedIfGiven are pinned on the wrapper's command line only when given
+// (the node gives the paths Patroni itself uses): the files PostgreSQL
+// reads its data and client authentication from. Not as local Patroni
+// parameters, since a local hba_file stops Patroni writing pg_hba.conf;
+// left out, any etcd writer could point every node at another file
+// through the dynamic configuration.
+var pinnedIfGiven = []string{"data_directory", "hba_file", "ident_file"}

@@ -64,6 +64,14 @@ func TestWriteBinDir(t *testing.T) {
 		strings.TrimSpace(string(out)) != "real postgres -V -c archive_mode=on -c archive_command=/usr/bin/x '--config=/a b' %p -c restore_command=" {
 		t.Errorf("pinned wrapper output %q", out)
 	}
+	// The files are pinned only when given.
+	if err := WriteBinDirPinned(dir, pg, map[string]string{"hba_file": "/d/pg_hba.conf", "ident_file": "/d/pg_ident.conf", "data_directory": "/d"}); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "postgres")); err != nil ||
+		!strings.HasSuffix(string(b), `"$@" -c 'archive_mode=off' -c 'archive_command=' -c 'restore_command=' -c 'data_directory=/d' -c 'hba_file=/d/pg_hba.conf' -c 'ident_file=/d/pg_ident.conf'`+"\n") {
+		t.Errorf("wrapper with files pinned: %v\n%s", err, b)
+	}
 	if err := WriteBinDir(dir, filepath.Join(t.TempDir(), "empty")); err == nil {
 		t.Error("a missing PostgreSQL bin dir accepted")
 	}

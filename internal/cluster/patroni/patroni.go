@@ -204,6 +204,31 @@ func (s Settings) fixed() map[string]string {
 // be cloned again (Patroni's reinitialize); the primary goes on.
 const DefaultMaxSlotWALKeepSize = "8GB"
 
+// LocalParameters are the PostgreSQL parameters Generate writes into the
+// local postgresql.parameters for s: pgshield's managed settings, the
+// slot bound and fixed. Patroni applies them over the dynamic
+// configuration in etcd, so on a cluster node a value for one of these
+// names stored through PATCH /config never takes effect.
+func LocalParameters(s Settings) (map[string]string, error) {
+	params := map[string]string{}
+	for k, v := range s.Managed {
+		params[strings.ToLower(k)] = v
+	}
+	switch v, ok := params["max_slot_wal_keep_size"]; {
+	case !ok:
+		params["max_slot_wal_keep_size"] = DefaultMaxSlotWALKeepSize
+	case v == "" || strings.HasPrefix(strings.TrimSpace(v), "-"):
+		return nil, fmt.Errorf("patroni configuration: max_slot_wal_keep_size %q: a cluster node bounds the WAL its replication slots keep", v)
+	}
+	for k, v := range s.fixed() {
+		if old, ok := params[k]; ok && old != v {
+			return nil, fmt.Errorf("patroni configuration: the managed settings set %s to %q, which a cluster node must have as %q", k, old, v)
+		}
+		params[k] = v
+	}
+	return params, nil
+}
+
 // Generate makes Patroni's YAML for s.
 //
 // synchronous_mode_strict is on unless AsyncWhenAlone: a commit is
@@ -221,21 +246,9 @@ func Generate(s Settings) ([]byte, error) {
 	if err := s.validate(); err != nil {
 		return nil, err
 	}
-	params := map[string]string{}
-	for k, v := range s.Managed {
-		params[strings.ToLower(k)] = v
-	}
-	switch v, ok := params["max_slot_wal_keep_size"]; {
-	case !ok:
-		params["max_slot_wal_keep_size"] = DefaultMaxSlotWALKeepSize
-	case v == "" || strings.HasPrefix(strings.TrimSpace(v), "-"):
-		return nil, fmt.Errorf("patroni configuration: max_slot_wal_keep_size %q: a cluster node bounds the WAL its replication slots keep", v)
-	}
-	for k, v := range s.fixed() {
-		if old, ok := params[k]; ok && old != v {
-			return nil, fmt.Errorf("patroni configuration: the managed settings set %s to %q, which a cluster node must have as %q", k, old, v)
-		}
-		params[k] = v
+	params, err := LocalParameters(s)
+	if err != nil {
+		return nil, err
 	}
 	hba := []string{
 		// Replication and rewind: their roles only, SCRAM only, the socket

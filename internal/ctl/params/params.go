@@ -60,6 +60,11 @@ type Config struct {
 	KernelFirewall func(params config.Params) error
 	// MetricsListen moves the metrics endpoint.
 	MetricsListen func(addr string) error
+	// ClusterSet, set on a cluster node only, stores a PostgreSQL
+	// parameter (name, PostgreSQL's canonical value) in the cluster's
+	// configuration, which every node applies, in place of ALTER SYSTEM
+	// (cluster.go). It refuses with a clienterr what the cluster owns.
+	ClusterSet func(ctx context.Context, name, value string) error
 }
 
 // Controller is the parameters of one server.
@@ -272,6 +277,9 @@ func (c *Controller) setPostgresParam(ctx context.Context, name, value string) (
 	}
 	if strings.ContainsRune(value, 0) {
 		return apitype.ParameterValue{}, clienterr.New(apitype.CodeInvalid, "invalid value for parameter %q", name)
+	}
+	if c.c.ClusterSet != nil {
+		return c.setClusterParam(ctx, name, value)
 	}
 	stmt := sqlAlterSystemSet(pgx.Identifier{name}.Sanitize(), quoteLiteral(value))
 	if _, err := c.c.Pool().Exec(ctx, stmt); err != nil {

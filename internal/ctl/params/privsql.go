@@ -9,10 +9,17 @@ const (
 	sqlSettings            = `SELECT s.name, s.setting, COALESCE(s.unit, ''), s.context, s.pending_restart, s.short_desc, COALESCE(s.boot_val, '')
   FROM pg_catalog.pg_settings s`
 	sqlSettingsOrdered = sqlSettings + ` ORDER BY s.name COLLATE pg_catalog."C"`
-	sqlSettingByName   = sqlSettings + ` WHERE s.name OPERATOR(pg_catalog.=) pg_catalog.lower($1::pg_catalog.text)`
+	// Names are matched case-insensitively, as PostgreSQL does: pg_settings
+	// spells a few in mixed case (TimeZone, DateStyle, IntervalStyle).
+	sqlSettingByName = sqlSettings + ` WHERE pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) pg_catalog.lower($1::pg_catalog.text)`
 	// sqlCurrentSetting reads a setting as a session of the pool sees it.
 	sqlCurrentSetting = `SELECT pg_catalog.current_setting($1::pg_catalog.text)`
 	sqlClock          = `SELECT pg_catalog.clock_timestamp()`
+	// sqlSettingContext is pg_settings.context of one parameter.
+	sqlSettingContext = `SELECT s.context FROM pg_catalog.pg_settings s WHERE pg_catalog.lower(s.name) OPERATOR(pg_catalog.=) pg_catalog.lower($1::pg_catalog.text)`
+	// sqlTrySetting sets a parameter for the current transaction only
+	// (cluster.go rolls it back): PostgreSQL checks the value.
+	sqlTrySetting = `SELECT pg_catalog.set_config($1::pg_catalog.text, $2::pg_catalog.text, true)`
 	// sqlStaleStatements lists the backends of non-superusers running a
 	// statement that began before $1.
 	sqlStaleStatements = `SELECT a.pid FROM pg_catalog.pg_stat_activity a

@@ -13,8 +13,8 @@ func TestPrivilegedStatementsQualified(t *testing.T) {
 	sqlqual.CheckStatements(t, map[string]string{
 		"sqlAvailableExtensions": sqlAvailableExtensions, "sqlReloadConf": sqlReloadConf,
 		"sqlSettingsOrdered": sqlSettingsOrdered, "sqlSettingByName": sqlSettingByName,
-		"sqlCurrentSetting": sqlCurrentSetting,
-		"sqlClock":          sqlClock, "sqlStaleStatements": sqlStaleStatements, "sqlTerminate": sqlTerminate,
+		"sqlCurrentSetting": sqlCurrentSetting, "sqlSettingContext": sqlSettingContext, "sqlTrySetting": sqlTrySetting,
+		"sqlClock": sqlClock, "sqlStaleStatements": sqlStaleStatements, "sqlTerminate": sqlTerminate,
 		"sqlAlterSystemSet": sqlAlterSystemSet(id, quoteLiteral("64MB")),
 	})
 }
