@@ -432,7 +432,7 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone fu
 		if err == nil {
 			_, err = backend.Write(pkt)
 		}
-	case ProtoREST:
+	case ProtoREST, ProtoSecrets:
 		release, ok := n.takeSlot(slotKey{true, ProtoREST})
 		if !ok {
 			n.warnLimited(log, "Node link connection refused: too many REST connections.", "max", n.cfg.MaxConns)
@@ -440,30 +440,13 @@ func (n *Node) handleInbound(ctx context.Context, raw net.Conn, handshakeDone fu
 		}
 		defer release()
 		handshakeDone()
+		if cs.NegotiatedProtocol == ProtoSecrets {
+			n.giveSecrets(log, tc, PeerName(cs)) // within the handshake's deadline
+			return
+		}
 		// Reads only, through an HTTP proxy (rest.go), not a byte relay.
 		_ = raw.SetDeadline(time.Time{})
 		n.rest.handle(ctx, tc)
-		return
-	case ProtoSecrets:
-		release, ok := n.takeSlot(slotKey{true, ProtoREST})
-		if !ok {
-			n.warnLimited(log, "Node link connection refused: too many REST connections.", "max", n.cfg.MaxConns)
-			return
-		}
-		defer release()
-		handshakeDone()
-		peer := PeerName(cs)
-		if n.cfg.Secrets == nil || !n.takeJoin(peer) {
-			n.warnLimited(log, "Node link: a peer asked for the cluster's secrets with no join window open for it; refused (cluster allow-join).")
-			return
-		}
-		if _, err := tc.Write(n.cfg.Secrets()); err != nil {
-			n.warnLimited(log, "Node link: sending the cluster's secrets failed.", "error", err)
-			return
-		}
-		_ = tc.CloseWrite()
-		// Once per window: a warning, so it stands out.
-		log.Warn("Node link: gave the cluster's secrets to a joining peer; its join window is closed.")
 		return
 	default:
 		n.warnLimited(log, "Node link connection refused: no protocol agreed.")
@@ -570,6 +553,22 @@ func FetchSecrets(ctx context.Context, id *Identity, peer, addr string) ([]byte,
 		return nil, fmt.Errorf("node %s (%s): secrets bundle over %d bytes", peer, addr, maxSecrets)
 	}
 	return b, nil
+}
+
+// giveSecrets answers a joining peer's request for the cluster's secrets:
+// the bundle if a join window is open for it (closing it), else nothing.
+func (n *Node) giveSecrets(log *slog.Logger, tc *tls.Conn, peer string) {
+	if n.cfg.Secrets == nil || !n.takeJoin(peer) {
+		n.warnLimited(log, "Node link: a peer asked for the cluster's secrets with no join window open for it; refused (cluster allow-join).")
+		return
+	}
+	if _, err := tc.Write(n.cfg.Secrets()); err != nil {
+		n.warnLimited(log, "Node link: sending the cluster's secrets failed.", "error", err)
+		return
+	}
+	_ = tc.CloseWrite()
+	// Once per window: a warning, so it stands out.
+	log.Warn("Node link: gave the cluster's secrets to a joining peer; its join window is closed.")
 }
 
 // AllowJoin opens peer's join window until until: peer, a node this one
