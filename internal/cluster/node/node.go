@@ -489,8 +489,15 @@ func (n *Node) Start(ctx context.Context) error {
 
 // privateDir makes dir a 0700 directory of uid:gid, refusing a symlink;
 // its parent, the data directory, is root's.
-func privateDir(dir string, uid, gid int) error {
-	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
+func privateDir(dir string, uid, gid int) error { return ownedDir(dir, uid, gid, 0o700) }
+
+// readableDir makes dir root's, 0750, group gid (Patroni's user reads
+// what is in it and can change none of it), refusing a symlink. Its
+// parent, the data directory, is root's: no one else can swap it.
+func readableDir(dir string, gid int) error { return ownedDir(dir, 0, gid, 0o750) }
+
+func ownedDir(dir string, uid, gid int, mode os.FileMode) error {
+	if err := os.Mkdir(dir, mode); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
 	fi, err := os.Lstat(dir)
@@ -503,27 +510,7 @@ func privateDir(dir string, uid, gid int) error {
 	if err := os.Chown(dir, uid, gid); err != nil {
 		return err
 	}
-	return os.Chmod(dir, 0o700)
-}
-
-// readableDir makes dir root's, 0750, group gid (Patroni's user reads
-// what is in it and can change none of it), refusing a symlink. Its
-// parent, the data directory, is root's: no one else can swap it.
-func readableDir(dir string, gid int) error {
-	if err := os.Mkdir(dir, 0o750); err != nil && !errors.Is(err, os.ErrExist) {
-		return err
-	}
-	fi, err := os.Lstat(dir)
-	if err != nil {
-		return err
-	}
-	if !fi.IsDir() {
-		return fmt.Errorf("%s is not a directory", dir)
-	}
-	if err := os.Chown(dir, 0, gid); err != nil {
-		return err
-	}
-	return os.Chmod(dir, 0o750)
+	return os.Chmod(dir, mode)
 }
 
 // MaxJoinWindow bounds AllowJoin's window.
